@@ -1,0 +1,54 @@
+# Settings, paths and small helpers shared by every rule file.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)
+
+from workflow_lib.config import ConfigError, resolve_settings  # noqa: E402
+from snakemake.exceptions import WorkflowError  # noqa: E402
+
+try:
+    S = resolve_settings(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+RESULTS = "results"
+METHOD = S["method"]
+DEMO = not S["dataset_root"]
+DATA_ROOT = f"{RESULTS}/demo_data" if DEMO else S["dataset_root"]
+SPLITS = ["train", "test"]
+SHARDS = list(range(S["preprocessing"]["shards"]))
+PRESETS = METHOD["presets"]
+VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
+
+# Every rule runs `python -m workflow_lib.cli ...` with the repository on the import path, so
+# the same command works in the local venv, in a conda env and on a cluster node.
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+CONDA_ENV = "../envs/workflow.yaml"
+
+
+def as_json(value):
+    """Settings for a rule's params, as one shell-quotable JSON string."""
+    return json.dumps(value, sort_keys=True)
+
+
+def dataset_file(key):
+    """A file of the dataset, relative to its root ('' if the key is empty)."""
+    name = S["dataset"][key]
+    return f"{DATA_ROOT}/{name}" if name else ""
+
+
+def optional_dataset_files():
+    """Test list and true labels: inputs when present (the demo always writes them)."""
+    files = [dataset_file(key) for key in ("test_csv", "true_labels_csv")]
+    return [f for f in files if f and (DEMO or Path(f).is_file())]
+
+
+FINAL_OUTPUTS = [
+    f"{RESULTS}/data/problems.csv",
+    *expand(f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv", version=VERSIONS, split=SPLITS),
+]

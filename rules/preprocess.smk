@@ -1,0 +1,45 @@
+# SoX silence clipping and the spectrogram versions the chosen presets need, in shards:
+# one job per (split, shard), each clipping its files once and computing every version.
+
+
+rule preprocess_shard:
+    input:
+        listing=f"{RESULTS}/data/{{split}}.csv",
+    output:
+        arrays=expand(f"{RESULTS}/spectrograms/v{{version}}/{{{{split}}}}/shard{{{{shard}}}}.npy", version=VERSIONS),
+        manifests=expand(f"{RESULTS}/spectrograms/v{{version}}/{{{{split}}}}/shard{{{{shard}}}}.csv", version=VERSIONS),
+    wildcard_constraints:
+        split="train|test",
+        shard=r"\d+",
+    params:
+        shards=len(SHARDS),
+        versions=" ".join(str(v) for v in VERSIONS),
+        out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
+        settings=as_json(S["preprocessing"]),
+    log:
+        f"{RESULTS}/logs/preprocess/{{split}}_shard{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/preprocess/{{split}}_shard{{shard}}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli preprocess-shard --listing {input.listing}"
+        " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards}"
+        " --versions {params.versions} --out-dir {params.out_dir} --settings {params.settings:q}"
+        " 2> {log}"
+
+
+rule spectrogram_manifest:
+    input:
+        expand(f"{RESULTS}/spectrograms/v{{{{version}}}}/{{{{split}}}}/shard{{shard}}.csv", shard=SHARDS),
+    output:
+        f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv",
+    wildcard_constraints:
+        version=r"\d",
+        split="train|test",
+    log:
+        f"{RESULTS}/logs/spectrogram_manifest/v{{version}}_{{split}}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli merge-manifests --out {output} {input} 2> {log}"

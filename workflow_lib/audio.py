@@ -1,0 +1,136 @@
+"""Decode a clip, clip its silence with the SoX binary, and load it at the model's sample rate.
+
+SPEC.md "Preprocessing" 1: SoX removes leading and trailing silence; when SoX fails or clips
+everything away the spectrogram is computed on the original audio. A file that cannot be
+decoded at all (or holds no samples) is reported and skipped. All-zero input is caught before
+SoX, because SoX's first ``norm -0.1`` would turn digital silence into full-scale noise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+
+from .errors import UserError
+
+#: The effects chain of SPEC.md, as SoX arguments after ``sox IN OUT``.
+SPEC_SOX_EFFECTS: tuple[str, ...] = (
+    "norm", "-0.1", "silence", "1", "0.025", "0.15%", "norm", "-0.1",
+    "reverse", "silence", "1", "0.025", "0.15%", "reverse",
+)
+
+# Outcomes recorded per file in the manifests (documented in the README).
+CLIPPED = "clipped"                      # SoX output used
+FALLBACK_SILENT = "fallback_silent"      # all-zero input: original audio used, SoX not run
+FALLBACK_SOX_FAILED = "fallback_sox_failed"
+FALLBACK_CLIPPED_ALL = "fallback_clipped_all"   # SoX returned no sound: original audio used
+SKIPPED_MISSING = "skipped_missing"
+SKIPPED_UNDECODABLE = "skipped_undecodable"
+SKIPPED_EMPTY = "skipped_empty"
+USABLE_STATUSES = (CLIPPED, FALLBACK_SILENT, FALLBACK_SOX_FAILED, FALLBACK_CLIPPED_ALL)
+
+
+class SoxNotFoundError(UserError, RuntimeError):
+    """The ``sox`` binary is not on PATH."""
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    """A clip ready for the spectrogram functions, or the reason it was skipped."""
+
+    status: str
+    samples: np.ndarray | None      # mono float32 at the requested sample rate
+    seconds_before_clipping: float
+    seconds_after_clipping: float
+    detail: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.status in USABLE_STATUSES
+
+
+def require_sox(binary: str = "sox") -> str:
+    """Return the path of the SoX binary or explain how to install it."""
+    found = shutil.which(binary)
+    if found is None:
+        raise SoxNotFoundError(
+            f"'{binary}' not found on PATH. Install SoX: 'apt-get install -y sox' (Debian/Ubuntu), "
+            "'brew install sox' (macOS) or 'conda install -c conda-forge sox'."
+        )
+    return found
+
+
+def probe(path: Path) -> tuple[str, sf._SoundFileInfo | None, str]:
+    """Classify a file before any work: missing, undecodable, empty, or decodable."""
+    if not path.is_file():
+        return SKIPPED_MISSING, None, "file does not exist"
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        return SKIPPED_UNDECODABLE, None, f"cannot decode: {error}"
+    if info.frames == 0:
+        return SKIPPED_EMPTY, info, "no samples"
+    return "ok", info, ""
+
+
+def is_digital_silence(path: Path, block_frames: int = 1 << 16) -> bool:
+    """True when every sample is exactly zero (read in blocks: clips can be long)."""
+    for block in sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True):
+        if np.any(block):
+            return False
+    return True
+
+
+def run_sox(source: Path, target: Path, effects: tuple[str, ...], sox: str = "sox") -> str:
+    """Run SoX with an argument list (never a shell string); return stderr on failure, else ''.
+
+    Paths are made absolute so a file name beginning with '-' is never read as an option.
+    """
+    command = [sox, str(source.resolve()), str(target.resolve()), *effects]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return str(error)
+    if result.returncode != 0:
+        return result.stderr.strip() or f"sox exited with {result.returncode}"
+    return ""
+
+
+def _load(path: Path, sample_rate: int) -> np.ndarray:
+    """librosa.load as SPEC.md prescribes: mono, resampled with soxr (librosa's default)."""
+    samples, _ = librosa.load(str(path), sr=sample_rate, mono=True)
+    return samples.astype(np.float32, copy=False)
+
+
+def load_clipped(
+    path: Path, sample_rate: int, effects: tuple[str, ...] = SPEC_SOX_EFFECTS, sox: str = "sox"
+) -> LoadedClip:
+    """Decode, SoX-clip and load one file, falling back to the original audio per SPEC.md."""
+    path = Path(path)
+    status, info, detail = probe(path)
+    if status != "ok":
+        seconds = info.frames / info.samplerate if info else 0.0
+        return LoadedClip(status, None, seconds, 0.0, detail)
+    seconds_before = info.frames / info.samplerate
+    if is_digital_silence(path):
+        return LoadedClip(FALLBACK_SILENT, _load(path, sample_rate), seconds_before,
+                          seconds_before, "all samples are zero; SoX not run")
+    with tempfile.TemporaryDirectory(prefix="sox_clip_") as tmp:
+        clipped = Path(tmp) / "clipped.wav"
+        error = run_sox(path, clipped, effects, sox)
+        if error:
+            return LoadedClip(FALLBACK_SOX_FAILED, _load(path, sample_rate), seconds_before,
+                              seconds_before, error[:300])
+        clipped_info = sf.info(str(clipped))
+        if clipped_info.frames == 0 or is_digital_silence(clipped):
+            return LoadedClip(FALLBACK_CLIPPED_ALL, _load(path, sample_rate), seconds_before,
+                              seconds_before, "SoX clipped everything away")
+        seconds_after = clipped_info.frames / clipped_info.samplerate
+        return LoadedClip(CLIPPED, _load(clipped, sample_rate), seconds_before, seconds_after)

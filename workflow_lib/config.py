@@ -1,0 +1,101 @@
+"""Resolve and validate the workflow settings.
+
+``config.yaml`` holds the paper's values under ``method`` and named overrides under
+``run_presets``. The Snakefile calls :func:`resolve_settings` once at start, so a typo or an
+out-of-range value stops the run with one readable sentence instead of a traceback hours later.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(UserError, ValueError):
+    """A setting is missing, misspelt or out of range; the message names the key."""
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in recursively (dicts merge, others replace)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """Turn a jsonschema error into a sentence that names the config key."""
+    best = jsonschema.exceptions.best_match([error])
+    hint = best.schema.get("description") if isinstance(best.schema, dict) else None
+    message = f"config key {_key_path(best)}: {best.message}"
+    return f"{message} ({hint})" if hint else message
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON schema of config.yaml, read from ``schemas/``."""
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_settings(settings: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` listing every schema violation and inconsistency."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    problems = [_describe(e) for e in sorted(validator.iter_errors(settings), key=str)]
+    if not problems:
+        problems = _cross_checks(settings)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
+    """Relations between keys that a JSON schema cannot express."""
+    method = settings["method"]
+    problems = []
+    unknown = [p for p in method["presets"] if p not in method["nets"]]
+    if unknown:
+        problems.append(
+            f"config key method.presets: {unknown} not defined under method.nets "
+            f"(defined: {sorted(method['nets'])})"
+        )
+    if method["excerpt_frames"] > method["spectrogram_frames"]:
+        problems.append("config key method.excerpt_frames: must not exceed method.spectrogram_frames")
+    for stage in ("initial_training", "fine_tuning"):
+        if method[stage]["constant_epochs"] > method[stage]["epochs"]:
+            problems.append(f"config key method.{stage}.constant_epochs: must not exceed epochs")
+    demo = settings["demo_data"]
+    if demo["min_seconds"] > demo["max_seconds"]:
+        problems.append("config key demo_data.min_seconds: must not exceed demo_data.max_seconds")
+    return problems
+
+
+def resolve_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply the chosen run preset's overrides to ``config`` and validate the result."""
+    presets = config.get("run_presets", {})
+    name = config.get("run_preset")
+    if name not in presets:
+        raise ConfigError(
+            f"config key run_preset: {name!r} is not one of the run presets {sorted(presets)}"
+        )
+    overrides = presets[name] or {}
+    stray = sorted(set(overrides) - {"dataset", "demo_data", "preprocessing", "method", "compute"})
+    if stray:
+        raise ConfigError(f"config key run_presets.{name}: cannot override {stray}")
+    settings = deep_merge(config, overrides)
+    validate_settings(settings)
+    return settings

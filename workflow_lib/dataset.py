@@ -1,0 +1,214 @@
+"""Read and validate a dataset in the FSDKaggle2018 layout (SPEC.md "Data contract").
+
+Errors stop the run with the file and line named; recoverable problems become logged skips
+listed in ``results/data/problems.csv``:
+
+=============================================  ==========  =================================
+problem                                        outcome     why
+=============================================  ==========  =================================
+missing required column / unreadable CSV       error       nothing sensible can be read
+empty fname or label, bad manually_verified    error       the row's meaning is unknown
+fname with a directory part                    error       would escape the audio folder
+duplicate fname                                error       two labels for one clip
+test label never seen in training (scored)     error       the model cannot predict it
+unknown usage value in the test CSV            error       scoring sets would be wrong
+class with fewer usable clips than folds       error       cannot stratify it
+extra (unknown) column                         ignored     FSDKaggle ships extras
+listed audio file does not exist               skipped     a partial download must not stop
+test row with usage "Ignored"                  kept        predicted, never scored
+=============================================  ==========  =================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import UserError
+from .io import read_csv_str
+
+TRAIN_COLUMNS = ("fname", "label", "manually_verified")
+TEST_USAGES = ("Public", "Private", "Ignored")
+SCORED_USAGES = ("Public", "Private")
+PROBLEM_COLUMNS = ["file", "line", "fname", "problem", "outcome"]
+
+
+class DatasetError(UserError, ValueError):
+    """The dataset cannot be used as it is; the message names file and line."""
+
+
+@dataclass
+class Problems:
+    """Problems found while validating; errors are raised together at the end."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, file: Path, line: int | str, fname: str, problem: str, outcome: str) -> None:
+        self.rows.append({"file": str(file), "line": line, "fname": fname,
+                          "problem": problem, "outcome": outcome})
+
+    def errors(self) -> list[dict]:
+        return [r for r in self.rows if r["outcome"] == "error"]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=PROBLEM_COLUMNS)
+
+    def raise_errors(self, limit: int = 20) -> None:
+        errors = self.errors()
+        if not errors:
+            return
+        lines = [f"{r['file']}, line {r['line']}: {r['problem']}" for r in errors[:limit]]
+        more = f"\n  ... and {len(errors) - limit} more" if len(errors) > limit else ""
+        raise DatasetError(f"the dataset has {len(errors)} error(s):\n  " + "\n  ".join(lines) + more)
+
+
+def csv_line(index: int) -> int:
+    """Row ``index`` of a CSV read with a header is on line ``index + 2``."""
+    return int(index) + 2
+
+
+def _read(path: Path, required: tuple[str, ...], problems: Problems) -> pd.DataFrame | None:
+    try:
+        frame = read_csv_str(path)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        problems.add(path, "-", "", f"cannot read CSV: {error}", "error")
+        return None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        problems.add(path, 1, "", f"missing column(s) {missing}; found {list(frame.columns)}",
+                     "error")
+        return None
+    for extra in [c for c in frame.columns if c not in required]:
+        problems.add(path, 1, "", f"unknown column {extra!r} ignored", "ignored")
+    return frame[list(required)]
+
+
+def _check_names(frame: pd.DataFrame, path: Path, problems: Problems) -> None:
+    for index, fname in frame["fname"].items():
+        if not fname.strip():
+            problems.add(path, csv_line(index), fname, "empty fname", "error")
+        elif Path(fname).name != fname:
+            problems.add(path, csv_line(index), fname, "fname must be a bare file name", "error")
+    duplicated = frame["fname"].duplicated(keep=False)
+    for fname, group in frame[duplicated].groupby("fname"):
+        lines = ", ".join(str(csv_line(i)) for i in group.index)
+        problems.add(path, csv_line(group.index[-1]), fname,
+                     f"duplicate fname {fname!r} on lines {lines}", "error")
+
+
+def _check_exists(frame: pd.DataFrame, audio_dir: Path, path: Path, problems: Problems) -> pd.Series:
+    exists = frame["fname"].map(lambda name: (audio_dir / name).is_file())
+    for index, fname in frame.loc[~exists, "fname"].items():
+        problems.add(path, csv_line(index), fname, f"audio file not found in {audio_dir}", "skipped")
+    return exists
+
+
+def read_train(csv_path: Path, audio_dir: Path, problems: Problems) -> pd.DataFrame | None:
+    """Training listing with columns fname, label, verified (0/1), path."""
+    frame = _read(csv_path, TRAIN_COLUMNS, problems)
+    if frame is None:
+        return None
+    _check_names(frame, csv_path, problems)
+    for index, row in frame.iterrows():
+        if not row["label"].strip():
+            problems.add(csv_path, csv_line(index), row["fname"], "empty label", "error")
+        if row["manually_verified"].strip() not in ("0", "1"):
+            problems.add(csv_path, csv_line(index), row["fname"],
+                         f"manually_verified must be 0 or 1, got {row['manually_verified']!r}",
+                         "error")
+    exists = _check_exists(frame, audio_dir, csv_path, problems)
+    frame = frame[exists].copy()
+    frame["verified"] = pd.to_numeric(frame.pop("manually_verified"), errors="coerce")
+    frame["path"] = [str(audio_dir / name) for name in frame["fname"]]
+    return frame.reset_index(drop=True)
+
+
+def read_test(csv_path: Path | None, audio_dir: Path, classes: list[str],
+              problems: Problems) -> pd.DataFrame:
+    """Test listing with columns fname, label ('' if unknown), usage, path.
+
+    Without a CSV, every WAV in the test folder is predicted and nothing is evaluated.
+    """
+    if csv_path is None or not csv_path.is_file():
+        names = sorted(p.name for p in audio_dir.glob("*.wav")) if audio_dir.is_dir() else []
+        frame = pd.DataFrame({"fname": names, "label": "", "usage": ""})
+    else:
+        frame = read_csv_str(csv_path)
+        if "fname" not in frame.columns:
+            problems.add(csv_path, 1, "", f"missing column 'fname'; found {list(frame.columns)}",
+                         "error")
+            return pd.DataFrame(columns=["fname", "label", "usage", "path"])
+        for column in ("label", "usage"):
+            if column not in frame.columns:
+                frame[column] = ""
+        for extra in [c for c in frame.columns if c not in ("fname", "label", "usage")]:
+            problems.add(csv_path, 1, "", f"unknown column {extra!r} ignored", "ignored")
+        frame = frame[["fname", "label", "usage"]]
+        _check_names(frame, csv_path, problems)
+        _check_test_labels(frame, csv_path, classes, problems)
+        frame = frame[_check_exists(frame, audio_dir, csv_path, problems)].copy()
+    frame["path"] = [str(audio_dir / name) for name in frame["fname"]]
+    return frame.reset_index(drop=True)
+
+
+def _check_test_labels(frame: pd.DataFrame, path: Path, classes: list[str], problems: Problems) -> None:
+    known = set(classes)
+    for index, row in frame.iterrows():
+        usage = row["usage"]
+        if usage and usage not in TEST_USAGES:
+            problems.add(path, csv_line(index), row["fname"],
+                         f"usage must be one of {TEST_USAGES}, got {usage!r}", "error")
+        scored = usage in SCORED_USAGES or (usage == "" and row["label"] != "")
+        if scored and row["label"] not in known:
+            problems.add(path, csv_line(index), row["fname"],
+                         f"label {row['label']!r} never appears in training", "error")
+
+
+def check_class_sizes(train: pd.DataFrame, folds: int, csv_path: Path, problems: Problems) -> None:
+    """Every class needs at least ``folds`` usable clips to be stratified."""
+    for label, count in train["label"].value_counts().items():
+        if count < folds:
+            problems.add(csv_path, "-", "", f"class {label!r} has {count} usable clip(s), fewer "
+                         f"than the {folds} folds", "error")
+
+
+def attach_true_labels(train: pd.DataFrame, true_labels_csv: Path | None) -> pd.DataFrame:
+    """Add a ``true_label`` column ('' where unknown) from an optional side CSV."""
+    train = train.copy()
+    train["true_label"] = ""
+    if true_labels_csv is not None and true_labels_csv.is_file():
+        truth = read_csv_str(true_labels_csv)
+        if {"fname", "true_label"} <= set(truth.columns):
+            mapping = dict(zip(truth["fname"], truth["true_label"]))
+            train["true_label"] = train["fname"].map(mapping).fillna("")
+    return train
+
+
+def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFrame, pd.DataFrame, Problems]:
+    """Read both listings; raise :class:`DatasetError` on errors, return skips in ``Problems``."""
+    root = Path(root)
+    problems = Problems()
+    train_csv = root / dataset["train_csv"]
+    if not train_csv.is_file():
+        raise DatasetError(f"{train_csv}: training list not found (config key dataset_root={root})")
+    train = read_train(train_csv, root / dataset["train_audio_dir"], problems)
+    problems.raise_errors()
+    check_class_sizes(train, folds, train_csv, problems)
+    classes = sorted(train["label"].unique())
+    test_csv = root / dataset["test_csv"] if dataset["test_csv"] else None
+    test_dir = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else root / "_none_"
+    test = read_test(test_csv, test_dir, classes, problems)
+    problems.raise_errors()
+    truth = root / dataset["true_labels_csv"] if dataset["true_labels_csv"] else None
+    return attach_true_labels(train, truth), test, problems
+
+
+def class_table(train: pd.DataFrame) -> pd.DataFrame:
+    """One row per class (sorted): index, label, n_train, n_verified, n_unverified."""
+    grouped = train.groupby("label")["verified"]
+    table = pd.DataFrame({"n_train": grouped.size(), "n_verified": grouped.sum()}).reset_index()
+    table["n_unverified"] = table["n_train"] - table["n_verified"]
+    table.insert(0, "index", range(len(table)))
+    return table.astype({"n_verified": int, "n_unverified": int})

@@ -1,0 +1,131 @@
+"""Sharded preprocessing: SoX clipping once per file, then every needed spectrogram version.
+
+One Snakemake job processes one shard (every ``n_shards``-th file of a split), so a corpus of
+10,000 files is a handful of jobs, not 10,000. A shard writes, per version, one array of shape
+(1, 128, sum of frames) holding its clips one after another along time, and a manifest CSV with
+each clip's offset and length. :class:`SpectrogramStore` reads them back per clip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .audio import USABLE_STATUSES, load_clipped, require_sox
+from .io import read_csv_str, write_csv, write_npy
+from .spectrograms import N_BINS, compute_spectrogram
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["fname", "label", "verified", "n_frames", "seconds_before_clipping",
+                    "seconds_after_clipping", "status", "shard", "offset", "detail"]
+
+
+def shard_of(listing: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
+    """Every ``n_shards``-th row starting at ``shard``: balanced, deterministic, order-stable."""
+    return listing.iloc[shard::n_shards]
+
+
+def _manifest_row(row: pd.Series, clip, shard: int) -> dict:
+    return {
+        "fname": row["fname"], "label": row.get("label", ""),
+        "verified": row.get("verified", ""), "n_frames": 0,
+        "seconds_before_clipping": round(clip.seconds_before_clipping, 6),
+        "seconds_after_clipping": round(clip.seconds_after_clipping, 6),
+        "status": clip.status, "shard": shard, "offset": 0, "detail": clip.detail,
+    }
+
+
+def process_shard(listing: pd.DataFrame, shard: int, n_shards: int, versions: Sequence[int],
+                  sample_rate: int, sox_effects: Sequence[str],
+                  ) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
+    """Clip and transform the shard's files; return per version the array and the manifest."""
+    require_sox()
+    rows: list[dict] = []
+    chunks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
+    frames: dict[int, list[int]] = {v: [] for v in versions}
+    for _, row in shard_of(listing, shard, n_shards).iterrows():
+        clip = load_clipped(Path(row["path"]), sample_rate, tuple(sox_effects))
+        rows.append(_manifest_row(row, clip, shard))
+        if not clip.usable:
+            log.warning("skipped %s: %s (%s)", row["fname"], clip.status, clip.detail)
+            frames_row = {v: 0 for v in versions}
+        else:
+            frames_row = {}
+            for version in versions:
+                spec = compute_spectrogram(version, clip.samples, sample_rate)
+                chunks[version].append(spec)
+                frames_row[version] = spec.shape[-1]
+        for version in versions:
+            frames[version].append(frames_row[version])
+    return _assemble(rows, chunks, frames, versions)
+
+
+def _assemble(rows, chunks, frames, versions):
+    arrays, manifests = {}, {}
+    for version in versions:
+        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        manifest["n_frames"] = np.asarray(frames[version], dtype=np.int64)
+        manifest["offset"] = np.concatenate([[0], np.cumsum(manifest["n_frames"])[:-1]]).astype(np.int64)
+        parts = chunks[version]
+        arrays[version] = (np.concatenate(parts, axis=-1) if parts
+                           else np.zeros((1, N_BINS, 0), dtype=np.float32))
+        manifests[version] = manifest
+    return arrays, manifests
+
+
+def write_shard(arrays: dict[int, np.ndarray], manifests: dict[int, pd.DataFrame],
+                array_paths: dict[int, Path], manifest_paths: dict[int, Path]) -> None:
+    """Write each version's array and manifest atomically."""
+    for version, array in arrays.items():
+        write_npy(array, array_paths[version])
+        write_csv(manifests[version], manifest_paths[version])
+
+
+def merge_manifests(shard_manifests: Sequence[Path], out_path: Path) -> pd.DataFrame:
+    """Concatenate shard manifests into the split's manifest (one row per listed file)."""
+    frames = [read_csv_str(p) for p in shard_manifests]
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    write_csv(merged, out_path)
+    return merged
+
+
+@dataclass
+class SpectrogramStore:
+    """Per-clip access to the sharded arrays of one version and split.
+
+    Shard arrays are memory-mapped, so several training jobs reading the same files share the
+    operating system's page cache instead of holding private copies.
+    """
+
+    manifest: pd.DataFrame
+    shard_arrays: dict[int, np.ndarray]
+
+    @classmethod
+    def open(cls, manifest_csv: Path, usable_only: bool = True) -> "SpectrogramStore":
+        manifest = read_csv_str(manifest_csv)
+        for column in ("n_frames", "shard", "offset"):
+            manifest[column] = manifest[column].astype(np.int64)
+        if usable_only:
+            manifest = manifest[manifest["status"].isin(USABLE_STATUSES)].reset_index(drop=True)
+        folder = Path(manifest_csv).with_suffix("")
+        arrays = {int(s): np.load(folder / f"shard{int(s)}.npy", mmap_mode="r")
+                  for s in manifest["shard"].unique()}
+        return cls(manifest, arrays)
+
+    def get(self, fname_or_index: str | int) -> np.ndarray:
+        """The (1, 128, T) spectrogram of one clip."""
+        if isinstance(fname_or_index, str):
+            row = self.manifest.index[self.manifest["fname"] == fname_or_index][0]
+        else:
+            row = fname_or_index
+        shard, offset, n = self.manifest.loc[row, ["shard", "offset", "n_frames"]]
+        return np.asarray(self.shard_arrays[shard][:, :, offset:offset + n])
+
+    def __len__(self) -> int:
+        return len(self.manifest)
