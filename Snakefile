@@ -17,6 +17,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
+include: "rules/train.smk"
 
 
 rule all:

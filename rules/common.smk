@@ -6,7 +6,12 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow_lib.config import ConfigError, resolve_settings  # noqa: E402
+from workflow_lib.config import (  # noqa: E402
+    ConfigError,
+    fit_settings,
+    gpus_per_training_job,
+    resolve_settings,
+)
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:
@@ -48,7 +53,39 @@ def optional_dataset_files():
     return [f for f in files if f and (DEMO or Path(f).is_file())]
 
 
+FOLDS = list(range(METHOD["folds"]))
+ITERATIONS = list(range(METHOD["self_verification"]["iterations"] + 1))   # it0 ... itN
+COMPUTE = S["compute"]
+GPU_LOCK_DIR = COMPUTE["gpu_lock_dir"] or f"{RESULTS}/.gpu_locks"
+GPUS_PER_TRAINING_JOB = gpus_per_training_job(COMPUTE)
+TRAINING_THREADS = COMPUTE["training_threads"]
+
+
+def model_file(preset, fold, iteration):
+    return f"{RESULTS}/models/{preset}/fold{fold}/it{iteration}/best.pt"
+
+
+def self_verified_list(preset, iteration):
+    return f"{RESULTS}/self_verify/{preset}/it{iteration}/train_self_verified.csv"
+
+
+def training_inputs(wildcards):
+    """Spectrograms of the preset's version, the folds and the class list."""
+    version = METHOD["nets"][wildcards.preset]["spectrogram"]
+    return {
+        "manifest": f"{RESULTS}/spectrograms/v{version}/train.csv",
+        "folds": f"{RESULTS}/folds.csv",
+        "classes": f"{RESULTS}/data/classes.csv",
+    }
+
+
+def training_settings(preset, iteration):
+    """Settings of one training job: initial training (it0) or fine-tuning (it >= 1)."""
+    return fit_settings(S, preset, iteration)
+
+
 FINAL_OUTPUTS = [
     f"{RESULTS}/data/problems.csv",
     *expand(f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv", version=VERSIONS, split=SPLITS),
+    *expand(f"{RESULTS}/models/{{preset}}/fold{{fold}}/it0/history.csv", preset=PRESETS, fold=FOLDS),
 ]

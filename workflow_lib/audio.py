@@ -92,8 +92,10 @@ def run_sox(source: Path, target: Path, effects: tuple[str, ...], sox: str = "so
     """Run SoX with an argument list (never a shell string); return stderr on failure, else ''.
 
     Paths are made absolute so a file name beginning with '-' is never read as an option.
+    ``-R`` (repeatable mode) seeds SoX's dither generator: without it the 16-bit output differs
+    in the last bit from run to run. The effects chain itself is exactly SPEC.md's.
     """
-    command = [sox, str(source.resolve()), str(target.resolve()), *effects]
+    command = [sox, "-R", str(source.resolve()), str(target.resolve()), *effects]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as error:

@@ -91,6 +91,39 @@ def merge_manifests(args: argparse.Namespace) -> None:
              merged["status"].value_counts().to_dict())
 
 
+@command("folds", arg("--manifest", type=Path, required=True), arg("--out", type=Path, required=True),
+         arg("--folds", type=int, required=True), arg("--seed", type=int, required=True))
+def folds(args: argparse.Namespace) -> None:
+    from .stages import folds_job
+
+    table = folds_job(args.manifest, args.out, args.folds, args.seed)
+    sizes = table.groupby(["fold", "verified"]).size().unstack(fill_value=0)
+    log.info("fold sizes (columns: verified 0/1):\n%s", sizes.to_string())
+
+
+@command("train", arg("--manifest", type=Path, required=True), arg("--folds", type=Path, required=True),
+         arg("--classes", type=Path, required=True), arg("--fold", type=int, required=True),
+         arg("--out-dir", type=Path, required=True), arg("--threads", type=int, default=1),
+         arg("--lock-dir", type=Path, required=True), arg("--train-list", type=Path),
+         arg("--init", type=Path), JSON)
+def train(args: argparse.Namespace) -> None:
+    """Train one fold model (initial training, or fine-tuning with --train-list and --init)."""
+    from .stages import TrainingJob, run_training_job
+    from .training import FitSettings
+
+    s = args.settings
+    job = TrainingJob(
+        manifest_csv=args.manifest, folds_csv=args.folds, classes_csv=args.classes,
+        fold=args.fold, out_dir=args.out_dir, preset=s["preset"], net=s["net"],
+        fit=FitSettings(**s["fit"]), frames=s["frames"], device=s["device"],
+        threads=args.threads, lock_dir=args.lock_dir, train_list_csv=args.train_list,
+        init_checkpoint=args.init)
+    history = run_training_job(job)
+    best = history.loc[history["valid_loss"].idxmin()] if history["valid_loss"].notna().any() else history.iloc[-1]
+    log.info("best epoch %d: valid loss %.4f, accuracy %.4f, MAP@3 %.4f", best["epoch"],
+             best["valid_loss"], best["valid_acc"], best["valid_map3"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

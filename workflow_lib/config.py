@@ -8,6 +8,7 @@ out-of-range value stops the run with one readable sentence instead of a traceba
 from __future__ import annotations
 
 import copy
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,46 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
     if demo["min_seconds"] > demo["max_seconds"]:
         problems.append("config key demo_data.min_seconds: must not exceed demo_data.max_seconds")
     return problems
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A stable per-job seed: the same job always gets the same one, different jobs differ."""
+    return (base + zlib.crc32("/".join(map(str, parts)).encode())) % (2**31)
+
+
+def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> dict[str, Any]:
+    """Settings of one training job: initial training (iteration 0) or fine-tuning (>= 1).
+
+    Returns plain JSON-able values (the rule passes them on the command line).
+    """
+    method, compute = settings["method"], settings["compute"]
+    net = method["nets"][preset]
+    initial = iteration == 0
+    stage = method["initial_training"] if initial else method["fine_tuning"]
+    fit = {
+        "epochs": stage["epochs"], "constant_epochs": stage["constant_epochs"],
+        "lr": stage["lr"] if initial else net["finetune_lr"],
+        "batch_size": net["batch_size"], "excerpt_frames": method["excerpt_frames"],
+        "mixup_alpha": net["mixup_alpha"] if initial else None,
+        "seed": derive_seed(method["seed"], preset, iteration),
+        "eval_batch_size": compute["eval_batch_size"], "amp": compute["amp"],
+    }
+    dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
+    return {"preset": preset, "net": {**net, "dropout": dropout}, "fit": fit,
+            "frames": method["spectrogram_frames"], "device": compute["device"]}
+
+
+def gpus_per_training_job(compute: Mapping[str, Any]) -> int:
+    """GPUs a training job asks Snakemake for: 0 on CPU, 1 when CUDA will be used.
+
+    ``auto`` looks for NVIDIA devices in /proc without importing torch (fast start-up).
+    """
+    if compute["device"] == "cpu":
+        return 0
+    if compute["gpus_per_training_job"] != "auto":
+        return int(compute["gpus_per_training_job"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return 1 if compute["device"] == "cuda" or (gpus.is_dir() and any(gpus.iterdir())) else 0
 
 
 def resolve_settings(config: Mapping[str, Any]) -> dict[str, Any]:

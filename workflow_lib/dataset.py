@@ -69,11 +69,23 @@ def csv_line(index: int) -> int:
     return int(index) + 2
 
 
-def _read(path: Path, required: tuple[str, ...], problems: Problems) -> pd.DataFrame | None:
+def _read_listing(path: Path, problems: Problems) -> pd.DataFrame | None:
+    """Read a listing CSV as strings, or record why it cannot be read."""
     try:
         frame = read_csv_str(path)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         problems.add(path, "-", "", f"cannot read CSV: {error}", "error")
+        return None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas silently turns a surplus first field into the index, shifting every column.
+        problems.add(path, 2, "", "rows have more fields than the header (trailing comma?)", "error")
+        return None
+    return frame
+
+
+def _read(path: Path, required: tuple[str, ...], problems: Problems) -> pd.DataFrame | None:
+    frame = _read_listing(path, problems)
+    if frame is None:
         return None
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -135,7 +147,9 @@ def read_test(csv_path: Path | None, audio_dir: Path, classes: list[str],
         names = sorted(p.name for p in audio_dir.glob("*.wav")) if audio_dir.is_dir() else []
         frame = pd.DataFrame({"fname": names, "label": "", "usage": ""})
     else:
-        frame = read_csv_str(csv_path)
+        frame = _read_listing(csv_path, problems)
+        if frame is None:
+            return pd.DataFrame(columns=["fname", "label", "usage", "path"])
         if "fname" not in frame.columns:
             problems.add(csv_path, 1, "", f"missing column 'fname'; found {list(frame.columns)}",
                          "error")

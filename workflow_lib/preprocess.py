@@ -71,7 +71,8 @@ def _assemble(rows, chunks, frames, versions):
     for version in versions:
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         manifest["n_frames"] = np.asarray(frames[version], dtype=np.int64)
-        manifest["offset"] = np.concatenate([[0], np.cumsum(manifest["n_frames"])[:-1]]).astype(np.int64)
+        n_frames = manifest["n_frames"].to_numpy()
+        manifest["offset"] = (np.cumsum(n_frames) - n_frames).astype(np.int64)
         parts = chunks[version]
         arrays[version] = (np.concatenate(parts, axis=-1) if parts
                            else np.zeros((1, N_BINS, 0), dtype=np.float32))

@@ -30,7 +30,7 @@ def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 
 @lru_cache(maxsize=4)
-def _madmom_chain(sample_rate: int):
+def _madmom_chain(sample_rate: int, norm: bool = True):
     """Build the madmom processor chain once per process (filterbank construction is slow)."""
     from madmom.audio.filters import LogFilterbank
     from madmom.audio.signal import FramedSignalProcessor, SignalProcessor
@@ -41,7 +41,7 @@ def _madmom_chain(sample_rate: int):
     from madmom.processors import SequentialProcessor
 
     return SequentialProcessor([
-        SignalProcessor(num_channels=1, sample_rate=sample_rate, norm=True),
+        SignalProcessor(num_channels=1, sample_rate=sample_rate, norm=norm),
         FramedSignalProcessor(frame_size=1024, hop_size=128, origin="future"),
         SpectrogramProcessor(frame_size=1024),
         LogarithmicFilteredSpectrogramProcessor(filterbank=LogFilterbank, num_bands=26,
@@ -57,7 +57,9 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     """
     from madmom.audio.signal import Signal
 
-    spec = np.asarray(_madmom_chain(sample_rate)(Signal(samples, sample_rate=sample_rate)))
+    # norm=True divides by the peak: 0/0 on digital silence, so silence is left unnormalised.
+    chain = _madmom_chain(sample_rate, norm=bool(np.any(samples)))
+    spec = np.asarray(chain(Signal(samples, sample_rate=sample_rate)))
     if spec.shape[1] != N_BINS:
         raise RuntimeError(f"madmom chain produced {spec.shape[1]} bands, expected {N_BINS}")
     return spec.T[np.newaxis].astype(np.float32)

@@ -1,0 +1,67 @@
+"""The data path: clips held in memory (on the GPU when training there), excerpts cut by indexing.
+
+SPEC.md step 5 tiles every spectrogram along time to at least ``frames`` frames and cuts it
+there. Frame ``t`` of the length-fixed clip is frame ``t % T`` of the stored one, so an excerpt
+is one gather from a single (total_frames, 128) tensor: no per-clip Python loop, no tiled copy
+in memory, and the same code serves CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .preprocess import SpectrogramStore
+
+
+@dataclass
+class ClipBank:
+    """Spectrograms of a set of clips, concatenated time-major, plus per-clip offsets/lengths."""
+
+    frames_major: torch.Tensor    # (total_frames, n_bins)
+    offsets: torch.Tensor         # (n_clips,) int64
+    lengths: torch.Tensor         # (n_clips,) int64
+    frames: int                   # length after the length fix (3,000 in the paper)
+
+    @classmethod
+    def from_store(cls, store: SpectrogramStore, fnames: Sequence[str], frames: int,
+                   device: str | torch.device = "cpu") -> "ClipBank":
+        """Load the named clips, keeping at most ``frames`` frames of each (the rest is never used)."""
+        row_of = {name: i for i, name in enumerate(store.manifest["fname"])}
+        missing = [name for name in fnames if name not in row_of]
+        if missing:
+            raise KeyError(f"{len(missing)} clip(s) have no spectrogram, e.g. {missing[:3]}")
+        parts = [store.get(row_of[name])[0, :, :frames].T for name in fnames]
+        lengths = np.array([p.shape[0] for p in parts], dtype=np.int64)
+        if (lengths == 0).any():
+            raise ValueError("a clip with zero frames reached the data path")
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        stacked = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
+        return cls(torch.from_numpy(stacked).to(device), torch.from_numpy(offsets).to(device),
+                   torch.from_numpy(lengths).to(device), frames)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def device(self) -> torch.device:
+        return self.frames_major.device
+
+    def excerpts(self, clips: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+        """Excerpts [start, start + length) of the length-fixed clips: (batch, 1, n_bins, length)."""
+        clips, starts = clips.to(self.device), starts.to(self.device)
+        steps = torch.arange(length, device=self.device)
+        positions = (starts[:, None] + steps[None, :]) % self.lengths[clips][:, None]
+        rows = self.offsets[clips][:, None] + positions
+        return self.frames_major[rows].permute(0, 2, 1).unsqueeze(1)
+
+    def whole(self, clips: torch.Tensor) -> torch.Tensor:
+        """The whole length-fixed clips: (batch, 1, n_bins, frames)."""
+        return self.excerpts(clips, torch.zeros(len(clips), dtype=torch.int64), self.frames)
+
+    def random_starts(self, count: int, length: int, rng: np.random.Generator) -> torch.Tensor:
+        """Uniform excerpt starts inside the length-fixed clip: 0 ... frames - length."""
+        return torch.from_numpy(rng.integers(0, self.frames - length + 1, size=count))
