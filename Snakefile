@@ -18,6 +18,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/train.smk"
+include: "rules/self_verify.smk"
+include: "rules/predict.smk"
 
 
 rule all:

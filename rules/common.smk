@@ -8,6 +8,7 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_lib.config import (  # noqa: E402
     ConfigError,
+    derive_seed,
     fit_settings,
     gpus_per_training_job,
     resolve_settings,
@@ -65,6 +66,10 @@ def model_file(preset, fold, iteration):
     return f"{RESULTS}/models/{preset}/fold{fold}/it{iteration}/best.pt"
 
 
+def history_file(preset, fold, iteration):
+    return f"{RESULTS}/models/{preset}/fold{fold}/it{iteration}/history.csv"
+
+
 def self_verified_list(preset, iteration):
     return f"{RESULTS}/self_verify/{preset}/it{iteration}/train_self_verified.csv"
 
@@ -84,8 +89,34 @@ def training_settings(preset, iteration):
     return fit_settings(S, preset, iteration)
 
 
+def self_verify_settings(preset, iteration):
+    """Settings of one self-verification job (K, threshold, cap, excerpt length, seed)."""
+    sv = METHOD["self_verification"]
+    return {
+        "self_verify": {
+            "excerpts": sv["excerpts"],
+            "threshold": sv["threshold"],
+            "max_per_class": sv["max_per_class"],
+            "excerpt_frames": METHOD["excerpt_frames"],
+            "seed": derive_seed(METHOD["seed"], "self_verify", preset, iteration),
+            "amp": COMPUTE["amp"],
+        },
+        "frames": METHOD["spectrogram_frames"],
+        "device": COMPUTE["device"],
+    }
+
+
+def prediction_settings():
+    return {
+        "frames": METHOD["spectrogram_frames"],
+        "batch_size": COMPUTE["eval_batch_size"],
+        "device": COMPUTE["device"],
+    }
+
+
 FINAL_OUTPUTS = [
     f"{RESULTS}/data/problems.csv",
     *expand(f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv", version=VERSIONS, split=SPLITS),
-    *expand(f"{RESULTS}/models/{{preset}}/fold{{fold}}/it0/history.csv", preset=PRESETS, fold=FOLDS),
+    f"{RESULTS}/submission.csv",
+    f"{RESULTS}/summary.csv",
 ]

@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import librosa
 import numpy as np
 import soundfile as sf
 
@@ -107,6 +106,8 @@ def run_sox(source: Path, target: Path, effects: tuple[str, ...], sox: str = "so
 
 def _load(path: Path, sample_rate: int) -> np.ndarray:
     """librosa.load as SPEC.md prescribes: mono, resampled with soxr (librosa's default)."""
+    import librosa  # imported here: training jobs use this package without audio decoding
+
     samples, _ = librosa.load(str(path), sr=sample_rate, mono=True)
     return samples.astype(np.float32, copy=False)
 

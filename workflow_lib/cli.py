@@ -124,6 +124,110 @@ def train(args: argparse.Namespace) -> None:
              best["valid_loss"], best["valid_acc"], best["valid_map3"])
 
 
+def fold_paths(pairs: list[str]) -> dict[int, Path]:
+    """``fold=path`` arguments -> {fold: path}."""
+    return {int(k): Path(v) for k, v in (pair.split("=", 1) for pair in pairs)}
+
+
+@command("self-verify", arg("--models", nargs="+", required=True, help="fold=best.pt ..."),
+         arg("--manifest", type=Path, required=True), arg("--folds", type=Path, required=True),
+         arg("--classes", type=Path, required=True), arg("--train", type=Path, required=True),
+         arg("--out-dir", type=Path, required=True), arg("--threads", type=int, default=1),
+         arg("--lock-dir", type=Path, required=True), JSON)
+def self_verify(args: argparse.Namespace) -> None:
+    """Judge the held-out unverified clips with their fold's model; write the new list."""
+    from .self_verify import SelfVerifySettings
+    from .stages import self_verify_job
+
+    s = args.settings
+    decisions = self_verify_job(fold_paths(args.models), args.manifest, args.folds, args.classes,
+                                args.train, args.out_dir, SelfVerifySettings(**s["self_verify"]),
+                                s["frames"], s["device"], args.threads, args.lock_dir)
+    log.info("accepted %d of %d unverified clips; reasons %s", int(decisions["accepted"].sum()),
+             len(decisions), decisions["reason"].value_counts().to_dict())
+    if "true_label" in decisions:
+        accepted = decisions[decisions["accepted"]]
+        log.info("precision of accepted labels %.4f (given unverified labels: %.4f)",
+                 (accepted["given_label"] == accepted["true_label"]).mean() if len(accepted) else float("nan"),
+                 (decisions["given_label"] == decisions["true_label"]).mean())
+
+
+@command("select", arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
+         arg("--out", type=Path, required=True))
+def select(args: argparse.Namespace) -> None:
+    """Pick the iteration with the lowest mean verified validation loss."""
+    from .io import write_csv
+    from .selection import selection_table
+
+    histories = {}
+    for pair in args.histories:
+        key, path = pair.split("=", 1)
+        iteration, fold = key.split(":")
+        histories[(int(iteration), int(fold))] = Path(path)
+    table = selection_table(histories)
+    write_csv(table, args.out)
+    chosen = table.loc[table["chosen"]].iloc[0]
+    log.info("chosen iteration %d: mean valid loss %.4f, accuracy %.4f", chosen["iteration"],
+             chosen["mean_valid_loss"], chosen["mean_valid_acc"])
+
+
+@command("predict", arg("--selection", type=Path, required=True), arg("--model-dir", type=Path, required=True),
+         arg("--train-manifest", type=Path, required=True), arg("--test-manifest", type=Path, required=True),
+         arg("--folds", type=Path, required=True), arg("--classes", type=Path, required=True),
+         arg("--out-test", type=Path, required=True), arg("--out-valid", type=Path, required=True),
+         arg("--threads", type=int, default=1), arg("--lock-dir", type=Path, required=True), JSON)
+def predict(args: argparse.Namespace) -> None:
+    """Posteriors of the chosen iteration's fold models (test clips and out-of-fold)."""
+    from .stages import predict_job
+
+    s = args.settings
+    iteration = predict_job(args.selection, args.model_dir, args.train_manifest, args.test_manifest,
+                            args.folds, args.classes, args.out_test, args.out_valid, s["frames"],
+                            s["batch_size"], s["device"], args.threads, args.lock_dir)
+    log.info("predicted with iteration %d", iteration)
+
+
+@command("fuse", arg("--tests", nargs="+", required=True, help="preset=test.csv ..."),
+         arg("--valids", nargs="+", required=True, help="preset=valid_oof.csv ..."),
+         arg("--classes", type=Path, required=True), arg("--out-probs", type=Path, required=True),
+         arg("--out-weights", type=Path, required=True), arg("--out-submission", type=Path, required=True),
+         JSON)
+def fuse(args: argparse.Namespace) -> None:
+    """Fuse the presets' posteriors; write the submission."""
+    from .stages import fuse_job
+
+    def pairs(items):
+        return {k: Path(v) for k, v in (item.split("=", 1) for item in items)}
+
+    s = args.settings
+    fuse_job(pairs(args.tests), pairs(args.valids), args.classes, s["method"], s["learned_epochs"],
+             s["learned_lr"], args.out_probs, args.out_weights, args.out_submission)
+
+
+@command("evaluate", arg("--test", type=Path, required=True), arg("--classes", type=Path, required=True),
+         arg("--systems", nargs="+", required=True, help="name=probabilities.csv ..."),
+         arg("--out-dir", type=Path, required=True))
+def evaluate(args: argparse.Namespace) -> None:
+    """Accuracy and MAP@3 per system and set; per-class report and confusion of the fusion."""
+    from .stages import evaluate_job
+
+    systems = {k: Path(v) for k, v in (item.split("=", 1) for item in args.systems)}
+    scores = evaluate_job(args.test, args.classes, systems, args.out_dir)
+    log.info("\n%s", scores.to_string(index=False))
+
+
+@command("summary", arg("--presets", nargs="+", required=True),
+         arg("--selections", nargs="+", required=True), arg("--self-verify-dirs", nargs="*", default=[]),
+         arg("--scores", type=Path), arg("--out", type=Path, required=True))
+def summary(args: argparse.Namespace) -> None:
+    """results/summary.csv: one row per preset, the table to compare with the paper."""
+    from .stages import summary_job
+
+    table = summary_job(args.presets, [Path(p) for p in args.selections],
+                        [Path(p) for p in args.self_verify_dirs], args.scores, args.out)
+    log.info("\n%s", table.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

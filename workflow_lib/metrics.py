@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def top_k(probabilities: np.ndarray, k: int = 3) -> np.ndarray:
@@ -31,6 +30,8 @@ def accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
 
 def per_class_table(targets: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
     """Precision, recall, F1 and support per class (labels by index into ``classes``)."""
+    from sklearn.metrics import precision_recall_fscore_support  # 1 s import: only when needed
+
     indices = np.arange(len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, predicted, labels=indices, zero_division=0)
@@ -40,6 +41,8 @@ def per_class_table(targets: np.ndarray, predicted: np.ndarray, classes: Sequenc
 
 def confusion_table(targets: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
     """Confusion matrix with true labels as rows (column ``true_label``) and predictions as columns."""
+    from sklearn.metrics import confusion_matrix
+
     matrix = confusion_matrix(targets, predicted, labels=np.arange(len(classes)))
     table = pd.DataFrame(matrix, columns=list(classes))
     table.insert(0, "true_label", list(classes))

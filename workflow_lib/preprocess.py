@@ -18,7 +18,8 @@ import pandas as pd
 
 from .audio import USABLE_STATUSES, load_clipped, require_sox
 from .io import read_csv_str, write_csv, write_npy
-from .spectrograms import N_BINS, compute_spectrogram
+
+N_BINS = 128
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def process_shard(listing: pd.DataFrame, shard: int, n_shards: int, versions: Se
                   sample_rate: int, sox_effects: Sequence[str],
                   ) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
     """Clip and transform the shard's files; return per version the array and the manifest."""
+    from .spectrograms import compute_spectrogram  # librosa/madmom: only preprocessing needs them
+
     require_sox()
     rows: list[dict] = []
     chunks: dict[int, list[np.ndarray]] = {v: [] for v in versions}

@@ -143,3 +143,153 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     (job.out_dir / "resume.pt").unlink(missing_ok=True)
     choice.release()
     return history
+
+
+# --- self-verification, prediction, fusion, evaluation --------------------------------------
+
+
+def _fold_models(model_paths: dict[int, Path], device: str) -> dict[int, torch.nn.Module]:
+    return {fold: load_model(path, device)[0] for fold, path in model_paths.items()}
+
+
+def self_verify_job(model_paths: dict[int, Path], manifest_csv: Path, folds_csv: Path,
+                    classes_csv: Path, train_csv: Path, out_dir: Path, settings: "SelfVerifySettings",
+                    frames: int, device: str = "auto", threads: int = 1,
+                    lock_dir: Path = Path(".gpu_locks")) -> pd.DataFrame:
+    """Judge every fold's held-out unverified clips; write decisions, new list and precision."""
+    from .self_verify import new_training_list, precision_table, self_verify
+
+    choice = select_device(device, lock_dir, threads)
+    classes = read_classes(classes_csv)
+    folds = read_csv_str(folds_csv)
+    store = SpectrogramStore.open(manifest_csv)
+    unverified = {k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == "0")]
+                  .reset_index(drop=True) for k in model_paths}
+    banks = {k: ClipBank.from_store(store, list(part["fname"]), frames, choice.device)
+             for k, part in unverified.items()}
+    decisions = self_verify(_fold_models(model_paths, choice.device), banks, unverified, classes,
+                            settings)
+    truth = read_csv_str(train_csv).set_index("fname")["true_label"]
+    if (decisions["fname"].map(truth).fillna("") != "").all() and len(decisions):
+        decisions["true_label"] = decisions["fname"].map(truth)
+    write_csv(decisions, out_dir / "decisions.csv")
+    write_csv(precision_table(decisions, classes), out_dir / "per_class.csv")
+    write_csv(new_training_list(folds, decisions), out_dir / "train_self_verified.csv")
+    choice.release()
+    return decisions
+
+
+def predict_job(selection_csv: Path, model_dir: Path, train_manifest: Path, test_manifest: Path,
+                folds_csv: Path, classes_csv: Path, out_test: Path, out_valid: Path, frames: int,
+                batch_size: int, device: str = "auto", threads: int = 1,
+                lock_dir: Path = Path(".gpu_locks")) -> int:
+    """Chosen iteration's fold models: test posteriors (fold average) and out-of-fold
+    posteriors of the verified validation clips (for the learned fusion). Returns the iteration."""
+    from .fusion import probability_frame
+    from .selection import chosen_iteration
+    from .training import predict_whole
+
+    choice = select_device(device, lock_dir, threads)
+    iteration = chosen_iteration(selection_csv)
+    classes = read_classes(classes_csv)
+    folds = read_csv_str(folds_csv)
+    n_folds = folds["fold"].astype(int).max() + 1
+    paths = {k: model_dir / f"fold{k}" / f"it{iteration}" / "best.pt" for k in range(n_folds)}
+    models = _fold_models(paths, choice.device)
+    test_store = SpectrogramStore.open(test_manifest)
+    test_bank = ClipBank.from_store(test_store, list(test_store.manifest["fname"]), frames, choice.device)
+    test_probs = np.mean([predict_whole(m, test_bank, batch_size) for m in models.values()], axis=0)
+    write_csv(probability_frame(test_store.manifest["fname"], test_probs, classes), out_test)
+    train_store = SpectrogramStore.open(train_manifest)
+    parts = []
+    for k, model in models.items():
+        valid = folds[(folds["fold"].astype(int) == k) & (folds["verified"] == "1")]
+        bank = ClipBank.from_store(train_store, list(valid["fname"]), frames, choice.device)
+        frame = probability_frame(valid["fname"], predict_whole(model, bank, batch_size), classes)
+        frame.insert(1, "label", valid["label"].to_numpy())
+        frame.insert(2, "fold", k)
+        parts.append(frame)
+    write_csv(pd.concat(parts, ignore_index=True), out_valid)
+    choice.release()
+    return iteration
+
+
+def fuse_job(test_csvs: dict[str, Path], valid_csvs: dict[str, Path], classes_csv: Path,
+             method: str, steps: int, lr: float, out_probs: Path, out_weights: Path,
+             out_submission: Path) -> None:
+    """Fuse the presets (mean or learned) and write the challenge submission."""
+    from .fusion import (apply_learned_fusion, fit_learned_fusion, mean_fusion,
+                         probabilities, probability_frame, submission)
+
+    classes = read_classes(classes_csv)
+    presets = list(test_csvs)
+    tests = [pd.read_csv(test_csvs[p], dtype={"fname": str}) for p in presets]
+    fnames = tests[0]["fname"]
+    stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes)
+                      for t in tests])
+    if method == "learned":
+        valids = [pd.read_csv(valid_csvs[p], dtype={"fname": str, "label": str}) for p in presets]
+        order = valids[0]["fname"]
+        valid_stack = np.stack([probabilities(v.set_index("fname").loc[order].reset_index(), classes)
+                                for v in valids])
+        index = {label: i for i, label in enumerate(classes)}
+        targets = valids[0]["label"].map(index).to_numpy()
+        weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr)
+        fused = apply_learned_fusion(stack, weights, bias)
+        table = pd.DataFrame({"parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
+                              "value": np.concatenate([weights, bias])})
+    else:
+        fused = mean_fusion(stack)
+        table = pd.DataFrame({"parameter": [f"weight:{p}" for p in presets],
+                              "value": np.full(len(presets), 1.0 / len(presets))})
+    write_csv(table, out_weights)
+    write_csv(probability_frame(fnames, fused, classes), out_probs)
+    write_csv(submission(fnames, fused, classes), out_submission)
+
+
+def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path) -> pd.DataFrame:
+    """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion)."""
+    from .evaluation import class_reports, evaluate_systems
+
+    classes = read_classes(classes_csv)
+    test = read_csv_str(test_csv)
+    frames = {name: pd.read_csv(path, dtype={"fname": str}) for name, path in systems.items()}
+    predicted = set.intersection(*(set(f["fname"]) for f in frames.values()))
+    missing = test.loc[~test["fname"].isin(predicted), "fname"]
+    if len(missing):
+        log.warning("%d test clip(s) have no prediction (skipped in preprocessing) and are not "
+                    "scored, e.g. %s", len(missing), list(missing[:3]))
+    test = test[test["fname"].isin(predicted)]
+    scores = evaluate_systems(test, frames, classes)
+    write_csv(scores, out_dir / "summary.csv")
+    per_class = []
+    for name, frame in frames.items():
+        table, confusion = class_reports(test, frame, classes)
+        per_class.append(table.assign(system=name))
+    write_csv(pd.concat(per_class, ignore_index=True)[["system", "label", "precision", "recall", "f1",
+                                                      "support"]], out_dir / "per_class.csv")
+    write_csv(confusion, out_dir / "confusion.csv")
+    return scores
+
+
+def summary_job(presets: list[str], selections: list[Path], self_verify_dirs: list[Path],
+                scores_csv: Path | None, out_csv: Path) -> pd.DataFrame:
+    """results/summary.csv (see workflow_lib.evaluation.preset_summary)."""
+    from .evaluation import preset_summary
+
+    scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
+    rows = []
+    for preset, selection_csv in zip(presets, selections):
+        tables = {int(p.name[2:]): pd.read_csv(p / "per_class.csv", dtype={"label": str})
+                  for p in self_verify_dirs if p.parent.name == preset}
+        rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores))
+    if scores is not None:
+        fused = scores[(scores["system"] == "fusion") & (scores["set"] == "Public+Private")]
+        if len(fused):
+            rows.append({"preset": "fusion", "test_accuracy": float(fused["accuracy"].iloc[0]),
+                         "test_map3": float(fused["map3"].iloc[0])})
+    table = pd.DataFrame(rows)
+    for column in ("chosen_iteration", "self_verified_clips"):
+        table[column] = table[column].astype("Int64")   # integers, blank for the fusion row
+    write_csv(table, out_csv)
+    return table

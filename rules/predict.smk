@@ -1,0 +1,116 @@
+# Automatic model selection per preset, prediction with the chosen iteration's fold models,
+# fusion of the presets, the submission, and the evaluation when the test labels are known.
+
+
+rule select_iteration:
+    input:
+        histories=lambda wildcards: [history_file(wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS],
+    output:
+        f"{RESULTS}/selection/{{preset}}.csv",
+    params:
+        histories=lambda wildcards, input: " ".join(
+            f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
+        ),
+    log:
+        f"{RESULTS}/logs/select_iteration/{{preset}}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli select --histories {params.histories} --out {output} 2> {log}"
+
+
+rule predict:
+    input:
+        unpack(training_inputs),
+        selection=f"{RESULTS}/selection/{{preset}}.csv",
+        models=lambda wildcards: [model_file(wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS],
+        test_manifest=lambda wildcards: f"{RESULTS}/spectrograms/v{METHOD['nets'][wildcards.preset]['spectrogram']}/test.csv",
+    output:
+        test=f"{RESULTS}/predictions/{{preset}}/test.csv",
+        valid=f"{RESULTS}/predictions/{{preset}}/valid_oof.csv",
+    params:
+        model_dir=lambda wildcards: f"{RESULTS}/models/{wildcards.preset}",
+        settings=as_json(prediction_settings()),
+        lock_dir=GPU_LOCK_DIR,
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
+    log:
+        f"{RESULTS}/logs/predict/{{preset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{preset}}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli predict --selection {input.selection} --model-dir {params.model_dir}"
+        " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
+        " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
+        " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir}"
+        " --settings {params.settings:q} 2> {log}"
+
+
+rule fuse:
+    input:
+        tests=expand(f"{RESULTS}/predictions/{{preset}}/test.csv", preset=PRESETS),
+        valids=expand(f"{RESULTS}/predictions/{{preset}}/valid_oof.csv", preset=PRESETS),
+        classes=f"{RESULTS}/data/classes.csv",
+    output:
+        probs=f"{RESULTS}/predictions/fused_test.csv",
+        weights=f"{RESULTS}/predictions/fusion_weights.csv",
+        submission=f"{RESULTS}/submission.csv",
+    params:
+        tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
+        valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
+        settings=as_json(METHOD["fusion"]),
+    log:
+        f"{RESULTS}/logs/fuse.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli fuse --tests {params.tests} --valids {params.valids}"
+        " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
+        " --out-submission {output.submission} --settings {params.settings:q} 2> {log}"
+
+
+rule evaluate:
+    input:
+        test=f"{RESULTS}/data/test.csv",
+        classes=f"{RESULTS}/data/classes.csv",
+        presets=expand(f"{RESULTS}/predictions/{{preset}}/test.csv", preset=PRESETS),
+        fused=f"{RESULTS}/predictions/fused_test.csv",
+    output:
+        summary=f"{RESULTS}/evaluation/summary.csv",
+        per_class=f"{RESULTS}/evaluation/per_class.csv",
+        confusion=f"{RESULTS}/evaluation/confusion.csv",
+    params:
+        systems=lambda wildcards, input: " ".join(
+            [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
+        ),
+        out_dir=lambda wildcards, output: Path(output.summary).parent,
+    log:
+        f"{RESULTS}/logs/evaluate.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli evaluate --test {input.test} --classes {input.classes}"
+        " --systems {params.systems} --out-dir {params.out_dir} 2> {log}"
+
+
+rule summary:
+    input:
+        selections=expand(f"{RESULTS}/selection/{{preset}}.csv", preset=PRESETS),
+        self_verify=[self_verified_list(p, i) for p in PRESETS for i in ITERATIONS[:-1]],
+        scores=f"{RESULTS}/evaluation/summary.csv",
+    output:
+        f"{RESULTS}/summary.csv",
+    params:
+        presets=" ".join(PRESETS),
+        dirs=lambda wildcards, input: " ".join(str(Path(f).parent) for f in input.self_verify),
+    log:
+        f"{RESULTS}/logs/summary.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli summary --presets {params.presets}"
+        " --selections {input.selections} --self-verify-dirs {params.dirs}"
+        " --scores {input.scores} --out {output} 2> {log}"
