@@ -4,7 +4,10 @@
 #
 #   data.smk        dataset (given, or the synthetic demo) -> validated listings
 #   preprocess.smk  SoX clipping + spectrogram versions 1 and 2, in shards
-#   (later stages: folds, training, self-verification, selection, fusion, evaluation)
+#   train.smk       folds, initial training (it0), fine-tuning (it1 ... itN)
+#   self_verify.smk K-excerpt consensus of each fold model on its held-out unverified clips
+#   predict.smk     automatic selection, prediction, fusion, submission, evaluation, summary
+#   report.smk      plots for `snakemake --report report.html`
 
 from snakemake.utils import min_version
 
@@ -14,12 +17,16 @@ min_version("8.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/train.smk"
 include: "rules/self_verify.smk"
 include: "rules/predict.smk"
+include: "rules/report.smk"
 
 
 rule all:

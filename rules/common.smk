@@ -119,4 +119,6 @@ FINAL_OUTPUTS = [
     *expand(f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv", version=VERSIONS, split=SPLITS),
     f"{RESULTS}/submission.csv",
     f"{RESULTS}/summary.csv",
+    *expand(f"{RESULTS}/plots/{{preset}}_training_curves.png", preset=PRESETS),
+    f"{RESULTS}/plots/confusion.png",
 ]

@@ -228,6 +228,39 @@ def summary(args: argparse.Namespace) -> None:
     log.info("\n%s", table.to_string(index=False))
 
 
+@command("plot-training", arg("--preset", required=True),
+         arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
+         arg("--self-verify", nargs="*", default=[], help="iteration=per_class.csv ..."),
+         arg("--out-curves", type=Path, required=True), arg("--out-counts", type=Path, required=True))
+def plot_training(args: argparse.Namespace) -> None:
+    """Training curves and self-verified counts of one preset."""
+    import pandas as pd
+
+    from .plots import self_verified_counts, training_curves
+
+    histories: dict[int, list[Path]] = {}
+    for pair in args.histories:
+        key, path = pair.split("=", 1)
+        histories.setdefault(int(key.split(":")[0]), []).append(Path(path))
+    training_curves(histories, args.preset, args.out_curves)
+    tables = {int(k): pd.read_csv(v, dtype={"label": str})
+              for k, v in (pair.split("=", 1) for pair in args.self_verify)}
+    self_verified_counts(tables, args.preset, args.out_counts)
+
+
+@command("plot-evaluation", arg("--confusion", type=Path, required=True),
+         arg("--per-class", type=Path, required=True), arg("--out-confusion", type=Path, required=True),
+         arg("--out-per-class", type=Path, required=True))
+def plot_evaluation(args: argparse.Namespace) -> None:
+    """Confusion matrix and per-class scores of the fused system."""
+    import pandas as pd
+
+    from .plots import confusion_matrix_plot, per_class_plot
+
+    confusion_matrix_plot(pd.read_csv(args.confusion, dtype={"true_label": str}), args.out_confusion)
+    per_class_plot(pd.read_csv(args.per_class, dtype={"label": str}), "fusion", args.out_per_class)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,0 +1,106 @@
+"""Pictures for ``snakemake --report``: training curves, self-verified clips, test results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on clusters and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def training_curves(histories: Mapping[int, Sequence[Path]], preset: str, out: Path) -> None:
+    """Validation loss and accuracy over all iterations: mean over folds, min-max band.
+
+    Iterations follow each other on one epoch axis, as in the paper's figures; dashed lines
+    mark where fine-tuning iteration i starts.
+    """
+    figure, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    offset = 0
+    for iteration in sorted(histories):
+        frames = [pd.read_csv(p) for p in histories[iteration]]
+        epochs = frames[0]["epoch"].to_numpy() + offset
+        for ax, column in ((loss_ax, "valid_loss"), (acc_ax, "valid_acc")):
+            values = np.stack([f[column].to_numpy() for f in frames])
+            ax.plot(epochs, values.mean(axis=0), color=f"C{iteration % 10}", label=f"it{iteration}")
+            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0),
+                            color=f"C{iteration % 10}", alpha=0.2)
+        if iteration:
+            for ax in (loss_ax, acc_ax):
+                ax.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.7)
+        offset = int(epochs[-1])
+    loss_ax.set_ylabel("verified validation loss")
+    acc_ax.set_ylabel("verified validation accuracy")
+    acc_ax.set_xlabel("epoch (iterations one after another)")
+    loss_ax.set_title(f"{preset}: mean over folds, band = min..max")
+    loss_ax.legend(ncol=6, fontsize=8)
+    _save(figure, out)
+
+
+def self_verified_counts(tables: Mapping[int, pd.DataFrame], preset: str, out: Path) -> None:
+    """Accepted clips per self-verification iteration, stacked by class; precision if known."""
+    figure, ax = plt.subplots(figsize=(9, 4.5))
+    iterations = sorted(tables)
+    if iterations:
+        per_class = pd.DataFrame({i: tables[i].set_index("label")["n_accepted"] for i in iterations})
+        per_class = per_class.drop(index="ALL", errors="ignore").fillna(0)
+        bottom = np.zeros(len(iterations))
+        for row, (label, counts) in enumerate(per_class.iterrows()):
+            ax.bar([f"it{i}" for i in iterations], counts.to_numpy(), bottom=bottom, label=label,
+                   color=plt.cm.tab20(row % 20))
+            bottom += counts.to_numpy()
+        if "precision" in tables[iterations[0]]:
+            precision = [tables[i].set_index("label").loc["ALL", "precision"] for i in iterations]
+            twin = ax.twinx()
+            twin.plot([f"it{i}" for i in iterations], precision, "k-o", label="precision")
+            twin.set_ylim(0, 1.05)
+            twin.set_ylabel("precision of accepted labels")
+        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.08, 1))
+    ax.set_ylabel("self-verified clips")
+    ax.set_xlabel("judged by the fold models of iteration")
+    ax.set_title(f"{preset}: self-verified clips per iteration and class")
+    _save(figure, out)
+
+
+def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
+    labels = list(confusion["true_label"])
+    matrix = confusion.drop(columns="true_label").to_numpy()
+    size = max(5, 0.35 * len(labels) + 2)
+    figure, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    if len(labels) <= 20:
+        for (r, c), value in np.ndenumerate(matrix):
+            if value:
+                ax.text(c, r, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("fused system on the labelled test clips")
+    _save(figure, out)
+
+
+def per_class_plot(per_class: pd.DataFrame, system: str, out: Path) -> None:
+    table = per_class[per_class["system"] == system]
+    figure, ax = plt.subplots(figsize=(max(8, 0.3 * len(table) + 3), 4))
+    x = np.arange(len(table))
+    for shift, metric in zip((-0.27, 0, 0.27), ("precision", "recall", "f1")):
+        ax.bar(x + shift, table[metric], width=0.27, label=metric)
+    ax.set_xticks(x, table["label"], rotation=90, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.set_title(f"{system}: per-class precision, recall and F1 on the test clips")
+    _save(figure, out)
