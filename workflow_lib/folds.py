@@ -16,7 +16,8 @@ from .errors import UserError
 FOLD_COLUMNS = ["fname", "label", "verified", "fold"]
 
 
-def stratified_assignment(labels: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_assignment(labels: np.ndarray, n_folds: int, rng: np.random.Generator,
+                          start: int = 0) -> np.ndarray:
     """Deal each class's clips round-robin over the folds, continuing where the last class stopped.
 
     Every class then has floor or ceil of n_c / n_folds clips in each fold (within one clip of
@@ -24,7 +25,6 @@ def stratified_assignment(labels: np.ndarray, n_folds: int, rng: np.random.Gener
     folds are dealt the same way: they simply miss some folds.
     """
     folds = np.empty(len(labels), dtype=np.int64)
-    start = 0
     for label in sorted(np.unique(labels)):
         members = np.flatnonzero(labels == label)
         members = members[rng.permutation(len(members))]
@@ -46,10 +46,12 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     shuffled = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
     shuffled["fold"] = -1
+    start = 0   # the unverified pass continues where the verified one stopped: sizes stay even
     for flag in (1, 0):
         part = shuffled.index[shuffled["verified"].astype(int) == flag]
         labels = shuffled.loc[part, "label"].to_numpy()
-        shuffled.loc[part, "fold"] = stratified_assignment(labels, n_folds, rng)
+        shuffled.loc[part, "fold"] = stratified_assignment(labels, n_folds, rng, start)
+        start = (start + len(part)) % n_folds
     return shuffled[FOLD_COLUMNS]
 
 

@@ -94,4 +94,5 @@ def count_parameters(model: nn.Module) -> int:
 @torch.no_grad()
 def posteriors(model: nn.Module, spectrograms: torch.Tensor) -> torch.Tensor:
     """Class posteriors (softmax of the logits) in evaluation mode, as float32."""
+    model.eval()
     return torch.softmax(model(spectrograms).float(), dim=1)

@@ -188,7 +188,7 @@ def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid
         if state.cuda_rng is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state.cuda_rng, device)
         log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
-    targets = torch.as_tensor(train_targets, dtype=torch.int64, device=device)
+    targets = torch.tensor(np.asarray(train_targets), dtype=torch.int64, device=device)
     n_classes = int(getattr(model, "n_classes"))
     for epoch in range(state.epoch, settings.epochs):
         started = time.perf_counter()

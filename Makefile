@@ -1,0 +1,54 @@
+# Two commands for a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo   set up, then run the whole workflow on the synthetic demo dataset
+#   make test   set up, then run the whole test suite (what CI runs)
+# Set-up = a virtual environment in .venv, the Python packages, and SoX.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+# The PyTorch release the suite is tested with (CPU wheel here; on Linux x86_64 PyPI serves a
+# CUDA build). Any torch>=2.4 works: make demo TORCH='torch>=2.4'
+TORCH  ?= torch==2.13.0
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup sox demo report test lint bench clean
+
+setup: sox $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+sox:
+	@command -v sox >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sox; \
+	  else \
+	    echo "SoX is missing. Install it: 'sudo apt-get install sox' (Debian/Ubuntu)," \
+	         "'brew install sox' (macOS) or 'conda install -c conda-forge sox'."; exit 1; \
+	  fi; }
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
+	@echo "Done: results/summary.csv, results/submission.csv, results/report.html"
+
+report: setup
+	$(BIN)/snakemake --report results/report.html
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+bench: setup
+	$(BIN)/python benchmarks/preprocess_throughput.py
+	$(BIN)/python benchmarks/training_throughput.py
+
+clean:
+	rm -rf results .snakemake

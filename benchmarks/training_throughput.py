@@ -1,0 +1,218 @@
+"""Training and whole-clip inference throughput of the paper's three presets.
+
+    python benchmarks/training_throughput.py [--device auto|cpu|cuda] [--steps N] [--warmup N]
+                                             [--batch N] [--infer-clips N] [--threads N]
+
+Settings come from config.yaml resolved with ``run_preset=paper`` (SPEC.md "Network" table:
+widths 48/64/64, batches 100/100/50, mixup alpha 0.2/0.3/0.3; 384-frame excerpts of 3,000-frame
+spectrograms; 41 classes as in FSDKaggle2018). For each preset it measures
+
+* training: excerpts/s through ``training._run_epoch`` itself, the loop the workflow trains
+  with (``ClipBank.excerpts`` + ``random_starts``, mixup with the reversed batch, soft-target
+  cross-entropy, backward, Adam step; bf16 autocast on CUDA when compute.amp is on), on random
+  spectrograms; a few warm-up steps first, then ``--steps`` timed steps;
+* inference: clips/s of ``training.predict_whole`` on whole 3,000-frame clips (the validation
+  and test path), batch compute.eval_batch_size.
+
+On a CPU the paper's batches take minutes per step (about 30 GFLOP per excerpt for nf 64), so
+the CPU defaults are a batch of 16, 2 timed steps and 4 inference clips; the output says so.
+Per-example throughput still grows with the batch on a CPU (measured on 2 cores, nf 48: batch 8
+1.6, batch 24 2.7 excerpts/s), so CPU figures at batch 16 understate the paper's batches
+somewhat. The GPU defaults keep the paper's batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from workflow_lib.config import fit_settings, resolve_settings  # noqa: E402
+from workflow_lib.data import ClipBank  # noqa: E402
+from workflow_lib.model import build_model, count_parameters  # noqa: E402
+from workflow_lib.training import FitSettings, _run_epoch, predict_whole  # noqa: E402
+
+N_CLASSES = 41        # FSDKaggle2018 (SPEC.md "Data contract")
+N_DISTINCT = 16       # distinct random clips; the bank's clips point at them in turn
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def paper_settings() -> dict:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["run_preset"] = "paper"
+    return resolve_settings(config)
+
+
+def random_bank(n_clips: int, frames: int, device: torch.device, seed: int) -> ClipBank:
+    """``n_clips`` clips of ``frames`` frames backed by N_DISTINCT random spectrograms.
+
+    Every clip is a real ClipBank entry (own offset and length); they share storage so that a
+    bank of thousands of 3,000-frame clips does not need gigabytes of memory.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.randn(N_DISTINCT * frames, 128, generator=generator).to(device)
+    offsets = (torch.arange(n_clips) % N_DISTINCT) * frames
+    lengths = torch.full((n_clips,), frames, dtype=torch.int64)
+    return ClipBank(data, offsets.to(device), lengths.to(device), frames)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_preset(preset: str, settings: dict, device: torch.device, args) -> dict:
+    job = fit_settings(settings, preset, 0)
+    fit, net, frames = dict(job["fit"]), job["net"], job["frames"]
+    if args.batch:
+        fit["batch_size"] = args.batch
+    fit_settings_ = FitSettings(**fit)
+    batch = fit_settings_.batch_size
+    torch.manual_seed(0)
+    model = build_model(net["width"], N_CLASSES, tuple(net["dropout"])).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=fit_settings_.lr)
+    rng = np.random.default_rng(0)
+
+    # Training: _run_epoch over a bank of batch * steps clips is exactly `steps` steps.
+    warm_bank = random_bank(batch * args.warmup, frames, device, 1)
+    timed_bank = random_bank(batch * args.steps, frames, device, 2)
+    warm_targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(warm_bank))).to(device)
+    targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(timed_bank))).to(device)
+    if args.warmup:
+        _run_epoch(model, optimizer, warm_bank, warm_targets, fit_settings_, rng, device, N_CLASSES)
+    synchronize(device)
+    started = time.perf_counter()
+    loss, _ = _run_epoch(model, optimizer, timed_bank, targets, fit_settings_, rng, device,
+                         N_CLASSES)
+    synchronize(device)
+    train_s = time.perf_counter() - started
+    if not np.isfinite(loss):
+        raise RuntimeError(f"{preset}: training loss is {loss}")
+
+    # Inference on whole clips, as validation and prediction run it.
+    eval_batch = min(fit_settings_.eval_batch_size, args.infer_clips)
+    predict_whole(model, random_bank(eval_batch, frames, device, 3), eval_batch, fit_settings_.amp)
+    infer_bank = random_bank(args.infer_clips, frames, device, 4)
+    synchronize(device)
+    started = time.perf_counter()
+    probs = predict_whole(model, infer_bank, eval_batch, fit_settings_.amp)
+    synchronize(device)
+    infer_s = time.perf_counter() - started
+    assert probs.shape == (args.infer_clips, N_CLASSES)
+
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return {"preset": preset, "width": net["width"], "params": count_parameters(model),
+            "batch": batch, "paper_batch": job["fit"]["batch_size"],
+            "mixup": fit_settings_.mixup_alpha, "excerpt": fit_settings_.excerpt_frames,
+            "steps": args.steps, "train_s": train_s,
+            "excerpts_per_s": batch * args.steps / train_s,
+            "infer_clips": args.infer_clips, "eval_batch": eval_batch, "infer_s": infer_s,
+            "clips_per_s": args.infer_clips / infer_s, "peak_gib": peak}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--steps", type=int, help="timed training steps per preset "
+                        "(default: 20 on CUDA, 2 on CPU)")
+    parser.add_argument("--warmup", type=int, help="warm-up steps (default: 3 on CUDA, 1 on CPU)")
+    parser.add_argument("--batch", type=int, help="training batch for every preset "
+                        "(default: the paper's on CUDA, 16 on CPU)")
+    parser.add_argument("--infer-clips", type=int, help="whole clips to predict "
+                        "(default: 256 on CUDA, 4 on CPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--presets", nargs="+", help="subset of the paper presets")
+    args = parser.parse_args()
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda:0" if use_cuda else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = device.type == "cuda"
+    args.steps = args.steps or (20 if gpu else 2)
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.batch = args.batch or (None if gpu else 16)
+    args.infer_clips = args.infer_clips or (256 if gpu else 4)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+
+    settings = paper_settings()
+    presets = args.presets or settings["method"]["presets"]
+    print(f"torch {torch.__version__}, python {platform.python_version()}")
+    if gpu:
+        print(f"device: {device} = {torch.cuda.get_device_name(device)}, "
+              f"amp={settings['compute']['amp']} (bf16 autocast)")
+    else:
+        print(f"device: cpu = {cpu_model()}, {torch.get_num_threads()} torch thread(s), "
+              f"amp off (CPU runs full precision)")
+    print(f"settings: config.yaml, run_preset=paper; {N_CLASSES} classes, "
+          f"{settings['method']['excerpt_frames']}-frame excerpts, "
+          f"{settings['method']['spectrogram_frames']}-frame whole clips; "
+          f"{args.warmup} warm-up + {args.steps} timed training step(s) per preset")
+    if args.batch:
+        print(f"NOTE: training batch {args.batch} for every preset instead of the paper's "
+              f"(100/100/50) to keep the run short. Per-example throughput grows with the "
+              f"batch, so these training figures understate the paper's batches; pass "
+              f"--batch 100 (minutes per step on a CPU) to measure them.")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print()
+
+    rows = []
+    for preset in presets:
+        row = measure_preset(preset, settings, device, args)
+        rows.append(row)
+        print(f"  {preset}: {row['excerpts_per_s']:.2f} excerpts/s, {row['clips_per_s']:.2f} clips/s",
+              flush=True)
+    print()
+    header = (f"{'preset':<16} {'nf':>3} {'params':>11} {'batch':>5} {'mixup':>5} "
+              f"{'train excerpts/s':>16} {'s/step':>7} {'infer clips/s':>13} {'eval batch':>10}")
+    if gpu:
+        header += f" {'peak GiB':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        batch = f"{r['batch']}" if r["batch"] == r["paper_batch"] else f"{r['batch']}*"
+        line = (f"{r['preset']:<16} {r['width']:>3} {r['params']:>11,} {batch:>5} "
+                f"{r['mixup']:>5} {r['excerpts_per_s']:>16.2f} {r['train_s'] / r['steps']:>7.2f} "
+                f"{r['clips_per_s']:>13.2f} {r['eval_batch']:>10}")
+        if gpu:
+            line += f" {r['peak_gib']:>8.2f}"
+        print(line)
+    if any(r["batch"] != r["paper_batch"] for r in rows):
+        print("* not the paper's batch (see NOTE)")
+    print()
+    # What it means for the paper's schedule (SPEC.md: 500 epochs over ~7,100 training clips
+    # per fold, i.e. 3/4 of 9,473; validation on ~930 whole clips after every epoch).
+    clips_per_fold, valid_per_fold = round(9473 * 3 / 4), round(3710 / 4)
+    for r in rows:
+        epoch_s = clips_per_fold / r["excerpts_per_s"] + valid_per_fold / r["clips_per_s"]
+        print(f"{r['preset']}: one epoch of one fold (~{clips_per_fold} clips + {valid_per_fold} "
+              f"validation clips) ~ {epoch_s / 60:.1f} min; 500 epochs ~ "
+              f"{500 * epoch_s / 3600:.0f} h on this device")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

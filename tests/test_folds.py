@@ -1,0 +1,170 @@
+"""Cross-validation folds (workflow_lib.folds, stages.folds_job).
+
+SPEC.md "Cross-validation folds": shuffle the training list with a fixed seed, then split the
+verified and the unverified subsets separately, each into 4 stratified folds by label. Fold k's
+validation part is verified fold k plus unverified fold k; its training part is the rest. Each
+unverified clip is thus held out from exactly one fold model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow_lib.audio import (
+    CLIPPED,
+    FALLBACK_CLIPPED_ALL,
+    FALLBACK_SILENT,
+    FALLBACK_SOX_FAILED,
+    SKIPPED_EMPTY,
+    SKIPPED_MISSING,
+    SKIPPED_UNDECODABLE,
+)
+from workflow_lib.errors import UserError
+from workflow_lib.folds import FOLD_COLUMNS, make_folds, split_fold
+from workflow_lib.io import read_csv_str, write_csv
+from workflow_lib.stages import folds_job
+
+N_FOLDS = 4
+SEED = 2018
+
+# (label, verified clips, unverified clips): large, medium and a few small classes, including
+# classes with fewer verified (or unverified) clips than folds, and one with no verified clip.
+CLASS_COUNTS = [
+    ("Bark", 23, 37), ("Cello", 9, 14), ("Drum", 17, 3), ("Flute", 2, 3),
+    ("Gong", 4, 0), ("Harp", 1, 5), ("Knock", 0, 6), ("Laughter", 11, 11),
+]
+
+
+def synthetic_train(counts=CLASS_COUNTS) -> pd.DataFrame:
+    """A training list as the workflow reads it (strings: fname, label, verified '1'/'0')."""
+    rows = []
+    for label, n_verified, n_unverified in counts:
+        for flag, n in (("1", n_verified), ("0", n_unverified)):
+            rows += [(f"{label.lower()}_{flag}_{i:03d}.wav", label, flag) for i in range(n)]
+    # An order unrelated to the labels, so "stratified" cannot come from the input order.
+    order = np.random.default_rng(7).permutation(len(rows))
+    return pd.DataFrame([rows[i] for i in order], columns=["fname", "label", "verified"])
+
+
+@pytest.fixture(scope="module")
+def train() -> pd.DataFrame:
+    return synthetic_train()
+
+
+@pytest.fixture(scope="module")
+def folds(train) -> pd.DataFrame:
+    return make_folds(train, N_FOLDS, SEED)
+
+
+def test_every_clip_in_exactly_one_fold(train, folds):
+    """Disjoint and complete: each training clip appears once, with its label and flag intact."""
+    assert list(folds.columns) == FOLD_COLUMNS
+    assert len(folds) == len(train)
+    assert folds["fname"].is_unique
+    assert set(folds["fname"]) == set(train["fname"])
+    assert set(folds["fold"].astype(int)) == set(range(N_FOLDS))
+    merged = train.merge(folds, on="fname", suffixes=("", "_f"))
+    assert (merged["label"] == merged["label_f"]).all()
+    assert (merged["verified"].astype(int) == merged["verified_f"].astype(int)).all()
+
+
+def test_stratified_per_class_and_per_verified_flag(folds):
+    """SPEC.md: verified and unverified split separately, each stratified by label.
+
+    For every (class, verified flag) with n clips, every fold holds floor(n/4) or ceil(n/4).
+    """
+    checked = 0
+    for (label, flag), group in folds.groupby(["label", folds["verified"].astype(int)]):
+        n = len(group)
+        per_fold = group["fold"].astype(int).value_counts().reindex(range(N_FOLDS), fill_value=0)
+        for fold, count in per_fold.items():
+            assert abs(count - n / N_FOLDS) < 1, (label, flag, fold, count, n)
+            assert math.floor(n / N_FOLDS) <= count <= math.ceil(n / N_FOLDS)
+        checked += 1
+    assert checked == sum((v > 0) + (u > 0) for _, v, u in CLASS_COUNTS)
+
+
+def test_fold_sizes_balanced(folds):
+    """Per verified flag the folds differ by at most one clip, and overall too.
+
+    (SPEC.md splits the two subsets separately; the unverified pass continues the deal where
+    the verified pass stopped, so their extra clips do not pile up in the same fold.)
+    """
+    for flag in (0, 1):
+        sizes = folds[folds["verified"].astype(int) == flag]["fold"].astype(int).value_counts()
+        sizes = sizes.reindex(range(N_FOLDS), fill_value=0)
+        assert sizes.max() - sizes.min() <= 1, (flag, sizes.to_dict())
+    overall = folds["fold"].astype(int).value_counts().reindex(range(N_FOLDS), fill_value=0)
+    assert overall.max() - overall.min() <= 1, overall.to_dict()
+
+
+def test_deterministic_for_a_seed_and_different_for_another(train, folds):
+    """SPEC.md: shuffled with a *fixed* seed: same seed, same folds; another seed, other folds."""
+    again = make_folds(train, N_FOLDS, SEED)
+    pd.testing.assert_frame_equal(folds, again)
+    # The input order must not matter beyond the seed's shuffle of it either way; only the seed.
+    fold_of = dict(zip(folds["fname"], folds["fold"].astype(int)))
+    other = make_folds(train, N_FOLDS, SEED + 1)
+    other_fold_of = dict(zip(other["fname"], other["fold"].astype(int)))
+    changed = sum(fold_of[name] != other_fold_of[name] for name in fold_of)
+    assert changed > len(fold_of) // 4, f"only {changed} of {len(fold_of)} clips changed fold"
+
+
+def test_class_with_fewer_clips_than_folds_is_a_user_error_naming_it(train):
+    small = pd.concat([train, pd.DataFrame({"fname": ["whistle_1.wav", "whistle_2.wav",
+                                                      "whistle_3.wav"],
+                                            "label": "Whistle", "verified": ["1", "0", "0"]})],
+                      ignore_index=True)
+    with pytest.raises(UserError, match="Whistle") as raised:
+        make_folds(small, N_FOLDS, SEED)
+    assert "Bark" not in str(raised.value)   # only the offending class is named
+    # Exactly n_folds clips is enough.
+    enough = pd.concat([small, pd.DataFrame({"fname": ["whistle_4.wav"], "label": "Whistle",
+                                             "verified": ["0"]})], ignore_index=True)
+    assert make_folds(enough, N_FOLDS, SEED)["label"].eq("Whistle").sum() == 4
+
+
+def test_split_fold_training_part_is_all_other_folds(folds):
+    """SPEC.md: fold k's validation part is fold k (verified and unverified); the rest trains."""
+    seen_in_validation = pd.Series(0, index=folds["fname"])
+    for k in range(N_FOLDS):
+        training, validation = split_fold(folds, k)
+        assert (validation["fold"].astype(int) == k).all()
+        assert (training["fold"].astype(int) != k).all()
+        assert set(training["fname"]).isdisjoint(validation["fname"])
+        assert set(training["fname"]) | set(validation["fname"]) == set(folds["fname"])
+        assert len(training) + len(validation) == len(folds)
+        assert set(validation["verified"].astype(int)) == {0, 1}
+        seen_in_validation[validation["fname"]] += 1
+    # Each clip (so each unverified clip) is held out from exactly one fold model.
+    assert (seen_in_validation == 1).all()
+
+
+def test_folds_job_leaves_out_skipped_files(tmp_path, train):
+    """SPEC.md "Preprocessing" 1: a file that cannot be decoded is skipped; it is in no fold."""
+    usable = [CLIPPED, FALLBACK_SILENT, FALLBACK_SOX_FAILED, FALLBACK_CLIPPED_ALL]
+    skipped = [SKIPPED_MISSING, SKIPPED_UNDECODABLE, SKIPPED_EMPTY]
+    manifest = train.copy()
+    manifest["status"] = [usable[i % len(usable)] for i in range(len(manifest))]
+    extra = pd.DataFrame({"fname": [f"broken_{i}.wav" for i in range(6)],
+                          "label": ["Bark", "Cello", "Drum", "Gong", "Harp", "Knock"],
+                          "verified": ["1", "0", "1", "0", "1", "0"],
+                          "status": [skipped[i % 3] for i in range(6)]})
+    manifest = pd.concat([manifest, extra], ignore_index=True)
+    manifest["n_frames"] = "100"
+    write_csv(manifest, tmp_path / "train.csv")
+
+    result = folds_job(tmp_path / "train.csv", tmp_path / "folds.csv", N_FOLDS, SEED)
+    written = read_csv_str(tmp_path / "folds.csv")
+    assert list(written.columns) == FOLD_COLUMNS
+    assert set(written["fname"]) == set(train["fname"])
+    assert not any(name.startswith("broken_") for name in written["fname"])
+    assert len(result) == len(written) == len(train)
+    # Same folds as make_folds on the usable clips alone.
+    expected = make_folds(train, N_FOLDS, SEED)
+    assert dict(zip(written["fname"], written["fold"].astype(int))) == \
+        dict(zip(expected["fname"], expected["fold"].astype(int)))
