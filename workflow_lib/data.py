@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .preprocess import SpectrogramStore
+from .preprocess import N_BINS, SpectrogramStore
 
 
 @dataclass
@@ -38,8 +38,9 @@ class ClipBank:
         lengths = np.array([p.shape[0] for p in parts], dtype=np.int64)
         if (lengths == 0).any():
             raise ValueError("a clip with zero frames reached the data path")
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        stacked = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
+        offsets = np.cumsum(lengths) - lengths
+        stacked = (np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32) if parts
+                   else np.zeros((0, N_BINS), dtype=np.float32))
         return cls(torch.from_numpy(stacked).to(device), torch.from_numpy(offsets).to(device),
                    torch.from_numpy(lengths).to(device), frames)
 

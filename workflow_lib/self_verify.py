@@ -122,7 +122,7 @@ def verify_fold(model: nn.Module, bank: ClipBank, clips: pd.DataFrame, classes: 
     """Judge one fold's held-out unverified clips with that fold's model."""
     index = {label: i for i, label in enumerate(classes)}
     posteriors = excerpt_posteriors(model, bank, settings, rng)
-    judged = judge(posteriors, clips["label"].map(index).to_numpy(), classes)
+    judged = judge(posteriors, clips["label"].map(index).to_numpy(dtype=np.int64), classes)
     judged.insert(0, "fname", clips["fname"].to_numpy())
     judged.insert(2, "fold", clips["fold"].astype(int).to_numpy())
     return judged
