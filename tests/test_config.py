@@ -87,7 +87,10 @@ def test_demo_preset_only_shrinks_the_run(base_config):
         assert net["spectrogram"] == paper["method"]["nets"][name]["spectrogram"]
         assert net["mixup_alpha"] == paper["method"]["nets"][name]["mixup_alpha"]
     assert demo["preprocessing"] == paper["preprocessing"]
-    assert demo["method"]["self_verification"]["threshold"] == 0.95
+    # The paper's 0.95 stays the default; the demo lowers it on purpose (config.yaml explains:
+    # tiny CPU nets trained for minutes rarely exceed 0.95 consensus), but keeps the gate on.
+    assert paper["method"]["self_verification"]["threshold"] == 0.95
+    assert 0.5 <= demo["method"]["self_verification"]["threshold"] < 0.95
     assert demo["method"]["excerpt_frames"] <= demo["method"]["spectrogram_frames"]
 
 
