@@ -122,3 +122,13 @@ FINAL_OUTPUTS = [
     *expand(f"{RESULTS}/plots/{{preset}}_training_curves.png", preset=PRESETS),
     f"{RESULTS}/plots/confusion.png",
 ]
+
+# Baselines scored like the method (config key `baselines`, rules/baselines.smk): extra final
+# outputs only when enabled, so the default demo and paper runs are unchanged.
+BASELINES = S["baselines"]
+if BASELINES["enabled"]:
+    FINAL_OUTPUTS += [
+        f"{RESULTS}/baselines/systems.csv",
+        f"{RESULTS}/baselines/iterations.csv",
+        f"{RESULTS}/baselines/systems.png",
+    ]

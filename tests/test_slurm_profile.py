@@ -27,7 +27,10 @@ from slurm.helpers import (  # noqa: F401  (slurm_cluster is a fixture)
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = ("train_initial", "fine_tune")
+GPU_RULES = ("train_initial", "fine_tune", "self_verify", "predict",
+             "train_verified_only", "fine_tune_chain", "self_verify_no_threshold",
+             "baseline_test_posteriors")
+REPO = Path(__file__).resolve().parents[1]
 
 # Three rules, one depending on the other two; each writes the SLURM job id it ran under.
 # The rules carry the GPU rule names, and fine_tune even declares a GPU itself: the CPU
@@ -67,7 +70,7 @@ def _job_ids(workdir: Path, names: list[str]) -> dict[str, str]:
 
 
 def _scontrol_job(job_id: str) -> dict[str, str]:
-    """slurmctld's record of a job (kept MinJobAge=300 s after it ended), as Key=Value pairs."""
+    """slurmctld's record of a job (kept MinJobAge after it ended: cluster.sh), as Key=Value."""
     shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
                            text=True, timeout=30)
     assert shown.returncode == 0, f"scontrol show job {job_id}: {shown.stderr}"
@@ -95,6 +98,18 @@ def test_profiles_differ_only_in_the_gpu_request():
         {rule: 0 for rule in GPU_RULES}
     assert {k: v for k, v in gpu.items() if k != "set-resources"} == \
         {k: v for k, v in cpu.items() if k != "set-resources"}
+    assert set(gpu["set-resources"]) == set(cpu["set-resources"]) == set(GPU_RULES)
+
+
+def test_every_rule_that_declares_a_gpu_is_in_the_profiles():
+    """A rule with `resources: gpu=` that the profile forgot would run GPU-less on a cluster."""
+    declared = set()
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=\s*rule )", path.read_text()):
+            name = re.match(r"\s*rule (\w+):", block)
+            if name and re.search(r"resources:\s*\n\s*gpu=", block):
+                declared.add(name.group(1))
+    assert declared == set(GPU_RULES)
 
 
 def test_snakemake_offers_the_slurm_executor_with_the_plugin_dir(slurm_cluster):

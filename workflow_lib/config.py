@@ -134,7 +134,8 @@ def resolve_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             f"config key run_preset: {name!r} is not one of the run presets {sorted(presets)}"
         )
     overrides = presets[name] or {}
-    stray = sorted(set(overrides) - {"dataset", "demo_data", "preprocessing", "method", "compute"})
+    stray = sorted(set(overrides) - {"dataset", "demo_data", "preprocessing", "method", "compute",
+                                     "baselines"})
     if stray:
         raise ConfigError(f"config key run_presets.{name}: cannot override {stray}")
     settings = deep_merge(config, overrides)

@@ -1,0 +1,225 @@
+# Baselines scored like the method, in the same run (config key `baselines`, off by default;
+# workflow_lib/baselines.py). Per preset, on the same folds, network and training budget:
+#   (a)  verified_only    verified clips only: it0, then the method's fine-tuning iterations
+#   (b)  noisy_it0        iteration 0: all clips with their given labels, no self-verification
+#   (b') noisy_finetuned  (b) continued with the method's fine-tuning iterations, every label trusted
+#   (c)  the method       the chosen iteration (results/selection, results/predictions)
+#   (d)  no_threshold     with baselines.no_threshold: self-verification with the threshold off
+#                         (the authors' script), sharing it0 with (b)/(c), its own it1 ... itN
+# (a), (b') and (d) are chains it0 ... itN, each iteration chosen by the method's model selection.
+# -> results/baselines/systems.csv (one row per system), iterations.csv, systems.png
+
+from workflow_lib import baselines as B  # noqa: E402  (paths and the systems spec)
+
+BASE = f"{RESULTS}/baselines"
+NO_THRESHOLD = bool(BASELINES["enabled"] and BASELINES["no_threshold"])
+SYSTEMS_SPEC = B.systems_spec(RESULTS, PRESETS, ITERATIONS, NO_THRESHOLD)
+CHAINS = "verified_only|noisy|no_threshold" if NO_THRESHOLD else "verified_only|noisy"
+
+
+rule baseline_train_list:
+    input:
+        folds=f"{RESULTS}/folds.csv",
+    output:
+        f"{BASE}/{{kind}}_list.csv",
+    wildcard_constraints:
+        kind="verified_only|all_clips",
+    params:
+        kind=lambda wildcards: "noisy" if wildcards.kind == "all_clips" else wildcards.kind,
+    log:
+        f"{RESULTS}/logs/baselines/{{kind}}_list.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.baselines train-list --kind {params.kind} --folds {input.folds}"
+        " --out {output} 2> {log}"
+
+
+rule train_verified_only:
+    input:
+        unpack(training_inputs),
+        train_list=f"{BASE}/verified_only_list.csv",
+    output:
+        best=f"{BASE}/{{preset}}/verified_only/models/fold{{fold}}/it0/best.pt",
+        history=f"{BASE}/{{preset}}/verified_only/models/fold{{fold}}/it0/history.csv",
+    wildcard_constraints:
+        preset=r"[^/]+",
+        fold=r"\d+",
+    params:
+        settings=lambda wildcards: as_json(training_settings(wildcards.preset, 0)),
+        out_dir=lambda wildcards, output: Path(output.best).parent,
+        lock_dir=GPU_LOCK_DIR,
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
+    log:
+        f"{RESULTS}/logs/baselines/train_verified_only/{{preset}}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baselines/train_verified_only/{{preset}}_fold{{fold}}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
+        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --settings {params.settings:q} 2> {log}"
+
+
+rule baseline_test_posteriors:
+    input:
+        unpack(
+            lambda wildcards: {"selection": f"{BASE}/{wildcards.preset}/{wildcards.system}/selection.csv"}
+            if wildcards.system != "noisy_it0"
+            else {}
+        ),
+        models=lambda wildcards: list(
+            B.system_models(RESULTS, wildcards.preset, wildcards.system, FOLDS, ITERATIONS).values()
+        ),
+        test_manifest=lambda wildcards: f"{RESULTS}/spectrograms/v{METHOD['nets'][wildcards.preset]['spectrogram']}/test.csv",
+        classes=f"{RESULTS}/data/classes.csv",
+    output:
+        f"{BASE}/{{preset}}/{{system}}/test.csv",
+    wildcard_constraints:
+        preset=r"[^/]+",
+        system=f"noisy_it0|{CHAINS}",
+    params:
+        models=lambda wildcards: " ".join(
+            f"{i}:{k}={path}"
+            for (i, k), path in B.system_models(RESULTS, wildcards.preset, wildcards.system, FOLDS, ITERATIONS).items()
+        ),
+        selection=lambda wildcards, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
+        settings=as_json(prediction_settings()),
+        lock_dir=GPU_LOCK_DIR,
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
+    log:
+        f"{RESULTS}/logs/baselines/test_posteriors/{{preset}}_{{system}}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.baselines predict --models {params.models} {params.selection}"
+        " --test-manifest {input.test_manifest} --classes {input.classes} --out {output}"
+        " --threads {threads} --lock-dir {params.lock_dir} --settings {params.settings:q} 2> {log}"
+
+
+if NO_THRESHOLD:
+
+    rule self_verify_no_threshold:
+        input:
+            unpack(training_inputs),
+            models=lambda wildcards: [B.chain_file(RESULTS, wildcards.preset, "no_threshold", k, wildcards.it) for k in FOLDS],
+            train=f"{RESULTS}/data/train.csv",
+        output:
+            decisions=f"{BASE}/{{preset}}/no_threshold/self_verify/it{{it}}/decisions.csv",
+            per_class=f"{BASE}/{{preset}}/no_threshold/self_verify/it{{it}}/per_class.csv",
+            train_list=f"{BASE}/{{preset}}/no_threshold/self_verify/it{{it}}/train_self_verified.csv",
+        wildcard_constraints:
+            preset=r"[^/]+",
+            it=r"\d+",
+        params:
+            models=lambda wildcards, input: " ".join(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
+            # The method's self-verification settings (same seed: same excerpts) minus the threshold.
+            settings=lambda wildcards: as_json(
+                {
+                    **self_verify_settings(wildcards.preset, int(wildcards.it)),
+                    "self_verify": {
+                        **self_verify_settings(wildcards.preset, int(wildcards.it))["self_verify"],
+                        "threshold": None,
+                    },
+                }
+            ),
+            out_dir=lambda wildcards, output: Path(output.decisions).parent,
+            lock_dir=GPU_LOCK_DIR,
+        threads: TRAINING_THREADS
+        resources:
+            gpu=GPUS_PER_TRAINING_JOB,
+        log:
+            f"{RESULTS}/logs/baselines/self_verify_no_threshold/{{preset}}_it{{it}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/baselines/self_verify_no_threshold/{{preset}}_it{{it}}.tsv"
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m workflow_lib.cli self-verify --models {params.models} --manifest {input.manifest}"
+            " --folds {input.folds} --classes {input.classes} --train {input.train}"
+            " --out-dir {params.out_dir} --threads {threads} --lock-dir {params.lock_dir}"
+            " --settings {params.settings:q} 2> {log}"
+
+
+rule fine_tune_chain:
+    input:
+        unpack(training_inputs),
+        train_list=lambda wildcards: B.chain_list(RESULTS, wildcards.preset, wildcards.chain, int(wildcards.it) - 1),
+        init=lambda wildcards: B.chain_file(RESULTS, wildcards.preset, wildcards.chain, wildcards.fold, int(wildcards.it) - 1),
+    output:
+        best=f"{BASE}/{{preset}}/{{chain}}/models/fold{{fold}}/it{{it}}/best.pt",
+        history=f"{BASE}/{{preset}}/{{chain}}/models/fold{{fold}}/it{{it}}/history.csv",
+    wildcard_constraints:
+        preset=r"[^/]+",
+        chain=CHAINS,
+        fold=r"\d+",
+        it=r"[1-9]\d*",
+    params:
+        settings=lambda wildcards: as_json(training_settings(wildcards.preset, int(wildcards.it))),
+        out_dir=lambda wildcards, output: Path(output.best).parent,
+        lock_dir=GPU_LOCK_DIR,
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
+    log:
+        f"{RESULTS}/logs/baselines/fine_tune_{{chain}}/{{preset}}_fold{{fold}}_it{{it}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baselines/fine_tune_{{chain}}/{{preset}}_fold{{fold}}_it{{it}}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
+        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --init {input.init} --settings {params.settings:q} 2> {log}"
+
+
+rule select_chain:
+    input:
+        histories=lambda wildcards: [
+            B.chain_file(RESULTS, wildcards.preset, wildcards.chain, k, i, "history.csv")
+            for i in ITERATIONS
+            for k in FOLDS
+        ],
+    output:
+        f"{BASE}/{{preset}}/{{chain}}/selection.csv",
+    wildcard_constraints:
+        preset=r"[^/]+",
+        chain=CHAINS,
+    params:
+        histories=lambda wildcards, input: " ".join(
+            f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
+        ),
+    log:
+        f"{RESULTS}/logs/baselines/select_{{chain}}/{{preset}}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli select --histories {params.histories} --out {output} 2> {log}"
+
+
+rule baseline_systems:
+    input:
+        B.spec_files(SYSTEMS_SPEC),
+        test=f"{RESULTS}/data/test.csv",
+        classes=f"{RESULTS}/data/classes.csv",
+    output:
+        systems=f"{BASE}/systems.csv",
+        iterations=f"{BASE}/iterations.csv",
+        plot=f"{BASE}/systems.png",
+    params:
+        spec=as_json(SYSTEMS_SPEC),
+    log:
+        f"{RESULTS}/logs/baselines/systems.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.baselines systems --test {input.test} --classes {input.classes}"
+        " --spec {params.spec:q} --out {output.systems} --out-iterations {output.iterations}"
+        " --out-plot {output.plot} 2> {log}"
