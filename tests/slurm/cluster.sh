@@ -145,8 +145,9 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-# keeps finished jobs visible to squeue long enough for Snakemake's status checks
-MinJobAge=300
+# keeps finished jobs visible to squeue long enough for Snakemake's status checks (>= 300),
+# and to "scontrol show job" for the tests' checks after a whole-workflow run (minutes)
+MinJobAge=1200
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 SlurmctldPort=6817

@@ -17,6 +17,7 @@ import fcntl
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -50,14 +51,16 @@ def plugin_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_snakemake_on_slurm(workdir: Path, extra_args: list[str], snakefile: Path | None = None,
-                           *, profile: Path = PROFILE_CPU,
+                           *, profile: Path = PROFILE_CPU, configfiles: Sequence[Path] = (),
                            timeout: float = 600) -> subprocess.CompletedProcess:
     """``snakemake --profile <profile> --directory <workdir> ...`` on the test SLURM cluster.
 
     snakefile None: the repository's own Snakefile, with ``--configfile <repo>/config.yaml``
-    (its ``configfile: "config.yaml"`` is resolved against --directory). Put ``--config ...``
-    (e.g. demo mode) and targets into ``extra_args``; they come last. Runs from ``workdir``;
-    output is captured as text (``stdout``/``stderr``). Needs the ``slurm_cluster`` fixture.
+    (its ``configfile: "config.yaml"`` is resolved against --directory) followed by
+    ``configfiles`` (overlays, merged recursively in that order; a second ``--configfile`` in
+    ``extra_args`` would REPLACE the list instead). Put ``--config ...`` (e.g. demo mode) and
+    targets into ``extra_args``; they come last. Runs from ``workdir``; output is captured as
+    text (``stdout``/``stderr``). Needs the ``slurm_cluster`` fixture.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -65,8 +68,10 @@ def run_snakemake_on_slurm(workdir: Path, extra_args: list[str], snakefile: Path
            "--directory", str(workdir), *TEST_ARGS]
     if snakefile is None:
         cmd += ["--snakefile", str(REPO / "Snakefile"),
-                "--configfile", str(REPO / "config.yaml")]
+                "--configfile", str(REPO / "config.yaml"), *map(str, configfiles)]
     else:
+        if configfiles:
+            cmd += ["--configfile", *map(str, configfiles)]
         cmd += ["--snakefile", str(snakefile)]
     cmd += [str(a) for a in extra_args]
     return subprocess.run(cmd, cwd=workdir, env=plugin_env(), capture_output=True, text=True,
