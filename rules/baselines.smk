@@ -31,7 +31,7 @@ rule baseline_train_list:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.baselines train-list --kind {params.kind} --folds {input.folds}"
+        "python -m workflow_lib.cli baseline-list --kind {params.kind} --folds {input.folds}"
         " --out {output} 2> {log}"
 
 
@@ -98,7 +98,7 @@ rule baseline_test_posteriors:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.baselines predict --models {params.models} {params.selection}"
+        "python -m workflow_lib.cli baseline-predict --models {params.models} {params.selection}"
         " --test-manifest {input.test_manifest} --classes {input.classes} --out {output}"
         " --threads {threads} --lock-dir {params.lock_dir} --settings {params.settings:q} 2> {log}"
 
@@ -220,6 +220,6 @@ rule baseline_systems:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.baselines systems --test {input.test} --classes {input.classes}"
+        "python -m workflow_lib.cli baseline-systems --test {input.test} --classes {input.classes}"
         " --spec {params.spec:q} --out {output.systems} --out-iterations {output.iterations}"
         " --out-plot {output.plot} 2> {log}"

@@ -31,19 +31,12 @@ test figures average the fold models' posteriors on the whole test clips. The pr
 self-verified labels is that of ``per_class.csv`` (accepted clips whose given label equals the
 true label of ``train_true_labels.csv``).
 
-Command line (the rules call it)::
-
-    python -m workflow_lib.baselines train-list --kind verified_only --folds results/folds.csv --out LIST.csv
-    python -m workflow_lib.baselines predict --models 0:0=best.pt 0:1=... [--selection SEL.csv] ...
-    python -m workflow_lib.baselines systems --test results/data/test.csv --classes ... --spec JSON ...
+The rules call these functions through ``python -m workflow_lib.cli baseline-list``,
+``baseline-predict`` and ``baseline-systems``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -54,7 +47,6 @@ from .errors import UserError
 if TYPE_CHECKING:  # numpy/pandas are imported where used: the Snakefile imports the layout
     import pandas as pd
 
-log = logging.getLogger("workflow_lib.baselines")
 
 SYSTEMS = {
     "verified_only": "(a) verified clips only, same iterations and selection as the method",
@@ -157,16 +149,6 @@ def train_list(folds_csv: Path, out_csv: Path, kind: str) -> pd.DataFrame:
                           "manually_verified": trusted})
     write_csv(table, out_csv)
     return table
-
-
-def parse_models(pairs: Sequence[str]) -> dict[tuple[int, int], Path]:
-    """``iteration:fold=path`` arguments -> {(iteration, fold): path}."""
-    models = {}
-    for pair in pairs:
-        key, path = pair.split("=", 1)
-        iteration, fold = key.split(":")
-        models[(int(iteration), int(fold))] = Path(path)
-    return models
 
 
 def predict_test(models: Mapping[tuple[int, int], Path], selection_csv: Path | None,
@@ -388,66 +370,3 @@ def systems_job(spec: Sequence[Mapping], test_csv: Path, classes_csv: Path, out_
     write_csv(iterations, out_iterations)
     plot_systems(systems, iterations, out_plot)
     return systems
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workflow_lib.baselines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("train-list", help="train.csv layout naming the clips a chain trusts")
-    listing.add_argument("--kind", choices=sorted(STATIC_LISTS), required=True)
-    listing.add_argument("--folds", type=Path, required=True)
-    listing.add_argument("--out", type=Path, required=True)
-    predict = sub.add_parser("predict", help="fold-averaged test posteriors of one iteration")
-    predict.add_argument("--models", nargs="+", required=True, help="iteration:fold=best.pt ...")
-    predict.add_argument("--selection", type=Path, help="use its chosen iteration")
-    predict.add_argument("--test-manifest", type=Path, required=True)
-    predict.add_argument("--classes", type=Path, required=True)
-    predict.add_argument("--out", type=Path, required=True)
-    predict.add_argument("--threads", type=int, default=1)
-    predict.add_argument("--lock-dir", type=Path, required=True)
-    predict.add_argument("--settings", type=json.loads, required=True,
-                         help='{"frames": ..., "batch_size": ..., "device": ...}')
-    systems = sub.add_parser("systems", help="one row per system, per-iteration table, plot")
-    systems.add_argument("--test", type=Path, required=True)
-    systems.add_argument("--classes", type=Path, required=True)
-    systems.add_argument("--spec", type=json.loads, required=True, help="JSON list of systems")
-    systems.add_argument("--out", type=Path, required=True)
-    systems.add_argument("--out-iterations", type=Path, required=True)
-    systems.add_argument("--out-plot", type=Path, required=True)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import pandas as pd
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "train-list":
-            table = train_list(args.folds, args.out, args.kind)
-            log.info("%s: %d of %d clips trusted", args.kind,
-                     int(table["manually_verified"].sum()), len(table))
-        elif args.command == "predict":
-            s = args.settings
-            iteration = predict_test(parse_models(args.models), args.selection, args.test_manifest,
-                                     args.classes, args.out, s["frames"], s["batch_size"],
-                                     s["device"], args.threads, args.lock_dir)
-            log.info("predicted the test clips with iteration %d", iteration)
-        else:
-            table = systems_job(args.spec, args.test, args.classes, args.out,
-                                args.out_iterations, args.out_plot)
-            with pd.option_context("display.width", 200, "display.max_columns", 12):
-                log.info("\n%s", table.drop(columns="description").to_string(index=False))
-    except UserError as error:
-        log.error("%s failed: %s", args.command, error)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,6 +36,16 @@ def arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
 JSON = arg("--settings", type=json.loads, required=True, help="settings as a JSON object")
 
 
+def iteration_fold_paths(pairs: Sequence[str]) -> dict[tuple[int, int], Path]:
+    """``iteration:fold=path`` arguments -> {(iteration, fold): path}."""
+    paths = {}
+    for pair in pairs:
+        key, path = pair.split("=", 1)
+        iteration, fold = key.split(":")
+        paths[(int(iteration), int(fold))] = Path(path)
+    return paths
+
+
 @command("demo-data", arg("--out", type=Path, required=True), JSON)
 def demo_data(args: argparse.Namespace) -> None:
     from .demo import generate_demo_dataset
@@ -159,12 +169,7 @@ def select(args: argparse.Namespace) -> None:
     from .io import write_csv
     from .selection import selection_table
 
-    histories = {}
-    for pair in args.histories:
-        key, path = pair.split("=", 1)
-        iteration, fold = key.split(":")
-        histories[(int(iteration), int(fold))] = Path(path)
-    table = selection_table(histories)
+    table = selection_table(iteration_fold_paths(args.histories))
     write_csv(table, args.out)
     chosen = table.loc[table["chosen"]].iloc[0]
     log.info("chosen iteration %d: mean valid loss %.4f, accuracy %.4f", chosen["iteration"],
@@ -259,6 +264,53 @@ def plot_evaluation(args: argparse.Namespace) -> None:
 
     confusion_matrix_plot(pd.read_csv(args.confusion, dtype={"true_label": str}), args.out_confusion)
     per_class_plot(pd.read_csv(args.per_class, dtype={"label": str}), "fusion", args.out_per_class)
+
+
+# --------------------------------------------------------------------------- baselines
+# rules/baselines.smk (config key `baselines`); the logic is in workflow_lib/baselines.py.
+
+
+@command("baseline-list", arg("--kind", choices=["noisy", "verified_only"], required=True),
+         arg("--folds", type=Path, required=True), arg("--out", type=Path, required=True))
+def baseline_list(args: argparse.Namespace) -> None:
+    """train.csv layout naming the clips a baseline chain trusts."""
+    from .baselines import train_list
+
+    table = train_list(args.folds, args.out, args.kind)
+    log.info("%s: %d of %d clips trusted", args.kind, int(table["manually_verified"].sum()), len(table))
+
+
+@command("baseline-predict", arg("--models", nargs="+", required=True, help="iteration:fold=best.pt ..."),
+         arg("--selection", type=Path, help="use its chosen iteration"),
+         arg("--test-manifest", type=Path, required=True), arg("--classes", type=Path, required=True),
+         arg("--out", type=Path, required=True), arg("--threads", type=int, default=1),
+         arg("--lock-dir", type=Path, required=True), JSON)
+def baseline_predict(args: argparse.Namespace) -> None:
+    """Fold-averaged test posteriors of one iteration of a baseline."""
+    from .baselines import predict_test
+
+    s = args.settings
+    iteration = predict_test(iteration_fold_paths(args.models), args.selection, args.test_manifest,
+                             args.classes, args.out, s["frames"], s["batch_size"], s["device"],
+                             args.threads, args.lock_dir)
+    log.info("predicted the test clips with iteration %d", iteration)
+
+
+@command("baseline-systems", arg("--test", type=Path, required=True),
+         arg("--classes", type=Path, required=True),
+         arg("--spec", type=json.loads, required=True, help="JSON list of systems"),
+         arg("--out", type=Path, required=True), arg("--out-iterations", type=Path, required=True),
+         arg("--out-plot", type=Path, required=True))
+def baseline_systems(args: argparse.Namespace) -> None:
+    """One row per system, one per system and iteration, and their plot."""
+    import pandas as pd
+
+    from .baselines import systems_job
+
+    table = systems_job(args.spec, args.test, args.classes, args.out, args.out_iterations,
+                        args.out_plot)
+    with pd.option_context("display.width", 200, "display.max_columns", 12):
+        log.info("\n%s", table.drop(columns="description").to_string(index=False))
 
 
 def build_parser() -> argparse.ArgumentParser:

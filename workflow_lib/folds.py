@@ -41,7 +41,7 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
         raise UserError(
             f"cannot make {n_folds} stratified folds: class(es) "
             + ", ".join(f"{label!r} ({count} clips)" for label, count in too_small.items())
-            + f" have fewer usable clips than folds; lower method.folds or add clips"
+            + " have fewer usable clips than folds; lower method.folds or add clips"
         )
     rng = np.random.default_rng(seed)
     shuffled = train.iloc[rng.permutation(len(train))].reset_index(drop=True)

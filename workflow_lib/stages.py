@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from .io import atomic_path, read_csv_str, write_csv
 from .model import build_model
 from .preprocess import SpectrogramStore
 from .training import HISTORY_COLUMNS, FitSettings, fit
+
+if TYPE_CHECKING:  # imported where used: self-verification loads only in its own job
+    from .self_verify import SelfVerifySettings
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +157,7 @@ def _fold_models(model_paths: dict[int, Path], device: str) -> dict[int, torch.n
 
 
 def self_verify_job(model_paths: dict[int, Path], manifest_csv: Path, folds_csv: Path,
-                    classes_csv: Path, train_csv: Path, out_dir: Path, settings: "SelfVerifySettings",
+                    classes_csv: Path, train_csv: Path, out_dir: Path, settings: SelfVerifySettings,
                     frames: int, device: str = "auto", threads: int = 1,
                     lock_dir: Path = Path(".gpu_locks")) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips; write decisions, new list and precision."""
