@@ -296,7 +296,7 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
     from .plots import _save
 
     several = systems["preset"].nunique() > 1
-    names = [f"{p}\n{s}" if several else s.replace("_", "\n", 1)
+    names = [f"{p}\n{s}" if several else s.replace("_", "\n")
              for p, s in zip(systems["preset"], systems["system"])]
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     bars = axes[0]
@@ -312,7 +312,7 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
                           rotation=90)
     finite = systems[["cv_accuracy", "test_accuracy", "test_map3"]].to_numpy(dtype=float)
     low = np.nanmin(finite) if np.isfinite(finite).any() else 0.0
-    bars.set_ylim(max(0.0, low - 0.1), 1.12)
+    bars.set_ylim(max(0.0, low - 0.1), 1.08)   # room for the value labels above 1.0
     bars.set_xticks(x, names, fontsize=7)
     bars.legend(fontsize=7, loc="upper center", ncol=3)
     bars.set_title("systems (same folds, net and budget)")
@@ -328,6 +328,8 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
         chosen = table[table["chosen"]]
         curves.plot(chosen["iteration"], chosen["cv_accuracy"], "*", color=color, markersize=14)
         judged = table.dropna(subset=["self_verified"])
+        if judged.empty:   # a chain without self-verification: no bars, no legend entries
+            continue
         counts.bar(judged["iteration"] + (n - (len(variants) - 1) / 2) * width,
                    judged["self_verified"].astype(float), width=width, color=color, alpha=0.5,
                    label=f"{label}: clips")
