@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from .errors import UserError
@@ -159,16 +158,9 @@ def predict_test(models: Mapping[tuple[int, int], Path], selection_csv: Path | N
 
     The iteration is the chosen one of ``selection_csv``, or the only one given.
     """
-    import numpy as np
-
-    from .data import ClipBank
     from .devices import select_device
-    from .fusion import probability_frame
-    from .io import write_csv
-    from .preprocess import SpectrogramStore
     from .selection import chosen_iteration
-    from .stages import _fold_models, read_classes
-    from .training import predict_whole
+    from .stages import _fold_models, read_classes, write_test_posteriors
 
     iterations = sorted({i for i, _ in models})
     if selection_csv is not None:
@@ -182,11 +174,8 @@ def predict_test(models: Mapping[tuple[int, int], Path], selection_csv: Path | N
         raise UserError(f"no model of the chosen iteration {iteration} was given")
     choice = select_device(device, lock_dir, threads)
     classes = read_classes(classes_csv)
-    fold_models = _fold_models(paths, choice.device)
-    store = SpectrogramStore.open(test_manifest)
-    bank = ClipBank.from_store(store, list(store.manifest["fname"]), frames, choice.device)
-    probs = np.mean([predict_whole(m, bank, batch_size) for m in fold_models.values()], axis=0)
-    write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
+    write_test_posteriors(_fold_models(paths, choice.device), test_manifest, classes, frames,
+                          batch_size, choice.device, out_csv)
     choice.release()
     return iteration
 

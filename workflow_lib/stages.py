@@ -183,6 +183,19 @@ def self_verify_job(model_paths: dict[int, Path], manifest_csv: Path, folds_csv:
     return decisions
 
 
+def write_test_posteriors(models: dict[int, torch.nn.Module], test_manifest: Path,
+                          classes: list[str], frames: int, batch_size: int, device: torch.device,
+                          out_csv: Path) -> None:
+    """Fold-averaged posteriors of every test clip on its whole length-fixed spectrogram."""
+    from .fusion import probability_frame
+    from .training import predict_whole
+
+    store = SpectrogramStore.open(test_manifest)
+    bank = ClipBank.from_store(store, list(store.manifest["fname"]), frames, device)
+    probs = np.mean([predict_whole(m, bank, batch_size) for m in models.values()], axis=0)
+    write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
+
+
 def predict_job(selection_csv: Path, model_dir: Path, train_manifest: Path, test_manifest: Path,
                 folds_csv: Path, classes_csv: Path, out_test: Path, out_valid: Path, frames: int,
                 batch_size: int, device: str = "auto", threads: int = 1,
@@ -200,10 +213,7 @@ def predict_job(selection_csv: Path, model_dir: Path, train_manifest: Path, test
     n_folds = folds["fold"].astype(int).max() + 1
     paths = {k: model_dir / f"fold{k}" / f"it{iteration}" / "best.pt" for k in range(n_folds)}
     models = _fold_models(paths, choice.device)
-    test_store = SpectrogramStore.open(test_manifest)
-    test_bank = ClipBank.from_store(test_store, list(test_store.manifest["fname"]), frames, choice.device)
-    test_probs = np.mean([predict_whole(m, test_bank, batch_size) for m in models.values()], axis=0)
-    write_csv(probability_frame(test_store.manifest["fname"], test_probs, classes), out_test)
+    write_test_posteriors(models, test_manifest, classes, frames, batch_size, choice.device, out_test)
     train_store = SpectrogramStore.open(train_manifest)
     parts = []
     for k, model in models.items():
