@@ -119,15 +119,8 @@ if NO_THRESHOLD:
             it=r"\d+",
         params:
             models=lambda wildcards, input: " ".join(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
-            # The method's self-verification settings (same seed: same excerpts) minus the threshold.
             settings=lambda wildcards: as_json(
-                {
-                    **self_verify_settings(wildcards.preset, int(wildcards.it)),
-                    "self_verify": {
-                        **self_verify_settings(wildcards.preset, int(wildcards.it))["self_verify"],
-                        "threshold": None,
-                    },
-                }
+                self_verify_settings(wildcards.preset, int(wildcards.it), threshold_off=True)
             ),
             out_dir=lambda wildcards, output: Path(output.decisions).parent,
             lock_dir=GPU_LOCK_DIR,

@@ -89,13 +89,17 @@ def training_settings(preset, iteration):
     return fit_settings(S, preset, iteration)
 
 
-def self_verify_settings(preset, iteration):
-    """Settings of one self-verification job (K, threshold, cap, excerpt length, seed)."""
+def self_verify_settings(preset, iteration, threshold_off=False):
+    """Settings of one self-verification job (K, threshold, cap, excerpt length, seed).
+
+    threshold_off: the authors' script as they ran it (the no-threshold baseline); the seed
+    stays the method's, so both judge the same excerpts.
+    """
     sv = METHOD["self_verification"]
     return {
         "self_verify": {
             "excerpts": sv["excerpts"],
-            "threshold": sv["threshold"],
+            "threshold": None if threshold_off else sv["threshold"],
             "max_per_class": sv["max_per_class"],
             "excerpt_frames": METHOD["excerpt_frames"],
             "seed": derive_seed(METHOD["seed"], "self_verify", preset, iteration),
