@@ -260,7 +260,9 @@ def decisions_for(accepted: dict[str, bool]) -> pd.DataFrame:
 def test_new_training_list_marks_original_and_accepted_clips(folds_table):
     decisions = decisions_for({"u1.wav": True, "u2.wav": False, "u3.wav": True, "u4.wav": False})
     out = new_training_list(folds_table, decisions)
-    assert list(out.columns) == ["fname", "label", "manually_verified"]   # train.csv layout
+    assert list(out.columns) == ["fname", "label", "manually_verified", "weight"]   # train.csv layout
+    assert dict(zip(out["fname"], out["weight"])) == {"v1.wav": 1, "v2.wav": 1, "u1.wav": 1,
+                                                      "u2.wav": 0, "u3.wav": 1, "u4.wav": 0}
     assert sorted(out["fname"]) == sorted(folds_table["fname"]) and out["fname"].is_unique
     flags = dict(zip(out["fname"], out["manually_verified"]))
     assert flags == {"v1.wav": 1, "v2.wav": 1, "u1.wav": 1, "u2.wav": 0, "u3.wav": 1, "u4.wav": 0}

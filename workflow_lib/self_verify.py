@@ -1,10 +1,11 @@
-"""Iterative self-verification (SPEC.md "Self-verification").
+"""Iterative self-verification (docs/method.md "Self-verification"): the judging half.
 
 Each fold model judges only the unverified clips of its own validation part (clips it never
-trained on). Per clip it averages the posteriors of K random excerpts; the clip's given label
-is trusted when it is the argmax, its averaged posterior reaches the threshold, and its class
-has not yet reached the cap (highest posteriors first). The new training list is recomputed
-from the original one at every iteration, never accumulated.
+trained on). Per clip it averages the posteriors of K random excerpts. Which clips are then
+trusted is the chain's trust policy (workflow_lib/policies.py); the paper's rule (argmax =
+given label, averaged posterior >= threshold, cap per class, highest posteriors first) is the
+policy ``paper``. The new training list is recomputed from the original one at every
+iteration, never accumulated.
 """
 
 from __future__ import annotations
@@ -19,127 +20,176 @@ import torch
 from torch import nn
 
 from .data import ClipBank
+from .policies import (  # re-exported: the decision vocabulary
+    ACCEPTED,
+    BELOW_THRESHOLD,
+    CLASS_CAP,
+    CORRECTED,
+    DECISION_COLUMNS,
+    LABEL_MISMATCH,
+    Clips,
+    PolicySettings,
+    threshold_rule,
+)
+from .policies import decide as decide_proposal
 from .training import autocast_for
 
 log = logging.getLogger(__name__)
 
-ACCEPTED = "accepted"
-LABEL_MISMATCH = "label_mismatch"       # the given label is not the argmax
-BELOW_THRESHOLD = "below_threshold"     # argmax, but its averaged posterior is too low
-CLASS_CAP = "class_cap"                 # would pass, but the class already has max_per_class
-
-DECISION_COLUMNS = ["fname", "given_label", "fold", "predicted_label", "p_given", "p_max",
-                    "accepted", "reason"]
+__all__ = ["ACCEPTED", "BELOW_THRESHOLD", "CLASS_CAP", "CORRECTED", "DECISION_COLUMNS",
+           "LABEL_MISMATCH", "SelfVerifySettings", "decide", "excerpt_posteriors", "judge_folds",
+           "new_training_list", "precision_table", "self_verify"]
 
 
 @dataclass(frozen=True)
 class SelfVerifySettings:
     excerpts: int                 # K
-    threshold: float | None       # None: off (the authors' script as they ran it)
-    max_per_class: int
+    threshold: float | None       # the paper policy's (None: off, the authors' script)
+    max_per_class: int | None
     excerpt_frames: int
     seed: int
     batch_size: int = 256         # excerpts per forward pass
     amp: bool = True
 
 
+def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(feature layers, classifier layers) of a VGG-GAP net: the last 1x1 convolution and its
+    batch norm classify; everything before it yields the features that are average-pooled."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential) or len(features) < 3:
+        raise ValueError("embeddings need a VGG-GAP model (workflow_lib.model.VggGap)")
+    return features[:-2], features[-2:]
+
+
 @torch.no_grad()
 def excerpt_posteriors(model: nn.Module, bank: ClipBank, settings: SelfVerifySettings,
-                       rng: np.random.Generator) -> np.ndarray:
-    """Average of the posteriors of K random excerpts per clip: (n_clips, n_classes), float64."""
+                       rng: np.random.Generator, embeddings: bool = False):
+    """Average of the posteriors of K random excerpts per clip: (n_clips, n_classes), float64.
+
+    embeddings=True: also the average over the same excerpts of the globally pooled output of
+    the last feature layer, (n_clips, features); the posteriors are the same numbers.
+    """
     model.eval()
     k, length = settings.excerpts, settings.excerpt_frames
     clips_per_batch = max(1, settings.batch_size // k)
-    averaged = []
+    averaged, pooled = [], []
+    body, head = _split_model(model) if embeddings else (None, None)
     for start in range(0, len(bank), clips_per_batch):
         clips = torch.arange(start, min(start + clips_per_batch, len(bank))).repeat_interleave(k)
         starts = bank.random_starts(len(clips), length, rng)
         with autocast_for(bank.device, settings.amp):
-            logits = model(bank.excerpts(clips, starts, length))
+            inputs = bank.excerpts(clips, starts, length)
+            if embeddings:
+                hidden = body(inputs)
+                logits = head(hidden).mean(dim=(2, 3))
+                feats = hidden.float().mean(dim=(2, 3)).double().cpu()
+                pooled.append(feats.view(-1, k, feats.shape[1]).mean(dim=1))
+            else:
+                logits = model(inputs)
         probs = torch.softmax(logits.float(), dim=1).double().cpu()
         averaged.append(probs.view(-1, k, probs.shape[1]).mean(dim=1))
     n_classes = getattr(model, "n_classes", 0)
-    return torch.cat(averaged).numpy() if averaged else np.zeros((0, n_classes))
+    posteriors = torch.cat(averaged).numpy() if averaged else np.zeros((0, n_classes))
+    if not embeddings:
+        return posteriors
+    width = 8 * getattr(model, "width", 0)
+    return posteriors, (torch.cat(pooled).numpy() if pooled else np.zeros((0, width)))
 
 
-def judge(posteriors: np.ndarray, given: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """Per clip: predicted label, posterior of the given label and of the argmax."""
-    predicted = posteriors.argmax(axis=1)
-    rows = np.arange(len(given))
-    return pd.DataFrame({"given_label": [classes[i] for i in given],
-                         "predicted_label": [classes[i] for i in predicted],
-                         "p_given": posteriors[rows, given], "p_max": posteriors[rows, predicted]})
+def judge_folds(models: dict[int, nn.Module], banks: dict[int, ClipBank],
+                clips: dict[int, pd.DataFrame], settings: SelfVerifySettings,
+                rng: np.random.Generator, label_column: str, embeddings: bool = False) -> Clips:
+    """Each fold model's K-excerpt posteriors (and embeddings) of its own fold's clips.
 
-
-def decide(judged: pd.DataFrame, threshold: float | None, max_per_class: int) -> pd.DataFrame:
-    """Apply the three conditions; add ``accepted`` and ``reason`` (the first failed condition).
-
-    The cap keeps the highest posteriors of each class (ties broken by file name, so the result
-    does not depend on row order).
+    ``clips[k]``: fname, label, fold. The folds are judged in order with one generator, so
+    the excerpts depend only on the seed and the clip lists.
     """
-    out = judged.copy()
-    match = out["given_label"] == out["predicted_label"]
-    confident = match if threshold is None else match & (out["p_given"] >= threshold)
-    out["reason"] = np.where(~match, LABEL_MISMATCH, np.where(~confident, BELOW_THRESHOLD, ""))
-    candidates = out[confident].sort_values(["given_label", "p_given", "fname"],
-                                            ascending=[True, False, True])
-    rank = candidates.groupby("given_label").cumcount()
-    out.loc[candidates.index, "reason"] = np.where(rank < max_per_class, ACCEPTED, CLASS_CAP)
-    out["accepted"] = out["reason"] == ACCEPTED
-    return out
+    tables, posteriors, features = [], [], []
+    for k in sorted(models):
+        part = clips[k]
+        result = excerpt_posteriors(models[k], banks[k], settings, rng, embeddings)
+        probs, feats = result if embeddings else (result, None)
+        tables.append(pd.DataFrame({"fname": part["fname"].to_numpy(),
+                                    "fold": part["fold"].astype(int).to_numpy(),
+                                    label_column: part["label"].to_numpy()}))
+        posteriors.append(probs)
+        features.append(feats)
+    table = (pd.concat(tables, ignore_index=True) if tables
+             else pd.DataFrame(columns=["fname", "fold", label_column]))
+    n_classes = max((p.shape[1] for p in posteriors), default=0)
+    stacked = np.concatenate(posteriors) if posteriors else np.zeros((0, n_classes))
+    return Clips(table, stacked, np.concatenate(features) if embeddings and features else None)
 
 
-def new_training_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
-    """train.csv layout: manually_verified = 1 for the original verified and the accepted clips."""
-    accepted = set(decisions.loc[decisions["accepted"], "fname"])
-    verified = (folds["verified"].astype(int) == 1) | folds["fname"].isin(accepted)
-    return pd.DataFrame({"fname": folds["fname"], "label": folds["label"],
-                         "manually_verified": verified.astype(int)})
-
-
-def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Per class and overall: unverified clips judged, accepted, and (with true labels) how many
-    of each were correctly labelled. ``precision`` is that of the accepted labels,
-    ``unverified_precision`` that of all judged unverified labels (the baseline it improves on).
-    """
-    has_truth = "true_label" in decisions and (decisions["true_label"] != "").all() and len(decisions)
-    frame = decisions.assign(correct=(decisions["given_label"] == decisions.get("true_label", ""))
-                             if has_truth else np.nan)
-    rows = []
-    for label, group in [*((c, frame[frame["given_label"] == c]) for c in classes), ("ALL", frame)]:
-        accepted = group[group["accepted"]]
-        row = {"label": label, "n_unverified": len(group), "n_accepted": len(accepted)}
-        if has_truth:
-            row.update(n_accepted_correct=int(accepted["correct"].sum()),
-                       precision=accepted["correct"].mean() if len(accepted) else np.nan,
-                       unverified_precision=group["correct"].mean() if len(group) else np.nan)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def verify_fold(model: nn.Module, bank: ClipBank, clips: pd.DataFrame, classes: list[str],
-                settings: SelfVerifySettings, rng: np.random.Generator) -> pd.DataFrame:
-    """Judge one fold's held-out unverified clips with that fold's model."""
-    index = {label: i for i, label in enumerate(classes)}
-    posteriors = excerpt_posteriors(model, bank, settings, rng)
-    judged = judge(posteriors, clips["label"].map(index).to_numpy(dtype=np.int64), classes)
-    judged.insert(0, "fname", clips["fname"].to_numpy())
-    judged.insert(2, "fold", clips["fold"].astype(int).to_numpy())
-    return judged
+def decide(judged: pd.DataFrame, threshold: float | None, max_per_class: int | None) -> pd.DataFrame:
+    """The paper policy on a table of judged clips (fname, given_label, predicted_label,
+    p_given, p_max): adds ``accepted`` and ``reason`` (the first failed condition)."""
+    classes = sorted(set(judged["given_label"]) | set(judged["predicted_label"]))
+    proposal = threshold_rule(judged, threshold)
+    return decide_proposal(proposal, classes, PolicySettings("paper", threshold=threshold,
+                                                             max_per_class=max_per_class))
 
 
 def self_verify(models: dict[int, nn.Module], banks: dict[int, ClipBank],
                 unverified: dict[int, pd.DataFrame], classes: list[str],
-                settings: SelfVerifySettings) -> pd.DataFrame:
-    """Judge every fold's held-out unverified clips, then decide across folds (the cap is global)."""
-    rng = np.random.default_rng(settings.seed)
-    judged = [verify_fold(models[k], banks[k], unverified[k], classes, settings, rng)
-              for k in sorted(models)]
-    table = pd.concat(judged, ignore_index=True) if judged else pd.DataFrame(columns=DECISION_COLUMNS[:6])
-    return decide(table, settings.threshold, settings.max_per_class)[DECISION_COLUMNS]
+                settings: SelfVerifySettings, policy: PolicySettings | None = None) -> pd.DataFrame:
+    """Judge every fold's held-out unverified clips, then decide across folds (the cap is
+    global). ``policy``: default the paper's rule with ``settings``' threshold and cap."""
+    from .policies import apply_policy
+
+    policy = policy or PolicySettings("paper", threshold=settings.threshold,
+                                      max_per_class=settings.max_per_class)
+    judged = judge_folds(models, banks, unverified, settings, np.random.default_rng(settings.seed),
+                         "given_label")
+    if len(judged.posteriors) == 0:
+        judged.posteriors = np.zeros((0, len(classes)))
+    return apply_policy(judged, None, classes, policy)
+
+
+def new_training_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """train.csv layout: manually_verified = 1 for the original verified and the accepted
+    clips, ``label`` the trusted one, ``weight`` the loss weight (1 for verified clips)."""
+    accepted = decisions[decisions["accepted"].astype(bool)]
+    verified = folds["verified"].astype(int) == 1
+    names = accepted["fname"]
+    trusted_label = (dict(zip(names, accepted["trusted_label"])) if "trusted_label" in accepted
+                     else {})
+    weight = dict(zip(names, accepted["weight"] if "weight" in accepted else np.ones(len(names))))
+    in_list = verified | folds["fname"].isin(set(names))
+    label = np.where(verified, folds["label"], folds["fname"].map(trusted_label).fillna(folds["label"]))
+    weights = np.where(verified, 1.0, folds["fname"].map(weight).fillna(0.0).astype(float))
+    return pd.DataFrame({"fname": folds["fname"], "label": label,
+                         "manually_verified": in_list.astype(int), "weight": weights})
+
+
+def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Per class (of the given label) and overall: unverified clips judged, accepted, and (with
+    true labels) how many of each were correctly labelled. ``precision``: trusted labels that
+    are true; ``recall``: correctly labelled judged clips that were trusted (under their
+    label); ``unverified_precision``: all judged given labels (the baseline it improves on).
+    """
+    has_truth = "true_label" in decisions and (decisions["true_label"] != "").all() and len(decisions)
+    trusted = decisions.get("trusted_label", decisions["given_label"])
+    frame = decisions.assign(
+        correct=(decisions["given_label"] == decisions.get("true_label", "")) if has_truth else np.nan,
+        trusted_correct=(trusted == decisions.get("true_label", "")) if has_truth else np.nan)
+    rows = []
+    for label, group in [*((c, frame[frame["given_label"] == c]) for c in classes), ("ALL", frame)]:
+        accepted = group[group["accepted"].astype(bool)]
+        row = {"label": label, "n_unverified": len(group), "n_accepted": len(accepted)}
+        if has_truth:
+            n_correct = int(group["correct"].sum())
+            kept = int((accepted["correct"] & accepted["trusted_correct"]).sum())
+            row.update(n_accepted_correct=int(accepted["trusted_correct"].sum()),
+                       precision=accepted["trusted_correct"].mean() if len(accepted) else np.nan,
+                       unverified_precision=group["correct"].mean() if len(group) else np.nan,
+                       n_correct=n_correct, recall=kept / n_correct if n_correct else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def read_decisions(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"fname": str, "given_label": str, "predicted_label": str})
+    table = pd.read_csv(path, dtype={"fname": str, "given_label": str, "predicted_label": str,
+                                     "trusted_label": str})
     table["accepted"] = table["accepted"].astype(bool)
     return table
