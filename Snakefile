@@ -26,7 +26,6 @@ include: "rules/preprocess.smk"
 include: "rules/train.smk"
 include: "rules/self_verify.smk"
 include: "rules/predict.smk"
-include: "rules/baselines.smk"
 include: "rules/report.smk"
 
 

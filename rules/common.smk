@@ -8,11 +8,13 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_lib.config import (  # noqa: E402
     ConfigError,
+    chain_policy,
     derive_seed,
     fit_settings,
     gpus_per_training_job,
     resolve_settings,
 )
+from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:
@@ -21,9 +23,14 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RESULTS = "results"
+# Chains (config keys `chains`, `run_chains`): iteration 0 + a trust policy. Every chain runs
+# the same rules through the {chain} wildcard; chains with the same `start` share iteration 0.
+CHAINS = S["run_chains"]
+STARTS = {chain: S["chains"][chain]["start"] for chain in CHAINS}
+L = Layout(RESULTS, STARTS)   # the results/ layout (workflow_lib/layout.py)
 METHOD = S["method"]
 DEMO = not S["dataset_root"]
-DATA_ROOT = f"{RESULTS}/demo_data" if DEMO else S["dataset_root"]
+DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
 SHARDS = list(range(S["preprocessing"]["shards"]))
 PRESETS = METHOD["presets"]
@@ -62,25 +69,31 @@ GPUS_PER_TRAINING_JOB = gpus_per_training_job(COMPUTE)
 TRAINING_THREADS = COMPUTE["training_threads"]
 
 
-def model_file(preset, fold, iteration):
-    return f"{RESULTS}/models/{preset}/fold{fold}/it{iteration}/best.pt"
+
+wildcard_constraints:
+    chain="|".join(CHAINS),
+    start="|".join(sorted(set(STARTS.values()))),
+    preset="|".join(PRESETS),
+    fold=r"\d+",
 
 
-def history_file(preset, fold, iteration):
-    return f"{RESULTS}/models/{preset}/fold{fold}/it{iteration}/history.csv"
+def chain_priority(wildcards):
+    """The first chain of run_chains (the method) is scheduled first, then the next ..."""
+    return len(CHAINS) - CHAINS.index(wildcards.chain)
 
 
-def self_verified_list(preset, iteration):
-    return f"{RESULTS}/self_verify/{preset}/it{iteration}/train_self_verified.csv"
+def start_priority(wildcards):
+    """Iteration 0 of a start: the priority of the most urgent chain that uses it."""
+    return max(len(CHAINS) - n for n, chain in enumerate(CHAINS) if STARTS[chain] == wildcards.start)
 
 
 def training_inputs(wildcards):
     """Spectrograms of the preset's version, the folds and the class list."""
     version = METHOD["nets"][wildcards.preset]["spectrogram"]
     return {
-        "manifest": f"{RESULTS}/spectrograms/v{version}/train.csv",
-        "folds": f"{RESULTS}/folds.csv",
-        "classes": f"{RESULTS}/data/classes.csv",
+        "manifest": L.spectrograms(version, "train"),
+        "folds": L.folds,
+        "classes": L.data("classes.csv"),
     }
 
 
@@ -89,22 +102,38 @@ def training_settings(preset, iteration):
     return fit_settings(S, preset, iteration)
 
 
-def self_verify_settings(preset, iteration, threshold_off=False):
-    """Settings of one self-verification job (K, threshold, cap, excerpt length, seed).
+def chain_models(chain, preset, iterations=ITERATIONS):
+    """{(iteration, fold): best.pt} of a chain's fold models."""
+    return {(i, k): L.model_file(chain, preset, k, i) for i in iterations for k in FOLDS}
 
-    threshold_off: the authors' script as they ran it (the no-threshold baseline); the seed
-    stays the method's, so both judge the same excerpts.
+
+def pairs(mapping):
+    """{(iteration, fold): path} -> 'i:k=path ...' (the CLI's form)."""
+    return " ".join(f"{i}:{k}={path}" for (i, k), path in mapping.items())
+
+
+def chain_histories(wildcards):
+    return {(i, k): L.history_file(wildcards.chain, wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS}
+
+
+def self_verify_settings(chain, preset, iteration):
+    """Settings of one trust job: K excerpts, seed, and the chain's trust policy.
+
+    The seed does not depend on the chain, so every chain judges the same excerpts.
     """
     sv = METHOD["self_verification"]
     return {
         "self_verify": {
             "excerpts": sv["excerpts"],
-            "threshold": None if threshold_off else sv["threshold"],
+            "threshold": sv["threshold"],
             "max_per_class": sv["max_per_class"],
             "excerpt_frames": METHOD["excerpt_frames"],
             "seed": derive_seed(METHOD["seed"], "self_verify", preset, iteration),
             "amp": COMPUTE["amp"],
         },
+        "policy": chain_policy(S, chain),
+        "iteration": iteration,
+        "iterations": len(ITERATIONS) - 1,
         "frames": METHOD["spectrogram_frames"],
         "device": COMPUTE["device"],
     }
@@ -118,21 +147,22 @@ def prediction_settings():
     }
 
 
-FINAL_OUTPUTS = [
-    f"{RESULTS}/data/problems.csv",
-    *expand(f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv", version=VERSIONS, split=SPLITS),
-    f"{RESULTS}/submission.csv",
-    f"{RESULTS}/summary.csv",
-    *expand(f"{RESULTS}/plots/{{preset}}_training_curves.png", preset=PRESETS),
-    f"{RESULTS}/plots/confusion.png",
-]
+SYSTEMS_SPEC = systems_spec(
+    L,
+    CHAINS,
+    PRESETS,
+    ITERATIONS,
+    {c: S["chains"][c].get("description", "") for c in CHAINS},
+    {c: S["chains"][c]["policy"] for c in CHAINS},
+)
 
-# Baselines scored like the method (config key `baselines`, rules/baselines.smk): extra final
-# outputs only when enabled, so the default demo and paper runs are unchanged.
-BASELINES = S["baselines"]
-if BASELINES["enabled"]:
-    FINAL_OUTPUTS += [
-        f"{RESULTS}/baselines/systems.csv",
-        f"{RESULTS}/baselines/iterations.csv",
-        f"{RESULTS}/baselines/systems.png",
-    ]
+FINAL_OUTPUTS = [
+    L.data("problems.csv"),
+    *expand(L.spectrograms("{version}", "{split}"), version=VERSIONS, split=SPLITS),
+    *[L.submission(c) for c in CHAINS],
+    *[L.summary(c) for c in CHAINS],
+    *[L.plot(c, f"{p}_training_curves.png") for c in CHAINS for p in PRESETS],
+    *[L.plot(c, "confusion.png") for c in CHAINS],
+    L.systems("systems.csv"),
+    L.systems("systems.png"),
+]

@@ -4,15 +4,15 @@ if DEMO:
 
     rule demo_dataset:
         output:
-            train=f"{RESULTS}/demo_data/train.csv",
-            test=f"{RESULTS}/demo_data/test_post_competition.csv",
-            truth=f"{RESULTS}/demo_data/train_true_labels.csv",
+            train=L.demo_data("train.csv"),
+            test=L.demo_data("test_post_competition.csv"),
+            truth=L.demo_data("train_true_labels.csv"),
         params:
             settings=as_json(S["demo_data"]),
         log:
-            f"{RESULTS}/logs/demo_dataset.log",
+            L.log("demo_dataset"),
         benchmark:
-            f"{RESULTS}/benchmarks/demo_dataset.tsv"
+            L.benchmark("demo_dataset")
         conda:
             CONDA_ENV
         shell:
@@ -25,18 +25,18 @@ rule validate_dataset:
         optional_dataset_files(),
         train=dataset_file("train_csv"),
     output:
-        train=f"{RESULTS}/data/train.csv",
-        test=f"{RESULTS}/data/test.csv",
-        classes=f"{RESULTS}/data/classes.csv",
-        problems=f"{RESULTS}/data/problems.csv",
+        train=L.data("train.csv"),
+        test=L.data("test.csv"),
+        classes=L.data("classes.csv"),
+        problems=L.data("problems.csv"),
     params:
         root=lambda wildcards, input: Path(input.train).parent,
         settings=as_json(S["dataset"]),
         folds=METHOD["folds"],
     log:
-        f"{RESULTS}/logs/validate_dataset.log",
+        L.log("validate_dataset"),
     benchmark:
-        f"{RESULTS}/benchmarks/validate_dataset.tsv"
+        L.benchmark("validate_dataset")
     conda:
         CONDA_ENV
     shell:

@@ -1,48 +1,51 @@
-# Automatic model selection per preset, prediction with the chosen iteration's fold models,
-# fusion of the presets, the submission, and the evaluation when the test labels are known.
+# Per chain: automatic model selection per preset, prediction with the chosen iteration's fold
+# models, fusion of the presets, the submission, the evaluation when the test labels are known
+# and the summary. Then one systems table for every chain.
 
 
 rule select_iteration:
     input:
-        histories=lambda wildcards: [history_file(wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS],
+        histories=lambda wildcards: list(chain_histories(wildcards).values()),
     output:
-        f"{RESULTS}/selection/{{preset}}.csv",
+        L.selection("{chain}", "{preset}"),
     params:
-        histories=lambda wildcards, input: " ".join(
-            f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
-        ),
+        histories=lambda wildcards: pairs(chain_histories(wildcards)),
+        tolerance=S["trust"]["selection_tolerance"],
+    priority: chain_priority
     log:
-        f"{RESULTS}/logs/select_iteration/{{preset}}.log",
+        L.log("select_iteration/{chain}/{preset}"),
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli select --histories {params.histories} --out {output} 2> {log}"
+        "python -m workflow_lib.cli select --histories {params.histories}"
+        " --tolerance {params.tolerance} --out {output} 2> {log}"
 
 
 rule predict:
     input:
         unpack(training_inputs),
-        selection=f"{RESULTS}/selection/{{preset}}.csv",
-        models=lambda wildcards: [model_file(wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS],
-        test_manifest=lambda wildcards: f"{RESULTS}/spectrograms/v{METHOD['nets'][wildcards.preset]['spectrogram']}/test.csv",
+        selection=L.selection("{chain}", "{preset}"),
+        models=lambda wildcards: list(chain_models(wildcards.chain, wildcards.preset).values()),
+        test_manifest=lambda wildcards: L.spectrograms(METHOD["nets"][wildcards.preset]["spectrogram"], "test"),
     output:
-        test=f"{RESULTS}/predictions/{{preset}}/test.csv",
-        valid=f"{RESULTS}/predictions/{{preset}}/valid_oof.csv",
+        test=L.predictions("{chain}", "{preset}", "test"),
+        valid=L.predictions("{chain}", "{preset}", "valid_oof"),
     params:
-        model_dir=lambda wildcards: f"{RESULTS}/models/{wildcards.preset}",
+        models=lambda wildcards: pairs(chain_models(wildcards.chain, wildcards.preset)),
         settings=as_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
+    priority: chain_priority
     threads: TRAINING_THREADS
     resources:
         gpu=GPUS_PER_TRAINING_JOB,
     log:
-        f"{RESULTS}/logs/predict/{{preset}}.log",
+        L.log("predict/{chain}/{preset}"),
     benchmark:
-        f"{RESULTS}/benchmarks/predict/{{preset}}.tsv"
+        L.benchmark("predict/{chain}/{preset}")
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli predict --selection {input.selection} --model-dir {params.model_dir}"
+        "python -m workflow_lib.cli predict --selection {input.selection} --models {params.models}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
         " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
         " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir}"
@@ -51,19 +54,20 @@ rule predict:
 
 rule fuse:
     input:
-        tests=expand(f"{RESULTS}/predictions/{{preset}}/test.csv", preset=PRESETS),
-        valids=expand(f"{RESULTS}/predictions/{{preset}}/valid_oof.csv", preset=PRESETS),
-        classes=f"{RESULTS}/data/classes.csv",
+        tests=lambda wildcards: [L.predictions(wildcards.chain, p, "test") for p in PRESETS],
+        valids=lambda wildcards: [L.predictions(wildcards.chain, p, "valid_oof") for p in PRESETS],
+        classes=L.data("classes.csv"),
     output:
-        probs=f"{RESULTS}/predictions/fused_test.csv",
-        weights=f"{RESULTS}/predictions/fusion_weights.csv",
-        submission=f"{RESULTS}/submission.csv",
+        probs=L.fused("{chain}", "fused_test.csv"),
+        weights=L.fused("{chain}", "fusion_weights.csv"),
+        submission=L.submission("{chain}"),
     params:
         tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
         valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
         settings=as_json(METHOD["fusion"]),
+    priority: chain_priority
     log:
-        f"{RESULTS}/logs/fuse.log",
+        L.log("fuse/{chain}"),
     conda:
         CONDA_ENV
     shell:
@@ -74,21 +78,22 @@ rule fuse:
 
 rule evaluate:
     input:
-        test=f"{RESULTS}/data/test.csv",
-        classes=f"{RESULTS}/data/classes.csv",
-        presets=expand(f"{RESULTS}/predictions/{{preset}}/test.csv", preset=PRESETS),
-        fused=f"{RESULTS}/predictions/fused_test.csv",
+        test=L.data("test.csv"),
+        classes=L.data("classes.csv"),
+        presets=lambda wildcards: [L.predictions(wildcards.chain, p, "test") for p in PRESETS],
+        fused=L.fused("{chain}", "fused_test.csv"),
     output:
-        summary=f"{RESULTS}/evaluation/summary.csv",
-        per_class=f"{RESULTS}/evaluation/per_class.csv",
-        confusion=f"{RESULTS}/evaluation/confusion.csv",
+        summary=L.evaluation("{chain}", "summary.csv"),
+        per_class=L.evaluation("{chain}", "per_class.csv"),
+        confusion=L.evaluation("{chain}", "confusion.csv"),
     params:
         systems=lambda wildcards, input: " ".join(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
+    priority: chain_priority
     log:
-        f"{RESULTS}/logs/evaluate.log",
+        L.log("evaluate/{chain}"),
     conda:
         CONDA_ENV
     shell:
@@ -98,19 +103,44 @@ rule evaluate:
 
 rule summary:
     input:
-        selections=expand(f"{RESULTS}/selection/{{preset}}.csv", preset=PRESETS),
-        self_verify=[self_verified_list(p, i) for p in PRESETS for i in ITERATIONS[:-1]],
-        scores=f"{RESULTS}/evaluation/summary.csv",
+        selections=lambda wildcards: [L.selection(wildcards.chain, p) for p in PRESETS],
+        self_verify=lambda wildcards: [
+            L.trust_file(wildcards.chain, p, i, "per_class.csv") for p in PRESETS for i in ITERATIONS[:-1]
+        ],
+        scores=L.evaluation("{chain}", "summary.csv"),
     output:
-        f"{RESULTS}/summary.csv",
+        L.summary("{chain}"),
     params:
         presets=" ".join(PRESETS),
         dirs=lambda wildcards, input: " ".join(str(Path(f).parent) for f in input.self_verify),
+    priority: chain_priority
     log:
-        f"{RESULTS}/logs/summary.log",
+        L.log("summary/{chain}"),
     conda:
         CONDA_ENV
     shell:
         "python -m workflow_lib.cli summary --presets {params.presets}"
         " --selections {input.selections} --self-verify-dirs {params.dirs}"
         " --scores {input.scores} --out {output} 2> {log}"
+
+
+rule systems:
+    input:
+        spec_files(SYSTEMS_SPEC),
+        test=L.data("test.csv"),
+        classes=L.data("classes.csv"),
+    output:
+        systems=L.systems("systems.csv"),
+        iterations=L.systems("systems_iterations.csv"),
+        plot=report(L.systems("systems.png"), caption="../report/systems.rst", category="Systems"),
+    params:
+        spec=as_json(SYSTEMS_SPEC),
+        min_share=S["trust"]["min_trusted_share"],
+    log:
+        L.log("systems"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli systems --test {input.test} --classes {input.classes}"
+        " --spec {params.spec:q} --min-trusted-share {params.min_share} --out {output.systems}"
+        " --out-iterations {output.iterations} --out-plot {output.plot} 2> {log}"

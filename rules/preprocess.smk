@@ -4,10 +4,10 @@
 
 rule preprocess_shard:
     input:
-        listing=f"{RESULTS}/data/{{split}}.csv",
+        listing=L.data("{split}.csv"),
     output:
-        arrays=expand(f"{RESULTS}/spectrograms/v{{version}}/{{{{split}}}}/shard{{{{shard}}}}.npy", version=VERSIONS),
-        manifests=expand(f"{RESULTS}/spectrograms/v{{version}}/{{{{split}}}}/shard{{{{shard}}}}.csv", version=VERSIONS),
+        arrays=expand(L.spectrogram_shard("{version}", "{{split}}", "{{shard}}", "npy"), version=VERSIONS),
+        manifests=expand(L.spectrogram_shard("{version}", "{{split}}", "{{shard}}", "csv"), version=VERSIONS),
     wildcard_constraints:
         split="train|test",
         shard=r"\d+",
@@ -17,9 +17,9 @@ rule preprocess_shard:
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
         settings=as_json(S["preprocessing"]),
     log:
-        f"{RESULTS}/logs/preprocess/{{split}}_shard{{shard}}.log",
+        L.log("preprocess/{split}_shard{shard}"),
     benchmark:
-        f"{RESULTS}/benchmarks/preprocess/{{split}}_shard{{shard}}.tsv"
+        L.benchmark("preprocess/{split}_shard{shard}")
     conda:
         CONDA_ENV
     shell:
@@ -31,14 +31,14 @@ rule preprocess_shard:
 
 rule spectrogram_manifest:
     input:
-        expand(f"{RESULTS}/spectrograms/v{{{{version}}}}/{{{{split}}}}/shard{{shard}}.csv", shard=SHARDS),
+        expand(L.spectrogram_shard("{{version}}", "{{split}}", "{shard}", "csv"), shard=SHARDS),
     output:
-        f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv",
+        L.spectrograms("{version}", "{split}"),
     wildcard_constraints:
         version=r"\d",
         split="train|test",
     log:
-        f"{RESULTS}/logs/spectrogram_manifest/v{{version}}_{{split}}.log",
+        L.log("spectrogram_manifest/v{version}_{split}"),
     conda:
         CONDA_ENV
     shell:

@@ -3,30 +3,28 @@
 
 rule plot_training:
     input:
-        histories=lambda wildcards: [history_file(wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS],
+        histories=lambda wildcards: list(chain_histories(wildcards).values()),
         self_verify=lambda wildcards: [
-            f"{RESULTS}/self_verify/{wildcards.preset}/it{i}/per_class.csv" for i in ITERATIONS[:-1]
+            L.trust_file(wildcards.chain, wildcards.preset, i, "per_class.csv") for i in ITERATIONS[:-1]
         ],
     output:
         curves=report(
-            f"{RESULTS}/plots/{{preset}}_training_curves.png",
+            L.plot("{chain}", "{preset}_training_curves.png"),
             caption="../report/training_curves.rst",
             category="Training",
-            subcategory="{preset}",
+            subcategory="{chain} {preset}",
         ),
         counts=report(
-            f"{RESULTS}/plots/{{preset}}_self_verified.png",
+            L.plot("{chain}", "{preset}_self_verified.png"),
             caption="../report/self_verified.rst",
             category="Self-verification",
-            subcategory="{preset}",
+            subcategory="{chain} {preset}",
         ),
     params:
-        histories=lambda wildcards, input: " ".join(
-            f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
-        ),
+        histories=lambda wildcards: pairs(chain_histories(wildcards)),
         self_verify=lambda wildcards, input: " ".join(f"{i}={path}" for i, path in enumerate(input.self_verify)),
     log:
-        f"{RESULTS}/logs/plot_training/{{preset}}.log",
+        L.log("plot_training/{chain}/{preset}"),
     conda:
         CONDA_ENV
     shell:
@@ -37,17 +35,23 @@ rule plot_training:
 
 rule plot_evaluation:
     input:
-        confusion=f"{RESULTS}/evaluation/confusion.csv",
-        per_class=f"{RESULTS}/evaluation/per_class.csv",
+        confusion=L.evaluation("{chain}", "confusion.csv"),
+        per_class=L.evaluation("{chain}", "per_class.csv"),
     output:
         confusion=report(
-            f"{RESULTS}/plots/confusion.png", caption="../report/confusion.rst", category="Evaluation"
+            L.plot("{chain}", "confusion.png"),
+            caption="../report/confusion.rst",
+            category="Evaluation",
+            subcategory="{chain}",
         ),
         per_class=report(
-            f"{RESULTS}/plots/per_class.png", caption="../report/per_class.rst", category="Evaluation"
+            L.plot("{chain}", "per_class.png"),
+            caption="../report/per_class.rst",
+            category="Evaluation",
+            subcategory="{chain}",
         ),
     log:
-        f"{RESULTS}/logs/plot_evaluation.log",
+        L.log("plot_evaluation/{chain}"),
     conda:
         CONDA_ENV
     shell:

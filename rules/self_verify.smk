@@ -1,30 +1,30 @@
-# Self-verification of iteration i: the four fold models of iteration i judge the unverified
-# clips of their own validation parts; the accepted ones join the list that fine-tunes i+1.
+# Self-verification of iteration i in a chain: the fold models of iteration i judge the
+# unverified clips of their own validation parts (K-excerpt posteriors, kept in posteriors.csv)
+# and the chain's trust policy picks the clips the list of iteration i+1 trusts.
 
 
 rule self_verify:
     input:
         unpack(training_inputs),
-        models=lambda wildcards: [model_file(wildcards.preset, k, wildcards.it) for k in FOLDS],
-        train=f"{RESULTS}/data/train.csv",
+        models=lambda wildcards: [L.model_file(wildcards.chain, wildcards.preset, k, int(wildcards.it)) for k in FOLDS],
+        train=L.data("train.csv"),
     output:
-        decisions=f"{RESULTS}/self_verify/{{preset}}/it{{it}}/decisions.csv",
-        per_class=f"{RESULTS}/self_verify/{{preset}}/it{{it}}/per_class.csv",
-        train_list=f"{RESULTS}/self_verify/{{preset}}/it{{it}}/train_self_verified.csv",
+        **{name.split(".")[0]: L.trust_file("{chain}", "{preset}", "{it}", name) for name in TRUST_FILES},
     wildcard_constraints:
         it=r"\d+",
     params:
         models=lambda wildcards, input: " ".join(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
-        settings=lambda wildcards: as_json(self_verify_settings(wildcards.preset, int(wildcards.it))),
+        settings=lambda wildcards: as_json(self_verify_settings(wildcards.chain, wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.decisions).parent,
         lock_dir=GPU_LOCK_DIR,
+    priority: chain_priority
     threads: TRAINING_THREADS
     resources:
         gpu=GPUS_PER_TRAINING_JOB,
     log:
-        f"{RESULTS}/logs/self_verify/{{preset}}_it{{it}}.log",
+        L.log("self_verify/{chain}/{preset}_it{it}"),
     benchmark:
-        f"{RESULTS}/benchmarks/self_verify/{{preset}}_it{{it}}.tsv"
+        L.benchmark("self_verify/{chain}/{preset}_it{it}")
     conda:
         CONDA_ENV
     shell:

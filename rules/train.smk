@@ -1,17 +1,18 @@
-# Folds, initial training (iteration 0) and fine-tuning (iterations 1 ... N), one job per
-# preset and fold. Training jobs ask for one GPU when CUDA is in use (--resources gpu=N).
+# Folds, iteration 0 (one job per start, preset and fold, shared by the chains with that start)
+# and fine-tuning (iterations 1 ... N, one job per chain, preset and fold). Training jobs ask
+# for one GPU when CUDA is in use (--resources gpu=N).
 
 
 rule folds:
     input:
-        manifest=f"{RESULTS}/spectrograms/v{VERSIONS[0]}/train.csv",
+        manifest=L.spectrograms(VERSIONS[0], "train"),
     output:
-        f"{RESULTS}/folds.csv",
+        L.folds,
     params:
         folds=METHOD["folds"],
         seed=METHOD["seed"],
     log:
-        f"{RESULTS}/logs/folds.log",
+        L.log("folds"),
     conda:
         CONDA_ENV
     shell:
@@ -19,53 +20,70 @@ rule folds:
         " --folds {params.folds} --seed {params.seed} 2> {log}"
 
 
+rule initial_list:
+    input:
+        folds=L.folds,
+    output:
+        L.initial_list("{start}"),
+    log:
+        L.log("initial_list/{start}"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m workflow_lib.cli initial-list --start {wildcards.start} --folds {input.folds}"
+        " --out {output} 2> {log}"
+
+
 rule train_initial:
     input:
         unpack(training_inputs),
+        train_list=L.initial_list("{start}"),
     output:
-        best=f"{RESULTS}/models/{{preset}}/fold{{fold}}/it0/best.pt",
-        history=f"{RESULTS}/models/{{preset}}/fold{{fold}}/it0/history.csv",
+        best=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/best.pt",
+        history=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/history.csv",
     params:
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, 0)),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
+    priority: start_priority
     threads: TRAINING_THREADS
     resources:
         gpu=GPUS_PER_TRAINING_JOB,
     log:
-        f"{RESULTS}/logs/train/{{preset}}_fold{{fold}}_it0.log",
+        L.log("train/{start}/{preset}_fold{fold}_it0"),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{preset}}_fold{{fold}}_it0.tsv"
+        L.benchmark("train/{start}/{preset}_fold{fold}_it0")
     conda:
         CONDA_ENV
     shell:
         "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --settings {params.settings:q}"
-        " 2> {log}"
+        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --settings {params.settings:q} 2> {log}"
 
 
 rule fine_tune:
     input:
         unpack(training_inputs),
-        train_list=lambda wildcards: self_verified_list(wildcards.preset, int(wildcards.it) - 1),
-        init=lambda wildcards: model_file(wildcards.preset, wildcards.fold, int(wildcards.it) - 1),
+        train_list=lambda wildcards: L.train_list(wildcards.chain, wildcards.preset, int(wildcards.it) - 1),
+        init=lambda wildcards: L.model_file(wildcards.chain, wildcards.preset, wildcards.fold, int(wildcards.it) - 1),
     output:
-        best=f"{RESULTS}/models/{{preset}}/fold{{fold}}/it{{it}}/best.pt",
-        history=f"{RESULTS}/models/{{preset}}/fold{{fold}}/it{{it}}/history.csv",
+        best=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/best.pt",
+        history=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/history.csv",
     wildcard_constraints:
         it=r"[1-9]\d*",
     params:
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
+    priority: chain_priority
     threads: TRAINING_THREADS
     resources:
         gpu=GPUS_PER_TRAINING_JOB,
     log:
-        f"{RESULTS}/logs/train/{{preset}}_fold{{fold}}_it{{it}}.log",
+        L.log("train/{chain}/{preset}_fold{fold}_it{it}"),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{preset}}_fold{{fold}}_it{{it}}.tsv"
+        L.benchmark("train/{chain}/{preset}_fold{fold}_it{it}")
     conda:
         CONDA_ENV
     shell:

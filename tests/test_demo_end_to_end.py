@@ -2,7 +2,7 @@
 CSV it writes is read back and checked against its documented meaning (SPEC.md, config.yaml).
 
 Slow (minutes): deselect with ``-m "not slow"``. To check an existing run directory instead of
-starting a new one, set DEMO_E2E_DIR to it (it is run there first if results/summary.csv is
+starting a new one, set DEMO_E2E_DIR to it (it is run there first if its summary.csv is
 missing).
 """
 
@@ -32,9 +32,18 @@ DEMO_TIMEOUT_S = 3 * 3600
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
                    "valid_map3", "seconds"]
 DECISION_COLUMNS = ["fname", "given_label", "fold", "predicted_label", "p_given", "p_max",
-                    "accepted", "reason"]
+                    "score", "trusted_label", "weight", "accepted", "reason"]
+CHAIN = "chains/self_verification"       # the default run: the method's chain only (layout.py)
 USABLE = {"clipped", "fallback_silent", "fallback_sox_failed", "fallback_clipped_all"}
 REASONS = {"accepted", "label_mismatch", "below_threshold", "class_cap"}
+
+
+def model_dir(preset: str, fold: int, it: int) -> str:
+    """A fold model's folder under results/: iteration 0 is shared by the chains that start
+    from all clips; fine-tuned models belong to the chain."""
+    if it == 0:
+        return f"initial/all/{preset}/fold{fold}"
+    return f"{CHAIN}/models/{preset}/fold{fold}/it{it}"
 
 
 def snakemake_command(workdir: Path, *extra: str) -> list[str]:
@@ -112,7 +121,7 @@ def demo(tmp_path_factory, pytestconfig) -> Demo:
     reuse = os.environ.get("DEMO_E2E_DIR")
     workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("demo_run")
     seconds = float("nan")
-    if not (reuse and (workdir / "results" / "summary.csv").is_file()):
+    if not (reuse and (workdir / "results" / CHAIN / "summary.csv").is_file()):
         start = time.monotonic()
         proc = subprocess.run(snakemake_command(workdir), cwd=workdir, env=snakemake_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -283,8 +292,8 @@ def test_training_histories_and_checkpoints(demo):
                 stage = demo.method["initial_training" if it == 0 else "fine_tuning"]
                 base = stage["lr"] if it == 0 else net["finetune_lr"]
                 where = f"{preset} fold {k} it{it}"
-                folder = demo.results / "models" / preset / f"fold{k}" / f"it{it}"
-                history = demo.numeric(f"models/{preset}/fold{k}/it{it}/history.csv")
+                folder = demo.results / model_dir(preset, k, it)
+                history = demo.numeric(f"{model_dir(preset, k, it)}/history.csv")
                 assert list(history.columns) == HISTORY_COLUMNS, where
                 assert history["epoch"].tolist() == list(range(1, stage["epochs"] + 1)), where
                 lrs = [expected_lr(e, base, stage["constant_epochs"], stage["epochs"])
@@ -311,14 +320,15 @@ def test_initial_models_learn(demo):
     chance = 1 / len(demo.classes)
     for preset in demo.presets:
         for k in range(demo.n_folds):
-            history = demo.numeric(f"models/{preset}/fold{k}/it0/history.csv")
+            history = demo.numeric(f"{model_dir(preset, k, 0)}/history.csv")
             kept = history.loc[history["valid_loss"].idxmin()]
             assert kept["valid_acc"] >= 3 * chance, (preset, k, kept.to_dict())
             assert history["valid_loss"].min() < history["valid_loss"].iloc[0], (preset, k)
 
 
 def training_log_counts(demo, preset: str, fold: int, it: int) -> tuple[int, int] | None:
-    log = demo.results / "logs" / "train" / f"{preset}_fold{fold}_it{it}.log"
+    owner = "all" if it == 0 else "self_verification"       # iteration 0 is per start
+    log = demo.results / "logs" / "train" / owner / f"{preset}_fold{fold}_it{it}.log"
     if not log.is_file():
         return None
     found = re.search(r"(\d+) training clips, (\d+) verified validation clips", log.read_text())
@@ -342,7 +352,7 @@ def test_each_job_trains_on_the_documented_clips(demo):
                 if it == 0:
                     expected = len(outside)
                 else:
-                    trusted = demo.csv(f"self_verify/{preset}/it{it - 1}/train_self_verified.csv")
+                    trusted = demo.csv(f"{CHAIN}/trust/{preset}/it{it - 1}/train_list.csv")
                     trusted = set(trusted.loc[trusted["manually_verified"] == "1", "fname"])
                     expected = outside["fname"].isin(trusted).sum()
                 assert counts == (expected, n_valid), (preset, k, it)
@@ -354,7 +364,7 @@ def test_each_job_trains_on_the_documented_clips(demo):
 
 
 def decisions_of(demo, preset: str, it: int) -> pd.DataFrame:
-    table = demo.numeric(f"self_verify/{preset}/it{it}/decisions.csv")
+    table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/decisions.csv")
     assert table["accepted"].dtype == bool
     return table
 
@@ -370,8 +380,12 @@ def test_self_verification_decisions(demo):
         for it in demo.iterations[:-1]:
             where = f"{preset} it{it}"
             d = decisions_of(demo, preset, it)
-            assert list(d.columns[:8]) == DECISION_COLUMNS, where
-            assert set(d.columns[8:]) <= {"true_label"}, where
+            assert list(d.columns[:11]) == DECISION_COLUMNS, where
+            assert set(d.columns[11:]) <= {"true_label"}, where
+            # the paper's policy trusts given labels at weight 1, ranked by their posterior
+            assert (d["trusted_label"] == d["given_label"]).all(), where
+            assert (d["weight"] == d["accepted"].astype(float)).all(), where
+            np.testing.assert_allclose(d["score"], d["p_given"], rtol=1e-12)
             # every unverified clip judged exactly once, by its own fold's model
             assert d["fname"].is_unique and set(d["fname"]) == set(unverified.index), where
             assert (d["fold"].astype(int) == d["fname"].map(unverified["fold"]).astype(int)).all(), where
@@ -408,7 +422,7 @@ def test_self_verification_decisions(demo):
                 assert group["p_given"].max() <= accepted.loc[
                     accepted["given_label"] == label, "p_given"].min(), where
 
-            table = demo.numeric(f"self_verify/{preset}/it{it}/per_class.csv").set_index("label")
+            table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
             assert table.loc["ALL", "n_unverified"] == len(d)
             assert table.loc["ALL", "n_accepted"] == len(accepted)
             counts = d.groupby("given_label")["accepted"].agg(["size", "sum"])
@@ -433,7 +447,7 @@ def test_self_verified_labels_are_far_more_precise(demo):
                 precision = correct[accepted].mean()
                 assert precision >= 0.9, (preset, it, precision)
                 assert precision >= baseline + 0.15, (preset, it, precision, baseline)
-                table = demo.numeric(f"self_verify/{preset}/it{it}/per_class.csv").set_index("label")
+                table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
                 assert table.loc["ALL", "precision"] == pytest.approx(precision)
                 assert table.loc["ALL", "unverified_precision"] == pytest.approx(baseline)
     demo_noise = demo.settings["demo_data"]["noise_rate"]
@@ -448,8 +462,8 @@ def test_self_verified_lists(demo):
         for it in demo.iterations[:-1]:
             where = f"{preset} it{it}"
             d = decisions_of(demo, preset, it)
-            new = demo.csv(f"self_verify/{preset}/it{it}/train_self_verified.csv")
-            assert list(new.columns) == list(source.columns), where        # train.csv layout
+            new = demo.csv(f"{CHAIN}/trust/{preset}/it{it}/train_list.csv")
+            assert list(new.columns) == [*source.columns, "weight"], where   # train.csv layout
             assert new["fname"].is_unique and set(new["fname"]) == set(folds.index), where
             assert (new["label"] == new["fname"].map(folds["label"])).all(), where
             accepted = set(d.loc[d["accepted"], "fname"])
@@ -462,14 +476,14 @@ def test_self_verified_lists(demo):
 
 def test_selection(demo):
     for preset in demo.presets:
-        table = demo.numeric(f"selection/{preset}.csv")
+        table = demo.numeric(f"{CHAIN}/selection/{preset}.csv")
         assert table["iteration"].tolist() == demo.iterations
         assert table["chosen"].dtype == bool and table["chosen"].sum() == 1
         losses = table["mean_valid_loss"].to_numpy()
         chosen = int(table.loc[table["chosen"], "iteration"].iloc[0])
         assert chosen == int(table["iteration"].iloc[int(np.argmin(losses))])
         for it in demo.iterations:
-            best = [demo.numeric(f"models/{preset}/fold{k}/it{it}/history.csv")["valid_loss"].min()
+            best = [demo.numeric(f"{model_dir(preset, k, it)}/history.csv")["valid_loss"].min()
                     for k in range(demo.n_folds)]
             assert table.loc[it, "mean_valid_loss"] == pytest.approx(np.mean(best), rel=1e-9)
 
@@ -494,16 +508,16 @@ def test_predictions(demo):
         version = demo.method["nets"][preset]["spectrogram"]
         manifest = demo.csv(f"spectrograms/v{version}/test.csv")
         usable = set(manifest.loc[manifest["status"].isin(USABLE), "fname"])
-        test = probability_file(demo, f"predictions/{preset}/test.csv")
+        test = probability_file(demo, f"{CHAIN}/predictions/{preset}/test.csv")
         assert list(test.columns) == ["fname", *demo.classes]
         assert set(test["fname"]) == usable == test_fnames
         stack.append(test.set_index("fname").loc[sorted(test_fnames), demo.classes].to_numpy())
-        oof = probability_file(demo, f"predictions/{preset}/valid_oof.csv")
+        oof = probability_file(demo, f"{CHAIN}/predictions/{preset}/valid_oof.csv")
         assert list(oof.columns[:3]) == ["fname", "label", "fold"]
         assert set(oof["fname"]) == set(verified.index)
         assert (oof["fold"].astype(int) == oof["fname"].map(verified["fold"]).astype(int)).all()
         assert (oof["label"] == oof["fname"].map(verified["label"])).all()
-    fused = probability_file(demo, "predictions/fused_test.csv")
+    fused = probability_file(demo, f"{CHAIN}/predictions/fused_test.csv")
     assert set(fused["fname"]) == test_fnames
     if demo.method["fusion"]["method"] == "mean":
         np.testing.assert_allclose(fused.set_index("fname").loc[sorted(test_fnames), demo.classes],
@@ -511,12 +525,12 @@ def test_predictions(demo):
 
 
 def test_submission(demo):
-    sub = demo.csv("submission.csv")
+    sub = demo.csv(f"{CHAIN}/submission.csv")
     classes = demo.classes
     assert list(sub.columns) == ["fname", "label"]
     assert sub["fname"].is_unique
     assert set(sub["fname"]) == set(demo.csv("data/test.csv")["fname"])    # every test clip
-    fused = demo.numeric("predictions/fused_test.csv").set_index("fname")
+    fused = demo.numeric(f"{CHAIN}/predictions/fused_test.csv").set_index("fname")
     for fname, labels in zip(sub["fname"], sub["label"]):
         top = labels.split(" ")
         assert len(top) == 3 and len(set(top)) == 3 and set(top) <= set(classes), labels
@@ -543,13 +557,13 @@ def test_evaluation(demo):
     scored = test[test["usage"].isin(["Public", "Private"]) & test["label"].isin(classes)]
     sets = {"Public": scored[scored["usage"] == "Public"], "Private": scored[scored["usage"] == "Private"],
             "Public+Private": scored}
-    summary = demo.numeric("evaluation/summary.csv")
+    summary = demo.numeric(f"{CHAIN}/evaluation/summary.csv")
     assert list(summary.columns) == ["system", "set", "n", "accuracy", "map3"]
     systems = [*demo.presets, "fusion"]
     assert sorted(summary["system"].unique()) == sorted(systems)
     table = summary.set_index(["system", "set"])
     assert len(table) == len(systems) * 3 and table.index.is_unique
-    files = {p: f"predictions/{p}/test.csv" for p in demo.presets} | {"fusion": "predictions/fused_test.csv"}
+    files = {p: f"{CHAIN}/predictions/{p}/test.csv" for p in demo.presets} | {"fusion": f"{CHAIN}/predictions/fused_test.csv"}
     for system in systems:
         frame = demo.numeric(files[system])
         for name, rows in sets.items():
@@ -563,7 +577,7 @@ def test_evaluation(demo):
     n_both = table.loc[("fusion", "Public+Private"), "n"]
     assert table.loc[("fusion", "Public+Private"), "accuracy"] >= 3 / len(classes)
 
-    per_class = demo.numeric("evaluation/per_class.csv")
+    per_class = demo.numeric(f"{CHAIN}/evaluation/per_class.csv")
     assert list(per_class.columns) == ["system", "label", "precision", "recall", "f1", "support"]
     support = scored["label"].value_counts()
     for system, group in per_class.groupby("system"):
@@ -574,7 +588,7 @@ def test_evaluation(demo):
             assert group[column].between(0, 1).all()
     assert set(per_class["system"]) <= set(systems) and "fusion" in set(per_class["system"])
 
-    confusion = demo.numeric("evaluation/confusion.csv")
+    confusion = demo.numeric(f"{CHAIN}/evaluation/confusion.csv")
     assert list(confusion.columns) == ["true_label", *classes]
     assert confusion["true_label"].tolist() == classes
     matrix = confusion[classes].to_numpy()
@@ -583,7 +597,7 @@ def test_evaluation(demo):
     assert (matrix.sum(axis=1) == fusion_support.loc[classes].to_numpy()).all()
     assert np.trace(matrix) / matrix.sum() == pytest.approx(
         table.loc[("fusion", "Public+Private"), "accuracy"])
-    fused = demo.numeric("predictions/fused_test.csv").set_index("fname").loc[scored["fname"], classes]
+    fused = demo.numeric(f"{CHAIN}/predictions/fused_test.csv").set_index("fname").loc[scored["fname"], classes]
     predicted = np.asarray(classes)[fused.to_numpy(dtype=float).argmax(axis=1)]
     hand = pd.crosstab(scored["label"].to_numpy(), predicted).reindex(index=classes, columns=classes,
                                                                       fill_value=0)
@@ -591,12 +605,12 @@ def test_evaluation(demo):
 
 
 def test_run_summary(demo):
-    summary = demo.numeric("summary.csv")
+    summary = demo.numeric(f"{CHAIN}/summary.csv")
     assert summary["preset"].tolist() == [*demo.presets, "fusion"]
-    scores = demo.numeric("evaluation/summary.csv").set_index(["system", "set"])
+    scores = demo.numeric(f"{CHAIN}/evaluation/summary.csv").set_index(["system", "set"])
     for _, row in summary.iloc[:-1].iterrows():
         preset = row["preset"]
-        selection = demo.numeric(f"selection/{preset}.csv").set_index("iteration")
+        selection = demo.numeric(f"{CHAIN}/selection/{preset}.csv").set_index("iteration")
         chosen = int(selection.index[selection["chosen"]][0])
         assert int(row["chosen_iteration"]) == chosen
         assert row["it0_cv_accuracy"] == pytest.approx(selection.loc[0, "mean_valid_acc"])

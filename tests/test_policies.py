@@ -276,3 +276,25 @@ def test_accepted_reasons_are_consistent():
     for name in ("paper", "agreement", "confident_learning", "weighted", "all", "none"):
         out = apply_policy(judged, None, CLASSES, PolicySettings(name, threshold=0.5, max_per_class=10))
         assert (out["accepted"] == out["reason"].isin([ACCEPTED, CORRECTED])).all(), name
+
+
+# --- per-clip loss weights (the weighted policy's training side) ----------------------------
+
+
+def test_weighted_loss_is_the_plain_loss_at_weight_one_and_ignores_weight_zero():
+    import torch
+
+    from workflow_lib.stages import loss_weights
+    from workflow_lib.training import soft_cross_entropy, weighted_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4)
+    targets = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()
+    ones = torch.ones(6)
+    assert torch.allclose(weighted_cross_entropy(logits, targets, ones), soft_cross_entropy(logits, targets))
+    half = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(weighted_cross_entropy(logits, targets, half),
+                          soft_cross_entropy(logits[:3], targets[:3]) / 2)
+    assert loss_weights(pd.DataFrame({"weight": [1.0, 1.0]})) is None      # plain mean, bit for bit
+    assert loss_weights(pd.DataFrame({"fname": ["a"]})) is None
+    np.testing.assert_allclose(loss_weights(pd.DataFrame({"weight": [1.0, 0.4]})), [1.0, 0.4])

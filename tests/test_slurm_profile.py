@@ -27,9 +27,7 @@ from slurm.helpers import (  # noqa: F401  (slurm_cluster is a fixture)
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = ("train_initial", "fine_tune", "self_verify", "predict",
-             "train_verified_only", "fine_tune_chain", "self_verify_no_threshold",
-             "baseline_test_posteriors")
+GPU_RULES = ("train_initial", "fine_tune", "self_verify", "predict")
 REPO = Path(__file__).resolve().parents[1]
 
 # Three rules, one depending on the other two; each writes the SLURM job id it ran under.

@@ -58,15 +58,17 @@ TIMEOUT = 900  # seconds, each run
 # outputs (relative to the work directory) and how they must agree
 BYTE_EQUAL = ["results/demo_data/**/*", "results/data/*.csv", "results/folds.csv",
               "results/spectrograms/v*/**/*.csv", "results/spectrograms/v*/**/*.npy",
-              "results/submission.csv"]
-NUMERIC_EQUAL = ["results/models/**/history.csv", "results/self_verify/**/*.csv",
-                 "results/selection/*.csv", "results/predictions/**/*.csv",
-                 "results/evaluation/*.csv", "results/summary.csv"]
+              "results/chains/self_verification/submission.csv"]
+NUMERIC_EQUAL = ["results/initial/**/history.csv", "results/chains/*/models/**/history.csv",
+                 "results/chains/*/trust/**/*.csv", "results/chains/*/selection/*.csv",
+                 "results/chains/*/predictions/**/*.csv", "results/chains/*/evaluation/*.csv",
+                 "results/chains/*/summary.csv", "results/systems*.csv"]
 IGNORED_COLUMNS = {"history.csv": ["seconds"]}  # wall-clock time per epoch
-MODELS = "results/models/**/*.pt"
+MODELS = ["results/initial/**/*.pt", "results/chains/*/models/**/*.pt"]
 ATOL = 1e-5
 # not compared: logs, benchmarks (timings), plots (PNG metadata), GPU lock files
-NOT_OUTPUTS = ("results/logs/", "results/benchmarks/", "results/plots/", "results/.gpu_locks/")
+NOT_OUTPUTS = ("results/logs/", "results/benchmarks/", "results/chains/self_verification/plots/",
+               "results/systems.png", "results/.gpu_locks/")
 
 
 def _tail(text: str, lines: int = 60) -> str:
@@ -280,9 +282,9 @@ def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output
 
     byte_equal = _files(local_dir, BYTE_EQUAL)
     numeric_equal = _files(local_dir, NUMERIC_EQUAL)
-    models = _files(local_dir, [MODELS])
+    models = _files(local_dir, MODELS)
     for patterns, found in ((BYTE_EQUAL, byte_equal), (NUMERIC_EQUAL, numeric_equal),
-                            ([MODELS], models)):
+                            (MODELS, models)):
         for pattern in patterns:
             assert _files(local_dir, [pattern]), f"no output matches {pattern}"
     assert len(models) == 2 * 2 * 2, models  # best + last of 2 folds x (it0, it1)
@@ -297,5 +299,5 @@ def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output
     assert not weights, f"model weights differ between the local and the SLURM run: {weights}"
 
     # the tiny demo still exercised self-verification (accepted clips fed the fine-tuning)
-    decisions = pd.read_csv(local_dir / "results/self_verify/vgg_gap_spec1_1/it0/decisions.csv")
+    decisions = pd.read_csv(local_dir / "results/chains/self_verification/trust/vgg_gap_spec1_1/it0/decisions.csv")
     assert decisions["accepted"].any(), decisions

@@ -139,44 +139,63 @@ def fold_paths(pairs: list[str]) -> dict[int, Path]:
     return {int(k): Path(v) for k, v in (pair.split("=", 1) for pair in pairs)}
 
 
+@command("initial-list", arg("--start", choices=["all", "verified"], required=True),
+         arg("--folds", type=Path, required=True), arg("--out", type=Path, required=True))
+def initial_list(args: argparse.Namespace) -> None:
+    """train.csv layout naming the clips iteration 0 trains on (all, or the verified ones)."""
+    from .stages import initial_list_job
+
+    table = initial_list_job(args.folds, args.out, args.start)
+    log.info("%s: %d of %d clips", args.start, int(table["manually_verified"].sum()), len(table))
+
+
 @command("self-verify", arg("--models", nargs="+", required=True, help="fold=best.pt ..."),
          arg("--manifest", type=Path, required=True), arg("--folds", type=Path, required=True),
          arg("--classes", type=Path, required=True), arg("--train", type=Path, required=True),
          arg("--out-dir", type=Path, required=True), arg("--threads", type=int, default=1),
          arg("--lock-dir", type=Path, required=True), JSON)
 def self_verify(args: argparse.Namespace) -> None:
-    """Judge the held-out unverified clips with their fold's model; write the new list."""
+    """Judge the held-out unverified clips with their fold's model; apply the chain's policy."""
     from .self_verify import SelfVerifySettings
-    from .stages import self_verify_job
+    from .stages import TrustJob, self_verify_job
 
     s = args.settings
-    decisions = self_verify_job(fold_paths(args.models), args.manifest, args.folds, args.classes,
-                                args.train, args.out_dir, SelfVerifySettings(**s["self_verify"]),
-                                s["frames"], s["device"], args.threads, args.lock_dir)
-    log.info("accepted %d of %d unverified clips; reasons %s", int(decisions["accepted"].sum()),
-             len(decisions), decisions["reason"].value_counts().to_dict())
+    job = TrustJob(fold_paths(args.models), args.manifest, args.folds, args.classes, args.train,
+                   args.out_dir, SelfVerifySettings(**s["self_verify"]), s["policy"],
+                   s.get("iteration", 0), s.get("iterations", 1), s["frames"], s["device"],
+                   args.threads, args.lock_dir)
+    decisions = self_verify_job(job)
+    log.info("policy %s trusted %d of %d unverified clips; reasons %s", s["policy"]["name"],
+             int(decisions["accepted"].sum()), len(decisions),
+             decisions["reason"].value_counts().to_dict())
     if "true_label" in decisions:
         accepted = decisions[decisions["accepted"]]
-        log.info("precision of accepted labels %.4f (given unverified labels: %.4f)",
-                 (accepted["given_label"] == accepted["true_label"]).mean() if len(accepted) else float("nan"),
+        log.info("precision of trusted labels %.4f (given unverified labels: %.4f)",
+                 (accepted["trusted_label"] == accepted["true_label"]).mean() if len(accepted) else float("nan"),
                  (decisions["given_label"] == decisions["true_label"]).mean())
 
 
 @command("select", arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
+         arg("--tolerance", type=float, default=0.0, help="near-tie validation-loss difference"),
          arg("--out", type=Path, required=True))
 def select(args: argparse.Namespace) -> None:
-    """Pick the iteration with the lowest mean verified validation loss."""
+    """Pick the iteration with the lowest mean verified validation loss (near-tie rule)."""
     from .io import write_csv
     from .selection import selection_table
 
-    table = selection_table(iteration_fold_paths(args.histories))
+    table = selection_table(iteration_fold_paths(args.histories), args.tolerance)
+    if table["near_tie"].sum() > 1:
+        log.warning("iterations %s are within %g of the lowest mean validation loss: chose the "
+                    "highest mean accuracy among them, then the earliest",
+                    table.loc[table["near_tie"], "iteration"].tolist(), args.tolerance)
     write_csv(table, args.out)
     chosen = table.loc[table["chosen"]].iloc[0]
     log.info("chosen iteration %d: mean valid loss %.4f, accuracy %.4f", chosen["iteration"],
              chosen["mean_valid_loss"], chosen["mean_valid_acc"])
 
 
-@command("predict", arg("--selection", type=Path, required=True), arg("--model-dir", type=Path, required=True),
+@command("predict", arg("--selection", type=Path, required=True),
+         arg("--models", nargs="+", required=True, help="iteration:fold=best.pt ..."),
          arg("--train-manifest", type=Path, required=True), arg("--test-manifest", type=Path, required=True),
          arg("--folds", type=Path, required=True), arg("--classes", type=Path, required=True),
          arg("--out-test", type=Path, required=True), arg("--out-valid", type=Path, required=True),
@@ -186,7 +205,8 @@ def predict(args: argparse.Namespace) -> None:
     from .stages import predict_job
 
     s = args.settings
-    iteration = predict_job(args.selection, args.model_dir, args.train_manifest, args.test_manifest,
+    iteration = predict_job(args.selection, iteration_fold_paths(args.models), args.train_manifest,
+                            args.test_manifest,
                             args.folds, args.classes, args.out_test, args.out_valid, s["frames"],
                             s["batch_size"], s["device"], args.threads, args.lock_dir)
     log.info("predicted with iteration %d", iteration)
@@ -266,50 +286,21 @@ def plot_evaluation(args: argparse.Namespace) -> None:
     per_class_plot(pd.read_csv(args.per_class, dtype={"label": str}), "fusion", args.out_per_class)
 
 
-# --------------------------------------------------------------------------- baselines
-# rules/baselines.smk (config key `baselines`); the logic is in workflow_lib/baselines.py.
-
-
-@command("baseline-list", arg("--kind", choices=["noisy", "verified_only"], required=True),
-         arg("--folds", type=Path, required=True), arg("--out", type=Path, required=True))
-def baseline_list(args: argparse.Namespace) -> None:
-    """train.csv layout naming the clips a baseline chain trusts."""
-    from .baselines import train_list
-
-    table = train_list(args.folds, args.out, args.kind)
-    log.info("%s: %d of %d clips trusted", args.kind, int(table["manually_verified"].sum()), len(table))
-
-
-@command("baseline-predict", arg("--models", nargs="+", required=True, help="iteration:fold=best.pt ..."),
-         arg("--selection", type=Path, help="use its chosen iteration"),
-         arg("--test-manifest", type=Path, required=True), arg("--classes", type=Path, required=True),
-         arg("--out", type=Path, required=True), arg("--threads", type=int, default=1),
-         arg("--lock-dir", type=Path, required=True), JSON)
-def baseline_predict(args: argparse.Namespace) -> None:
-    """Fold-averaged test posteriors of one iteration of a baseline."""
-    from .baselines import predict_test
-
-    s = args.settings
-    iteration = predict_test(iteration_fold_paths(args.models), args.selection, args.test_manifest,
-                             args.classes, args.out, s["frames"], s["batch_size"], s["device"],
-                             args.threads, args.lock_dir)
-    log.info("predicted the test clips with iteration %d", iteration)
-
-
-@command("baseline-systems", arg("--test", type=Path, required=True),
+@command("systems", arg("--test", type=Path, required=True),
          arg("--classes", type=Path, required=True),
-         arg("--spec", type=json.loads, required=True, help="JSON list of systems"),
+         arg("--spec", type=json.loads, required=True, help="JSON list of chains and presets"),
+         arg("--min-trusted-share", type=float, default=0.0),
          arg("--out", type=Path, required=True), arg("--out-iterations", type=Path, required=True),
          arg("--out-plot", type=Path, required=True))
-def baseline_systems(args: argparse.Namespace) -> None:
-    """One row per system, one per system and iteration, and their plot."""
+def systems(args: argparse.Namespace) -> None:
+    """One row per chain, one per chain and iteration, and their plot."""
     import pandas as pd
 
-    from .baselines import systems_job
+    from .systems import systems_job
 
     table = systems_job(args.spec, args.test, args.classes, args.out, args.out_iterations,
-                        args.out_plot)
-    with pd.option_context("display.width", 200, "display.max_columns", 12):
+                        args.out_plot, args.min_trusted_share)
+    with pd.option_context("display.width", 200, "display.max_columns", 14):
         log.info("\n%s", table.drop(columns="description").to_string(index=False))
 
 

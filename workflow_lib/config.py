@@ -82,7 +82,64 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
     demo = settings["demo_data"]
     if demo["min_seconds"] > demo["max_seconds"]:
         problems.append("config key demo_data.min_seconds: must not exceed demo_data.max_seconds")
+    return problems + _chain_checks(settings)
+
+
+#: Keys every chain may set, whatever its policy.
+CHAIN_COMMON_KEYS = {"start", "policy", "max_per_class", "max_fraction", "correct_labels",
+                     "correct_threshold", "description"}
+
+
+def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
+    """Each chain sets only keys its policy reads (a setting is never silently ignored)."""
+    from .policies import CORRECTABLE, POLICY_PARAMETERS
+
+    problems = []
+    chains = settings["chains"]
+    unknown = [c for c in settings["run_chains"] if c not in chains]
+    if unknown:
+        problems.append(f"config key run_chains: {unknown} not defined under chains "
+                        f"(defined: {sorted(chains)})")
+    for name, chain in chains.items():
+        policy = chain["policy"]
+        stray = sorted(set(chain) - CHAIN_COMMON_KEYS - POLICY_PARAMETERS[policy])
+        if stray:
+            problems.append(f"config key chains.{name}: policy {policy} does not read {stray}")
+        if policy == "scheduled_threshold" and not {"threshold_start", "threshold_end"} <= set(chain):
+            problems.append(f"config key chains.{name}: scheduled_threshold needs threshold_start "
+                            "and threshold_end")
+        if chain.get("correct_labels") and policy not in CORRECTABLE:
+            problems.append(f"config key chains.{name}.correct_labels: policy {policy} never "
+                            "refuses a clip for its label, so it cannot correct one")
+        if "correct_threshold" in chain and not chain.get("correct_labels"):
+            problems.append(f"config key chains.{name}.correct_threshold: set only with "
+                            "correct_labels: true")
     return problems
+
+
+def chain_policy(settings: Mapping[str, Any], chain: str) -> dict[str, Any]:
+    """The resolved trust-policy settings of one chain (workflow_lib.policies.PolicySettings).
+
+    Absent ``threshold`` (policies that read one) and ``max_per_class`` are the method's
+    (method.self_verification), so the chain ``self_verification`` is the paper's rule with the
+    run preset's values.
+    """
+    from .policies import POLICY_PARAMETERS
+
+    spec = settings["chains"][chain]
+    sv = settings["method"]["self_verification"]
+    policy = {"name": spec["policy"], "max_per_class": spec.get("max_per_class", sv["max_per_class"]),
+              "max_fraction": spec.get("max_fraction"),
+              "correct_labels": spec.get("correct_labels", False),
+              "min_trusted_share": settings["trust"]["min_trusted_share"]}
+    if "correct_threshold" in spec:
+        policy["correct_threshold"] = spec["correct_threshold"]
+    for key in POLICY_PARAMETERS[spec["policy"]]:
+        if key in spec:
+            policy[key] = spec[key]
+        elif key == "threshold":
+            policy[key] = sv["threshold"]
+    return policy
 
 
 def derive_seed(base: int, *parts: object) -> int:
@@ -135,7 +192,7 @@ def resolve_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     overrides = presets[name] or {}
     stray = sorted(set(overrides) - {"dataset", "demo_data", "preprocessing", "method", "compute",
-                                     "baselines"})
+                                     "chains", "run_chains", "trust"})
     if stray:
         raise ConfigError(f"config key run_presets.{name}: cannot override {stray}")
     settings = deep_merge(config, overrides)

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def save_figure(figure: plt.Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -46,7 +46,7 @@ def training_curves(histories: Mapping[int, Sequence[Path]], preset: str, out: P
     acc_ax.set_xlabel("epoch (iterations one after another)")
     loss_ax.set_title(f"{preset}: mean over folds, band = min..max")
     loss_ax.legend(ncol=6, fontsize=8)
-    _save(figure, out)
+    save_figure(figure, out)
 
 
 def self_verified_counts(tables: Mapping[int, pd.DataFrame], preset: str, out: Path) -> None:
@@ -71,7 +71,7 @@ def self_verified_counts(tables: Mapping[int, pd.DataFrame], preset: str, out: P
     ax.set_ylabel("self-verified clips")
     ax.set_xlabel("judged by the fold models of iteration")
     ax.set_title(f"{preset}: self-verified clips per iteration and class")
-    _save(figure, out)
+    save_figure(figure, out)
 
 
 def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
@@ -90,7 +90,7 @@ def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("fused system on the labelled test clips")
-    _save(figure, out)
+    save_figure(figure, out)
 
 
 def per_class_plot(per_class: pd.DataFrame, system: str, out: Path) -> None:
@@ -103,4 +103,4 @@ def per_class_plot(per_class: pd.DataFrame, system: str, out: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend()
     ax.set_title(f"{system}: per-class precision, recall and F1 on the test clips")
-    _save(figure, out)
+    save_figure(figure, out)

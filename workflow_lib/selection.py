@@ -1,6 +1,12 @@
-"""Automatic model selection (SPEC.md "Model selection"): per preset, the iteration with the
-lowest mean verified validation loss over the folds. The authors picked by eye; here the
-choice and the numbers behind it are written to ``results/selection/{preset}.csv``.
+"""Automatic model selection (docs/method.md "Model selection"): per chain and preset, the
+iteration with the lowest mean verified validation loss over the folds. The authors picked by
+eye; here the choice and the numbers behind it are written to
+``results/chains/{chain}/selection/{preset}.csv``.
+
+Near-ties (config key trust.selection_tolerance): the iterations whose mean loss lies within
+the tolerance of the lowest are equally good by loss; among them the highest mean validation
+accuracy wins, then the earlier iteration. With tolerance 0 this is the lowest loss, earliest
+on exact ties.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ def best_epoch_row(history: pd.DataFrame) -> pd.Series:
     return history.iloc[-1]
 
 
-def selection_table(histories: Mapping[tuple[int, int], Path]) -> pd.DataFrame:
-    """One row per iteration: mean and per-fold metrics at each fold's kept epoch, and
-    ``chosen`` = True on the iteration with the lowest mean validation loss (earliest on ties).
+def selection_table(histories: Mapping[tuple[int, int], Path], tolerance: float = 0.0) -> pd.DataFrame:
+    """One row per iteration: mean and per-fold metrics at each fold's kept epoch, ``near_tie``
+    (within ``tolerance`` of the lowest mean loss) and ``chosen`` (see the module docstring).
     """
     rows: dict[int, dict] = {}
     for (iteration, fold), path in sorted(histories.items()):
@@ -36,10 +42,26 @@ def selection_table(histories: Mapping[tuple[int, int], Path]) -> pd.DataFrame:
     for metric in METRICS:
         columns = [c for c in table.columns if c.endswith(f"_{metric}") and c.startswith("fold")]
         table.insert(1 + METRICS.index(metric), f"mean_{metric}", table[columns].mean(axis=1))
-    losses = table["mean_valid_loss"].to_numpy()
-    chosen = int(np.nanargmin(losses)) if np.isfinite(losses).any() else len(table) - 1
-    table["chosen"] = np.arange(len(table)) == chosen
+    losses = table["mean_valid_loss"].to_numpy(dtype=float)
+    within = (losses <= np.nanmin(losses) + tolerance) if np.isfinite(losses).any() \
+        else np.zeros(len(table), bool)
+    table["near_tie"] = within & (within.sum() > 1)   # more than one iteration as good by loss
+    table["chosen"] = np.arange(len(table)) == choose(table, tolerance)
     return table
+
+
+def choose(table: pd.DataFrame, tolerance: float) -> int:
+    """Row of the chosen iteration: among those within ``tolerance`` of the lowest mean loss,
+    the highest mean accuracy, then the earliest (the last one when no loss is known)."""
+    losses = table["mean_valid_loss"].to_numpy(dtype=float)
+    if not np.isfinite(losses).any():
+        return len(table) - 1
+    if tolerance <= 0:
+        return int(np.nanargmin(losses))
+    near = np.flatnonzero(losses <= np.nanmin(losses) + tolerance)
+    accuracy = table["mean_valid_acc"].to_numpy(dtype=float)[near]
+    accuracy = np.where(np.isfinite(accuracy), accuracy, -np.inf)
+    return int(near[np.flatnonzero(accuracy == accuracy.max())[0]])
 
 
 def chosen_iteration(selection_csv: Path) -> int:

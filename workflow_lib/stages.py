@@ -20,6 +20,7 @@ import torch
 from .audio import USABLE_STATUSES
 from .data import ClipBank
 from .devices import select_device
+from .errors import UserError
 from .folds import make_folds, split_fold
 from .io import atomic_path, read_csv_str, write_csv
 from .model import build_model
@@ -27,6 +28,7 @@ from .preprocess import SpectrogramStore
 from .training import HISTORY_COLUMNS, FitSettings, fit
 
 if TYPE_CHECKING:  # imported where used: self-verification loads only in its own job
+    from .policies import Clips
     from .self_verify import SelfVerifySettings
 
 log = logging.getLogger(__name__)
@@ -71,18 +73,33 @@ class TrainingJob:
 
 
 def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training clips, verified validation clips) of the job's fold, with class indices."""
+    """(training clips, verified validation clips) of the job's fold, with class indices.
+
+    With a training list (train.csv layout), only its ``manually_verified == 1`` clips train,
+    under the list's ``label`` (a policy may correct one) and, when present, its ``weight``.
+    """
     folds = read_csv_str(job.folds_csv)
     train, valid = split_fold(folds, job.fold)
     if job.train_list_csv is not None:
-        trusted = read_csv_str(job.train_list_csv)
-        trusted = set(trusted.loc[trusted["manually_verified"] == "1", "fname"])
-        train = train[train["fname"].isin(trusted)]
+        listing = read_csv_str(job.train_list_csv)
+        listing = listing[listing["manually_verified"] == "1"].set_index("fname")
+        train = train[train["fname"].isin(listing.index)]
+        train = train.assign(label=train["fname"].map(listing["label"]))
+        if "weight" in listing:
+            train = train.assign(weight=train["fname"].map(listing["weight"]).astype(float))
     valid = valid[valid["verified"].astype(int) == 1]
     index = {label: i for i, label in enumerate(classes)}
     train = train.assign(target=train["label"].map(index))
     valid = valid.assign(target=valid["label"].map(index))
     return train.reset_index(drop=True), valid.reset_index(drop=True)
+
+
+def loss_weights(train: pd.DataFrame) -> np.ndarray | None:
+    """Per-clip loss weights of a training set, or None when every weight is 1 (the plain mean
+    loss, bit for bit)."""
+    if "weight" not in train or np.allclose(train["weight"].to_numpy(dtype=float), 1.0):
+        return None
+    return train["weight"].to_numpy(dtype=np.float32)
 
 
 def file_digest(path: Path | None) -> str:
@@ -97,6 +114,9 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
                "train": list(zip(train["fname"], train["target"].astype(int).tolist())),
                "valid": list(zip(valid["fname"], valid["target"].astype(int).tolist())),
                "init": file_digest(job.init_checkpoint)}
+    weights = loss_weights(train)
+    if weights is not None:
+        payload["weights"] = [round(float(w), 6) for w in weights]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -136,7 +156,8 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     history_csv = job.out_dir / "history.csv"
     state = fit(model, train_bank, train["target"].to_numpy(), valid_bank,
                 valid["target"].to_numpy(), job.fit, job.out_dir / "resume.pt",
-                fingerprint(job, train, valid), on_epoch=lambda h: write_csv(h, history_csv))
+                fingerprint(job, train, valid), on_epoch=lambda h: write_csv(h, history_csv),
+                train_weights=loss_weights(train))
     history = pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
     best_epoch = int(history.loc[history["valid_loss"].idxmin(), "epoch"]) if history["valid_loss"].notna().any() else len(history)
     save_model(job.out_dir / "last.pt", {k: v.cpu() for k, v in model.state_dict().items()}, job,
@@ -152,33 +173,98 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
 # --- self-verification, prediction, fusion, evaluation --------------------------------------
 
 
-def _fold_models(model_paths: dict[int, Path], device: str) -> dict[int, torch.nn.Module]:
+def fold_models(model_paths: dict[int, Path], device: str) -> dict[int, torch.nn.Module]:
+    """{fold: network in evaluation mode} from {fold: best.pt}."""
     return {fold: load_model(path, device)[0] for fold, path in model_paths.items()}
 
 
-def self_verify_job(model_paths: dict[int, Path], manifest_csv: Path, folds_csv: Path,
-                    classes_csv: Path, train_csv: Path, out_dir: Path, settings: SelfVerifySettings,
-                    frames: int, device: str = "auto", threads: int = 1,
-                    lock_dir: Path = Path(".gpu_locks")) -> pd.DataFrame:
-    """Judge every fold's held-out unverified clips; write decisions, new list and precision."""
-    from .self_verify import new_training_list, precision_table, self_verify
-
-    choice = select_device(device, lock_dir, threads)
-    classes = read_classes(classes_csv)
+def initial_list_job(folds_csv: Path, out_csv: Path, start: str) -> pd.DataFrame:
+    """train.csv layout naming the clips iteration 0 trains on, with their given labels:
+    ``all`` every clip, ``verified`` the verified clips only."""
+    if start not in ("all", "verified"):
+        raise UserError(f"unknown iteration-0 training set {start!r}; one of all, verified")
     folds = read_csv_str(folds_csv)
-    store = SpectrogramStore.open(manifest_csv)
-    unverified = {k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == "0")]
-                  .reset_index(drop=True) for k in model_paths}
-    banks = {k: ClipBank.from_store(store, list(part["fname"]), frames, choice.device)
-             for k, part in unverified.items()}
-    decisions = self_verify(_fold_models(model_paths, choice.device), banks, unverified, classes,
-                            settings)
-    truth = read_csv_str(train_csv).set_index("fname")["true_label"]
-    if (decisions["fname"].map(truth).fillna("") != "").all() and len(decisions):
+    trusted = folds["verified"].astype(int) if start == "verified" else 1
+    table = pd.DataFrame({"fname": folds["fname"], "label": folds["label"],
+                          "manually_verified": trusted})
+    write_csv(table, out_csv)
+    return table
+
+
+@dataclass(frozen=True)
+class TrustJob:
+    """One iteration of one chain: its fold models judge, its policy decides."""
+
+    model_paths: dict[int, Path]
+    manifest_csv: Path
+    folds_csv: Path
+    classes_csv: Path
+    train_csv: Path
+    out_dir: Path
+    settings: SelfVerifySettings
+    policy: dict
+    iteration: int = 0
+    iterations: int = 1
+    frames: int = 400
+    device: str = "auto"
+    threads: int = 1
+    lock_dir: Path = Path(".gpu_locks")
+
+
+def posterior_frame(clips: Clips, classes: list[str], label_column: str) -> pd.DataFrame:
+    """fname, fold, the given (or verified) label, one column per class."""
+    frame = clips.table[["fname", "fold", label_column]].reset_index(drop=True)
+    return pd.concat([frame, pd.DataFrame(clips.posteriors, columns=classes)], axis=1)
+
+
+def self_verify_job(job: TrustJob) -> pd.DataFrame:
+    """Judge every fold's held-out unverified clips (and, for calibration and label spreading,
+    its verified validation clips, with another random stream), apply the chain's policy, and
+    write posteriors, decisions, per-class table and the next training list."""
+    from .policies import NEEDS_EMBEDDINGS, Context, PolicySettings, apply_policy, low_trust
+    from .self_verify import judge_folds, new_training_list, precision_table
+
+    choice = select_device(job.device, job.lock_dir, job.threads)
+    policy = PolicySettings.from_mapping(job.policy)
+    classes = read_classes(job.classes_csv)
+    folds = read_csv_str(job.folds_csv)
+    store = SpectrogramStore.open(job.manifest_csv)
+    models = fold_models(job.model_paths, choice.device)
+    embeddings = policy.name in NEEDS_EMBEDDINGS
+
+    def parts(verified: str) -> tuple[dict, dict]:
+        clips = {k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == verified)]
+                 .reset_index(drop=True) for k in job.model_paths}
+        banks = {k: ClipBank.from_store(store, list(c["fname"]), job.frames, choice.device)
+                 for k, c in clips.items()}
+        return clips, banks
+
+    unverified, banks = parts("0")
+    judged = judge_folds(models, banks, unverified, job.settings,
+                         np.random.default_rng(job.settings.seed), "given_label", embeddings)
+    verified, valid_banks = parts("1")
+    reference = judge_folds(models, valid_banks, verified, job.settings,
+                            np.random.default_rng([job.settings.seed, 1]), "label", embeddings)
+    for clips in (judged, reference):
+        if clips.posteriors.shape[1] == 0:
+            clips.posteriors = np.zeros((len(clips.table), len(classes)))
+    decisions = apply_policy(judged, reference, classes, policy,
+                             Context(job.iteration, job.iterations))
+    train = read_csv_str(job.train_csv)
+    truth = train.set_index("fname")["true_label"] if "true_label" in train else pd.Series(dtype=str)
+    if len(decisions) and (decisions["fname"].map(truth).fillna("") != "").all():
         decisions["true_label"] = decisions["fname"].map(truth)
-    write_csv(decisions, out_dir / "decisions.csv")
-    write_csv(precision_table(decisions, classes), out_dir / "per_class.csv")
-    write_csv(new_training_list(folds, decisions), out_dir / "train_self_verified.csv")
+    out = job.out_dir
+    write_csv(posterior_frame(judged, classes, "given_label"), out / "posteriors.csv")
+    write_csv(posterior_frame(reference, classes, "label"), out / "valid_posteriors.csv")
+    write_csv(decisions, out / "decisions.csv")
+    write_csv(precision_table(decisions, classes), out / "per_class.csv")
+    write_csv(new_training_list(folds, decisions), out / "train_list.csv")
+    n_trusted = int(decisions["accepted"].sum())
+    if low_trust(n_trusted, len(decisions), policy.name, policy.min_trusted_share):
+        log.warning("policy %s trusted %d of %d judged clips at iteration %d: the next "
+                    "fine-tuning is on little more than the verified clips", policy.name,
+                    n_trusted, len(decisions), job.iteration)
     choice.release()
     return decisions
 
@@ -196,27 +282,30 @@ def write_test_posteriors(models: dict[int, torch.nn.Module], test_manifest: Pat
     write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
 
 
-def predict_job(selection_csv: Path, model_dir: Path, train_manifest: Path, test_manifest: Path,
-                folds_csv: Path, classes_csv: Path, out_test: Path, out_valid: Path, frames: int,
-                batch_size: int, device: str = "auto", threads: int = 1,
-                lock_dir: Path = Path(".gpu_locks")) -> int:
-    """Chosen iteration's fold models: test posteriors (fold average) and out-of-fold
-    posteriors of the verified validation clips (for the learned fusion). Returns the iteration."""
+def predict_job(selection_csv: Path, models: dict[tuple[int, int], Path], train_manifest: Path,
+                test_manifest: Path, folds_csv: Path, classes_csv: Path, out_test: Path,
+                out_valid: Path, frames: int, batch_size: int, device: str = "auto",
+                threads: int = 1, lock_dir: Path = Path(".gpu_locks")) -> int:
+    """Chosen iteration's fold models ({(iteration, fold): best.pt}): test posteriors (fold
+    average) and out-of-fold posteriors of the verified validation clips (for the learned
+    fusion). Returns the iteration."""
     from .fusion import probability_frame
     from .selection import chosen_iteration
     from .training import predict_whole
 
-    choice = select_device(device, lock_dir, threads)
     iteration = chosen_iteration(selection_csv)
+    paths = {k: path for (i, k), path in sorted(models.items()) if i == iteration}
+    if not paths:
+        raise UserError(f"no model of the chosen iteration {iteration} was given")
+    choice = select_device(device, lock_dir, threads)
     classes = read_classes(classes_csv)
     folds = read_csv_str(folds_csv)
-    n_folds = folds["fold"].astype(int).max() + 1
-    paths = {k: model_dir / f"fold{k}" / f"it{iteration}" / "best.pt" for k in range(n_folds)}
-    models = _fold_models(paths, choice.device)
-    write_test_posteriors(models, test_manifest, classes, frames, batch_size, choice.device, out_test)
+    models_by_fold = fold_models(paths, choice.device)
+    write_test_posteriors(models_by_fold, test_manifest, classes, frames, batch_size,
+                          choice.device, out_test)
     train_store = SpectrogramStore.open(train_manifest)
     parts = []
-    for k, model in models.items():
+    for k, model in models_by_fold.items():
         valid = folds[(folds["fold"].astype(int) == k) & (folds["verified"] == "1")]
         bank = ClipBank.from_store(train_store, list(valid["fname"]), frames, choice.device)
         frame = probability_frame(valid["fname"], predict_whole(model, bank, batch_size), classes)

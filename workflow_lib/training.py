@@ -74,6 +74,14 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                           weights: torch.Tensor) -> torch.Tensor:
+    """Soft-target cross-entropy with per-example weights (mean over examples, so a batch of
+    weight-1 examples gives the plain loss); mixed examples carry their first clip's weight."""
+    per_example = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    return (per_example * weights).sum() / len(weights)
+
+
 def autocast_for(device: torch.device, amp: bool):
     """bf16 autocast on CUDA when asked (no loss scaling needed); full precision on CPU."""
     if amp and device.type == "cuda":
@@ -142,8 +150,10 @@ def load_checkpoint(path: Path, fingerprint: str, model: nn.Module,
     return TrainState(**saved["state"])
 
 
-def _run_epoch(model, optimizer, bank, targets, settings, rng, device, n_classes):
-    """One pass over the training clips in random order; returns (mean loss, accuracy)."""
+def _run_epoch(model, optimizer, bank, targets, settings, rng, device, n_classes, weights=None):
+    """One pass over the training clips in random order; returns (mean loss, accuracy).
+
+    weights: per-clip loss weights (a trust policy's), or None for the plain mean."""
     model.train()
     order = rng.permutation(len(bank))
     batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
@@ -160,7 +170,10 @@ def _run_epoch(model, optimizer, bank, targets, settings, rng, device, n_classes
             inputs, soft = mixup(inputs, soft, settings.mixup_alpha, rng)
         with autocast_for(device, settings.amp):
             logits = model(inputs)
-        loss = soft_cross_entropy(logits, soft)
+        if weights is None:
+            loss = soft_cross_entropy(logits, soft)
+        else:
+            loss = weighted_cross_entropy(logits, soft, weights[clips.to(device)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -173,8 +186,11 @@ def _run_epoch(model, optimizer, bank, targets, settings, rng, device, n_classes
 
 def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid_bank: ClipBank,
         valid_targets: np.ndarray, settings: FitSettings, checkpoint: Path, fingerprint: str,
-        on_epoch: Callable[[pd.DataFrame], None] | None = None) -> TrainState:
-    """Train, validating after every epoch; keep the parameters of the lowest validation loss."""
+        on_epoch: Callable[[pd.DataFrame], None] | None = None,
+        train_weights: np.ndarray | None = None) -> TrainState:
+    """Train, validating after every epoch; keep the parameters of the lowest validation loss.
+
+    train_weights: per-clip loss weights (the ``weighted`` trust policy), None: unweighted."""
     device = train_bank.device
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -190,13 +206,15 @@ def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid
         log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
     targets = torch.tensor(np.asarray(train_targets), dtype=torch.int64, device=device)
     n_classes = int(getattr(model, "n_classes"))
+    weights = None if train_weights is None else torch.as_tensor(
+        np.asarray(train_weights), dtype=torch.float32, device=device)
     for epoch in range(state.epoch, settings.epochs):
         started = time.perf_counter()
         lr = learning_rate(epoch, settings.lr, settings.constant_epochs, settings.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         train_loss, train_acc = _run_epoch(model, optimizer, train_bank, targets, settings, rng,
-                                           device, n_classes)
+                                           device, n_classes, weights)
         scores = evaluate(model, valid_bank, valid_targets, settings.eval_batch_size, settings.amp)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                **scores, "seconds": round(time.perf_counter() - started, 3)}

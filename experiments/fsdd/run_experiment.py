@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""The noisy-label experiment on recorded speech (FSDD), with its baselines, in one command.
+"""The noisy-label experiment on recorded speech (FSDD), every chain, in one command.
 
-    .venv/bin/python experiments/fsdd/run_experiment.py            # the CPU-sized experiment
+    .venv/bin/python experiments/fsdd/run_experiment.py            # one repetition
+    .venv/bin/python experiments/fsdd/run_experiment.py --study \
+        --test-speakers george jackson lucas nicolas theo yweweler --seeds 2018   # the study
 
 Steps:
 
@@ -11,11 +13,19 @@ Steps:
    replaced by a wrong digit (true labels kept in ``train_true_labels.csv``). The audio is
    symlinked, not copied. A build whose settings match is reused (so nothing reruns).
 2. Run the workflow on it: the repository's ``config.yaml``, then this folder's ``config.yaml``
-   (the CPU-sized settings and the baselines), then any ``--overlay`` files; Snakemake merges
+   (the CPU-sized settings and the chains), then any ``--overlay`` files; Snakemake merges
    them recursively. The working directory is ``<out>/work``.
-3. Copy ``results/baselines/{systems.csv,iterations.csv,systems.png}`` and
-   ``results/summary.csv`` to ``<out>/`` and write ``<out>/experiment.json`` (dataset counts,
-   the resolved settings that matter, the Snakemake command, wall time).
+3. Copy ``results/{systems.csv,systems_iterations.csv,systems.png}`` to ``<out>/`` and write
+   ``<out>/experiment.json`` (dataset counts, the resolved settings that matter, the
+   Snakemake command, wall time).
+
+``--study``: one repetition per held-out speaker and seed (the seed drives the dataset split,
+the label noise and the method's seed), each in ``<out>/<speaker>_s<seed>/`` as above; a
+repetition whose ``experiment.json`` exists is not run again, and a killed one resumes. After
+each repetition ``<out>/study_runs.csv`` (every repetition's systems rows),
+``study_summary.csv`` (per chain: n, mean, std, min, max) and ``study_paired.csv`` (per chain:
+paired test-accuracy differences to ``self_verification`` and ``all_labels``, wins, losses,
+Wilcoxon and sign-test p-values; workflow_lib/study.py) are rewritten.
 
 A killed run resumes where it stopped when started again (training checkpoints every epoch).
 """
@@ -39,10 +49,10 @@ from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset
 
 FSDD = REPO.parent / "shared/datasets/fsdd/recordings"
 NAME_PATTERN = r"^(?P<label>\d+)_(?P<group>[a-z]+)_(?P<take>\d+)\.wav$"
-COPIED = {"results/baselines/systems.csv": "systems.csv",
-          "results/baselines/iterations.csv": "iterations.csv",
-          "results/baselines/systems.png": "systems.png",
-          "results/summary.csv": "summary.csv"}
+COPIED = {"results/systems.csv": "systems.csv",
+          "results/systems_iterations.csv": "systems_iterations.csv",
+          "results/systems.png": "systems.png"}
+REFERENCES = ("self_verification", "all_labels")   # the study's paired comparisons
 
 
 def snakemake_binary() -> str:
@@ -79,7 +89,8 @@ def subset_source(fsdd: Path, takes: int | None, folder: Path) -> Path:
 
 def build_dataset(args: argparse.Namespace, out: Path) -> dict:
     """Build (or reuse) the noisy dataset; returns its build_info."""
-    source = subset_source(args.fsdd, args.takes, out / "source_subset")
+    source = subset_source(args.fsdd, args.takes, out.parent / "source_subset"
+                           if args.study else out / "source_subset")
     settings = NoisyDatasetSettings(test_groups=(args.test_speaker,), verified_fraction=args.verified_fraction,
                                     noise_rate=args.noise_rate, public_fraction=args.public_fraction,
                                     copy_mode="symlink", seed=args.seed)
@@ -117,7 +128,8 @@ def resolved_settings(args: argparse.Namespace) -> dict:
         config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
     config["dataset_root"] = "<dataset>"
     s = resolve_settings(config)
-    return {"run_preset": s["run_preset"], "method": s["method"], "baselines": s["baselines"],
+    return {"run_preset": s["run_preset"], "method": s["method"], "run_chains": s["run_chains"],
+            "chains": {c: s["chains"][c] for c in s["run_chains"]}, "trust": s["trust"],
             "preprocessing": {"shards": s["preprocessing"]["shards"]}, "compute": s["compute"]}
 
 
@@ -136,17 +148,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overlay", action="append", default=[],
                    help="extra config file merged after experiments/fsdd/config.yaml (repeatable)")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--study", action="store_true",
+                   help="one repetition per --test-speakers x --seeds, then the study tables")
+    p.add_argument("--test-speakers", nargs="+", default=None, help="--study: held-out speakers")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="--study: seeds")
+    p.add_argument("--chains", nargs="+", default=None,
+                   help="chains to run (default: run_chains of experiments/fsdd/config.yaml)")
     p.add_argument("--dry-run", action="store_true", help="build the dataset, plan, run nothing")
     p.add_argument("snakemake_args", nargs="*", help="passed on to snakemake (after --)")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.fsdd.is_dir():
-        print(f"error: FSDD recordings not found at {args.fsdd} (--fsdd)", file=sys.stderr)
-        return 1
-    out = args.out.resolve()
+def run_one(args: argparse.Namespace, out: Path) -> int:
+    """One repetition into ``out``: dataset, workflow, copied tables, experiment.json."""
     out.mkdir(parents=True, exist_ok=True)
     settings = resolved_settings(args)
     info = build_dataset(args, out)
@@ -168,6 +182,80 @@ def main(argv: list[str] | None = None) -> int:
     (out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"done in {seconds / 60:.1f} min: {out / 'systems.csv'}, {out / 'systems.png'}", file=sys.stderr)
     return 0
+
+
+def write_overlay(args: argparse.Namespace, out: Path, seed: int | None) -> Path | None:
+    """Settings of a repetition beyond the config files: the chains and the method's seed."""
+    import yaml
+
+    extra: dict = {}
+    if args.chains:
+        extra["run_chains"] = list(args.chains)
+    if seed is not None:
+        extra["method"] = {"seed": seed}
+    if not extra:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "repetition.yaml"
+    path.write_text("# written by run_experiment.py\n" + yaml.safe_dump(extra, sort_keys=True))
+    return path
+
+
+def study_tables(out: Path, names: list[str]) -> None:
+    """The study's CSVs from every finished repetition (workflow_lib/study.py)."""
+    import pandas as pd
+
+    from workflow_lib.io import write_csv
+    from workflow_lib.study import collect, paired, summarise
+
+    runs = {n: pd.read_csv(out / n / "systems.csv") for n in names
+            if (out / n / "experiment.json").is_file()}
+    if not runs:
+        return
+    long = collect(runs)
+    write_csv(long, out / "study_runs.csv")
+    write_csv(summarise(long), out / "study_summary.csv")
+    write_csv(pd.concat([paired(long, REFERENCES, m) for m in ("test_accuracy", "test_map3")],
+                        ignore_index=True), out / "study_paired.csv")
+    print(f"study: {len(runs)} repetition(s) -> {out / 'study_summary.csv'}", file=sys.stderr)
+
+
+def run_study(args: argparse.Namespace, out: Path) -> int:
+    speakers = args.test_speakers or [args.test_speaker]
+    seeds = args.seeds or [args.seed]
+    names = [f"{speaker}_s{seed}" for speaker in speakers for seed in seeds]
+    base_overlays = list(args.overlay)
+    for speaker in speakers:
+        for seed in seeds:
+            rep = out / f"{speaker}_s{seed}"
+            if (rep / "experiment.json").is_file() and not args.dry_run:
+                print(f"{rep.name}: finished earlier, kept", file=sys.stderr)
+                continue
+            overlay = write_overlay(args, rep, seed)
+            one = argparse.Namespace(**{**vars(args), "test_speaker": speaker, "seed": seed,
+                                        "overlay": base_overlays + ([str(overlay)] if overlay else [])})
+            code = run_one(one, rep)
+            if code != 0:
+                print(f"{rep.name}: failed (exit {code}); rerun the same command to resume",
+                      file=sys.stderr)
+                return code
+            study_tables(out, names)
+    study_tables(out, names)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.fsdd.is_dir():
+        print(f"error: FSDD recordings not found at {args.fsdd} (--fsdd)", file=sys.stderr)
+        return 1
+    out = args.out.resolve()
+    if args.study:
+        return run_study(args, out)
+    overlay = write_overlay(args, out, None)
+    if overlay is not None:
+        args.overlay = [*args.overlay, str(overlay)]
+    return run_one(args, out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""Where every result lives under ``results/``: the one place that spells the layout.
+
+The Snakefile (rules/*.smk) builds its input and output patterns from these functions (called
+with wildcard names such as ``"{chain}"`` they return the patterns), and the jobs that read
+many results at once (the systems table) get their file lists from :func:`systems_spec`.
+
+    results/data/, spectrograms/, folds.csv                 shared by every chain
+    results/initial/{start}/train_list.csv                   what iteration 0 trains on
+    results/initial/{start}/{preset}/fold{k}/                iteration-0 models, shared by the
+                                                              chains with the same start
+    results/chains/{chain}/models/{preset}/fold{k}/it{i}/    fine-tuned models (i >= 1)
+    results/chains/{chain}/trust/{preset}/it{i}/             posteriors and decisions of the
+                                                              iteration-i models; train_list.csv
+                                                              is what iteration i+1 trains on
+    results/chains/{chain}/selection/{preset}.csv            model selection
+    results/chains/{chain}/predictions/{preset}/             test and out-of-fold posteriors
+    results/chains/{chain}/{submission,summary}.csv, evaluation/, plots/
+    results/systems.csv, systems_iterations.csv, systems.png every chain side by side
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+#: Files of a trust (self-verification) folder.
+TRUST_FILES = ("posteriors.csv", "valid_posteriors.csv", "decisions.csv", "per_class.csv",
+               "train_list.csv")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under ``root``; ``starts`` maps each chain to its iteration-0 training set."""
+
+    root: str = "results"
+    starts: Mapping[str, str] = field(default_factory=dict)
+
+    # shared inputs
+    def demo_data(self, name: str = "") -> str:
+        """The generated demo dataset (its root when ``name`` is empty)."""
+        return f"{self.root}/demo_data/{name}".rstrip("/")
+
+    def data(self, name: str) -> str:
+        return f"{self.root}/data/{name}"
+
+    @property
+    def folds(self) -> str:
+        return f"{self.root}/folds.csv"
+
+    def spectrograms(self, version: object, split: str) -> str:
+        return f"{self.root}/spectrograms/v{version}/{split}.csv"
+
+    def spectrogram_shard(self, version: object, split: str, shard: object, ext: str) -> str:
+        """One preprocessing job's array (npy) or manifest (csv); cli preprocess-shard writes
+        ``<out-dir>/v{version}/{split}/shard{shard}.{ext}`` under results/spectrograms."""
+        return f"{self.root}/spectrograms/v{version}/{split}/shard{shard}.{ext}"
+
+    # iteration 0
+    def initial_list(self, start: str) -> str:
+        return f"{self.root}/initial/{start}/train_list.csv"
+
+    def initial_dir(self, start: str, preset: str, fold: object) -> str:
+        return f"{self.root}/initial/{start}/{preset}/fold{fold}"
+
+    # a chain
+    def chain_dir(self, chain: str) -> str:
+        return f"{self.root}/chains/{chain}"
+
+    def fine_tuned_dir(self, chain: str, preset: str, fold: object, iteration: object) -> str:
+        return f"{self.chain_dir(chain)}/models/{preset}/fold{fold}/it{iteration}"
+
+    def model_dir(self, chain: str, preset: str, fold: object, iteration: int) -> str:
+        """A chain's model of iteration ``iteration`` (iteration 0: its start's shared one)."""
+        if int(iteration) == 0:
+            return self.initial_dir(self.starts[chain], preset, fold)
+        return self.fine_tuned_dir(chain, preset, fold, iteration)
+
+    def model_file(self, chain: str, preset: str, fold: object, iteration: int) -> str:
+        return f"{self.model_dir(chain, preset, fold, iteration)}/best.pt"
+
+    def history_file(self, chain: str, preset: str, fold: object, iteration: int) -> str:
+        return f"{self.model_dir(chain, preset, fold, iteration)}/history.csv"
+
+    def trust_dir(self, chain: str, preset: str, iteration: object) -> str:
+        return f"{self.chain_dir(chain)}/trust/{preset}/it{iteration}"
+
+    def trust_file(self, chain: str, preset: str, iteration: object, name: str) -> str:
+        return f"{self.trust_dir(chain, preset, iteration)}/{name}"
+
+    def train_list(self, chain: str, preset: str, iteration: int) -> str:
+        """The list iteration ``iteration + 1`` of a chain trains on (-1: iteration 0's)."""
+        if int(iteration) < 0:
+            return self.initial_list(self.starts[chain])
+        return self.trust_file(chain, preset, iteration, "train_list.csv")
+
+    def selection(self, chain: str, preset: str) -> str:
+        return f"{self.chain_dir(chain)}/selection/{preset}.csv"
+
+    def predictions(self, chain: str, preset: str, kind: str = "test") -> str:
+        """kind: test | valid_oof."""
+        return f"{self.chain_dir(chain)}/predictions/{preset}/{kind}.csv"
+
+    def fused(self, chain: str, name: str = "fused_test.csv") -> str:
+        """fused_test.csv | fusion_weights.csv."""
+        return f"{self.chain_dir(chain)}/predictions/{name}"
+
+    def submission(self, chain: str) -> str:
+        return f"{self.chain_dir(chain)}/submission.csv"
+
+    def evaluation(self, chain: str, name: str) -> str:
+        """summary.csv | per_class.csv | confusion.csv."""
+        return f"{self.chain_dir(chain)}/evaluation/{name}"
+
+    def summary(self, chain: str) -> str:
+        return f"{self.chain_dir(chain)}/summary.csv"
+
+    def plot(self, chain: str, name: str) -> str:
+        return f"{self.chain_dir(chain)}/plots/{name}"
+
+    # every chain
+    def systems(self, name: str = "systems.csv") -> str:
+        """systems.csv | systems_iterations.csv | systems.png."""
+        return f"{self.root}/{name}"
+
+    def log(self, name: str) -> str:
+        return f"{self.root}/logs/{name}.log"
+
+    def benchmark(self, name: str) -> str:
+        return f"{self.root}/benchmarks/{name}.tsv"
+
+
+def systems_spec(layout: Layout, chains: Sequence[str], presets: Sequence[str],
+                 iterations: Sequence[int], descriptions: Mapping[str, str],
+                 policies: Mapping[str, str]) -> list[dict]:
+    """What the systems table reads, per chain and preset (rule systems)."""
+    judged = list(iterations)[:-1]
+    return [{"preset": p, "system": c, "description": descriptions.get(c, ""),
+             "policy": policies[c], "selection": layout.selection(c, p),
+             "test": layout.predictions(c, p),
+             "self_verify": {str(i): layout.trust_file(c, p, i, "per_class.csv") for i in judged}}
+            for c in chains for p in presets]
+
+
+def spec_files(spec: Sequence[Mapping]) -> list[str]:
+    """Every file a systems spec names."""
+    files: set[str] = set()
+    for item in spec:
+        files.update([item["selection"], item["test"], *item.get("self_verify", {}).values()])
+    return sorted(files)
