@@ -188,3 +188,37 @@ def test_deep_merge_merges_dicts_and_replaces_the_rest():
     merged = deep_merge(base, {"a": {"c": [3]}, "e": 2})
     assert merged == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+
+
+# --- chains -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dotted,value,fragment", [
+    ("run_chains", ["self_verification", "nope"], "run_chains: ['nope'] not defined"),
+    ("chains.agreement.threshold", 0.5, "chains.agreement: policy agreement does not read ['threshold']"),
+    ("chains.all_labels.correct_labels", True, "chains.all_labels.correct_labels"),
+    ("chains.calibrated.correct_threshold", 0.8, "chains.calibrated.correct_threshold"),
+    ("chains.calibrated.policy", "magic", "chains.calibrated.policy"),
+    ("chains.calibrated.max_fraction", 1.5, "chains.calibrated.max_fraction"),
+    ("chains.calibrated.start", "some", "chains.calibrated.start"),
+])
+def test_bad_chains_name_the_key(base_config, dotted, value, fragment):
+    """A chain setting its policy does not read, or naming an unknown chain, is an error."""
+    assert fragment in _error(_with(base_config, dotted, value))
+
+
+def test_scheduled_threshold_needs_both_ends(base_config):
+    config = copy.deepcopy(base_config)
+    del config["chains"]["scheduled_threshold"]["threshold_end"]
+    assert "needs threshold_start and threshold_end" in _error({**config, "run_preset": "paper"})
+
+
+def test_chain_policies_inherit_the_method_settings(base_config):
+    from workflow_lib.config import chain_policy
+
+    s = resolve_settings(_with(base_config, "run_chains", ["self_verification", "agreement"]))
+    assert chain_policy(s, "self_verification")["threshold"] == 0.95
+    assert chain_policy(s, "self_verification")["max_per_class"] == 40
+    assert chain_policy(s, "agreement")["max_per_class"] is None and "threshold" not in chain_policy(s, "agreement")
+    demo = resolve_settings({**base_config, "run_preset": "demo"})
+    assert chain_policy(demo, "self_verification")["threshold"] == 0.6

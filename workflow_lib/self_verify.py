@@ -156,7 +156,8 @@ def new_training_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFr
                      else {})
     weight = dict(zip(names, accepted["weight"] if "weight" in accepted else np.ones(len(names))))
     in_list = verified | folds["fname"].isin(set(names))
-    label = np.where(verified, folds["label"], folds["fname"].map(trusted_label).fillna(folds["label"]))
+    mapped = folds["fname"].map(trusted_label).astype(object)
+    label = np.where(verified | mapped.isna(), folds["label"], mapped)
     weights = np.where(verified, 1.0, folds["fname"].map(weight).fillna(0.0).astype(float))
     return pd.DataFrame({"fname": folds["fname"], "label": label,
                          "manually_verified": in_list.astype(int), "weight": weights})
