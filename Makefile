@@ -35,7 +35,7 @@ sox:
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
-	@echo "Done: results/summary.csv, results/submission.csv, results/report.html"
+	@echo "Done: results/chains/self_verification/{summary,submission}.csv, results/systems.csv, results/report.html"
 
 report: setup
 	$(BIN)/snakemake --report results/report.html

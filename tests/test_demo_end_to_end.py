@@ -646,3 +646,32 @@ def test_rerun_has_nothing_to_do(demo):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "Nothing to be done" in proc.stdout, proc.stdout[-4000:]
+
+
+def test_posteriors_and_systems_table(demo):
+    """The out-of-fold posteriors behind each decision are kept, and the systems table of the
+    default run (the method's chain only) agrees with the chain's own files."""
+    classes = demo.classes
+    systems = demo.numeric("systems.csv")
+    assert systems["system"].tolist() == ["self_verification"] * len(demo.presets)
+    iterations = demo.numeric("systems_iterations.csv")
+    assert len(iterations) == len(demo.presets) * len(demo.iterations)
+    assert (demo.results / "systems.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for preset in demo.presets:
+        row = systems.set_index("preset").loc[preset]
+        selection = demo.numeric(f"{CHAIN}/selection/{preset}.csv").set_index("iteration")
+        chosen = int(selection.index[selection["chosen"]][0])
+        assert int(row["iteration"]) == chosen
+        assert row["cv_loss"] == pytest.approx(selection.loc[chosen, "mean_valid_loss"])
+        for it in demo.iterations[:-1]:
+            posteriors = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/posteriors.csv")
+            assert list(posteriors.columns) == ["fname", "fold", "given_label", *classes]
+            np.testing.assert_allclose(posteriors[classes].sum(axis=1), 1.0, atol=1e-6)
+            d = decisions_of(demo, preset, it).set_index("fname").loc[posteriors["fname"]]
+            given = posteriors[classes].to_numpy()[np.arange(len(d)), d["given_label"].map(classes.index)]
+            np.testing.assert_allclose(d["p_given"], given, rtol=1e-9)
+            table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
+            assert int(row[f"trusted_by_it{it}"]) == int(table.loc["ALL", "n_accepted"])
+            correct = d["given_label"] == d["true_label"]
+            kept = (correct & d["accepted"]).sum()
+            assert table.loc["ALL", "recall"] == pytest.approx(kept / correct.sum())
