@@ -4,10 +4,14 @@
 #
 #   data.smk        dataset (given, or the synthetic demo) -> validated listings
 #   preprocess.smk  SoX clipping + spectrogram versions 1 and 2, in shards
-#   train.smk       folds, initial training (it0), fine-tuning (it1 ... itN)
-#   self_verify.smk K-excerpt consensus of each fold model on its held-out unverified clips
-#   predict.smk     automatic selection, prediction, fusion, submission, evaluation, summary
+#   train.smk       folds, initial training (it0, per start), fine-tuning (it1 ... itN, per chain)
+#   self_verify.smk K-excerpt posteriors of each fold model on its held-out unverified clips,
+#                   then the chain's trust policy (workflow_lib/policies.py)
+#   predict.smk     per chain: selection, prediction, fusion, submission, evaluation, summary;
+#                   the systems table of every chain
 #   report.smk      plots for `snakemake --report report.html`
+# A chain (config keys chains, run_chains) = iteration 0 + a trust policy; the {chain}
+# wildcard runs the same rules for each; workflow_lib/layout.py owns the results/ layout.
 
 from snakemake.utils import min_version
 
