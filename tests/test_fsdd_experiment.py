@@ -37,9 +37,10 @@ PRESET = "vgg_gap_spec1_1"
 TEST_SPEAKER = "theo"
 THRESHOLD = 0.2       # the 4-epoch nets are barely better than chance: a low threshold accepts some
 CAP = 3               # small enough to bind (about 7 unverified clips per class and fold)
-# The method first; label_spreading and weighted exercise embeddings and loss weights.
+# The method first; weighted exercises per-clip loss weights (label spreading's embeddings:
+# tests/test_policies.py on a real VGG-GAP net).
 SYSTEMS = ["self_verification", "self_verification_no_threshold", "verified_only", "all_labels",
-           "weighted", "label_spreading"]
+           "weighted"]
 
 SMALL = f"""
 # tests/test_fsdd_experiment.py: the experiment, small (merged after experiments/fsdd/config.yaml)
@@ -57,7 +58,11 @@ run_presets:
 """
 
 
-def _run_driver(out: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
+# A guard against a hung run, not a speed check; raise it on a loaded machine.
+TIMEOUT_S = float(os.environ.get("FSDD_EXPERIMENT_TIMEOUT_S", 900))
+
+
+def _run_driver(out: Path, *extra: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return subprocess.run([sys.executable, str(DRIVER), "--out", str(out), "--takes", "5",
                            "--test-speaker", TEST_SPEAKER, "--overlay", str(out / "small.yaml"),
@@ -224,8 +229,7 @@ def test_out_of_fold_posteriors_are_kept(run):
         d = pd.read_csv(_trust(results, chain) / "it0/decisions.csv", dtype={"fname": str, "given_label": str})
         probs = table.set_index("fname").loc[d["fname"]]
         given = probs[classes].to_numpy()[np.arange(len(d)), d["given_label"].map(classes.index)]
-        if chain != "label_spreading":   # its p_given is the model's; its score the spread mass
-            np.testing.assert_allclose(d["p_given"], given, atol=1e-9)
+        np.testing.assert_allclose(d["p_given"], given, atol=1e-9)
         first = table if first is None else first
         np.testing.assert_allclose(table[classes], first[classes], atol=0)   # same it0, same excerpts
         valid = pd.read_csv(_trust(results, chain) / "it0/valid_posteriors.csv", dtype={"fname": str})

@@ -298,3 +298,31 @@ def test_weighted_loss_is_the_plain_loss_at_weight_one_and_ignores_weight_zero()
     assert loss_weights(pd.DataFrame({"weight": [1.0, 1.0]})) is None      # plain mean, bit for bit
     assert loss_weights(pd.DataFrame({"fname": ["a"]})) is None
     np.testing.assert_allclose(loss_weights(pd.DataFrame({"weight": [1.0, 0.4]})), [1.0, 0.4])
+
+
+def test_embeddings_are_the_pooled_last_feature_layer_of_the_same_excerpts():
+    """excerpt_posteriors(embeddings=True) on a real VGG-GAP net: the same posteriors as
+    without, and per clip the K-excerpt mean of the global-average-pooled features that the
+    last 1x1 convolution classifies."""
+    import torch
+
+    from workflow_lib.data import ClipBank
+    from workflow_lib.model import build_model
+    from workflow_lib.self_verify import SelfVerifySettings, excerpt_posteriors
+
+    torch.manual_seed(0)
+    model = build_model(4, 3, (0.0, 0.0)).eval()
+    frames, n = 200, 3
+    data = torch.randn(n * frames, 128)
+    bank = ClipBank(data, torch.arange(n) * frames, torch.full((n,), frames), frames)
+    settings = SelfVerifySettings(excerpts=2, threshold=None, max_per_class=None,
+                                  excerpt_frames=192, seed=0, amp=False)
+    plain = excerpt_posteriors(model, bank, settings, np.random.default_rng(5))
+    probs, feats = excerpt_posteriors(model, bank, settings, np.random.default_rng(5), embeddings=True)
+    np.testing.assert_allclose(probs, plain, atol=1e-6)
+    assert feats.shape == (n, 8 * 4)
+    starts = bank.random_starts(n * 2, 192, np.random.default_rng(5))
+    x = bank.excerpts(torch.arange(n).repeat_interleave(2), starts, 192)
+    with torch.no_grad():
+        hidden = model.features[:-2](x).mean(dim=(2, 3))
+    np.testing.assert_allclose(feats, hidden.view(n, 2, -1).mean(dim=1).numpy(), atol=1e-5)
