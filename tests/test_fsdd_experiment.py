@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FSDD_DIR, REPO
 
 DRIVER = REPO / "experiments/fsdd/run_experiment.py"
@@ -59,7 +58,7 @@ run_presets:
 
 
 # A guard against a hung run, not a speed check; raise it on a loaded machine.
-TIMEOUT_S = float(os.environ.get("FSDD_EXPERIMENT_TIMEOUT_S", 900))
+TIMEOUT_S = float(os.environ.get("FSDD_EXPERIMENT_TIMEOUT_S", "900"))
 
 
 def _run_driver(out: Path, *extra: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -147,9 +146,9 @@ def test_experiment_dag_plans_every_chain(tmp_path):
     """The experiment's DAG on a listing without audio (planning reads none): a second
     --configfile merges nested keys over the first, and every chain's jobs are there, with
     one iteration 0 per start (all clips, verified clips), never one per chain."""
-    from workflow_lib.config import resolve_settings
-
     from test_workflow_dryrun import job_counts, run_snakemake
+
+    from workflow_lib.config import resolve_settings
 
     root = tmp_path / "data"
     (root / "audio_train").mkdir(parents=True)

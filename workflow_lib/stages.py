@@ -221,7 +221,13 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips (and, for calibration and label spreading,
     its verified validation clips, with another random stream), apply the chain's policy, and
     write posteriors, decisions, per-class table and the next training list."""
-    from .policies import NEEDS_EMBEDDINGS, Context, PolicySettings, apply_policy, low_trust
+    from .policies import (
+        NEEDS_EMBEDDINGS,
+        Context,
+        PolicySettings,
+        apply_policy,
+        low_trust,
+    )
     from .self_verify import judge_folds, new_training_list, precision_table
 
     choice = select_device(job.device, job.lock_dir, job.threads)

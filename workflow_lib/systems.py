@@ -120,11 +120,11 @@ def systems_tables(spec: Sequence[Mapping], test_csv: Path, classes_csv: Path,
 
 def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> None:
     """Scores per chain; CV accuracy per iteration; trusted clips, precision and recall."""
-    from .plots import save_figure  # first: selects the Agg backend
-
     import matplotlib
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from .plots import save_figure  # selects the Agg backend
 
     several = systems["preset"].nunique() > 1
     names = [f"{p}\n{s}" if several else s.replace("_", "\n")
