@@ -152,6 +152,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="one repetition per --test-speakers x --seeds, then the study tables")
     p.add_argument("--test-speakers", nargs="+", default=None, help="--study: held-out speakers")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="--study: seeds")
+    p.add_argument("--copy-to", type=Path, default=None,
+                   help="--study: also copy the small result files (per repetition systems*.csv, "
+                        "systems.png, experiment.json; the study CSVs) here, e.g. to commit them")
     p.add_argument("--chains", nargs="+", default=None,
                    help="chains to run (default: run_chains of experiments/fsdd/config.yaml)")
     p.add_argument("--dry-run", action="store_true", help="build the dataset, plan, run nothing")
@@ -201,6 +204,19 @@ def write_overlay(args: argparse.Namespace, out: Path, seed: int | None) -> Path
     return path
 
 
+def copy_small_files(out: Path, names: list[str], target: Path) -> None:
+    """The study's CSVs and each finished repetition's tables, plot and record, to ``target``."""
+    for name in names:
+        for file in ("systems.csv", "systems_iterations.csv", "systems.png", "experiment.json"):
+            if (out / name / "experiment.json").is_file() and (out / name / file).is_file():
+                (target / name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out / name / file, target / name / file)
+    for file in ("study_runs.csv", "study_summary.csv", "study_paired.csv"):
+        if (out / file).is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / file, target / file)
+
+
 def study_tables(out: Path, names: list[str]) -> None:
     """The study's CSVs from every finished repetition (workflow_lib/study.py)."""
     import pandas as pd
@@ -240,7 +256,11 @@ def run_study(args: argparse.Namespace, out: Path) -> int:
                       file=sys.stderr)
                 return code
             study_tables(out, names)
+            if args.copy_to:
+                copy_small_files(out, names, args.copy_to.resolve())
     study_tables(out, names)
+    if args.copy_to:
+        copy_small_files(out, names, args.copy_to.resolve())
     return 0
 
 
