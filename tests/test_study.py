@@ -66,3 +66,40 @@ def test_near_ties_go_to_the_higher_accuracy_then_the_earlier_iteration(tmp_path
     narrow = selection_table(histories, tolerance=0.00015)
     assert narrow.loc[narrow["chosen"], "iteration"].item() == 1      # 0.2001 within 0.00015
     assert choose(pd.DataFrame({"mean_valid_loss": [np.nan, np.nan], "mean_valid_acc": [0.1, 0.2]}), 0.1) == 1
+
+
+def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
+    """run_experiment.py --study: tables from the repetitions that finished (experiment.json),
+    copies of the small files, and the per-repetition overlay (chains, seed)."""
+    import argparse
+    import importlib.util
+
+    import yaml
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("run_experiment", REPO / "experiments/fsdd/run_experiment.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    out = tmp_path / "study"
+    for name, table in runs().items():
+        (out / name).mkdir(parents=True)
+        table.to_csv(out / name / "systems.csv", index=False)
+        if name != "r3":                       # r3 is still running
+            (out / name / "experiment.json").write_text("{}")
+    driver.study_tables(out, ["r1", "r2", "r3"])
+    long = pd.read_csv(out / "study_runs.csv")
+    assert sorted(set(long["repetition"])) == ["r1", "r2"]
+    summary = pd.read_csv(out / "study_summary.csv").set_index("system")
+    assert summary.loc["agreement", "n"] == 2
+    paired_table = pd.read_csv(out / "study_paired.csv")
+    assert set(paired_table["metric"]) == {"test_accuracy", "test_map3"}
+    assert set(paired_table["reference"]) == {"self_verification", "all_labels"}
+    driver.copy_small_files(out, ["r1", "r2", "r3"], tmp_path / "kept")
+    assert (tmp_path / "kept/r1/systems.csv").is_file() and not (tmp_path / "kept/r3").exists()
+    assert (tmp_path / "kept/study_summary.csv").is_file()
+    args = argparse.Namespace(chains=["self_verification", "all_labels"])
+    overlay = driver.write_overlay(args, tmp_path / "rep", 7)
+    assert yaml.safe_load(overlay.read_text()) == {"run_chains": ["self_verification", "all_labels"],
+                                                   "method": {"seed": 7}}
+    assert driver.write_overlay(argparse.Namespace(chains=None), tmp_path / "x", None) is None
