@@ -13,6 +13,7 @@ from workflow_lib.config import (  # noqa: E402
     gpus_per_training_job,
     resolve_settings,
 )
+from workflow_lib.tagger import BUNDLE_FILES, tagger_settings  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:
@@ -21,6 +22,7 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RESULTS = "results"
+EXPORT_DIR = f"{RESULTS}/export"     # the self-contained tagger (rules/export.smk)
 METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = f"{RESULTS}/demo_data" if DEMO else S["dataset_root"]
@@ -125,6 +127,7 @@ FINAL_OUTPUTS = [
     f"{RESULTS}/summary.csv",
     *expand(f"{RESULTS}/plots/{{preset}}_training_curves.png", preset=PRESETS),
     f"{RESULTS}/plots/confusion.png",
+    *(f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()),
 ]
 
 # Baselines scored like the method (config key `baselines`, rules/baselines.smk): extra final

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch import nn
 
 from .errors import UserError
@@ -63,37 +62,6 @@ class FusedTagger(nn.Module):
 
 
 # --------------------------------------------------------------------------- from a run
-
-
-def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the resolved workflow settings a tagger needs (JSON-able)."""
-    method, pre = settings["method"], settings["preprocessing"]
-    return {
-        "sample_rate": pre["sample_rate"], "sox_effects": list(pre["sox_effects"]),
-        "frames": method["spectrogram_frames"], "folds": method["folds"],
-        "presets": list(method["presets"]),
-        "nets": {p: {"spectrogram": method["nets"][p]["spectrogram"],
-                     "width": method["nets"][p]["width"]} for p in method["presets"]},
-        "fusion": method["fusion"]["method"],
-        "batch_size": settings["compute"]["eval_batch_size"],
-        "dataset": settings["dataset_root"] or "the synthetic demo dataset",
-    }
-
-
-def settings_from_config(configfile: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """Resolve config.yaml with ``KEY=VALUE`` overrides (as ``snakemake --config`` takes them)."""
-    from .config import resolve_settings
-
-    if not Path(configfile).is_file():
-        raise TaggingError(f"{configfile} not found: run from the workflow's folder or pass "
-                           "--configfile (or tag with --bundle DIR)")
-    config = yaml.safe_load(Path(configfile).read_text())
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise TaggingError(f"--config {item!r}: expected KEY=VALUE")
-        config[key] = yaml.safe_load(value) if value else ""
-    return tagger_settings(resolve_settings(config))
 
 
 def _fusion_parameters(weights_csv: Path, presets: Sequence[str], classes: Sequence[str],
@@ -206,8 +174,8 @@ def check_exported(tagger: FusedTagger, spec: TaggerSpec, bundle: Path,
 def model_card(spec: TaggerSpec, results: Path, dataset: str) -> str:
     """A short markdown description: data, classes, models, figures of the run."""
     lines = ["# Audio tagger (iterative self-verification, Dorfer & Widmer, DCASE 2018 Task 2)", "",
-             "Exported by `python -m workflow_lib.cli export` from a finished run of this "
-             "workflow (docs/method.md). Tag with `sv-tag --bundle <this folder> FILES...`.", "",
+             ("Exported by `python -m workflow_lib.cli export` from a finished run of this "
+              "workflow (docs/method.md). Tag with `sv-tag --bundle <this folder> FILES...`."), "",
              "## Data", "", f"- trained on: {dataset}"]
     listing = results / "data" / "train.csv"
     if listing.is_file():
@@ -220,9 +188,10 @@ def model_card(spec: TaggerSpec, results: Path, dataset: str) -> str:
               "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {p['name']} | v{p['spectrogram']} | {p['width']} | {p['iteration']} | "
               f"{p['folds']} | {p['weight']:.4g} |" for p in spec.presets]
-    lines += ["", f"Fusion: {spec.fusion}. Input: per spectrogram version a (batch, 1, "
-              f"{spec.n_bins}, time) float32 array, time length-fixed to {spec.frames} frames "
-              "(tiled, then cut) as in training; output: (batch, classes) posteriors.",
+    lines += ["", (f"Fusion: {spec.fusion}. Input: per spectrogram version a (batch, 1, "
+                   f"{spec.n_bins}, time) float32 array, time length-fixed to {spec.frames} "
+                   "frames (tiled, then cut) as in training; output: (batch, classes) "
+                   "posteriors."),
               "Preprocessing settings: `preprocessing.json`.", ""]
     summary = results / "summary.csv"
     if summary.is_file():

@@ -21,10 +21,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,6 @@ AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".a
 OK = "ok"
 FAILED_STATUS = {"skipped_missing": "missing", "skipped_undecodable": "undecodable",
                  "skipped_empty": "empty"}
-FIXED_COLUMNS = ("fname", "start", "end", "status", "audio", "error")
 
 Backend = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -90,7 +90,7 @@ class TaggerSpec:
         return data
 
     @classmethod
-    def from_bundle(cls, bundle: Path) -> "TaggerSpec":
+    def from_bundle(cls, bundle: Path) -> TaggerSpec:
         settings_path = bundle / BUNDLE_FILES["settings"]
         classes_path = bundle / BUNDLE_FILES["classes"]
         for path in (settings_path, classes_path):
@@ -104,12 +104,46 @@ class TaggerSpec:
         return cls(classes=classes, **{k: v for k, v in data.items() if k in known})
 
 
+def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the resolved workflow settings a tagger needs (JSON-able)."""
+    method, pre = settings["method"], settings["preprocessing"]
+    return {
+        "sample_rate": pre["sample_rate"], "sox_effects": list(pre["sox_effects"]),
+        "frames": method["spectrogram_frames"], "folds": method["folds"],
+        "presets": list(method["presets"]),
+        "nets": {p: {"spectrogram": method["nets"][p]["spectrogram"],
+                     "width": method["nets"][p]["width"]} for p in method["presets"]},
+        "fusion": method["fusion"]["method"],
+        "batch_size": settings["compute"]["eval_batch_size"],
+        "dataset": settings["dataset_root"] or "the synthetic demo dataset",
+    }
+
+
+def settings_from_config(configfile: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """Resolve config.yaml with ``KEY=VALUE`` overrides (as ``snakemake --config`` takes them)."""
+    import yaml
+
+    from .config import resolve_settings
+
+    if not Path(configfile).is_file():
+        raise TaggingError(f"{configfile} not found: run from the workflow's folder or pass "
+                           "--configfile (or tag with --bundle DIR)")
+    config = yaml.safe_load(Path(configfile).read_text())
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TaggingError(f"--config {item!r}: expected KEY=VALUE")
+        config[key] = yaml.safe_load(value) if value else ""
+    return tagger_settings(resolve_settings(config))
+
+
 # --------------------------------------------------------------------------- inputs
 
 
 def discover(inputs: Sequence[Path], list_file: Path | None = None) -> list[Path]:
     """Files to tag, in the order given: files as named, folders searched recursively for
-    audio files (sorted), and the lines of ``list_file`` (one path per line, '#' comments).
+    audio files (sorted), and the lines of ``list_file`` (one path per line, '#' comments;
+    relative paths are relative to the list file's folder).
 
     A path that does not exist is kept: its row then says so, and the others are tagged.
     """
@@ -119,7 +153,8 @@ def discover(inputs: Sequence[Path], list_file: Path | None = None) -> list[Path
             lines = Path(list_file).read_text().splitlines()
         except OSError as error:
             raise TaggingError(f"cannot read the list file {list_file}: {error}") from None
-        named += [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+        named += [Path(list_file).parent / line.strip() for line in lines
+                  if line.strip() and not line.startswith("#")]
     files: list[Path] = []
     for path in named:
         if path.is_dir():
@@ -149,7 +184,7 @@ class Prepared:
     item: Item
     status: str
     audio: str = ""
-    error: str = ""
+    detail: str = ""               # why it failed, or the preprocessing note
     inputs: list[np.ndarray] | None = None    # per version: (1, n_bins, frames) float32
 
 
@@ -160,8 +195,7 @@ def _failure(item: Item, audio_status: str, message: str) -> Prepared:
 def _write_window(item: Item, folder: str) -> Path:
     """The window as its own WAV file, so SoX and librosa see it exactly as they see a clip."""
     info = sf.info(str(item.path))
-    start = int(round(item.start * info.samplerate))
-    stop = int(round(item.end * info.samplerate))
+    start, stop = round(item.start * info.samplerate), round(item.end * info.samplerate)
     samples, rate = sf.read(str(item.path), start=start, stop=stop, dtype="float32",
                             always_2d=True)
     target = Path(folder) / "window.wav"
@@ -213,7 +247,7 @@ def _batches(items: Sequence[Item], spec: TaggerSpec, batch_size: int,
 def result_frame(prepared: Sequence[Prepared], probs: np.ndarray, classes: Sequence[str],
                  top_k: int, all_classes: bool, timeline: bool) -> pd.DataFrame:
     """One row per item: fname[, start, end], label_1, p_1 ... label_k, p_k, status, audio,
-    error[, one posterior column per class]. Items that failed have empty labels and NaN."""
+    detail[, one posterior column per class]. Items that failed have empty labels and NaN."""
     k = min(top_k, len(classes))
     rows = []
     for row_index, p in enumerate(prepared):
@@ -224,7 +258,7 @@ def result_frame(prepared: Sequence[Prepared], probs: np.ndarray, classes: Seque
         for rank in range(k):
             row[f"label_{rank + 1}"] = classes[ranked[rank]] if len(ranked) else ""
             row[f"p_{rank + 1}"] = float(probs[row_index, ranked[rank]]) if len(ranked) else math.nan
-        row.update(status=p.status, audio=p.audio, error=p.error)
+        row.update(status=p.status, audio=p.audio, detail=p.detail)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if all_classes:
@@ -304,11 +338,11 @@ def timeline_items(files: Sequence[Path], window: float, hop: float,
     items, failed = [], []
     for path in files:
         if path.exists() and not os.access(path, os.R_OK):
-            failed.append(Prepared(Item(path, 0.0, 0.0), "unreadable", "", "permission denied"))
+            failed.append(Prepared(Item(path), "unreadable", "", "permission denied"))
             continue
         status, info, detail = probe(path)
         if status != OK:
-            failed.append(_failure(Item(path, 0.0, 0.0), status, detail))
+            failed.append(_failure(Item(path), status, detail))
             continue
         duration = info.frames / info.samplerate
         items += [Item(path, start, end) for start, end in window_bounds(duration, window, hop)]
@@ -461,7 +495,7 @@ def open_tagger(o: TagOptions) -> tuple[TaggerSpec, Backend, int]:
         kind = o.backend if o.backend != "auto" else _default_bundle_backend()
         log.info("bundle %s, %s backend", o.bundle, kind)
         return spec, bundle_backend(o.bundle, spec, kind, o.device), 32
-    from .export import run_tagger, settings_from_config
+    from .export import run_tagger
 
     settings = settings_from_config(o.configfile or Path("config.yaml"), o.config)
     spec, module = run_tagger(o.results or Path("results"), settings)
@@ -509,12 +543,14 @@ def run_tag(o: TagOptions) -> int:
     if o.timeline and items:
         timeline_plot(frame.iloc[:len(items)], spec.classes, probs[:len(items)],
                       o.plot or o.out.with_suffix(".png"))
-    order = {str(path): i for i, path in enumerate(files)}     # the files' order, as given
+    order: dict[str, int] = {}                  # rows in the files' order, as given
+    for i, path in enumerate(files):
+        order.setdefault(str(path), i)
     frame = frame.iloc[np.argsort(frame["fname"].map(order).to_numpy(), kind="stable")]
     frame["fname"] = frame["fname"].replace(shown)
     write_csv(frame, o.out)
     n_failed = int((frame["status"] != OK).sum())
     log.info("%s: %d row(s) tagged, %d failed", o.out, len(frame) - n_failed, n_failed)
     for _, row in frame[frame["status"] != OK].head(20).iterrows():
-        log.warning("%s: %s (%s)", row["fname"], row["status"], row["error"])
+        log.warning("%s: %s (%s)", row["fname"], row["status"], row["detail"])
     return 1 if n_failed else 0
