@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -385,7 +386,9 @@ def bundle_backend(bundle: Path, spec: TaggerSpec, kind: str, device: str) -> Ba
     import torch
 
     target = _torch_device(device)
-    module = torch.jit.load(str(path), map_location=target).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # torch >= 2.10 says so
+        module = torch.jit.load(str(path), map_location=target).eval()
     return torch_backend(module, target)
 
 
