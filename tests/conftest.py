@@ -194,3 +194,29 @@ def demo(tmp_path_factory, pytestconfig) -> Demo:
     else:
         print(line)
     return Demo(workdir, seconds, settings)
+
+
+# --- the tag command in a fresh process -------------------------------------------------------
+
+# Imports torch's name as missing before anything runs: the ONNX path must not need torch.
+NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch' (blocked by the test)")
+sys.meta_path.insert(0, _NoTorch())
+from workflow_lib.cli import main
+code = main(sys.argv[1:])
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+sys.exit(code)
+"""
+
+
+def run_cli(*args: str, cwd: Path, stdin: bytes | None = None, no_torch: bool = False):
+    """`python -m workflow_lib.cli ...` in a fresh process, the worktree first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = ([sys.executable, "-c", NO_TORCH] if no_torch
+               else [sys.executable, "-m", "workflow_lib.cli"])
+    return subprocess.run([*command, *args], cwd=cwd, env=env, input=stdin,
+                          capture_output=True, timeout=600, check=False)

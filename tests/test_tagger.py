@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SPEC_SOX_EFFECTS, run_cli, tone, write_wav
 
-from conftest import REPO, tone, write_wav
 from workflow_lib.export import FusedTagger, example_inputs, write_bundle
 from workflow_lib.fusion import apply_learned_fusion, fused_posteriors, mean_fusion
 from workflow_lib.model import build_model
@@ -37,28 +35,12 @@ from workflow_lib.tagger import (
 CLASSES = ["a", "b", "c"]
 FRAMES = 200      # the smallest length the VGG-GAP head takes is 192 frames
 
-# Imports torch's name as missing before anything runs: the ONNX path must not need torch.
-NO_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError("No module named 'torch' (blocked by the test)")
-sys.meta_path.insert(0, _NoTorch())
-from workflow_lib.cli import main
-code = main(sys.argv[1:])
-assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
-sys.exit(code)
-"""
-
-
 def tiny_tagger(seed: int = 0) -> tuple[TaggerSpec, FusedTagger]:
     """Preset 0: two folds on version 1; preset 1: one fold on version 2; learned fusion."""
     torch.manual_seed(seed)
     members = [[build_model(2, 3, (0.0, 0.0)) for _ in range(2)], [build_model(2, 3, (0.0, 0.0))]]
     tagger = FusedTagger(members, [0, 1], np.array([0.7, 1.3]), np.array([0.1, -0.2, 0.05]))
-    spec = TaggerSpec(classes=CLASSES, sample_rate=32000, sox_effects=list(
-        "norm -0.1 silence 1 0.025 0.15% norm -0.1 reverse silence 1 0.025 0.15% reverse".split()),
+    spec = TaggerSpec(classes=CLASSES, sample_rate=32000, sox_effects=list(SPEC_SOX_EFFECTS),
         frames=FRAMES, versions=[1, 2], fusion="learned",
         presets=[{"name": "p0", "spectrogram": 1, "width": 2, "iteration": 0, "folds": 2,
                   "weight": 0.7}, {"name": "p1", "spectrogram": 2, "width": 2, "iteration": 1,
@@ -72,15 +54,6 @@ def bundle(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("bundle")
     write_bundle(tagger, spec, folder, "# tiny test tagger\n")
     return folder
-
-
-def run_cli(*args: str, cwd: Path, stdin: bytes | None = None, no_torch: bool = False):
-    """`python -m workflow_lib.cli ...` in a fresh process, the worktree first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = ([sys.executable, "-c", NO_TORCH] if no_torch
-               else [sys.executable, "-m", "workflow_lib.cli"])
-    return subprocess.run([*command, *args], cwd=cwd, env=env, input=stdin,
-                          capture_output=True, timeout=600, check=False)
 
 
 # --------------------------------------------------------------------------- the network
