@@ -104,6 +104,18 @@ def test_bundle_files_and_exported_networks_match(bundle):
     assert np.abs(onnx_out - expected).max() <= 1e-4
 
 
+def test_fusion_parameters_are_read_as_fuse_job_writes_them(tmp_path):
+    from workflow_lib.export import _fusion_parameters
+
+    weights_csv = tmp_path / "fusion_weights.csv"
+    pd.DataFrame({"parameter": ["weight:p0", "weight:p1", "bias:a", "bias:b", "bias:c"],
+                  "value": [0.7, 1.3, 0.1, -0.2, 0.05]}).to_csv(weights_csv, index=False)
+    weights, bias = _fusion_parameters(weights_csv, ["p1", "p0"], CLASSES, "learned")
+    assert weights.tolist() == [1.3, 0.7] and bias.tolist() == [0.1, -0.2, 0.05]
+    with pytest.raises(TaggingError, match="learned fusion"):
+        _fusion_parameters(weights_csv, ["p0", "p1"], CLASSES, "mean")
+
+
 # --------------------------------------------------------------------------- inputs and options
 
 
@@ -178,7 +190,8 @@ def test_hostile_inputs_get_a_status_each_and_the_rest_is_tagged(bundle, tmp_pat
     out = tmp_path / "tags.csv"
     done = run_cli("tag", str(empty_file), str(no_frames), str(text), str(broken_link), str(good),
                    "--list", str(listing), "--bundle", str(bundle), "--backend", "onnx",
-                   "--out", str(out), "--all-classes", cwd=tmp_path)
+                   "--out", str(out), "--all-classes", "--jobs", "2", "--batch-size", "2",
+                   cwd=tmp_path)
     stderr = done.stderr.decode()
     assert done.returncode == 1, stderr                         # some files failed
     assert "Traceback" not in stderr

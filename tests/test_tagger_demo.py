@@ -55,6 +55,14 @@ def test_tag_gives_the_runs_fused_labels(demo, run_tags):
     assert np.abs(difference).max() < 1e-4
 
 
+def test_tag_refuses_settings_the_run_was_not_trained_with(demo, tmp_path, caplog):
+    code = main(["tag", str(demo.results / "demo_data" / "audio_test"), "--results",
+                 str(demo.results), "--configfile", str(REPO / "config.yaml"), "--config",
+                 "run_preset=paper", "--out", str(tmp_path / "tags.csv")])
+    assert code == 1 and not (tmp_path / "tags.csv").exists()
+    assert "was trained with" in caplog.text
+
+
 def test_export_bundle_describes_the_run(demo):
     export = demo.results / "export"
     settings = json.loads((export / "preprocessing.json").read_text())
