@@ -13,7 +13,7 @@ from workflow_lib.config import (  # noqa: E402
     gpus_per_training_job,
     resolve_settings,
 )
-from workflow_lib.tagger import BUNDLE_FILES, tagger_settings  # noqa: E402
+from workflow_lib.bundle import BUNDLE_FILES, tagger_settings  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:

@@ -22,12 +22,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .bundle import BUNDLE_FILES
 from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
 from .selection import chosen_iteration
 from .stages import fold_model_paths, load_model, read_classes
-from .tagger import BUNDLE_FILES, TaggerSpec, TaggingError
+from .tagger import TaggerSpec, TaggingError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,18 +32,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from .bundle import BUNDLE_FILES, tagger_settings
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: The files of an exported bundle (results/export/), by role.
-BUNDLE_FILES = {
-    "torchscript": "tagger.pt",
-    "onnx": "tagger.onnx",
-    "classes": "classes.csv",
-    "settings": "preprocessing.json",
-    "card": "model_card.md",
-}
 #: File name endings a folder is searched for (an explicitly named file is always tried).
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc",
                             ".au", ".snd", ".w64", ".caf", ".rf64"})
@@ -103,21 +96,6 @@ class TaggerSpec:
         table = pd.read_csv(classes_path, dtype={"label": str}, keep_default_na=False)
         classes = list(table.sort_values("index")["label"])
         return cls(classes=classes, **{k: v for k, v in data.items() if k in known})
-
-
-def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the resolved workflow settings a tagger needs (JSON-able)."""
-    method, pre = settings["method"], settings["preprocessing"]
-    return {
-        "sample_rate": pre["sample_rate"], "sox_effects": list(pre["sox_effects"]),
-        "frames": method["spectrogram_frames"], "folds": method["folds"],
-        "presets": list(method["presets"]),
-        "nets": {p: {"spectrogram": method["nets"][p]["spectrogram"],
-                     "width": method["nets"][p]["width"]} for p in method["presets"]},
-        "fusion": method["fusion"]["method"],
-        "batch_size": settings["compute"]["eval_batch_size"],
-        "dataset": settings["dataset_root"] or "the synthetic demo dataset",
-    }
 
 
 def settings_from_config(configfile: Path, overrides: Sequence[str]) -> dict[str, Any]:
