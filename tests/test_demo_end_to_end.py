@@ -566,7 +566,7 @@ def test_evaluation(demo):
     per_class = demo.numeric("evaluation/per_class.csv")
     assert list(per_class.columns) == ["system", "label", "precision", "recall", "f1", "support"]
     support = scored["label"].value_counts()
-    for system, group in per_class.groupby("system"):
+    for _system, group in per_class.groupby("system"):
         assert group["label"].tolist() == classes
         assert group["support"].sum() == n_both
         assert (group.set_index("label")["support"] == support.reindex(classes, fill_value=0)).all()

@@ -112,8 +112,8 @@ class FakeFoldModel(nn.Module):
 
 
 def sv_settings(**overrides) -> SelfVerifySettings:
-    values = dict(excerpts=5, threshold=0.95, max_per_class=40, excerpt_frames=8, seed=7,
-                  batch_size=1000, amp=False)
+    values = {"excerpts": 5, "threshold": 0.95, "max_per_class": 40, "excerpt_frames": 8, "seed": 7,
+              "batch_size": 1000, "amp": False}
     values.update(overrides)
     return SelfVerifySettings(**values)
 
