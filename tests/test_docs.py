@@ -26,7 +26,8 @@ def _cited_sections(page: str) -> set[str]:
     pattern = re.compile(rf'docs/{re.escape(page)}"?\s*"([^"]+)"')
     found = set()
     for path in CITED_FILES:
-        found |= set(pattern.findall(path.read_text(errors="replace")))
+        if path.name != "test_docs.py":
+            found |= {" ".join(name.split()) for name in pattern.findall(path.read_text(errors="replace"))}
     return found
 
 
@@ -70,6 +71,6 @@ def test_every_config_key_is_documented():
 def test_nothing_points_outside_the_repository():
     """No file cites a path beside the checkout (the method's facts live in docs/)."""
     offenders = [str(p.relative_to(REPO)) for p in CITED_FILES
-                 if re.search(r"\.\./shared/|SPEC\.md", p.read_text(errors="replace"))
+                 if re.search(r"\.\./shared\b|SPEC\.md", p.read_text(errors="replace"))
                  and p.name != "test_docs.py"]
     assert not offenders, offenders
