@@ -61,7 +61,8 @@ class ShellCommand:
 # repository first on PYTHONPATH for that one command only. So the same command works from the
 # repository, from a host workflow that imports this one as a module, in a conda env and on a
 # cluster node, and nothing is set for other workflows (no global shell.prefix; Snakemake's default
-# bash strict mode, `set -euo pipefail`, stays in force).
+# bash strict mode, `set -euo pipefail`, stays in force). It is several shell words: write
+# `{params.cli}` without the :q quoting of single values.
 CLI = ShellCommand(f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}} python -m workflow_lib.cli")
 CONDA_ENV = "../envs/workflow.yaml"
 

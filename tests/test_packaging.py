@@ -137,3 +137,17 @@ def test_every_rule_names_the_conda_env() -> None:
     n_rules = len(re.findall(r"^\s*rule \w+:", text, flags=re.M))
     assert text.count("conda:") == n_rules
     assert 'CONDA_ENV = "../envs/workflow.yaml"' in (REPO / "rules" / "common.smk").read_text()
+
+
+def test_every_rule_runs_the_cli_through_params_cli() -> None:
+    """Rules call `{params.cli} <step>` (rules/common.smk): that finds workflow_lib beside the
+    Snakefile wherever it is imported from; a bare `python -m workflow_lib.cli` would only work
+    from the repository folder, and a global shell.prefix would leak into a host workflow."""
+    texts = {p.name: p.read_text() for p in (REPO / "rules").glob("*.smk")}
+    text = "\n".join(texts.values())
+    assert "shell.prefix(" not in text + (REPO / "Snakefile").read_text()
+    assert '"python -m workflow_lib.cli' not in text
+    assert "{params.cli:q}" not in text  # several shell words: never quoted as one
+    n_shells = len(re.findall(r"^\s*shell:", text, flags=re.M))
+    assert text.count('"{params.cli} ') == n_shells
+    assert len(re.findall(r"^\s*cli=CLI,", text, flags=re.M)) == n_shells
