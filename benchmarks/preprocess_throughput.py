@@ -11,7 +11,7 @@ Builds a listing of N real FSDD recordings (default 200) and, in ONE process on 
     twice and the madmom processor chain is rebuilt per call, as a per-file script would do).
 
 Prints files/s/core for both and their ratio, the machine (nproc, CPU model) and the command.
-SPEC.md "Preprocessing" 1-3 defines the work; both paths compute the same arrays.
+docs/method.md "Preprocessing" 1-3 defines the work; both paths compute the same arrays.
 """
 
 from __future__ import annotations

