@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 # The PyTorch release the suite is tested with (CPU wheel here; on Linux x86_64 PyPI serves a
-# CUDA build). Another release inside pyproject.toml's bounds: make demo TORCH='torch>=2.13,<3'
+# CUDA build). Another release inside pyproject.toml's bounds: make demo TORCH='torch>=2.4,<3'
 TORCH  ?= torch==2.13.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
