@@ -48,11 +48,25 @@ def random_bundle(folder: Path, presets: list[tuple[str, int, int]], folds: int)
     members = [[build_model(width, len(classes)) for _ in range(folds)] for _, _, width in presets]
     weights = np.full(len(presets), 1.0 / len(presets))
     tagger = FusedTagger(members, [versions.index(v) for _, v, _ in presets], weights, None)
-    spec = TaggerSpec(classes=classes, sample_rate=32000, sox_effects=list(SPEC_SOX_EFFECTS),
-                      frames=3000, versions=versions, fusion="mean",
-                      presets=[{"name": n, "spectrogram": v, "width": w, "iteration": 0,
-                                "folds": folds, "weight": 1.0 / len(presets)}
-                               for n, v, w in presets])
+    spec = TaggerSpec(
+        classes=classes,
+        sample_rate=32000,
+        sox_effects=list(SPEC_SOX_EFFECTS),
+        frames=3000,
+        versions=versions,
+        fusion="mean",
+        presets=[
+            {
+                "name": n,
+                "spectrogram": v,
+                "width": w,
+                "iteration": 0,
+                "folds": folds,
+                "weight": 1.0 / len(presets),
+            }
+            for n, v, w in presets
+        ],
+    )
     write_bundle(tagger.eval(), spec, folder, "# random-weight benchmark bundle\n")
     return folder
 
@@ -61,19 +75,35 @@ def measure(name: str, bundle: Path, files: list[Path], backend: str, workdir: P
     """Run `tag` on the files (listed in a file) and print files per wall second."""
     listing = workdir / f"{name}_{backend}.txt"
     listing.write_text("".join(f"{f}\n" for f in files))
-    command = [sys.executable, "-m", "workflow_lib.cli", "tag", "--list", str(listing),
-               "--bundle", str(bundle), "--backend", backend, "--device", "cpu",
-               "--out", str(workdir / f"{name}_{backend}.csv")]
+    command = [
+        sys.executable,
+        "-m",
+        "workflow_lib.cli",
+        "tag",
+        "--list",
+        str(listing),
+        "--bundle",
+        str(bundle),
+        "--backend",
+        backend,
+        "--device",
+        "cpu",
+        "--out",
+        str(workdir / f"{name}_{backend}.csv"),
+    ]
     load = os.getloadavg()[0]
     start = time.monotonic()
-    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False
+    )
     seconds = time.monotonic() - start
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    print(f"{name:13s} {backend:11s} {len(files):4d} files  {seconds:7.1f} s  "
-          f"{len(files) / seconds:7.2f} files/s  (load before {load:.1f}, after "
-          f"{os.getloadavg()[0]:.1f})")
+    print(
+        f"{name:13s} {backend:11s} {len(files):4d} files  {seconds:7.1f} s  "
+        f"{len(files) / seconds:7.2f} files/s  (load before {load:.1f}, after "
+        f"{os.getloadavg()[0]:.1f})"
+    )
     print(f"    {shlex.join(command)}")
 
 
@@ -88,18 +118,26 @@ def main() -> None:
     audio = sorted((args.run / "results" / "demo_data" / "audio_test").glob("*.wav"))
     if not (bundle / "tagger.onnx").is_file() or not audio:
         raise SystemExit(f"{args.run} holds no finished demo run (results/export, test audio)")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
-    print(f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, "
-          f"torch threads {torch.get_num_threads()}, Python {platform.python_version()}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, "
+        f"torch threads {torch.get_num_threads()}, Python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory(prefix="tagger_bench_") as tmp:
         work = Path(tmp)
         paper_net = random_bundle(work / "paper_net", [("width64", 1, 64)], folds=1)
         paper_system = random_bundle(work / "paper_system", PAPER_PRESETS, folds=4)
         for backend in args.backends:
-            measure("demo_bundle", bundle, audio[:args.files], backend, work)
-            measure("paper_net", paper_net, audio[:args.paper_files], backend, work)
-            measure("paper_system", paper_system, audio[:args.paper_files], backend, work)
+            measure("demo_bundle", bundle, audio[: args.files], backend, work)
+            measure("paper_net", paper_net, audio[: args.paper_files], backend, work)
+            measure("paper_system", paper_system, audio[: args.paper_files], backend, work)
 
 
 if __name__ == "__main__":

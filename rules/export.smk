@@ -13,16 +13,17 @@ rule export_tagger:
         summary=f"{RESULTS}/summary.csv",
     output:
         [f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()],
-    params:
-        results=lambda wildcards, input: Path(input.classes).parents[1],
-        out_dir=lambda wildcards, output: Path(output[0]).parent,
-        settings=as_json(tagger_settings(S)),
     log:
         f"{RESULTS}/logs/export_tagger.log",
     benchmark:
         f"{RESULTS}/benchmarks/export_tagger.tsv"
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
+        results=lambda wildcards, input: Path(input.classes).parents[1],
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
+        settings=as_json(tagger_settings(S)),
     shell:
-        "python -m workflow_lib.cli export --results {params.results} --out-dir {params.out_dir}"
+        "{params.cli} export --results {params.results} --out-dir {params.out_dir}"
         " --settings {params.settings:q} 2> {log}"

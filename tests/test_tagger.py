@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SPEC_SOX_EFFECTS, run_cli, tone, write_wav
 
 from workflow_lib.export import FusedTagger, example_inputs, write_bundle
 from workflow_lib.fusion import apply_learned_fusion, fused_posteriors, mean_fusion
@@ -32,19 +31,29 @@ from workflow_lib.tagger import (
     window_bounds,
 )
 
+from conftest import SPEC_SOX_EFFECTS, run_cli, tone, write_wav
+
 CLASSES = ["a", "b", "c"]
-FRAMES = 200      # the smallest length the VGG-GAP head takes is 192 frames
+FRAMES = 200  # the smallest length the VGG-GAP head takes is 192 frames
+
 
 def tiny_tagger(seed: int = 0) -> tuple[TaggerSpec, FusedTagger]:
     """Preset 0: two folds on version 1; preset 1: one fold on version 2; learned fusion."""
     torch.manual_seed(seed)
     members = [[build_model(2, 3, (0.0, 0.0)) for _ in range(2)], [build_model(2, 3, (0.0, 0.0))]]
     tagger = FusedTagger(members, [0, 1], np.array([0.7, 1.3]), np.array([0.1, -0.2, 0.05]))
-    spec = TaggerSpec(classes=CLASSES, sample_rate=32000, sox_effects=list(SPEC_SOX_EFFECTS),
-        frames=FRAMES, versions=[1, 2], fusion="learned",
-        presets=[{"name": "p0", "spectrogram": 1, "width": 2, "iteration": 0, "folds": 2,
-                  "weight": 0.7}, {"name": "p1", "spectrogram": 2, "width": 2, "iteration": 1,
-                                   "folds": 1, "weight": 1.3}])
+    spec = TaggerSpec(
+        classes=CLASSES,
+        sample_rate=32000,
+        sox_effects=list(SPEC_SOX_EFFECTS),
+        frames=FRAMES,
+        versions=[1, 2],
+        fusion="learned",
+        presets=[
+            {"name": "p0", "spectrogram": 1, "width": 2, "iteration": 0, "folds": 2, "weight": 0.7},
+            {"name": "p1", "spectrogram": 2, "width": 2, "iteration": 1, "folds": 1, "weight": 1.3},
+        ],
+    )
     return spec, tagger.eval()
 
 
@@ -61,7 +70,7 @@ def bundle(tmp_path_factory) -> Path:
 
 def test_fused_posteriors_match_the_runs_fusion():
     rng = np.random.default_rng(0)
-    stack = rng.dirichlet(np.ones(5), size=(3, 4))            # 3 models, 4 clips, 5 classes
+    stack = rng.dirichlet(np.ones(5), size=(3, 4))  # 3 models, 4 clips, 5 classes
     weights, bias = rng.normal(size=3), rng.normal(size=5)
     as_torch = torch.as_tensor(stack)
     mean = fused_posteriors(as_torch, torch.full((3,), 1 / 3, dtype=torch.float64)).numpy()
@@ -77,8 +86,7 @@ def test_fused_tagger_averages_folds_then_fuses_presets():
         got = tagger(x1, x2).numpy()
         p0 = np.mean([torch.softmax(m(x1), 1).numpy() for m in tagger.members[0]], axis=0)
         p1 = torch.softmax(tagger.members[1][0](x2), 1).numpy()
-    expected = apply_learned_fusion(np.stack([p0, p1]), np.array([0.7, 1.3]),
-                                    np.array([0.1, -0.2, 0.05]))
+    expected = apply_learned_fusion(np.stack([p0, p1]), np.array([0.7, 1.3]), np.array([0.1, -0.2, 0.05]))
     np.testing.assert_allclose(got, expected, atol=1e-6)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
 
@@ -96,8 +104,7 @@ def test_bundle_files_and_exported_networks_match(bundle):
     with torch.no_grad():
         expected = tagger(*inputs).numpy()
         scripted = torch.jit.load(str(bundle / "tagger.pt"))(*inputs).numpy()
-    session = onnxruntime.InferenceSession(str(bundle / "tagger.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(bundle / "tagger.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {"spec_v1": inputs[0].numpy(), "spec_v2": inputs[1].numpy()})[0]
     assert onnx_out.shape == (5, 3)
     assert np.abs(scripted - expected).max() <= 1e-5
@@ -108,8 +115,12 @@ def test_fusion_parameters_are_read_as_fuse_job_writes_them(tmp_path):
     from workflow_lib.export import _fusion_parameters
 
     weights_csv = tmp_path / "fusion_weights.csv"
-    pd.DataFrame({"parameter": ["weight:p0", "weight:p1", "bias:a", "bias:b", "bias:c"],
-                  "value": [0.7, 1.3, 0.1, -0.2, 0.05]}).to_csv(weights_csv, index=False)
+    pd.DataFrame(
+        {
+            "parameter": ["weight:p0", "weight:p1", "bias:a", "bias:b", "bias:c"],
+            "value": [0.7, 1.3, 0.1, -0.2, 0.05],
+        }
+    ).to_csv(weights_csv, index=False)
     weights, bias = _fusion_parameters(weights_csv, ["p1", "p0"], CLASSES, "learned")
     assert weights.tolist() == [1.3, 0.7] and bias.tolist() == [0.1, -0.2, 0.05]
     with pytest.raises(TaggingError, match="learned fusion"):
@@ -121,8 +132,8 @@ def test_fusion_parameters_are_read_as_fuse_job_writes_them(tmp_path):
 
 def test_window_bounds():
     assert window_bounds(5.0, 2.0, 1.0) == [(0, 2), (1, 3), (2, 4), (3, 5)]
-    assert window_bounds(5.5, 2.0, 1.0)[-1] == (4.0, 5.5)      # the last window reaches the end
-    assert window_bounds(0.7, 2.0, 1.0) == [(0.0, 0.7)]        # shorter than a window: one
+    assert window_bounds(5.5, 2.0, 1.0)[-1] == (4.0, 5.5)  # the last window reaches the end
+    assert window_bounds(0.7, 2.0, 1.0) == [(0.0, 0.7)]  # shorter than a window: one
     with pytest.raises(TaggingError):
         window_bounds(3.0, 2.0, 0.0)
 
@@ -135,19 +146,26 @@ def test_discover_folders_and_list_files(tmp_path):
     listing.parent.mkdir()
     listing.write_text("# a comment\n../in/notes.txt\n\n/nowhere/z.wav\n")
     found = discover([tmp_path / "in"], listing)
-    assert found == [tmp_path / "in" / "a.FLAC", tmp_path / "in" / "b/c/y.ogg",
-                     tmp_path / "in" / "b/x.wav", tmp_path / "lists/../in/notes.txt",
-                     Path("/nowhere/z.wav")]
+    assert found == [
+        tmp_path / "in" / "a.FLAC",
+        tmp_path / "in" / "b/c/y.ogg",
+        tmp_path / "in" / "b/x.wav",
+        tmp_path / "lists/../in/notes.txt",
+        Path("/nowhere/z.wav"),
+    ]
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"window": 2.0}, "belong to --timeline"),
-    ({"backend": "onnx"}, "needs --bundle"),
-    ({"bundle": Path("b"), "config": ["run_preset=paper"]}, "leave them out"),
-    ({"bundle": Path("b"), "backend": "torch"}, "a bundle has"),
-    ({"raw_rate": 8000}, "name '-'"),
-    ({"top_k": 0}, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"window": 2.0}, "belong to --timeline"),
+        ({"backend": "onnx"}, "needs --bundle"),
+        ({"bundle": Path("b"), "config": ["run_preset=paper"]}, "leave them out"),
+        ({"bundle": Path("b"), "backend": "torch"}, "a bundle has"),
+        ({"raw_rate": 8000}, "name '-'"),
+        ({"top_k": 0}, "at least 1"),
+    ],
+)
 def test_options_that_would_be_ignored_are_refused(options, message):
     with pytest.raises(TaggingError, match=message):
         check_options(TagOptions(inputs=[Path("x.wav")], out=Path("o.csv"), **options))
@@ -166,8 +184,9 @@ def test_prepare_applies_the_training_preprocessing(tmp_path, sox_binary):
     clip = load_clipped(path, 32000, tuple(spec.sox_effects))
     for version, array in zip(spec.versions, whole.inputs):
         np.testing.assert_array_equal(
-            array, fix_length(compute_spectrogram(version, clip.samples, 32000), FRAMES))
-    silent = prepare(Item(path, 0.0, 0.4), spec)               # only the leading silence
+            array, fix_length(compute_spectrogram(version, clip.samples, 32000), FRAMES)
+        )
+    silent = prepare(Item(path, 0.0, 0.4), spec)  # only the leading silence
     assert silent.status == "ok" and silent.audio == "fallback_silent"
     assert [a.shape for a in silent.inputs] == [(1, 128, FRAMES)] * 2
 
@@ -176,8 +195,7 @@ def test_prepare_applies_the_training_preprocessing(tmp_path, sox_binary):
 
 
 def test_hostile_inputs_get_a_status_each_and_the_rest_is_tagged(bundle, tmp_path, sox_binary):
-    good = write_wav(tmp_path / "it's a \"quoted\" name, with spaces.wav",
-                     tone(1.5, 16000, 440.0), 16000)
+    good = write_wav(tmp_path / 'it\'s a "quoted" name, with spaces.wav', tone(1.5, 16000, 440.0), 16000)
     empty_file = tmp_path / "empty.wav"
     empty_file.write_bytes(b"")
     no_frames = write_wav(tmp_path / "no_frames.wav", np.zeros(0), 16000)
@@ -188,18 +206,41 @@ def test_hostile_inputs_get_a_status_each_and_the_rest_is_tagged(bundle, tmp_pat
     listing = tmp_path / "list.txt"
     listing.write_text(f"{good.name}\nmissing.wav\n")
     out = tmp_path / "tags.csv"
-    done = run_cli("tag", str(empty_file), str(no_frames), str(text), str(broken_link), str(good),
-                   "--list", str(listing), "--bundle", str(bundle), "--backend", "onnx",
-                   "--out", str(out), "--all-classes", "--jobs", "2", "--batch-size", "2",
-                   cwd=tmp_path)
+    done = run_cli(
+        "tag",
+        str(empty_file),
+        str(no_frames),
+        str(text),
+        str(broken_link),
+        str(good),
+        "--list",
+        str(listing),
+        "--bundle",
+        str(bundle),
+        "--backend",
+        "onnx",
+        "--out",
+        str(out),
+        "--all-classes",
+        "--jobs",
+        "2",
+        "--batch-size",
+        "2",
+        cwd=tmp_path,
+    )
     stderr = done.stderr.decode()
-    assert done.returncode == 1, stderr                         # some files failed
+    assert done.returncode == 1, stderr  # some files failed
     assert "Traceback" not in stderr
     table = pd.read_csv(out, dtype={"fname": str}, keep_default_na=False)
     status = dict(zip(table["fname"].map(lambda f: Path(f).name), table["status"]))
-    assert status == {"empty.wav": "undecodable", "no_frames.wav": "empty",
-                      "text.wav": "undecodable", "broken.wav": "missing", good.name: "ok",
-                      "missing.wav": "missing"}
+    assert status == {
+        "empty.wav": "undecodable",
+        "no_frames.wav": "empty",
+        "text.wav": "undecodable",
+        "broken.wav": "missing",
+        good.name: "ok",
+        "missing.wav": "missing",
+    }
     assert len(table) == 7 and (table["fname"].map(lambda f: Path(f).name) == good.name).sum() == 2
     tagged = table[table["status"] == "ok"]
     assert set(tagged["label_1"]) <= set(CLASSES) and (tagged["detail"] == "").all()
@@ -217,14 +258,23 @@ def test_unreadable_file(tmp_path, bundle):
 
 
 def test_onnx_bundle_tags_without_torch_and_matches_torchscript(bundle, tmp_path, sox_binary):
-    clip = write_wav(tmp_path / "clip.wav", tone(2.0, 22050, 300.0) + tone(2.0, 22050, 2000.0),
-                     22050)
+    clip = write_wav(tmp_path / "clip.wav", tone(2.0, 22050, 300.0) + tone(2.0, 22050, 2000.0), 22050)
     outs = {}
     for backend in ("onnx", "torchscript"):
         outs[backend] = tmp_path / f"{backend}.csv"
-        done = run_cli("tag", str(clip), "--bundle", str(bundle), "--backend", backend,
-                       "--all-classes", "--out", str(outs[backend]), cwd=tmp_path,
-                       no_torch=backend == "onnx")
+        done = run_cli(
+            "tag",
+            str(clip),
+            "--bundle",
+            str(bundle),
+            "--backend",
+            backend,
+            "--all-classes",
+            "--out",
+            str(outs[backend]),
+            cwd=tmp_path,
+            no_torch=backend == "onnx",
+        )
         assert done.returncode == 0, done.stderr.decode()[-3000:]
     onnx_table, script_table = (pd.read_csv(outs[b]) for b in ("onnx", "torchscript"))
     assert np.abs(onnx_table[CLASSES].to_numpy() - script_table[CLASSES].to_numpy()).max() <= 1e-4
@@ -236,15 +286,43 @@ def test_timeline_from_raw_pcm_on_stdin(bundle, tmp_path, sox_binary):
     samples = np.concatenate([tone(3.0, rate, 500.0), np.zeros(rate * 2)])
     pcm = (samples * 20000).astype("<i2").tobytes()
     out = tmp_path / "timeline.csv"
-    done = run_cli("tag", "-", "--raw-rate", str(rate), "--timeline", "--window", "2",
-                   "--hop", "1", "--bundle", str(bundle), "--backend", "onnx", "--top-k", "2",
-                   "--out", str(out), cwd=tmp_path, stdin=pcm)
+    done = run_cli(
+        "tag",
+        "-",
+        "--raw-rate",
+        str(rate),
+        "--timeline",
+        "--window",
+        "2",
+        "--hop",
+        "1",
+        "--bundle",
+        str(bundle),
+        "--backend",
+        "onnx",
+        "--top-k",
+        "2",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        stdin=pcm,
+    )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["fname", "start", "end", "label_1", "p_1", "label_2", "p_2",
-                                   "status", "audio", "detail"]
+    assert list(table.columns) == [
+        "fname",
+        "start",
+        "end",
+        "label_1",
+        "p_1",
+        "label_2",
+        "p_2",
+        "status",
+        "audio",
+        "detail",
+    ]
     assert (table["fname"] == "-").all()
     assert table[["start", "end"]].to_numpy().tolist() == [[0, 2], [1, 3], [2, 4], [3, 5]]
-    assert table["audio"].tolist()[-1] == "fallback_silent"     # the last window is silence
+    assert table["audio"].tolist()[-1] == "fallback_silent"  # the last window is silence
     assert (table["p_1"] >= table["p_2"]).all()
     assert (tmp_path / "timeline.png").stat().st_size > 0

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import REPO, Demo, run_cli
 
 from workflow_lib.cli import main
+
+from conftest import REPO, Demo, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +35,19 @@ def tagged(path, demo: Demo) -> pd.DataFrame:
 def run_tags(demo, tmp_path_factory):
     """Tags of the demo's test clips straight from results/ (the fold checkpoints)."""
     out = tmp_path_factory.mktemp("tags") / "run.csv"
-    code = main(["tag", str(demo.results / "demo_data" / "audio_test"), "--results",
-                 str(demo.results), "--configfile", str(REPO / "config.yaml"),
-                 "--all-classes", "--out", str(out)])
+    code = main(
+        [
+            "tag",
+            str(demo.results / "demo_data" / "audio_test"),
+            "--results",
+            str(demo.results),
+            "--configfile",
+            str(REPO / "config.yaml"),
+            "--all-classes",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return tagged(out, demo)
 
@@ -56,9 +67,20 @@ def test_tag_gives_the_runs_fused_labels(demo, run_tags):
 
 
 def test_tag_refuses_settings_the_run_was_not_trained_with(demo, tmp_path, caplog):
-    code = main(["tag", str(demo.results / "demo_data" / "audio_test"), "--results",
-                 str(demo.results), "--configfile", str(REPO / "config.yaml"), "--config",
-                 "run_preset=paper", "--out", str(tmp_path / "tags.csv")])
+    code = main(
+        [
+            "tag",
+            str(demo.results / "demo_data" / "audio_test"),
+            "--results",
+            str(demo.results),
+            "--configfile",
+            str(REPO / "config.yaml"),
+            "--config",
+            "run_preset=paper",
+            "--out",
+            str(tmp_path / "tags.csv"),
+        ]
+    )
     assert code == 1 and not (tmp_path / "tags.csv").exists()
     assert "was trained with" in caplog.text
 
@@ -68,8 +90,9 @@ def test_export_bundle_describes_the_run(demo):
     settings = json.loads((export / "preprocessing.json").read_text())
     assert settings["frames"] == demo.method["spectrogram_frames"]
     assert settings["sample_rate"] == demo.settings["preprocessing"]["sample_rate"]
-    chosen = {p: int(demo.numeric(f"selection/{p}.csv").query("chosen")["iteration"].iloc[0])
-              for p in demo.presets}
+    chosen = {
+        p: int(demo.numeric(f"selection/{p}.csv").query("chosen")["iteration"].iloc[0]) for p in demo.presets
+    }
     assert {p["name"]: p["iteration"] for p in settings["presets"]} == chosen
     assert pd.read_csv(export / "classes.csv")["label"].tolist() == demo.classes
     card = (export / "model_card.md").read_text()
@@ -80,9 +103,19 @@ def test_export_bundle_describes_the_run(demo):
 @pytest.mark.parametrize("backend", ["torchscript", "onnx"])
 def test_bundle_tags_like_the_run(demo, run_tags, backend, tmp_path):
     out = tmp_path / f"{backend}.csv"
-    done = run_cli("tag", str(demo.results / "demo_data" / "audio_test"), "--bundle",
-                   str(demo.results / "export"), "--backend", backend, "--all-classes",
-                   "--out", str(out), cwd=tmp_path, no_torch=backend == "onnx")
+    done = run_cli(
+        "tag",
+        str(demo.results / "demo_data" / "audio_test"),
+        "--bundle",
+        str(demo.results / "export"),
+        "--backend",
+        backend,
+        "--all-classes",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        no_torch=backend == "onnx",
+    )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     table = tagged(out, demo)
     assert agreement(table, demo) >= 0.99
@@ -94,10 +127,14 @@ def three_clips(demo: Demo) -> pd.DataFrame:
     """Three long test clips of different classes that the run tagged right, surest first."""
     test = demo.csv("data/test.csv").set_index("fname")
     fused = fused_test(demo)
-    frame = pd.DataFrame({"label": test.loc[fused.index, "label"],
-                          "predicted": np.array(demo.classes)[fused[demo.classes].to_numpy().argmax(1)],
-                          "p": fused[demo.classes].to_numpy().max(1),
-                          "path": test.loc[fused.index, "path"]})
+    frame = pd.DataFrame(
+        {
+            "label": test.loc[fused.index, "label"],
+            "predicted": np.array(demo.classes)[fused[demo.classes].to_numpy().argmax(1)],
+            "p": fused[demo.classes].to_numpy().max(1),
+            "path": test.loc[fused.index, "path"],
+        }
+    )
     frame["seconds"] = [sf.info(str(demo.workdir / p)).duration for p in frame["path"]]
     right = frame[(frame["label"] == frame["predicted"]) & (frame["seconds"] >= 3.0)]
     best = right.sort_values("p", ascending=False).drop_duplicates("label").head(3)
@@ -119,9 +156,22 @@ def test_timeline_shows_three_classes_in_order(demo, tmp_path):
     long_file = tmp_path / "three classes.wav"
     sf.write(str(long_file), np.concatenate(parts), rate)
     out = tmp_path / "timeline.csv"
-    done = run_cli("tag", str(long_file), "--timeline", "--window", "2", "--hop", "0.5",
-                   "--bundle", str(demo.results / "export"), "--backend", "onnx",
-                   "--out", str(out), cwd=tmp_path)
+    done = run_cli(
+        "tag",
+        str(long_file),
+        "--timeline",
+        "--window",
+        "2",
+        "--hop",
+        "0.5",
+        "--bundle",
+        str(demo.results / "export"),
+        "--backend",
+        "onnx",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     table = pd.read_csv(out, keep_default_na=False)
     centres = (table["start"] + table["end"]) / 2

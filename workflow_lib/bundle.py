@@ -23,11 +23,15 @@ def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The part of the resolved workflow settings a tagger needs (JSON-able)."""
     method, pre = settings["method"], settings["preprocessing"]
     return {
-        "sample_rate": pre["sample_rate"], "sox_effects": list(pre["sox_effects"]),
-        "frames": method["spectrogram_frames"], "folds": method["folds"],
+        "sample_rate": pre["sample_rate"],
+        "sox_effects": list(pre["sox_effects"]),
+        "frames": method["spectrogram_frames"],
+        "folds": method["folds"],
         "presets": list(method["presets"]),
-        "nets": {p: {"spectrogram": method["nets"][p]["spectrogram"],
-                     "width": method["nets"][p]["width"]} for p in method["presets"]},
+        "nets": {
+            p: {"spectrogram": method["nets"][p]["spectrogram"], "width": method["nets"][p]["width"]}
+            for p in method["presets"]
+        },
         "fusion": method["fusion"]["method"],
         "batch_size": settings["compute"]["eval_batch_size"],
         "dataset": settings["dataset_root"] or "the synthetic demo dataset",

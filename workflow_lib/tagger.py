@@ -38,12 +38,26 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 #: File name endings a folder is searched for (an explicitly named file is always tried).
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc",
-                            ".au", ".snd", ".w64", ".caf", ".rf64"})
+AUDIO_SUFFIXES = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".mp3",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".w64",
+        ".caf",
+        ".rf64",
+    }
+)
 #: Row status of a tagged file; any other value names why it was not tagged.
 OK = "ok"
-FAILED_STATUS = {"skipped_missing": "missing", "skipped_undecodable": "undecodable",
-                 "skipped_empty": "empty"}
+FAILED_STATUS = {"skipped_missing": "missing", "skipped_undecodable": "undecodable", "skipped_empty": "empty"}
 
 Backend = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -78,8 +92,10 @@ class TaggerSpec:
         """The JSON written to preprocessing.json (the classes go to classes.csv)."""
         data = asdict(self)
         data.pop("classes")
-        data["inputs"] = [{"name": name, "version": v, "shape": ["batch", 1, self.n_bins, "time"]}
-                          for name, v in zip(self.input_names, self.versions)]
+        data["inputs"] = [
+            {"name": name, "version": v, "shape": ["batch", 1, self.n_bins, "time"]}
+            for name, v in zip(self.input_names, self.versions)
+        ]
         data["output"] = {"name": "posteriors", "shape": ["batch", len(self.classes)]}
         return data
 
@@ -89,8 +105,10 @@ class TaggerSpec:
         classes_path = bundle / BUNDLE_FILES["classes"]
         for path in (settings_path, classes_path):
             if not path.is_file():
-                raise TaggingError(f"{bundle} is not a tagger bundle: {path.name} is missing "
-                                   "(write one with `python -m workflow_lib.cli export`)")
+                raise TaggingError(
+                    f"{bundle} is not a tagger bundle: {path.name} is missing "
+                    "(write one with `python -m workflow_lib.cli export`)"
+                )
         data = json.loads(settings_path.read_text())
         known = {f for f in cls.__dataclass_fields__ if f != "classes"}
         table = pd.read_csv(classes_path, dtype={"label": str}, keep_default_na=False)
@@ -105,8 +123,10 @@ def settings_from_config(configfile: Path, overrides: Sequence[str]) -> dict[str
     from .config import resolve_settings
 
     if not Path(configfile).is_file():
-        raise TaggingError(f"{configfile} not found: run from the workflow's folder or pass "
-                           "--configfile (or tag with --bundle DIR)")
+        raise TaggingError(
+            f"{configfile} not found: run from the workflow's folder or pass "
+            "--configfile (or tag with --bundle DIR)"
+        )
     config = yaml.safe_load(Path(configfile).read_text())
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -132,13 +152,15 @@ def discover(inputs: Sequence[Path], list_file: Path | None = None) -> list[Path
             lines = Path(list_file).read_text().splitlines()
         except OSError as error:
             raise TaggingError(f"cannot read the list file {list_file}: {error}") from None
-        named += [Path(list_file).parent / line.strip() for line in lines
-                  if line.strip() and not line.startswith("#")]
+        named += [
+            Path(list_file).parent / line.strip()
+            for line in lines
+            if line.strip() and not line.startswith("#")
+        ]
     files: list[Path] = []
     for path in named:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
             if not found:
                 log.warning("no audio files under %s", path)
             files += found
@@ -163,8 +185,8 @@ class Prepared:
     item: Item
     status: str
     audio: str = ""
-    detail: str = ""               # why it failed, or the preprocessing note
-    inputs: list[np.ndarray] | None = None    # per version: (1, n_bins, frames) float32
+    detail: str = ""  # why it failed, or the preprocessing note
+    inputs: list[np.ndarray] | None = None  # per version: (1, n_bins, frames) float32
 
 
 def _failure(item: Item, audio_status: str, message: str) -> Prepared:
@@ -175,8 +197,7 @@ def _write_window(item: Item, folder: str) -> Path:
     """The window as its own WAV file, so SoX and librosa see it exactly as they see a clip."""
     info = sf.info(str(item.path))
     start, stop = round(item.start * info.samplerate), round(item.end * info.samplerate)
-    samples, rate = sf.read(str(item.path), start=start, stop=stop, dtype="float32",
-                            always_2d=True)
+    samples, rate = sf.read(str(item.path), start=start, stop=stop, dtype="float32", always_2d=True)
     target = Path(folder) / "window.wav"
     sf.write(str(target), samples, rate, subtype="FLOAT")
     return target
@@ -196,18 +217,21 @@ def prepare(item: Item, spec: TaggerSpec) -> Prepared:
             clip = load_clipped(source, spec.sample_rate, tuple(spec.sox_effects))
         if not clip.usable:
             return _failure(item, clip.status, clip.detail)
-        inputs = [fix_length(compute_spectrogram(v, clip.samples, spec.sample_rate), spec.frames)
-                  for v in spec.versions]
+        inputs = [
+            fix_length(compute_spectrogram(v, clip.samples, spec.sample_rate), spec.frames)
+            for v in spec.versions
+        ]
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the others
         return Prepared(item, "failed", "", f"{type(error).__name__}: {error}"[:300])
     return Prepared(item, OK, clip.status, clip.detail, inputs)
 
 
-def _batches(items: Sequence[Item], spec: TaggerSpec, batch_size: int,
-             executor: Executor | None) -> Iterator[list[Prepared]]:
+def _batches(
+    items: Sequence[Item], spec: TaggerSpec, batch_size: int, executor: Executor | None
+) -> Iterator[list[Prepared]]:
     """Prepared items in order, a batch at a time; with a pool, the next batch is prepared
     while the caller runs the network on the current one (memory: two batches at most)."""
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     if executor is None:
         for chunk in chunks:
             yield [prepare(item, spec) for item in chunk]
@@ -223,8 +247,14 @@ def _batches(items: Sequence[Item], spec: TaggerSpec, batch_size: int,
 # --------------------------------------------------------------------------- outputs
 
 
-def result_frame(prepared: Sequence[Prepared], probs: np.ndarray, classes: Sequence[str],
-                 top_k: int, all_classes: bool, timeline: bool) -> pd.DataFrame:
+def result_frame(
+    prepared: Sequence[Prepared],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    top_k: int,
+    all_classes: bool,
+    timeline: bool,
+) -> pd.DataFrame:
     """One row per item: fname[, start, end], label_1, p_1 ... label_k, p_k, status, audio,
     detail[, one posterior column per class]. Items that failed have empty labels and NaN."""
     k = min(top_k, len(classes))
@@ -243,8 +273,9 @@ def result_frame(prepared: Sequence[Prepared], probs: np.ndarray, classes: Seque
     if all_classes:
         clash = set(classes) & set(frame.columns)
         if clash:
-            raise TaggingError(f"class names {sorted(clash)} clash with the output columns; "
-                               "leave out --all-classes")
+            raise TaggingError(
+                f"class names {sorted(clash)} clash with the output columns; leave out --all-classes"
+            )
         frame = pd.concat([frame, pd.DataFrame(probs, columns=list(classes))], axis=1)
     return frame
 
@@ -266,23 +297,26 @@ class Progress:
             log.info("%s %d/%d (%.1f/s)", self.what, self.done, self.total, rate)
 
 
-def tag_items(items: Sequence[Item], spec: TaggerSpec, backend: Backend, batch_size: int = 32,
-              jobs: int = 1) -> tuple[list[Prepared], np.ndarray]:
+def tag_items(
+    items: Sequence[Item], spec: TaggerSpec, backend: Backend, batch_size: int = 32, jobs: int = 1
+) -> tuple[list[Prepared], np.ndarray]:
     """Preprocess and run every item in batches; posteriors are NaN where an item failed."""
     probs = np.full((len(items), len(spec.classes)), np.nan, dtype=np.float64)
     prepared: list[Prepared] = []
     progress = Progress(len(items), "tagged")
-    executor = (ProcessPoolExecutor(jobs, mp_context=_spawn()) if jobs > 1 else None)
+    executor = ProcessPoolExecutor(jobs, mp_context=_spawn()) if jobs > 1 else None
     try:
         for batch in _batches(items, spec, batch_size, executor):
             good = [i for i, p in enumerate(batch) if p.status == OK]
             if good:
-                inputs = [np.stack([batch[i].inputs[v] for i in good]).astype(np.float32)
-                          for v in range(len(spec.versions))]
+                inputs = [
+                    np.stack([batch[i].inputs[v] for i in good]).astype(np.float32)
+                    for v in range(len(spec.versions))
+                ]
                 rows = np.asarray(good) + len(prepared)
                 probs[rows] = backend(inputs)
             for p in batch:
-                p.inputs = None     # the spectrograms are not needed any more
+                p.inputs = None  # the spectrograms are not needed any more
             prepared += batch
             progress.advance(len(batch))
     finally:
@@ -309,8 +343,11 @@ def window_bounds(duration: float, window: float, hop: float) -> list[tuple[floa
     return [(round(i * hop, 6), round(min(i * hop + window, duration), 6)) for i in range(count)]
 
 
-def timeline_items(files: Sequence[Path], window: float, hop: float,
-                   ) -> tuple[list[Item], list[Prepared]]:
+def timeline_items(
+    files: Sequence[Path],
+    window: float,
+    hop: float,
+) -> tuple[list[Item], list[Prepared]]:
     """Window items of every readable file, and a failed row for each file that is not."""
     from .audio import probe
 
@@ -333,17 +370,24 @@ def timeline_plot(frame: pd.DataFrame, classes: Sequence[str], probs: np.ndarray
     from .plots import _save, plt
 
     files = list(dict.fromkeys(frame["fname"]))
-    figure, axes = plt.subplots(len(files), 1, squeeze=False,
-                                figsize=(10, 1.2 + 0.25 * len(classes) * len(files)))
+    figure, axes = plt.subplots(
+        len(files), 1, squeeze=False, figsize=(10, 1.2 + 0.25 * len(classes) * len(files))
+    )
     for ax, name in zip(axes[:, 0], files):
         rows = np.flatnonzero((frame["fname"] == name).to_numpy())
         starts, ends = frame["start"].to_numpy()[rows], frame["end"].to_numpy()[rows]
         hop = np.diff(starts).min() if len(rows) > 1 else max(ends[0] - starts[0], 1e-3)
         centres = (starts + ends) / 2
-        image = ax.imshow(probs[rows].T, aspect="auto", origin="lower", vmin=0, vmax=1,
-                          cmap="magma", interpolation="nearest",
-                          extent=(centres[0] - hop / 2, centres[-1] + hop / 2, -0.5,
-                                  len(classes) - 0.5))
+        image = ax.imshow(
+            probs[rows].T,
+            aspect="auto",
+            origin="lower",
+            vmin=0,
+            vmax=1,
+            cmap="magma",
+            interpolation="nearest",
+            extent=(centres[0] - hop / 2, centres[-1] + hop / 2, -0.5, len(classes) - 0.5),
+        )
         ax.set_yticks(range(len(classes)), list(classes), fontsize=7)
         ax.set_title(Path(name).name, fontsize=9)
         ax.set_xlabel("time (s), window centres")
@@ -374,18 +418,25 @@ def _onnx_backend(path: Path, spec: TaggerSpec, device: str) -> Backend:
     try:
         import onnxruntime
     except ImportError:
-        raise TaggingError("the ONNX backend needs onnxruntime: pip install "
-                           "'self-verification-audio-tagging[export]'") from None
-    providers = [p for p in ("CUDAExecutionProvider",) if device != "cpu"
-                 and p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
+        raise TaggingError(
+            "the ONNX backend needs onnxruntime: pip install 'self-verification-audio-tagging[export]'"
+        ) from None
+    providers = [
+        p
+        for p in ("CUDAExecutionProvider",)
+        if device != "cpu" and p in onnxruntime.get_available_providers()
+    ] + ["CPUExecutionProvider"]
     session = onnxruntime.InferenceSession(str(path), providers=providers)
     names = [i.name for i in session.get_inputs()]
     if names != spec.input_names:
-        raise TaggingError(f"{path} takes inputs {names}, preprocessing.json says "
-                           f"{spec.input_names}: the bundle is inconsistent")
+        raise TaggingError(
+            f"{path} takes inputs {names}, preprocessing.json says "
+            f"{spec.input_names}: the bundle is inconsistent"
+        )
 
     def run(inputs: list[np.ndarray]) -> np.ndarray:
         return session.run(None, dict(zip(names, inputs)))[0]
+
     return run
 
 
@@ -407,6 +458,7 @@ def torch_backend(module, device) -> Backend:
         with torch.no_grad():
             out = module(*[torch.from_numpy(x).to(device) for x in inputs])
         return out.float().cpu().numpy()
+
     return run
 
 
@@ -421,7 +473,7 @@ class TagOptions:
     out: Path
     list_file: Path | None = None
     bundle: Path | None = None
-    backend: str = "auto"            # auto | torch (run) | torchscript | onnx (bundle)
+    backend: str = "auto"  # auto | torch (run) | torchscript | onnx (bundle)
     results: Path | None = None
     configfile: Path | None = None
     config: list[str] = field(default_factory=list)
@@ -440,14 +492,24 @@ class TagOptions:
 def check_options(o: TagOptions) -> None:
     """Refuse option combinations that would silently ignore something the user gave."""
     if o.bundle is not None:
-        given = [flag for flag, value in (("--results", o.results), ("--configfile", o.configfile),
-                                          ("--config", o.config)) if value]
+        given = [
+            flag
+            for flag, value in (
+                ("--results", o.results),
+                ("--configfile", o.configfile),
+                ("--config", o.config),
+            )
+            if value
+        ]
         if given:
-            raise TaggingError(f"{', '.join(given)} describe a run; with --bundle the bundle's "
-                               "own settings are used: leave them out")
+            raise TaggingError(
+                f"{', '.join(given)} describe a run; with --bundle the bundle's "
+                "own settings are used: leave them out"
+            )
         if o.backend == "torch":
-            raise TaggingError("--backend torch runs the run's checkpoints; a bundle has "
-                               "torchscript and onnx")
+            raise TaggingError(
+                "--backend torch runs the run's checkpoints; a bundle has torchscript and onnx"
+            )
     elif o.backend in ("torchscript", "onnx"):
         raise TaggingError(f"--backend {o.backend} needs --bundle DIR (an exported tagger)")
     if not o.timeline and (o.window is not None or o.hop is not None or o.plot is not None):
@@ -455,8 +517,9 @@ def check_options(o: TagOptions) -> None:
     if o.raw_rate is not None and Path("-") not in o.inputs:
         raise TaggingError("--raw-rate describes standard input: name '-' as an input")
     if Path("-") in o.inputs and o.raw_rate is None:
-        raise TaggingError("reading standard input ('-') needs --raw-rate HZ "
-                           "(raw 16-bit little-endian mono PCM)")
+        raise TaggingError(
+            "reading standard input ('-') needs --raw-rate HZ (raw 16-bit little-endian mono PCM)"
+        )
     if o.top_k < 1 or o.jobs < 1 or (o.batch_size is not None and o.batch_size < 1):
         raise TaggingError("--top-k, --jobs and --batch-size must be at least 1")
 
@@ -481,8 +544,12 @@ def open_tagger(o: TagOptions) -> tuple[TaggerSpec, Backend, int]:
     settings = settings_from_config(o.configfile or Path("config.yaml"), o.config)
     spec, module = run_tagger(o.results or Path("results"), settings)
     device = _torch_device(o.device)
-    log.info("run %s, presets %s, on %s", o.results or "results",
-             [(p["name"], p["iteration"]) for p in spec.presets], device)
+    log.info(
+        "run %s, presets %s, on %s",
+        o.results or "results",
+        [(p["name"], p["iteration"]) for p in spec.presets],
+        device,
+    )
     return spec, torch_backend(module.to(device), device), settings["batch_size"]
 
 
@@ -519,12 +586,12 @@ def run_tag(o: TagOptions) -> int:
             items = [Item(path) for path in files]
         prepared, probs = tag_items(items, spec, backend, o.batch_size or default_batch, o.jobs)
     probs = np.concatenate([probs, np.full((len(failed), len(spec.classes)), np.nan)])
-    frame = result_frame(prepared + failed, probs, spec.classes, o.top_k, o.all_classes,
-                         o.timeline)
+    frame = result_frame(prepared + failed, probs, spec.classes, o.top_k, o.all_classes, o.timeline)
     if o.timeline and items:
-        timeline_plot(frame.iloc[:len(items)], spec.classes, probs[:len(items)],
-                      o.plot or o.out.with_suffix(".png"))
-    order: dict[str, int] = {}                  # rows in the files' order, as given
+        timeline_plot(
+            frame.iloc[: len(items)], spec.classes, probs[: len(items)], o.plot or o.out.with_suffix(".png")
+        )
+    order: dict[str, int] = {}  # rows in the files' order, as given
     for i, path in enumerate(files):
         order.setdefault(str(path), i)
     frame = frame.iloc[np.argsort(frame["fname"].map(order).to_numpy(), kind="stable")]
