@@ -1,5 +1,5 @@
 # Iterative self-verification for audio tagging with noisy labels
-# (Dorfer & Widmer, DCASE 2018 Task 2, 2nd place). The method: ../shared/SPEC.md; the settings:
+# (Dorfer & Widmer, DCASE 2018 Task 2, 2nd place). The method: docs/method.md; the settings:
 # config.yaml; the logic: workflow_lib/. Read the DAG top to bottom:
 #
 #   data.smk        dataset (given, or the synthetic demo) -> validated listings
@@ -10,12 +10,13 @@
 #   predict.smk     per chain: selection, prediction, fusion, submission, evaluation, summary;
 #                   the systems table of every chain
 #   report.smk      plots for `snakemake --report report.html`
+#   export.smk      the fused tagger as TorchScript + ONNX bundle (results/export, `sv-tag`)
 # A chain (config keys chains, run_chains) = iteration 0 + a trust policy; the {chain}
 # wildcard runs the same rules for each; workflow_lib/layout.py owns the results/ layout.
 
 from snakemake.utils import min_version
 
-min_version("8.0")
+min_version("9.0")
 
 
 configfile: "config.yaml"
@@ -31,6 +32,7 @@ include: "rules/train.smk"
 include: "rules/self_verify.smk"
 include: "rules/predict.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 rule all:

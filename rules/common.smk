@@ -4,18 +4,30 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
+from snakemake.exceptions import WorkflowError
 
-from workflow_lib.config import (  # noqa: E402
-    ConfigError,
-    chain_policy,
-    derive_seed,
-    fit_settings,
-    gpus_per_training_job,
-    resolve_settings,
-)
-from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec  # noqa: E402
-from snakemake.exceptions import WorkflowError  # noqa: E402
+# The repository root: the folder above rules/. Not workflow.basedir, which is the folder of
+# the *main* Snakefile; when a host workflow imports this one as a module that is the host's.
+REPO = str(Path(workflow.current_basedir).parent)
+
+# workflow_lib is imported from this repository, wherever Snakemake was started. The path is
+# put on sys.path only for the import (later `from workflow_lib import x` find the package
+# through its __path__), so a host workflow's own imports see an unchanged sys.path.
+sys.path.insert(0, REPO)
+try:
+    from workflow_lib import __version__ as VERSION
+    from workflow_lib.config import (
+        ConfigError,
+        chain_policy,
+        derive_seed,
+        fit_settings,
+        gpus_per_training_job,
+        resolve_settings,
+    )
+    from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
+    from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec
+finally:
+    sys.path.remove(REPO)
 
 try:
     S = resolve_settings(config)
@@ -28,6 +40,7 @@ RESULTS = "results"
 CHAINS = S["run_chains"]
 STARTS = {chain: S["chains"][chain]["start"] for chain in CHAINS}
 L = Layout(RESULTS, STARTS)   # the results/ layout (workflow_lib/layout.py)
+EXPORT_DIR = f"{RESULTS}/export"     # the self-contained tagger (rules/export.smk)
 METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
@@ -36,11 +49,30 @@ SHARDS = list(range(S["preprocessing"]["shards"]))
 PRESETS = METHOD["presets"]
 VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
 
-# Every rule runs `python -m workflow_lib.cli ...` with the repository on the import path, so
-# the same command works in the local venv, in a conda env and on a cluster node.
-shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-)
+
+
+class ShellCommand:
+    """Text that every job's shell command starts with (``params: cli=CLI`` in each rule).
+
+    Not a ``str`` on purpose: Snakemake records string params and reruns a job when one
+    changes; where the checkout lies is no setting of the method, so moving it must rerun
+    nothing. (Shell commands format it with ``str()``; lint wants it as a param, not a global.)
+    """
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+# Every job's command starts with {params.cli}: `python -m workflow_lib.cli` with this
+# repository first on PYTHONPATH for that one command only. So the same command works from the
+# repository, from a host workflow that imports this one as a module, in a conda env and on a
+# cluster node, and nothing is set for other workflows (no global shell.prefix; Snakemake's default
+# bash strict mode, `set -euo pipefail`, stays in force). It is several shell words: write
+# `{params.cli}` without the :q quoting of single values.
+CLI = ShellCommand(f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}} python -m workflow_lib.cli")
 CONDA_ENV = "../envs/workflow.yaml"
 
 
@@ -165,4 +197,6 @@ FINAL_OUTPUTS = [
     *[L.plot(c, "confusion.png") for c in CHAINS],
     L.systems("systems.csv"),
     L.systems("systems.png"),
+    f"{RESULTS}/report/results.html",
+    *(f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()),
 ]

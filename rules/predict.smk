@@ -9,6 +9,7 @@ rule select_iteration:
     output:
         L.selection("{chain}", "{preset}"),
     params:
+        cli=CLI,
         histories=lambda wildcards: pairs(chain_histories(wildcards)),
         tolerance=S["trust"]["selection_tolerance"],
     priority: chain_priority
@@ -17,7 +18,7 @@ rule select_iteration:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli select --histories {params.histories}"
+        "{params.cli} select --histories {params.histories}"
         " --tolerance {params.tolerance} --out {output} 2> {log}"
 
 
@@ -31,6 +32,7 @@ rule predict:
         test=L.predictions("{chain}", "{preset}", "test"),
         valid=L.predictions("{chain}", "{preset}", "valid_oof"),
     params:
+        cli=CLI,
         models=lambda wildcards: pairs(chain_models(wildcards.chain, wildcards.preset)),
         settings=as_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
@@ -45,7 +47,7 @@ rule predict:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli predict --selection {input.selection} --models {params.models}"
+        "{params.cli} predict --selection {input.selection} --models {params.models}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
         " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
         " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir}"
@@ -62,6 +64,7 @@ rule fuse:
         weights=L.fused("{chain}", "fusion_weights.csv"),
         submission=L.submission("{chain}"),
     params:
+        cli=CLI,
         tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
         valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
         settings=as_json(METHOD["fusion"]),
@@ -71,7 +74,7 @@ rule fuse:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli fuse --tests {params.tests} --valids {params.valids}"
+        "{params.cli} fuse --tests {params.tests} --valids {params.valids}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
         " --out-submission {output.submission} --settings {params.settings:q} 2> {log}"
 
@@ -87,6 +90,7 @@ rule evaluate:
         per_class=L.evaluation("{chain}", "per_class.csv"),
         confusion=L.evaluation("{chain}", "confusion.csv"),
     params:
+        cli=CLI,
         systems=lambda wildcards, input: " ".join(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
@@ -97,7 +101,7 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli evaluate --test {input.test} --classes {input.classes}"
+        "{params.cli} evaluate --test {input.test} --classes {input.classes}"
         " --systems {params.systems} --out-dir {params.out_dir} 2> {log}"
 
 
@@ -111,6 +115,7 @@ rule summary:
     output:
         L.summary("{chain}"),
     params:
+        cli=CLI,
         presets=" ".join(PRESETS),
         dirs=lambda wildcards, input: " ".join(str(Path(f).parent) for f in input.self_verify),
     priority: chain_priority
@@ -119,7 +124,7 @@ rule summary:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli summary --presets {params.presets}"
+        "{params.cli} summary --presets {params.presets}"
         " --selections {input.selections} --self-verify-dirs {params.dirs}"
         " --scores {input.scores} --out {output} 2> {log}"
 
@@ -132,8 +137,9 @@ rule systems:
     output:
         systems=L.systems("systems.csv"),
         iterations=L.systems("systems_iterations.csv"),
-        plot=report(L.systems("systems.png"), caption="../report/systems.rst", category="Systems"),
+        plot=report(L.systems("systems.png"), caption="../report/systems.rst", category="1. Results"),
     params:
+        cli=CLI,
         spec=as_json(SYSTEMS_SPEC),
         min_share=S["trust"]["min_trusted_share"],
     log:
@@ -141,6 +147,6 @@ rule systems:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli systems --test {input.test} --classes {input.classes}"
+        "{params.cli} systems --test {input.test} --classes {input.classes}"
         " --spec {params.spec:q} --min-trusted-share {params.min_share} --out {output.systems}"
         " --out-iterations {output.iterations} --out-plot {output.plot} 2> {log}"

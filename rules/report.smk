@@ -1,4 +1,27 @@
-# Pictures, registered with report() so that `snakemake --report report.html` gathers them.
+# The tables and pictures registered with report(), so that `snakemake --report report.html`
+# gathers them. Categories are numbered because the report lists them alphabetically: the
+# results tables first, then the pictures in the order of the method.
+
+
+rule report_tables:
+    input:
+        summary=L.summary(CHAINS[0]),
+        systems=L.systems("systems.csv"),
+    output:
+        report(
+            f"{RESULTS}/report/results.html",
+            caption="../report/results.rst",
+            category="1. Results",
+        ),
+    params:
+        cli=CLI,
+    log:
+        L.log("report_tables"),
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.cli} report-tables --summary {input.summary} --systems {input.systems}"
+        " --out {output} 2> {log}"
 
 
 rule plot_training:
@@ -11,16 +34,17 @@ rule plot_training:
         curves=report(
             L.plot("{chain}", "{preset}_training_curves.png"),
             caption="../report/training_curves.rst",
-            category="Training",
+            category="2. Training",
             subcategory="{chain} {preset}",
         ),
         counts=report(
             L.plot("{chain}", "{preset}_self_verified.png"),
             caption="../report/self_verified.rst",
-            category="Self-verification",
+            category="3. Self-verification",
             subcategory="{chain} {preset}",
         ),
     params:
+        cli=CLI,
         histories=lambda wildcards: pairs(chain_histories(wildcards)),
         self_verify=lambda wildcards, input: " ".join(f"{i}={path}" for i, path in enumerate(input.self_verify)),
     log:
@@ -28,7 +52,7 @@ rule plot_training:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli plot-training --preset {wildcards.preset}"
+        "{params.cli} plot-training --preset {wildcards.preset}"
         " --histories {params.histories} --self-verify {params.self_verify}"
         " --out-curves {output.curves} --out-counts {output.counts} 2> {log}"
 
@@ -41,20 +65,22 @@ rule plot_evaluation:
         confusion=report(
             L.plot("{chain}", "confusion.png"),
             caption="../report/confusion.rst",
-            category="Evaluation",
+            category="4. Evaluation",
             subcategory="{chain}",
         ),
         per_class=report(
             L.plot("{chain}", "per_class.png"),
             caption="../report/per_class.rst",
-            category="Evaluation",
+            category="4. Evaluation",
             subcategory="{chain}",
         ),
+    params:
+        cli=CLI,
     log:
         L.log("plot_evaluation/{chain}"),
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli plot-evaluation --confusion {input.confusion}"
+        "{params.cli} plot-evaluation --confusion {input.confusion}"
         " --per-class {input.per_class} --out-confusion {output.confusion}"
         " --out-per-class {output.per_class} 2> {log}"

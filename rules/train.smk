@@ -9,6 +9,7 @@ rule folds:
     output:
         L.folds,
     params:
+        cli=CLI,
         folds=METHOD["folds"],
         seed=METHOD["seed"],
     log:
@@ -16,7 +17,7 @@ rule folds:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli folds --manifest {input.manifest} --out {output}"
+        "{params.cli} folds --manifest {input.manifest} --out {output}"
         " --folds {params.folds} --seed {params.seed} 2> {log}"
 
 
@@ -25,12 +26,14 @@ rule initial_list:
         folds=L.folds,
     output:
         L.initial_list("{start}"),
+    params:
+        cli=CLI,
     log:
         L.log("initial_list/{start}"),
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli initial-list --start {wildcards.start} --folds {input.folds}"
+        "{params.cli} initial-list --start {wildcards.start} --folds {input.folds}"
         " --out {output} 2> {log}"
 
 
@@ -42,6 +45,7 @@ rule train_initial:
         best=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/best.pt",
         history=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/history.csv",
     params:
+        cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, 0)),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
@@ -56,7 +60,7 @@ rule train_initial:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
         " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
         " --settings {params.settings:q} 2> {log}"
@@ -73,6 +77,7 @@ rule fine_tune:
     wildcard_constraints:
         it=r"[1-9]\d*",
     params:
+        cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
@@ -87,7 +92,7 @@ rule fine_tune:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
         " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
         " --init {input.init} --settings {params.settings:q} 2> {log}"
