@@ -16,7 +16,7 @@ when a class cap binds), ``trusted_label``, ``weight`` (loss weight) and the ``r
 refusal. :func:`decide` then applies the caps (absolute and/or a fraction of the class's
 judged clips, highest score first, ties by file name) and optional label correction.
 
-``paper`` is SPEC.md's rule (docs/method.md "Self-verification"); it reproduces the
+``paper`` is the paper's rule (docs/method.md "Self-verification"); it reproduces the
 decisions of the workflow's earlier ``self_verify.decide`` exactly (tests/test_policies.py).
 """
 
@@ -110,7 +110,7 @@ def _base(judged: Clips, classes: Sequence[str], posteriors: np.ndarray) -> pd.D
 
 
 def threshold_rule(base: pd.DataFrame, threshold: float | None) -> Proposal:
-    """SPEC.md's first two conditions: argmax = given label, posterior >= threshold."""
+    """The paper's first two conditions (docs/method.md "Self-verification"): argmax = given label, posterior >= threshold."""
     match = base["given_label"] == base["predicted_label"]
     confident = match if threshold is None else match & (base["p_given"] >= threshold)
     reason = np.where(~match, LABEL_MISMATCH, np.where(~confident, BELOW_THRESHOLD, ""))
@@ -125,7 +125,7 @@ def threshold_rule(base: pd.DataFrame, threshold: float | None) -> Proposal:
 
 def paper(judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings,
           context: Context) -> Proposal:
-    """SPEC.md: argmax = given label and averaged posterior >= threshold (None: off)."""
+    """The paper: argmax = given label and averaged posterior >= threshold (None: off)."""
     return threshold_rule(_base(judged, classes, judged.posteriors), settings.threshold)
 
 
