@@ -219,6 +219,7 @@ def test_chain_policies_inherit_the_method_settings(base_config):
     s = resolve_settings(_with(base_config, "run_chains", ["self_verification", "agreement"]))
     assert chain_policy(s, "self_verification")["threshold"] == 0.95
     assert chain_policy(s, "self_verification")["max_per_class"] == 40
-    assert chain_policy(s, "agreement")["max_per_class"] is None and "threshold" not in chain_policy(s, "agreement")
+    agreement = chain_policy(s, "agreement")
+    assert agreement["max_per_class"] is None and "threshold" not in agreement
     demo = resolve_settings({**base_config, "run_preset": "demo"})
     assert chain_policy(demo, "self_verification")["threshold"] == 0.6

@@ -459,7 +459,8 @@ def test_evaluation(demo):
     assert sorted(summary["system"].unique()) == sorted(systems)
     table = summary.set_index(["system", "set"])
     assert len(table) == len(systems) * 3 and table.index.is_unique
-    files = {p: f"{CHAIN}/predictions/{p}/test.csv" for p in demo.presets} | {"fusion": f"{CHAIN}/predictions/fused_test.csv"}
+    files = {p: f"{CHAIN}/predictions/{p}/test.csv" for p in demo.presets}
+    files["fusion"] = f"{CHAIN}/predictions/fused_test.csv"
     for system in systems:
         frame = demo.numeric(files[system])
         for name, rows in sets.items():
@@ -493,7 +494,8 @@ def test_evaluation(demo):
     assert (matrix.sum(axis=1) == fusion_support.loc[classes].to_numpy()).all()
     assert np.trace(matrix) / matrix.sum() == pytest.approx(
         table.loc[("fusion", "Public+Private"), "accuracy"])
-    fused = demo.numeric(f"{CHAIN}/predictions/fused_test.csv").set_index("fname").loc[scored["fname"], classes]
+    fused = demo.numeric(f"{CHAIN}/predictions/fused_test.csv").set_index("fname")
+    fused = fused.loc[scored["fname"], classes]
     predicted = np.asarray(classes)[fused.to_numpy(dtype=float).argmax(axis=1)]
     hand = pd.crosstab(scored["label"].to_numpy(), predicted).reindex(index=classes, columns=classes,
                                                                       fill_value=0)

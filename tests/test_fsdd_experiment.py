@@ -224,10 +224,11 @@ def test_out_of_fold_posteriors_are_kept(run):
     classes = read_classes(results / "data/classes.csv")
     first = None
     for chain in SYSTEMS:
-        table = pd.read_csv(_trust(results, chain) / "it0/posteriors.csv", dtype={"fname": str, "given_label": str})
+        names = {"fname": str, "given_label": str}
+        table = pd.read_csv(_trust(results, chain) / "it0/posteriors.csv", dtype=names)
         assert list(table.columns) == ["fname", "fold", "given_label", *classes]
         np.testing.assert_allclose(table[classes].sum(axis=1), 1.0, atol=1e-6)
-        d = pd.read_csv(_trust(results, chain) / "it0/decisions.csv", dtype={"fname": str, "given_label": str})
+        d = pd.read_csv(_trust(results, chain) / "it0/decisions.csv", dtype=names)
         probs = table.set_index("fname").loc[d["fname"]]
         given = probs[classes].to_numpy()[np.arange(len(d)), d["given_label"].map(classes.index)]
         np.testing.assert_allclose(d["p_given"], given, atol=1e-9)

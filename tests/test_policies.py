@@ -36,13 +36,15 @@ CLASSES = ["a", "b", "c", "d"]
 
 # --- the reference: self_verify.decide before this change (verbatim) --------------------------
 
+
 def old_decide(judged: pd.DataFrame, threshold: float | None, max_per_class: int) -> pd.DataFrame:
     out = judged.copy()
     match = out["given_label"] == out["predicted_label"]
     confident = match if threshold is None else match & (out["p_given"] >= threshold)
     out["reason"] = np.where(~match, "label_mismatch", np.where(~confident, "below_threshold", ""))
-    candidates = out[confident].sort_values(["given_label", "p_given", "fname"],
-                                            ascending=[True, False, True])
+    candidates = out[confident].sort_values(
+        ["given_label", "p_given", "fname"], ascending=[True, False, True]
+    )
     rank = candidates.groupby("given_label").cumcount()
     out.loc[candidates.index, "reason"] = np.where(rank < max_per_class, "accepted", "class_cap")
     out["accepted"] = out["reason"] == "accepted"
@@ -58,10 +60,14 @@ def random_clips(n: int, seed: int, sharp: float = 3.0, folds: int = 2) -> Clips
     logits[np.arange(n), true] += sharp
     posteriors = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     given = np.where(rng.random(n) < 0.7, true, rng.integers(0, len(CLASSES), n))
-    table = pd.DataFrame({"fname": [f"u{i:04d}.wav" for i in range(n)],
-                          "fold": rng.integers(0, folds, n),
-                          "given_label": [CLASSES[g] for g in given]})
-    centres = 2.0 * np.eye(6)[true]                      # embeddings cluster by true class
+    table = pd.DataFrame(
+        {
+            "fname": [f"u{i:04d}.wav" for i in range(n)],
+            "fold": rng.integers(0, folds, n),
+            "given_label": [CLASSES[g] for g in given],
+        }
+    )
+    centres = 2.0 * np.eye(6)[true]  # embeddings cluster by true class
     clips = Clips(table, posteriors, rng.normal(scale=0.5, size=(n, 6)) + centres)
     clips.extra["true"] = true
     return clips
@@ -69,9 +75,13 @@ def random_clips(n: int, seed: int, sharp: float = 3.0, folds: int = 2) -> Clips
 
 def reference_clips(n: int, seed: int, folds: int = 2, sharp: float = 3.0) -> Clips:
     clips = random_clips(n, seed, sharp, folds)
-    table = pd.DataFrame({"fname": [f"v{i:04d}.wav" for i in range(n)],
-                          "fold": clips.table["fold"],
-                          "label": [CLASSES[t] for t in clips.extra["true"]]})
+    table = pd.DataFrame(
+        {
+            "fname": [f"v{i:04d}.wav" for i in range(n)],
+            "fold": clips.table["fold"],
+            "label": [CLASSES[t] for t in clips.extra["true"]],
+        }
+    )
     return Clips(table, clips.posteriors, clips.embeddings)
 
 
@@ -85,15 +95,16 @@ def test_paper_policy_reproduces_the_earlier_decisions_exactly(threshold, cap, s
     # a few exact ties of posteriors, so the file-name tie break is exercised
     judged.posteriors[:40:4] = judged.posteriors[1:41:4]
     judged.table.loc[:40:4, "given_label"] = judged.table.loc[1:41:4, "given_label"].to_numpy()
-    new = apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=threshold,
-                                                             max_per_class=cap))
+    new = apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=threshold, max_per_class=cap))
     base = new[["fname", "given_label", "fold", "predicted_label", "p_given", "p_max"]]
     old = old_decide(base, threshold, cap)
     assert (new["reason"].to_numpy() == old["reason"].to_numpy()).all()
     assert (new["accepted"].to_numpy() == old["accepted"].to_numpy()).all()
     assert new["accepted"].sum() > 0 or cap == 0
     assert (new.loc[new["accepted"], "trusted_label"] == new.loc[new["accepted"], "given_label"]).all()
-    assert (new.loc[new["accepted"], "weight"] == 1.0).all() and (new.loc[~new["accepted"], "weight"] == 0).all()
+    assert (new.loc[new["accepted"], "weight"] == 1.0).all() and (
+        new.loc[~new["accepted"], "weight"] == 0
+    ).all()
 
 
 def test_agreement_is_the_paper_rule_without_threshold_or_cap():
@@ -111,10 +122,13 @@ def test_scheduled_threshold_moves_linearly():
     assert scheduled_value(0.9, 0.5, Context(0, 1)) == pytest.approx(0.9)
     judged = random_clips(300, 3)
     settings = PolicySettings("scheduled_threshold", threshold_start=0.9, threshold_end=0.5)
-    counts = [apply_policy(judged, None, CLASSES, settings, Context(i, 3))["accepted"].sum()
-              for i in range(3)]
-    paper = [apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=t))["accepted"].sum()
-             for t in (0.9, 0.7, 0.5)]
+    counts = [
+        apply_policy(judged, None, CLASSES, settings, Context(i, 3))["accepted"].sum() for i in range(3)
+    ]
+    paper = [
+        apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=t))["accepted"].sum()
+        for t in (0.9, 0.7, 0.5)
+    ]
     assert counts == paper and counts[0] < counts[1] < counts[2]
 
 
@@ -135,15 +149,18 @@ def test_fraction_cap_per_class_and_absolute_cap_together():
         kept = group[group["accepted"]]["p_given"]
         capped = group[group["reason"] == CLASS_CAP]["p_given"]
         if len(kept) and len(capped):
-            assert kept.min() >= capped.max()          # the highest posteriors win
+            assert kept.min() >= capped.max()  # the highest posteriors win
 
 
 def test_correct_labels_trusts_confident_contradictions_under_the_predicted_label():
     judged = random_clips(300, 11, sharp=5.0)
     off = apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=0.8))
-    on = apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=0.8,
-                                                            correct_labels=True,
-                                                            correct_threshold=0.9))
+    on = apply_policy(
+        judged,
+        None,
+        CLASSES,
+        PolicySettings("paper", threshold=0.8, correct_labels=True, correct_threshold=0.9),
+    )
     fixed = on[on["reason"] == CORRECTED]
     assert len(fixed) > 0 and fixed["accepted"].all()
     assert (fixed["trusted_label"] == fixed["predicted_label"]).all()
@@ -165,7 +182,7 @@ def test_temperature_sharpens_under_confident_posteriors():
     # labels drawn from the posteriors themselves: these posteriors are calibrated (T = 1)
     targets = (rng.random((4000, 1)) > sharp.cumsum(axis=1)).sum(axis=1)
     assert fit_temperature(sharp, targets) == pytest.approx(1.0, rel=0.1)
-    soft = apply_temperature(sharp, 3.0)                 # made under-confident on purpose
+    soft = apply_temperature(sharp, 3.0)  # made under-confident on purpose
     assert fit_temperature(soft, targets) == pytest.approx(1 / 3.0, rel=0.15)
     assert fit_temperature(np.zeros((0, 4)), np.zeros(0, int)) == 1.0
 
@@ -187,9 +204,13 @@ def test_calibration_never_uses_a_judged_clip():
     fold0 = judged.fold_rows(0)
     np.testing.assert_array_equal(again[fold0], first[fold0])
     # a judged clip among the calibration clips is refused
-    leak = Clips(pd.concat([reference.table, judged.table.head(1).rename(
-        columns={"given_label": "label"})], ignore_index=True),
-        np.concatenate([reference.posteriors, judged.posteriors[:1]]))
+    leak = Clips(
+        pd.concat(
+            [reference.table, judged.table.head(1).rename(columns={"given_label": "label"})],
+            ignore_index=True,
+        ),
+        np.concatenate([reference.posteriors, judged.posteriors[:1]]),
+    )
     with pytest.raises(ValueError, match="must not be judged"):
         calibrated_posteriors(judged, leak, CLASSES)
 
@@ -293,9 +314,10 @@ def test_weighted_loss_is_the_plain_loss_at_weight_one_and_ignores_weight_zero()
     ones = torch.ones(6)
     assert torch.allclose(weighted_cross_entropy(logits, targets, ones), soft_cross_entropy(logits, targets))
     half = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
-    assert torch.allclose(weighted_cross_entropy(logits, targets, half),
-                          soft_cross_entropy(logits[:3], targets[:3]) / 2)
-    assert loss_weights(pd.DataFrame({"weight": [1.0, 1.0]})) is None      # plain mean, bit for bit
+    assert torch.allclose(
+        weighted_cross_entropy(logits, targets, half), soft_cross_entropy(logits[:3], targets[:3]) / 2
+    )
+    assert loss_weights(pd.DataFrame({"weight": [1.0, 1.0]})) is None  # plain mean, bit for bit
     assert loss_weights(pd.DataFrame({"fname": ["a"]})) is None
     np.testing.assert_allclose(loss_weights(pd.DataFrame({"weight": [1.0, 0.4]})), [1.0, 0.4])
 
@@ -315,8 +337,9 @@ def test_embeddings_are_the_pooled_last_feature_layer_of_the_same_excerpts():
     frames, n = 200, 3
     data = torch.randn(n * frames, 128)
     bank = ClipBank(data, torch.arange(n) * frames, torch.full((n,), frames), frames)
-    settings = SelfVerifySettings(excerpts=2, threshold=None, max_per_class=None,
-                                  excerpt_frames=192, seed=0, amp=False)
+    settings = SelfVerifySettings(
+        excerpts=2, threshold=None, max_per_class=None, excerpt_frames=192, seed=0, amp=False
+    )
     plain = excerpt_posteriors(model, bank, settings, np.random.default_rng(5))
     probs, feats = excerpt_posteriors(model, bank, settings, np.random.default_rng(5), embeddings=True)
     np.testing.assert_allclose(probs, plain, atol=1e-6)

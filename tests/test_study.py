@@ -13,10 +13,19 @@ from workflow_lib.study import collect, paired, sign_test, summarise, wilcoxon_p
 
 def runs() -> dict[str, pd.DataFrame]:
     accuracy = {"r1": (0.80, 0.85, 0.90), "r2": (0.70, 0.72, 0.71), "r3": (0.90, 0.95, 0.99)}
-    return {name: pd.DataFrame({"preset": "p", "system": ["all_labels", "self_verification", "agreement"],
-                                "test_accuracy": list(values), "test_map3": list(values),
-                                "cv_accuracy": 0.9, "cv_loss": 0.2})
-            for name, values in accuracy.items()}
+    return {
+        name: pd.DataFrame(
+            {
+                "preset": "p",
+                "system": ["all_labels", "self_verification", "agreement"],
+                "test_accuracy": list(values),
+                "test_map3": list(values),
+                "cv_accuracy": 0.9,
+                "cv_loss": 0.2,
+            }
+        )
+        for name, values in accuracy.items()
+    }
 
 
 def test_summary_per_chain():
@@ -48,8 +57,9 @@ def test_tests_without_differences():
 
 
 def write_history(path, losses, accs):
-    pd.DataFrame({"epoch": range(1, len(losses) + 1), "valid_loss": losses, "valid_acc": accs,
-                  "valid_map3": accs}).to_csv(path, index=False)
+    pd.DataFrame(
+        {"epoch": range(1, len(losses) + 1), "valid_loss": losses, "valid_acc": accs, "valid_map3": accs}
+    ).to_csv(path, index=False)
 
 
 def test_near_ties_go_to_the_higher_accuracy_then_the_earlier_iteration(tmp_path):
@@ -58,13 +68,13 @@ def test_near_ties_go_to_the_higher_accuracy_then_the_earlier_iteration(tmp_path
         histories[(it, 0)] = tmp_path / f"h{it}.csv"
         write_history(histories[(it, 0)], [loss + 0.1, loss], [acc - 0.1, acc])
     exact = selection_table(histories)
-    assert exact.loc[exact["chosen"], "iteration"].item() == 2        # lowest loss
+    assert exact.loc[exact["chosen"], "iteration"].item() == 2  # lowest loss
     assert exact["near_tie"].sum() == 0
     tied = selection_table(histories, tolerance=0.0005)
     assert tied["near_tie"].tolist() == [False, True, True, True]
-    assert tied.loc[tied["chosen"], "iteration"].item() == 1          # higher accuracy, earlier
+    assert tied.loc[tied["chosen"], "iteration"].item() == 1  # higher accuracy, earlier
     narrow = selection_table(histories, tolerance=0.00015)
-    assert narrow.loc[narrow["chosen"], "iteration"].item() == 1      # 0.2001 within 0.00015
+    assert narrow.loc[narrow["chosen"], "iteration"].item() == 1  # 0.2001 within 0.00015
     assert choose(pd.DataFrame({"mean_valid_loss": [np.nan, np.nan], "mean_valid_acc": [0.1, 0.2]}), 0.1) == 1
 
 
@@ -78,14 +88,16 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
 
     from conftest import REPO
 
-    spec = importlib.util.spec_from_file_location("run_experiment", REPO / "experiments/fsdd/run_experiment.py")
+    spec = importlib.util.spec_from_file_location(
+        "run_experiment", REPO / "experiments/fsdd/run_experiment.py"
+    )
     driver = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(driver)
     out = tmp_path / "study"
     for name, table in runs().items():
         (out / name).mkdir(parents=True)
         table.to_csv(out / name / "systems.csv", index=False)
-        if name != "r3":                       # r3 is still running
+        if name != "r3":  # r3 is still running
             (out / name / "experiment.json").write_text("{}")
     driver.study_tables(out, ["r1", "r2", "r3"])
     long = pd.read_csv(out / "study_runs.csv")
@@ -100,6 +112,8 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
     assert (tmp_path / "kept/study_summary.csv").is_file()
     args = argparse.Namespace(chains=["self_verification", "all_labels"])
     overlay = driver.write_overlay(args, tmp_path / "rep", 7)
-    assert yaml.safe_load(overlay.read_text()) == {"run_chains": ["self_verification", "all_labels"],
-                                                   "method": {"seed": 7}}
+    assert yaml.safe_load(overlay.read_text()) == {
+        "run_chains": ["self_verification", "all_labels"],
+        "method": {"seed": 7},
+    }
     assert driver.write_overlay(argparse.Namespace(chains=None), tmp_path / "x", None) is None

@@ -17,11 +17,13 @@ from workflow_lib.cli import main
 
 from conftest import REPO, Demo, run_cli
 
+CHAIN = "chains/self_verification"   # the default run: the method's chain (workflow_lib/layout.py)
+
 pytestmark = pytest.mark.slow
 
 
 def fused_test(demo: Demo) -> pd.DataFrame:
-    return demo.numeric("chains/self_verification/predictions/fused_test.csv").set_index("fname")
+    return demo.numeric(f"{CHAIN}/predictions/fused_test.csv").set_index("fname")
 
 
 def tagged(path, demo: Demo) -> pd.DataFrame:
@@ -91,12 +93,13 @@ def test_export_bundle_describes_the_run(demo):
     assert settings["frames"] == demo.method["spectrogram_frames"]
     assert settings["sample_rate"] == demo.settings["preprocessing"]["sample_rate"]
     chosen = {
-        p: int(demo.numeric(f"chains/self_verification/selection/{p}.csv").query("chosen")["iteration"].iloc[0]) for p in demo.presets
+        p: int(demo.numeric(f"{CHAIN}/selection/{p}.csv").query("chosen")["iteration"].iloc[0])
+        for p in demo.presets
     }
     assert {p["name"]: p["iteration"] for p in settings["presets"]} == chosen
     assert pd.read_csv(export / "classes.csv")["label"].tolist() == demo.classes
     card = (export / "model_card.md").read_text()
-    fusion = demo.numeric("chains/self_verification/summary.csv").set_index("preset").loc["fusion", "test_accuracy"]
+    fusion = demo.numeric(f"{CHAIN}/summary.csv").set_index("preset").loc["fusion", "test_accuracy"]
     assert f"{fusion:.4f}" in card and all(c in card for c in demo.classes)
 
 

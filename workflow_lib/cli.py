@@ -172,7 +172,8 @@ def self_verify(args: argparse.Namespace) -> None:
     if "true_label" in decisions:
         accepted = decisions[decisions["accepted"]]
         log.info("precision of trusted labels %.4f (given unverified labels: %.4f)",
-                 (accepted["trusted_label"] == accepted["true_label"]).mean() if len(accepted) else float("nan"),
+                 (accepted["trusted_label"] == accepted["true_label"]).mean()
+                 if len(accepted) else float("nan"),
                  (decisions["given_label"] == decisions["true_label"]).mean())
 
 

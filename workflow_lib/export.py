@@ -26,8 +26,8 @@ from .bundle import BUNDLE_FILES
 from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
-from .selection import chosen_iteration
 from .layout import Layout
+from .selection import chosen_iteration
 from .stages import load_model, read_classes
 from .tagger import TaggerSpec, TaggingError
 

@@ -24,8 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: Files of a trust (self-verification) folder.
-TRUST_FILES = ("posteriors.csv", "valid_posteriors.csv", "decisions.csv", "per_class.csv",
-               "train_list.csv")
+TRUST_FILES = ("posteriors.csv", "valid_posteriors.csv", "decisions.csv", "per_class.csv", "train_list.csv")
 
 
 @dataclass(frozen=True)
@@ -129,16 +128,29 @@ class Layout:
         return f"{self.root}/benchmarks/{name}.tsv"
 
 
-def systems_spec(layout: Layout, chains: Sequence[str], presets: Sequence[str],
-                 iterations: Sequence[int], descriptions: Mapping[str, str],
-                 policies: Mapping[str, str]) -> list[dict]:
+def systems_spec(
+    layout: Layout,
+    chains: Sequence[str],
+    presets: Sequence[str],
+    iterations: Sequence[int],
+    descriptions: Mapping[str, str],
+    policies: Mapping[str, str],
+) -> list[dict]:
     """What the systems table reads, per chain and preset (rule systems)."""
     judged = list(iterations)[:-1]
-    return [{"preset": p, "system": c, "description": descriptions.get(c, ""),
-             "policy": policies[c], "selection": layout.selection(c, p),
-             "test": layout.predictions(c, p),
-             "self_verify": {str(i): layout.trust_file(c, p, i, "per_class.csv") for i in judged}}
-            for c in chains for p in presets]
+    return [
+        {
+            "preset": p,
+            "system": c,
+            "description": descriptions.get(c, ""),
+            "policy": policies[c],
+            "selection": layout.selection(c, p),
+            "test": layout.predictions(c, p),
+            "self_verify": {str(i): layout.trust_file(c, p, i, "per_class.csv") for i in judged},
+        }
+        for c in chains
+        for p in presets
+    ]
 
 
 def spec_files(spec: Sequence[Mapping]) -> list[str]:

@@ -33,16 +33,27 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"
-CORRECTED = "accepted_corrected"       # trusted under the predicted label (correct_labels)
-LABEL_MISMATCH = "label_mismatch"      # the given label is not the argmax
-BELOW_THRESHOLD = "below_threshold"    # argmax, but its (calibrated) posterior is too low
-CLASS_CAP = "class_cap"                # would pass, but the class already reached its cap
-FLAGGED = "flagged_label_issue"        # confident learning flags the given label
+CORRECTED = "accepted_corrected"  # trusted under the predicted label (correct_labels)
+LABEL_MISMATCH = "label_mismatch"  # the given label is not the argmax
+BELOW_THRESHOLD = "below_threshold"  # argmax, but its (calibrated) posterior is too low
+CLASS_CAP = "class_cap"  # would pass, but the class already reached its cap
+FLAGGED = "flagged_label_issue"  # confident learning flags the given label
 SPREAD_DISAGREES = "spread_disagrees"  # label spreading assigns another label
-NOT_TRUSTED = "not_trusted"            # the policy trusts no unverified clip (verified_only)
+NOT_TRUSTED = "not_trusted"  # the policy trusts no unverified clip (verified_only)
 
-DECISION_COLUMNS = ["fname", "given_label", "fold", "predicted_label", "p_given", "p_max",
-                    "score", "trusted_label", "weight", "accepted", "reason"]
+DECISION_COLUMNS = [
+    "fname",
+    "given_label",
+    "fold",
+    "predicted_label",
+    "p_given",
+    "p_max",
+    "score",
+    "trusted_label",
+    "weight",
+    "accepted",
+    "reason",
+]
 
 
 @dataclass(frozen=True)
@@ -50,16 +61,16 @@ class PolicySettings:
     """One chain's trust policy, resolved (config.chain_settings fills the defaults)."""
 
     name: str
-    threshold: float | None = None          # paper, calibrated: None = off
-    threshold_start: float | None = None    # scheduled_threshold: at the first judging iteration
-    threshold_end: float | None = None      # ... and at the last one (linear in between)
-    max_per_class: int | None = None        # absolute cap per trusted class; None = no cap
-    max_fraction: float | None = None       # cap as a share of the class's judged clips
-    correct_labels: bool = False            # trust a confidently contradicted clip as predicted
-    correct_threshold: float = 0.9          # ... when the alternative label's score reaches this
-    gamma: float = 20.0                     # label_spreading: rbf kernel width (unit-norm features)
-    alpha: float = 0.2                      # label_spreading: clamping factor
-    min_trusted_share: float = 0.0          # warn below this share of judged clips trusted
+    threshold: float | None = None  # paper, calibrated: None = off
+    threshold_start: float | None = None  # scheduled_threshold: at the first judging iteration
+    threshold_end: float | None = None  # ... and at the last one (linear in between)
+    max_per_class: int | None = None  # absolute cap per trusted class; None = no cap
+    max_fraction: float | None = None  # cap as a share of the class's judged clips
+    correct_labels: bool = False  # trust a confidently contradicted clip as predicted
+    correct_threshold: float = 0.9  # ... when the alternative label's score reaches this
+    gamma: float = 20.0  # label_spreading: rbf kernel width (unit-norm features)
+    alpha: float = 0.2  # label_spreading: clamping factor
+    min_trusted_share: float = 0.0  # warn below this share of judged clips trusted
 
     @classmethod
     def from_mapping(cls, values: Mapping) -> PolicySettings:
@@ -71,8 +82,8 @@ class PolicySettings:
 class Clips:
     """Clips with their out-of-fold posteriors (and features): judged or reference clips."""
 
-    table: pd.DataFrame                # fname, fold, and given_label (judged) or label (reference)
-    posteriors: np.ndarray             # (n, n_classes)
+    table: pd.DataFrame  # fname, fold, and given_label (judged) or label (reference)
+    posteriors: np.ndarray  # (n, n_classes)
     embeddings: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
@@ -84,11 +95,11 @@ class Clips:
 class Context:
     """Where in the chain the policy runs (scheduled_threshold needs it)."""
 
-    iteration: int = 0                 # the judging iteration (its fold models judge)
-    iterations: int = 1                # judging iterations in the chain (0 ... iterations-1)
+    iteration: int = 0  # the judging iteration (its fold models judge)
+    iterations: int = 1  # judging iterations in the chain (0 ... iterations-1)
 
 
-Proposal = pd.DataFrame   # candidate, score, trusted_label, weight, reason, alt_label, alt_score
+Proposal = pd.DataFrame  # candidate, score, trusted_label, weight, reason, alt_label, alt_score
 
 
 def _indices(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
@@ -101,46 +112,61 @@ def _base(judged: Clips, classes: Sequence[str], posteriors: np.ndarray) -> pd.D
     given = _indices(judged.table["given_label"], classes)
     predicted = posteriors.argmax(axis=1) if len(posteriors) else np.zeros(0, np.int64)
     rows = np.arange(len(given))
-    return pd.DataFrame({
-        "fname": judged.table["fname"].to_numpy(), "given_label": judged.table["given_label"].to_numpy(),
-        "fold": judged.table["fold"].astype(int).to_numpy(),
-        "predicted_label": [classes[i] for i in predicted],
-        "p_given": posteriors[rows, given] if len(given) else np.zeros(0),
-        "p_max": posteriors[rows, predicted] if len(given) else np.zeros(0)})
+    return pd.DataFrame(
+        {
+            "fname": judged.table["fname"].to_numpy(),
+            "given_label": judged.table["given_label"].to_numpy(),
+            "fold": judged.table["fold"].astype(int).to_numpy(),
+            "predicted_label": [classes[i] for i in predicted],
+            "p_given": posteriors[rows, given] if len(given) else np.zeros(0),
+            "p_max": posteriors[rows, predicted] if len(given) else np.zeros(0),
+        }
+    )
 
 
 def threshold_rule(base: pd.DataFrame, threshold: float | None) -> Proposal:
-    """The paper's first two conditions (docs/method.md "Self-verification"): argmax = given label, posterior >= threshold."""
+    """The paper's first two conditions (docs/method.md "Self-verification"): argmax = given
+    label, posterior >= threshold."""
     match = base["given_label"] == base["predicted_label"]
     confident = match if threshold is None else match & (base["p_given"] >= threshold)
     reason = np.where(~match, LABEL_MISMATCH, np.where(~confident, BELOW_THRESHOLD, ""))
-    return base.assign(candidate=confident.to_numpy(), score=base["p_given"],
-                       trusted_label=base["given_label"], weight=1.0, reason=reason,
-                       alt_label=base["predicted_label"],
-                       alt_score=np.where(match, -np.inf, base["p_max"]))
+    return base.assign(
+        candidate=confident.to_numpy(),
+        score=base["p_given"],
+        trusted_label=base["given_label"],
+        weight=1.0,
+        reason=reason,
+        alt_label=base["predicted_label"],
+        alt_score=np.where(match, -np.inf, base["p_max"]),
+    )
 
 
 # --------------------------------------------------------------------------- the policies
 
 
-def paper(judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings,
-          context: Context) -> Proposal:
+def paper(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """The paper: argmax = given label and averaged posterior >= threshold (None: off)."""
     return threshold_rule(_base(judged, classes, judged.posteriors), settings.threshold)
 
 
-def agreement(judged: Clips, reference: Clips | None, classes: Sequence[str],
-              settings: PolicySettings, context: Context) -> Proposal:
+def agreement(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """argmax = given label, no threshold (what under-confident short-trained nets still get right)."""
     return threshold_rule(_base(judged, classes, judged.posteriors), None)
 
 
-def scheduled_threshold(judged: Clips, reference: Clips | None, classes: Sequence[str],
-                        settings: PolicySettings, context: Context) -> Proposal:
+def scheduled_threshold(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """The paper's rule with a threshold moving linearly from threshold_start (first judging
     iteration) to threshold_end (last one)."""
-    return threshold_rule(_base(judged, classes, judged.posteriors),
-                           scheduled_value(settings.threshold_start, settings.threshold_end, context))
+    return threshold_rule(
+        _base(judged, classes, judged.posteriors),
+        scheduled_value(settings.threshold_start, settings.threshold_end, context),
+    )
 
 
 def scheduled_value(start: float, end: float, context: Context) -> float:
@@ -168,8 +194,9 @@ def fit_temperature(posteriors: np.ndarray, targets: np.ndarray) -> float:
         log_norm = np.log(np.exp(scaled).sum(axis=1))
         return float(-(scaled[np.arange(len(targets)), targets] - log_norm).mean())
 
-    best = minimize_scalar(nll, bounds=(math.log(0.02), math.log(50.0)), method="bounded",
-                           options={"xatol": 1e-6})
+    best = minimize_scalar(
+        nll, bounds=(math.log(0.02), math.log(50.0)), method="bounded", options={"xatol": 1e-6}
+    )
     return float(math.exp(best.x))
 
 
@@ -180,8 +207,11 @@ def apply_temperature(posteriors: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def calibrated_posteriors(judged: Clips, reference: Clips, classes: Sequence[str],
-                          ) -> tuple[np.ndarray, dict[int, float]]:
+def calibrated_posteriors(
+    judged: Clips,
+    reference: Clips,
+    classes: Sequence[str],
+) -> tuple[np.ndarray, dict[int, float]]:
     """Judged posteriors after per-fold temperature scaling fitted on that fold's reference
     (verified validation) clips only; returns (calibrated posteriors, {fold: temperature})."""
     overlap = set(judged.table["fname"]) & set(reference.table["fname"])
@@ -197,8 +227,9 @@ def calibrated_posteriors(judged: Clips, reference: Clips, classes: Sequence[str
     return out, temperatures
 
 
-def calibrated(judged: Clips, reference: Clips | None, classes: Sequence[str],
-               settings: PolicySettings, context: Context) -> Proposal:
+def calibrated(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """The paper's rule on posteriors temperature-scaled per fold on that fold's verified
     validation clips (p_given and p_max in the decisions are the calibrated ones)."""
     if reference is None:
@@ -209,17 +240,22 @@ def calibrated(judged: Clips, reference: Clips | None, classes: Sequence[str],
     return threshold_rule(_base(judged, classes, posteriors), settings.threshold)
 
 
-def confident_learning(judged: Clips, reference: Clips | None, classes: Sequence[str],
-                       settings: PolicySettings, context: Context) -> Proposal:
+def confident_learning(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """cleanlab.filter.find_label_issues over every judged clip's out-of-fold posteriors;
     trusted = not flagged. Score = posterior of the given label."""
     base = _base(judged, classes, judged.posteriors)
     flagged = label_issues(_indices(judged.table["given_label"], classes), judged.posteriors)
-    return base.assign(candidate=~flagged, score=base["p_given"], trusted_label=base["given_label"],
-                       weight=1.0, reason=np.where(flagged, FLAGGED, ""),
-                       alt_label=base["predicted_label"],
-                       alt_score=np.where(base["given_label"] == base["predicted_label"], -np.inf,
-                                          base["p_max"]))
+    return base.assign(
+        candidate=~flagged,
+        score=base["p_given"],
+        trusted_label=base["given_label"],
+        weight=1.0,
+        reason=np.where(flagged, FLAGGED, ""),
+        alt_label=base["predicted_label"],
+        alt_score=np.where(base["given_label"] == base["predicted_label"], -np.inf, base["p_max"]),
+    )
 
 
 def label_issues(labels: np.ndarray, posteriors: np.ndarray) -> np.ndarray:
@@ -233,8 +269,9 @@ def label_issues(labels: np.ndarray, posteriors: np.ndarray) -> np.ndarray:
     return np.asarray(find_label_issues(labels=labels, pred_probs=probs), dtype=bool)
 
 
-def label_spreading(judged: Clips, reference: Clips | None, classes: Sequence[str],
-                    settings: PolicySettings, context: Context) -> Proposal:
+def label_spreading(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """Per fold, scikit-learn LabelSpreading (rbf) over unit-normalised embeddings: the fold's
     verified validation clips labelled, its judged clips unlabelled; trusted = the spread label
     equals the given one. Score = the spread distribution's mass on the trusted label."""
@@ -253,19 +290,24 @@ def label_spreading(judged: Clips, reference: Clips | None, classes: Sequence[st
             continue
         features = _unit(np.concatenate([reference.embeddings[ref], judged.embeddings[rows]]))
         labels = np.concatenate([targets[ref], np.full(len(rows), -1)])
-        model = LabelSpreading(kernel="rbf", gamma=settings.gamma, alpha=settings.alpha,
-                               max_iter=100).fit(features, labels)
-        distribution = model.label_distributions_[len(ref):]
+        model = LabelSpreading(kernel="rbf", gamma=settings.gamma, alpha=settings.alpha, max_iter=100).fit(
+            features, labels
+        )
+        distribution = model.label_distributions_[len(ref) :]
         mass[np.ix_(rows, model.classes_)] = np.nan_to_num(distribution)
         spread[rows] = model.classes_[np.nan_to_num(distribution).argmax(axis=1)]
     given = _indices(base["given_label"], classes)
     agrees = spread == given
     spread_label = [classes[i] if i >= 0 else "" for i in spread]
-    return base.assign(candidate=agrees, score=mass[np.arange(len(base)), given],
-                       trusted_label=base["given_label"], weight=1.0,
-                       reason=np.where(agrees, "", SPREAD_DISAGREES), alt_label=spread_label,
-                       alt_score=np.where(agrees | (spread < 0), -np.inf,
-                                          mass[np.arange(len(base)), np.maximum(spread, 0)]))
+    return base.assign(
+        candidate=agrees,
+        score=mass[np.arange(len(base)), given],
+        trusted_label=base["given_label"],
+        weight=1.0,
+        reason=np.where(agrees, "", SPREAD_DISAGREES),
+        alt_label=spread_label,
+        alt_score=np.where(agrees | (spread < 0), -np.inf, mass[np.arange(len(base)), np.maximum(spread, 0)]),
+    )
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -273,47 +315,88 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.where(norm > 0, norm, 1.0)
 
 
-def weighted(judged: Clips, reference: Clips | None, classes: Sequence[str],
-             settings: PolicySettings, context: Context) -> Proposal:
+def weighted(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """Every clip kept, its loss weighted by the out-of-fold posterior of its given label
     (the 3rd-place system of DCASE 2018 Task 2 down-weighted unverified clips instead of
     dropping them). A cap keeps the heaviest clips of each class."""
     base = _base(judged, classes, judged.posteriors)
-    return base.assign(candidate=True, score=base["p_given"], trusted_label=base["given_label"],
-                       weight=base["p_given"].astype(float), reason="", alt_label="",
-                       alt_score=-np.inf)
+    return base.assign(
+        candidate=True,
+        score=base["p_given"],
+        trusted_label=base["given_label"],
+        weight=base["p_given"].astype(float),
+        reason="",
+        alt_label="",
+        alt_score=-np.inf,
+    )
 
 
-def trust_all(judged: Clips, reference: Clips | None, classes: Sequence[str],
-              settings: PolicySettings, context: Context) -> Proposal:
+def trust_all(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """Every given label trusted (the all_labels chain: fine-tuning on every clip as labelled)."""
     base = _base(judged, classes, judged.posteriors)
-    return base.assign(candidate=True, score=base["p_given"], trusted_label=base["given_label"],
-                       weight=1.0, reason="", alt_label="", alt_score=-np.inf)
+    return base.assign(
+        candidate=True,
+        score=base["p_given"],
+        trusted_label=base["given_label"],
+        weight=1.0,
+        reason="",
+        alt_label="",
+        alt_score=-np.inf,
+    )
 
 
-def trust_none(judged: Clips, reference: Clips | None, classes: Sequence[str],
-               settings: PolicySettings, context: Context) -> Proposal:
+def trust_none(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
     """No unverified clip trusted (the verified_only chain)."""
     base = _base(judged, classes, judged.posteriors)
-    return base.assign(candidate=False, score=base["p_given"], trusted_label=base["given_label"],
-                       weight=1.0, reason=NOT_TRUSTED, alt_label="", alt_score=-np.inf)
+    return base.assign(
+        candidate=False,
+        score=base["p_given"],
+        trusted_label=base["given_label"],
+        weight=1.0,
+        reason=NOT_TRUSTED,
+        alt_label="",
+        alt_score=-np.inf,
+    )
 
 
 POLICIES: dict[str, Callable[..., Proposal]] = {
-    "paper": paper, "calibrated": calibrated, "confident_learning": confident_learning,
-    "agreement": agreement, "scheduled_threshold": scheduled_threshold,
-    "label_spreading": label_spreading, "weighted": weighted, "all": trust_all, "none": trust_none,
+    "paper": paper,
+    "calibrated": calibrated,
+    "confident_learning": confident_learning,
+    "agreement": agreement,
+    "scheduled_threshold": scheduled_threshold,
+    "label_spreading": label_spreading,
+    "weighted": weighted,
+    "all": trust_all,
+    "none": trust_none,
 }
 #: Which settings each policy reads (config.py rejects a chain that sets any other).
 POLICY_PARAMETERS: dict[str, set[str]] = {
-    "paper": {"threshold"}, "calibrated": {"threshold"}, "confident_learning": set(),
-    "agreement": set(), "scheduled_threshold": {"threshold_start", "threshold_end"},
-    "label_spreading": {"gamma", "alpha"}, "weighted": set(), "all": set(), "none": set(),
+    "paper": {"threshold"},
+    "calibrated": {"threshold"},
+    "confident_learning": set(),
+    "agreement": set(),
+    "scheduled_threshold": {"threshold_start", "threshold_end"},
+    "label_spreading": {"gamma", "alpha"},
+    "weighted": set(),
+    "all": set(),
+    "none": set(),
 }
 #: Policies that can refuse a clip for its label, and so may correct it (correct_labels).
-CORRECTABLE = {"paper", "calibrated", "confident_learning", "agreement", "scheduled_threshold",
-               "label_spreading"}
+CORRECTABLE = {
+    "paper",
+    "calibrated",
+    "confident_learning",
+    "agreement",
+    "scheduled_threshold",
+    "label_spreading",
+}
 #: Policies whose decisions need the verified validation clips' posteriors / embeddings.
 NEEDS_REFERENCE = {"calibrated", "label_spreading"}
 NEEDS_EMBEDDINGS = {"label_spreading"}
@@ -322,8 +405,9 @@ NEEDS_EMBEDDINGS = {"label_spreading"}
 # --------------------------------------------------------------------------- caps and decisions
 
 
-def class_caps(judged_labels: pd.Series, classes: Sequence[str], max_per_class: int | None,
-               max_fraction: float | None) -> dict[str, float]:
+def class_caps(
+    judged_labels: pd.Series, classes: Sequence[str], max_per_class: int | None, max_fraction: float | None
+) -> dict[str, float]:
     """Cap per class: the smaller of the absolute cap and floor(fraction x the class's judged
     clips); infinity when neither is set."""
     counts = judged_labels.value_counts()
@@ -351,20 +435,25 @@ def decide(proposal: Proposal, classes: Sequence[str], settings: PolicySettings)
         out.loc[fix, "reason"] = CORRECTED
     caps = class_caps(out["given_label"], classes, settings.max_per_class, settings.max_fraction)
     candidates = out[out["candidate"].astype(bool)].sort_values(
-        ["trusted_label", "score", "fname"], ascending=[True, False, True])
+        ["trusted_label", "score", "fname"], ascending=[True, False, True]
+    )
     rank = candidates.groupby("trusted_label").cumcount().to_numpy()
     limit = candidates["trusted_label"].map(caps).to_numpy(dtype=float)
     kept = rank < limit
     corrected = candidates["reason"].to_numpy() == CORRECTED
-    out.loc[candidates.index, "reason"] = np.where(kept, np.where(corrected, CORRECTED, ACCEPTED),
-                                                   CLASS_CAP)
+    out.loc[candidates.index, "reason"] = np.where(kept, np.where(corrected, CORRECTED, ACCEPTED), CLASS_CAP)
     out["accepted"] = out["reason"].isin([ACCEPTED, CORRECTED])
     out["weight"] = np.where(out["accepted"], out["weight"].astype(float), 0.0)
     return out[[c for c in DECISION_COLUMNS if c in out.columns]]
 
 
-def apply_policy(judged: Clips, reference: Clips | None, classes: Sequence[str],
-                 settings: PolicySettings, context: Context = Context()) -> pd.DataFrame:
+def apply_policy(
+    judged: Clips,
+    reference: Clips | None,
+    classes: Sequence[str],
+    settings: PolicySettings,
+    context: Context = Context(),
+) -> pd.DataFrame:
     """The decisions of ``settings.name`` on ``judged`` (see the module docstring)."""
     if settings.name not in POLICIES:
         raise ValueError(f"unknown trust policy {settings.name!r}; one of {sorted(POLICIES)}")

@@ -77,11 +77,20 @@ def paired(long: pd.DataFrame, references: Sequence[str], metric: str = "test_ac
                     continue
                 both = table[[system, reference]].dropna()
                 diff = (both[system] - both[reference]).to_numpy(dtype=float)
-                rows.append({"preset": preset, "system": system, "reference": reference,
-                             "metric": metric, "n": len(diff),
-                             "mean_difference": float(diff.mean()) if len(diff) else np.nan,
-                             "std_difference": float(diff.std(ddof=1)) if len(diff) > 1 else np.nan,
-                             "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
-                             "ties": int((diff == 0).sum()),
-                             "wilcoxon_p": wilcoxon_p(diff), "sign_test_p": sign_test(diff)})
+                rows.append(
+                    {
+                        "preset": preset,
+                        "system": system,
+                        "reference": reference,
+                        "metric": metric,
+                        "n": len(diff),
+                        "mean_difference": float(diff.mean()) if len(diff) else np.nan,
+                        "std_difference": float(diff.std(ddof=1)) if len(diff) > 1 else np.nan,
+                        "wins": int((diff > 0).sum()),
+                        "losses": int((diff < 0).sum()),
+                        "ties": int((diff == 0).sum()),
+                        "wilcoxon_p": wilcoxon_p(diff),
+                        "sign_test_p": sign_test(diff),
+                    }
+                )
     return pd.DataFrame(rows)

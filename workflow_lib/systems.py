@@ -25,9 +25,23 @@ from .policies import low_trust
 from .stages import read_classes
 
 SCORED_SET = "Public+Private"
-ITERATION_COLUMNS = ["preset", "system", "policy", "iteration", "chosen", "near_tie", "cv_accuracy",
-                     "cv_map3", "cv_loss", "n_judged", "trusted", "trusted_correct",
-                     "trusted_precision", "trusted_recall", "low_trust"]
+ITERATION_COLUMNS = [
+    "preset",
+    "system",
+    "policy",
+    "iteration",
+    "chosen",
+    "near_tie",
+    "cv_accuracy",
+    "cv_map3",
+    "cv_loss",
+    "n_judged",
+    "trusted",
+    "trusted_correct",
+    "trusted_precision",
+    "trusted_recall",
+    "low_trust",
+]
 
 
 def _overall(paths: Mapping[str, str]) -> dict[int, pd.Series]:
@@ -46,24 +60,33 @@ def _test_scores(test: pd.DataFrame, probs_csv: str, classes: list[str]) -> dict
         return {"n_test": 0, "test_accuracy": np.nan, "test_map3": np.nan}
     scores = evaluate_systems(scored, {"system": frame}, classes)
     row = scores[scores["set"] == SCORED_SET].iloc[0]
-    return {"n_test": int(row["n"]), "test_accuracy": float(row["accuracy"]),
-            "test_map3": float(row["map3"])}
+    return {"n_test": int(row["n"]), "test_accuracy": float(row["accuracy"]), "test_map3": float(row["map3"])}
 
 
 def _trust_numbers(overall: pd.Series | None, policy: str, min_share: float) -> dict:
     if overall is None:
-        return {"n_judged": np.nan, "trusted": np.nan, "trusted_correct": np.nan,
-                "trusted_precision": np.nan, "trusted_recall": np.nan, "low_trust": False}
+        return {
+            "n_judged": np.nan,
+            "trusted": np.nan,
+            "trusted_correct": np.nan,
+            "trusted_precision": np.nan,
+            "trusted_recall": np.nan,
+            "low_trust": False,
+        }
     judged, trusted = int(overall["n_unverified"]), int(overall["n_accepted"])
-    return {"n_judged": judged, "trusted": trusted,
-            "trusted_correct": overall.get("n_accepted_correct", np.nan),
-            "trusted_precision": overall.get("precision", np.nan),
-            "trusted_recall": overall.get("recall", np.nan),
-            "low_trust": low_trust(trusted, judged, policy, min_share)}
+    return {
+        "n_judged": judged,
+        "trusted": trusted,
+        "trusted_correct": overall.get("n_accepted_correct", np.nan),
+        "trusted_precision": overall.get("precision", np.nan),
+        "trusted_recall": overall.get("recall", np.nan),
+        "low_trust": low_trust(trusted, judged, policy, min_share),
+    }
 
 
-def systems_tables(spec: Sequence[Mapping], test_csv: Path, classes_csv: Path,
-                   min_share: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def systems_tables(
+    spec: Sequence[Mapping], test_csv: Path, classes_csv: Path, min_share: float = 0.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per chain and preset, one row per chain, preset and iteration).
 
     ``spec`` items (layout.systems_spec): ``system`` (the chain), ``preset``, ``policy``,
@@ -80,28 +103,42 @@ def systems_tables(spec: Sequence[Mapping], test_csv: Path, classes_csv: Path,
         overall = _overall(item.get("self_verify") or {})
         for _, line in selection.sort_values("iteration").iterrows():
             judge = int(line["iteration"])
-            per_iteration.append({
-                "preset": item["preset"], "system": item["system"], "policy": item["policy"],
-                "iteration": judge, "chosen": bool(line["chosen"]),
-                "near_tie": bool(line.get("near_tie", False)),
-                "cv_accuracy": float(line["mean_valid_acc"]), "cv_map3": float(line["mean_valid_map3"]),
-                "cv_loss": float(line["mean_valid_loss"]),
-                **_trust_numbers(overall.get(judge), item["policy"], min_share)})
+            per_iteration.append(
+                {
+                    "preset": item["preset"],
+                    "system": item["system"],
+                    "policy": item["policy"],
+                    "iteration": judge,
+                    "chosen": bool(line["chosen"]),
+                    "near_tie": bool(line.get("near_tie", False)),
+                    "cv_accuracy": float(line["mean_valid_acc"]),
+                    "cv_map3": float(line["mean_valid_map3"]),
+                    "cv_loss": float(line["mean_valid_loss"]),
+                    **_trust_numbers(overall.get(judge), item["policy"], min_share),
+                }
+            )
         trained_on = _trust_numbers(overall.get(iteration - 1), item["policy"], min_share)
-        flagged = [str(i) for i, o in overall.items()
-                   if _trust_numbers(o, item["policy"], min_share)["low_trust"]]
+        flagged = [
+            str(i) for i, o in overall.items() if _trust_numbers(o, item["policy"], min_share)["low_trust"]
+        ]
         first = next(iter(overall.values()), None)
-        row = {"preset": item["preset"], "system": item["system"], "policy": item["policy"],
-               "description": item.get("description", ""), "iteration": iteration,
-               "near_tie": bool(chosen.get("near_tie", False)),
-               "cv_loss": float(chosen["mean_valid_loss"]), "cv_accuracy": float(chosen["mean_valid_acc"]),
-               "cv_map3": float(chosen["mean_valid_map3"]), **_test_scores(test, item["test"], classes),
-               "given_label_precision": (np.nan if first is None
-                                         else first.get("unverified_precision", np.nan)),
-               "trusted_clips": trained_on["trusted"] if iteration > 0 else 0,
-               "trusted_precision": trained_on["trusted_precision"] if iteration > 0 else np.nan,
-               "trusted_recall": trained_on["trusted_recall"] if iteration > 0 else np.nan,
-               "low_trust_iterations": ";".join(flagged)}
+        row = {
+            "preset": item["preset"],
+            "system": item["system"],
+            "policy": item["policy"],
+            "description": item.get("description", ""),
+            "iteration": iteration,
+            "near_tie": bool(chosen.get("near_tie", False)),
+            "cv_loss": float(chosen["mean_valid_loss"]),
+            "cv_accuracy": float(chosen["mean_valid_acc"]),
+            "cv_map3": float(chosen["mean_valid_map3"]),
+            **_test_scores(test, item["test"], classes),
+            "given_label_precision": (np.nan if first is None else first.get("unverified_precision", np.nan)),
+            "trusted_clips": trained_on["trusted"] if iteration > 0 else 0,
+            "trusted_precision": trained_on["trusted_precision"] if iteration > 0 else np.nan,
+            "trusted_recall": trained_on["trusted_recall"] if iteration > 0 else np.nan,
+            "low_trust_iterations": ";".join(flagged),
+        }
         for judge, o in overall.items():
             numbers = _trust_numbers(o, item["policy"], min_share)
             row[f"trusted_by_it{judge}"] = numbers["trusted"]
@@ -109,8 +146,9 @@ def systems_tables(spec: Sequence[Mapping], test_csv: Path, classes_csv: Path,
             row[f"trusted_by_it{judge}_recall"] = numbers["trusted_recall"]
         rows.append(row)
     systems = pd.DataFrame(rows)
-    for column in [c for c in systems.columns if c.startswith("trusted")
-                   and not c.endswith(("precision", "recall"))] + ["n_test"]:
+    for column in [
+        c for c in systems.columns if c.startswith("trusted") and not c.endswith(("precision", "recall"))
+    ] + ["n_test"]:
         systems[column] = pd.to_numeric(systems[column]).astype("Int64")
     iterations = pd.DataFrame(per_iteration, columns=ITERATION_COLUMNS)
     for column in ("n_judged", "trusted", "trusted_correct"):
@@ -127,20 +165,27 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
     from .plots import save_figure  # selects the Agg backend
 
     several = systems["preset"].nunique() > 1
-    names = [f"{p}\n{s}" if several else s.replace("_", "\n")
-             for p, s in zip(systems["preset"], systems["system"])]
+    names = [
+        f"{p}\n{s}" if several else s.replace("_", "\n") for p, s in zip(systems["preset"], systems["system"])
+    ]
     figure, axes = plt.subplots(1, 3, figsize=(18, 5))
     bars = axes[0]
     x = np.arange(len(systems))
-    for shift, (column, label) in zip((-0.27, 0.0, 0.27), (("cv_accuracy", "CV accuracy (verified)"),
-                                                            ("test_accuracy", "test accuracy"),
-                                                            ("test_map3", "test MAP@3"))):
+    for shift, (column, label) in zip(
+        (-0.27, 0.0, 0.27),
+        (
+            ("cv_accuracy", "CV accuracy (verified)"),
+            ("test_accuracy", "test accuracy"),
+            ("test_map3", "test MAP@3"),
+        ),
+    ):
         values = systems[column].to_numpy(dtype=float)
         bars.bar(x + shift, values, width=0.27, label=label)
         for xi, value in zip(x + shift, values):
             if np.isfinite(value):
-                bars.text(xi, value + 0.005, f"{value:.3f}", ha="center", va="bottom", fontsize=6,
-                          rotation=90)
+                bars.text(
+                    xi, value + 0.005, f"{value:.3f}", ha="center", va="bottom", fontsize=6, rotation=90
+                )
     finite = systems[["cv_accuracy", "test_accuracy", "test_map3"]].to_numpy(dtype=float)
     low = np.nanmin(finite) if np.isfinite(finite).any() else 0.0
     bars.set_ylim(max(0.0, low - 0.1), 1.08)
@@ -161,17 +206,33 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
         judged = table.dropna(subset=["trusted"])
         if judged.empty:
             continue
-        counts.bar(judged["iteration"] + (n - (len(variants) - 1) / 2) * width,
-                   judged["trusted"].astype(float), width=width, color=color, alpha=0.5,
-                   label=f"{label}: clips")
-        twin.plot(judged["iteration"], judged["trusted_precision"].astype(float), "-o",
-                  color=color, label=f"{label}: precision")
-        twin.plot(judged["iteration"], judged["trusted_recall"].astype(float), "--x",
-                  color=color, label=f"{label}: recall")
+        counts.bar(
+            judged["iteration"] + (n - (len(variants) - 1) / 2) * width,
+            judged["trusted"].astype(float),
+            width=width,
+            color=color,
+            alpha=0.5,
+            label=f"{label}: clips",
+        )
+        twin.plot(
+            judged["iteration"],
+            judged["trusted_precision"].astype(float),
+            "-o",
+            color=color,
+            label=f"{label}: precision",
+        )
+        twin.plot(
+            judged["iteration"],
+            judged["trusted_recall"].astype(float),
+            "--x",
+            color=color,
+            label=f"{label}: recall",
+        )
     given = systems["given_label_precision"].dropna() if "given_label_precision" in systems else []
     if len(given):
-        twin.axhline(float(given.iloc[0]), color="grey", linestyle=":", linewidth=1,
-                     label="given unverified labels")
+        twin.axhline(
+            float(given.iloc[0]), color="grey", linestyle=":", linewidth=1, label="given unverified labels"
+        )
     for ax in (curves, counts):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     curves.set_xlabel("iteration (star: chosen)")
@@ -184,15 +245,21 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
     twin.set_ylim(0, 1.05)
     handles = counts.get_legend_handles_labels()
     twin_handles = twin.get_legend_handles_labels()
-    counts.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=5,
-                  loc="lower left")
+    counts.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=5, loc="lower left")
     counts.set_title("trusted labels")
     figure.tight_layout()
     save_figure(figure, out)
 
 
-def systems_job(spec: Sequence[Mapping], test_csv: Path, classes_csv: Path, out_csv: Path,
-                out_iterations: Path, out_plot: Path, min_share: float = 0.0) -> pd.DataFrame:
+def systems_job(
+    spec: Sequence[Mapping],
+    test_csv: Path,
+    classes_csv: Path,
+    out_csv: Path,
+    out_iterations: Path,
+    out_plot: Path,
+    min_share: float = 0.0,
+) -> pd.DataFrame:
     systems, iterations = systems_tables(spec, test_csv, classes_csv, min_share)
     write_csv(systems, out_csv)
     write_csv(iterations, out_iterations)

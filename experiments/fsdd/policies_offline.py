@@ -49,12 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     correct = post["given_label"].to_numpy() == true
     judged = Clips(post[["fname", "fold", "given_label"]], post[classes].to_numpy())
     reference = Clips(valid[["fname", "fold", "label"]], valid[classes].to_numpy())
-    print(f"{base}: {len(post)} judged clips, {correct.sum()} correctly labelled, "
-          f"median p_max {post[classes].max(axis=1).median():.3f}")
+    print(
+        f"{base}: {len(post)} judged clips, {correct.sum()} correctly labelled, "
+        f"median p_max {post[classes].max(axis=1).median():.3f}"
+    )
     for name, settings in SETTINGS.items():
         out = apply_policy(judged, reference, classes, settings)
         trusted = out["accepted"].to_numpy()
-        precision = (out["trusted_label"].to_numpy()[trusted] == true[trusted]).mean() if trusted.any() else float("nan")
+        precision = (
+            (out["trusted_label"].to_numpy()[trusted] == true[trusted]).mean()
+            if trusted.any()
+            else float("nan")
+        )
         recall = (trusted & correct).sum() / max(1, correct.sum())
         print(f"  {name:46s} trusted {trusted.sum():5d}  precision {precision:.3f}  recall {recall:.3f}")
     return 0
