@@ -143,7 +143,7 @@ def test_report_opens_on_the_results_tables(host):
     match = re.search(r'var workflow_desc = (".*?");\n', text, flags=re.S)
     assert match, "no workflow description in the report"
     opening = json.loads(match.group(1))
-    for title in ("Summary: one row per preset and the fusion", "Baselines: one row per system"):
+    for title in ("Summary: one row per preset and the fusion", "Chains: one row per chain and preset"):
         assert title in opening, title
     assert opening.count("<table") == 2
     assert "vgg_gap_spec1_1" in opening and "verified_only" in opening

@@ -367,7 +367,7 @@ def timeline_items(
 
 def timeline_plot(frame: pd.DataFrame, classes: Sequence[str], probs: np.ndarray, out: Path) -> None:
     """Class posteriors over time (one panel per file); windows that failed are left blank."""
-    from .plots import _save, plt
+    from .plots import plt, save_figure
 
     files = list(dict.fromkeys(frame["fname"]))
     figure, axes = plt.subplots(
@@ -392,7 +392,7 @@ def timeline_plot(frame: pd.DataFrame, classes: Sequence[str], probs: np.ndarray
         ax.set_title(Path(name).name, fontsize=9)
         ax.set_xlabel("time (s), window centres")
     figure.colorbar(image, ax=axes[:, 0].tolist(), label="posterior")
-    _save(figure, out)
+    save_figure(figure, out)
 
 
 # --------------------------------------------------------------------------- backends
