@@ -1,5 +1,6 @@
 # Settings, paths and small helpers shared by every rule file.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from workflow_lib.config import (  # noqa: E402
     gpus_per_training_job,
     resolve_settings,
 )
+from workflow_lib.preprocess import listed_file_counts, resolve_shards  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 try:
@@ -25,7 +27,29 @@ METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = f"{RESULTS}/demo_data" if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
-SHARDS = list(range(S["preprocessing"]["shards"]))
+
+
+def snakemake_workers():
+    """Jobs Snakemake may run at once: --cores (the machine's cores when not given), and on a
+    cluster no more than --jobs."""
+    try:
+        cores = int(workflow.cores)
+    except (WorkflowError, TypeError):
+        cores = os.cpu_count() or 1
+    nodes = workflow.nodes
+    return min(cores, int(nodes)) if isinstance(nodes, int) and 0 < nodes < sys.maxsize else cores
+
+
+# Shards per split (preprocessing.shards: a number, or auto = from files and cores).
+N_SHARDS = {
+    split: resolve_shards(S["preprocessing"]["shards"], count, snakemake_workers())
+    for split, count in listed_file_counts(S, None if DEMO else DATA_ROOT).items()
+}
+
+
+def shards_of(split):
+    return list(range(N_SHARDS[split]))
+
 PRESETS = METHOD["presets"]
 VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
 

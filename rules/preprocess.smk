@@ -1,5 +1,6 @@
 # SoX silence clipping and the spectrogram versions the chosen presets need, in shards:
 # one job per (split, shard), each clipping its files once and computing every version.
+# The number of shards per split is N_SHARDS (rules/common.smk: preprocessing.shards).
 
 
 rule preprocess_shard:
@@ -12,7 +13,7 @@ rule preprocess_shard:
         split="train|test",
         shard=r"\d+",
     params:
-        shards=len(SHARDS),
+        shards=lambda wildcards: N_SHARDS[wildcards.split],
         versions=" ".join(str(v) for v in VERSIONS),
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
         settings=as_json(S["preprocessing"]),
@@ -31,7 +32,12 @@ rule preprocess_shard:
 
 rule spectrogram_manifest:
     input:
-        expand(f"{RESULTS}/spectrograms/v{{{{version}}}}/{{{{split}}}}/shard{{shard}}.csv", shard=SHARDS),
+        lambda wildcards: expand(
+            f"{RESULTS}/spectrograms/v{{version}}/{{split}}/shard{{shard}}.csv",
+            version=wildcards.version,
+            split=wildcards.split,
+            shard=shards_of(wildcards.split),
+        ),
     output:
         f"{RESULTS}/spectrograms/v{{version}}/{{split}}.csv",
     wildcard_constraints:

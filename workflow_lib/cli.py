@@ -82,7 +82,8 @@ def preprocess_shard(args: argparse.Namespace) -> None:
 
     listing = read_csv_str(args.listing)
     arrays, manifests = process_shard(listing, args.shard, args.shards, args.versions,
-                                      args.settings["sample_rate"], args.settings["sox_effects"])
+                                      args.settings["sample_rate"], args.settings["sox_effects"],
+                                      args.settings.get("spectrograms", "fast"))
     stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
     write_shard(arrays, manifests, {v: p.with_suffix(".npy") for v, p in stem.items()},
                 {v: p.with_suffix(".csv") for v, p in stem.items()})

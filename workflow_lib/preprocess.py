@@ -1,14 +1,21 @@
 """Sharded preprocessing: SoX clipping once per file, then every needed spectrogram version.
 
-One Snakemake job processes one shard (every ``n_shards``-th file of a split), so a corpus of
-10,000 files is a handful of jobs, not 10,000. A shard writes, per version, one array of shape
+One Snakemake job processes one shard of a split, so a corpus of 10,000 files is a handful of
+jobs, not 10,000. Shards are balanced by work, not by file count: a file's cost is its audio
+duration (read from its header) plus a fixed per-file cost (SoX start, decoding), and files
+are dealt out longest first to the least-loaded shard (:func:`shard_assignment`). Every shard
+job computes the same assignment from the same listing, so no job needs to talk to another.
+``preprocessing.shards: auto`` picks the number of shards from the number of files and the
+cores Snakemake was given (:func:`resolve_shards`). A shard writes, per version, one array of shape
 (1, 128, sum of frames) holding its clips one after another along time, and a manifest CSV with
 each clip's offset and length. :class:`SpectrogramStore` reads them back per clip.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +34,100 @@ MANIFEST_COLUMNS = ["fname", "label", "verified", "n_frames", "seconds_before_cl
                     "seconds_after_clipping", "status", "shard", "offset", "detail"]
 
 
-def shard_of(listing: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
-    """Every ``n_shards``-th row starting at ``shard``: balanced, deterministic, order-stable."""
-    return listing.iloc[shard::n_shards]
+#: Per-file cost in seconds-of-audio units (SoX start-up, temporary file, decode): on FSDD's
+#: 0.44 s clips these dominate, on FSDKaggle2018's 2-10 s clips the duration does.
+FIXED_COST_SECONDS = 0.5
+#: ``shards: auto`` never makes a shard smaller than this (each job pays imports and set-up).
+MIN_FILES_PER_SHARD = 25
+#: ``shards: auto`` never makes more shards per split than this (a cluster's --jobs can be huge).
+MAX_AUTO_SHARDS = 64
+
+
+def resolve_shards(setting: int | str, n_files: int, cores: int) -> int:
+    """The number of shards of a split of ``n_files`` files.
+
+    An integer setting is used as given. ``auto``: one shard per core Snakemake was given, but
+    no shard below MIN_FILES_PER_SHARD files; both splits get their own number, so a small test
+    split does not become many tiny jobs. Duration balancing (:func:`shard_assignment`) keeps
+    the shards of a split equally long, so ``cores`` shards finish together.
+    """
+    if setting != "auto":
+        return int(setting)
+    by_files = math.ceil(max(n_files, 0) / MIN_FILES_PER_SHARD)
+    return max(1, min(max(int(cores), 1), by_files, MAX_AUTO_SHARDS))
+
+
+def listed_file_counts(settings: dict, data_root: str | Path | None) -> dict[str, int]:
+    """Files per split, known before any job runs (the Snakefile needs it to plan shards).
+
+    The demo's counts follow from ``demo_data``; a real dataset's from its listing CSVs (rows)
+    or, without a test CSV, from the WAV files in the test folder. Files the validation step
+    will skip are counted too: the number only sizes the shards.
+    """
+    if data_root is None:
+        demo = settings["demo_data"]
+        return {"train": demo["n_classes"] * demo["train_clips_per_class"],
+                "test": demo["n_classes"] * demo["test_clips_per_class"]}
+    root, dataset = Path(data_root), settings["dataset"]
+
+    def rows(name: str) -> int | None:
+        path = root / name if name else None
+        if path is None or not path.is_file():
+            return None
+        with open(path, "rb") as handle:
+            return max(sum(1 for line in handle if line.strip()) - 1, 0)
+
+    test = rows(dataset["test_csv"])
+    if test is None:
+        folder = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else None
+        test = len(list(folder.glob("*.wav"))) if folder is not None and folder.is_dir() else 0
+    return {"train": rows(dataset["train_csv"]) or 0, "test": test}
+
+
+def audio_seconds(paths: Sequence[str]) -> np.ndarray:
+    """Duration of each file from its header (soundfile.info, no decoding); 0 if unreadable."""
+    import soundfile as sf
+
+    seconds = np.zeros(len(paths), dtype=np.float64)
+    for i, path in enumerate(paths):
+        try:
+            info = sf.info(str(path))
+            seconds[i] = info.frames / info.samplerate
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+            pass  # missing or undecodable: skipped quickly by the shard job, fixed cost only
+    return seconds
+
+
+def shard_assignment(costs: np.ndarray, n_shards: int) -> np.ndarray:
+    """Shard index of every file: longest first to the least-loaded shard (LPT, deterministic).
+
+    Ties go to the lowest shard index, so equal costs deal the files out round-robin.
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    costs = np.asarray(costs, dtype=np.float64)
+    assignment = np.zeros(len(costs), dtype=np.int64)
+    loads = [(0.0, shard) for shard in range(n_shards)]
+    for index in np.argsort(-costs, kind="stable"):
+        load, shard = heapq.heappop(loads)
+        assignment[index] = shard
+        heapq.heappush(loads, (load + float(costs[index]), shard))
+    return assignment
+
+
+def file_costs(listing: pd.DataFrame) -> np.ndarray:
+    """Expected work per listed file: duration from the header plus the fixed per-file cost."""
+    if "path" not in listing.columns:
+        return np.ones(len(listing))
+    return audio_seconds(list(listing["path"])) + FIXED_COST_SECONDS
+
+
+def shard_of(listing: pd.DataFrame, shard: int, n_shards: int,
+             costs: np.ndarray | None = None) -> pd.DataFrame:
+    """The rows of one shard, in listing order; shards balanced by ``costs`` (default: by
+    :func:`file_costs`). Disjoint and complete over ``range(n_shards)``."""
+    costs = file_costs(listing) if costs is None else costs
+    return listing[shard_assignment(costs, n_shards) == shard]
 
 
 def _manifest_row(row: pd.Series, clip, shard: int) -> dict:
@@ -43,9 +141,12 @@ def _manifest_row(row: pd.Series, clip, shard: int) -> dict:
 
 
 def process_shard(listing: pd.DataFrame, shard: int, n_shards: int, versions: Sequence[int],
-                  sample_rate: int, sox_effects: Sequence[str],
+                  sample_rate: int, sox_effects: Sequence[str], implementation: str = "fast",
                   ) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
-    """Clip and transform the shard's files; return per version the array and the manifest."""
+    """Clip and transform the shard's files; return per version the array and the manifest.
+
+    ``implementation``: "fast" (default) or "reference" spectrograms (workflow_lib.spectrograms).
+    """
     from .spectrograms import compute_spectrogram  # librosa/madmom: only preprocessing needs them
 
     require_sox()
@@ -61,7 +162,7 @@ def process_shard(listing: pd.DataFrame, shard: int, n_shards: int, versions: Se
         else:
             frames_row = {}
             for version in versions:
-                spec = compute_spectrogram(version, clip.samples, sample_rate)
+                spec = compute_spectrogram(version, clip.samples, sample_rate, implementation)
                 chunks[version].append(spec)
                 frames_row[version] = spec.shape[-1]
         for version in versions:
