@@ -120,15 +120,18 @@ def folds(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     """Train one fold model (initial training, or fine-tuning with --train-list and --init)."""
     from .stages import TrainingJob, run_training_job
-    from .training import FitSettings
+    from .training import CheckpointPolicy, FitSettings, RunOptions
 
     s = args.settings
+    run = s.get("run", {})
     job = TrainingJob(
         manifest_csv=args.manifest, folds_csv=args.folds, classes_csv=args.classes,
         fold=args.fold, out_dir=args.out_dir, preset=s["preset"], net=s["net"],
         fit=FitSettings(**s["fit"]), frames=s["frames"], device=s["device"],
         threads=args.threads, lock_dir=args.lock_dir, train_list_csv=args.train_list,
-        init_checkpoint=args.init)
+        init_checkpoint=args.init,
+        options=RunOptions(CheckpointPolicy.from_settings(run.get("checkpoint_every")),
+                           compile=bool(run.get("compile", False))))
     history = run_training_job(job)
     best = history.loc[history["valid_loss"].idxmin()] if history["valid_loss"].notna().any() else history.iloc[-1]
     log.info("best epoch %d: valid loss %.4f, accuracy %.4f, MAP@3 %.4f", best["epoch"],

@@ -109,7 +109,8 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
     }
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
     return {"preset": preset, "net": {**net, "dropout": dropout}, "fit": fit,
-            "frames": method["spectrogram_frames"], "device": compute["device"]}
+            "frames": method["spectrogram_frames"], "device": compute["device"],
+            "run": {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]}}
 
 
 def gpus_per_training_job(compute: Mapping[str, Any]) -> int:

@@ -24,7 +24,7 @@ from .folds import make_folds, split_fold
 from .io import atomic_path, read_csv_str, write_csv
 from .model import build_model
 from .preprocess import SpectrogramStore
-from .training import HISTORY_COLUMNS, FitSettings, fit
+from .training import HISTORY_COLUMNS, FitSettings, RunOptions, fit
 
 if TYPE_CHECKING:  # imported where used: self-verification loads only in its own job
     from .self_verify import SelfVerifySettings
@@ -68,6 +68,7 @@ class TrainingJob:
     lock_dir: Path = Path(".gpu_locks")
     train_list_csv: Path | None = None     # fine-tuning: the self-verified list of iteration i
     init_checkpoint: Path | None = None    # fine-tuning: the fold's iteration-i parameters
+    options: RunOptions = RunOptions()     # checkpoints, compile: how, not what (not fingerprinted)
 
 
 def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -136,7 +137,8 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     history_csv = job.out_dir / "history.csv"
     state = fit(model, train_bank, train["target"].to_numpy(), valid_bank,
                 valid["target"].to_numpy(), job.fit, job.out_dir / "resume.pt",
-                fingerprint(job, train, valid), on_epoch=lambda h: write_csv(h, history_csv))
+                fingerprint(job, train, valid), on_epoch=lambda h: write_csv(h, history_csv),
+                options=job.options)
     history = pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
     best_epoch = int(history.loc[history["valid_loss"].idxmin(), "epoch"]) if history["valid_loss"].notna().any() else len(history)
     save_model(job.out_dir / "last.pt", {k: v.cpu() for k, v in model.state_dict().items()}, job,
