@@ -55,8 +55,10 @@ VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
 
 # Every rule runs `python -m workflow_lib.cli ...` with the repository on the import path, so
 # the same command works in the local venv, in a conda env and on a cluster node.
+# WORKFLOW_JOBS_PER_GPU: compute.jobs_per_gpu, read by the GPU claim (workflow_lib/devices.py).
 shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"export WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])}; "
 )
 CONDA_ENV = "../envs/workflow.yaml"
 
