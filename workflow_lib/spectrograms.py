@@ -9,7 +9,7 @@ Two implementations of each version:
 * ``fast`` (the workflow's default): the same arithmetic with one vectorised STFT (numpy
   framing + ``scipy.fft.rfft`` over all frames at once), and the window, the A-weighting curve,
   the mel matrix and madmom's log filterbank built once per process *by librosa and madmom
-  themselves*. The libraries rebuild those per call and madmom transforms frame by frame in a
+  themselves* (the two band matrices stored sparse: 1-2 % of their entries are non-zero). The libraries rebuild those per call and madmom transforms frame by frame in a
   Python loop; on 2-10 s clips that is most of the preprocessing CPU time
   (benchmarks/preprocess_throughput.py). tests/test_spectrograms.py holds the fast path within
   1e-3 of the reference (max abs difference / max abs reference value).
@@ -22,6 +22,7 @@ from functools import lru_cache
 import librosa
 import numpy as np
 import scipy.fft
+import scipy.sparse
 
 SAMPLE_RATE = 32000
 N_BINS = 128
@@ -85,14 +86,14 @@ def spectrogram_v2_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE
 
 
 @lru_cache(maxsize=4)
-def _v1_constants(sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _v1_constants(sample_rate: int) -> tuple[np.ndarray, np.ndarray, scipy.sparse.csr_matrix]:
     """Window, A-weighting (dB per FFT bin) and mel matrix, from librosa, once per process."""
     window = librosa.filters.get_window("hann", V1_N_FFT, fftbins=True).astype(np.float32)
     frequencies = librosa.fft_frequencies(sr=sample_rate, n_fft=V1_N_FFT)
     with np.errstate(divide="ignore"):  # log10(0) at 0 Hz, clipped to min_db by librosa
         weighting = librosa.frequency_weighting(frequencies, kind="A")
     mel = librosa.filters.mel(sr=sample_rate, n_fft=V1_N_FFT, n_mels=N_BINS, fmax=None)
-    return window, weighting.astype(np.float64), np.ascontiguousarray(mel.T, dtype=np.float32)
+    return window, weighting.astype(np.float32), scipy.sparse.csr_matrix(mel.astype(np.float32))
 
 
 def _frames(padded: np.ndarray, frame: int, hop: int, count: int) -> np.ndarray:
@@ -100,10 +101,16 @@ def _frames(padded: np.ndarray, frame: int, hop: int, count: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop][:count]
 
 
-def _power_spectrum(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """|rfft(frame * window)|^2 of every frame at once (float32 in, float32 out)."""
-    spectrum = scipy.fft.rfft(frames * window, axis=1)
-    return spectrum.real**2 + spectrum.imag**2
+def _spectrum(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """rfft(frame * window) of every frame at once (float32 in, complex64 out)."""
+    return scipy.fft.rfft(frames * window, axis=1, overwrite_x=True)
+
+
+def _power(spectrum: np.ndarray) -> np.ndarray:
+    """|X|^2 as float32, without a complex temporary."""
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    return power
 
 
 def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -111,22 +118,24 @@ def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
 
     librosa.stft(center=True, pad_mode="reflect") frames the reflect-padded signal; the power
     goes to dB with amin 1e-10 and a 99 dB floor below the clip's maximum, the A-weighting is
-    added per bin, and the mel matrix is applied to those dB values.
+    added per bin, and the mel matrix is applied to those dB values. In-place float32
+    arithmetic: dB values of at most a few hundred keep an absolute error near 1e-5.
     """
-    window, weighting, mel_t = _v1_constants(sample_rate)
+    window, weighting, mel = _v1_constants(sample_rate)
     y = np.asarray(samples, dtype=np.float32)
     padded = np.pad(y, V1_N_FFT // 2, mode="reflect")
     count = 1 + (len(padded) - V1_N_FFT) // V1_HOP
-    power = _power_spectrum(_frames(padded, V1_N_FFT, V1_HOP, count), window)
-    db = 10.0 * np.log10(np.maximum(power, 1e-10, dtype=np.float64))
-    np.maximum(db, db.max() - 99.0, out=db)
+    db = _power(_spectrum(_frames(padded, V1_N_FFT, V1_HOP, count), window))
+    np.maximum(db, np.float32(1e-10), out=db)
+    np.log10(db, out=db)
+    db *= np.float32(10.0)
+    np.maximum(db, db.max() - np.float32(99.0), out=db)
     db += weighting
-    mel = db.astype(np.float32) @ mel_t
-    return np.ascontiguousarray(mel.T)[np.newaxis]
+    return np.ascontiguousarray(mel @ db.T, dtype=np.float32)[np.newaxis]
 
 
 @lru_cache(maxsize=4)
-def _v2_constants(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+def _v2_constants(sample_rate: int) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
     """madmom's window and its 128-band log filterbank (as its processor builds them), once."""
     probe = np.random.default_rng(0).uniform(-1, 1, 4 * V2_FRAME).astype(np.float32)
     from madmom.audio.signal import Signal
@@ -135,7 +144,7 @@ def _v2_constants(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     filterbank = np.asarray(spec.filterbank, dtype=np.float32)
     if filterbank.shape[1] != N_BINS:
         raise RuntimeError(f"madmom filterbank has {filterbank.shape[1]} bands, expected {N_BINS}")
-    return np.hanning(V2_FRAME).astype(np.float32), filterbank
+    return np.hanning(V2_FRAME).astype(np.float32), scipy.sparse.csr_matrix(filterbank.T)
 
 
 def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -154,9 +163,11 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     count = -(-len(y) // V2_HOP)
     padded = np.zeros(max((count - 1) * V2_HOP + V2_FRAME, 0), dtype=np.float32)
     padded[:len(y)] = y
-    magnitude = np.sqrt(_power_spectrum(_frames(padded, V2_FRAME, V2_HOP, count), window))
-    filtered = magnitude[:, :V2_FRAME // 2] @ filterbank
-    return np.ascontiguousarray(np.log10(filtered + 1.0, dtype=np.float32).T)[np.newaxis]
+    magnitude = np.abs(_spectrum(_frames(padded, V2_FRAME, V2_HOP, count), window))
+    filtered = np.ascontiguousarray(filterbank @ magnitude[:, :V2_FRAME // 2].T, dtype=np.float32)
+    filtered += np.float32(1.0)
+    np.log10(filtered, out=filtered)
+    return filtered[np.newaxis]
 
 
 SPECTROGRAM_FUNCTIONS = {

@@ -175,6 +175,13 @@ def autocast_for(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def _is_channels_last(model: nn.Module) -> bool:
+    """True when the model's first 4-D parameter is in channels-last layout (CUDA jobs)."""
+    first = next((p for p in model.parameters() if p.dim() == 4), None)
+    return first is not None and first.is_contiguous(memory_format=torch.channels_last) \
+        and not first.is_contiguous()
+
+
 @torch.no_grad()
 def predict_whole(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool = True) -> np.ndarray:
     """Posteriors of every clip of ``bank`` on its whole length-fixed spectrogram, batched."""
@@ -182,8 +189,11 @@ def predict_whole(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool =
     outputs = []
     for start in range(0, len(bank), batch_size):
         clips = torch.arange(start, min(start + batch_size, len(bank)))
+        inputs = bank.whole(clips)
+        if _is_channels_last(model):
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_for(bank.device, amp):
-            logits = model(bank.whole(clips))
+            logits = model(inputs)
         outputs.append(torch.softmax(logits.float(), dim=1).cpu())
     n_classes = getattr(model, "n_classes", 0)
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, n_classes), np.float32)
