@@ -491,3 +491,18 @@ def test_from_store_equals_per_clip_reads_over_shards():
         np.testing.assert_array_equal(bank.frames_major[start:start + length].numpy(), expected)
     with pytest.raises(KeyError, match="1 clip"):
         ClipBank.from_store(store, ["s0_0.wav", "nope.wav"], 100)
+
+
+def test_predict_whole_feeds_a_channels_last_model_in_its_layout():
+    """Validation and test inference give the same posteriors with the CUDA layout."""
+    from workflow_lib.training import _is_channels_last, predict_whole
+
+    torch.manual_seed(2)
+    model = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
+    bank, _ = band_bank(2, 256, np.random.default_rng(4))
+    before = predict_whole(model, bank, batch_size=4, amp=False)
+    assert not _is_channels_last(model)
+    prepare_model(model, torch.device("cpu"), RunOptions(channels_last=True))
+    assert _is_channels_last(model)
+    np.testing.assert_allclose(predict_whole(model, bank, batch_size=4, amp=False), before,
+                               rtol=1e-4, atol=1e-6)

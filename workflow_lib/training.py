@@ -176,8 +176,11 @@ def autocast_for(device: torch.device, amp: bool):
 
 
 def _is_channels_last(model: nn.Module) -> bool:
-    """True when the model's first 4-D parameter is in channels-last layout (CUDA jobs)."""
-    first = next((p for p in model.parameters() if p.dim() == 4), None)
+    """True when the model's convolutions are in channels-last layout (CUDA jobs).
+
+    A kernel with one input channel is contiguous in both layouts, so look at one with more.
+    """
+    first = next((p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1), None)
     return first is not None and first.is_contiguous(memory_format=torch.channels_last) \
         and not first.is_contiguous()
 
