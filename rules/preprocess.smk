@@ -25,7 +25,7 @@ rule preprocess_shard:
         CONDA_ENV
     shell:
         "python -m workflow_lib.cli preprocess-shard --listing {input.listing}"
-        " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards}"
+        " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards:q}"
         " --versions {params.versions} --out-dir {params.out_dir} --settings {params.settings:q}"
         " 2> {log}"
 
