@@ -27,7 +27,7 @@ from workflow_lib.audio import (
     USABLE_STATUSES,
     load_clipped,
 )
-from workflow_lib.io import read_csv_str
+from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.preprocess import (
     FIXED_COST_SECONDS,
     MANIFEST_COLUMNS,
@@ -300,3 +300,20 @@ def test_listed_file_counts(tmp_path):
     assert listed_file_counts(settings, tmp_path) == {"train": 2, "test": 3}   # no test CSV
     (tmp_path / "test.csv").write_text("fname,label,usage\nt1.wav,x,Public\n")
     assert listed_file_counts(settings, tmp_path) == {"train": 2, "test": 1}
+
+
+def test_merged_manifest_does_not_depend_on_the_sharding(tmp_path):
+    """One row per file in fname order, whatever the number of shards (auto follows --cores)."""
+    rows = [dict.fromkeys(MANIFEST_COLUMNS, "") | {"fname": f"{name}.wav", "shard": str(i % 3)}
+            for i, name in enumerate(["d", "a", "c", "b", "e"])]
+    merged = {}
+    for n_shards in (1, 3):
+        paths = []
+        for shard in range(n_shards):
+            part = [r for i, r in enumerate(rows) if i % n_shards == shard]
+            path = tmp_path / f"{n_shards}_shard{shard}.csv"
+            write_csv(pd.DataFrame(part, columns=MANIFEST_COLUMNS), path)
+            paths.append(path)
+        merged[n_shards] = merge_manifests(paths, tmp_path / f"merged{n_shards}.csv")
+    assert list(merged[1]["fname"]) == list(merged[3]["fname"]) == [f"{c}.wav" for c in "abcde"]
+    assert list(read_csv_str(tmp_path / "merged3.csv")["fname"]) == list(merged[3]["fname"])

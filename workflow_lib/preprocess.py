@@ -193,9 +193,14 @@ def write_shard(arrays: dict[int, np.ndarray], manifests: dict[int, pd.DataFrame
 
 
 def merge_manifests(shard_manifests: Sequence[Path], out_path: Path) -> pd.DataFrame:
-    """Concatenate shard manifests into the split's manifest (one row per listed file)."""
+    """Concatenate shard manifests into the split's manifest (one row per listed file).
+
+    Rows are sorted by fname, so the split's manifest (and every job reading clips in its
+    order: test posteriors, the submission) does not depend on how the files were sharded.
+    """
     frames = [read_csv_str(p) for p in shard_manifests]
     merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    merged = merged.sort_values("fname", kind="stable").reset_index(drop=True)
     write_csv(merged, out_path)
     return merged
 
