@@ -44,7 +44,8 @@ from workflow_lib.preprocess import process_shard  # noqa: E402
 
 SR = 32000
 IN_SR = 44100
-DEFAULT_FSDD = REPO.parent / "shared/datasets/fsdd/recordings"
+#: Environment variable with the FSDD recordings folder: the default of --fsdd.
+FSDD_ENV = "SV_FSDD_DIR"
 
 
 def cpu_model() -> str:
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("n_clips", nargs="?", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fsdd", type=Path, help="use N real FSDD recordings from this folder")
+    parser.add_argument("--fsdd", type=Path, help="use N real FSDD recordings from this folder "
+                        f"instead of synthetic clips (e.g. --fsdd ${FSDD_ENV})")
     args = parser.parse_args(argv)
     sox = require_sox()
 

@@ -4,7 +4,7 @@
                                              [--batch N] [--infer-clips N] [--threads N]
                                              [--peak-gflops G] [--compile]
 
-Settings come from config.yaml resolved with ``run_preset=paper`` (SPEC.md "Network" table:
+Settings come from config.yaml resolved with ``run_preset=paper`` (docs/method.md "Network" table:
 widths 48/64/64, batches 100/100/50, mixup alpha 0.2/0.3/0.3; 384-frame excerpts of 3,000-frame
 spectrograms; 41 classes as in FSDKaggle2018). For each preset it measures
 
@@ -63,7 +63,7 @@ from workflow_lib.training import (  # noqa: E402
     prepare_model,
 )
 
-N_CLASSES = 41        # FSDKaggle2018 (SPEC.md "Data contract")
+N_CLASSES = 41        # FSDKaggle2018 (docs/method.md "Data contract")
 N_DISTINCT = 16       # distinct random clips; the bank's clips point at them in turn
 
 
@@ -323,7 +323,7 @@ def main() -> int:
           "backward for training; the peak as derived above)")
     print(f"load average at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print()
-    # What it means for the paper's schedule (SPEC.md: 500 epochs over ~7,100 training clips
+    # What it means for the paper's schedule (docs/method.md: 500 epochs over ~7,100 training clips
     # per fold, i.e. 3/4 of 9,473; validation on ~930 whole clips after every epoch).
     clips_per_fold, valid_per_fold = round(9473 * 3 / 4), round(3710 / 4)
     for r in rows:

@@ -8,6 +8,7 @@ rule select_iteration:
     output:
         f"{RESULTS}/selection/{{preset}}.csv",
     params:
+        cli=CLI,
         histories=lambda wildcards, input: " ".join(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
@@ -16,7 +17,7 @@ rule select_iteration:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli select --histories {params.histories} --out {output} 2> {log}"
+        "{params.cli} select --histories {params.histories} --out {output} 2> {log}"
 
 
 rule predict:
@@ -29,6 +30,7 @@ rule predict:
         test=f"{RESULTS}/predictions/{{preset}}/test.csv",
         valid=f"{RESULTS}/predictions/{{preset}}/valid_oof.csv",
     params:
+        cli=CLI,
         model_dir=lambda wildcards: f"{RESULTS}/models/{wildcards.preset}",
         settings=as_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
@@ -42,7 +44,7 @@ rule predict:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli predict --selection {input.selection} --model-dir {params.model_dir}"
+        "{params.cli} predict --selection {input.selection} --model-dir {params.model_dir}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
         " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
         " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir}"
@@ -59,6 +61,7 @@ rule fuse:
         weights=f"{RESULTS}/predictions/fusion_weights.csv",
         submission=f"{RESULTS}/submission.csv",
     params:
+        cli=CLI,
         tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
         valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
         settings=as_json(METHOD["fusion"]),
@@ -67,7 +70,7 @@ rule fuse:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli fuse --tests {params.tests} --valids {params.valids}"
+        "{params.cli} fuse --tests {params.tests} --valids {params.valids}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
         " --out-submission {output.submission} --settings {params.settings:q} 2> {log}"
 
@@ -83,6 +86,7 @@ rule evaluate:
         per_class=f"{RESULTS}/evaluation/per_class.csv",
         confusion=f"{RESULTS}/evaluation/confusion.csv",
     params:
+        cli=CLI,
         systems=lambda wildcards, input: " ".join(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
@@ -92,7 +96,7 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli evaluate --test {input.test} --classes {input.classes}"
+        "{params.cli} evaluate --test {input.test} --classes {input.classes}"
         " --systems {params.systems} --out-dir {params.out_dir} 2> {log}"
 
 
@@ -104,6 +108,7 @@ rule summary:
     output:
         f"{RESULTS}/summary.csv",
     params:
+        cli=CLI,
         presets=" ".join(PRESETS),
         dirs=lambda wildcards, input: " ".join(str(Path(f).parent) for f in input.self_verify),
     log:
@@ -111,6 +116,6 @@ rule summary:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli summary --presets {params.presets}"
+        "{params.cli} summary --presets {params.presets}"
         " --selections {input.selections} --self-verify-dirs {params.dirs}"
         " --scores {input.scores} --out {output} 2> {log}"

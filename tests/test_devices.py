@@ -400,7 +400,7 @@ def test_select_device_takes_jobs_per_gpu_from_the_environment(
         select_device("cuda", lock_dir, cpu_threads=1, claim_timeout_s=0)
 
 
-def test_workflow_exports_jobs_per_gpu_to_every_job() -> None:
-    """rules/common.smk puts compute.jobs_per_gpu into every job's environment."""
+def test_workflow_passes_jobs_per_gpu_to_every_job() -> None:
+    """rules/common.smk puts compute.jobs_per_gpu into every job's command ({params.cli})."""
     text = (REPO_ROOT / "rules/common.smk").read_text()
-    assert "export WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])}" in text
+    assert " WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])} python -m workflow_lib.cli" in text

@@ -73,7 +73,7 @@ def spectrogram_v2_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE
     """madmom version: 128 log-spaced bands of log10(1 + |STFT|).
 
     The signal is handed over already resampled (``Signal(y, sample_rate)``), which avoids
-    madmom's ffmpeg dependency for files at other sample rates (SPEC.md implementation notes).
+    madmom's ffmpeg dependency for files at other sample rates (docs/method.md "Implementation notes").
     """
     from madmom.audio.signal import Signal
 
