@@ -6,9 +6,9 @@
 Writes a synthetic spectrogram store like a preprocessing run's (S shard arrays of shape
 (1, 128, total frames), memory-mapped, and a merged manifest; clip lengths uniform in A-B
 frames, default 150-1,700, i.e. 1-10 s at hop 192 like FSDKaggle2018; FSDD's 0.44 s clips
-are about 75 frames: --min-frames 40 --max-frames 120) into a temporary folder, opens it with ``SpectrogramStore.open`` as a
-training job does, and builds the bank of all clips in shuffled order (length fix at F frames,
-default 3,000) with
+are about 75 frames: --min-frames 40 --max-frames 120) into a temporary folder, opens it
+with ``SpectrogramStore.open`` as a training job does, and builds the bank of all clips in
+shuffled order (length fix at F frames, default 3,000) with
 
 (a) ``ClipBank.from_store`` (one index lookup for all names, one transposing copy per clip
     into one preallocated array);
@@ -50,10 +50,12 @@ def previous_from_store(store: SpectrogramStore, fnames, frames: int) -> ClipBan
     parts = [store.get(row_of[name])[0, :, :frames].T for name in fnames]
     lengths = np.array([p.shape[0] for p in parts], dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
-    stacked = (np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32) if parts
-               else np.zeros((0, N_BINS), dtype=np.float32))
-    return ClipBank(torch.from_numpy(stacked), torch.from_numpy(offsets),
-                    torch.from_numpy(lengths), frames)
+    stacked = (
+        np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
+        if parts
+        else np.zeros((0, N_BINS), dtype=np.float32)
+    )
+    return ClipBank(torch.from_numpy(stacked), torch.from_numpy(offsets), torch.from_numpy(lengths), frames)
 
 
 def cpu_model() -> str:
@@ -72,14 +74,28 @@ def write_store(folder: Path, n_clips: int, n_shards: int, seed: int, low: int, 
     for shard in range(n_shards):
         mine = np.flatnonzero(shard_of == shard)
         n = lengths[mine]
-        manifest = pd.DataFrame({
-            "fname": [f"clip{i:05d}.wav" for i in mine], "label": "x", "verified": "1",
-            "n_frames": n, "seconds_before_clipping": 1.0, "seconds_after_clipping": 1.0,
-            "status": "clipped", "shard": shard, "offset": np.cumsum(n) - n, "detail": ""},
-            columns=MANIFEST_COLUMNS)
+        manifest = pd.DataFrame(
+            {
+                "fname": [f"clip{i:05d}.wav" for i in mine],
+                "label": "x",
+                "verified": "1",
+                "n_frames": n,
+                "seconds_before_clipping": 1.0,
+                "seconds_after_clipping": 1.0,
+                "status": "clipped",
+                "shard": shard,
+                "offset": np.cumsum(n) - n,
+                "detail": "",
+            },
+            columns=MANIFEST_COLUMNS,
+        )
         array = rng.standard_normal((1, N_BINS, int(n.sum())), dtype=np.float32)
-        write_shard({1: array}, {1: manifest}, {1: out / "train" / f"shard{shard}.npy"},
-                    {1: out / "train" / f"shard{shard}.csv"})
+        write_shard(
+            {1: array},
+            {1: manifest},
+            {1: out / "train" / f"shard{shard}.npy"},
+            {1: out / "train" / f"shard{shard}.csv"},
+        )
         shard_csvs.append(out / "train" / f"shard{shard}.csv")
     merge_manifests(shard_csvs, out / "train.csv")
     return out / "train.csv"
@@ -106,19 +122,24 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bank_bench_") as tmp:
-        manifest_csv = write_store(Path(tmp), args.n_clips, args.shards, args.seed,
-                                   args.min_frames, args.max_frames)
+        manifest_csv = write_store(
+            Path(tmp), args.n_clips, args.shards, args.seed, args.min_frames, args.max_frames
+        )
         store = SpectrogramStore.open(manifest_csv)
         names = list(store.manifest["fname"].sample(frac=1.0, random_state=args.seed))
         for array in store.shard_arrays.values():
-            float(np.asarray(array).sum())   # warm the page cache for both
+            float(np.asarray(array).sum())  # warm the page cache for both
         print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-        print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, "
-              f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+        print(
+            f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, "
+            f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+        )
         total = int(store.manifest["n_frames"].sum())
-        print(f"store: {args.n_clips} clips of {args.min_frames}-{args.max_frames} frames in "
-              f"{args.shards} shards, {total} frames "
-              f"({total * N_BINS * 4 / 2**20:.0f} MiB), length fix {args.frames} frames")
+        print(
+            f"store: {args.n_clips} clips of {args.min_frames}-{args.max_frames} frames in "
+            f"{args.shards} shards, {total} frames "
+            f"({total * N_BINS * 4 / 2**20:.0f} MiB), length fix {args.frames} frames"
+        )
         new_s, new = cpu_time(lambda: ClipBank.from_store(store, names, args.frames), args.repeats)
         old_s, old = cpu_time(lambda: previous_from_store(store, names, args.frames), args.repeats)
         assert torch.equal(new.frames_major, old.frames_major)

@@ -44,10 +44,18 @@ def checkpoint_size(width: int, dropout: tuple[float, float], epochs: int) -> in
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for parameter in model.parameters():
         parameter.grad = torch.zeros_like(parameter)
-    optimizer.step()   # creates both Adam moments for every parameter
+    optimizer.step()  # creates both Adam moments for every parameter
     history = [dict.fromkeys(HISTORY_COLUMNS, 0.5) for _ in range(epochs)]
-    state = TrainState(epochs, history, 0.5, {k: v.clone() for k, v in model.state_dict().items()},
-                       DeviceSampler(0, "cpu").get_state(), torch.get_rng_state(), None, "f" * 64)
+    state = TrainState(
+        epochs,
+        history,
+        0.5,
+        {k: v.clone() for k, v in model.state_dict().items()},
+        DeviceSampler(0, "cpu").get_state(),
+        torch.get_rng_state(),
+        None,
+        "f" * 64,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resume.pt"
         save_checkpoint(path, model, optimizer, state)
@@ -64,21 +72,29 @@ def main() -> int:
     settings = resolve_settings(config)
     policy = CheckpointPolicy.from_settings(settings["compute"]["checkpoint_every"])
     print(f"command: python benchmarks/checkpoint_bytes.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"policy: compute.checkpoint_every = {settings['compute']['checkpoint_every']} "
-          f"(config.yaml, run_preset=paper); {args.epochs} epochs per initial-training job")
-    print(f"{'preset':<16} {'nf':>3} {'MB/ckpt':>8} {'s/epoch':>8} {'ckpts before':>12} "
-          f"{'GB before':>9} {'ckpts now':>9} {'GB now':>7} {'now/before':>10}")
+    print(
+        f"policy: compute.checkpoint_every = {settings['compute']['checkpoint_every']} "
+        f"(config.yaml, run_preset=paper); {args.epochs} epochs per initial-training job"
+    )
+    print(
+        f"{'preset':<16} {'nf':>3} {'MB/ckpt':>8} {'s/epoch':>8} {'ckpts before':>12} "
+        f"{'GB before':>9} {'ckpts now':>9} {'GB now':>7} {'now/before':>10}"
+    )
     for preset in settings["method"]["presets"]:
         job = fit_settings(settings, preset, 0)
         size = checkpoint_size(job["net"]["width"], tuple(job["net"]["dropout"]), args.epochs)
         for seconds in args.seconds_per_epoch:
             now = len(checkpoint_epochs(args.epochs, policy, seconds))
-            print(f"{preset:<16} {job['net']['width']:>3} {size / 1e6:>8.1f} {seconds:>8g} "
-                  f"{args.epochs:>12} {args.epochs * size / 1e9:>9.1f} {now:>9} "
-                  f"{now * size / 1e9:>7.2f} {100 * now / args.epochs:>9.1f}%")
-    print("before: one checkpoint after every epoch (same content); now: the policy above. "
-          "The time trigger adds checkpoints only when an epoch takes more than "
-          f"{60 * policy.minutes / policy.epochs if policy.minutes and policy.epochs else 0:g} s.")
+            print(
+                f"{preset:<16} {job['net']['width']:>3} {size / 1e6:>8.1f} {seconds:>8g} "
+                f"{args.epochs:>12} {args.epochs * size / 1e9:>9.1f} {now:>9} "
+                f"{now * size / 1e9:>7.2f} {100 * now / args.epochs:>9.1f}%"
+            )
+    print(
+        "before: one checkpoint after every epoch (same content); now: the policy above. "
+        "The time trigger adds checkpoints only when an epoch takes more than "
+        f"{60 * policy.minutes / policy.epochs if policy.minutes and policy.epochs else 0:g} s."
+    )
     return 0
 
 

@@ -63,7 +63,7 @@ class CheckpointPolicy:
         return by_epochs or by_time
 
     @classmethod
-    def from_settings(cls, value: dict | None) -> "CheckpointPolicy":
+    def from_settings(cls, value: dict | None) -> CheckpointPolicy:
         """From config ``compute.checkpoint_every`` ({epochs: N|null, minutes: M|null})."""
         return cls() if value is None else cls(value.get("epochs"), value.get("minutes"))
 
