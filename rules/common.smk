@@ -24,7 +24,8 @@ try:
         gpus_per_training_job,
         resolve_settings,
     )
-    from workflow_lib.preprocess import listed_file_counts, resolve_shards
+    from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
+    from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
     sys.path.remove(REPO)
 
@@ -34,6 +35,7 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RESULTS = "results"
+EXPORT_DIR = f"{RESULTS}/export"     # the self-contained tagger (rules/export.smk)
 METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = f"{RESULTS}/demo_data" if DEMO else S["dataset_root"]
@@ -184,6 +186,7 @@ FINAL_OUTPUTS = [
     *expand(f"{RESULTS}/plots/{{preset}}_training_curves.png", preset=PRESETS),
     f"{RESULTS}/plots/confusion.png",
     f"{RESULTS}/report/results.html",
+    *(f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()),
 ]
 
 # Baselines scored like the method (config key `baselines`, rules/baselines.smk): extra final

@@ -31,18 +31,16 @@ from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.preprocess import (
     FIXED_COST_SECONDS,
     MANIFEST_COLUMNS,
-    MAX_AUTO_SHARDS,
     SpectrogramStore,
     audio_seconds,
     file_costs,
-    listed_file_counts,
     merge_manifests,
     process_shard,
-    resolve_shards,
     shard_assignment,
     shard_of,
     write_shard,
 )
+from workflow_lib.shards import MAX_AUTO_SHARDS, listed_file_counts, resolve_shards
 from workflow_lib.spectrograms import compute_spectrogram
 
 SR = 32000

@@ -6,16 +6,15 @@ duration (read from its header) plus a fixed per-file cost (SoX start, decoding)
 are dealt out longest first to the least-loaded shard (:func:`shard_assignment`). Every shard
 job computes the same assignment from the same listing, so no job needs to talk to another.
 ``preprocessing.shards: auto`` picks the number of shards from the number of files and the
-cores Snakemake was given (:func:`resolve_shards`). A shard writes, per version, one array of shape
-(1, 128, sum of frames) holding its clips one after another along time, and a manifest CSV with
-each clip's offset and length. :class:`SpectrogramStore` reads them back per clip.
+cores Snakemake was given (:func:`workflow_lib.shards.resolve_shards`). A shard writes, per
+version, one array of shape (1, 128, sum of frames) holding its clips one after another along
+time, and a manifest CSV with each clip's offset and length. :class:`SpectrogramStore` reads them back per clip.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,53 +36,6 @@ MANIFEST_COLUMNS = ["fname", "label", "verified", "n_frames", "seconds_before_cl
 #: Per-file cost in seconds-of-audio units (SoX start-up, temporary file, decode): on FSDD's
 #: 0.44 s clips these dominate, on FSDKaggle2018's 2-10 s clips the duration does.
 FIXED_COST_SECONDS = 0.5
-#: ``shards: auto`` never makes a shard smaller than this (each job pays imports and set-up).
-MIN_FILES_PER_SHARD = 25
-#: ``shards: auto`` never makes more shards per split than this (a cluster's --jobs can be huge).
-MAX_AUTO_SHARDS = 64
-
-
-def resolve_shards(setting: int | str, n_files: int, cores: int) -> int:
-    """The number of shards of a split of ``n_files`` files.
-
-    An integer setting is used as given. ``auto``: one shard per core Snakemake was given, but
-    no shard below MIN_FILES_PER_SHARD files; both splits get their own number, so a small test
-    split does not become many tiny jobs. Duration balancing (:func:`shard_assignment`) keeps
-    the shards of a split equally long, so ``cores`` shards finish together.
-    """
-    if setting != "auto":
-        return int(setting)
-    by_files = math.ceil(max(n_files, 0) / MIN_FILES_PER_SHARD)
-    return max(1, min(max(int(cores), 1), by_files, MAX_AUTO_SHARDS))
-
-
-def listed_file_counts(settings: dict, data_root: str | Path | None) -> dict[str, int]:
-    """Files per split, known before any job runs (the Snakefile needs it to plan shards).
-
-    The demo's counts follow from ``demo_data``; a real dataset's from its listing CSVs (rows)
-    or, without a test CSV, from the WAV files in the test folder. Files the validation step
-    will skip are counted too: the number only sizes the shards.
-    """
-    if data_root is None:
-        demo = settings["demo_data"]
-        return {"train": demo["n_classes"] * demo["train_clips_per_class"],
-                "test": demo["n_classes"] * demo["test_clips_per_class"]}
-    root, dataset = Path(data_root), settings["dataset"]
-
-    def rows(name: str) -> int | None:
-        path = root / name if name else None
-        if path is None or not path.is_file():
-            return None
-        with open(path, "rb") as handle:
-            return max(sum(1 for line in handle if line.strip()) - 1, 0)
-
-    test = rows(dataset["test_csv"])
-    if test is None:
-        folder = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else None
-        test = len(list(folder.glob("*.wav"))) if folder is not None and folder.is_dir() else 0
-    return {"train": rows(dataset["train_csv"]) or 0, "test": test}
-
-
 def audio_seconds(paths: Sequence[str]) -> np.ndarray:
     """Duration of each file from its header (soundfile.info, no decoding); 0 if unreadable."""
     import soundfile as sf

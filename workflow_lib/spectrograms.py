@@ -10,7 +10,8 @@ Two implementations of each version:
   framing + ``scipy.fft.rfft`` over all frames at once), and the window, the A-weighting curve,
   the mel matrix and madmom's log filterbank built once per process *by librosa and madmom
   themselves* (the two band matrices stored sparse: 1-2 % of their entries are non-zero).
-  The libraries rebuild those per call and madmom transforms frame by frame in a Python loop; on 2-10 s clips that is most of the preprocessing CPU time
+  The libraries rebuild those per call and madmom transforms frame by frame in a Python
+  loop; on 2-10 s clips that is most of the preprocessing CPU time
   (benchmarks/preprocess_throughput.py). tests/test_spectrograms.py holds the fast path within
   1e-3 of the reference (max abs difference / max abs reference value).
 """
