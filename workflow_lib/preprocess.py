@@ -8,7 +8,8 @@ job computes the same assignment from the same listing, so no job needs to talk 
 ``preprocessing.shards: auto`` picks the number of shards from the number of files and the
 cores Snakemake was given (:func:`workflow_lib.shards.resolve_shards`). A shard writes, per
 version, one array of shape (1, 128, sum of frames) holding its clips one after another
-along time, and a manifest CSV with each clip's offset and length. :class:`SpectrogramStore` reads them back per clip.
+along time, and a manifest CSV with each clip's offset and length. :class:`SpectrogramStore`
+reads them back per clip.
 """
 
 from __future__ import annotations
