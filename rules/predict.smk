@@ -54,10 +54,12 @@ rule fuse:
         tests=expand(f"{RESULTS}/predictions/{{preset}}/test.csv", preset=PRESETS),
         valids=expand(f"{RESULTS}/predictions/{{preset}}/valid_oof.csv", preset=PRESETS),
         classes=f"{RESULTS}/data/classes.csv",
+        test_manifest=f"{RESULTS}/spectrograms/v{VERSIONS[0]}/test.csv",
     output:
         probs=f"{RESULTS}/predictions/fused_test.csv",
         weights=f"{RESULTS}/predictions/fusion_weights.csv",
         submission=f"{RESULTS}/submission.csv",
+        status=f"{RESULTS}/submission_status.csv",
     params:
         tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
         valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
@@ -69,7 +71,8 @@ rule fuse:
     shell:
         "python -m workflow_lib.cli fuse --tests {params.tests} --valids {params.valids}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
-        " --out-submission {output.submission} --settings {params.settings:q} 2> {log}"
+        " --out-submission {output.submission} --test-manifest {input.test_manifest}"
+        " --out-status {output.status} --settings {params.settings:q} 2> {log}"
 
 
 rule evaluate:
@@ -101,6 +104,7 @@ rule summary:
         selections=expand(f"{RESULTS}/selection/{{preset}}.csv", preset=PRESETS),
         self_verify=[self_verified_list(p, i) for p in PRESETS for i in ITERATIONS[:-1]],
         scores=f"{RESULTS}/evaluation/summary.csv",
+        status=f"{RESULTS}/submission_status.csv",
     output:
         f"{RESULTS}/summary.csv",
     params:
@@ -113,4 +117,4 @@ rule summary:
     shell:
         "python -m workflow_lib.cli summary --presets {params.presets}"
         " --selections {input.selections} --self-verify-dirs {params.dirs}"
-        " --scores {input.scores} --out {output} 2> {log}"
+        " --scores {input.scores} --submission-status {input.status} --out {output} 2> {log}"

@@ -409,8 +409,8 @@ def test_self_verification_decisions(demo):
                     accepted["given_label"] == label, "p_given"].min(), where
 
             table = demo.numeric(f"self_verify/{preset}/it{it}/per_class.csv").set_index("label")
-            assert table.loc["ALL", "n_unverified"] == len(d)
-            assert table.loc["ALL", "n_accepted"] == len(accepted)
+            assert table.loc["__all__", "n_unverified"] == len(d)
+            assert table.loc["__all__", "n_accepted"] == len(accepted)
             counts = d.groupby("given_label")["accepted"].agg(["size", "sum"])
             for label, row in counts.iterrows():
                 assert table.loc[label, "n_unverified"] == row["size"]
@@ -434,8 +434,8 @@ def test_self_verified_labels_are_far_more_precise(demo):
                 assert precision >= 0.9, (preset, it, precision)
                 assert precision >= baseline + 0.15, (preset, it, precision, baseline)
                 table = demo.numeric(f"self_verify/{preset}/it{it}/per_class.csv").set_index("label")
-                assert table.loc["ALL", "precision"] == pytest.approx(precision)
-                assert table.loc["ALL", "unverified_precision"] == pytest.approx(baseline)
+                assert table.loc["__all__", "precision"] == pytest.approx(precision)
+                assert table.loc["__all__", "unverified_precision"] == pytest.approx(baseline)
     demo_noise = demo.settings["demo_data"]["noise_rate"]
     assert total > 0, "the demo self-verified nothing in any preset or iteration"
     assert 0 < demo_noise < 1
