@@ -31,7 +31,7 @@ rule baseline_train_list:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli baseline-list --kind {params.kind} --folds {input.folds}"
+        "python -m workflow_lib.cli baseline-list --kind {params.kind:q} --folds {input.folds}"
         " --out {output} 2> {log}"
 
 
@@ -60,8 +60,8 @@ rule train_verified_only:
         CONDA_ENV
     shell:
         "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --settings {params.settings:q} 2> {log}"
 
 
@@ -83,11 +83,11 @@ rule baseline_test_posteriors:
         preset=r"[^/]+",
         system=f"noisy_it0|{CHAINS}",
     params:
-        models=lambda wildcards: " ".join(
+        models=lambda wildcards: list(
             f"{i}:{k}={path}"
             for (i, k), path in B.system_models(RESULTS, wildcards.preset, wildcards.system, FOLDS, ITERATIONS).items()
         ),
-        selection=lambda wildcards, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
+        selection=lambda wildcards, input: ["--selection", input.selection] if "selection" in input.keys() else [],
         settings=as_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
     threads: TRAINING_THREADS
@@ -98,9 +98,9 @@ rule baseline_test_posteriors:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli baseline-predict --models {params.models} {params.selection}"
+        "python -m workflow_lib.cli baseline-predict --models {params.models:q} {params.selection:q}"
         " --test-manifest {input.test_manifest} --classes {input.classes} --out {output}"
-        " --threads {threads} --lock-dir {params.lock_dir} --settings {params.settings:q} 2> {log}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --settings {params.settings:q} 2> {log}"
 
 
 if NO_THRESHOLD:
@@ -118,7 +118,7 @@ if NO_THRESHOLD:
             preset=r"[^/]+",
             it=r"\d+",
         params:
-            models=lambda wildcards, input: " ".join(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
+            models=lambda wildcards, input: list(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
             settings=lambda wildcards: as_json(
                 self_verify_settings(wildcards.preset, int(wildcards.it), threshold_off=True)
             ),
@@ -134,9 +134,9 @@ if NO_THRESHOLD:
         conda:
             CONDA_ENV
         shell:
-            "python -m workflow_lib.cli self-verify --models {params.models} --manifest {input.manifest}"
+            "python -m workflow_lib.cli self-verify --models {params.models:q} --manifest {input.manifest}"
             " --folds {input.folds} --classes {input.classes} --train {input.train}"
-            " --out-dir {params.out_dir} --threads {threads} --lock-dir {params.lock_dir}"
+            " --out-dir {params.out_dir:q} --threads {threads} --lock-dir {params.lock_dir:q}"
             " --settings {params.settings:q} 2> {log}"
 
 
@@ -168,8 +168,8 @@ rule fine_tune_chain:
         CONDA_ENV
     shell:
         "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --init {input.init} --settings {params.settings:q} 2> {log}"
 
 
@@ -186,7 +186,7 @@ rule select_chain:
         preset=r"[^/]+",
         chain=CHAINS,
     params:
-        histories=lambda wildcards, input: " ".join(
+        histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
     log:
@@ -194,7 +194,7 @@ rule select_chain:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli select --histories {params.histories} --out {output} 2> {log}"
+        "python -m workflow_lib.cli select --histories {params.histories:q} --out {output} 2> {log}"
 
 
 rule baseline_systems:

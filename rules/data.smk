@@ -40,6 +40,6 @@ rule validate_dataset:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli validate --root {params.root:q} --folds {params.folds}"
+        "python -m workflow_lib.cli validate --root {params.root:q} --folds {params.folds:q}"
         " --out-dir $(dirname {output.train:q})"
         " --settings {params.settings:q} 2> {log}"

@@ -8,7 +8,7 @@ rule select_iteration:
     output:
         f"{RESULTS}/selection/{{preset}}.csv",
     params:
-        histories=lambda wildcards, input: " ".join(
+        histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
     log:
@@ -16,7 +16,7 @@ rule select_iteration:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli select --histories {params.histories} --out {output} 2> {log}"
+        "python -m workflow_lib.cli select --histories {params.histories:q} --out {output} 2> {log}"
 
 
 rule predict:
@@ -42,10 +42,10 @@ rule predict:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli predict --selection {input.selection} --model-dir {params.model_dir}"
+        "python -m workflow_lib.cli predict --selection {input.selection} --model-dir {params.model_dir:q}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
         " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
-        " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir}"
+        " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir:q}"
         " --settings {params.settings:q} 2> {log}"
 
 
@@ -61,15 +61,15 @@ rule fuse:
         submission=f"{RESULTS}/submission.csv",
         status=f"{RESULTS}/submission_status.csv",
     params:
-        tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
-        valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
+        tests=lambda wildcards, input: list(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
+        valids=lambda wildcards, input: list(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
         settings=as_json(METHOD["fusion"]),
     log:
         f"{RESULTS}/logs/fuse.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli fuse --tests {params.tests} --valids {params.valids}"
+        "python -m workflow_lib.cli fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
         " --out-submission {output.submission} --test-manifest {input.test_manifest}"
         " --out-status {output.status} --settings {params.settings:q} 2> {log}"
@@ -86,7 +86,7 @@ rule evaluate:
         per_class=f"{RESULTS}/evaluation/per_class.csv",
         confusion=f"{RESULTS}/evaluation/confusion.csv",
     params:
-        systems=lambda wildcards, input: " ".join(
+        systems=lambda wildcards, input: list(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
@@ -96,7 +96,7 @@ rule evaluate:
         CONDA_ENV
     shell:
         "python -m workflow_lib.cli evaluate --test {input.test} --classes {input.classes}"
-        " --systems {params.systems} --out-dir {params.out_dir} 2> {log}"
+        " --systems {params.systems:q} --out-dir {params.out_dir:q} 2> {log}"
 
 
 rule summary:
@@ -108,13 +108,13 @@ rule summary:
     output:
         f"{RESULTS}/summary.csv",
     params:
-        presets=" ".join(PRESETS),
-        dirs=lambda wildcards, input: " ".join(str(Path(f).parent) for f in input.self_verify),
+        presets=list(PRESETS),
+        dirs=lambda wildcards, input: list(str(Path(f).parent) for f in input.self_verify),
     log:
         f"{RESULTS}/logs/summary.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli summary --presets {params.presets}"
-        " --selections {input.selections} --self-verify-dirs {params.dirs}"
+        "python -m workflow_lib.cli summary --presets {params.presets:q}"
+        " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
         " --scores {input.scores} --submission-status {input.status} --out {output} 2> {log}"

@@ -13,7 +13,7 @@ rule preprocess_shard:
         shard=r"\d+",
     params:
         shards=len(SHARDS),
-        versions=" ".join(str(v) for v in VERSIONS),
+        versions=list(str(v) for v in VERSIONS),
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
         settings=as_json(S["preprocessing"]),
     log:
@@ -24,8 +24,8 @@ rule preprocess_shard:
         CONDA_ENV
     shell:
         "python -m workflow_lib.cli preprocess-shard --listing {input.listing}"
-        " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards}"
-        " --versions {params.versions} --out-dir {params.out_dir} --settings {params.settings:q}"
+        " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards:q}"
+        " --versions {params.versions:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
         " 2> {log}"
 
 

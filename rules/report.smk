@@ -21,17 +21,17 @@ rule plot_training:
             subcategory="{preset}",
         ),
     params:
-        histories=lambda wildcards, input: " ".join(
+        histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
-        self_verify=lambda wildcards, input: " ".join(f"{i}={path}" for i, path in enumerate(input.self_verify)),
+        self_verify=lambda wildcards, input: list(f"{i}={path}" for i, path in enumerate(input.self_verify)),
     log:
         f"{RESULTS}/logs/plot_training/{{preset}}.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli plot-training --preset {wildcards.preset}"
-        " --histories {params.histories} --self-verify {params.self_verify}"
+        "python -m workflow_lib.cli plot-training --preset {wildcards.preset:q}"
+        " --histories {params.histories:q} --self-verify {params.self_verify:q}"
         " --out-curves {output.curves} --out-counts {output.counts} 2> {log}"
 
 

@@ -345,7 +345,9 @@ def test_results_folder_belongs_to_one_dataset_and_preset(tmp_path):
 
 # Placeholders that may stay unquoted: Snakemake's own, and outputs/inputs/logs under results/
 # (their paths are built from RESULTS and constrained wildcards, never from config values).
-SAFE = re.compile(r"^\{(threads|log|output(\.\w+)?|input(\.\w+)?|wildcards\.\w+|resources\.\w+)\}$")
+# Wildcards are safe where constrained to digits or a fixed set (preset names are not: :q).
+SAFE = re.compile(r"^\{(threads|log|output(\.\w+)?|input(\.\w+)?|resources\.\w+"
+                  r"|wildcards\.(fold|it|shard|split|version))\}$")
 
 
 def unquoted_placeholders(text: str) -> list[str]:
@@ -362,5 +364,15 @@ def test_rule_files_quote_every_value_placeholder():
     """Row '`compute.gpu_lock_dir` containing $(touch ...) or spaces': every {params.*}
     placeholder in a shell command is quoted with :q (the lock dir and preset names were not)."""
     assert unquoted_placeholders('shell:\n    "run {params.x} {params.y:q} {threads} {log}"\n') == ["{params.x}"]
-    offenders = {p.name: unquoted_placeholders(p.read_text()) for p in (REPO / "rules").glob("*.smk")}
+    texts = {p.name: p.read_text() for p in (REPO / "rules").glob("*.smk")}
+    shells = sum(len(re.findall(r"shell:\s*\n((?:\s+\".*\"\s*\n)+)", t)) for t in texts.values())
+    assert shells == sum(t.count("shell:") for t in texts.values())   # every command is read
+    offenders = {name: unquoted_placeholders(text) for name, text in texts.items()}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_preset_names_that_could_reach_a_shell_are_refused():
+    nets = dict(CONFIG["method"]["nets"])
+    nets["x$(touch y)"] = nets["vgg_gap_spec2"]
+    with pytest.raises(ConfigError, match="method.nets"):
+        resolve_settings({**CONFIG, "method": {**CONFIG["method"], "nets": nets}})
