@@ -516,6 +516,9 @@ def test_submission(demo):
     assert list(sub.columns) == ["fname", "label"]
     assert sub["fname"].is_unique
     assert set(sub["fname"]) == set(demo.csv("data/test.csv")["fname"])    # every test clip
+    status = demo.csv("submission_status.csv")
+    assert list(status.columns) == ["fname", "status", "detail"]
+    assert list(status["fname"]) == list(sub["fname"]) and set(status["status"]) == {"predicted"}
     fused = demo.numeric("predictions/fused_test.csv").set_index("fname")
     for fname, labels in zip(sub["fname"], sub["label"]):
         top = labels.split(" ")
@@ -544,7 +547,8 @@ def test_evaluation(demo):
     sets = {"Public": scored[scored["usage"] == "Public"], "Private": scored[scored["usage"] == "Private"],
             "Public+Private": scored}
     summary = demo.numeric("evaluation/summary.csv")
-    assert list(summary.columns) == ["system", "set", "n", "accuracy", "map3"]
+    assert list(summary.columns) == ["system", "set", "n", "accuracy", "map3", "n_unpredicted", "note"]
+    assert (summary["n_unpredicted"] == 0).all() and summary["note"].isna().all()   # all predicted
     systems = [*demo.presets, "fusion"]
     assert sorted(summary["system"].unique()) == sorted(systems)
     table = summary.set_index(["system", "set"])
@@ -613,6 +617,7 @@ def test_run_summary(demo):
                 assert row["self_verified_precision"] == pytest.approx(precision)
         assert row["test_accuracy"] == pytest.approx(scores.loc[(preset, "Public+Private"), "accuracy"])
         assert row["test_map3"] == pytest.approx(scores.loc[(preset, "Public+Private"), "map3"])
+    assert summary["test_note"].isna().all()     # labels known, every clip predicted
     fusion = summary.iloc[-1]
     assert fusion["test_accuracy"] == pytest.approx(scores.loc[("fusion", "Public+Private"), "accuracy"])
     assert fusion["test_map3"] == pytest.approx(scores.loc[("fusion", "Public+Private"), "map3"])
