@@ -19,14 +19,30 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-
 from conftest import REPO, tone, write_wav
+
 from workflow_lib import io as wio
-from workflow_lib.audio import (SKIPPED_NONFINITE, SoxEffectsError, check_sox_effects,
-                                load_clipped)
-from workflow_lib.config import (ConfigError, check_dataset_root, check_run_identity,
-                                 preset_shadowed, resolve_settings, run_identity, user_settings)
-from workflow_lib.dataset import RESERVED_LABELS, TOTAL_ROW, DatasetError, validate_dataset
+from workflow_lib.audio import (
+    SKIPPED_NONFINITE,
+    SoxEffectsError,
+    check_sox_effects,
+    load_clipped,
+)
+from workflow_lib.config import (
+    ConfigError,
+    check_dataset_root,
+    check_run_identity,
+    preset_shadowed,
+    resolve_settings,
+    run_identity,
+    user_settings,
+)
+from workflow_lib.dataset import (
+    RESERVED_LABELS,
+    TOTAL_ROW,
+    DatasetError,
+    validate_dataset,
+)
 from workflow_lib.io import DiskFullError, write_csv
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -194,7 +210,10 @@ def test_disk_full_in_torch_save_is_named(tmp_path, monkeypatch):
     command-line entry point prints one line (no traceback)."""
     import torch
 
-    from workflow_lib.training import TrainState, save_checkpoint  # the per-epoch resume.pt
+    from workflow_lib.training import (  # the per-epoch resume.pt
+        TrainState,
+        save_checkpoint,
+    )
 
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
@@ -210,9 +229,8 @@ def test_disk_full_in_torch_save_is_named(tmp_path, monkeypatch):
 
 
 def test_unrelated_runtime_error_is_not_called_disk_full(tmp_path):
-    with pytest.raises(RuntimeError, match="boom"):
-        with wio.atomic_path(tmp_path / "y.bin"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), wio.atomic_path(tmp_path / "y.bin"):
+        raise RuntimeError("boom")
 
 
 # --------------------------------------------------------------------------- outputs rows

@@ -14,7 +14,7 @@ test label never seen in training (scored)     error       the model cannot pred
 unknown usage value in the test CSV            error       scoring sets would be wrong
 class with fewer usable clips than folds       error       cannot stratify it
 CSV with a header but no rows                  error       nothing to train or predict
-label that is a reserved name (RESERVED_LABELS) error      a column/row of the outputs has it
+label in RESERVED_LABELS (fname, __all__...)  error       a column/row of the outputs has it
 label with whitespace                          error       the submission separates labels
                                                            with spaces: it could not be split
 decodable test audio not listed in the CSV     error       it would silently get no prediction
