@@ -314,10 +314,9 @@ def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], ou
     scores["note"] = NO_TEST_LABELS if scored.empty else ""
     write_csv(scores, out_dir / "summary.csv")
     per_class, confusion = [], pd.DataFrame(columns=["true_label", *classes])
-    for name, frame in frames.items():
-        if not scored_rows(test, classes).empty:
-            table, confusion = class_reports(test, frame, classes)
-            per_class.append(table.assign(system=name))
+    for name, frame in frames.items() if not scored_rows(test, classes).empty else ():
+        table, confusion = class_reports(test, frame, classes)
+        per_class.append(table.assign(system=name))
     columns = ["system", "label", "precision", "recall", "f1", "support"]
     write_csv(pd.concat(per_class, ignore_index=True)[columns] if per_class
               else pd.DataFrame(columns=columns), out_dir / "per_class.csv")
