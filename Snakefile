@@ -1,5 +1,5 @@
 # Iterative self-verification for audio tagging with noisy labels
-# (Dorfer & Widmer, DCASE 2018 Task 2, 2nd place). The method: ../shared/SPEC.md; the settings:
+# (Dorfer & Widmer, DCASE 2018 Task 2, 2nd place). The method: docs/method.md; the settings:
 # config.yaml; the logic: workflow_lib/. Read the DAG top to bottom:
 #
 #   data.smk        dataset (given, or the synthetic demo) -> validated listings
@@ -11,7 +11,7 @@
 
 from snakemake.utils import min_version
 
-min_version("8.0")
+min_version("9.0")
 
 
 configfile: "config.yaml"

@@ -11,7 +11,7 @@ Builds a listing of N real FSDD recordings (default 200) and, in ONE process on 
     twice and the madmom processor chain is rebuilt per call, as a per-file script would do).
 
 Prints files/s/core for both and their ratio, the machine (nproc, CPU model) and the command.
-SPEC.md "Preprocessing" 1-3 defines the work; both paths compute the same arrays.
+docs/method.md "Preprocessing" 1-3 defines the work; both paths compute the same arrays.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from workflow_lib.audio import SPEC_SOX_EFFECTS, require_sox  # noqa: E402
 from workflow_lib.preprocess import process_shard  # noqa: E402
 
 SR = 32000
-DEFAULT_FSDD = REPO.parent / "shared/datasets/fsdd/recordings"
+#: Environment variable with the FSDD recordings folder: the default of --fsdd.
+FSDD_ENV = "SV_FSDD_DIR"
 
 
 def cpu_model() -> str:
@@ -109,8 +110,11 @@ def run_project(listing: pd.DataFrame, report: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("n_files", nargs="?", type=int, default=200)
-    parser.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD)
+    parser.add_argument("--fsdd", type=Path, default=os.environ.get(FSDD_ENV) or None,
+                        help=f"the FSDD recordings folder (default: ${FSDD_ENV})")
     args = parser.parse_args(argv)
+    if args.fsdd is None:
+        parser.error(f"where are the FSDD recordings? Pass --fsdd DIR or set {FSDD_ENV}")
     sox = require_sox()
     listing = listing_of(args.fsdd, args.n_files)
     seconds_audio = sum(librosa.get_duration(path=p) for p in listing["path"])

@@ -3,7 +3,7 @@
     python benchmarks/training_throughput.py [--device auto|cpu|cuda] [--steps N] [--warmup N]
                                              [--batch N] [--infer-clips N] [--threads N]
 
-Settings come from config.yaml resolved with ``run_preset=paper`` (SPEC.md "Network" table:
+Settings come from config.yaml resolved with ``run_preset=paper`` (docs/method.md "Network" table:
 widths 48/64/64, batches 100/100/50, mixup alpha 0.2/0.3/0.3; 384-frame excerpts of 3,000-frame
 spectrograms; 41 classes as in FSDKaggle2018). For each preset it measures
 
@@ -41,7 +41,7 @@ from workflow_lib.data import ClipBank  # noqa: E402
 from workflow_lib.model import build_model, count_parameters  # noqa: E402
 from workflow_lib.training import FitSettings, _run_epoch, predict_whole  # noqa: E402
 
-N_CLASSES = 41        # FSDKaggle2018 (SPEC.md "Data contract")
+N_CLASSES = 41        # FSDKaggle2018 (docs/method.md "Data contract")
 N_DISTINCT = 16       # distinct random clips; the bank's clips point at them in turn
 
 
@@ -203,7 +203,7 @@ def main() -> int:
     if any(r["batch"] != r["paper_batch"] for r in rows):
         print("* not the paper's batch (see NOTE)")
     print()
-    # What it means for the paper's schedule (SPEC.md: 500 epochs over ~7,100 training clips
+    # What it means for the paper's schedule (docs/method.md: 500 epochs over ~7,100 training clips
     # per fold, i.e. 3/4 of 9,473; validation on ~930 whole clips after every epoch).
     clips_per_fold, valid_per_fold = round(9473 * 3 / 4), round(3710 / 4)
     for r in rows:

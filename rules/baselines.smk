@@ -25,13 +25,14 @@ rule baseline_train_list:
     wildcard_constraints:
         kind="verified_only|all_clips",
     params:
+        cli=CLI,
         kind=lambda wildcards: "noisy" if wildcards.kind == "all_clips" else wildcards.kind,
     log:
         f"{RESULTS}/logs/baselines/{{kind}}_list.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli baseline-list --kind {params.kind:q} --folds {input.folds}"
+        "{params.cli} baseline-list --kind {params.kind:q} --folds {input.folds}"
         " --out {output} 2> {log}"
 
 
@@ -46,6 +47,7 @@ rule train_verified_only:
         preset=r"[^/]+",
         fold=r"\d+",
     params:
+        cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, 0)),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
@@ -59,7 +61,7 @@ rule train_verified_only:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --settings {params.settings:q} 2> {log}"
@@ -83,6 +85,7 @@ rule baseline_test_posteriors:
         preset=r"[^/]+",
         system=f"noisy_it0|{CHAINS}",
     params:
+        cli=CLI,
         models=lambda wildcards: list(
             f"{i}:{k}={path}"
             for (i, k), path in B.system_models(RESULTS, wildcards.preset, wildcards.system, FOLDS, ITERATIONS).items()
@@ -98,7 +101,7 @@ rule baseline_test_posteriors:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli baseline-predict --models {params.models:q} {params.selection:q}"
+        "{params.cli} baseline-predict --models {params.models:q} {params.selection:q}"
         " --test-manifest {input.test_manifest} --classes {input.classes} --out {output}"
         " --threads {threads} --lock-dir {params.lock_dir:q} --settings {params.settings:q} 2> {log}"
 
@@ -118,6 +121,7 @@ if NO_THRESHOLD:
             preset=r"[^/]+",
             it=r"\d+",
         params:
+            cli=CLI,
             models=lambda wildcards, input: list(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
             settings=lambda wildcards: as_json(
                 self_verify_settings(wildcards.preset, int(wildcards.it), threshold_off=True)
@@ -134,7 +138,7 @@ if NO_THRESHOLD:
         conda:
             CONDA_ENV
         shell:
-            "python -m workflow_lib.cli self-verify --models {params.models:q} --manifest {input.manifest}"
+            "{params.cli} self-verify --models {params.models:q} --manifest {input.manifest}"
             " --folds {input.folds} --classes {input.classes} --train {input.train}"
             " --out-dir {params.out_dir:q} --threads {threads} --lock-dir {params.lock_dir:q}"
             " --settings {params.settings:q} 2> {log}"
@@ -154,6 +158,7 @@ rule fine_tune_chain:
         fold=r"\d+",
         it=r"[1-9]\d*",
     params:
+        cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
@@ -167,7 +172,7 @@ rule fine_tune_chain:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --init {input.init} --settings {params.settings:q} 2> {log}"
@@ -186,6 +191,7 @@ rule select_chain:
         preset=r"[^/]+",
         chain=CHAINS,
     params:
+        cli=CLI,
         histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
@@ -194,7 +200,7 @@ rule select_chain:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli select --histories {params.histories:q} --out {output} 2> {log}"
+        "{params.cli} select --histories {params.histories:q} --out {output} 2> {log}"
 
 
 rule baseline_systems:
@@ -205,14 +211,15 @@ rule baseline_systems:
     output:
         systems=f"{BASE}/systems.csv",
         iterations=f"{BASE}/iterations.csv",
-        plot=f"{BASE}/systems.png",
+        plot=report(f"{BASE}/systems.png", caption="../report/systems.rst", category="1. Results"),
     params:
+        cli=CLI,
         spec=as_json(SYSTEMS_SPEC),
     log:
         f"{RESULTS}/logs/baselines/systems.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli baseline-systems --test {input.test} --classes {input.classes}"
+        "{params.cli} baseline-systems --test {input.test} --classes {input.classes}"
         " --spec {params.spec:q} --out {output.systems} --out-iterations {output.iterations}"
         " --out-plot {output.plot} 2> {log}"

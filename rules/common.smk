@@ -4,22 +4,33 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
+from snakemake.exceptions import WorkflowError
 
-from workflow_lib.config import (  # noqa: E402
-    ConfigError,
-    check_dataset_root,
-    check_run_identity,
-    derive_seed,
-    fit_settings,
-    gpus_per_training_job,
-    preset_shadowed,
-    record_run_identity,
-    resolve_settings,
-    run_identity,
-    user_settings,
-)
-from snakemake.exceptions import WorkflowError  # noqa: E402
+# The repository root: the folder above rules/. Not workflow.basedir, which is the folder of
+# the *main* Snakefile; when a host workflow imports this one as a module that is the host's.
+REPO = str(Path(workflow.current_basedir).parent)
+
+# workflow_lib is imported from this repository, wherever Snakemake was started. The path is
+# put on sys.path only for the import (later `from workflow_lib import x` find the package
+# through its __path__), so a host workflow's own imports see an unchanged sys.path.
+sys.path.insert(0, REPO)
+try:
+    from workflow_lib import __version__ as VERSION
+    from workflow_lib.config import (
+        ConfigError,
+        check_dataset_root,
+        check_run_identity,
+        derive_seed,
+        fit_settings,
+        gpus_per_training_job,
+        preset_shadowed,
+        record_run_identity,
+        resolve_settings,
+        run_identity,
+        user_settings,
+    )
+finally:
+    sys.path.remove(REPO)
 
 RESULTS = "results"
 
@@ -27,7 +38,7 @@ RESULTS = "results"
 USER_SETTINGS = user_settings(
     workflow.config_settings.configfiles,
     workflow.config_settings.config,
-    Path(workflow.basedir) / "config.yaml",
+    Path(REPO) / "config.yaml",
 )
 try:
     S = resolve_settings(config, USER_SETTINGS)
@@ -59,11 +70,30 @@ SHARDS = list(range(S["preprocessing"]["shards"]))
 PRESETS = METHOD["presets"]
 VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
 
-# Every rule runs `python -m workflow_lib.cli ...` with the repository on the import path, so
-# the same command works in the local venv, in a conda env and on a cluster node.
-shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-)
+
+
+class ShellCommand:
+    """Text that every job's shell command starts with (``params: cli=CLI`` in each rule).
+
+    Not a ``str`` on purpose: Snakemake records string params and reruns a job when one
+    changes; where the checkout lies is no setting of the method, so moving it must rerun
+    nothing. (Shell commands format it with ``str()``; lint wants it as a param, not a global.)
+    """
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+# Every job's command starts with {params.cli}: `python -m workflow_lib.cli` with this
+# repository first on PYTHONPATH for that one command only. So the same command works from the
+# repository, from a host workflow that imports this one as a module, in a conda env and on a
+# cluster node, and nothing is set for other workflows (no global shell.prefix; Snakemake's default
+# bash strict mode, `set -euo pipefail`, stays in force). It is several shell words: write
+# `{params.cli}` without the :q quoting of single values.
+CLI = ShellCommand(f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}} python -m workflow_lib.cli")
 CONDA_ENV = "../envs/workflow.yaml"
 
 
@@ -155,6 +185,7 @@ FINAL_OUTPUTS = [
     f"{RESULTS}/summary.csv",
     *expand(f"{RESULTS}/plots/{{preset}}_training_curves.png", preset=PRESETS),
     f"{RESULTS}/plots/confusion.png",
+    f"{RESULTS}/report/results.html",
 ]
 
 # Baselines scored like the method (config key `baselines`, rules/baselines.smk): extra final

@@ -8,6 +8,7 @@ if DEMO:
             test=f"{RESULTS}/demo_data/test_post_competition.csv",
             truth=f"{RESULTS}/demo_data/train_true_labels.csv",
         params:
+            cli=CLI,
             settings=as_json(S["demo_data"]),
         log:
             f"{RESULTS}/logs/demo_dataset.log",
@@ -16,7 +17,7 @@ if DEMO:
         conda:
             CONDA_ENV
         shell:
-            "python -m workflow_lib.cli demo-data --out $(dirname {output.train:q})"
+            "{params.cli} demo-data --out $(dirname {output.train:q})"
             " --settings {params.settings:q} 2> {log}"
 
 
@@ -30,6 +31,7 @@ rule validate_dataset:
         classes=f"{RESULTS}/data/classes.csv",
         problems=f"{RESULTS}/data/problems.csv",
     params:
+        cli=CLI,
         root=lambda wildcards, input: Path(input.train).parent,
         settings=as_json(S["dataset"]),
         folds=METHOD["folds"],
@@ -40,6 +42,6 @@ rule validate_dataset:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli validate --root {params.root:q} --folds {params.folds:q}"
+        "{params.cli} validate --root {params.root:q} --folds {params.folds:q}"
         " --out-dir $(dirname {output.train:q})"
         " --settings {params.settings:q} 2> {log}"

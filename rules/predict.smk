@@ -8,6 +8,7 @@ rule select_iteration:
     output:
         f"{RESULTS}/selection/{{preset}}.csv",
     params:
+        cli=CLI,
         histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
@@ -16,7 +17,7 @@ rule select_iteration:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli select --histories {params.histories:q} --out {output} 2> {log}"
+        "{params.cli} select --histories {params.histories:q} --out {output} 2> {log}"
 
 
 rule predict:
@@ -29,6 +30,7 @@ rule predict:
         test=f"{RESULTS}/predictions/{{preset}}/test.csv",
         valid=f"{RESULTS}/predictions/{{preset}}/valid_oof.csv",
     params:
+        cli=CLI,
         model_dir=lambda wildcards: f"{RESULTS}/models/{wildcards.preset}",
         settings=as_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
@@ -42,7 +44,7 @@ rule predict:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli predict --selection {input.selection} --model-dir {params.model_dir:q}"
+        "{params.cli} predict --selection {input.selection} --model-dir {params.model_dir:q}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
         " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
         " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir:q}"
@@ -61,6 +63,7 @@ rule fuse:
         submission=f"{RESULTS}/submission.csv",
         status=f"{RESULTS}/submission_status.csv",
     params:
+        cli=CLI,
         tests=lambda wildcards, input: list(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
         valids=lambda wildcards, input: list(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
         settings=as_json(METHOD["fusion"]),
@@ -69,7 +72,7 @@ rule fuse:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli fuse --tests {params.tests:q} --valids {params.valids:q}"
+        "{params.cli} fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
         " --out-submission {output.submission} --test-manifest {input.test_manifest}"
         " --out-status {output.status} --settings {params.settings:q} 2> {log}"
@@ -86,6 +89,7 @@ rule evaluate:
         per_class=f"{RESULTS}/evaluation/per_class.csv",
         confusion=f"{RESULTS}/evaluation/confusion.csv",
     params:
+        cli=CLI,
         systems=lambda wildcards, input: list(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
@@ -95,7 +99,7 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli evaluate --test {input.test} --classes {input.classes}"
+        "{params.cli} evaluate --test {input.test} --classes {input.classes}"
         " --systems {params.systems:q} --out-dir {params.out_dir:q} 2> {log}"
 
 
@@ -108,6 +112,7 @@ rule summary:
     output:
         f"{RESULTS}/summary.csv",
     params:
+        cli=CLI,
         presets=list(PRESETS),
         dirs=lambda wildcards, input: list(str(Path(f).parent) for f in input.self_verify),
     log:
@@ -115,6 +120,6 @@ rule summary:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli summary --presets {params.presets:q}"
+        "{params.cli} summary --presets {params.presets:q}"
         " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
         " --scores {input.scores} --submission-status {input.status} --out {output} 2> {log}"

@@ -12,6 +12,7 @@ rule preprocess_shard:
         split="train|test",
         shard=r"\d+",
     params:
+        cli=CLI,
         shards=len(SHARDS),
         versions=list(str(v) for v in VERSIONS),
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
@@ -23,7 +24,7 @@ rule preprocess_shard:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli preprocess-shard --listing {input.listing}"
+        "{params.cli} preprocess-shard --listing {input.listing}"
         " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards:q}"
         " --versions {params.versions:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
         " 2> {log}"
@@ -37,9 +38,11 @@ rule spectrogram_manifest:
     wildcard_constraints:
         version=r"\d",
         split="train|test",
+    params:
+        cli=CLI,
     log:
         f"{RESULTS}/logs/spectrogram_manifest/v{{version}}_{{split}}.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli merge-manifests --out {output} {input} 2> {log}"
+        "{params.cli} merge-manifests --out {output} {input} 2> {log}"

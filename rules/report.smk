@@ -1,4 +1,27 @@
-# Pictures, registered with report() so that `snakemake --report report.html` gathers them.
+# The tables and pictures registered with report(), so that `snakemake --report report.html`
+# gathers them. Categories are numbered because the report lists them alphabetically: the
+# results tables first, then the pictures in the order of the method.
+
+
+rule report_tables:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+        systems=[f"{RESULTS}/baselines/systems.csv"] if BASELINES["enabled"] else [],
+    output:
+        report(
+            f"{RESULTS}/report/results.html",
+            caption="../report/results.rst",
+            category="1. Results",
+        ),
+    params:
+        cli=CLI,
+        systems=lambda wildcards, input: f"--systems {input.systems[0]}" if input.systems else "",
+    log:
+        f"{RESULTS}/logs/report_tables.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.cli} report-tables --summary {input.summary} {params.systems:q} --out {output} 2> {log}"
 
 
 rule plot_training:
@@ -11,16 +34,17 @@ rule plot_training:
         curves=report(
             f"{RESULTS}/plots/{{preset}}_training_curves.png",
             caption="../report/training_curves.rst",
-            category="Training",
+            category="2. Training",
             subcategory="{preset}",
         ),
         counts=report(
             f"{RESULTS}/plots/{{preset}}_self_verified.png",
             caption="../report/self_verified.rst",
-            category="Self-verification",
+            category="3. Self-verification",
             subcategory="{preset}",
         ),
     params:
+        cli=CLI,
         histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
@@ -30,7 +54,7 @@ rule plot_training:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli plot-training --preset {wildcards.preset:q}"
+        "{params.cli} plot-training --preset {wildcards.preset:q}"
         " --histories {params.histories:q} --self-verify {params.self_verify:q}"
         " --out-curves {output.curves} --out-counts {output.counts} 2> {log}"
 
@@ -41,16 +65,18 @@ rule plot_evaluation:
         per_class=f"{RESULTS}/evaluation/per_class.csv",
     output:
         confusion=report(
-            f"{RESULTS}/plots/confusion.png", caption="../report/confusion.rst", category="Evaluation"
+            f"{RESULTS}/plots/confusion.png", caption="../report/confusion.rst", category="4. Evaluation"
         ),
         per_class=report(
-            f"{RESULTS}/plots/per_class.png", caption="../report/per_class.rst", category="Evaluation"
+            f"{RESULTS}/plots/per_class.png", caption="../report/per_class.rst", category="4. Evaluation"
         ),
+    params:
+        cli=CLI,
     log:
         f"{RESULTS}/logs/plot_evaluation.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli plot-evaluation --confusion {input.confusion}"
+        "{params.cli} plot-evaluation --confusion {input.confusion}"
         " --per-class {input.per_class} --out-confusion {output.confusion}"
         " --out-per-class {output.per_class} 2> {log}"

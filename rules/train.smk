@@ -8,6 +8,7 @@ rule folds:
     output:
         f"{RESULTS}/folds.csv",
     params:
+        cli=CLI,
         folds=METHOD["folds"],
         seed=METHOD["seed"],
     log:
@@ -15,7 +16,7 @@ rule folds:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli folds --manifest {input.manifest} --out {output}"
+        "{params.cli} folds --manifest {input.manifest} --out {output}"
         " --folds {params.folds:q} --seed {params.seed:q} 2> {log}"
 
 
@@ -26,6 +27,7 @@ rule train_initial:
         best=f"{RESULTS}/models/{{preset}}/fold{{fold}}/it0/best.pt",
         history=f"{RESULTS}/models/{{preset}}/fold{{fold}}/it0/history.csv",
     params:
+        cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, 0)),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
@@ -39,7 +41,7 @@ rule train_initial:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --threads {threads} --lock-dir {params.lock_dir:q} --settings {params.settings:q}"
         " 2> {log}"
@@ -56,6 +58,7 @@ rule fine_tune:
     wildcard_constraints:
         it=r"[1-9]\d*",
     params:
+        cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
@@ -69,7 +72,7 @@ rule fine_tune:
     conda:
         CONDA_ENV
     shell:
-        "python -m workflow_lib.cli train --manifest {input.manifest} --folds {input.folds}"
+        "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --init {input.init} --settings {params.settings:q} 2> {log}"

@@ -1,6 +1,6 @@
 """SoX silence clipping and the per-file outcomes of workflow_lib.audio.
 
-SPEC.md "Preprocessing" 1 (the exact SoX command; fall back to the original audio when SoX fails
+docs/method.md "Preprocessing" 1 (the exact SoX command; fall back to the original audio when SoX fails
 or clips everything away; skip and report undecodable files) and "Implementation notes" (digital
 silence must be caught before SoX, which would turn it into full-scale noise).
 """
@@ -40,7 +40,7 @@ IN_SR = 16000
 
 
 def sox_by_hand(sox: str, source: Path, target: Path) -> None:
-    """Run SPEC.md's command literally: sox IN.wav OUT.wav norm -0.1 silence ... reverse."""
+    """Run docs/method.md's command literally: sox IN.wav OUT.wav norm -0.1 silence ... reverse."""
     argv = SPEC_SOX_COMMAND.split()
     argv[0], argv[1], argv[2] = sox, str(source), str(target)
     subprocess.run(argv, check=True, capture_output=True)
@@ -52,14 +52,14 @@ def dominant_frequency(samples: np.ndarray, sample_rate: int) -> float:
 
 
 def test_effects_are_the_spec_command(repo):
-    """SPEC.md "Preprocessing" 1: the library's and config.yaml's effects equal the SPEC command."""
+    """docs/method.md "Preprocessing" 1: the library's and config.yaml's effects are the documented ones."""
     assert audio.SPEC_SOX_EFFECTS == SPEC_SOX_EFFECTS
     config = yaml.safe_load((repo / "config.yaml").read_text())
     assert tuple(config["preprocessing"]["sox_effects"]) == SPEC_SOX_EFFECTS
 
 
 def test_clipping_matches_sox_run_by_hand(tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 1: planted 0.7 s silence + 1.2 s tone + 0.5 s silence."""
+    """docs/method.md "Preprocessing" 1: planted 0.7 s silence + 1.2 s tone + 0.5 s silence."""
     source = write_wav(tmp_path / "planted.wav", planted(IN_SR), IN_SR)
     by_hand = tmp_path / "by_hand.wav"
     sox_by_hand(sox_binary, source, by_hand)
@@ -87,7 +87,7 @@ def test_clipping_matches_sox_run_by_hand(tmp_path, sox_binary):
 
 
 def test_clipping_is_repeatable(tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 1: the same file must give the same clipped samples every run.
+    """docs/method.md "Preprocessing" 1: the same file must give the same clipped samples every run.
 
     SoX dithers 16-bit output with a time-seeded generator unless run with -R (or -D), so
     without it two preprocessing runs of one corpus differ and nothing downstream is
@@ -101,7 +101,7 @@ def test_clipping_is_repeatable(tmp_path, sox_binary):
 
 
 def test_hostile_file_name(tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 1 on a name with spaces, quotes, ';' and a leading '-'."""
+    """docs/method.md "Preprocessing" 1 on a name with spaces, quotes, ';' and a leading '-'."""
     for name in ["it's a; \"test\" $(rm -rf x) file.wav", "-n.wav"]:
         path = write_wav(tmp_path / name, planted(IN_SR), IN_SR)
         clip = load_clipped(path, SR)
@@ -112,7 +112,7 @@ def test_hostile_file_name(tmp_path, sox_binary):
 
 
 def test_zero_length_wav_is_skipped_empty(tmp_path):
-    """SPEC.md "Preprocessing" 1: a WAV with a header and no samples is skipped, not a crash."""
+    """docs/method.md "Preprocessing" 1: a WAV with a header and no samples is skipped, not a crash."""
     path = write_wav(tmp_path / "empty.wav", np.zeros(0), IN_SR)
     assert path.stat().st_size > 0  # the header is there
     clip = load_clipped(path, SR)
@@ -122,7 +122,7 @@ def test_zero_length_wav_is_skipped_empty(tmp_path):
 
 
 def test_digital_silence_is_not_turned_into_noise(tmp_path):
-    """SPEC.md "Implementation notes": all-zero input is caught before SoX (fallback_silent)."""
+    """docs/method.md "Implementation notes": all-zero input is caught before SoX (fallback_silent)."""
     path = write_wav(tmp_path / "silent.wav", np.zeros(2 * IN_SR), IN_SR)
     clip = load_clipped(path, SR)
     assert clip.status == FALLBACK_SILENT
@@ -133,7 +133,7 @@ def test_digital_silence_is_not_turned_into_noise(tmp_path):
 
 
 def test_spike_only_falls_back_to_original(tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 1: when SoX clips everything away, use the original audio."""
+    """docs/method.md "Preprocessing" 1: when SoX clips everything away, use the original audio."""
     samples = np.zeros(IN_SR)
     samples[IN_SR // 2] = 0.5  # one click: shorter than SoX's 25 ms, so nothing survives
     path = write_wav(tmp_path / "spike.wav", samples, IN_SR)
@@ -144,7 +144,7 @@ def test_spike_only_falls_back_to_original(tmp_path, sox_binary):
 
 
 def test_sox_failure_falls_back_to_original(tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 1: if SoX fails, the spectrogram uses the original audio."""
+    """docs/method.md "Preprocessing" 1: if SoX fails, the spectrogram uses the original audio."""
     path = write_wav(tmp_path / "planted.wav", planted(IN_SR), IN_SR)
     clip = load_clipped(path, SR, effects=("no_such_effect_xyz",))
     assert clip.status == FALLBACK_SOX_FAILED
@@ -155,7 +155,7 @@ def test_sox_failure_falls_back_to_original(tmp_path, sox_binary):
 
 
 def test_text_file_renamed_wav_is_undecodable(tmp_path):
-    """SPEC.md "Preprocessing" 1: a file that cannot be decoded is skipped and reported."""
+    """docs/method.md "Preprocessing" 1: a file that cannot be decoded is skipped and reported."""
     path = tmp_path / "text.wav"
     path.write_text("fname,label\nthis is not audio\n")
     clip = load_clipped(path, SR)
@@ -164,7 +164,7 @@ def test_text_file_renamed_wav_is_undecodable(tmp_path):
 
 
 def test_stereo_44k_is_clipped_to_mono_32k(tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 2: load at 32,000 Hz mono, whatever the file's format."""
+    """docs/method.md "Preprocessing" 2: load at 32,000 Hz mono, whatever the file's format."""
     sr = 44100
     left, right = tone(1.0, sr, 300, 0.3), tone(1.0, sr, 300, 0.2)
     pad = np.zeros((sr // 2, 2))
@@ -180,7 +180,7 @@ def test_stereo_44k_is_clipped_to_mono_32k(tmp_path, sox_binary):
 
 
 def test_very_short_file_gives_spectrograms(tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 1-4 on a 0.1 s clip: kept, and both versions have frames."""
+    """docs/method.md "Preprocessing" 1-4 on a 0.1 s clip: kept, and both versions have frames."""
     path = write_wav(tmp_path / "short.wav", tone(0.1, IN_SR), IN_SR)
     clip = load_clipped(path, SR)
     assert clip.status == CLIPPED
@@ -191,21 +191,21 @@ def test_very_short_file_gives_spectrograms(tmp_path, sox_binary):
 
 
 def test_missing_file_is_skipped(tmp_path):
-    """SPEC.md "Preprocessing" 1: a listed file that is not there is skipped, not a crash."""
+    """docs/method.md "Preprocessing" 1: a listed file that is not there is skipped, not a crash."""
     clip = load_clipped(tmp_path / "nope.wav", SR)
     assert clip.status == SKIPPED_MISSING
     assert clip.samples is None and not clip.usable
 
 
 def test_directory_named_wav_is_skipped(tmp_path):
-    """SPEC.md "Preprocessing" 1: a directory called x.wav is not a decodable file."""
+    """docs/method.md "Preprocessing" 1: a directory called x.wav is not a decodable file."""
     (tmp_path / "folder.wav").mkdir()
     clip = load_clipped(tmp_path / "folder.wav", SR)
     assert not clip.usable and clip.samples is None
 
 
 def test_sox_missing_gives_install_advice(monkeypatch, tmp_path):
-    """SPEC.md "Preprocessing" 1 needs the SoX binary: say so, with how to install it."""
+    """docs/method.md "Preprocessing" 1 needs the SoX binary: say so, with how to install it."""
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))
@@ -217,7 +217,7 @@ def test_sox_missing_gives_install_advice(monkeypatch, tmp_path):
 
 
 def test_temporary_sox_files_are_removed(monkeypatch, tmp_path, sox_binary):
-    """SPEC.md "Preprocessing" 1: every path through SoX (ok, fail, clipped away) cleans up."""
+    """docs/method.md "Preprocessing" 1: every path through SoX (ok, fail, clipped away) cleans up."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))

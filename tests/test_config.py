@@ -1,6 +1,6 @@
 """Settings: config.yaml, its schema, the run presets (workflow_lib.config).
 
-The paper preset must carry SPEC.md's numbers: "Network" (presets table), "Initial training",
+The paper preset must carry docs/method.md's numbers: "Network" (presets table), "Initial training",
 "Self-verification", "Fine-tuning", "Cross-validation folds" and "Preprocessing" 5.
 """
 
@@ -47,7 +47,7 @@ def test_both_presets_resolve(base_config, preset):
 
 
 def test_paper_preset_is_spec(base_config):
-    """SPEC.md: every number of the paper's system, as the paper preset resolves it."""
+    """docs/method.md: every number of the paper's system, as the paper preset resolves it."""
     s = resolve_settings({**base_config, "run_preset": "paper"})
     m = s["method"]
     assert m["presets"] == ["vgg_gap_spec1_1", "vgg_gap_spec1_2", "vgg_gap_spec2"]
@@ -101,7 +101,7 @@ def test_resolving_does_not_modify_the_input(base_config):
 
 
 def test_threshold_null_is_allowed(base_config):
-    """SPEC.md "Self-verification": a setting must allow turning the threshold off."""
+    """docs/method.md "Self-verification": a setting must allow turning the threshold off."""
     settings = resolve_settings(_with(base_config, "method.self_verification.threshold", None))
     assert settings["method"]["self_verification"]["threshold"] is None
 
@@ -147,13 +147,13 @@ def test_unknown_key_inside_a_run_preset_is_named(base_config):
 
 
 def test_preset_naming_an_undefined_net(base_config):
-    """SPEC.md "Network": a preset listed for training must be defined under method.nets."""
+    """docs/method.md "Network": a preset listed for training must be defined under method.nets."""
     message = _error(_with(base_config, "method.presets", ["vgg_gap_spec1_1", "vgg_gap_spec3"]))
     assert "config key method.presets" in message and "vgg_gap_spec3" in message
 
 
 def test_excerpt_longer_than_spectrogram(base_config):
-    """SPEC.md "Initial training": a 384-frame excerpt of the 3,000-frame spectrogram."""
+    """docs/method.md "Initial training": a 384-frame excerpt of the 3,000-frame spectrogram."""
     message = _error(_with(base_config, "method.excerpt_frames", 3001))
     assert "config key method.excerpt_frames" in message
 

@@ -1,6 +1,6 @@
 """Dataset validation (workflow_lib.dataset) and the synthetic demo dataset (workflow_lib.demo).
 
-SPEC.md "Data contract": the FSDKaggle2018 layout (train.csv: fname,label,manually_verified;
+docs/method.md "Data contract": the FSDKaggle2018 layout (train.csv: fname,label,manually_verified;
 test_post_competition.csv: fname,label,usage with usage Public | Private | Ignored), classes
 taken from the CSV, never a hard-coded list. The outcome of each problem (error / skipped /
 ignored / kept) is the table at the top of workflow_lib/dataset.py.
@@ -74,7 +74,7 @@ def expect_error(root: Path, *fragments: str, line: int | str | None = None,
 
 
 def test_good_dataset(tmp_path):
-    """SPEC.md "Data contract": classes from the CSV; verified flags and paths read."""
+    """docs/method.md "Data contract": classes from the CSV; verified flags and paths read."""
     root = make_dataset(tmp_path, good_train_rows(), GOOD_TEST)
     train, test, problems = validate_dataset(root, DATASET, FOLDS)
     assert len(train) == 15 and len(test) == 3
@@ -177,7 +177,7 @@ def test_scored_test_label_unseen_in_training_is_an_error(tmp_path):
 
 
 def test_unknown_usage_is_an_error(tmp_path):
-    """dataset.py table / SPEC.md "Data contract": usage is Public | Private | Ignored."""
+    """dataset.py table / docs/method.md "Data contract": usage is Public | Private | Ignored."""
     root = make_dataset(tmp_path, good_train_rows(), [*GOOD_TEST, "t3.wav,dog,public"])
     expect_error(root, "usage must be one of", line=5, csv="test_post_competition.csv")
 
@@ -232,7 +232,7 @@ def test_ignored_usage_with_unknown_label_is_kept(tmp_path):
 
 
 def test_without_test_csv_every_test_wav_is_listed(tmp_path):
-    """SPEC.md "Data contract" (test list optional): all audio_test/*.wav, empty labels."""
+    """docs/method.md "Data contract" (test list optional): all audio_test/*.wav, empty labels."""
     root = make_dataset(tmp_path, good_train_rows(), None, test_audio=["b.wav", "a.wav", "c.wav"])
     (root / "audio_test" / "notes.txt").write_text("not a wav")
     _, test, problems = validate_dataset(root, DATASET, FOLDS)
@@ -243,7 +243,7 @@ def test_without_test_csv_every_test_wav_is_listed(tmp_path):
 
 
 def test_fnames_and_labels_stay_strings(tmp_path):
-    """SPEC.md "Data contract": labels come from the CSV as they are ('01' is not 1)."""
+    """docs/method.md "Data contract": labels come from the CSV as they are ('01' is not 1)."""
     rows = [f"{i:03d}.wav,0{i % 3},{i % 2}" for i in range(15)]
     root = make_dataset(tmp_path, rows, None)
     train, _, _ = validate_dataset(root, DATASET, FOLDS)
@@ -320,7 +320,7 @@ def test_demo_is_deterministic(demo_pair, tmp_path):
 
 
 def test_demo_layout_classes_and_usage(demo_pair):
-    """SPEC.md "Data contract": FSDKaggle layout, >= 8 classes, Public and Private test usage."""
+    """docs/method.md "Data contract": FSDKaggle layout, >= 8 classes, Public and Private test usage."""
     settings, (root, _), _, summary = demo_pair
     train = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
     test = pd.read_csv(root / "test_post_competition.csv", dtype=str, keep_default_na=False)

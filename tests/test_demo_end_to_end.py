@@ -1,5 +1,5 @@
 """The default demo, end to end: one real `snakemake --cores 2` run per test session, then every
-CSV it writes is read back and checked against its documented meaning (SPEC.md, config.yaml).
+CSV it writes is read back and checked against its documented meaning (docs/method.md, config.yaml).
 
 Slow (minutes): deselect with ``-m "not slow"``. To check an existing run directory instead of
 starting a new one, set DEMO_E2E_DIR to it (it is run there first if results/summary.csv is
@@ -267,7 +267,7 @@ def test_folds(demo):
 
 
 def expected_lr(epoch: int, base: float, constant: int, total: int) -> float:
-    """SPEC.md schedule by hand: constant, then linear to 0 at ``total`` (epoch from 1)."""
+    """docs/method.md schedule by hand: constant, then linear to 0 at ``total`` (epoch from 1)."""
     e = epoch - 1
     return base if e < constant else base * (total - e) / (total - constant)
 
@@ -570,7 +570,7 @@ def test_evaluation(demo):
     per_class = demo.numeric("evaluation/per_class.csv")
     assert list(per_class.columns) == ["system", "label", "precision", "recall", "f1", "support"]
     support = scored["label"].value_counts()
-    for system, group in per_class.groupby("system"):
+    for _system, group in per_class.groupby("system"):
         assert group["label"].tolist() == classes
         assert group["support"].sum() == n_both
         assert (group.set_index("label")["support"] == support.reindex(classes, fill_value=0)).all()

@@ -1,6 +1,6 @@
 """Cross-validation folds (workflow_lib.folds, stages.folds_job).
 
-SPEC.md "Cross-validation folds": shuffle the training list with a fixed seed, then split the
+docs/method.md "Cross-validation folds": shuffle the training list with a fixed seed, then split the
 verified and the unverified subsets separately, each into 4 stratified folds by label. Fold k's
 validation part is verified fold k plus unverified fold k; its training part is the rest. Each
 unverified clip is thus held out from exactly one fold model.
@@ -73,7 +73,7 @@ def test_every_clip_in_exactly_one_fold(train, folds):
 
 
 def test_stratified_per_class_and_per_verified_flag(folds):
-    """SPEC.md: verified and unverified split separately, each stratified by label.
+    """docs/method.md: verified and unverified split separately, each stratified by label.
 
     For every (class, verified flag) with n clips, every fold holds floor(n/4) or ceil(n/4).
     """
@@ -91,7 +91,7 @@ def test_stratified_per_class_and_per_verified_flag(folds):
 def test_fold_sizes_balanced(folds):
     """Per verified flag the folds differ by at most one clip, and overall too.
 
-    (SPEC.md splits the two subsets separately; the unverified pass continues the deal where
+    (docs/method.md splits the two subsets separately; the unverified pass continues the deal where
     the verified pass stopped, so their extra clips do not pile up in the same fold.)
     """
     for flag in (0, 1):
@@ -103,7 +103,7 @@ def test_fold_sizes_balanced(folds):
 
 
 def test_deterministic_for_a_seed_and_different_for_another(train, folds):
-    """SPEC.md: shuffled with a *fixed* seed: same seed, same folds; another seed, other folds."""
+    """docs/method.md: shuffled with a *fixed* seed: same seed, same folds; another seed, other folds."""
     again = make_folds(train, N_FOLDS, SEED)
     pd.testing.assert_frame_equal(folds, again)
     # The input order must not matter beyond the seed's shuffle of it either way; only the seed.
@@ -129,7 +129,7 @@ def test_class_with_fewer_clips_than_folds_is_a_user_error_naming_it(train):
 
 
 def test_split_fold_training_part_is_all_other_folds(folds):
-    """SPEC.md: fold k's validation part is fold k (verified and unverified); the rest trains."""
+    """docs/method.md: fold k's validation part is fold k (verified and unverified); the rest trains."""
     seen_in_validation = pd.Series(0, index=folds["fname"])
     for k in range(N_FOLDS):
         training, validation = split_fold(folds, k)
@@ -145,7 +145,7 @@ def test_split_fold_training_part_is_all_other_folds(folds):
 
 
 def test_folds_job_leaves_out_skipped_files(tmp_path, train):
-    """SPEC.md "Preprocessing" 1: a file that cannot be decoded is skipped; it is in no fold."""
+    """docs/method.md "Preprocessing" 1: a file that cannot be decoded is skipped; it is in no fold."""
     usable = [CLIPPED, FALLBACK_SILENT, FALLBACK_SOX_FAILED, FALLBACK_CLIPPED_ALL]
     skipped = [SKIPPED_MISSING, SKIPPED_UNDECODABLE, SKIPPED_EMPTY]
     manifest = train.copy()

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FSDD_DIR, REPO
+from conftest import REPO, fsdd_dir_or_skip
 
 DRIVER = REPO / "experiments/fsdd/run_experiment.py"
 PRESET = "vgg_gap_spec1_1"
@@ -57,7 +57,8 @@ run_presets:
 
 def _run_driver(out: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run([sys.executable, str(DRIVER), "--out", str(out), "--takes", "5",
+    fsdd = fsdd_dir_or_skip("the experiment runs on its recordings")
+    return subprocess.run([sys.executable, str(DRIVER), "--out", str(out), "--fsdd", str(fsdd), "--takes", "5",
                            "--test-speaker", TEST_SPEAKER, "--overlay", str(out / "small.yaml"),
                            "--cores", "2", *extra],
                           env=env, capture_output=True, text=True, timeout=timeout)
@@ -65,8 +66,7 @@ def _run_driver(out: Path, *extra: str, timeout: float = 900) -> subprocess.Comp
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
-    if not FSDD_DIR.is_dir():
-        pytest.skip(f"FSDD corpus not found at {FSDD_DIR} (the experiment runs on its recordings)")
+    fsdd_dir_or_skip("the experiment runs on its recordings")
     if shutil.which("sox") is None:
         pytest.skip("the sox binary is not on PATH (apt-get install -y sox)")
     out = tmp_path_factory.mktemp("fsdd_experiment")

@@ -364,7 +364,8 @@ def test_results_folder_belongs_to_one_dataset_and_preset(tmp_path):
 # Placeholders that may stay unquoted: Snakemake's own, and outputs/inputs/logs under results/
 # (their paths are built from RESULTS and constrained wildcards, never from config values).
 # Wildcards are safe where constrained to digits or a fixed set (preset names are not: :q).
-SAFE = re.compile(r"^\{(threads|log|output(\.\w+)?|input(\.\w+)?|resources\.\w+"
+# {params.cli} is the command itself (several shell words, never :q; see rules/common.smk).
+SAFE = re.compile(r"^\{(threads|log|output(\.\w+)?|input(\.\w+)?|resources\.\w+|params\.cli"
                   r"|wildcards\.(fold|it|shard|split|version))\}$")
 
 

@@ -1,6 +1,6 @@
-"""The VGG-GAP network (workflow_lib.model) against SPEC.md "Network".
+"""The VGG-GAP network (workflow_lib.model) against docs/method.md "Network".
 
-The layer list of SPEC.md is written out again below by hand (not imported from the library
+The layer list of docs/method.md is written out again below by hand (not imported from the library
 under test), and the parameter count is checked against the original's published figure.
 """
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from workflow_lib.model import PAPER_DROPOUT, build_model, count_parameters, posteriors
 
-# SPEC.md "Network", top to bottom. ("conv", kernel, stride, padding, out channels as a multiple
+# docs/method.md "Network", top to bottom. ("conv", kernel, stride, padding, out channels as a multiple
 # of nf or "classes"), ("pool", (freq, time)), ("dropout", "conv" | "head").
 SPEC_LAYERS = [
     ("conv", 5, 2, 2, 1), ("conv", 3, 1, 1, 1), ("pool", (2, 2)), ("dropout", "conv"),
@@ -60,7 +60,7 @@ def actual_sequence(model: nn.Module) -> list[tuple]:
         elif isinstance(module, nn.Dropout):
             out.append(("dropout", module.p))
         elif isinstance(module, (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
-            raise AssertionError(f"SPEC.md's dropout is plain dropout, found {module}")
+            raise AssertionError(f"docs/method.md's dropout is plain dropout, found {module}")
     return out
 
 
@@ -83,7 +83,7 @@ def paper_model() -> nn.Module:
 
 
 def test_parameter_count_matches_the_original(paper_model):
-    """SPEC.md "Network", exact check: nf 64, 41 classes -> 14,865,124 (params + BN stats)."""
+    """docs/method.md "Network", exact check: nf 64, 41 classes -> 14,865,124 (params + BN stats)."""
     assert spec_parameter_count(64, 41) == 14_865_124   # the hand-written list is right
     assert count_parameters(paper_model) == 14_865_124
     for nf, n_classes in [(4, 3), (48, 41), (10, 7)]:
@@ -92,7 +92,7 @@ def test_parameter_count_matches_the_original(paper_model):
 
 @pytest.mark.parametrize("frames, batch", [(3000, 2), (384, 3)])
 def test_excerpts_and_whole_clips_give_posteriors(frames, batch):
-    """SPEC.md: fully convolutional; trains on 384-frame excerpts, predicts on 3,000 frames."""
+    """docs/method.md: fully convolutional; trains on 384-frame excerpts, predicts on 3,000 frames."""
     torch.manual_seed(1)
     model = build_model(4, 5).eval()
     inputs = torch.randn(batch, 1, 128, frames)
@@ -106,7 +106,7 @@ def test_excerpts_and_whole_clips_give_posteriors(frames, batch):
 
 
 def test_global_average_pooling_of_the_last_batch_norm():
-    """SPEC.md: ... conv 1x1 -> n_classes ; batch norm (no ReLU) ; global average pool ; softmax."""
+    """docs/method.md: ... conv 1x1 -> n_classes ; batch norm (no ReLU) ; global average pool ; softmax."""
     torch.manual_seed(2)
     model = build_model(4, 6).eval()
     inputs = torch.randn(2, 1, 128, 200)
@@ -119,7 +119,7 @@ def test_global_average_pooling_of_the_last_batch_norm():
 
 
 def test_every_conv_has_no_bias_and_is_followed_by_batch_norm(paper_model):
-    """SPEC.md: every conv has no bias and is followed by batch norm (momentum 0.1) and ReLU."""
+    """docs/method.md: every conv has no bias and is followed by batch norm (momentum 0.1) and ReLU."""
     layers = list(paper_model.features)
     convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
     assert len(convs) == 15
@@ -141,13 +141,13 @@ def test_every_conv_has_no_bias_and_is_followed_by_batch_norm(paper_model):
 
 
 def test_layer_sequence_matches_spec_with_paper_dropout(paper_model):
-    """SPEC.md's layer list: kernels, strides, paddings, pools and dropout 0.3 / 0.5."""
+    """docs/method.md's layer list: kernels, strides, paddings, pools and dropout 0.3 / 0.5."""
     assert PAPER_DROPOUT == (0.3, 0.5)
     assert actual_sequence(paper_model) == expected_sequence(64, 41, SPEC_DROPOUT)
 
 
 def test_layer_sequence_with_custom_dropout():
-    """Narrow nets take other dropout rates (conv blocks, head); the layers stay SPEC.md's."""
+    """Narrow nets take other dropout rates (conv blocks, head); the layers stay docs/method.md's."""
     model = build_model(6, 9, dropout=(0.05, 0.1))
     assert actual_sequence(model) == expected_sequence(6, 9, {"conv": 0.05, "head": 0.1})
     model = build_model(6, 9, dropout=(0.0, 0.0))
@@ -155,7 +155,7 @@ def test_layer_sequence_with_custom_dropout():
 
 
 def test_he_normal_initialisation(paper_model):
-    """SPEC.md: He-normal init, std sqrt(2 / fan_in), fan_in = in channels x kernel area."""
+    """docs/method.md: He-normal init, std sqrt(2 / fan_in), fan_in = in channels x kernel area."""
     convs = [m for m in paper_model.modules() if isinstance(m, nn.Conv2d)]
     checked = 0
     for conv in convs:

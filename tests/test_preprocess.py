@@ -1,6 +1,6 @@
 """Sharded preprocessing: workflow_lib.preprocess and the preprocess-shard/merge-manifests CLI.
 
-SPEC.md "Preprocessing" 1-4: every listed file is clipped once and transformed into every
+docs/method.md "Preprocessing" 1-4: every listed file is clipped once and transformed into every
 needed version; undecodable files are skipped and reported, never a crash of the whole run;
 arrays are stored as (1, 128, T) float32 with no normalisation.
 """
@@ -87,7 +87,7 @@ def _check_manifest(manifest: pd.DataFrame, array: np.ndarray, listing: pd.DataF
 
 
 def test_process_shard_on_mixed_files(mixed_listing):
-    """SPEC.md "Preprocessing" 1 and 4: the run finishes; every file gets a row and a status."""
+    """docs/method.md "Preprocessing" 1 and 4: the run finishes; every file gets a row and a status."""
     arrays, manifests = process_shard(mixed_listing, 0, 1, VERSIONS, SR, SPEC_SOX_EFFECTS)
     assert sorted(arrays) == sorted(manifests) == VERSIONS
     for version in VERSIONS:
@@ -107,7 +107,7 @@ def test_process_shard_on_mixed_files(mixed_listing):
 
 
 def test_store_returns_exactly_the_computed_spectrogram(mixed_listing, tmp_path, repeatable_sox):
-    """SPEC.md "Preprocessing" 4: the stored (1, 128, T) array of a clip is its spectrogram.
+    """docs/method.md "Preprocessing" 4: the stored (1, 128, T) array of a clip is its spectrogram.
 
     SoX runs with -R here (see the repeatable_sox fixture) so that recomputing is exact.
     """
@@ -177,7 +177,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_preprocess_and_merge_end_to_end(tmp_path, fsdd_files, repeatable_sox):
     """The rules' commands, run by hand: preprocess-shard for every shard, then merge-manifests.
 
-    SPEC.md "Preprocessing" 1-4; SoX runs with -R (repeatable_sox) so the check can be exact.
+    docs/method.md "Preprocessing" 1-4; SoX runs with -R (repeatable_sox) so the check can be exact.
     """
     rows = [(p.name, p) for p in fsdd_files[:3]]
     bad = tmp_path / "bad.wav"

@@ -1,7 +1,7 @@
 """Killed training jobs resume where they stopped (the real CLI, ``python -m workflow_lib.cli train``).
 
-SPEC.md "Initial training" is 500 epochs per preset and fold, "about two days of training on
-four GPUs" (SPEC.md "Metrics and the published numbers"): a job killed by a scheduler or a
+docs/method.md "Initial training" is 500 epochs per preset and fold, "about two days of training on
+four GPUs" (docs/method.md "Metrics and the published numbers"): a job killed by a scheduler or a
 crash must continue at the next epoch and end exactly as an uninterrupted run would, and must
 never continue from a checkpoint written with other settings or data.
 

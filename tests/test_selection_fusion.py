@@ -1,5 +1,5 @@
 """Automatic model selection, fusion, the submission and the evaluation tables
-(SPEC.md "Model selection, prediction, fusion, submission" and "Metrics").
+(docs/method.md "Model selection, prediction, fusion, submission" and "Metrics").
 
 MAP@3 itself (hand case and brute force) is tested in tests/test_training.py.
 """

@@ -1,4 +1,4 @@
-"""Self-verification (SPEC.md "Self-verification"): the three conditions, the per-class cap,
+"""Self-verification (docs/method.md "Self-verification"): the three conditions, the per-class cap,
 the threshold switch, the new training list, the precision table, the K-excerpt posteriors and
 the rule that each fold model judges only its own fold's held-out unverified clips.
 
@@ -68,7 +68,7 @@ def bank_from_arrays(arrays: list[np.ndarray], frames: int) -> ClipBank:
 
 
 def length_fixed(array: np.ndarray, frames: int) -> np.ndarray:
-    """SPEC.md step 5 by hand: tile along time to at least ``frames``, cut at ``frames``."""
+    """docs/method.md "Preprocessing" 5 by hand: tile along time to at least ``frames``, cut at ``frames``."""
     reps = -(-frames // array.shape[1])
     return np.tile(array, (1, reps))[:, :frames]
 
@@ -112,8 +112,8 @@ class FakeFoldModel(nn.Module):
 
 
 def sv_settings(**overrides) -> SelfVerifySettings:
-    values = dict(excerpts=5, threshold=0.95, max_per_class=40, excerpt_frames=8, seed=7,
-                  batch_size=1000, amp=False)
+    values = {"excerpts": 5, "threshold": 0.95, "max_per_class": 40, "excerpt_frames": 8, "seed": 7,
+              "batch_size": 1000, "amp": False}
     values.update(overrides)
     return SelfVerifySettings(**values)
 
@@ -461,7 +461,7 @@ def test_each_fold_model_judges_only_its_own_folds_clips():
 
 
 def test_the_class_cap_is_shared_by_the_folds():
-    """The cap counts a class's self-verified clips over all folds (SPEC: 40 per class)."""
+    """The cap counts a class's self-verified clips over all folds (docs/method.md: 40 per class)."""
     sizes = {0: 4, 1: 4}
     labels = {0: ["a"] * 4, 1: ["a"] * 4}
     unverified, banks = fold_setup(sizes, labels)

@@ -4,8 +4,8 @@ One run of the repository's Snakefile with tests/slurm/demo_small.yaml on top of
 (1 preset, 2 folds, it0 + it1, 2 shards: 21 jobs + `all`) goes through the user-facing
 profiles/slurm with the documented GPU-off override (--set-resources train_initial:gpu=0
 fine_tune:gpu=0 self_verify:gpu=0 predict:gpu=0) on the one-node test cluster
-(tests/slurm/cluster.sh); the same run goes through `snakemake --cores 2` locally, at the same time (the SLURM run mostly waits for the
-plugin's status checks). Then:
+(tests/slurm/cluster.sh); the same run goes through `snakemake --cores 2` locally, at the same
+time (the SLURM run mostly waits for the plugin's status checks). Then:
 
 * every job except `all` ran as its own SLURM job: one per-job log of the plugin per job,
   named .snakemake/slurm_logs/rule_<rule>/<wildcards>/<SLURM job id>.log, the same jobs per
@@ -281,7 +281,7 @@ def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output
     byte_equal = _files(local_dir, BYTE_EQUAL)
     numeric_equal = _files(local_dir, NUMERIC_EQUAL)
     models = _files(local_dir, [MODELS])
-    for patterns, found in ((BYTE_EQUAL, byte_equal), (NUMERIC_EQUAL, numeric_equal),
+    for patterns, _found in ((BYTE_EQUAL, byte_equal), (NUMERIC_EQUAL, numeric_equal),
                             ([MODELS], models)):
         for pattern in patterns:
             assert _files(local_dir, [pattern]), f"no output matches {pattern}"

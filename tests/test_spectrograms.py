@@ -1,6 +1,6 @@
-"""The two spectrogram versions and the length fix against SPEC.md "Preprocessing" 2-5.
+"""The two spectrogram versions and the length fix against docs/method.md "Preprocessing" 2-5.
 
-The references below call librosa and madmom directly with the parameters written in SPEC.md,
+The references below call librosa and madmom directly with the parameters written in docs/method.md,
 so a changed hop, window, filterbank or band count in workflow_lib.spectrograms shows up here.
 Real recordings: the FSDD corpus (8 kHz speech, so loading at 32 kHz also exercises resampling).
 """
@@ -26,7 +26,7 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
 
 
 def reference_v1(y: np.ndarray) -> np.ndarray:
-    """SPEC.md "Preprocessing" 2, written out with librosa."""
+    """docs/method.md "Preprocessing" 2, written out with librosa."""
     magnitude = np.abs(librosa.stft(y, n_fft=1024, hop_length=192, window="hann", center=True,
                                     pad_mode="reflect"))
     with np.errstate(divide="ignore"):
@@ -38,7 +38,7 @@ def reference_v1(y: np.ndarray) -> np.ndarray:
 
 
 def reference_v2(y: np.ndarray) -> np.ndarray:
-    """SPEC.md "Preprocessing" 3, written out with madmom's processors one after another."""
+    """docs/method.md "Preprocessing" 3, written out with madmom's processors one after another."""
     from madmom.audio.filters import LogFilterbank
     from madmom.audio.signal import FramedSignalProcessor, Signal, SignalProcessor
     from madmom.audio.spectrogram import (
@@ -52,19 +52,19 @@ def reference_v2(y: np.ndarray) -> np.ndarray:
     log_spec = LogarithmicFilteredSpectrogramProcessor(filterbank=LogFilterbank, num_bands=26,
                                                        fmin=20, fmax=14000)(spec)
     log_spec = np.asarray(log_spec)
-    assert log_spec.shape[1] == 128, "SPEC.md: 26 bands per octave from 20 Hz to 14 kHz = 128 bands"
+    assert log_spec.shape[1] == 128, "docs/method.md: 26 bands per octave from 20 Hz to 14 kHz = 128 bands"
     return log_spec.T[np.newaxis]
 
 
 @pytest.fixture(scope="module")
 def loaded(fsdd_files):
-    """The recordings as SPEC.md loads them: librosa.load(path, sr=32000, mono=True)."""
+    """The recordings as docs/method.md loads them: librosa.load(path, sr=32000, mono=True)."""
     return {path.name: librosa.load(str(path), sr=SR, mono=True)[0] for path in fsdd_files}
 
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_matches_direct_library_calls_on_real_recordings(loaded, version):
-    """SPEC.md "Preprocessing" 2 (v1, librosa) and 3 (v2, madmom), 4 (shape (1, 128, T), float32)."""
+    """docs/method.md "Preprocessing" 2 (v1, librosa) and 3 (v2, madmom), 4 (shape (1, 128, T), float32)."""
     function = {1: spectrogram_v1, 2: spectrogram_v2}[version]
     reference = {1: reference_v1, 2: reference_v2}[version]
     hop = {1: 192, 2: 128}[version]
@@ -74,7 +74,7 @@ def test_matches_direct_library_calls_on_real_recordings(loaded, version):
         assert actual.dtype == np.float32, name
         assert actual.ndim == 3 and actual.shape[:2] == (1, 128), (name, actual.shape)
         assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
-        # Frame count follows the hop: about one frame per hop samples (SPEC.md 2/3).
+        # Frame count follows the hop: about one frame per hop samples (docs/method.md 2/3).
         assert abs(actual.shape[-1] - len(y) / hop) <= 2, (name, actual.shape, len(y))
         assert np.all(np.isfinite(actual)), name
         error = relative_error(actual, expected)
@@ -84,7 +84,7 @@ def test_matches_direct_library_calls_on_real_recordings(loaded, version):
 
 
 def test_versions_differ_and_v1_is_not_normalised(loaded):
-    """SPEC.md "Preprocessing" 4: no normalisation; v1 applies the mel bank to dB values."""
+    """docs/method.md "Preprocessing" 4: no normalisation; v1 applies the mel bank to dB values."""
     y = next(iter(loaded.values()))
     v1, v2 = spectrogram_v1(y, SR), spectrogram_v2(y, SR)
     assert v1.shape[-1] != v2.shape[-1]  # hop 192 vs hop 128
@@ -94,7 +94,7 @@ def test_versions_differ_and_v1_is_not_normalised(loaded):
 
 
 def test_v2_is_invariant_to_signal_scale(loaded):
-    """SPEC.md "Implementation notes": with norm=True the version-2 chain ignores the scale."""
+    """docs/method.md "Implementation notes": with norm=True the version-2 chain ignores the scale."""
     y = next(iter(loaded.values()))
     a = spectrogram_v2(y, SR)
     b = spectrogram_v2(y * 0.05, SR)
@@ -103,7 +103,7 @@ def test_v2_is_invariant_to_signal_scale(loaded):
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_digital_silence_gives_finite_spectrograms(version):
-    """SPEC.md "Implementation notes": silent clips are kept (original audio), so their
+    """docs/method.md "Implementation notes": silent clips are kept (original audio), so their
     spectrograms must be usable numbers. madmom's norm=True divides by the peak, which is 0
     for digital silence; the result must not be NaN (v2 of silence is log10(1 + 0) = 0)."""
     silence = np.zeros(SR, dtype=np.float32)
@@ -116,7 +116,7 @@ def test_digital_silence_gives_finite_spectrograms(version):
 
 
 def test_fix_length_tiles_a_short_spectrogram():
-    """SPEC.md "Preprocessing" 5: tile along time until >= 3,000 frames, then cut at 3,000."""
+    """docs/method.md "Preprocessing" 5: tile along time until >= 3,000 frames, then cut at 3,000."""
     spec = np.random.default_rng(0).standard_normal((1, 128, 7)).astype(np.float32)
     fixed = fix_length(spec, 3000)
     assert fixed.shape == (1, 128, 3000)
@@ -129,7 +129,7 @@ def test_fix_length_tiles_a_short_spectrogram():
 
 
 def test_fix_length_cuts_a_long_spectrogram():
-    """SPEC.md "Preprocessing" 5: a spectrogram longer than 3,000 frames keeps its first 3,000."""
+    """docs/method.md "Preprocessing" 5: a spectrogram longer than 3,000 frames keeps its first 3,000."""
     spec = np.random.default_rng(1).standard_normal((1, 128, 4321)).astype(np.float32)
     fixed = fix_length(spec, 3000)
     assert fixed.shape == (1, 128, 3000)
@@ -137,7 +137,7 @@ def test_fix_length_cuts_a_long_spectrogram():
 
 
 def test_fix_length_exact_length_and_one_frame():
-    """SPEC.md "Preprocessing" 5: exactly 3,000 frames is unchanged; one frame is repeated."""
+    """docs/method.md "Preprocessing" 5: exactly 3,000 frames is unchanged; one frame is repeated."""
     spec = np.random.default_rng(2).standard_normal((1, 128, 3000)).astype(np.float32)
     np.testing.assert_array_equal(fix_length(spec, 3000), spec)
     one = np.arange(128, dtype=np.float32).reshape(1, 128, 1)
@@ -147,7 +147,7 @@ def test_fix_length_exact_length_and_one_frame():
 
 
 def test_fix_length_on_a_real_spectrogram(loaded):
-    """SPEC.md "Preprocessing" 5 on a real clip: a 0.3-0.5 s recording must be tiled, not padded."""
+    """docs/method.md "Preprocessing" 5 on a real clip: a 0.3-0.5 s recording must be tiled, not padded."""
     y = next(iter(loaded.values()))
     spec = spectrogram_v1(y, SR)
     length = spec.shape[-1]

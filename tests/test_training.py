@@ -1,12 +1,12 @@
-"""The training loop's parts (workflow_lib.training, data, metrics) against SPEC.md.
+"""The training loop's parts (workflow_lib.training, data, metrics) against docs/method.md.
 
-SPEC.md "Initial training": random 384-frame excerpts of each clip's 3,000-frame spectrogram;
+docs/method.md "Initial training": random 384-frame excerpts of each clip's 3,000-frame spectrogram;
 mixup with the batch in reverse order (lambda ~ Beta(a, a) per sample, labels mixed as one-hot);
 categorical cross-entropy on the soft targets; Adam; lr constant for 100 epochs then linear to 0
 at epoch 500; validation on whole clips after every epoch, keeping the lowest validation loss.
-SPEC.md "Fine-tuning": lr per preset, constant for 5 epochs then linear to 0 at 30.
-SPEC.md "Preprocessing" 5: the length fix (tile, then cut at 3,000 frames).
-SPEC.md "Metrics": MAP@3 scores 1, 1/2, 1/3 for a hit at rank 1, 2, 3.
+docs/method.md "Fine-tuning": lr per preset, constant for 5 epochs then linear to 0 at 30.
+docs/method.md "Preprocessing" 5: the length fix (tile, then cut at 3,000 frames).
+docs/method.md "Metrics": MAP@3 scores 1, 1/2, 1/3 for a hit at rank 1, 2, 3.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def one_thread():
     (499, 2.5e-6),
 ])
 def test_paper_schedule(epoch, expected):
-    """SPEC.md: lr 1e-3, constant for 100 epochs, then linear decay to 0 at epoch 500."""
+    """docs/method.md: lr 1e-3, constant for 100 epochs, then linear decay to 0 at epoch 500."""
     assert learning_rate(epoch, 1e-3, 100, 500) == pytest.approx(expected, rel=1e-9)
 
 
@@ -60,7 +60,7 @@ def test_paper_schedule(epoch, expected):
     (0, 2e-4), (4, 2e-4), (5, 2e-4), (10, 2e-4 * 20 / 25), (17, 2e-4 * 13 / 25), (29, 8e-6),
 ])
 def test_fine_tuning_schedule(epoch, expected):
-    """SPEC.md: fine-tuning lr (2e-4 for vgg_gap_spec2) constant 5 epochs, then linear to 0 at 30."""
+    """docs/method.md: fine-tuning lr (2e-4 for vgg_gap_spec2) constant 5 epochs, then linear to 0 at 30."""
     assert learning_rate(epoch, 2e-4, 5, 30) == pytest.approx(expected, rel=1e-9)
 
 
@@ -80,7 +80,7 @@ def _one_hot(labels, n_classes):
 
 @pytest.mark.parametrize("alpha", [0.2, 0.3])
 def test_mixup_mixes_with_the_reversed_batch(alpha):
-    """SPEC.md: mixup with the batch in reverse order, lambda ~ Beta(a, a) per sample."""
+    """docs/method.md: mixup with the batch in reverse order, lambda ~ Beta(a, a) per sample."""
     n = 7
     inputs = torch.randn(n, 1, 6, 5)
     labels = [0, 1, 2, 3, 1, 0, 2]
@@ -104,7 +104,7 @@ def test_mixup_mixes_with_the_reversed_batch(alpha):
 
 @pytest.mark.parametrize("alpha", [0.2, 0.3])
 def test_mixup_lambda_follows_beta(alpha):
-    """SPEC.md: lambda ~ Beta(a, a). Recovered from the targets of many mixed pairs."""
+    """docs/method.md: lambda ~ Beta(a, a). Recovered from the targets of many mixed pairs."""
     n = 20_000
     labels = [0] * (n // 2) + [1] * (n // 2)   # example i pairs with n-1-i: the other class
     inputs = torch.zeros(n, 1, 1, 1)
@@ -131,7 +131,7 @@ def test_mixup_lambda_follows_beta(alpha):
 
 
 def test_soft_cross_entropy_equals_cross_entropy_for_one_hot_targets():
-    """SPEC.md: categorical cross-entropy on the soft targets (one-hot: the usual loss)."""
+    """docs/method.md: categorical cross-entropy on the soft targets (one-hot: the usual loss)."""
     torch.manual_seed(0)
     logits = torch.randn(9, 5) * 3
     labels = torch.randint(0, 5, (9,))
@@ -167,7 +167,7 @@ def bank(stored_clips) -> ClipBank:
 
 
 def test_excerpts_read_the_length_fixed_clip(bank, stored_clips):
-    """SPEC.md "Preprocessing" 5: excerpts come from the tiled/cut 3,000-frame spectrogram.
+    """docs/method.md "Preprocessing" 5: excerpts come from the tiled/cut 3,000-frame spectrogram.
 
     Every excerpt frame j of clip c equals frame (start + j) % T of the stored clip, i.e. frame
     start + j of fix_length(clip).
@@ -209,7 +209,7 @@ def test_whole_equals_fix_length(bank, stored_clips):
 # ---------------------------------------------------------------- metrics
 
 def test_map_at_3_hand_computed():
-    """SPEC.md "Metrics": 1, 1/2, 1/3 for a hit at rank 1, 2, 3; 0 otherwise."""
+    """docs/method.md "Metrics": 1, 1/2, 1/3 for a hit at rank 1, 2, 3; 0 otherwise."""
     probs = np.array([[0.1, 0.2, 0.3, 0.4]] * 4)   # ranking: 3, 2, 1, 0
     for target, score in [(3, 1.0), (2, 1 / 2), (1, 1 / 3), (0, 0.0)]:
         assert map_at_3(probs[:1], np.array([target])) == pytest.approx(score)
@@ -259,7 +259,7 @@ def band_bank(per_class: int, frames: int, rng: np.random.Generator) -> tuple[Cl
 
 
 def test_fit_learns_a_separable_problem_and_keeps_the_best_epoch(tmp_path):
-    """SPEC.md "Initial training": validate after every epoch, keep the lowest-loss parameters."""
+    """docs/method.md "Initial training": validate after every epoch, keep the lowest-loss parameters."""
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     train_bank, train_targets = band_bank(8, 256, rng)

@@ -1,6 +1,6 @@
 """The Snakemake workflow as a whole, without running any job.
 
-SPEC.md "Data contract": a dataset in the FSDKaggle2018 layout (9,473 training clips, 41 classes,
+docs/method.md "Data contract": a dataset in the FSDKaggle2018 layout (9,473 training clips, 41 classes,
 1,600 test clips) must plan quickly: the DAG must not grow with the number of files (sharded
 preprocessing), and must not need the audio to be present to plan. Bad settings must stop the
 run with one readable sentence naming the key.
@@ -102,7 +102,7 @@ def test_lint_is_clean():
 
 
 def test_paper_dry_run_on_a_full_size_listing(tmp_path):
-    """SPEC.md "Data contract": a 9,500 + 1,600 clip listing plans in seconds, sharded."""
+    """docs/method.md "Data contract": a 9,500 + 1,600 clip listing plans in seconds, sharded."""
     big = write_fsdkaggle_listing(tmp_path / "fsdkaggle")
     done, seconds = dry_run(big, tmp_path / "work", cwd=tmp_path)
     output = done.stdout + done.stderr

@@ -3,4 +3,6 @@
 Plain importable functions; the Snakemake rules in ``rules/`` only wire them together.
 """
 
-__version__ = "0.1.0"
+#: The one place the version is written: pyproject.toml reads it (``[tool.setuptools.dynamic]``),
+#: every CLI step logs it, and the Snakemake report shows it. Changes per version: CHANGELOG.md.
+__version__ = "0.2.0"

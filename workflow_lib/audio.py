@@ -1,6 +1,6 @@
 """Decode a clip, clip its silence with the SoX binary, and load it at the model's sample rate.
 
-SPEC.md "Preprocessing" 1: SoX removes leading and trailing silence; when SoX fails or clips
+docs/method.md "Preprocessing" 1: SoX removes leading and trailing silence; when SoX fails or clips
 everything away the spectrogram is computed on the original audio. A file that cannot be
 decoded at all (or holds no samples) is reported and skipped. All-zero input is caught before
 SoX, because SoX's first ``norm -0.1`` would turn digital silence into full-scale noise.
@@ -19,7 +19,7 @@ import soundfile as sf
 
 from .errors import UserError
 
-#: The effects chain of SPEC.md, as SoX arguments after ``sox IN OUT``.
+#: The effects chain of docs/method.md, as SoX arguments after ``sox IN OUT``.
 SPEC_SOX_EFFECTS: tuple[str, ...] = (
     "norm", "-0.1", "silence", "1", "0.025", "0.15%", "norm", "-0.1",
     "reverse", "silence", "1", "0.025", "0.15%", "reverse",
@@ -109,7 +109,7 @@ def run_sox(source: Path, target: Path, effects: tuple[str, ...], sox: str = "so
 
     Paths are made absolute so a file name beginning with '-' is never read as an option.
     ``-R`` (repeatable mode) seeds SoX's dither generator: without it the 16-bit output differs
-    in the last bit from run to run. The effects chain itself is exactly SPEC.md's.
+    in the last bit from run to run. The effects chain itself is exactly docs/method.md's.
     """
     command = [sox, "-R", str(source.resolve()), str(target.resolve()), *effects]
     try:
@@ -138,7 +138,7 @@ def check_sox_effects(effects: tuple[str, ...], sox: str = "sox") -> None:
 
 
 def _load(path: Path, sample_rate: int) -> np.ndarray:
-    """librosa.load as SPEC.md prescribes: mono, resampled with soxr (librosa's default)."""
+    """librosa.load as docs/method.md prescribes: mono, resampled with soxr (librosa's default)."""
     import librosa  # imported here: training jobs use this package without audio decoding
 
     samples, _ = librosa.load(str(path), sr=sample_rate, mono=True)
@@ -148,7 +148,7 @@ def _load(path: Path, sample_rate: int) -> np.ndarray:
 def load_clipped(
     path: Path, sample_rate: int, effects: tuple[str, ...] = SPEC_SOX_EFFECTS, sox: str = "sox"
 ) -> LoadedClip:
-    """Decode, SoX-clip and load one file, falling back to the original audio per SPEC.md."""
+    """Decode, SoX-clip and load one file, falling back to the original audio per docs/method.md."""
     path = Path(path)
     status, info, detail = probe(path)
     if status != "ok":

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 log = logging.getLogger("workflow_lib")
@@ -270,6 +271,19 @@ def plot_evaluation(args: argparse.Namespace) -> None:
     per_class_plot(pd.read_csv(args.per_class, dtype={"label": str}), "fusion", args.out_per_class)
 
 
+@command("report-tables", arg("--summary", type=Path, required=True),
+         arg("--systems", type=Path, help="baselines/systems.csv, when the baselines ran"),
+         arg("--out", type=Path, required=True))
+def report_tables(args: argparse.Namespace) -> None:
+    """The run's result tables as one HTML page, first in the Snakemake report."""
+    from .report_tables import results_page
+
+    tables = [("Summary: one row per preset and the fusion", args.summary)]
+    if args.systems is not None:
+        tables.append(("Baselines: one row per system", args.systems))
+    results_page(tables, args.out)
+
+
 # --------------------------------------------------------------------------- baselines
 # rules/baselines.smk (config key `baselines`); the logic is in workflow_lib/baselines.py.
 
@@ -319,6 +333,7 @@ def baseline_systems(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.cli", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, function in COMMANDS.items():
         child = sub.add_parser(name, help=(function.__doc__ or "").strip().split("\n")[0])
@@ -332,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # Every job's log names the release that wrote it (CHANGELOG.md), so a result can be cited.
+    log.info("workflow_lib %s: %s", __version__, args.command)
     try:
         args.function(args)
     except UserError as error:

@@ -1,6 +1,6 @@
 """The data path: clips held in memory (on the GPU when training there), excerpts cut by indexing.
 
-SPEC.md step 5 tiles every spectrogram along time to at least ``frames`` frames and cuts it
+docs/method.md "Preprocessing" 5 tiles every spectrogram along time to at least ``frames`` frames and cuts it
 there. Frame ``t`` of the length-fixed clip is frame ``t % T`` of the stored one, so an excerpt
 is one gather from a single (total_frames, 128) tensor: no per-clip Python loop, no tiled copy
 in memory, and the same code serves CPU and CUDA.

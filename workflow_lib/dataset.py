@@ -1,4 +1,4 @@
-"""Read and validate a dataset in the FSDKaggle2018 layout (SPEC.md "Data contract").
+"""Read and validate a dataset in the FSDKaggle2018 layout (docs/method.md "Data contract").
 
 Errors stop the run with the file and line named; recoverable problems become logged skips
 listed in ``results/data/problems.csv``:

@@ -1,4 +1,4 @@
-"""Stratified cross-validation folds (SPEC.md "Cross-validation folds").
+"""Stratified cross-validation folds (docs/method.md "Cross-validation folds").
 
 The training list is shuffled with a fixed seed; the verified and the unverified clips are then
 split separately, each into ``n_folds`` folds stratified by label. Fold k's validation part is

@@ -1,4 +1,6 @@
-"""Fusion of the presets' predictions and the challenge submission (SPEC.md "fusion").
+"""Fusion of the presets' predictions and the challenge submission.
+
+docs/method.md "Model selection, prediction, fusion, submission".
 
 ``mean``: the average of the presets' posteriors (the final system of the paper).
 ``learned``: the authors' fusion script's option: one weight per model plus one bias per

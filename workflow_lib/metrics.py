@@ -1,4 +1,4 @@
-"""Metrics as the challenge scored them (SPEC.md "Metrics and the published numbers")."""
+"""Metrics as the challenge scored them (docs/method.md "Metrics and the published numbers")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The VGG-style fully convolutional network with global average pooling (SPEC.md "Network").
+"""The VGG-style fully convolutional network with global average pooling (docs/method.md "Network").
 
 Fully convolutional: it trains on short excerpts and predicts on whole spectrograms. The
 network returns logits (after the last batch norm and the pooling); softmax is applied by the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BN_MOMENTUM = 0.1   # SPEC.md; PyTorch's momentum has the same meaning as Lasagne's alpha
+BN_MOMENTUM = 0.1   # docs/method.md; PyTorch's momentum has the same meaning as Lasagne's alpha
 BN_EPS = 1e-4       # Lasagne's BatchNormLayer default, which the original network used
 
 
@@ -27,12 +27,12 @@ def conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding:
     return layers
 
 
-#: SPEC.md's dropout rates: after the convolutional blocks, and in the classifier head.
+#: docs/method.md's dropout rates: after the convolutional blocks, and in the classifier head.
 PAPER_DROPOUT = (0.3, 0.5)
 
 
 def _layers(width: int, n_classes: int, dropout: tuple[float, float]) -> list[nn.Module]:
-    """The layer list of SPEC.md, top to bottom."""
+    """The layer list of docs/method.md, top to bottom."""
     nf, (conv_p, head_p) = width, dropout
     return [
         *conv_bn_relu(1, nf, 5, stride=2, padding=2), *conv_bn_relu(nf, nf, 3),
@@ -64,7 +64,7 @@ class VggGap(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He-normal initialisation of every convolution (SPEC.md)."""
+        """He-normal initialisation of every convolution (docs/method.md)."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -76,7 +76,7 @@ class VggGap(nn.Module):
 def build_model(width: int, n_classes: int, dropout: tuple[float, float] = PAPER_DROPOUT) -> VggGap:
     """The one builder for every preset: the presets differ in width only.
 
-    ``dropout`` = (conv blocks, head). Narrow networks need lower rates than SPEC.md's: with
+    ``dropout`` = (conv blocks, head). Narrow networks need lower rates than docs/method.md's: with
     8-16 channels, dropout inflates the batch-norm running variances so much that the network
     predicts near-uniform posteriors in evaluation mode (measured on the demo: chance level at
     (0.3, 0.5), 100 % at (0.06, 0.1)).

@@ -1,4 +1,4 @@
-"""Automatic model selection (SPEC.md "Model selection"): per preset, the iteration with the
+"""Automatic model selection (docs/method.md "Model selection"): per preset, the iteration with the
 lowest mean verified validation loss over the folds. The authors picked by eye; here the
 choice and the numbers behind it are written to ``results/selection/{preset}.csv``.
 """

@@ -1,4 +1,4 @@
-"""Iterative self-verification (SPEC.md "Self-verification").
+"""Iterative self-verification (docs/method.md "Self-verification").
 
 Each fold model judges only the unverified clips of its own validation part (clips it never
 trained on). Per clip it averages the posteriors of K random excerpts; the clip's given label

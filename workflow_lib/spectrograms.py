@@ -1,4 +1,4 @@
-"""The two spectrogram versions of SPEC.md "Preprocessing" 2-5, and the length fix.
+"""The two spectrogram versions of docs/method.md "Preprocessing" 2-5, and the length fix.
 
 Both return float32 arrays of shape (1, 128, T): frequency first, time last, no normalisation.
 """
@@ -53,7 +53,7 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     """madmom version: 128 log-spaced bands of log10(1 + |STFT|).
 
     The signal is handed over already resampled (``Signal(y, sample_rate)``), which avoids
-    madmom's ffmpeg dependency for files at other sample rates (SPEC.md implementation notes).
+    madmom's ffmpeg dependency for files at other sample rates (docs/method.md "Implementation notes").
     """
     from madmom.audio.signal import Signal
 

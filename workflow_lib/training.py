@@ -1,6 +1,6 @@
 """The training loop: excerpts, mixup, soft-target cross-entropy, Adam, schedule, validation.
 
-Used for both stages of SPEC.md: initial training (all clips of the fold, mixup, 500 epochs)
+Used for both stages of docs/method.md: initial training (all clips of the fold, mixup, 500 epochs)
 and fine-tuning (verified + self-verified clips, no mixup, 30 epochs). After every epoch the
 whole state (model, optimizer, random generators, history, best parameters) is saved
 atomically, so a killed job resumes at the next epoch and ends with the same result as an

@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset  # noqa: E402
 
-FSDD = REPO.parent / "shared/datasets/fsdd/recordings"
+#: Environment variable with the FSDD recordings folder: the default of --fsdd.
+FSDD_ENV = "SV_FSDD_DIR"
 NAME_PATTERN = r"^(?P<label>\d+)_(?P<group>[a-z]+)_(?P<take>\d+)\.wav$"
 COPIED = {"results/baselines/systems.csv": "systems.csv",
           "results/baselines/iterations.csv": "iterations.csv",
@@ -125,7 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=HERE / "results",
                    help="output folder (dataset/, work/, systems.csv ...); default %(default)s")
-    p.add_argument("--fsdd", type=Path, default=FSDD, help="the FSDD recordings folder")
+    p.add_argument("--fsdd", type=Path, default=os.environ.get(FSDD_ENV) or None,
+                   help=f"the FSDD recordings folder (default: ${FSDD_ENV})")
     p.add_argument("--test-speaker", default="theo", help="held-out speaker (test set)")
     p.add_argument("--verified-fraction", type=float, default=0.4)
     p.add_argument("--noise-rate", type=float, default=0.3, help="share of unverified labels made wrong")
@@ -143,6 +145,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.fsdd is None:
+        print(f"error: where are the FSDD recordings? Pass --fsdd DIR or set {FSDD_ENV}", file=sys.stderr)
+        return 1
     if not args.fsdd.is_dir():
         print(f"error: FSDD recordings not found at {args.fsdd} (--fsdd)", file=sys.stderr)
         return 1

@@ -1,0 +1,63 @@
+"""The results tables as one HTML page for ``snakemake --report``.
+
+Snakemake's report shows pictures, PDFs and HTML pages inline, but a CSV only as a download.
+This page puts the run's tables (``results/summary.csv`` and, with baselines,
+``results/baselines/systems.csv``) where a reader of the report sees them first, and names the
+``workflow_lib`` version that wrote them, so a result can be traced to a release.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .io import write_text
+
+# Scoped to the page's own <div>: the report's opening page embeds this file as it is.
+STYLE = """
+.sv-results { font-size: 14px; }
+.sv-results table { border-collapse: collapse; margin-bottom: 1.5em; }
+.sv-results th, .sv-results td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+.sv-results th { background: #f0f0f0; }
+.sv-results td:first-child, .sv-results td:nth-child(2) { text-align: left; }
+.sv-results p.source { color: #555; margin-top: 0; }
+"""
+
+
+def table_html(frame: pd.DataFrame, digits: int = 4) -> str:
+    """One table: counts as integers, other numbers rounded for reading (the CSV keeps every
+    digit), empty cells blank."""
+    shown = frame.convert_dtypes()  # a count column with empty cells stays integer
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].round(digits)
+    shown = shown.astype(object).where(shown.notna(), "")  # to_html prints pd.NA as "<NA>"
+    return shown.to_html(index=False, border=0, escape=True)
+
+
+def results_page(tables: Sequence[tuple[str, Path]], out: Path, version: str = __version__) -> None:
+    """Write ``out``: a heading, then each (title, CSV path) as a table with its source file.
+
+    An HTML5 fragment (no <html>/<body>): a browser shows it as a page on its own, and the
+    report's opening page (report/workflow.rst) includes it unchanged.
+    """
+    parts = [
+        '<meta charset="utf-8">',
+        f"<style>{STYLE}</style>",
+        '<div class="sv-results">',
+        "<h2>Results</h2>",
+        f'<p class="source">Written by workflow_lib {html.escape(version)}.</p>',
+    ]
+    for title, path in tables:
+        frame = pd.read_csv(path)
+        parts += [
+            f"<h3>{html.escape(title)}</h3>",
+            f'<p class="source">{html.escape(str(path))}: {len(frame)} rows</p>',
+            table_html(frame),
+        ]
+    parts.append("</div>")
+    write_text("\n".join(parts) + "\n", out)
