@@ -15,7 +15,7 @@ rule report_tables:
         ),
     params:
         cli=CLI,
-        systems=lambda wildcards, input: f"--systems {input.systems[0]}" if input.systems else "",
+        systems=lambda wildcards, input: ["--systems", input.systems[0]] if input.systems else [],
     log:
         f"{RESULTS}/logs/report_tables.log",
     conda:
