@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO, tone, write_wav
 
 from workflow_lib import io as wio
 from workflow_lib.audio import (
@@ -45,13 +44,19 @@ from workflow_lib.dataset import (
 )
 from workflow_lib.io import DiskFullError, write_csv
 
+from conftest import REPO, tone, write_wav
+
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 DATASET = CONFIG["dataset"]
 FOLDS = 2
 
 
-def write_listing(root: Path, labels: list[str], test_rows: list[str] | None = None,
-                  header: str = "fname,label,manually_verified") -> Path:
+def write_listing(
+    root: Path,
+    labels: list[str],
+    test_rows: list[str] | None = None,
+    header: str = "fname,label,manually_verified",
+) -> Path:
     """train.csv (3 clips per label) with empty audio files: validation reads no audio."""
     (root / "audio_train").mkdir(parents=True, exist_ok=True)
     (root / "audio_test").mkdir(parents=True, exist_ok=True)
@@ -98,8 +103,9 @@ def test_label_with_spaces_is_refused_and_all_is_an_ordinary_class(tmp_path):
 def test_per_class_table_keeps_class_all_apart_from_the_totals_row():
     from workflow_lib.self_verify import precision_table
 
-    decisions = pd.DataFrame({"fname": ["a", "b", "c"], "given_label": ["ALL", "ALL", "dog"],
-                              "accepted": [True, False, True]})
+    decisions = pd.DataFrame(
+        {"fname": ["a", "b", "c"], "given_label": ["ALL", "ALL", "dog"], "accepted": [True, False, True]}
+    )
     table = precision_table(decisions, ["ALL", "dog"]).set_index("label")
     assert list(table.index) == ["ALL", "dog", TOTAL_ROW]
     assert table.loc["ALL", "n_unverified"] == 2 and table.loc[TOTAL_ROW, "n_unverified"] == 3
@@ -117,13 +123,13 @@ def test_unlisted_decodable_test_audio_is_refused(tmp_path):
     does not list is an error naming the file; without a CSV it is predicted."""
     root = write_listing(tmp_path, ["dog", "cat"], ["t0.wav,dog,Public"])
     sf.write(str(root / "audio_test" / "extra.flac"), tone(0.2, 8000), 8000, format="FLAC")
-    (root / "audio_test" / "README.txt").write_text("not audio")   # not decodable: no error
+    (root / "audio_test" / "README.txt").write_text("not audio")  # not decodable: no error
     message = refusal(root)
     assert "extra.flac is decodable audio but not listed in test_post_competition.csv" in message
     assert "README.txt" not in message
     (root / "test_post_competition.csv").unlink()
     _, test, problems = validate_dataset(root, DATASET, FOLDS)
-    assert list(test["fname"]) == ["extra.flac", "t0.wav"]      # t0.wav: undecodable, kept
+    assert list(test["fname"]) == ["extra.flac", "t0.wav"]  # t0.wav: undecodable, kept
     ignored = problems.frame().set_index("fname")
     assert ignored.loc["README.txt", "outcome"] == "ignored"
 
@@ -142,7 +148,7 @@ def test_symlink_leaving_the_dataset_is_skipped_unless_allowed(tmp_path):
     (root / "audio_test" / "t0.wav").symlink_to("/etc/passwd")
     train, test, problems = validate_dataset(root, DATASET, FOLDS)
     assert "c0_1.wav" not in set(train["fname"]) and "c0_2.wav" in set(train["fname"])
-    assert test.set_index("fname").loc["t0.wav", "path"] == ""   # kept, answered empty
+    assert test.set_index("fname").loc["t0.wav", "path"] == ""  # kept, answered empty
     frame = problems.frame().set_index("fname")
     assert frame.loc["c0_1.wav", "outcome"] == "skipped"
     assert "leads outside the dataset root" in frame.loc["c0_1.wav", "problem"]
@@ -167,8 +173,7 @@ def test_float_wav_with_nan_samples_is_skipped(tmp_path, sox_binary):
         clip = load_clipped(path, 16000)
         assert clip.status == SKIPPED_NONFINITE and not clip.usable and clip.samples is None
         assert clip.detail.startswith(f"{count} of ")
-    assert load_clipped(write_wav(tmp_path / "fine.wav", tone(0.5, 16000), 16000, "FLOAT"),
-                        16000).usable
+    assert load_clipped(write_wav(tmp_path / "fine.wav", tone(0.5, 16000), 16000, "FLOAT"), 16000).usable
 
 
 def test_sox_effects_typo_fails_at_start_with_soxs_message(tmp_path, sox_binary):
@@ -180,11 +185,17 @@ def test_sox_effects_typo_fails_at_start_with_soxs_message(tmp_path, sox_binary)
     with pytest.raises(SoxEffectsError) as raised:
         check_sox_effects(typo)
     assert "preprocessing.sox_effects" in str(raised.value) and "silense" in str(raised.value)
-    listing = pd.DataFrame({"fname": ["a.wav"], "label": ["x"], "verified": ["1"],
-                            "path": [str(write_wav(tmp_path / "a.wav", tone(0.5, 16000), 16000))]})
+    listing = pd.DataFrame(
+        {
+            "fname": ["a.wav"],
+            "label": ["x"],
+            "verified": ["1"],
+            "path": [str(write_wav(tmp_path / "a.wav", tone(0.5, 16000), 16000))],
+        }
+    )
     with pytest.raises(SoxEffectsError):
         process_shard(listing, 0, 1, [1], 32000, typo)
-    check_sox_effects(tuple(CONFIG["preprocessing"]["sox_effects"]))   # the real chain passes
+    check_sox_effects(tuple(CONFIG["preprocessing"]["sox_effects"]))  # the real chain passes
 
 
 # --------------------------------------------------------------------------- disk full
@@ -192,6 +203,7 @@ def test_sox_effects_typo_fails_at_start_with_soxs_message(tmp_path, sox_binary)
 
 def test_disk_full_in_a_csv_write_names_the_path(tmp_path, monkeypatch):
     """Row 'disk full': a clear message naming the file (OSError ENOSPC from the write)."""
+
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -201,7 +213,7 @@ def test_disk_full_in_a_csv_write_names_the_path(tmp_path, monkeypatch):
         write_csv(pd.DataFrame({"a": [1]}), target)
     assert "No space left on device while writing" in str(raised.value)
     assert str(target) in str(raised.value)
-    assert not list(target.parent.iterdir())       # no temporary file left behind
+    assert not list(target.parent.iterdir())  # no temporary file left behind
 
 
 def test_disk_full_in_torch_save_is_named(tmp_path, monkeypatch):
@@ -256,27 +268,44 @@ def test_every_test_clip_is_in_the_submission(tmp_path):
     from workflow_lib.stages import fuse_job, summary_job
 
     classes = ["cat", "dog"]
-    manifest = pd.DataFrame({"fname": ["a.wav", "b.wav", "c.wav", "d.wav"],
-                             "status": ["clipped", "skipped_undecodable", "fallback_silent",
-                                        "skipped_empty"],
-                             "detail": ["", "cannot decode: x", "", "no samples"]})
+    manifest = pd.DataFrame(
+        {
+            "fname": ["a.wav", "b.wav", "c.wav", "d.wav"],
+            "status": ["clipped", "skipped_undecodable", "fallback_silent", "skipped_empty"],
+            "detail": ["", "cannot decode: x", "", "no samples"],
+        }
+    )
     write_csv(manifest, tmp_path / "manifest.csv")
     test = _posteriors(tmp_path / "p.csv", ["a.wav", "c.wav"], classes)
-    fuse_job({"p": test}, {"p": test}, _classes(tmp_path / "classes.csv", classes), "mean", 1,
-             0.1, tmp_path / "fused.csv", tmp_path / "w.csv", tmp_path / "submission.csv",
-             tmp_path / "manifest.csv", tmp_path / "status.csv")
+    fuse_job(
+        {"p": test},
+        {"p": test},
+        _classes(tmp_path / "classes.csv", classes),
+        "mean",
+        1,
+        0.1,
+        tmp_path / "fused.csv",
+        tmp_path / "w.csv",
+        tmp_path / "submission.csv",
+        tmp_path / "manifest.csv",
+        tmp_path / "status.csv",
+    )
     submission = pd.read_csv(tmp_path / "submission.csv", dtype=str, keep_default_na=False)
     assert list(submission["fname"]) == ["a.wav", "b.wav", "c.wav", "d.wav"]
     assert [bool(x) for x in submission["label"]] == [True, False, True, False]
     status = pd.read_csv(tmp_path / "status.csv", dtype=str, keep_default_na=False)
     assert list(status["status"]) == ["predicted", "skipped_undecodable", "predicted", "skipped_empty"]
-    selection = pd.DataFrame({"iteration": [0], "chosen": [True], "mean_valid_acc": [0.5],
-                              "mean_valid_map3": [0.6]})
+    selection = pd.DataFrame(
+        {"iteration": [0], "chosen": [True], "mean_valid_acc": [0.5], "mean_valid_map3": [0.6]}
+    )
     write_csv(selection, tmp_path / "selection.csv")
-    table = summary_job(["p"], [tmp_path / "selection.csv"], [], None, tmp_path / "summary.csv",
-                        tmp_path / "status.csv")
-    assert table["test_note"].iloc[0] == ("no test labels; 2 of 4 test clips not predicted "
-                                          "(empty rows in submission.csv; reasons in status.csv)")
+    table = summary_job(
+        ["p"], [tmp_path / "selection.csv"], [], None, tmp_path / "summary.csv", tmp_path / "status.csv"
+    )
+    assert table["test_note"].iloc[0] == (
+        "no test labels; 2 of 4 test clips not predicted "
+        "(empty rows in submission.csv; reasons in status.csv)"
+    )
 
 
 def test_predict_only_evaluation_says_no_test_labels(tmp_path):
@@ -286,11 +315,16 @@ def test_predict_only_evaluation_says_no_test_labels(tmp_path):
     from workflow_lib.stages import evaluate_job
 
     classes = ["cat", "dog"]
-    write_csv(pd.DataFrame({"fname": ["a.wav", "b.wav"], "label": "", "usage": "",
-                            "path": ["x", ""]}), tmp_path / "test.csv")
-    scores = evaluate_job(tmp_path / "test.csv", _classes(tmp_path / "classes.csv", classes),
-                          {"fusion": _posteriors(tmp_path / "f.csv", ["a.wav"], classes)},
-                          tmp_path / "eval")
+    write_csv(
+        pd.DataFrame({"fname": ["a.wav", "b.wav"], "label": "", "usage": "", "path": ["x", ""]}),
+        tmp_path / "test.csv",
+    )
+    scores = evaluate_job(
+        tmp_path / "test.csv",
+        _classes(tmp_path / "classes.csv", classes),
+        {"fusion": _posteriors(tmp_path / "f.csv", ["a.wav"], classes)},
+        tmp_path / "eval",
+    )
     assert set(scores["note"]) == {"no test labels"} and set(scores["n"]) == {0}
     per_class = pd.read_csv(tmp_path / "eval" / "per_class.csv")
     confusion = pd.read_csv(tmp_path / "eval" / "confusion.csv")
@@ -304,11 +338,22 @@ def test_unpredicted_scored_clips_are_counted(tmp_path):
     from workflow_lib.stages import evaluate_job
 
     classes = ["cat", "dog"]
-    write_csv(pd.DataFrame({"fname": ["a.wav", "b.wav", "c.wav"], "label": ["cat", "dog", "dog"],
-                            "usage": ["Public", "Private", "Private"]}), tmp_path / "test.csv")
-    scores = evaluate_job(tmp_path / "test.csv", _classes(tmp_path / "classes.csv", classes),
-                          {"fusion": _posteriors(tmp_path / "f.csv", ["a.wav", "b.wav"], classes)},
-                          tmp_path / "eval").set_index("set")
+    write_csv(
+        pd.DataFrame(
+            {
+                "fname": ["a.wav", "b.wav", "c.wav"],
+                "label": ["cat", "dog", "dog"],
+                "usage": ["Public", "Private", "Private"],
+            }
+        ),
+        tmp_path / "test.csv",
+    )
+    scores = evaluate_job(
+        tmp_path / "test.csv",
+        _classes(tmp_path / "classes.csv", classes),
+        {"fusion": _posteriors(tmp_path / "f.csv", ["a.wav", "b.wav"], classes)},
+        tmp_path / "eval",
+    ).set_index("set")
     assert scores.loc["Private", "n"] == 1 and scores.loc["Private", "n_unpredicted"] == 1
     assert scores.loc["Public", "n_unpredicted"] == 0 and set(scores["note"].fillna("")) == {""}
 
@@ -321,17 +366,22 @@ def test_user_setting_wins_over_the_run_preset():
     run preset': the user's value wins (was: silently replaced by the demo preset's), the key
     is named, and an invalid value is refused."""
     user = {"method": {"self_verification": {"threshold": 0.9}, "initial_training": {"epochs": 3}}}
-    config = {**CONFIG, "method": {**CONFIG["method"],
-                                   "self_verification": {**CONFIG["method"]["self_verification"],
-                                                         "threshold": 0.9},
-                                   "initial_training": {**CONFIG["method"]["initial_training"],
-                                                        "epochs": 3}}}
+    config = {
+        **CONFIG,
+        "method": {
+            **CONFIG["method"],
+            "self_verification": {**CONFIG["method"]["self_verification"], "threshold": 0.9},
+            "initial_training": {**CONFIG["method"]["initial_training"], "epochs": 3},
+        },
+    }
     settings = resolve_settings(config, user)
     assert settings["method"]["self_verification"]["threshold"] == 0.9
     assert settings["method"]["initial_training"]["epochs"] == 3
-    assert settings["method"]["initial_training"]["constant_epochs"] == 3      # the demo's
+    assert settings["method"]["initial_training"]["constant_epochs"] == 3  # the demo's
     assert preset_shadowed(CONFIG["run_presets"]["demo"], user) == [
-        "method.initial_training.epochs", "method.self_verification.threshold"]
+        "method.initial_training.epochs",
+        "method.self_verification.threshold",
+    ]
     with pytest.raises(ConfigError, match="threshold"):
         resolve_settings(config, {"method": {"self_verification": {"threshold": 2}}})
 
@@ -349,7 +399,7 @@ def test_results_folder_belongs_to_one_dataset_and_preset(tmp_path):
     demo = resolve_settings(CONFIG)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "run.json").write_text(json.dumps(run_identity(demo)))
-    check_run_identity(tmp_path / "results", run_identity(demo))         # same run: fine
+    check_run_identity(tmp_path / "results", run_identity(demo))  # same run: fine
     root = write_listing(tmp_path / "data", ["dog", "cat"])
     paper = resolve_settings({**CONFIG, "run_preset": "paper", "dataset_root": str(root)})
     with pytest.raises(ConfigError, match=r"holds the results of another run.*--directory"):
@@ -365,8 +415,10 @@ def test_results_folder_belongs_to_one_dataset_and_preset(tmp_path):
 # (their paths are built from RESULTS and constrained wildcards, never from config values).
 # Wildcards are safe where constrained to digits or a fixed set (preset names are not: :q).
 # {params.cli} is the command itself (several shell words, never :q; see rules/common.smk).
-SAFE = re.compile(r"^\{(threads|log|output(\.\w+)?|input(\.\w+)?|resources\.\w+|params\.cli"
-                  r"|wildcards\.(fold|it|shard|split|version))\}$")
+SAFE = re.compile(
+    r"^\{(threads|log|output(\.\w+)?|input(\.\w+)?|resources\.\w+|params\.cli"
+    r"|wildcards\.(fold|it|shard|split|version))\}$"
+)
 
 
 def unquoted_placeholders(text: str) -> list[str]:
@@ -382,10 +434,12 @@ def unquoted_placeholders(text: str) -> list[str]:
 def test_rule_files_quote_every_value_placeholder():
     """Row '`compute.gpu_lock_dir` containing $(touch ...) or spaces': every {params.*}
     placeholder in a shell command is quoted with :q (the lock dir and preset names were not)."""
-    assert unquoted_placeholders('shell:\n    "run {params.x} {params.y:q} {threads} {log}"\n') == ["{params.x}"]
+    assert unquoted_placeholders('shell:\n    "run {params.x} {params.y:q} {threads} {log}"\n') == [
+        "{params.x}"
+    ]
     texts = {p.name: p.read_text() for p in (REPO / "rules").glob("*.smk")}
     shells = sum(len(re.findall(r"shell:\s*\n((?:\s+\".*\"\s*\n)+)", t)) for t in texts.values())
-    assert shells == sum(t.count("shell:") for t in texts.values())   # every command is read
+    assert shells == sum(t.count("shell:") for t in texts.values())  # every command is read
     offenders = {name: unquoted_placeholders(text) for name, text in texts.items()}
     assert {k: v for k, v in offenders.items() if v} == {}
 

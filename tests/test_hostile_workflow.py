@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+
 from conftest import REPO, tone
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -56,9 +57,24 @@ def _snakemake() -> str:
 def snakemake(workdir: Path, *args: str, timeout: float = 600) -> tuple[int, str]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     workdir.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([_snakemake(), "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(workdir), *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        [
+            _snakemake(),
+            "--cores",
+            "2",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            *args,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -69,19 +85,21 @@ def write_tiny_dataset(root: Path, labels: dict[str, float] = CLASSES, test_csv:
     for label, freq in labels.items():
         for k in range(6):
             name = f"{label}_{k}.wav"
-            sf.write(str(train / name), tone(0.4 + 0.05 * k, 8000, freq * (1 + 0.02 * k)), 8000,
-                     subtype="PCM_16")
+            sf.write(
+                str(train / name), tone(0.4 + 0.05 * k, 8000, freq * (1 + 0.02 * k)), 8000, subtype="PCM_16"
+            )
             rows.append({"fname": name, "label": label, "manually_verified": int(k < 3)})
     pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
     test = _mkdir(root / "audio_test")
     for i, freq in enumerate(CLASSES.values()):
         sf.write(str(test / f"t{i}.wav"), tone(0.5, 8000, freq), 8000, subtype="PCM_16")
     sf.write(str(test / "t3.flac"), tone(0.5, 8000, 900.0), 8000, format="FLAC")
-    (test / "broken.wav").write_bytes(np.random.default_rng(0).bytes(3000))   # undecodable
+    (test / "broken.wav").write_bytes(np.random.default_rng(0).bytes(3000))  # undecodable
     if test_csv:
         names = ["t0.wav", "t1.wav", "t2.wav", "t3.flac", "broken.wav"]
-        pd.DataFrame({"fname": names, "label": ["low", "mid", "high", "mid", "low"],
-                      "usage": "Public"}).to_csv(root / "test_post_competition.csv", index=False)
+        pd.DataFrame(
+            {"fname": names, "label": ["low", "mid", "high", "mid", "low"], "usage": "Public"}
+        ).to_csv(root / "test_post_competition.csv", index=False)
     return root
 
 
@@ -93,8 +111,15 @@ def _mkdir(path: Path) -> Path:
 def tiny_args(tmp_path: Path, root: Path, *extra: str, files: tuple[Path, ...] = ()) -> list[str]:
     overlay = tmp_path / "tiny.yaml"
     overlay.write_text(TINY)
-    return ["--configfile", str(REPO / "config.yaml"), str(overlay), *map(str, files),
-            "--config", f"dataset_root={root}", *extra]
+    return [
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(overlay),
+        *map(str, files),
+        "--config",
+        f"dataset_root={root}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +131,23 @@ def tiny_run(tmp_path_factory) -> dict:
     lock_dir = "gpu locks $(touch PWNED)"
     started = time.monotonic()
     rc, output = snakemake(workdir, *tiny_args(tmp, root, f"compute={{gpu_lock_dir: '{lock_dir}'}}"))
-    return {"rc": rc, "output": output, "results": workdir / "results", "workdir": workdir,
-            "seconds": time.monotonic() - started, "root": root, "tmp": tmp}
+    return {
+        "rc": rc,
+        "output": output,
+        "results": workdir / "results",
+        "workdir": workdir,
+        "seconds": time.monotonic() - started,
+        "root": root,
+        "tmp": tmp,
+    }
 
 
 def _logs(results: Path) -> str:
-    return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-2000:]}"
-                     for p in sorted((results / "logs").rglob("*.log")) if "rror" in p.read_text())
+    return "\n".join(
+        f"--- {p}\n{p.read_text(errors='replace')[-2000:]}"
+        for p in sorted((results / "logs").rglob("*.log"))
+        if "rror" in p.read_text()
+    )
 
 
 def test_predict_only_run_with_hostile_test_clips_ends_with_a_submission(tiny_run):
@@ -131,13 +166,18 @@ def test_predict_only_run_with_hostile_test_clips_ends_with_a_submission(tiny_ru
     assert status.set_index("fname").loc["broken.wav", "status"] == "skipped_undecodable"
     summary = pd.read_csv(results / "summary.csv", dtype=str, keep_default_na=False)
     assert set(summary["test_note"]) == {
-        ("no test labels; 1 of 5 test clips not predicted (empty rows in submission.csv; "
-         "reasons in submission_status.csv)")}
+        (
+            "no test labels; 1 of 5 test clips not predicted (empty rows in submission.csv; "
+            "reasons in submission_status.csv)"
+        )
+    }
     scores = pd.read_csv(results / "evaluation" / "summary.csv", dtype=str, keep_default_na=False)
     assert set(scores["note"]) == {"no test labels"}
     assert not list(tiny_run["workdir"].rglob("PWNED")) and not (REPO / "PWNED").exists()
     assert json.loads((results / "run.json").read_text()) == {
-        "dataset_root": str(tiny_run["root"].resolve()), "run_preset": "tiny"}
+        "dataset_root": str(tiny_run["root"].resolve()),
+        "run_preset": "tiny",
+    }
 
 
 def test_class_named_fname_is_refused_before_any_training(tmp_path):
@@ -165,8 +205,9 @@ def test_user_setting_beats_the_preset_and_invalid_values_are_refused(tmp_path):
     assert rc == 0, output
     assert "your method.initial_training.epochs replaces run preset 'tiny'" in output
     assert '\\"epochs\\": 3' in output or '"epochs": 3' in output, output
-    rc, output = snakemake(tmp_path / "w", "-n", *tiny_args(tmp_path, root),
-                           "method={self_verification: {threshold: 2}}")
+    rc, output = snakemake(
+        tmp_path / "w", "-n", *tiny_args(tmp_path, root), "method={self_verification: {threshold: 2}}"
+    )
     assert rc != 0 and "config key method.self_verification.threshold" in output, output
 
 
@@ -176,14 +217,23 @@ def test_results_of_another_run_or_a_mistyped_dataset_are_refused(tmp_path):
     root = write_tiny_dataset(tmp_path / "data")
     work = tmp_path / "w"
     (work / "results").mkdir(parents=True)
-    (work / "results" / "run.json").write_text(json.dumps(
-        {"dataset_root": "(demo dataset)", "run_preset": "demo"}))
-    rc, output = snakemake(work, "-n", "--configfile", str(REPO / "config.yaml"),
-                           "--config", "run_preset=paper", f"dataset_root={root}")
+    (work / "results" / "run.json").write_text(
+        json.dumps({"dataset_root": "(demo dataset)", "run_preset": "demo"})
+    )
+    rc, output = snakemake(
+        work,
+        "-n",
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--config",
+        "run_preset=paper",
+        f"dataset_root={root}",
+    )
     assert rc != 0 and "holds the results of another run" in output, output
     assert "Traceback" not in output
-    rc, output = snakemake(work, "-n", "--configfile", str(REPO / "config.yaml"),
-                           "--config", f"dataset_root={root}x")
+    rc, output = snakemake(
+        work, "-n", "--configfile", str(REPO / "config.yaml"), "--config", f"dataset_root={root}x"
+    )
     assert rc != 0 and f"config key dataset_root: {root}x does not exist" in output, output
 
 

@@ -16,8 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .audio import (SKIPPED_BY_VALIDATION, USABLE_STATUSES, LoadedClip, check_sox_effects,
-                    load_clipped, require_sox)
+from .audio import (
+    SKIPPED_BY_VALIDATION,
+    USABLE_STATUSES,
+    LoadedClip,
+    check_sox_effects,
+    load_clipped,
+    require_sox,
+)
 from .io import read_csv_str, write_csv, write_npy
 
 N_BINS = 128
