@@ -48,7 +48,7 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 for key in preset_shadowed(config["run_presets"][S["run_preset"]] or {}, USER_SETTINGS):
-    print(f"config: your {key} replaces run preset {S['run_preset']!r}'s value", file=sys.stderr)
+    print(f"config: your {key} overrides the value of run preset {S['run_preset']}", file=sys.stderr)
 LOCKS = Path(".snakemake/locks")
 if not (workflow.remote_exec or workflow.subprocess_exec) and LOCKS.is_dir() and any(LOCKS.iterdir()):
     print(

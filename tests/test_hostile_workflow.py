@@ -203,7 +203,7 @@ def test_user_setting_beats_the_preset_and_invalid_values_are_refused(tmp_path):
     mine.write_text("method: {initial_training: {epochs: 3}}\n")
     rc, output = snakemake(tmp_path / "w", "-n", "-p", *tiny_args(tmp_path, root, files=(mine,)))
     assert rc == 0, output
-    assert "your method.initial_training.epochs replaces run preset 'tiny'" in output
+    assert "your method.initial_training.epochs overrides the value of run preset tiny" in output
     assert '\\"epochs\\": 3' in output or '"epochs": 3' in output, output
     rc, output = snakemake(
         tmp_path / "w", "-n", *tiny_args(tmp_path, root), "method={self_verification: {threshold: 2}}"
