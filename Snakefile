@@ -8,6 +8,7 @@
 #   self_verify.smk K-excerpt consensus of each fold model on its held-out unverified clips
 #   predict.smk     automatic selection, prediction, fusion, submission, evaluation, summary
 #   report.smk      plots for `snakemake --report report.html`
+#   export.smk      the fused tagger as TorchScript + ONNX bundle (results/export, `sv-tag`)
 
 from snakemake.utils import min_version
 
@@ -28,6 +29,7 @@ include: "rules/self_verify.smk"
 include: "rules/predict.smk"
 include: "rules/baselines.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 rule all:

@@ -29,6 +29,7 @@ try:
         run_identity,
         user_settings,
     )
+    from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
 finally:
     sys.path.remove(REPO)
 
@@ -62,6 +63,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec) and LOCKS.is_dir() and
 onstart:
     record_run_identity(Path(RESULTS), RUN_IDENTITY)
 
+EXPORT_DIR = f"{RESULTS}/export"     # the self-contained tagger (rules/export.smk)
 METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = f"{RESULTS}/demo_data" if DEMO else S["dataset_root"]
@@ -186,6 +188,7 @@ FINAL_OUTPUTS = [
     *expand(f"{RESULTS}/plots/{{preset}}_training_curves.png", preset=PRESETS),
     f"{RESULTS}/plots/confusion.png",
     f"{RESULTS}/report/results.html",
+    *(f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()),
 ]
 
 # Baselines scored like the method (config key `baselines`, rules/baselines.smk): extra final

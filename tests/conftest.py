@@ -1,14 +1,22 @@
-"""Shared fixtures: repository paths, the FSDD recordings, the SoX binary, small WAV writers."""
+"""Shared fixtures: repository paths, the FSDD recordings, the SoX binary, small WAV writers,
+and the one trained demo run of the session (``demo``), shared by every test that needs it.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,3 +101,134 @@ def repeatable_sox(tmp_path_factory, sox_binary, monkeypatch) -> Path:
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     return wrapper
+
+
+# --- the trained demo run, once per test session ----------------------------------------------
+# tests/test_demo_end_to_end.py checks every output; tests/test_tagger_demo.py tags with it.
+
+VENV_BIN = REPO / ".venv" / "bin" if (REPO / ".venv" / "bin").is_dir() else Path(sys.executable).parent
+SNAKEMAKE = VENV_BIN / "snakemake" if (VENV_BIN / "snakemake").exists() else Path("snakemake")
+DEMO_TIMEOUT_S = 3 * 3600
+
+
+def snakemake_command(workdir: Path, *extra: str) -> list[str]:
+    return [str(SNAKEMAKE), "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
+            "--configfile", str(REPO / "config.yaml"), "--directory", str(workdir), *extra]
+
+
+def snakemake_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def failure_report(workdir: Path, output: str) -> str:
+    """The tail of Snakemake's output and of the rule logs that mention an error."""
+    parts = [output[-6000:]]
+    for log in sorted((workdir / "results" / "logs").rglob("*.log")):
+        text = log.read_text(errors="replace")
+        if "Error" in text or "Traceback" in text:
+            parts.append(f"--- {log}\n{text[-3000:]}")
+    return "\n".join(parts)
+
+
+@dataclass
+class Demo:
+    workdir: Path
+    seconds: float
+    settings: dict
+
+    @property
+    def results(self) -> Path:
+        return self.workdir / "results"
+
+    def csv(self, relative: str) -> pd.DataFrame:
+        """A result CSV with every column as a string ('' for empty), as the workflow reads it."""
+        path = self.results / relative
+        assert path.is_file(), f"{relative} was not written"
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+    def numeric(self, relative: str) -> pd.DataFrame:
+        path = self.results / relative
+        assert path.is_file(), f"{relative} was not written"
+        return pd.read_csv(path, dtype={"fname": str, "label": str, "given_label": str,
+                                        "predicted_label": str, "true_label": str,
+                                        "preset": str, "system": str, "set": str})
+
+    # settings, as the Snakefile resolves them
+    @property
+    def method(self) -> dict:
+        return self.settings["method"]
+
+    @property
+    def presets(self) -> list[str]:
+        return list(self.method["presets"])
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.method["folds"])
+
+    @property
+    def iterations(self) -> list[int]:
+        return list(range(self.method["self_verification"]["iterations"] + 1))
+
+    @property
+    def classes(self) -> list[str]:
+        table = self.csv("data/classes.csv")
+        return list(table.sort_values("index", key=lambda s: s.astype(int))["label"])
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, pytestconfig) -> Demo:
+    from workflow_lib.config import resolve_settings
+
+    settings = resolve_settings(yaml.safe_load((REPO / "config.yaml").read_text()))
+    if settings["dataset_root"]:
+        pytest.skip("config.yaml does not select the demo (dataset_root is set)")
+    reuse = os.environ.get("DEMO_E2E_DIR")
+    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("demo_run")
+    seconds = float("nan")
+    if not (reuse and (workdir / "results" / "summary.csv").is_file()):
+        start = time.monotonic()
+        proc = subprocess.run(snakemake_command(workdir), cwd=workdir, env=snakemake_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=DEMO_TIMEOUT_S)
+        seconds = time.monotonic() - start
+        (workdir / "snakemake_demo_run.log").write_text(proc.stdout)
+        if proc.returncode != 0:
+            pytest.fail(f"the demo run failed (exit {proc.returncode}) after {seconds:.0f} s in "
+                        f"{workdir}:\n{failure_report(workdir, proc.stdout)}")
+    line = (f"\n[demo end-to-end] snakemake --cores 2 wall time: {seconds:.1f} s "
+            f"({seconds / 60:.1f} min), run directory {workdir}")
+    (workdir / "demo_wall_time.txt").write_text(f"{seconds:.1f}\n")
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print(line, flush=True)
+    else:
+        print(line)
+    return Demo(workdir, seconds, settings)
+
+
+# --- the tag command in a fresh process -------------------------------------------------------
+
+# Imports torch's name as missing before anything runs: the ONNX path must not need torch.
+NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch' (blocked by the test)")
+sys.meta_path.insert(0, _NoTorch())
+from workflow_lib.cli import main
+code = main(sys.argv[1:])
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+sys.exit(code)
+"""
+
+
+def run_cli(*args: str, cwd: Path, stdin: bytes | None = None, no_torch: bool = False):
+    """`python -m workflow_lib.cli ...` in a fresh process, the worktree first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = ([sys.executable, "-c", NO_TORCH] if no_torch
+               else [sys.executable, "-m", "workflow_lib.cli"])
+    return subprocess.run([*command, *args], cwd=cwd, env=env, input=stdin,
+                          capture_output=True, timeout=600, check=False)

@@ -1,33 +1,24 @@
 """The default demo, end to end: one real `snakemake --cores 2` run per test session, then every
 CSV it writes is read back and checked against its documented meaning (docs/method.md, config.yaml).
 
-Slow (minutes): deselect with ``-m "not slow"``. To check an existing run directory instead of
-starting a new one, set DEMO_E2E_DIR to it (it is run there first if results/summary.csv is
-missing).
+The ``demo`` fixture (tests/conftest.py, session scope) runs it; tests/test_tagger_demo.py
+uses the same run. Slow (minutes): deselect with ``-m "not slow"``. To check an existing run
+directory instead of starting a new one, set DEMO_E2E_DIR to it (it is run there first if
+results/summary.csv is missing).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-
-from conftest import REPO
+from conftest import snakemake_command, snakemake_env
 
 pytestmark = pytest.mark.slow
-
-VENV_BIN = REPO / ".venv" / "bin" if (REPO / ".venv" / "bin").is_dir() else Path(sys.executable).parent
-SNAKEMAKE = VENV_BIN / "snakemake" if (VENV_BIN / "snakemake").exists() else Path("snakemake")
-DEMO_TIMEOUT_S = 3 * 3600
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
                    "valid_map3", "seconds"]
@@ -37,101 +28,6 @@ USABLE = {"clipped", "fallback_silent", "fallback_sox_failed", "fallback_clipped
 REASONS = {"accepted", "label_mismatch", "below_threshold", "class_cap"}
 
 
-def snakemake_command(workdir: Path, *extra: str) -> list[str]:
-    return [str(SNAKEMAKE), "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-            "--configfile", str(REPO / "config.yaml"), "--directory", str(workdir), *extra]
-
-
-def snakemake_env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def failure_report(workdir: Path, output: str) -> str:
-    """The tail of Snakemake's output and of the rule logs that mention an error."""
-    parts = [output[-6000:]]
-    for log in sorted((workdir / "results" / "logs").rglob("*.log")):
-        text = log.read_text(errors="replace")
-        if "Error" in text or "Traceback" in text:
-            parts.append(f"--- {log}\n{text[-3000:]}")
-    return "\n".join(parts)
-
-
-@dataclass
-class Demo:
-    workdir: Path
-    seconds: float
-    settings: dict
-
-    @property
-    def results(self) -> Path:
-        return self.workdir / "results"
-
-    def csv(self, relative: str) -> pd.DataFrame:
-        """A result CSV with every column as a string ('' for empty), as the workflow reads it."""
-        path = self.results / relative
-        assert path.is_file(), f"{relative} was not written"
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-    def numeric(self, relative: str) -> pd.DataFrame:
-        path = self.results / relative
-        assert path.is_file(), f"{relative} was not written"
-        return pd.read_csv(path, dtype={"fname": str, "label": str, "given_label": str,
-                                        "predicted_label": str, "true_label": str,
-                                        "preset": str, "system": str, "set": str})
-
-    # settings, as the Snakefile resolves them
-    @property
-    def method(self) -> dict:
-        return self.settings["method"]
-
-    @property
-    def presets(self) -> list[str]:
-        return list(self.method["presets"])
-
-    @property
-    def n_folds(self) -> int:
-        return int(self.method["folds"])
-
-    @property
-    def iterations(self) -> list[int]:
-        return list(range(self.method["self_verification"]["iterations"] + 1))
-
-    @property
-    def classes(self) -> list[str]:
-        table = self.csv("data/classes.csv")
-        return list(table.sort_values("index", key=lambda s: s.astype(int))["label"])
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, pytestconfig) -> Demo:
-    from workflow_lib.config import resolve_settings
-
-    settings = resolve_settings(yaml.safe_load((REPO / "config.yaml").read_text()))
-    if settings["dataset_root"]:
-        pytest.skip("config.yaml does not select the demo (dataset_root is set)")
-    reuse = os.environ.get("DEMO_E2E_DIR")
-    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("demo_run")
-    seconds = float("nan")
-    if not (reuse and (workdir / "results" / "summary.csv").is_file()):
-        start = time.monotonic()
-        proc = subprocess.run(snakemake_command(workdir), cwd=workdir, env=snakemake_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=DEMO_TIMEOUT_S)
-        seconds = time.monotonic() - start
-        (workdir / "snakemake_demo_run.log").write_text(proc.stdout)
-        if proc.returncode != 0:
-            pytest.fail(f"the demo run failed (exit {proc.returncode}) after {seconds:.0f} s in "
-                        f"{workdir}:\n{failure_report(workdir, proc.stdout)}")
-    line = (f"\n[demo end-to-end] snakemake --cores 2 wall time: {seconds:.1f} s "
-            f"({seconds / 60:.1f} min), run directory {workdir}")
-    (workdir / "demo_wall_time.txt").write_text(f"{seconds:.1f}\n")
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            print(line, flush=True)
-    else:
-        print(line)
-    return Demo(workdir, seconds, settings)
 
 
 # --- the data -------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ def _name(requirement: str) -> str:
 
 
 def pyproject_packages() -> dict[str, str]:
+    """The dependencies plus the `export` extra (rule export_tagger runs in the conda env)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {_name(r): r for r in project["dependencies"]}
+    requirements = project["dependencies"] + project["optional-dependencies"]["export"]
+    return {_name(r): r for r in requirements}
 
 
 def conda_packages() -> tuple[set[str], set[str]]:
@@ -151,3 +153,17 @@ def test_every_rule_runs_the_cli_through_params_cli() -> None:
     n_shells = len(re.findall(r"^\s*shell:", text, flags=re.M))
     assert text.count('"{params.cli} ') == n_shells
     assert len(re.findall(r"^\s*cli=CLI,", text, flags=re.M)) == n_shells
+
+
+def test_the_test_extra_installs_the_export_extra() -> None:
+    """CI installs `.[test]`: the tagger export tests need onnx and onnxruntime."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {_name(r) for r in extras["export"]} <= {_name(r) for r in extras["test"]}
+
+
+def test_sv_tag_console_script() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["sv-tag"].split(":")
+    import importlib
+
+    assert callable(getattr(importlib.import_module(module), function))

@@ -331,6 +331,54 @@ def baseline_systems(args: argparse.Namespace) -> None:
         log.info("\n%s", table.drop(columns="description").to_string(index=False))
 
 
+# --------------------------------------------------------------------------- using the tagger
+# `tag` (also the `sv-tag` console script) and `export` (rule export_tagger, rules/export.smk);
+# the logic is in workflow_lib/tagger.py (no torch at import) and workflow_lib/export.py.
+
+
+@command("tag", arg("inputs", type=Path, nargs="*", help="audio files, folders (searched "
+                    "recursively) or '-' (raw PCM on standard input, with --raw-rate)"),
+         arg("--list", dest="list_file", type=Path, help="a file naming one path per line"),
+         arg("--out", type=Path, default=Path("tags.csv"), help="the CSV to write (tags.csv)"),
+         arg("--bundle", type=Path, help="an exported tagger folder (results/export): tag "
+             "without the run's results/ tree"),
+         arg("--backend", choices=["auto", "torch", "torchscript", "onnx"], default="auto",
+             help="run: torch; bundle: torchscript or onnx (auto: torchscript when torch is "
+             "installed, else onnx)"),
+         arg("--results", type=Path, help="the run's results folder (results)"),
+         arg("--configfile", type=Path, help="the run's config file (config.yaml)"),
+         arg("--config", nargs="+", default=[], metavar="KEY=VALUE",
+             help="the run's overrides, as given to snakemake --config (e.g. run_preset=paper)"),
+         arg("--top-k", type=int, default=3, help="labels per row (3)"),
+         arg("--all-classes", action="store_true", help="add one posterior column per class"),
+         arg("--batch-size", type=int, help="spectrograms per network call (run: "
+             "compute.eval_batch_size; bundle: 32)"),
+         arg("--device", choices=["auto", "cpu", "cuda"], default="auto"),
+         arg("--jobs", type=int, default=1, help="preprocessing processes (1)"),
+         arg("--timeline", action="store_true", help="tag windows of each file over time"),
+         arg("--window", type=float, help="timeline window length in seconds (2.0)"),
+         arg("--hop", type=float, help="timeline hop in seconds (1.0)"),
+         arg("--plot", type=Path, help="timeline PNG (the CSV's name with .png)"),
+         arg("--raw-rate", type=int, help="sample rate of raw 16-bit mono PCM read from '-'"))
+def tag(args: argparse.Namespace) -> int:
+    """Tag audio files with the trained system; exit 1 when any file could not be tagged."""
+    from .tagger import TagOptions, run_tag
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "function")}
+    return run_tag(TagOptions(**options))
+
+
+@command("export", arg("--results", type=Path, required=True),
+         arg("--out-dir", type=Path, required=True), JSON)
+def export(args: argparse.Namespace) -> None:
+    """Write the fused tagger (TorchScript, ONNX), classes, settings and model card."""
+    from .export import export_bundle
+
+    worst = export_bundle(args.results, args.settings, args.out_dir)
+    log.info("exported the tagger to %s (TorchScript and ONNX within %.1e of torch)",
+             args.out_dir, worst)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.cli", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -350,12 +398,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every job's log names the release that wrote it (CHANGELOG.md), so a result can be cited.
     log.info("workflow_lib %s: %s", __version__, args.command)
     try:
-        args.function(args)
+        code = args.function(args)
     except UserError as error:
         # Bad data, bad settings or a missing tool: one clear line, no traceback.
         log.error("%s failed: %s", args.command, error)
         return 1
-    return 0
+    return int(code or 0)
+
+
+def tag_main() -> int:
+    """The `sv-tag` console script: ``python -m workflow_lib.cli tag`` under a short name."""
+    return main(["tag", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -59,6 +59,18 @@ def apply_learned_fusion(stack: np.ndarray, weights: np.ndarray, bias: np.ndarra
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def fused_posteriors(stack: torch.Tensor, weights: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The fusion as one torch expression, for the exported tagger (workflow_lib/export.py).
+
+    stack: (n_models, n_clips, n_classes). Without ``bias``: the weighted sum (the mean when
+    the weights are 1/n_models, as fuse_job writes them); with it: the learned fusion, softmax
+    of the weighted sum plus the biases (:func:`apply_learned_fusion`).
+    """
+    fused = torch.einsum("m,mnc->nc", weights, stack)
+    return fused if bias is None else torch.softmax(fused + bias, dim=1)
+
+
 def submission(fnames: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
     """Challenge format: fname,label with the top-3 labels separated by spaces, best first."""
     best = top_k(probs, 3)

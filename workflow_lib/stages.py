@@ -196,6 +196,11 @@ def write_test_posteriors(models: dict[int, torch.nn.Module], test_manifest: Pat
     write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
 
 
+def fold_model_paths(model_dir: Path, iteration: int, n_folds: int) -> dict[int, Path]:
+    """{fold: best.pt} of one iteration of a preset (models/{preset}/fold{k}/it{i}/best.pt)."""
+    return {k: Path(model_dir) / f"fold{k}" / f"it{iteration}" / "best.pt" for k in range(n_folds)}
+
+
 def predict_job(selection_csv: Path, model_dir: Path, train_manifest: Path, test_manifest: Path,
                 folds_csv: Path, classes_csv: Path, out_test: Path, out_valid: Path, frames: int,
                 batch_size: int, device: str = "auto", threads: int = 1,
@@ -211,8 +216,7 @@ def predict_job(selection_csv: Path, model_dir: Path, train_manifest: Path, test
     classes = read_classes(classes_csv)
     folds = read_csv_str(folds_csv)
     n_folds = folds["fold"].astype(int).max() + 1
-    paths = {k: model_dir / f"fold{k}" / f"it{iteration}" / "best.pt" for k in range(n_folds)}
-    models = _fold_models(paths, choice.device)
+    models = _fold_models(fold_model_paths(model_dir, iteration, n_folds), choice.device)
     write_test_posteriors(models, test_manifest, classes, frames, batch_size, choice.device, out_test)
     train_store = SpectrogramStore.open(train_manifest)
     parts = []

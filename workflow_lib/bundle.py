@@ -1,0 +1,38 @@
+"""What the workflow and the tagger share about an exported tagger, cheap to import.
+
+The Snakefile reads these at start (rules/export.smk), so this module imports no third-party
+package; the tagger itself is :mod:`workflow_lib.tagger` and :mod:`workflow_lib.export`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: The files of an exported bundle (results/export/), by role.
+BUNDLE_FILES = {
+    "torchscript": "tagger.pt",
+    "onnx": "tagger.onnx",
+    "classes": "classes.csv",
+    "settings": "preprocessing.json",
+    "card": "model_card.md",
+}
+
+
+def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the resolved workflow settings a tagger needs (JSON-able)."""
+    method, pre = settings["method"], settings["preprocessing"]
+    return {
+        "sample_rate": pre["sample_rate"],
+        "sox_effects": list(pre["sox_effects"]),
+        "frames": method["spectrogram_frames"],
+        "folds": method["folds"],
+        "presets": list(method["presets"]),
+        "nets": {
+            p: {"spectrogram": method["nets"][p]["spectrogram"], "width": method["nets"][p]["width"]}
+            for p in method["presets"]
+        },
+        "fusion": method["fusion"]["method"],
+        "batch_size": settings["compute"]["eval_batch_size"],
+        "dataset": settings["dataset_root"] or "the synthetic demo dataset",
+    }

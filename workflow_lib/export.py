@@ -1,0 +1,305 @@
+"""The trained system as one network, and its export to a self-contained folder.
+
+:class:`FusedTagger` holds the chosen iteration's fold models of every preset and fuses them
+as the run did (fold average per preset, then the mean or learned fusion of
+:func:`workflow_lib.fusion.fused_posteriors`): spectrograms in, posteriors out. The `tag`
+command runs it straight from ``results/``; :func:`export_bundle` writes it as TorchScript and
+ONNX with the class list, the preprocessing settings and a model card, so a user can tag with
+that folder alone (``tag --bundle``; the ONNX file needs onnxruntime, not torch).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .bundle import BUNDLE_FILES
+from .errors import UserError
+from .fusion import fused_posteriors
+from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
+from .selection import chosen_iteration
+from .stages import fold_model_paths, load_model, read_classes
+from .tagger import TaggerSpec, TaggingError
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+
+
+class FusedTagger(nn.Module):
+    """Spectrograms (one (batch, 1, 128, time) tensor per version) -> fused posteriors.
+
+    ``members[m]`` are preset m's fold models, fed input ``inputs[m]``; their softmax outputs
+    are averaged (as ``predict`` does), then the presets are fused with ``weights`` and, for
+    the learned fusion, ``bias``.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Sequence[nn.Module]],
+        inputs: Sequence[int],
+        weights: np.ndarray,
+        bias: np.ndarray | None,
+    ) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(nn.ModuleList(folds) for folds in members)
+        self.inputs = list(inputs)
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+        self.learned = bias is not None
+        self.register_buffer("bias", torch.as_tensor(bias if bias is not None else [], dtype=torch.float32))
+
+    def forward(self, *spectrograms: torch.Tensor) -> torch.Tensor:
+        per_preset = []
+        for index, folds in zip(self.inputs, self.members):
+            x = spectrograms[index]
+            per_preset.append(torch.stack([torch.softmax(m(x), dim=1) for m in folds]).mean(0))
+        return fused_posteriors(torch.stack(per_preset), self.weights, self.bias if self.learned else None)
+
+
+# --------------------------------------------------------------------------- from a run
+
+
+def _fusion_parameters(
+    weights_csv: Path, presets: Sequence[str], classes: Sequence[str], method: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Weights (and, learned, biases) as fuse_job wrote them to fusion_weights.csv."""
+    table = read_csv_str(weights_csv).set_index("parameter")["value"].astype(float)
+    learned = any(name.startswith("bias:") for name in table.index)
+    if learned != (method == "learned"):
+        raise TaggingError(
+            f"{weights_csv} holds a {'learned' if learned else 'mean'} fusion, "
+            f"the settings say {method!r}: pass the run's --config"
+        )
+    weights = np.array([table[f"weight:{p}"] for p in presets])
+    bias = np.array([table[f"bias:{c}"] for c in classes]) if learned else None
+    return weights, bias
+
+
+def _check_checkpoint(meta: dict, preset: str, net: Mapping, classes: Sequence[str], path: Path) -> None:
+    """A checkpoint must match the settings, or the preprocessing would silently differ."""
+    found = {"spectrogram": meta["spectrogram"], "width": meta["width"]}
+    if found != dict(net) or list(meta["classes"]) != list(classes):
+        raise TaggingError(
+            f"{path} was trained with {found} and {len(meta['classes'])} classes; "
+            f"the settings of {preset} say {dict(net)} and {len(classes)}: pass "
+            "the run's settings (--configfile, --config run_preset=...)"
+        )
+
+
+def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, FusedTagger]:
+    """The run's fused tagger: chosen iteration of every preset, its fold models, the fusion."""
+    results = Path(results)
+    needed = [
+        results / "data" / "classes.csv",
+        results / "predictions" / "fusion_weights.csv",
+        *(results / "selection" / f"{p}.csv" for p in settings["presets"]),
+    ]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise TaggingError(
+            f"{results} is not a finished run ({', '.join(missing[:3])} missing): "
+            "run the workflow first, or tag with --bundle DIR"
+        )
+    classes = read_classes(needed[0])
+    weights, bias = _fusion_parameters(needed[1], settings["presets"], classes, settings["fusion"])
+    members, described = [], []
+    versions = sorted({settings["nets"][p]["spectrogram"] for p in settings["presets"]})
+    for preset, weight in zip(settings["presets"], weights):
+        iteration = chosen_iteration(results / "selection" / f"{preset}.csv")
+        paths = fold_model_paths(results / "models" / preset, iteration, settings["folds"])
+        folds = []
+        for path in paths.values():
+            if not path.is_file():
+                raise TaggingError(f"{path} is missing")
+            model, meta = load_model(path)
+            _check_checkpoint(meta, preset, settings["nets"][preset], classes, path)
+            folds.append(model)
+        members.append(folds)
+        described.append(
+            {
+                "name": preset,
+                **settings["nets"][preset],
+                "iteration": iteration,
+                "folds": len(folds),
+                "weight": float(weight),
+            }
+        )
+    spec = TaggerSpec(
+        classes=classes,
+        sample_rate=settings["sample_rate"],
+        sox_effects=settings["sox_effects"],
+        frames=settings["frames"],
+        versions=versions,
+        fusion=settings["fusion"],
+        presets=described,
+    )
+    inputs = [versions.index(settings["nets"][p]["spectrogram"]) for p in settings["presets"]]
+    return spec, FusedTagger(members, inputs, weights, bias).eval()
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def example_inputs(
+    spec: TaggerSpec, batch: int = 2, frames: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Random spectrogram batches, one per input (for tracing and the export check)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, 1, spec.n_bins, frames or spec.frames)
+    return tuple(torch.rand(shape, generator=generator) * 4 for _ in spec.versions)
+
+
+def save_torchscript(tagger: FusedTagger, spec: TaggerSpec, path: Path) -> None:
+    """Traced TorchScript: the network is fully convolutional, so any time length works."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # torch >= 2.10 says so
+        traced = torch.jit.trace(tagger.eval(), example_inputs(spec), check_trace=False)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
+
+
+def save_onnx(tagger: FusedTagger, spec: TaggerSpec, path: Path) -> None:
+    """ONNX with dynamic batch and time axes (the TorchScript-based exporter: no onnxscript)."""
+    axes = {name: {0: "batch", 3: f"time_{name}"} for name in spec.input_names}
+    axes["posteriors"] = {0: "batch"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            tagger.eval(),
+            example_inputs(spec),
+            buffer,
+            dynamo=False,
+            input_names=spec.input_names,
+            output_names=["posteriors"],
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+        )
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def check_exported(tagger: FusedTagger, spec: TaggerSpec, bundle: Path, tolerance: float = 1e-4) -> float:
+    """Largest posterior difference of TorchScript and ONNX from the eager tagger, on random
+    inputs of another length than the export's; raises when it exceeds ``tolerance``."""
+    from .tagger import bundle_backend
+
+    inputs = example_inputs(spec, batch=3, frames=spec.frames + 37, seed=1)
+    with torch.no_grad():
+        expected = tagger(*inputs).numpy()
+    arrays = [x.numpy() for x in inputs]
+    worst = 0.0
+    for kind in ("torchscript", "onnx"):
+        got = bundle_backend(bundle, spec, kind, "cpu")(arrays)
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > tolerance:
+        raise UserError(f"the exported tagger differs from the trained one by {worst:.2e}")
+    return worst
+
+
+def model_card(spec: TaggerSpec, results: Path, dataset: str) -> str:
+    """A short markdown description: data, classes, models, figures of the run."""
+    lines = [
+        "# Audio tagger (iterative self-verification, Dorfer & Widmer, DCASE 2018 Task 2)",
+        "",
+        (
+            "Exported by `python -m workflow_lib.cli export` from a finished run of this "
+            "workflow (docs/method.md). Tag with `sv-tag --bundle <this folder> FILES...`."
+        ),
+        "",
+        "## Data",
+        "",
+        f"- trained on: {dataset}",
+    ]
+    listing = results / "data" / "train.csv"
+    if listing.is_file():
+        train = read_csv_str(listing)
+        lines.append(
+            f"- training clips: {len(train)} ({int((train['verified'] == '1').sum())} manually verified)"
+        )
+    lines += [
+        "",
+        f"## Classes ({len(spec.classes)}, in output order)",
+        "",
+        ", ".join(f"`{c}`" for c in spec.classes),
+        "",
+        "## Models",
+        "",
+        "| preset | spectrogram | width | chosen iteration | folds | weight |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {p['name']} | v{p['spectrogram']} | {p['width']} | {p['iteration']} | "
+        f"{p['folds']} | {p['weight']:.4g} |"
+        for p in spec.presets
+    ]
+    lines += [
+        "",
+        (
+            f"Fusion: {spec.fusion}. Input: per spectrogram version a (batch, 1, "
+            f"{spec.n_bins}, time) float32 array, time length-fixed to {spec.frames} "
+            "frames (tiled, then cut) as in training; output: (batch, classes) "
+            "posteriors."
+        ),
+        "Preprocessing settings: `preprocessing.json`.",
+        "",
+    ]
+    summary = results / "summary.csv"
+    if summary.is_file():
+        table = pd.read_csv(summary, dtype={"preset": str})
+        lines += [
+            "## Figures of the run (results/summary.csv)",
+            "",
+            "CV = verified validation clips of the 4 folds; test = the labelled test set.",
+            "",
+            _markdown_table(table),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    """Counts as integers, fractions to 4 decimals, missing values empty."""
+
+    def column(values: pd.Series) -> list[str]:
+        if not pd.api.types.is_float_dtype(values):
+            return values.astype(str).tolist()
+        known = values.dropna()
+        whole = bool(len(known)) and bool((known == known.round()).all()) and known.abs().max() > 1
+        return ["" if pd.isna(v) else (f"{v:.0f}" if whole else f"{v:.4f}") for v in values]
+
+    cells = [column(table[c]) for c in table.columns]
+    rows = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    rows += ["| " + " | ".join(row) + " |" for row in zip(*cells)]
+    return "\n".join(rows)
+
+
+def write_bundle(tagger: FusedTagger, spec: TaggerSpec, out_dir: Path, card: str) -> float:
+    """Write a bundle folder; returns the largest difference of the exported files from the
+    eager tagger (checked against ``check_exported``'s tolerance)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(
+        pd.DataFrame({"index": range(len(spec.classes)), "label": spec.classes}),
+        out_dir / BUNDLE_FILES["classes"],
+    )
+    write_json(spec.settings_json(), out_dir / BUNDLE_FILES["settings"])
+    save_torchscript(tagger, spec, out_dir / BUNDLE_FILES["torchscript"])
+    save_onnx(tagger, spec, out_dir / BUNDLE_FILES["onnx"])
+    worst = check_exported(tagger, spec, out_dir)
+    write_text(card, out_dir / BUNDLE_FILES["card"])
+    return worst
+
+
+def export_bundle(results: Path, settings: Mapping[str, Any], out_dir: Path) -> float:
+    """results/export/ of a finished run: TorchScript, ONNX, classes, settings, model card."""
+    spec, tagger = run_tagger(results, settings)
+    return write_bundle(tagger, spec, out_dir, model_card(spec, Path(results), settings["dataset"]))
