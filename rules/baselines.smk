@@ -32,7 +32,7 @@ rule baseline_train_list:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} baseline-list --kind {params.kind} --folds {input.folds}"
+        "{params.cli} baseline-list --kind {params.kind:q} --folds {input.folds}"
         " --out {output} 2> {log}"
 
 
@@ -62,8 +62,8 @@ rule train_verified_only:
         CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --settings {params.settings:q} 2> {log}"
 
 
@@ -86,11 +86,11 @@ rule baseline_test_posteriors:
         system=f"noisy_it0|{CHAINS}",
     params:
         cli=CLI,
-        models=lambda wildcards: " ".join(
+        models=lambda wildcards: list(
             f"{i}:{k}={path}"
             for (i, k), path in B.system_models(RESULTS, wildcards.preset, wildcards.system, FOLDS, ITERATIONS).items()
         ),
-        selection=lambda wildcards, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
+        selection=lambda wildcards, input: ["--selection", input.selection] if "selection" in input.keys() else [],
         settings=as_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
     threads: TRAINING_THREADS
@@ -101,9 +101,9 @@ rule baseline_test_posteriors:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} baseline-predict --models {params.models} {params.selection}"
+        "{params.cli} baseline-predict --models {params.models:q} {params.selection:q}"
         " --test-manifest {input.test_manifest} --classes {input.classes} --out {output}"
-        " --threads {threads} --lock-dir {params.lock_dir} --settings {params.settings:q} 2> {log}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --settings {params.settings:q} 2> {log}"
 
 
 if NO_THRESHOLD:
@@ -122,7 +122,7 @@ if NO_THRESHOLD:
             it=r"\d+",
         params:
             cli=CLI,
-            models=lambda wildcards, input: " ".join(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
+            models=lambda wildcards, input: list(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
             settings=lambda wildcards: as_json(
                 self_verify_settings(wildcards.preset, int(wildcards.it), threshold_off=True)
             ),
@@ -138,9 +138,9 @@ if NO_THRESHOLD:
         conda:
             CONDA_ENV
         shell:
-            "{params.cli} self-verify --models {params.models} --manifest {input.manifest}"
+            "{params.cli} self-verify --models {params.models:q} --manifest {input.manifest}"
             " --folds {input.folds} --classes {input.classes} --train {input.train}"
-            " --out-dir {params.out_dir} --threads {threads} --lock-dir {params.lock_dir}"
+            " --out-dir {params.out_dir:q} --threads {threads} --lock-dir {params.lock_dir:q}"
             " --settings {params.settings:q} 2> {log}"
 
 
@@ -173,8 +173,8 @@ rule fine_tune_chain:
         CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --init {input.init} --settings {params.settings:q} 2> {log}"
 
 
@@ -192,7 +192,7 @@ rule select_chain:
         chain=CHAINS,
     params:
         cli=CLI,
-        histories=lambda wildcards, input: " ".join(
+        histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
     log:
@@ -200,7 +200,7 @@ rule select_chain:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} select --histories {params.histories} --out {output} 2> {log}"
+        "{params.cli} select --histories {params.histories:q} --out {output} 2> {log}"
 
 
 rule baseline_systems:

@@ -19,22 +19,52 @@ try:
     from workflow_lib import __version__ as VERSION
     from workflow_lib.config import (
         ConfigError,
+        check_dataset_root,
+        check_run_identity,
         derive_seed,
         fit_settings,
         gpus_per_training_job,
+        preset_shadowed,
+        record_run_identity,
         resolve_settings,
+        run_identity,
+        user_settings,
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
     from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
     sys.path.remove(REPO)
 
+RESULTS = "results"
+
+# Settings the user gave (--config, extra --configfile) win over the run preset's.
+USER_SETTINGS = user_settings(
+    workflow.config_settings.configfiles,
+    workflow.config_settings.config,
+    Path(REPO) / "config.yaml",
+)
 try:
-    S = resolve_settings(config)
+    S = resolve_settings(config, USER_SETTINGS)
+    check_dataset_root(S)
+    RUN_IDENTITY = run_identity(S)
+    check_run_identity(Path(RESULTS), RUN_IDENTITY)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+for key in preset_shadowed(config["run_presets"][S["run_preset"]] or {}, USER_SETTINGS):
+    print(f"config: your {key} overrides the value of run preset {S['run_preset']}", file=sys.stderr)
+LOCKS = Path(".snakemake/locks")
+if not (workflow.remote_exec or workflow.subprocess_exec) and LOCKS.is_dir() and any(LOCKS.iterdir()):
+    print(
+        "note: .snakemake/locks/ is not empty: another snakemake may be running in this folder."
+        " If none is (e.g. after a kill -9), run `snakemake --unlock` once, then your command"
+        " with --rerun-incomplete (README 'When things go wrong').",
+        file=sys.stderr,
+    )
 
-RESULTS = "results"
+
+onstart:
+    record_run_identity(Path(RESULTS), RUN_IDENTITY)
+
 EXPORT_DIR = f"{RESULTS}/export"     # the self-contained tagger (rules/export.smk)
 METHOD = S["method"]
 DEMO = not S["dataset_root"]

@@ -9,7 +9,7 @@ rule select_iteration:
         f"{RESULTS}/selection/{{preset}}.csv",
     params:
         cli=CLI,
-        histories=lambda wildcards, input: " ".join(
+        histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
     log:
@@ -17,7 +17,7 @@ rule select_iteration:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} select --histories {params.histories} --out {output} 2> {log}"
+        "{params.cli} select --histories {params.histories:q} --out {output} 2> {log}"
 
 
 rule predict:
@@ -44,10 +44,10 @@ rule predict:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} predict --selection {input.selection} --model-dir {params.model_dir}"
+        "{params.cli} predict --selection {input.selection} --model-dir {params.model_dir:q}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
         " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
-        " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir}"
+        " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir:q}"
         " --settings {params.settings:q} 2> {log}"
 
 
@@ -56,23 +56,26 @@ rule fuse:
         tests=expand(f"{RESULTS}/predictions/{{preset}}/test.csv", preset=PRESETS),
         valids=expand(f"{RESULTS}/predictions/{{preset}}/valid_oof.csv", preset=PRESETS),
         classes=f"{RESULTS}/data/classes.csv",
+        test_manifest=f"{RESULTS}/spectrograms/v{VERSIONS[0]}/test.csv",
     output:
         probs=f"{RESULTS}/predictions/fused_test.csv",
         weights=f"{RESULTS}/predictions/fusion_weights.csv",
         submission=f"{RESULTS}/submission.csv",
+        status=f"{RESULTS}/submission_status.csv",
     params:
         cli=CLI,
-        tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
-        valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
+        tests=lambda wildcards, input: list(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
+        valids=lambda wildcards, input: list(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
         settings=as_json(METHOD["fusion"]),
     log:
         f"{RESULTS}/logs/fuse.log",
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} fuse --tests {params.tests} --valids {params.valids}"
+        "{params.cli} fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
-        " --out-submission {output.submission} --settings {params.settings:q} 2> {log}"
+        " --out-submission {output.submission} --test-manifest {input.test_manifest}"
+        " --out-status {output.status} --settings {params.settings:q} 2> {log}"
 
 
 rule evaluate:
@@ -87,7 +90,7 @@ rule evaluate:
         confusion=f"{RESULTS}/evaluation/confusion.csv",
     params:
         cli=CLI,
-        systems=lambda wildcards, input: " ".join(
+        systems=lambda wildcards, input: list(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
@@ -97,7 +100,7 @@ rule evaluate:
         CONDA_ENV
     shell:
         "{params.cli} evaluate --test {input.test} --classes {input.classes}"
-        " --systems {params.systems} --out-dir {params.out_dir} 2> {log}"
+        " --systems {params.systems:q} --out-dir {params.out_dir:q} 2> {log}"
 
 
 rule summary:
@@ -105,17 +108,18 @@ rule summary:
         selections=expand(f"{RESULTS}/selection/{{preset}}.csv", preset=PRESETS),
         self_verify=[self_verified_list(p, i) for p in PRESETS for i in ITERATIONS[:-1]],
         scores=f"{RESULTS}/evaluation/summary.csv",
+        status=f"{RESULTS}/submission_status.csv",
     output:
         f"{RESULTS}/summary.csv",
     params:
         cli=CLI,
-        presets=" ".join(PRESETS),
-        dirs=lambda wildcards, input: " ".join(str(Path(f).parent) for f in input.self_verify),
+        presets=list(PRESETS),
+        dirs=lambda wildcards, input: list(str(Path(f).parent) for f in input.self_verify),
     log:
         f"{RESULTS}/logs/summary.log",
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} summary --presets {params.presets}"
-        " --selections {input.selections} --self-verify-dirs {params.dirs}"
-        " --scores {input.scores} --out {output} 2> {log}"
+        "{params.cli} summary --presets {params.presets:q}"
+        " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
+        " --scores {input.scores} --submission-status {input.status} --out {output} 2> {log}"

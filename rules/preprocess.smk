@@ -15,7 +15,7 @@ rule preprocess_shard:
     params:
         cli=CLI,
         shards=lambda wildcards: N_SHARDS[wildcards.split],
-        versions=" ".join(str(v) for v in VERSIONS),
+        versions=list(str(v) for v in VERSIONS),
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
         settings=as_json(S["preprocessing"]),
     log:
@@ -27,7 +27,7 @@ rule preprocess_shard:
     shell:
         "{params.cli} preprocess-shard --listing {input.listing}"
         " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards:q}"
-        " --versions {params.versions} --out-dir {params.out_dir} --settings {params.settings:q}"
+        " --versions {params.versions:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
         " 2> {log}"
 
 

@@ -15,13 +15,13 @@ rule report_tables:
         ),
     params:
         cli=CLI,
-        systems=lambda wildcards, input: f"--systems {input.systems[0]}" if input.systems else "",
+        systems=lambda wildcards, input: ["--systems", input.systems[0]] if input.systems else [],
     log:
         f"{RESULTS}/logs/report_tables.log",
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} report-tables --summary {input.summary} {params.systems} --out {output} 2> {log}"
+        "{params.cli} report-tables --summary {input.summary} {params.systems:q} --out {output} 2> {log}"
 
 
 rule plot_training:
@@ -45,17 +45,17 @@ rule plot_training:
         ),
     params:
         cli=CLI,
-        histories=lambda wildcards, input: " ".join(
+        histories=lambda wildcards, input: list(
             f"{i}:{k}={path}" for (i, k), path in zip([(i, k) for i in ITERATIONS for k in FOLDS], input.histories)
         ),
-        self_verify=lambda wildcards, input: " ".join(f"{i}={path}" for i, path in enumerate(input.self_verify)),
+        self_verify=lambda wildcards, input: list(f"{i}={path}" for i, path in enumerate(input.self_verify)),
     log:
         f"{RESULTS}/logs/plot_training/{{preset}}.log",
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} plot-training --preset {wildcards.preset}"
-        " --histories {params.histories} --self-verify {params.self_verify}"
+        "{params.cli} plot-training --preset {wildcards.preset:q}"
+        " --histories {params.histories:q} --self-verify {params.self_verify:q}"
         " --out-curves {output.curves} --out-counts {output.counts} 2> {log}"
 
 

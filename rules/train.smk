@@ -17,7 +17,7 @@ rule folds:
         CONDA_ENV
     shell:
         "{params.cli} folds --manifest {input.manifest} --out {output}"
-        " --folds {params.folds} --seed {params.seed} 2> {log}"
+        " --folds {params.folds:q} --seed {params.seed:q} 2> {log}"
 
 
 rule train_initial:
@@ -42,8 +42,8 @@ rule train_initial:
         CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --settings {params.settings:q}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --settings {params.settings:q}"
         " 2> {log}"
 
 
@@ -73,6 +73,6 @@ rule fine_tune:
         CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --init {input.init} --settings {params.settings:q} 2> {log}"

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .dataset import TOTAL_ROW
 from .errors import UserError
 
 if TYPE_CHECKING:  # numpy/pandas are imported where used: the Snakefile imports the layout
@@ -181,13 +182,13 @@ def predict_test(models: Mapping[tuple[int, int], Path], selection_csv: Path | N
 
 
 def _self_verify_tables(paths: Mapping[str, str]) -> dict[int, pd.Series]:
-    """{judging iteration: the ALL row of its per_class.csv}."""
+    """{judging iteration: the totals row of its per_class.csv}."""
     import pandas as pd
 
     tables = {}
     for iteration, path in paths.items():
         table = pd.read_csv(path, dtype={"label": str})
-        tables[int(iteration)] = table.loc[table["label"] == "ALL"].iloc[0]
+        tables[int(iteration)] = table.loc[table["label"] == TOTAL_ROW].iloc[0]
     return dict(sorted(tables.items()))
 
 

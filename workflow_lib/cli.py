@@ -201,7 +201,8 @@ def predict(args: argparse.Namespace) -> None:
          arg("--valids", nargs="+", required=True, help="preset=valid_oof.csv ..."),
          arg("--classes", type=Path, required=True), arg("--out-probs", type=Path, required=True),
          arg("--out-weights", type=Path, required=True), arg("--out-submission", type=Path, required=True),
-         JSON)
+         arg("--test-manifest", type=Path, help="every listed test clip gets a submission row"),
+         arg("--out-status", type=Path, help="fname,status,detail per test clip"), JSON)
 def fuse(args: argparse.Namespace) -> None:
     """Fuse the presets' posteriors; write the submission."""
     from .stages import fuse_job
@@ -211,7 +212,8 @@ def fuse(args: argparse.Namespace) -> None:
 
     s = args.settings
     fuse_job(pairs(args.tests), pairs(args.valids), args.classes, s["method"], s["learned_epochs"],
-             s["learned_lr"], args.out_probs, args.out_weights, args.out_submission)
+             s["learned_lr"], args.out_probs, args.out_weights, args.out_submission,
+             args.test_manifest, args.out_status)
 
 
 @command("evaluate", arg("--test", type=Path, required=True), arg("--classes", type=Path, required=True),
@@ -228,13 +230,15 @@ def evaluate(args: argparse.Namespace) -> None:
 
 @command("summary", arg("--presets", nargs="+", required=True),
          arg("--selections", nargs="+", required=True), arg("--self-verify-dirs", nargs="*", default=[]),
-         arg("--scores", type=Path), arg("--out", type=Path, required=True))
+         arg("--scores", type=Path), arg("--submission-status", type=Path),
+         arg("--out", type=Path, required=True))
 def summary(args: argparse.Namespace) -> None:
     """results/summary.csv: one row per preset, the table to compare with the paper."""
     from .stages import summary_job
 
     table = summary_job(args.presets, [Path(p) for p in args.selections],
-                        [Path(p) for p in args.self_verify_dirs], args.scores, args.out)
+                        [Path(p) for p in args.self_verify_dirs], args.scores, args.out,
+                        args.submission_status)
     log.info("\n%s", table.to_string(index=False))
 
 

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .audio import USABLE_STATUSES, load_clipped, require_sox
+from .audio import (
+    SKIPPED_BY_VALIDATION,
+    USABLE_STATUSES,
+    LoadedClip,
+    check_sox_effects,
+    load_clipped,
+    require_sox,
+)
 from .io import read_csv_str, write_csv, write_npy
 
 N_BINS = 128
@@ -103,11 +110,15 @@ def process_shard(listing: pd.DataFrame, shard: int, n_shards: int, versions: Se
     from .spectrograms import compute_spectrogram  # librosa/madmom: only preprocessing needs them
 
     require_sox()
+    check_sox_effects(tuple(sox_effects))
     rows: list[dict] = []
     chunks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
     frames: dict[int, list[int]] = {v: [] for v in versions}
     for _, row in shard_of(listing, shard, n_shards).iterrows():
-        clip = load_clipped(Path(row["path"]), sample_rate, tuple(sox_effects))
+        if row["path"]:
+            clip = load_clipped(Path(row["path"]), sample_rate, tuple(sox_effects))
+        else:   # a test row validation kept without a file (missing or refused symlink)
+            clip = LoadedClip(SKIPPED_BY_VALIDATION, None, 0.0, 0.0, "see data/problems.csv")
         rows.append(_manifest_row(row, clip, shard))
         if not clip.usable:
             log.warning("skipped %s: %s (%s)", row["fname"], clip.status, clip.detail)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .data import ClipBank
+from .dataset import TOTAL_ROW
 from .training import autocast_for
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
     frame = decisions.assign(correct=(decisions["given_label"] == decisions.get("true_label", ""))
                              if has_truth else np.nan)
     rows = []
-    for label, group in [*((c, frame[frame["given_label"] == c]) for c in classes), ("ALL", frame)]:
+    for label, group in [*((c, frame[frame["given_label"] == c]) for c in classes), (TOTAL_ROW, frame)]:
         accepted = group[group["accepted"]]
         row = {"label": label, "n_unverified": len(group), "n_accepted": len(accepted)}
         if has_truth:
