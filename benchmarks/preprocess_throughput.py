@@ -1,17 +1,19 @@
-"""Preprocessing throughput: the project's sharded path vs a naive per-file script.
+"""Preprocessing CPU cost per clip: the workflow's fast spectrograms vs the reference pipeline.
 
-    python benchmarks/preprocess_throughput.py [N_FILES] [--fsdd DIR]
+    python benchmarks/preprocess_throughput.py [N_CLIPS] [--seed S] [--fsdd DIR]
 
-Builds a listing of N real FSDD recordings (default 200) and, in ONE process on one core:
+Builds N synthetic clips (default 40) like FSDKaggle2018's: 2-10 s, 44.1 kHz, 16-bit mono WAV,
+a mixture of tones, noise bursts and chirps between up to 0.5 s of leading and trailing
+silence (--fsdd DIR uses N real FSDD recordings instead). Then, in ONE process on one core,
+it runs ``preprocess.process_shard`` over all of them with versions 1 and 2 twice:
 
-(a) project: ``process_shard`` over the whole listing with versions 1 and 2 (SoX once per file,
-    the clipped audio loaded once and transformed into both versions, madmom chain built once);
-(b) naive: per file, ``subprocess`` SoX into a temporary file, then for each version separately
-    ``librosa.load`` the clipped file again and compute the spectrogram (so every file is loaded
-    twice and the madmom processor chain is rebuilt per call, as a per-file script would do).
+(a) fast: ``preprocessing.spectrograms: fast`` (the workflow's default);
+(b) reference: librosa's and madmom's own pipelines (``spectrograms: reference``).
 
-Prints files/s/core for both and their ratio, the machine (nproc, CPU model) and the command.
-docs/method.md "Preprocessing" 1-3 defines the work; both paths compute the same arrays.
+Both include everything a shard job does per clip (SoX clipping in a subprocess, decoding,
+resampling to 32 kHz, both versions). It prints CPU seconds per clip (this process + SoX
+children, user + system) for both, their ratio, the largest relative difference between the
+two paths' arrays, and the machine, load and command, so the figure can be checked.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import soundfile as sf  # noqa: E402
 
 from workflow_lib.audio import SPEC_SOX_EFFECTS, require_sox  # noqa: E402
 from workflow_lib.preprocess import process_shard  # noqa: E402
 
 SR = 32000
+IN_SR = 44100
 #: Environment variable with the FSDD recordings folder: the default of --fsdd.
 FSDD_ENV = "SV_FSDD_DIR"
 
@@ -55,96 +58,105 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def listing_of(folder: Path, n: int) -> pd.DataFrame:
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def synthetic_clip(rng: np.random.Generator) -> np.ndarray:
+    """2-10 s of sound (tones, chirps, noise bursts) between 0-0.5 s of digital silence."""
+    seconds = rng.uniform(2.0, 10.0)
+    t = np.arange(int(seconds * IN_SR)) / IN_SR
+    sound = np.zeros_like(t)
+    for _ in range(int(rng.integers(2, 6))):
+        f0, f1 = rng.uniform(80, 8000, size=2)
+        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
+        envelope = np.exp(-((t - rng.uniform(0, seconds)) ** 2) / (2 * rng.uniform(0.05, 1.0) ** 2))
+        sound += rng.uniform(0.1, 0.5) * envelope * np.sin(phase)
+    sound += rng.uniform(0.001, 0.05) * rng.standard_normal(len(t))
+    sound *= 0.9 / max(np.max(np.abs(sound)), 1e-9)
+    pad = [np.zeros(int(rng.uniform(0, 0.5) * IN_SR)) for _ in range(2)]
+    return np.concatenate([pad[0], sound, pad[1]])
+
+
+def synthetic_listing(folder: Path, n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"clip{i:04d}.wav"
+        sf.write(str(path), synthetic_clip(rng), IN_SR, subtype="PCM_16")
+        paths.append(path)
+    return pd.DataFrame({"fname": [p.name for p in paths], "label": "x", "verified": "1",
+                         "path": [str(p) for p in paths]})
+
+
+def fsdd_listing(folder: Path, n: int) -> pd.DataFrame:
     files = sorted(folder.glob("*.wav"))
     if len(files) < n:
         raise SystemExit(f"need {n} WAV files in {folder}, found {len(files)}")
-    # Spread over speakers and digits: every len/n-th file of the sorted list.
     chosen = [files[i * len(files) // n] for i in range(n)]
-    return pd.DataFrame({"fname": [p.name for p in chosen], "label": [p.name.split("_")[0] for p in chosen],
-                         "verified": "1", "path": [str(p) for p in chosen]})
+    return pd.DataFrame({"fname": [p.name for p in chosen], "label": "x", "verified": "1",
+                         "path": [str(p) for p in chosen]})
 
 
-def naive_v1(path: str) -> np.ndarray:
-    y, _ = librosa.load(path, sr=SR, mono=True)
-    magnitude = np.abs(librosa.stft(y, n_fft=1024, hop_length=192, window="hann", center=True,
-                                    pad_mode="reflect"))
-    with np.errstate(divide="ignore"):
-        weighted = librosa.perceptual_weighting(magnitude**2, librosa.fft_frequencies(sr=SR, n_fft=1024),
-                                                ref=1.0, amin=1e-10, top_db=99.0)
-    return librosa.feature.melspectrogram(S=weighted, sr=SR, n_mels=128, fmax=None)[np.newaxis].astype(np.float32)
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
-def naive_v2(path: str) -> np.ndarray:
-    from madmom.audio.filters import LogFilterbank
-    from madmom.audio.signal import FramedSignalProcessor, Signal, SignalProcessor
-    from madmom.audio.spectrogram import LogarithmicFilteredSpectrogramProcessor, SpectrogramProcessor
-
-    y, _ = librosa.load(path, sr=SR, mono=True)
-    signal = SignalProcessor(num_channels=1, sample_rate=SR, norm=True)(Signal(y, sample_rate=SR))
-    frames = FramedSignalProcessor(frame_size=1024, hop_size=128, origin="future")(signal)
-    spec = SpectrogramProcessor(frame_size=1024)(frames)
-    log_spec = LogarithmicFilteredSpectrogramProcessor(filterbank=LogFilterbank, num_bands=26,
-                                                       fmin=20, fmax=14000)(spec)
-    return np.asarray(log_spec).T[np.newaxis].astype(np.float32)
-
-
-def run_naive(listing: pd.DataFrame, sox: str) -> int:
-    frames = 0
-    for path in listing["path"]:
-        with tempfile.TemporaryDirectory(prefix="naive_sox_") as tmp:
-            clipped = str(Path(tmp) / "clipped.wav")
-            subprocess.run([sox, path, clipped, *SPEC_SOX_EFFECTS], check=True, capture_output=True)
-            frames += naive_v1(clipped).shape[-1]
-            frames += naive_v2(clipped).shape[-1]
-    return frames
-
-
-def run_project(listing: pd.DataFrame, report: bool = False) -> int:
-    arrays, manifests = process_shard(listing, 0, 1, [1, 2], SR, SPEC_SOX_EFFECTS)
-    if report:
-        print(f"  project statuses: {manifests[1]['status'].value_counts().to_dict()}")
-    return sum(a.shape[-1] for a in arrays.values())
+def run(listing: pd.DataFrame, implementation: str) -> tuple[float, float, dict]:
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    arrays, _ = process_shard(listing, 0, 1, [1, 2], SR, SPEC_SOX_EFFECTS, implementation)
+    return cpu_seconds() - cpu0, time.perf_counter() - wall0, arrays
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("n_files", nargs="?", type=int, default=200)
-    parser.add_argument("--fsdd", type=Path, default=os.environ.get(FSDD_ENV) or None,
-                        help=f"the FSDD recordings folder (default: ${FSDD_ENV})")
+    parser.add_argument("n_clips", nargs="?", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fsdd", type=Path, help="use N real FSDD recordings from this folder "
+                        f"instead of synthetic clips (e.g. --fsdd ${FSDD_ENV})")
     args = parser.parse_args(argv)
-    if args.fsdd is None:
-        parser.error(f"where are the FSDD recordings? Pass --fsdd DIR or set {FSDD_ENV}")
     sox = require_sox()
-    listing = listing_of(args.fsdd, args.n_files)
-    seconds_audio = sum(librosa.get_duration(path=p) for p in listing["path"])
 
-    print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-    print(f"machine: nproc={os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), cpu={cpu_model()}")
-    print(f"python {platform.python_version()}, librosa {librosa.__version__}, "
-          f"sox {subprocess.run([sox, '--version'], capture_output=True, text=True).stdout.strip()}")
-    print(f"files: {len(listing)} FSDD recordings, {seconds_audio:.1f} s of audio, from {args.fsdd}")
-    print("threads: 1 process, OMP/BLAS threads = "
-          f"{os.environ['OMP_NUM_THREADS']}; versions 1 and 2 for every file")
+    with tempfile.TemporaryDirectory(prefix="preprocess_bench_") as tmp:
+        listing = (fsdd_listing(args.fsdd, args.n_clips) if args.fsdd
+                   else synthetic_listing(Path(tmp), args.n_clips, args.seed))
+        seconds = sum(sf.info(p).duration for p in listing["path"])
+        print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
+        print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, load average {load_average()} "
+              "(at start)")
+        print(f"python {platform.python_version()}, "
+              f"sox {subprocess.run([sox, '--version'], capture_output=True, text=True).stdout.strip()}")
+        source = f"FSDD recordings from {args.fsdd}" if args.fsdd else \
+            f"synthetic clips, 2-10 s at {IN_SR} Hz, seed {args.seed}"
+        print(f"clips: {len(listing)} {source}; {seconds:.1f} s of audio "
+              f"({seconds / len(listing):.2f} s per clip)")
+        print("work per clip: SoX clipping, decode + resample to 32 kHz, versions 1 and 2; "
+              "1 process, OMP/BLAS threads = 1")
 
-    # Warm-up outside the timings: imports, the first librosa resampler, madmom filterbanks.
-    warm = listing.iloc[:2]
-    run_project(warm)
-    run_naive(warm, sox)
-
-    results = {}
-    for name, function in (("project (process_shard)", lambda: run_project(listing, True)),
-                           ("naive (per-file script)", lambda: run_naive(listing, sox))):
-        before, start_wall = os.times(), time.perf_counter()
-        frames = function()
-        wall = time.perf_counter() - start_wall
-        after = os.times()
-        cpu = sum(after[i] - before[i] for i in range(4))  # self + SoX children, user + system
-        results[name] = wall
-        print(f"{name:25s} wall {wall:7.2f} s  cpu(incl. sox) {cpu:7.2f} s  "
-              f"{len(listing) / wall:7.2f} files/s/core  ({frames} frames over both versions)")
-    project, naive = results["project (process_shard)"], results["naive (per-file script)"]
-    print(f"ratio: project is {naive / project:.2f}x the naive throughput")
+        # Warm-up outside the timings: imports, the first resampler, filterbanks.
+        for implementation in ("fast", "reference"):
+            run(listing.iloc[:2], implementation)
+        results = {}
+        for implementation in ("reference", "fast", "reference", "fast"):   # interleaved
+            cpu, wall, arrays = run(listing, implementation)
+            best = results.get(implementation)
+            if best is None or cpu < best[0]:
+                results[implementation] = (cpu, wall, arrays)
+        for implementation, (cpu, wall, _) in results.items():
+            print(f"{implementation:9s}: {1000 * cpu / len(listing):8.1f} ms CPU per clip "
+                  f"({1000 * wall / len(listing):8.1f} ms wall), best of 2 interleaved runs")
+        ratio = results["reference"][0] / results["fast"][0]
+        print(f"ratio: the fast path costs {ratio:.2f}x less CPU per clip than the reference")
+        for version in (1, 2):
+            fast, reference = results["fast"][2][version], results["reference"][2][version]
+            error = np.max(np.abs(fast.astype(np.float64) - reference)) / np.max(np.abs(reference))
+            print(f"v{version}: max |fast - reference| / max |reference| = {error:.1e} "
+                  f"over {reference.shape[-1]} frames")
+        print(f"load average at end: {load_average()}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/training_throughput.py [--device auto|cpu|cuda] [--steps N] [--warmup N]
                                              [--batch N] [--infer-clips N] [--threads N]
+                                             [--peak-gflops G] [--compile]
 
 Settings come from config.yaml resolved with ``run_preset=paper`` (docs/method.md "Network" table:
 widths 48/64/64, batches 100/100/50, mixup alpha 0.2/0.3/0.3; 384-frame excerpts of 3,000-frame
@@ -14,16 +15,29 @@ spectrograms; 41 classes as in FSDKaggle2018). For each preset it measures
 * inference: clips/s of ``training.predict_whole`` on whole 3,000-frame clips (the validation
   and test path), batch compute.eval_batch_size.
 
+The model is prepared as a training job prepares it (``training.prepare_model`` and
+``make_optimizer``: on CUDA channels_last, cudnn.benchmark, fused Adam; ``--compile`` adds
+torch.compile), and the step's random draws come from the job's ``DeviceSampler``.
+
+FLOPs are counted, not assumed: torch's FLOP counter (``torch.utils.flop_counter``) over one
+forward + backward of a 2-excerpt batch (per excerpt: half of it) and one forward of a whole
+clip. It counts convolutions and matrix products (2 FLOPs per multiply-add), i.e. all but the
+element-wise work. GFLOP/s = counted FLOPs x measured rate. The share of peak divides that by
+the machine's peak: on a CPU estimated as threads x clock (``cpu MHz`` of /proc/cpuinfo) x
+FP32 FLOPs per cycle and core from the ISA flags (how it was derived is printed); on CUDA the
+dense bf16 peak of known GPUs; ``--peak-gflops`` overrides either.
+
 On a CPU the paper's batches take minutes per step (about 30 GFLOP per excerpt for nf 64), so
 the CPU defaults are a batch of 16, 2 timed steps and 4 inference clips; the output says so.
-Per-example throughput still grows with the batch on a CPU (measured on 2 cores, nf 48: batch 8
-1.6, batch 24 2.7 excerpts/s), so CPU figures at batch 16 understate the paper's batches
-somewhat. The GPU defaults keep the paper's batches.
+Per-example throughput can grow with the batch on a CPU, so CPU figures at batch 16 may
+understate the paper's batches somewhat. The GPU defaults keep the paper's batches.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import platform
 import sys
 import time
@@ -39,20 +53,100 @@ import yaml  # noqa: E402
 from workflow_lib.config import fit_settings, resolve_settings  # noqa: E402
 from workflow_lib.data import ClipBank  # noqa: E402
 from workflow_lib.model import build_model, count_parameters  # noqa: E402
-from workflow_lib.training import FitSettings, _run_epoch, predict_whole  # noqa: E402
+from workflow_lib.training import (  # noqa: E402
+    DeviceSampler,
+    FitSettings,
+    RunOptions,
+    _run_epoch,
+    make_optimizer,
+    predict_whole,
+    prepare_model,
+)
 
 N_CLASSES = 41        # FSDKaggle2018 (docs/method.md "Data contract")
 N_DISTINCT = 16       # distinct random clips; the bank's clips point at them in turn
 
 
-def cpu_model() -> str:
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return fields
+
+
+def cpu_model() -> str:
+    return cpuinfo().get("model name") or platform.processor() or "unknown"
+
+
+def fp32_flops_per_cycle(info: dict[str, str]) -> tuple[int, str]:
+    """FP32 FLOPs per cycle and core from the ISA flags, and why.
+
+    FMA = 2 FLOPs per lane; two FMA pipes per core on every x86 core with AVX2 since Haswell
+    and Zen 1. AVX-512: 2 x 16 lanes on Intel server cores and AMD Zen 5 (family 26); Zen 4
+    (family 25) executes 512-bit operations on its two 256-bit pipes, so it stays at 32.
+    """
+    flags = set(info.get("flags", "").split())
+    vendor, family = info.get("vendor_id", ""), info.get("cpu family", "")
+    if "avx512f" in flags and not (vendor == "AuthenticAMD" and family != "26"):
+        return 64, "AVX-512 + FMA: 2 pipes x 16 FP32 lanes x 2 (FMA)"
+    if "avx512f" in flags:
+        return 32, (f"AVX-512 on AMD family {family} (Zen 4: two 256-bit pipes): "
+                    "2 pipes x 8 lanes x 2 (FMA)")
+    if "avx2" in flags and "fma" in flags:
+        return 32, "AVX2 + FMA: 2 pipes x 8 FP32 lanes x 2 (FMA)"
+    if "avx" in flags:
+        return 16, "AVX without FMA: 8 lanes x (1 add + 1 mul)"
+    return 8, "SSE: 4 lanes x (1 add + 1 mul)"
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets, without sparsity).
+GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0,
+                        "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0,
+                        "A10G": 70.0, "L4": 121.0, "RTX 4090": 165.0}
+
+
+def peak_gflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
+    """The machine's peak in GFLOP/s for this run, and how it was derived."""
+    if override:
+        return override, f"--peak-gflops {override:g} (given)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_BF16_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1000, f"{name}: dense bf16 peak {tflops:g} TFLOP/s (data sheet)"
+        return None, f"{name}: peak unknown, pass --peak-gflops"
+    info = cpuinfo()
+    try:
+        mhz = float(info["cpu MHz"])
+    except (KeyError, ValueError):
+        return None, "no 'cpu MHz' in /proc/cpuinfo, pass --peak-gflops"
+    per_cycle, why = fp32_flops_per_cycle(info)
+    threads = torch.get_num_threads()
+    peak = threads * mhz / 1000 * per_cycle
+    return peak, (f"{threads} core(s) (torch threads) x {mhz / 1000:.3f} GHz (cpu MHz) x "
+                  f"{per_cycle} FP32 FLOP/cycle ({why}) = {peak:.0f} GFLOP/s")
+
+
+def count_flops(model: torch.nn.Module, excerpt: int, frames: int, device: torch.device,
+                ) -> tuple[float, float]:
+    """(training FLOPs per excerpt: forward + backward; inference FLOPs per whole clip)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    probe = copy.deepcopy(model).to(device).train()   # batch-norm statistics of the real one stay
+    with FlopCounterMode(display=False) as counter:
+        probe(torch.randn(2, 1, 128, excerpt, device=device)).logsumexp(1).sum().backward()
+    train = counter.get_total_flops() / 2
+    probe.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        probe(torch.randn(1, 1, 128, frames, device=device))
+    return train, float(counter.get_total_flops())
 
 
 def paper_settings() -> dict:
@@ -87,8 +181,13 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
     fit_settings_ = FitSettings(**fit)
     batch = fit_settings_.batch_size
     torch.manual_seed(0)
-    model = build_model(net["width"], N_CLASSES, tuple(net["dropout"])).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=fit_settings_.lr)
+    model = build_model(net["width"], N_CLASSES, tuple(net["dropout"]))
+    train_flops, infer_flops = count_flops(model, fit_settings_.excerpt_frames, frames, torch.device("cpu"))
+    options = RunOptions(compile=args.compile)
+    forward = prepare_model(model, device, options)
+    channels_last = device.type == "cuda"
+    optimizer = make_optimizer(model, fit_settings_.lr, device)
+    sampler = DeviceSampler(0, device)
     rng = np.random.default_rng(0)
 
     # Training: _run_epoch over a bank of batch * steps clips is exactly `steps` steps.
@@ -97,11 +196,12 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
     warm_targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(warm_bank))).to(device)
     targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(timed_bank))).to(device)
     if args.warmup:
-        _run_epoch(model, optimizer, warm_bank, warm_targets, fit_settings_, rng, device, N_CLASSES)
+        _run_epoch(forward, optimizer, warm_bank, warm_targets, fit_settings_, sampler, device,
+                   N_CLASSES, channels_last)
     synchronize(device)
     started = time.perf_counter()
-    loss, _ = _run_epoch(model, optimizer, timed_bank, targets, fit_settings_, rng, device,
-                         N_CLASSES)
+    loss, _ = _run_epoch(forward, optimizer, timed_bank, targets, fit_settings_, sampler, device,
+                         N_CLASSES, channels_last)
     synchronize(device)
     train_s = time.perf_counter() - started
     if not np.isfinite(loss):
@@ -109,11 +209,11 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
 
     # Inference on whole clips, as validation and prediction run it.
     eval_batch = min(fit_settings_.eval_batch_size, args.infer_clips)
-    predict_whole(model, random_bank(eval_batch, frames, device, 3), eval_batch, fit_settings_.amp)
+    predict_whole(forward, random_bank(eval_batch, frames, device, 3), eval_batch, fit_settings_.amp)
     infer_bank = random_bank(args.infer_clips, frames, device, 4)
     synchronize(device)
     started = time.perf_counter()
-    probs = predict_whole(model, infer_bank, eval_batch, fit_settings_.amp)
+    probs = predict_whole(forward, infer_bank, eval_batch, fit_settings_.amp)
     synchronize(device)
     infer_s = time.perf_counter() - started
     assert probs.shape == (args.infer_clips, N_CLASSES)
@@ -127,7 +227,10 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
             "steps": args.steps, "train_s": train_s,
             "excerpts_per_s": batch * args.steps / train_s,
             "infer_clips": args.infer_clips, "eval_batch": eval_batch, "infer_s": infer_s,
-            "clips_per_s": args.infer_clips / infer_s, "peak_gib": peak}
+            "clips_per_s": args.infer_clips / infer_s, "peak_gib": peak,
+            "train_gflop": train_flops / 1e9, "infer_gflop": infer_flops / 1e9,
+            "train_gflops": train_flops * batch * args.steps / train_s / 1e9,
+            "infer_gflops": infer_flops * args.infer_clips / infer_s / 1e9}
 
 
 def main() -> int:
@@ -142,6 +245,10 @@ def main() -> int:
                         "(default: 256 on CUDA, 4 on CPU)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--presets", nargs="+", help="subset of the paper presets")
+    parser.add_argument("--peak-gflops", type=float, help="the machine's peak in GFLOP/s "
+                        "(default: estimated from /proc/cpuinfo, or the GPU's data sheet)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model "
+                        "(compute.compile)")
     args = parser.parse_args()
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -155,8 +262,6 @@ def main() -> int:
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     args.batch = args.batch or (None if gpu else 16)
     args.infer_clips = args.infer_clips or (256 if gpu else 4)
-    if gpu:
-        torch.backends.cudnn.benchmark = True
 
     settings = paper_settings()
     presets = args.presets or settings["method"]["presets"]
@@ -177,6 +282,10 @@ def main() -> int:
               f"batch, so these training figures understate the paper's batches; pass "
               f"--batch 100 (minutes per step on a CPU) to measure them.")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
+          f"on {os.cpu_count()} CPU(s)")
+    peak, peak_note = peak_gflops(device, args.peak_gflops)
+    print(f"peak: {peak_note}")
     print()
 
     rows = []
@@ -202,6 +311,17 @@ def main() -> int:
         print(line)
     if any(r["batch"] != r["paper_batch"] for r in rows):
         print("* not the paper's batch (see NOTE)")
+    print()
+    share = (lambda g: f"{100 * g / peak:5.1f} %") if peak else (lambda g: "  n/a")
+    print(f"{'preset':<16} {'GFLOP/excerpt':>13} {'train GFLOP/s':>13} {'of peak':>8} "
+          f"{'GFLOP/clip':>10} {'infer GFLOP/s':>13} {'of peak':>8}")
+    for r in rows:
+        print(f"{r['preset']:<16} {r['train_gflop']:>13.2f} {r['train_gflops']:>13.1f} "
+              f"{share(r['train_gflops']):>8} {r['infer_gflop']:>10.2f} "
+              f"{r['infer_gflops']:>13.1f} {share(r['infer_gflops']):>8}")
+    print("(FLOPs: torch.utils.flop_counter, convolutions and matrix products, forward + "
+          "backward for training; the peak as derived above)")
+    print(f"load average at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print()
     # What it means for the paper's schedule (docs/method.md: 500 epochs over ~7,100 training clips
     # per fold, i.e. 3/4 of 9,473; validation on ~930 whole clips after every epoch).

@@ -1,5 +1,6 @@
 # Settings, paths and small helpers shared by every rule file.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -19,22 +20,53 @@ try:
     from workflow_lib.config import (
         ConfigError,
         chain_policy,
+        check_dataset_root,
+        check_run_identity,
         derive_seed,
         fit_settings,
         gpus_per_training_job,
+        preset_shadowed,
+        record_run_identity,
         resolve_settings,
+        run_identity,
+        user_settings,
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
     from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec
+    from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
     sys.path.remove(REPO)
 
+RESULTS = "results"
+
+# Settings the user gave (--config, extra --configfile) win over the run preset's.
+USER_SETTINGS = user_settings(
+    workflow.config_settings.configfiles,
+    workflow.config_settings.config,
+    Path(REPO) / "config.yaml",
+)
 try:
-    S = resolve_settings(config)
+    S = resolve_settings(config, USER_SETTINGS)
+    check_dataset_root(S)
+    RUN_IDENTITY = run_identity(S)
+    check_run_identity(Path(RESULTS), RUN_IDENTITY)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+for key in preset_shadowed(config["run_presets"][S["run_preset"]] or {}, USER_SETTINGS):
+    print(f"config: your {key} overrides the value of run preset {S['run_preset']}", file=sys.stderr)
+LOCKS = Path(".snakemake/locks")
+if not (workflow.remote_exec or workflow.subprocess_exec) and LOCKS.is_dir() and any(LOCKS.iterdir()):
+    print(
+        "note: .snakemake/locks/ is not empty: another snakemake may be running in this folder."
+        " If none is (e.g. after a kill -9), run `snakemake --unlock` once, then your command"
+        " with --rerun-incomplete (README 'When things go wrong').",
+        file=sys.stderr,
+    )
 
-RESULTS = "results"
+
+onstart:
+    record_run_identity(Path(RESULTS), RUN_IDENTITY)
+
 # Chains (config keys `chains`, `run_chains`): iteration 0 + a trust policy. Every chain runs
 # the same rules through the {chain} wildcard; chains with the same `start` share iteration 0.
 CHAINS = S["run_chains"]
@@ -45,10 +77,32 @@ METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
-SHARDS = list(range(S["preprocessing"]["shards"]))
+
+
+def snakemake_workers():
+    """Jobs Snakemake may run at once: --cores (the machine's cores when not given), and on a
+    cluster no more than --jobs."""
+    try:
+        cores = int(workflow.cores)
+    except (WorkflowError, TypeError):
+        cores = os.cpu_count() or 1
+    nodes = workflow.nodes
+    return min(cores, int(nodes)) if isinstance(nodes, int) and 0 < nodes < sys.maxsize else cores
+
+
+# Shards per split (preprocessing.shards: a number, or auto = from files and cores).
+N_SHARDS = {
+    split: resolve_shards(S["preprocessing"]["shards"], count, snakemake_workers())
+    for split, count in listed_file_counts(S, None if DEMO else DATA_ROOT).items()
+}
+
+
+def shards_of(split):
+    return list(range(N_SHARDS[split]))
+
+
 PRESETS = METHOD["presets"]
 VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
-
 
 
 class ShellCommand:
@@ -72,7 +126,11 @@ class ShellCommand:
 # cluster node, and nothing is set for other workflows (no global shell.prefix; Snakemake's default
 # bash strict mode, `set -euo pipefail`, stays in force). It is several shell words: write
 # `{params.cli}` without the :q quoting of single values.
-CLI = ShellCommand(f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}} python -m workflow_lib.cli")
+# WORKFLOW_JOBS_PER_GPU: compute.jobs_per_gpu, for the GPU claim of workflow_lib/devices.py.
+CLI = ShellCommand(
+    f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"
+    f" WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])} python -m workflow_lib.cli"
+)
 CONDA_ENV = "../envs/workflow.yaml"
 
 
@@ -140,8 +198,8 @@ def chain_models(chain, preset, iterations=ITERATIONS):
 
 
 def pairs(mapping):
-    """{(iteration, fold): path} -> 'i:k=path ...' (the CLI's form)."""
-    return " ".join(f"{i}:{k}={path}" for (i, k), path in mapping.items())
+    """{(iteration, fold): path} -> ['i:k=path', ...] (the CLI's form; quoted with :q)."""
+    return [f"{i}:{k}={path}" for (i, k), path in mapping.items()]
 
 
 def chain_histories(wildcards):

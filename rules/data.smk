@@ -42,6 +42,6 @@ rule validate_dataset:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} validate --root {params.root:q} --folds {params.folds}"
+        "{params.cli} validate --root {params.root:q} --folds {params.folds:q}"
         " --out-dir $(dirname {output.train:q})"
         " --settings {params.settings:q} 2> {log}"

@@ -26,5 +26,5 @@ rule export_tagger:
         out_dir=lambda wildcards, output: Path(output[0]).parent,
         settings=as_json(tagger_settings(S)),
     shell:
-        "{params.cli} export --results {params.results} --out-dir {params.out_dir}"
+        "{params.cli} export --results {params.results:q} --out-dir {params.out_dir:q}"
         " --settings {params.settings:q} 2> {log}"

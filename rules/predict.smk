@@ -18,8 +18,8 @@ rule select_iteration:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} select --histories {params.histories}"
-        " --tolerance {params.tolerance} --out {output} 2> {log}"
+        "{params.cli} select --histories {params.histories:q}"
+        " --tolerance {params.tolerance:q} --out {output} 2> {log}"
 
 
 rule predict:
@@ -47,10 +47,10 @@ rule predict:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} predict --selection {input.selection} --models {params.models}"
+        "{params.cli} predict --selection {input.selection} --models {params.models:q}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
         " --folds {input.folds} --classes {input.classes} --out-test {output.test}"
-        " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir}"
+        " --out-valid {output.valid} --threads {threads} --lock-dir {params.lock_dir:q}"
         " --settings {params.settings:q} 2> {log}"
 
 
@@ -59,14 +59,16 @@ rule fuse:
         tests=lambda wildcards: [L.predictions(wildcards.chain, p, "test") for p in PRESETS],
         valids=lambda wildcards: [L.predictions(wildcards.chain, p, "valid_oof") for p in PRESETS],
         classes=L.data("classes.csv"),
+        test_manifest=L.spectrograms(VERSIONS[0], "test"),
     output:
         probs=L.fused("{chain}", "fused_test.csv"),
         weights=L.fused("{chain}", "fusion_weights.csv"),
         submission=L.submission("{chain}"),
+        status=L.submission_status("{chain}"),
     params:
         cli=CLI,
-        tests=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.tests)),
-        valids=lambda wildcards, input: " ".join(f"{p}={f}" for p, f in zip(PRESETS, input.valids)),
+        tests=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.tests)],
+        valids=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.valids)],
         settings=as_json(METHOD["fusion"]),
     priority: chain_priority
     log:
@@ -74,9 +76,10 @@ rule fuse:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} fuse --tests {params.tests} --valids {params.valids}"
+        "{params.cli} fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
-        " --out-submission {output.submission} --settings {params.settings:q} 2> {log}"
+        " --out-submission {output.submission} --test-manifest {input.test_manifest}"
+        " --out-status {output.status} --settings {params.settings:q} 2> {log}"
 
 
 rule evaluate:
@@ -91,7 +94,7 @@ rule evaluate:
         confusion=L.evaluation("{chain}", "confusion.csv"),
     params:
         cli=CLI,
-        systems=lambda wildcards, input: " ".join(
+        systems=lambda wildcards, input: list(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
@@ -102,7 +105,7 @@ rule evaluate:
         CONDA_ENV
     shell:
         "{params.cli} evaluate --test {input.test} --classes {input.classes}"
-        " --systems {params.systems} --out-dir {params.out_dir} 2> {log}"
+        " --systems {params.systems:q} --out-dir {params.out_dir:q} 2> {log}"
 
 
 rule summary:
@@ -112,21 +115,22 @@ rule summary:
             L.trust_file(wildcards.chain, p, i, "per_class.csv") for p in PRESETS for i in ITERATIONS[:-1]
         ],
         scores=L.evaluation("{chain}", "summary.csv"),
+        status=L.submission_status("{chain}"),
     output:
         L.summary("{chain}"),
     params:
         cli=CLI,
-        presets=" ".join(PRESETS),
-        dirs=lambda wildcards, input: " ".join(str(Path(f).parent) for f in input.self_verify),
+        presets=list(PRESETS),
+        dirs=lambda wildcards, input: [str(Path(f).parent) for f in input.self_verify],
     priority: chain_priority
     log:
         L.log("summary/{chain}"),
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} summary --presets {params.presets}"
-        " --selections {input.selections} --self-verify-dirs {params.dirs}"
-        " --scores {input.scores} --out {output} 2> {log}"
+        "{params.cli} summary --presets {params.presets:q}"
+        " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
+        " --scores {input.scores} --submission-status {input.status} --out {output} 2> {log}"
 
 
 rule systems:
@@ -148,5 +152,5 @@ rule systems:
         CONDA_ENV
     shell:
         "{params.cli} systems --test {input.test} --classes {input.classes}"
-        " --spec {params.spec:q} --min-trusted-share {params.min_share} --out {output.systems}"
+        " --spec {params.spec:q} --min-trusted-share {params.min_share:q} --out {output.systems}"
         " --out-iterations {output.iterations} --out-plot {output.plot} 2> {log}"

@@ -1,5 +1,6 @@
 # SoX silence clipping and the spectrogram versions the chosen presets need, in shards:
 # one job per (split, shard), each clipping its files once and computing every version.
+# The number of shards per split is N_SHARDS (rules/common.smk: preprocessing.shards).
 
 
 rule preprocess_shard:
@@ -13,8 +14,8 @@ rule preprocess_shard:
         shard=r"\d+",
     params:
         cli=CLI,
-        shards=len(SHARDS),
-        versions=" ".join(str(v) for v in VERSIONS),
+        shards=lambda wildcards: N_SHARDS[wildcards.split],
+        versions=list(str(v) for v in VERSIONS),
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
         settings=as_json(S["preprocessing"]),
     log:
@@ -25,14 +26,19 @@ rule preprocess_shard:
         CONDA_ENV
     shell:
         "{params.cli} preprocess-shard --listing {input.listing}"
-        " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards}"
-        " --versions {params.versions} --out-dir {params.out_dir} --settings {params.settings:q}"
+        " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards:q}"
+        " --versions {params.versions:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
         " 2> {log}"
 
 
 rule spectrogram_manifest:
     input:
-        expand(L.spectrogram_shard("{{version}}", "{{split}}", "{shard}", "csv"), shard=SHARDS),
+        lambda wildcards: expand(
+            L.spectrogram_shard("{version}", "{split}", "{shard}", "csv"),
+            version=wildcards.version,
+            split=wildcards.split,
+            shard=shards_of(wildcards.split),
+        ),
     output:
         L.spectrograms("{version}", "{split}"),
     wildcard_constraints:

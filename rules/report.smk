@@ -46,14 +46,14 @@ rule plot_training:
     params:
         cli=CLI,
         histories=lambda wildcards: pairs(chain_histories(wildcards)),
-        self_verify=lambda wildcards, input: " ".join(f"{i}={path}" for i, path in enumerate(input.self_verify)),
+        self_verify=lambda wildcards, input: [f"{i}={path}" for i, path in enumerate(input.self_verify)],
     log:
         L.log("plot_training/{chain}/{preset}"),
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} plot-training --preset {wildcards.preset}"
-        " --histories {params.histories} --self-verify {params.self_verify}"
+        "{params.cli} plot-training --preset {wildcards.preset:q}"
+        " --histories {params.histories:q} --self-verify {params.self_verify:q}"
         " --out-curves {output.curves} --out-counts {output.counts} 2> {log}"
 
 

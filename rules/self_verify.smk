@@ -14,7 +14,7 @@ rule self_verify:
         it=r"\d+",
     params:
         cli=CLI,
-        models=lambda wildcards, input: " ".join(f"{k}={path}" for k, path in zip(FOLDS, input.models)),
+        models=lambda wildcards, input: [f"{k}={path}" for k, path in zip(FOLDS, input.models)],
         settings=lambda wildcards: as_json(self_verify_settings(wildcards.chain, wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.decisions).parent,
         lock_dir=GPU_LOCK_DIR,
@@ -29,7 +29,7 @@ rule self_verify:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} self-verify --models {params.models} --manifest {input.manifest}"
+        "{params.cli} self-verify --models {params.models:q} --manifest {input.manifest}"
         " --folds {input.folds} --classes {input.classes} --train {input.train}"
-        " --out-dir {params.out_dir} --threads {threads} --lock-dir {params.lock_dir}"
+        " --out-dir {params.out_dir:q} --threads {threads} --lock-dir {params.lock_dir:q}"
         " --settings {params.settings:q} 2> {log}"

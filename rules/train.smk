@@ -18,7 +18,7 @@ rule folds:
         CONDA_ENV
     shell:
         "{params.cli} folds --manifest {input.manifest} --out {output}"
-        " --folds {params.folds} --seed {params.seed} 2> {log}"
+        " --folds {params.folds:q} --seed {params.seed:q} 2> {log}"
 
 
 rule initial_list:
@@ -33,7 +33,7 @@ rule initial_list:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} initial-list --start {wildcards.start} --folds {input.folds}"
+        "{params.cli} initial-list --start {wildcards.start:q} --folds {input.folds}"
         " --out {output} 2> {log}"
 
 
@@ -61,8 +61,8 @@ rule train_initial:
         CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --settings {params.settings:q} 2> {log}"
 
 
@@ -93,6 +93,6 @@ rule fine_tune:
         CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
-        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --threads {threads} --lock-dir {params.lock_dir} --train-list {input.train_list}"
+        " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " --threads {threads} --lock-dir {params.lock_dir:q} --train-list {input.train_list}"
         " --init {input.init} --settings {params.settings:q} 2> {log}"

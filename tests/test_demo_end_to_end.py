@@ -319,8 +319,8 @@ def test_self_verification_decisions(demo):
                     accepted["given_label"] == label, "p_given"].min(), where
 
             table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
-            assert table.loc["ALL", "n_unverified"] == len(d)
-            assert table.loc["ALL", "n_accepted"] == len(accepted)
+            assert table.loc["__all__", "n_unverified"] == len(d)
+            assert table.loc["__all__", "n_accepted"] == len(accepted)
             counts = d.groupby("given_label")["accepted"].agg(["size", "sum"])
             for label, row in counts.iterrows():
                 assert table.loc[label, "n_unverified"] == row["size"]
@@ -344,8 +344,8 @@ def test_self_verified_labels_are_far_more_precise(demo):
                 assert precision >= 0.9, (preset, it, precision)
                 assert precision >= baseline + 0.15, (preset, it, precision, baseline)
                 table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
-                assert table.loc["ALL", "precision"] == pytest.approx(precision)
-                assert table.loc["ALL", "unverified_precision"] == pytest.approx(baseline)
+                assert table.loc["__all__", "precision"] == pytest.approx(precision)
+                assert table.loc["__all__", "unverified_precision"] == pytest.approx(baseline)
     demo_noise = demo.settings["demo_data"]["noise_rate"]
     assert total > 0, "the demo self-verified nothing in any preset or iteration"
     assert 0 < demo_noise < 1
@@ -426,6 +426,9 @@ def test_submission(demo):
     assert list(sub.columns) == ["fname", "label"]
     assert sub["fname"].is_unique
     assert set(sub["fname"]) == set(demo.csv("data/test.csv")["fname"])    # every test clip
+    status = demo.csv(f"{CHAIN}/submission_status.csv")
+    assert list(status.columns) == ["fname", "status", "detail"]
+    assert list(status["fname"]) == list(sub["fname"]) and set(status["status"]) == {"predicted"}
     fused = demo.numeric(f"{CHAIN}/predictions/fused_test.csv").set_index("fname")
     for fname, labels in zip(sub["fname"], sub["label"]):
         top = labels.split(" ")
@@ -454,7 +457,8 @@ def test_evaluation(demo):
     sets = {"Public": scored[scored["usage"] == "Public"], "Private": scored[scored["usage"] == "Private"],
             "Public+Private": scored}
     summary = demo.numeric(f"{CHAIN}/evaluation/summary.csv")
-    assert list(summary.columns) == ["system", "set", "n", "accuracy", "map3"]
+    assert list(summary.columns) == ["system", "set", "n", "accuracy", "map3", "n_unpredicted", "note"]
+    assert (summary["n_unpredicted"] == 0).all() and summary["note"].isna().all()   # all predicted
     systems = [*demo.presets, "fusion"]
     assert sorted(summary["system"].unique()) == sorted(systems)
     table = summary.set_index(["system", "set"])
@@ -525,6 +529,7 @@ def test_run_summary(demo):
                 assert row["self_verified_precision"] == pytest.approx(precision)
         assert row["test_accuracy"] == pytest.approx(scores.loc[(preset, "Public+Private"), "accuracy"])
         assert row["test_map3"] == pytest.approx(scores.loc[(preset, "Public+Private"), "map3"])
+    assert summary["test_note"].isna().all()     # labels known, every clip predicted
     fusion = summary.iloc[-1]
     assert fusion["test_accuracy"] == pytest.approx(scores.loc[("fusion", "Public+Private"), "accuracy"])
     assert fusion["test_map3"] == pytest.approx(scores.loc[("fusion", "Public+Private"), "map3"])
@@ -569,7 +574,7 @@ def test_posteriors_and_systems_table(demo):
             given = posteriors[classes].to_numpy()[np.arange(len(d)), d["given_label"].map(classes.index)]
             np.testing.assert_allclose(d["p_given"], given, rtol=1e-9)
             table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
-            assert int(row[f"trusted_by_it{it}"]) == int(table.loc["ALL", "n_accepted"])
+            assert int(row[f"trusted_by_it{it}"]) == int(table.loc["__all__", "n_accepted"])
             correct = d["given_label"] == d["true_label"]
             kept = (correct & d["accepted"]).sum()
-            assert table.loc["ALL", "recall"] == pytest.approx(kept / correct.sum())
+            assert table.loc["__all__", "recall"] == pytest.approx(kept / correct.sum())

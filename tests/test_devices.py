@@ -350,3 +350,57 @@ def test_cuda_without_visible_devices_claims_distinct_gpus(
 def test_unknown_request_is_rejected(lock_dir: Path) -> None:
     with pytest.raises(ValueError, match="auto, cpu, cuda"):
         select_device("tpu", lock_dir, cpu_threads=1)
+
+
+# ---------------------------------------------------------------- compute.jobs_per_gpu
+
+
+def test_slots_per_gpu_fill_every_gpu_once_before_sharing(lock_dir: Path) -> None:
+    """jobs_per_gpu 2 on 2 fake GPUs: 4 slots, spread (0, 1, 0, 1); a fifth claim times out."""
+    claims = [claim_gpu(2, lock_dir, timeout_s=0, slots_per_device=2) for _ in range(4)]
+    try:
+        assert [(c.index, c.slot) for c in claims] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+        assert len({c.path for c in claims}) == 4
+        assert claims[0].path.name == "gpu0.lock" and claims[2].path.name == "gpu0.slot1.lock"
+        with pytest.raises(RuntimeError, match="2 slot"):
+            claim_gpu(2, lock_dir, timeout_s=0, slots_per_device=2)
+        # One job per GPU (the default) still sees both GPUs as taken.
+        with pytest.raises(RuntimeError):
+            claim_gpu(2, lock_dir, timeout_s=0)
+        claims[2].release()   # a slot of GPU 0 frees: the next claim takes exactly that one
+        again = claim_gpu(2, lock_dir, timeout_s=0, slots_per_device=2)
+        assert (again.index, again.slot) == (0, 1)
+        claims[2] = again
+    finally:
+        for claim in claims:
+            claim.release()
+    with pytest.raises(ValueError):
+        claim_gpu(2, lock_dir, timeout_s=0, slots_per_device=0)
+
+
+def test_select_device_takes_jobs_per_gpu_from_the_environment(
+    lock_dir: Path, fake_cuda: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Snakefile exports WORKFLOW_JOBS_PER_GPU; 3 slots on 2 fake GPUs = 6 jobs at once."""
+    from workflow_lib.devices import JOBS_PER_GPU_ENV
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv(JOBS_PER_GPU_ENV, "3")
+    choices = [select_device("cuda", lock_dir, cpu_threads=1, claim_timeout_s=0) for _ in range(6)]
+    try:
+        assert [c.device for c in choices] == ["cuda:0", "cuda:1"] * 3
+        assert "slot 2 of 3" in choices[-1].describe()
+        with pytest.raises(RuntimeError):
+            select_device("cuda", lock_dir, cpu_threads=1, claim_timeout_s=0)
+    finally:
+        for choice in choices:
+            choice.release()
+    monkeypatch.setenv(JOBS_PER_GPU_ENV, "zero")
+    with pytest.raises(ValueError, match=JOBS_PER_GPU_ENV):
+        select_device("cuda", lock_dir, cpu_threads=1, claim_timeout_s=0)
+
+
+def test_workflow_passes_jobs_per_gpu_to_every_job() -> None:
+    """rules/common.smk puts compute.jobs_per_gpu into every job's command ({params.cli})."""
+    text = (REPO_ROOT / "rules/common.smk").read_text()
+    assert " WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])} python -m workflow_lib.cli" in text

@@ -168,3 +168,12 @@ def test_folds_job_leaves_out_skipped_files(tmp_path, train):
     expected = make_folds(train, N_FOLDS, SEED)
     assert dict(zip(written["fname"], written["fold"].astype(int))) == \
         dict(zip(expected["fname"], expected["fold"].astype(int)))
+
+
+def test_folds_do_not_depend_on_the_row_order(train):
+    """The manifest's order follows the preprocessing shards (whose number follows --cores with
+    preprocessing.shards: auto): the same clips in another order get the same folds."""
+    reordered = train.iloc[np.random.default_rng(3).permutation(len(train))].reset_index(drop=True)
+    a = make_folds(train, N_FOLDS, SEED).set_index("fname")["fold"]
+    b = make_folds(reordered, N_FOLDS, SEED).set_index("fname")["fold"]
+    pd.testing.assert_series_equal(a.sort_index(), b.sort_index())

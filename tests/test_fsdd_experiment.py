@@ -381,7 +381,7 @@ def test_precision_and_recall_are_measured_against_the_true_labels(run):
             correct = int((accepted["trusted_label"] == truth.loc[accepted["fname"]].to_numpy()).sum())
             expected = correct / len(accepted) if len(accepted) else np.nan
             overall = pd.read_csv(folder / f"it{it}" / "per_class.csv", dtype={"label": str})
-            overall = overall.set_index("label").loc["ALL"]
+            overall = overall.set_index("label").loc["__all__"]
             assert int(overall["n_accepted"]) == len(accepted)
             assert int(overall["n_accepted_correct"]) == correct
             np.testing.assert_allclose(overall["precision"], expected, equal_nan=True)

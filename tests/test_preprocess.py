@@ -27,15 +27,20 @@ from workflow_lib.audio import (
     USABLE_STATUSES,
     load_clipped,
 )
-from workflow_lib.io import read_csv_str
+from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.preprocess import (
+    FIXED_COST_SECONDS,
     MANIFEST_COLUMNS,
     SpectrogramStore,
+    audio_seconds,
+    file_costs,
     merge_manifests,
     process_shard,
+    shard_assignment,
     shard_of,
     write_shard,
 )
+from workflow_lib.shards import MAX_AUTO_SHARDS, listed_file_counts, resolve_shards
 from workflow_lib.spectrograms import compute_spectrogram
 
 SR = 32000
@@ -225,3 +230,88 @@ def test_cli_without_sox_fails_with_one_readable_line(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "sox" in done.stderr.lower() and "apt-get install" in done.stderr
+
+
+def test_shards_are_balanced_by_audio_duration(tmp_path):
+    """Shards follow the work: durations read from the headers, longest first (LPT).
+
+    Four 8 s files and twelve 0.5 s files in two shards: dealing every 2nd file would give
+    one shard all the long files; by duration each shard gets two long ones.
+    """
+    rows = []
+    for i in range(16):
+        seconds = 8.0 if i % 2 == 0 and i < 8 else 0.5
+        rows.append((f"f{i:02d}.wav", write_wav(tmp_path / f"f{i:02d}.wav",
+                                               np.zeros(int(seconds * 1000)), 1000)))
+    listing = _listing(rows)
+    np.testing.assert_allclose(audio_seconds(list(listing["path"])),
+                               [8.0 if i % 2 == 0 and i < 8 else 0.5 for i in range(16)])
+    parts = [shard_of(listing, s, 2) for s in range(2)]
+    assert sorted(n for p in parts for n in p["fname"]) == sorted(listing["fname"])
+    long_files = [sum(name in {"f00.wav", "f02.wav", "f04.wav", "f06.wav"} for name in p["fname"])
+                  for p in parts]
+    assert long_files == [2, 2], long_files
+    loads = [float(file_costs(p).sum()) for p in parts]
+    assert abs(loads[0] - loads[1]) <= 0.5 + FIXED_COST_SECONDS, loads
+    for part in parts:   # listing order kept inside a shard
+        assert list(part.index) == sorted(part.index)
+    # A missing file costs the fixed cost only and still lands in exactly one shard.
+    with_missing = _listing(rows + [("gone.wav", tmp_path / "gone.wav")])
+    assert sum(len(shard_of(with_missing, s, 3)) for s in range(3)) == 17
+
+
+def test_shard_assignment_is_lpt_and_deterministic():
+    costs = np.array([1.0, 9.0, 3.0, 3.0, 5.0, 1.0])
+    assignment = shard_assignment(costs, 2)
+    np.testing.assert_array_equal(assignment, shard_assignment(costs.copy(), 2))
+    loads = np.bincount(assignment, weights=costs, minlength=2)
+    assert sorted(loads) == [11.0, 11.0], loads       # 9+1+1 | 5+3+3
+    with pytest.raises(ValueError):
+        shard_assignment(costs, 0)
+
+
+@pytest.mark.parametrize("setting, n_files, cores, expected", [
+    (4, 10_000, 16, 4),          # an integer is used as given
+    (3, 0, 2, 3),
+    ("auto", 9_473, 16, 16),     # FSDKaggle2018 train on 16 cores: one shard per core
+    ("auto", 1_600, 16, 16),
+    ("auto", 200, 16, 8),        # no shard below MIN_FILES_PER_SHARD files
+    ("auto", 80, 2, 2),
+    ("auto", 10, 16, 1),
+    ("auto", 0, 4, 1),
+    ("auto", 100_000, 10_000, MAX_AUTO_SHARDS),
+])
+def test_resolve_shards(setting, n_files, cores, expected):
+    assert resolve_shards(setting, n_files, cores) == expected
+
+
+def test_listed_file_counts(tmp_path):
+    """Counts the Snakefile plans shards with: demo from its settings, a dataset from its CSVs."""
+    settings = {"demo_data": {"n_classes": 3, "train_clips_per_class": 5, "test_clips_per_class": 2},
+                "dataset": {"train_csv": "train.csv", "test_csv": "test.csv",
+                            "test_audio_dir": "audio_test"}}
+    assert listed_file_counts(settings, None) == {"train": 15, "test": 6}
+    (tmp_path / "train.csv").write_text("fname,label,manually_verified\na.wav,x,1\nb.wav,x,0\n")
+    (tmp_path / "audio_test").mkdir()
+    for name in ("t1.wav", "t2.wav", "t3.wav"):
+        (tmp_path / "audio_test" / name).write_bytes(b"")
+    assert listed_file_counts(settings, tmp_path) == {"train": 2, "test": 3}   # no test CSV
+    (tmp_path / "test.csv").write_text("fname,label,usage\nt1.wav,x,Public\n")
+    assert listed_file_counts(settings, tmp_path) == {"train": 2, "test": 1}
+
+
+def test_merged_manifest_does_not_depend_on_the_sharding(tmp_path):
+    """One row per file in fname order, whatever the number of shards (auto follows --cores)."""
+    rows = [dict.fromkeys(MANIFEST_COLUMNS, "") | {"fname": f"{name}.wav", "shard": str(i % 3)}
+            for i, name in enumerate(["d", "a", "c", "b", "e"])]
+    merged = {}
+    for n_shards in (1, 3):
+        paths = []
+        for shard in range(n_shards):
+            part = [r for i, r in enumerate(rows) if i % n_shards == shard]
+            path = tmp_path / f"{n_shards}_shard{shard}.csv"
+            write_csv(pd.DataFrame(part, columns=MANIFEST_COLUMNS), path)
+            paths.append(path)
+        merged[n_shards] = merge_manifests(paths, tmp_path / f"merged{n_shards}.csv")
+    assert list(merged[1]["fname"]) == list(merged[3]["fname"]) == [f"{c}.wav" for c in "abcde"]
+    assert list(read_csv_str(tmp_path / "merged3.csv")["fname"]) == list(merged[3]["fname"])

@@ -290,7 +290,7 @@ def selection_frame(chosen: int, n_iterations: int = 3) -> pd.DataFrame:
 
 
 def per_class(n_accepted: int, precision: float | None) -> pd.DataFrame:
-    row = {"label": "ALL", "n_unverified": 50, "n_accepted": n_accepted}
+    row = {"label": "__all__", "n_unverified": 50, "n_accepted": n_accepted}
     if precision is not None:
         row.update(n_accepted_correct=round(n_accepted * precision), precision=precision,
                    unverified_precision=0.7)

@@ -305,7 +305,7 @@ def hand_decisions(with_truth: bool) -> pd.DataFrame:
 
 def test_precision_table_with_true_labels():
     out = precision_table(hand_decisions(True), ["bird", "cat", "dog"]).set_index("label")
-    assert list(out.index) == ["bird", "cat", "dog", "ALL"]
+    assert list(out.index) == ["bird", "cat", "dog", "__all__"]
     # dog: 3 judged, 2 accepted (1 correct); given dog labels correct 2 of 3
     assert out.loc["dog", ["n_unverified", "n_accepted", "n_accepted_correct"]].tolist() == [3, 2, 1]
     assert out.loc["dog", "precision"] == pytest.approx(1 / 2)
@@ -318,17 +318,17 @@ def test_precision_table_with_true_labels():
     assert out.loc["bird", ["n_unverified", "n_accepted", "n_accepted_correct"]].tolist() == [0, 0, 0]
     assert np.isnan(out.loc["bird", "precision"]) and np.isnan(out.loc["bird", "unverified_precision"])
     # overall
-    assert out.loc["ALL", ["n_unverified", "n_accepted", "n_accepted_correct"]].tolist() == [7, 3, 2]
-    assert out.loc["ALL", "precision"] == pytest.approx(2 / 3)
-    assert out.loc["ALL", "unverified_precision"] == pytest.approx(4 / 7)
+    assert out.loc["__all__", ["n_unverified", "n_accepted", "n_accepted_correct"]].tolist() == [7, 3, 2]
+    assert out.loc["__all__", "precision"] == pytest.approx(2 / 3)
+    assert out.loc["__all__", "unverified_precision"] == pytest.approx(4 / 7)
 
 
 def test_precision_table_without_true_labels():
     for decisions in (hand_decisions(False), hand_decisions(True).assign(true_label="")):
         out = precision_table(decisions, ["bird", "cat", "dog"]).set_index("label")
         assert set(out.columns) == {"n_unverified", "n_accepted"}
-        assert out["n_unverified"].to_dict() == {"bird": 0, "cat": 4, "dog": 3, "ALL": 7}
-        assert out["n_accepted"].to_dict() == {"bird": 0, "cat": 1, "dog": 2, "ALL": 3}
+        assert out["n_unverified"].to_dict() == {"bird": 0, "cat": 4, "dog": 3, "__all__": 7}
+        assert out["n_accepted"].to_dict() == {"bird": 0, "cat": 1, "dog": 2, "__all__": 3}
 
 
 def test_precision_table_of_no_decisions():

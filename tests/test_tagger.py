@@ -7,6 +7,7 @@ tests/test_tagger_demo.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -189,6 +190,13 @@ def test_prepare_applies_the_training_preprocessing(tmp_path, sox_binary):
     silent = prepare(Item(path, 0.0, 0.4), spec)  # only the leading silence
     assert silent.status == "ok" and silent.audio == "fallback_silent"
     assert [a.shape for a in silent.inputs] == [(1, 128, FRAMES)] * 2
+    # A run made with preprocessing.spectrograms: reference is tagged with the reference path.
+    reference = prepare(Item(path), dataclasses.replace(spec, spectrograms="reference"))
+    for version, array in zip(spec.versions, reference.inputs):
+        np.testing.assert_array_equal(
+            array,
+            fix_length(compute_spectrogram(version, clip.samples, 32000, "reference"), FRAMES),
+        )
 
 
 # --------------------------------------------------------------------------- the command

@@ -27,11 +27,19 @@ from workflow_lib.preprocess import SpectrogramStore
 from workflow_lib.spectrograms import fix_length
 from workflow_lib.training import (
     HISTORY_COLUMNS,
+    CheckpointPolicy,
+    DeviceSampler,
     FitSettings,
+    RunOptions,
+    _run_epoch,
+    checkpoint_epochs,
     evaluate,
     fit,
     learning_rate,
+    load_checkpoint,
+    make_optimizer,
     mixup,
+    prepare_model,
     soft_cross_entropy,
 )
 
@@ -85,8 +93,8 @@ def test_mixup_mixes_with_the_reversed_batch(alpha):
     inputs = torch.randn(n, 1, 6, 5)
     labels = [0, 1, 2, 3, 1, 0, 2]
     targets = _one_hot(labels, 4)
-    mixed, mixed_targets = mixup(inputs, targets, alpha, np.random.default_rng(123))
-    lam = torch.from_numpy(np.random.default_rng(123).beta(alpha, alpha, size=n).astype(np.float32))
+    mixed, mixed_targets = mixup(inputs, targets, alpha, DeviceSampler(123, "cpu"))
+    lam = DeviceSampler(123, "cpu").beta(alpha, n)
     assert len(set(lam.tolist())) == n, "one lambda per sample, not one per batch"
     expected = lam.view(-1, 1, 1, 1) * inputs + (1 - lam).view(-1, 1, 1, 1) * inputs.flip(0)
     assert torch.allclose(mixed, expected, atol=1e-6)
@@ -108,7 +116,7 @@ def test_mixup_lambda_follows_beta(alpha):
     n = 20_000
     labels = [0] * (n // 2) + [1] * (n // 2)   # example i pairs with n-1-i: the other class
     inputs = torch.zeros(n, 1, 1, 1)
-    _, mixed_targets = mixup(inputs, _one_hot(labels, 2), alpha, np.random.default_rng(5))
+    _, mixed_targets = mixup(inputs, _one_hot(labels, 2), alpha, DeviceSampler(5, "cpu"))
     lam = np.where(np.asarray(labels) == 0, mixed_targets[:, 0].numpy(), mixed_targets[:, 1].numpy())
     # float32 rounds the ~2 % of draws within 6e-8 of 1 to exactly 1.0 (ties break the KS
     # test), so test the distribution truncated at 0.999, and the mass above it separately.
@@ -297,3 +305,204 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_epoch(tmp_path):
 
     saved = torch.load(tmp_path / "resume.pt", weights_only=False)
     assert saved["state"]["epoch"] == 7 and saved["state"]["fingerprint"] == "fingerprint"
+
+
+# ---------------------------------------------------------------- checkpoint policy
+
+def test_checkpoint_policy_epochs_minutes_and_the_last_epoch():
+    """compute.checkpoint_every: N epochs or M minutes, whichever first; always the last epoch."""
+    policy = CheckpointPolicy(epochs=25, minutes=30)
+    assert not policy.due(24, 60 * 29.9) and policy.due(25, 0) and policy.due(1, 60 * 30)
+    assert not CheckpointPolicy(None, None).due(10**6, 1e9)
+    # The paper's 500 epochs at GPU speed (seconds per epoch): every 25th epoch, 20 in all.
+    assert checkpoint_epochs(500, policy, 12.0) == list(range(25, 501, 25))
+    # Slow epochs (CPU, 10 min each): the 30-minute trigger fires every 3rd epoch.
+    assert checkpoint_epochs(10, policy, 600.0) == [3, 6, 9, 10]
+    # Fine-tuning, 30 epochs: at 25 and at the end; the demo's policy: every epoch.
+    assert checkpoint_epochs(30, policy, 12.0) == [25, 30]
+    assert checkpoint_epochs(4, CheckpointPolicy(1, None), 1.0) == [1, 2, 3, 4]
+    assert CheckpointPolicy.from_settings({"epochs": None, "minutes": 5}) == CheckpointPolicy(None, 5)
+    assert CheckpointPolicy.from_settings(None) == CheckpointPolicy()
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_resume_from_a_sparse_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    """Checkpoints every 3 epochs: a job killed after epoch 5 loses epochs 4-5, resumes from
+    epoch 3 and ends exactly as the uninterrupted run (history, best and last parameters)."""
+    settings = FitSettings(epochs=7, lr=3e-3, constant_epochs=4, batch_size=8, excerpt_frames=192,
+                           mixup_alpha=0.2, seed=5)
+    options = RunOptions(CheckpointPolicy(epochs=3, minutes=None))
+
+    def run(path, kill_after=None):
+        rng = np.random.default_rng(0)
+        train_bank, train_targets = band_bank(6, 256, rng)
+        valid_bank, valid_targets = band_bank(3, 256, rng)
+        torch.manual_seed(1)
+        model = build_model(6, N_CLASSES, dropout=(0.1, 0.2))
+
+        def on_epoch(history):
+            if kill_after is not None and len(history) == kill_after:
+                raise _Killed
+
+        state = fit(model, train_bank, train_targets, valid_bank, valid_targets, settings,
+                    path, "fp", on_epoch=on_epoch, options=options)
+        return state, model
+
+    straight, straight_model = run(tmp_path / "straight.pt")
+    saved = torch.load(tmp_path / "straight.pt", weights_only=False)
+    assert saved["state"]["epoch"] == 7   # the last epoch always writes one
+    killed = tmp_path / "killed.pt"
+    with pytest.raises(_Killed):
+        run(killed, kill_after=5)
+    assert torch.load(killed, weights_only=False)["state"]["epoch"] == 3
+    resumed, resumed_model = run(killed)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 8))
+    columns = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    a = pd.DataFrame(straight.history)[columns].to_numpy(float)
+    b = pd.DataFrame(resumed.history)[columns].to_numpy(float)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    assert a[-1, 2] < a[0, 2], "it trained"
+    for key, tensor in straight.best_state.items():
+        assert tensor.device.type == "cpu"
+        torch.testing.assert_close(resumed.best_state[key], tensor, rtol=1e-5, atol=1e-6)
+    for key, tensor in straight_model.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[key], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_of_an_older_format_is_ignored(tmp_path):
+    model = build_model(4, N_CLASSES)
+    optimizer = torch.optim.Adam(model.parameters())
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": {"fingerprint": "fp"}}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt", "fp", model, optimizer) is None
+
+
+# ---------------------------------------------------------------- the training step's device path
+
+def test_device_sampler_is_seeded_and_resumable():
+    """Order, starts and mixup weights: same seed, same draws; a saved state continues the stream."""
+    a, b, c = DeviceSampler(7, "cpu"), DeviceSampler(7, "cpu"), DeviceSampler(8, "cpu")
+    draws = lambda s: (s.permutation(50), s.starts(40, 11), s.beta(0.2, 30))  # noqa: E731
+    for x, y in zip(draws(a), draws(b)):
+        assert torch.equal(x, y)
+    assert not torch.equal(draws(a)[0], draws(c)[0])
+    state = a.get_state()
+    first = draws(a)
+    a.set_state(state)
+    for x, y in zip(draws(a), first):
+        assert torch.equal(x, y)
+    assert sorted(first[0].tolist()) == list(range(50))
+    assert first[1].min() >= 0 and first[1].max() <= 10
+    lam = DeviceSampler(0, "cpu").beta(0.2, 100_000)
+    assert lam.dtype == torch.float32 and torch.isfinite(lam).all()
+    assert lam.min() >= 0 and lam.max() <= 1
+    assert float(lam.mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_channels_last_gives_the_same_outputs_and_steps():
+    """The CUDA layout (channels_last) computes what NCHW computes: forward and a training step."""
+    torch.manual_seed(0)
+    reference = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
+    other = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
+    other.load_state_dict(reference.state_dict())
+    prepare_model(other, torch.device("cpu"), RunOptions(channels_last=True))
+    assert other.state_dict()[next(k for k, v in other.state_dict().items() if v.dim() == 4)] \
+        .is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 128, 192)
+    reference.eval()
+    other.eval()
+    torch.testing.assert_close(other(x.contiguous(memory_format=torch.channels_last)),
+                               reference(x), rtol=1e-4, atol=1e-5)
+    rng = np.random.default_rng(1)
+    bank, targets = band_bank(4, 256, rng)
+    # One training step (one batch of all 12 clips; SGD, so tiny gradient differences stay tiny).
+    settings = FitSettings(epochs=1, lr=0.1, constant_epochs=1, batch_size=12, excerpt_frames=192,
+                           mixup_alpha=0.3, seed=0)
+    losses, steps = [], []
+    for model, channels_last in ((reference, False), (other, True)):
+        before = {k: v.clone() for k, v in model.named_parameters()}
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss, _ = _run_epoch(model, optimizer, bank, torch.as_tensor(targets), settings,
+                             DeviceSampler(3, "cpu"), torch.device("cpu"), N_CLASSES, channels_last)
+        losses.append(loss)
+        steps.append({k: (v - before[k]).detach() for k, v in model.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # The updates agree up to float32 summation order (batch norm on 12 examples amplifies it
+    # in single entries, so compare the whole update: its direction and its size).
+    a, b = (torch.cat([v.flatten() for v in step.values()]) for step in steps)
+    assert float(F.cosine_similarity(a, b, dim=0)) > 0.9999
+    assert float((a - b).norm() / a.norm()) < 1e-2
+
+
+def test_fused_adam_takes_the_same_steps():
+    """make_optimizer uses fused Adam on CUDA; the fused kernel (CPU build here) matches Adam."""
+    torch.manual_seed(0)
+    a = build_model(4, N_CLASSES, dropout=(0.0, 0.0))
+    b = build_model(4, N_CLASSES, dropout=(0.0, 0.0))
+    b.load_state_dict(a.state_dict())
+    try:
+        fused = torch.optim.Adam(b.parameters(), lr=1e-2, fused=True)
+    except (RuntimeError, ValueError) as error:
+        pytest.skip(f"this torch build has no fused Adam on CPU: {error}")
+    plain = make_optimizer(a, 1e-2, torch.device("cpu"))
+    assert not plain.defaults.get("fused")
+    x, y = torch.randn(3, 1, 128, 192), torch.tensor([0, 1, 2])
+    for _ in range(3):
+        for model, optimizer in ((a, plain), (b, fused)):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    for key, tensor in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_option_compiles_the_forward_module(monkeypatch):
+    """compute.compile: prepare_model returns torch.compile(model); off by default."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module: calls.append(module) or ("compiled", module))
+    model = build_model(4, N_CLASSES)
+    assert prepare_model(model, torch.device("cpu"), RunOptions()) is model
+    assert prepare_model(model, torch.device("cpu"), RunOptions(compile=True)) == ("compiled", model)
+    assert calls == [model]
+
+
+# ---------------------------------------------------------------- bank build
+
+def test_from_store_equals_per_clip_reads_over_shards():
+    """One lookup and one copy: the same clips, order and truncation as store.get per clip."""
+    rng = np.random.default_rng(9)
+    shards, rows = {}, []
+    for shard in range(2):
+        lengths = rng.integers(1, 140, size=5)
+        shards[shard] = rng.normal(size=(1, 128, int(lengths.sum()))).astype(np.float32)
+        offsets = np.cumsum(lengths) - lengths
+        rows += [{"fname": f"s{shard}_{i}.wav", "status": "clipped", "shard": shard,
+                  "n_frames": int(n), "offset": int(o)} for i, (n, o) in enumerate(zip(lengths, offsets))]
+    store = SpectrogramStore(pd.DataFrame(rows), shards)
+    names = [r["fname"] for r in rows][::-1][::2] + ["s0_1.wav"]   # any order, repeats allowed
+    bank = ClipBank.from_store(store, names, 100)
+    assert bank.frames_major.is_contiguous() and bank.frames_major.dtype == torch.float32
+    for i, name in enumerate(names):
+        expected = store.get(name)[0, :, :100].T
+        start, length = int(bank.offsets[i]), int(bank.lengths[i])
+        np.testing.assert_array_equal(bank.frames_major[start:start + length].numpy(), expected)
+    with pytest.raises(KeyError, match="1 clip"):
+        ClipBank.from_store(store, ["s0_0.wav", "nope.wav"], 100)
+
+
+def test_predict_whole_feeds_a_channels_last_model_in_its_layout():
+    """Validation and test inference give the same posteriors with the CUDA layout."""
+    from workflow_lib.training import _is_channels_last, predict_whole
+
+    torch.manual_seed(2)
+    model = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
+    bank, _ = band_bank(2, 256, np.random.default_rng(4))
+    before = predict_whole(model, bank, batch_size=4, amp=False)
+    assert not _is_channels_last(model)
+    prepare_model(model, torch.device("cpu"), RunOptions(channels_last=True))
+    assert _is_channels_last(model)
+    np.testing.assert_allclose(predict_whole(model, bank, batch_size=4, amp=False), before,
+                               rtol=1e-4, atol=1e-6)

@@ -109,17 +109,22 @@ def test_paper_dry_run_on_a_full_size_listing(tmp_path):
     assert done.returncode == 0, output
     assert seconds < 10, f"dry run took {seconds:.1f} s"
     counts = job_counts(output)
-    # One validation job; 2 splits x 4 shards; 2 versions (v1 for spec1_*, v2 for spec2) x 2 splits.
+    # One validation job; 2 splits x 4 shards (shards: auto, --cores 4, >= 25 files per shard);
+    # 2 versions (v1 for spec1_*, v2 for spec2) x 2 splits.
     assert counts["validate_dataset"] == 1, counts
     assert counts["preprocess_shard"] == 2 * 4, counts
     assert counts["spectrogram_manifest"] == 2 * 2, counts
     assert counts["all"] == 1 and counts["total"] == sum(v for k, v in counts.items() if k != "total")
     assert "demo_dataset" not in counts, "a dataset_root was given: no demo data"
-    # The DAG does not depend on the number of files: a 60-clip listing plans the same jobs.
+    # Only the shards depend on the number of files: a 60 + 10 clip listing plans the same
+    # training jobs, and shards: auto gives it ceil(60 / 25) = 3 train shards and 1 test shard.
     small = write_fsdkaggle_listing(tmp_path / "small", n_train=60, n_test=10, n_classes=5)
     small_done, _ = dry_run(small, tmp_path / "work_small", cwd=tmp_path)
     assert small_done.returncode == 0, small_done.stdout + small_done.stderr
-    assert job_counts(small_done.stdout + small_done.stderr) == counts
+    small_counts = job_counts(small_done.stdout + small_done.stderr)
+    assert small_counts["preprocess_shard"] == 3 + 1, small_counts
+    assert {k: v for k, v in small_counts.items() if k not in ("preprocess_shard", "total")} == {
+        k: v for k, v in counts.items() if k not in ("preprocess_shard", "total")}
     # Snakemake worked in --directory (not in the repository), and a dry run creates no outputs.
     assert (tmp_path / "work" / ".snakemake").is_dir()
     assert not (tmp_path / "work" / "results").exists()

@@ -33,11 +33,17 @@ FALLBACK_CLIPPED_ALL = "fallback_clipped_all"   # SoX returned no sound: origina
 SKIPPED_MISSING = "skipped_missing"
 SKIPPED_UNDECODABLE = "skipped_undecodable"
 SKIPPED_EMPTY = "skipped_empty"
+SKIPPED_NONFINITE = "skipped_nonfinite"  # float audio holding NaN or infinite samples
+SKIPPED_BY_VALIDATION = "skipped_by_validation"  # test row kept without a file: problems.csv
 USABLE_STATUSES = (CLIPPED, FALLBACK_SILENT, FALLBACK_SOX_FAILED, FALLBACK_CLIPPED_ALL)
 
 
 class SoxNotFoundError(UserError, RuntimeError):
     """The ``sox`` binary is not on PATH."""
+
+
+class SoxEffectsError(UserError, RuntimeError):
+    """SoX rejects the configured effects chain (``preprocessing.sox_effects``)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,18 @@ def probe(path: Path) -> tuple[str, sf._SoundFileInfo | None, str]:
         return SKIPPED_UNDECODABLE, None, f"cannot decode: {error}"
     if info.frames == 0:
         return SKIPPED_EMPTY, info, "no samples"
+    bad = count_nonfinite(path) if info.subtype in ("FLOAT", "DOUBLE") else 0
+    if bad:
+        # SoX would turn NaN into -1.0 spikes and an all-NaN file into a constant clip that
+        # trains as a normal example: refuse the file instead.
+        return SKIPPED_NONFINITE, info, f"{bad} of {info.frames * info.channels} samples are NaN or infinite"
     return "ok", info, ""
+
+
+def count_nonfinite(path: Path, block_frames: int = 1 << 16) -> int:
+    """Number of NaN or infinite samples (only float files can hold them)."""
+    return int(sum(np.count_nonzero(~np.isfinite(block)) for block in
+                   sf.blocks(str(path), blocksize=block_frames, dtype="float64", always_2d=True)))
 
 
 def is_digital_silence(path: Path, block_frames: int = 1 << 16) -> bool:
@@ -102,6 +119,22 @@ def run_sox(source: Path, target: Path, effects: tuple[str, ...], sox: str = "so
     if result.returncode != 0:
         return result.stderr.strip() or f"sox exited with {result.returncode}"
     return ""
+
+
+def check_sox_effects(effects: tuple[str, ...], sox: str = "sox") -> None:
+    """Run the effects chain on a generated half-second tone; raise with SoX's own message.
+
+    Without this probe a typo in ``preprocessing.sox_effects`` makes every clip fall back to
+    the unclipped audio (an INFO line per file) and the run goes on as if clipping worked.
+    """
+    with tempfile.TemporaryDirectory(prefix="sox_probe_") as tmp:
+        source = Path(tmp) / "probe.wav"
+        t = np.arange(8000) / 16000
+        sf.write(str(source), 0.5 * np.sin(2 * np.pi * 440 * t), 16000, subtype="PCM_16")
+        error = run_sox(source, Path(tmp) / "out.wav", effects, sox)
+    if error:
+        raise SoxEffectsError(f"SoX rejects the effects chain of config key "
+                              f"preprocessing.sox_effects {list(effects)} on a test tone: {error}")
 
 
 def _load(path: Path, sample_rate: int) -> np.ndarray:

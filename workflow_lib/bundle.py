@@ -25,6 +25,7 @@ def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "sample_rate": pre["sample_rate"],
         "sox_effects": list(pre["sox_effects"]),
+        "spectrograms": pre["spectrograms"],
         "frames": method["spectrogram_frames"],
         "folds": method["folds"],
         "presets": list(method["presets"]),

@@ -83,7 +83,8 @@ def preprocess_shard(args: argparse.Namespace) -> None:
 
     listing = read_csv_str(args.listing)
     arrays, manifests = process_shard(listing, args.shard, args.shards, args.versions,
-                                      args.settings["sample_rate"], args.settings["sox_effects"])
+                                      args.settings["sample_rate"], args.settings["sox_effects"],
+                                      args.settings.get("spectrograms", "fast"))
     stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
     write_shard(arrays, manifests, {v: p.with_suffix(".npy") for v, p in stem.items()},
                 {v: p.with_suffix(".csv") for v, p in stem.items()})
@@ -120,15 +121,18 @@ def folds(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     """Train one fold model (initial training, or fine-tuning with --train-list and --init)."""
     from .stages import TrainingJob, run_training_job
-    from .training import FitSettings
+    from .training import CheckpointPolicy, FitSettings, RunOptions
 
     s = args.settings
+    run = s.get("run", {})
     job = TrainingJob(
         manifest_csv=args.manifest, folds_csv=args.folds, classes_csv=args.classes,
         fold=args.fold, out_dir=args.out_dir, preset=s["preset"], net=s["net"],
         fit=FitSettings(**s["fit"]), frames=s["frames"], device=s["device"],
         threads=args.threads, lock_dir=args.lock_dir, train_list_csv=args.train_list,
-        init_checkpoint=args.init)
+        init_checkpoint=args.init,
+        options=RunOptions(CheckpointPolicy.from_settings(run.get("checkpoint_every")),
+                           compile=bool(run.get("compile", False))))
     history = run_training_job(job)
     best = history.loc[history["valid_loss"].idxmin()] if history["valid_loss"].notna().any() else history.iloc[-1]
     log.info("best epoch %d: valid loss %.4f, accuracy %.4f, MAP@3 %.4f", best["epoch"],
@@ -218,7 +222,8 @@ def predict(args: argparse.Namespace) -> None:
          arg("--valids", nargs="+", required=True, help="preset=valid_oof.csv ..."),
          arg("--classes", type=Path, required=True), arg("--out-probs", type=Path, required=True),
          arg("--out-weights", type=Path, required=True), arg("--out-submission", type=Path, required=True),
-         JSON)
+         arg("--test-manifest", type=Path, help="every listed test clip gets a submission row"),
+         arg("--out-status", type=Path, help="fname,status,detail per test clip"), JSON)
 def fuse(args: argparse.Namespace) -> None:
     """Fuse the presets' posteriors; write the submission."""
     from .stages import fuse_job
@@ -228,7 +233,8 @@ def fuse(args: argparse.Namespace) -> None:
 
     s = args.settings
     fuse_job(pairs(args.tests), pairs(args.valids), args.classes, s["method"], s["learned_epochs"],
-             s["learned_lr"], args.out_probs, args.out_weights, args.out_submission)
+             s["learned_lr"], args.out_probs, args.out_weights, args.out_submission,
+             args.test_manifest, args.out_status)
 
 
 @command("evaluate", arg("--test", type=Path, required=True), arg("--classes", type=Path, required=True),
@@ -245,13 +251,15 @@ def evaluate(args: argparse.Namespace) -> None:
 
 @command("summary", arg("--presets", nargs="+", required=True),
          arg("--selections", nargs="+", required=True), arg("--self-verify-dirs", nargs="*", default=[]),
-         arg("--scores", type=Path), arg("--out", type=Path, required=True))
+         arg("--scores", type=Path), arg("--submission-status", type=Path),
+         arg("--out", type=Path, required=True))
 def summary(args: argparse.Namespace) -> None:
     """results/summary.csv: one row per preset, the table to compare with the paper."""
     from .stages import summary_job
 
     table = summary_job(args.presets, [Path(p) for p in args.selections],
-                        [Path(p) for p in args.self_verify_dirs], args.scores, args.out)
+                        [Path(p) for p in args.self_verify_dirs], args.scores, args.out,
+                        args.submission_status)
     log.info("\n%s", table.to_string(index=False))
 
 

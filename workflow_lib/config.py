@@ -166,7 +166,8 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
     }
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
     return {"preset": preset, "net": {**net, "dropout": dropout}, "fit": fit,
-            "frames": method["spectrogram_frames"], "device": compute["device"]}
+            "frames": method["spectrogram_frames"], "device": compute["device"],
+            "run": {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]}}
 
 
 def gpus_per_training_job(compute: Mapping[str, Any]) -> int:
@@ -182,8 +183,42 @@ def gpus_per_training_job(compute: Mapping[str, Any]) -> int:
     return 1 if compute["device"] == "cuda" or (gpus.is_dir() and any(gpus.iterdir())) else 0
 
 
-def resolve_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply the chosen run preset's overrides to ``config`` and validate the result."""
+#: Sections a run preset may override (and a user setting may then win back).
+PRESET_SECTIONS = ("dataset", "demo_data", "preprocessing", "method", "compute", "chains", "run_chains", "trust")
+
+
+def leaf_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a.b.c': value} for every non-mapping value of a nested mapping."""
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            leaves.update(leaf_keys(value, path + "."))
+        else:
+            leaves[path] = value
+    return leaves
+
+
+def preset_shadowed(overrides: Mapping[str, Any], user: Mapping[str, Any]) -> list[str]:
+    """Keys the user gave that the run preset also sets (the user's value wins)."""
+    preset_leaves = leaf_keys(overrides)
+    given = leaf_keys({k: v for k, v in user.items() if k in PRESET_SECTIONS})
+    shadowed = []
+    for key in given:
+        # a user leaf shadows a preset leaf at the same path, or a whole preset subtree
+        if key in preset_leaves or any(p.startswith(key + ".") for p in preset_leaves):
+            shadowed.append(key)
+    return sorted(shadowed)
+
+
+def resolve_settings(config: Mapping[str, Any], user: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Apply the chosen run preset's overrides to ``config`` and validate the result.
+
+    ``user``: the settings the user gave on top of config.yaml (``--config`` and any extra
+    ``--configfile``). Snakemake has already merged them into ``config``, where the preset
+    would silently override them; they are applied again after the preset, so a setting the
+    user gives always wins (:func:`preset_shadowed` names the keys, for the log).
+    """
     presets = config.get("run_presets", {})
     name = config.get("run_preset")
     if name not in presets:
@@ -191,10 +226,73 @@ def resolve_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             f"config key run_preset: {name!r} is not one of the run presets {sorted(presets)}"
         )
     overrides = presets[name] or {}
-    stray = sorted(set(overrides) - {"dataset", "demo_data", "preprocessing", "method", "compute",
-                                     "chains", "run_chains", "trust"})
+    stray = sorted(set(overrides) - set(PRESET_SECTIONS))
     if stray:
         raise ConfigError(f"config key run_presets.{name}: cannot override {stray}")
     settings = deep_merge(config, overrides)
+    if user:
+        settings = deep_merge(settings, {k: v for k, v in user.items() if k in PRESET_SECTIONS})
     validate_settings(settings)
     return settings
+
+
+def user_settings(config_files: list[Path], command_line: Mapping[str, Any], default_file: Path,
+                  ) -> dict[str, Any]:
+    """What the user gave besides ``default_file``: extra config files, then ``--config``."""
+    given: dict[str, Any] = {}
+    for path in config_files:
+        if Path(path).resolve() != Path(default_file).resolve():
+            with open(path) as handle:
+                given = deep_merge(given, yaml.safe_load(handle) or {})
+    return deep_merge(given, dict(command_line))
+
+
+# --- one results folder, one run ---------------------------------------------------------
+
+RUN_RECORD = "run.json"
+
+
+def run_identity(settings: Mapping[str, Any]) -> dict[str, str]:
+    """What ties a results folder to one run: the dataset and the run preset."""
+    root = settings["dataset_root"]
+    return {"dataset_root": str(Path(root).resolve()) if root else "(demo dataset)",
+            "run_preset": settings["run_preset"]}
+
+
+def check_dataset_root(settings: Mapping[str, Any]) -> None:
+    """A dataset_root without its training list is an error, even when results exist
+    (Snakemake would otherwise report "Nothing to be done")."""
+    root = settings["dataset_root"]
+    if not root:
+        return
+    train_csv = Path(root) / settings["dataset"]["train_csv"]
+    if not train_csv.is_file():
+        problem = "does not exist" if not Path(root).exists() else f"holds no {train_csv.name}"
+        raise ConfigError(f"config key dataset_root: {root} {problem} (expected {train_csv})")
+
+
+def check_run_identity(results: Path, identity: Mapping[str, str]) -> None:
+    """Refuse to reuse a results folder made from another dataset or run preset."""
+    record = Path(results) / RUN_RECORD
+    if not record.is_file():
+        return
+    import json
+
+    earlier = json.loads(record.read_text())
+    differs = [k for k in identity if earlier.get(k) != identity[k]]
+    if differs:
+        was = ", ".join(f"{k}={earlier.get(k)}" for k in identity)
+        now = ", ".join(f"{k}={identity[k]}" for k in identity)
+        raise ConfigError(
+            f"{results}/ holds the results of another run ({was}; see {record}); this command "
+            f"asks for {now}. Run it in another folder (snakemake --directory OTHER ...) or move "
+            f"{results}/ away; mixing them would overwrite or combine the two runs' outputs")
+
+
+def record_run_identity(results: Path, identity: Mapping[str, str]) -> None:
+    """Write results/run.json (once; :func:`check_run_identity` compares later runs with it)."""
+    from .io import write_json
+
+    record = Path(results) / RUN_RECORD
+    if not record.is_file():
+        write_json(dict(identity), record)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .preprocess import N_BINS, SpectrogramStore
@@ -29,18 +30,26 @@ class ClipBank:
     @classmethod
     def from_store(cls, store: SpectrogramStore, fnames: Sequence[str], frames: int,
                    device: str | torch.device = "cpu") -> "ClipBank":
-        """Load the named clips, keeping at most ``frames`` frames of each (the rest is never used)."""
-        row_of = {name: i for i, name in enumerate(store.manifest["fname"])}
-        missing = [name for name in fnames if name not in row_of]
-        if missing:
+        """Load the named clips, keeping at most ``frames`` frames of each (the rest is never used).
+
+        One index lookup for all names, then each clip is copied once, transposed, straight
+        into the preallocated time-major array (no per-clip pandas lookup, no second copy).
+        """
+        manifest = store.manifest
+        rows = pd.Index(manifest["fname"]).get_indexer(list(fnames))
+        if (rows < 0).any():
+            missing = [name for name, row in zip(fnames, rows) if row < 0]
             raise KeyError(f"{len(missing)} clip(s) have no spectrogram, e.g. {missing[:3]}")
-        parts = [store.get(row_of[name])[0, :, :frames].T for name in fnames]
-        lengths = np.array([p.shape[0] for p in parts], dtype=np.int64)
+        shards = manifest["shard"].to_numpy(np.int64)[rows]
+        starts = manifest["offset"].to_numpy(np.int64)[rows]
+        lengths = np.minimum(manifest["n_frames"].to_numpy(np.int64)[rows], frames)
         if (lengths == 0).any():
             raise ValueError("a clip with zero frames reached the data path")
         offsets = np.cumsum(lengths) - lengths
-        stacked = (np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32) if parts
-                   else np.zeros((0, N_BINS), dtype=np.float32))
+        stacked = np.empty((int(lengths.sum()), N_BINS), dtype=np.float32)
+        for shard, start, length, offset in zip(shards.tolist(), starts.tolist(),
+                                                lengths.tolist(), offsets.tolist()):
+            stacked[offset:offset + length] = store.shard_arrays[shard][0, :, start:start + length].T
         return cls(torch.from_numpy(stacked).to(device), torch.from_numpy(offsets).to(device),
                    torch.from_numpy(lengths).to(device), frames)
 

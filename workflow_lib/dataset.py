@@ -13,10 +13,23 @@ duplicate fname                                error       two labels for one cl
 test label never seen in training (scored)     error       the model cannot predict it
 unknown usage value in the test CSV            error       scoring sets would be wrong
 class with fewer usable clips than folds       error       cannot stratify it
+CSV with a header but no rows                  error       nothing to train or predict
+label in RESERVED_LABELS (fname, __all__...)  error       a column/row of the outputs has it
+label with whitespace                          error       the submission separates labels
+                                                           with spaces: it could not be split
+decodable test audio not listed in the CSV     error       it would silently get no prediction
 extra (unknown) column                         ignored     FSDKaggle ships extras
+non-audio file in the test folder (no CSV)     ignored     notes, checksums
 listed audio file does not exist               skipped     a partial download must not stop
+symlink leading outside the dataset root       skipped     unless dataset.follow_external_
+                                                           symlinks: a link to /etc/passwd
+                                                           must not be read as audio
 test row with usage "Ignored"                  kept        predicted, never scored
 =============================================  ==========  =================================
+
+A test clip that is skipped stays in the test listing with an empty ``path``: it gets a row
+with an empty prediction in the submission (every test clip is answered), and its reason is
+in ``problems.csv`` and in ``submission_status.csv``.
 """
 
 from __future__ import annotations
@@ -33,6 +46,15 @@ TRAIN_COLUMNS = ("fname", "label", "manually_verified")
 TEST_USAGES = ("Public", "Private", "Ignored")
 SCORED_USAGES = ("Public", "Private")
 PROBLEM_COLUMNS = ["file", "line", "fname", "problem", "outcome"]
+
+#: Name of the totals row of the per-class tables; a class may not be called so.
+TOTAL_ROW = "__all__"
+#: Labels that would collide with a column of a posterior table (``fname`` + one column per
+#: class; ``valid_oof.csv`` adds ``label`` and ``fold``; ``confusion.csv`` has ``true_label``)
+#: or with the totals row. Refused at validation, before hours of training.
+RESERVED_LABELS = ("fname", "label", "fold", "true_label", TOTAL_ROW)
+#: Extensions predicted (and reported when undecodable) when there is no test CSV.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")
 
 
 class DatasetError(UserError, ValueError):
@@ -80,6 +102,9 @@ def _read_listing(path: Path, problems: Problems) -> pd.DataFrame | None:
         # pandas silently turns a surplus first field into the index, shifting every column.
         problems.add(path, 2, "", "rows have more fields than the header (trailing comma?)", "error")
         return None
+    if frame.empty:
+        problems.add(path, 2, "", "the CSV has a header but no rows", "error")
+        return None
     return frame
 
 
@@ -110,14 +135,45 @@ def _check_names(frame: pd.DataFrame, path: Path, problems: Problems) -> None:
                      f"duplicate fname {fname!r} on lines {lines}", "error")
 
 
-def _check_exists(frame: pd.DataFrame, audio_dir: Path, path: Path, problems: Problems) -> pd.Series:
-    exists = frame["fname"].map(lambda name: (audio_dir / name).is_file())
-    for index, fname in frame.loc[~exists, "fname"].items():
-        problems.add(path, csv_line(index), fname, f"audio file not found in {audio_dir}", "skipped")
-    return exists
+def _check_label(label: str) -> str:
+    """Why a class name cannot be used ('' when it can)."""
+    if label in RESERVED_LABELS:
+        return (f"label {label!r} is a reserved name (reserved: {', '.join(RESERVED_LABELS)}): "
+                "it would collide with a column or the totals row of the outputs; rename the class")
+    if any(ch.isspace() for ch in label):
+        return (f"label {label!r} contains whitespace: the submission lists the top-3 labels "
+                "separated by spaces, so it could not be split back; use '_' instead")
+    return ""
 
 
-def read_train(csv_path: Path, audio_dir: Path, problems: Problems) -> pd.DataFrame | None:
+def outside_root(path: Path, roots: tuple[Path, ...]) -> str:
+    """The target of ``path`` when it resolves outside every one of ``roots``, else ''."""
+    target = path.resolve()
+    if any(target.is_relative_to(root.resolve()) for root in roots):
+        return ""
+    return str(target)
+
+
+def _check_exists(frame: pd.DataFrame, audio_dir: Path, path: Path, problems: Problems,
+                  root: Path, follow_links: bool) -> pd.Series:
+    """Listed files that exist and stay inside the dataset (or its audio folder's target)."""
+    usable = []
+    for index, fname in frame["fname"].items():
+        file = audio_dir / fname
+        target = "" if follow_links or not file.is_file() else outside_root(file, (root, audio_dir))
+        if not file.is_file():
+            problems.add(path, csv_line(index), fname, f"audio file not found in {audio_dir}",
+                         "skipped")
+        elif target:
+            problems.add(path, csv_line(index), fname,
+                         f"symbolic link leads outside the dataset root (to {target}); set "
+                         "dataset.follow_external_symlinks: true to read it", "skipped")
+        usable.append(file.is_file() and not target)
+    return pd.Series(usable, index=frame.index, dtype=bool)
+
+
+def read_train(csv_path: Path, audio_dir: Path, problems: Problems, root: Path | None = None,
+               follow_links: bool = False) -> pd.DataFrame | None:
     """Training listing with columns fname, label, verified (0/1), path."""
     frame = _read(csv_path, TRAIN_COLUMNS, problems)
     if frame is None:
@@ -126,26 +182,77 @@ def read_train(csv_path: Path, audio_dir: Path, problems: Problems) -> pd.DataFr
     for index, row in frame.iterrows():
         if not row["label"].strip():
             problems.add(csv_path, csv_line(index), row["fname"], "empty label", "error")
+        elif why := _check_label(row["label"]):
+            problems.add(csv_path, csv_line(index), row["fname"], why, "error")
         if row["manually_verified"].strip() not in ("0", "1"):
             problems.add(csv_path, csv_line(index), row["fname"],
                          f"manually_verified must be 0 or 1, got {row['manually_verified']!r}",
                          "error")
-    exists = _check_exists(frame, audio_dir, csv_path, problems)
+    exists = _check_exists(frame, audio_dir, csv_path, problems, root or csv_path.parent,
+                           follow_links)
     frame = frame[exists].copy()
     frame["verified"] = pd.to_numeric(frame.pop("manually_verified"), errors="coerce")
     frame["path"] = [str(audio_dir / name) for name in frame["fname"]]
     return frame.reset_index(drop=True)
 
 
+def _is_audio(path: Path) -> bool:
+    """Decodable by libsndfile (the decoder the workflow uses)."""
+    import soundfile as sf
+
+    try:
+        sf.info(str(path))
+    except Exception:  # noqa: BLE001 - any failure means "not audio we can read"
+        return False
+    return True
+
+
+def _folder_files(audio_dir: Path) -> list[Path]:
+    """Regular, non-hidden files of a folder, sorted by name."""
+    if not audio_dir.is_dir():
+        return []
+    return sorted(p for p in audio_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _unlisted_test_files(frame: pd.DataFrame, audio_dir: Path, csv_path: Path,
+                         problems: Problems) -> None:
+    """Decodable audio in the test folder that the CSV does not list: an error, because it
+    would silently get no prediction."""
+    listed = set(frame["fname"])
+    for file in _folder_files(audio_dir):
+        if file.name not in listed and _is_audio(file):
+            problems.add(csv_path, "-", file.name,
+                         f"{file} is decodable audio but not listed in {csv_path.name}: list it "
+                         "(usage Ignored: predicted, never scored) or move it out of the folder",
+                         "error")
+
+
+def _test_files_without_csv(audio_dir: Path, problems: Problems) -> list[str]:
+    """Predict-only: every audio file of the test folder, whatever its extension. Files with
+    an audio extension are kept even when undecodable (they get an empty prediction)."""
+    names = []
+    for file in _folder_files(audio_dir):
+        if file.suffix.lower() in AUDIO_EXTENSIONS or _is_audio(file):
+            names.append(file.name)
+        else:
+            problems.add(audio_dir, "-", file.name, "not an audio file; not predicted", "ignored")
+    return names
+
+
 def read_test(csv_path: Path | None, audio_dir: Path, classes: list[str],
-              problems: Problems) -> pd.DataFrame:
+              problems: Problems, root: Path | None = None,
+              follow_links: bool = False) -> pd.DataFrame:
     """Test listing with columns fname, label ('' if unknown), usage, path.
 
-    Without a CSV, every WAV in the test folder is predicted and nothing is evaluated.
+    Without a CSV, every audio file in the test folder is predicted and nothing is evaluated.
+    Rows whose file is missing or refused keep ``path`` empty: the submission answers them
+    with an empty prediction.
     """
+    root = root if root is not None else audio_dir.parent
     if csv_path is None or not csv_path.is_file():
-        names = sorted(p.name for p in audio_dir.glob("*.wav")) if audio_dir.is_dir() else []
-        frame = pd.DataFrame({"fname": names, "label": "", "usage": ""})
+        names = _test_files_without_csv(audio_dir, problems)
+        frame = pd.DataFrame({"fname": names, "label": "", "usage": ""}, dtype=str)
+        usable = _check_exists(frame, audio_dir, audio_dir, problems, root, follow_links)
     else:
         frame = _read_listing(csv_path, problems)
         if frame is None:
@@ -162,8 +269,10 @@ def read_test(csv_path: Path | None, audio_dir: Path, classes: list[str],
         frame = frame[["fname", "label", "usage"]]
         _check_names(frame, csv_path, problems)
         _check_test_labels(frame, csv_path, classes, problems)
-        frame = frame[_check_exists(frame, audio_dir, csv_path, problems)].copy()
-    frame["path"] = [str(audio_dir / name) for name in frame["fname"]]
+        _unlisted_test_files(frame, audio_dir, csv_path, problems)
+        usable = _check_exists(frame, audio_dir, csv_path, problems, root, follow_links)
+    frame = frame.copy()
+    frame["path"] = [str(audio_dir / name) if ok else "" for name, ok in zip(frame["fname"], usable)]
     return frame.reset_index(drop=True)
 
 
@@ -207,13 +316,14 @@ def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFram
     train_csv = root / dataset["train_csv"]
     if not train_csv.is_file():
         raise DatasetError(f"{train_csv}: training list not found (config key dataset_root={root})")
-    train = read_train(train_csv, root / dataset["train_audio_dir"], problems)
+    follow = bool(dataset.get("follow_external_symlinks", False))
+    train = read_train(train_csv, root / dataset["train_audio_dir"], problems, root, follow)
     problems.raise_errors()
     check_class_sizes(train, folds, train_csv, problems)
     classes = sorted(train["label"].unique())
     test_csv = root / dataset["test_csv"] if dataset["test_csv"] else None
     test_dir = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else root / "_none_"
-    test = read_test(test_csv, test_dir, classes, problems)
+    test = read_test(test_csv, test_dir, classes, problems, root, follow)
     problems.raise_errors()
     truth = root / dataset["true_labels_csv"] if dataset["true_labels_csv"] else None
     return attach_true_labels(train, truth), test, problems

@@ -5,6 +5,12 @@ Snakemake counts GPUs but does not say *which* GPU a job should use, so without 
 job would land on ``cuda:0``. Each job therefore claims a physical GPU index by taking an
 exclusive ``flock`` on ``<lock_dir>/gpu<index>.lock`` and holds that lock for its lifetime.
 
+``compute.jobs_per_gpu: N`` (default 1) gives every GPU N slots, each its own lock file
+(``gpu<index>.lock`` for the first, ``gpu<index>.slot<s>.lock`` for the others), so short jobs
+(fine-tuning, self-verification) can share a GPU. Slots are handed out one round over all GPUs
+at a time: a second job lands on a GPU only when every GPU already has one. The Snakefile
+passes the setting to every job through the environment variable ``WORKFLOW_JOBS_PER_GPU``.
+
 Where a scheduler (SLURM, or the user) has already chosen the GPU through
 ``CUDA_VISIBLE_DEVICES``, the job simply uses the first visible device and takes no lock.
 
@@ -22,6 +28,19 @@ from pathlib import Path
 from types import TracebackType
 
 VALID_REQUESTS = ("auto", "cpu", "cuda")
+JOBS_PER_GPU_ENV = "WORKFLOW_JOBS_PER_GPU"
+
+
+def jobs_per_gpu_from_env() -> int:
+    """Slots per GPU from WORKFLOW_JOBS_PER_GPU (set by the Snakefile); 1 when unset."""
+    value = os.environ.get(JOBS_PER_GPU_ENV, "1").strip() or "1"
+    try:
+        slots = int(value)
+    except ValueError:
+        slots = 0
+    if slots < 1:
+        raise ValueError(f"{JOBS_PER_GPU_ENV} must be a positive integer, got {value!r}")
+    return slots
 
 
 class GpuClaim:
@@ -34,8 +53,9 @@ class GpuClaim:
     only freed once they have exited too.
     """
 
-    def __init__(self, index: int, path: Path, fd: int) -> None:
+    def __init__(self, index: int, path: Path, fd: int, slot: int = 0) -> None:
         self.index = index
+        self.slot = slot
         self.path = path
         self.pid = os.getpid()
         self._fd: int | None = fd
@@ -64,7 +84,7 @@ class GpuClaim:
 
     def __repr__(self) -> str:
         state = "held" if self.held else "released"
-        return f"GpuClaim(index={self.index}, path={str(self.path)!r}, {state})"
+        return f"GpuClaim(index={self.index}, slot={self.slot}, path={str(self.path)!r}, {state})"
 
 
 def _try_lock(path: Path) -> int | None:
@@ -99,8 +119,17 @@ def _write_holder_info(fd: int) -> None:
         pass  # a full disk must not cost us a GPU we already hold
 
 
-def claim_gpu(n_devices: int, lock_dir: Path, timeout_s: float, poll_s: float = 0.5) -> GpuClaim:
+def slot_lock_path(lock_dir: Path, index: int, slot: int) -> Path:
+    """Lock file of one slot of one GPU (slot 0 keeps the one-job-per-GPU name)."""
+    return Path(lock_dir) / (f"gpu{index}.lock" if slot == 0 else f"gpu{index}.slot{slot}.lock")
+
+
+def claim_gpu(n_devices: int, lock_dir: Path, timeout_s: float, poll_s: float = 0.5,
+              slots_per_device: int = 1) -> GpuClaim:
     """Claim the lowest free GPU index in ``range(n_devices)``, waiting up to ``timeout_s``.
+
+    With ``slots_per_device`` > 1 each GPU takes that many jobs: the first free slot in the
+    order (slot 0 of GPU 0, slot 0 of GPU 1, ..., slot 1 of GPU 0, ...) is claimed.
 
     Each index is guarded by a non-blocking exclusive ``fcntl.flock`` on
     ``lock_dir / f"gpu{index}.lock"``, taken on a descriptor that stays open in the returned
@@ -115,21 +144,25 @@ def claim_gpu(n_devices: int, lock_dir: Path, timeout_s: float, poll_s: float = 
     """
     if n_devices < 1:
         raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    if slots_per_device < 1:
+        raise ValueError(f"slots_per_device must be >= 1, got {slots_per_device}")
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     while True:
-        for index in range(n_devices):
-            path = lock_dir / f"gpu{index}.lock"
-            fd = _try_lock(path)
-            if fd is not None:
-                _write_holder_info(fd)
-                return GpuClaim(index, path, fd)
+        for slot in range(slots_per_device):
+            for index in range(n_devices):
+                path = slot_lock_path(lock_dir, index, slot)
+                fd = _try_lock(path)
+                if fd is not None:
+                    _write_holder_info(fd)
+                    return GpuClaim(index, path, fd, slot)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RuntimeError(
-                f"No free GPU after waiting {timeout_s:g} s: all {n_devices} device(s) are "
-                f"locked by other jobs (lock files gpu0..gpu{n_devices - 1}.lock in {lock_dir}). "
+                f"No free GPU after waiting {timeout_s:g} s: all {n_devices} device(s) x "
+                f"{slots_per_device} slot(s) are locked by other jobs (lock files gpu*.lock in "
+                f"{lock_dir}). "
                 "Each lock frees itself when its job ends, so do not delete the files; run "
                 "fewer GPU jobs at once (snakemake --resources gpu=...) or wait longer."
             )
@@ -183,27 +216,31 @@ def _cpu_choice(cpu_threads: int, why: str) -> DeviceChoice:
     return DeviceChoice("cpu", None, f"{why}, {cpu_threads} thread(s)")
 
 
-def _cuda_choice(lock_dir: Path, claim_timeout_s: float) -> DeviceChoice:
-    """Use the scheduler's GPU if it picked one, else claim a free one through a lock."""
+def _cuda_choice(lock_dir: Path, claim_timeout_s: float, jobs_per_gpu: int) -> DeviceChoice:
+    """Use the scheduler's GPU if it picked one, else claim a free slot through a lock."""
     import torch
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return DeviceChoice("cuda:0", None, f"CUDA_VISIBLE_DEVICES={visible}, no lock taken")
     n_devices = torch.cuda.device_count()
-    claim = claim_gpu(n_devices, lock_dir, claim_timeout_s)
+    claim = claim_gpu(n_devices, lock_dir, claim_timeout_s, slots_per_device=jobs_per_gpu)
     note = f"claimed GPU {claim.index} of {n_devices}"
+    if jobs_per_gpu > 1:
+        note += f", slot {claim.slot} of {jobs_per_gpu}"
     return DeviceChoice(f"cuda:{claim.index}", claim, note)
 
 
 def select_device(
-    requested: str, lock_dir: Path, cpu_threads: int, claim_timeout_s: float = 600.0
+    requested: str, lock_dir: Path, cpu_threads: int, claim_timeout_s: float = 600.0,
+    jobs_per_gpu: int | None = None,
 ) -> DeviceChoice:
     """Turn the config's ``compute.device`` ("auto" | "cpu" | "cuda") into a usable device.
 
     "auto" takes CUDA when torch sees it, else the CPU, so one config runs on laptops and
     GPU nodes alike. "cuda" without CUDA fails loudly rather than silently training for
-    days on the CPU. On CPU, torch is limited to ``cpu_threads`` threads.
+    days on the CPU. On CPU, torch is limited to ``cpu_threads`` threads. ``jobs_per_gpu``:
+    slots per GPU (None: from WORKFLOW_JOBS_PER_GPU, default 1).
     """
     import torch
 
@@ -225,4 +262,5 @@ def select_device(
         return _cpu_choice(cpu_threads, "requested cpu")
     if not has_cuda:
         return _cpu_choice(cpu_threads, "auto: no CUDA available")
-    return _cuda_choice(Path(lock_dir), claim_timeout_s)
+    slots = jobs_per_gpu_from_env() if jobs_per_gpu is None else jobs_per_gpu
+    return _cuda_choice(Path(lock_dir), claim_timeout_s, slots)

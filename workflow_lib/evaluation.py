@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .dataset import TOTAL_ROW
 from .metrics import accuracy, confusion_table, map_at_3, per_class_table
 
 SCORING_SETS = {"Public": ("Public",), "Private": ("Private",),
@@ -70,7 +71,7 @@ def preset_summary(preset: str, selection: pd.DataFrame, self_verified: Mapping[
            "self_verified_clips": 0, "self_verified_precision": np.nan}
     table = self_verified.get(iteration - 1)
     if table is not None:
-        overall = table.loc[table["label"] == "ALL"].iloc[0]
+        overall = table.loc[table["label"] == TOTAL_ROW].iloc[0]
         row["self_verified_clips"] = int(overall["n_accepted"])
         row["self_verified_precision"] = overall.get("precision", np.nan)
     if test_scores is not None:

@@ -43,6 +43,9 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
             + ", ".join(f"{label!r} ({count} clips)" for label, count in too_small.items())
             + " have fewer usable clips than folds; lower method.folds or add clips"
         )
+    # Sorted first: the manifest's row order follows the preprocessing shards, whose number
+    # (preprocessing.shards: auto) depends on --cores; the folds must not.
+    train = train.sort_values("fname", kind="stable").reset_index(drop=True)
     rng = np.random.default_rng(seed)
     shuffled = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
     shuffled["fold"] = -1

@@ -8,8 +8,10 @@ would read as complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,39 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .errors import UserError
+
+#: Below this many free bytes a failed write is reported as a full disk (torch.save reports
+#: ENOSPC as "RuntimeError: [enforce fail at inline_container.cc] . unexpected pos").
+DISK_FULL_BYTES = 1 << 20
+
+
+class DiskFullError(UserError, OSError):
+    """No space left on the device holding an output; the message names the path."""
+
+
+def _is_disk_full(error: BaseException, folder: Path) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(error):
+        return True
+    if isinstance(error, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < DISK_FULL_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def _disk_full_message(target: Path, error: BaseException) -> str:
+    try:
+        free = f"{shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"No space left on device while writing {target} ({free} on its filesystem; "
+            f"{type(error).__name__}: {error}). Free space there (see README 'When things go "
+            "wrong' for the space a run needs) and run the same command again")
 
 
 def _current_umask() -> int:
@@ -30,13 +65,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as error:
+        if _is_disk_full(error, target.parent):
+            raise DiskFullError(errno.ENOSPC, _disk_full_message(target, error)) from error
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; outputs are shared
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as error:
+        if not isinstance(error, DiskFullError) and _is_disk_full(error, target.parent):
+            raise DiskFullError(errno.ENOSPC, _disk_full_message(target, error)) from error
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -106,6 +106,10 @@ class Layout:
     def submission(self, chain: str) -> str:
         return f"{self.chain_dir(chain)}/submission.csv"
 
+    def submission_status(self, chain: str) -> str:
+        """Per test clip: predicted or why not (rule fuse)."""
+        return f"{self.chain_dir(chain)}/submission_status.csv"
+
     def evaluation(self, chain: str, name: str) -> str:
         """summary.csv | per_class.csv | confusion.csv."""
         return f"{self.chain_dir(chain)}/evaluation/{name}"

@@ -19,7 +19,7 @@ def map_at_3(probabilities: np.ndarray, targets: np.ndarray) -> float:
     if len(targets) == 0:
         return float("nan")
     hits = top_k(probabilities, 3) == np.asarray(targets)[:, None]
-    return float((hits / np.arange(1, 4)).sum(axis=1).mean())
+    return float((hits / np.arange(1, hits.shape[1] + 1)).sum(axis=1).mean())  # < 3 classes too
 
 
 def accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:

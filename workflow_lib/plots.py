@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .dataset import TOTAL_ROW  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
@@ -55,14 +56,14 @@ def self_verified_counts(tables: Mapping[int, pd.DataFrame], preset: str, out: P
     iterations = sorted(tables)
     if iterations:
         per_class = pd.DataFrame({i: tables[i].set_index("label")["n_accepted"] for i in iterations})
-        per_class = per_class.drop(index="ALL", errors="ignore").fillna(0)
+        per_class = per_class.drop(index=TOTAL_ROW, errors="ignore").fillna(0)
         bottom = np.zeros(len(iterations))
         for row, (label, counts) in enumerate(per_class.iterrows()):
             ax.bar([f"it{i}" for i in iterations], counts.to_numpy(), bottom=bottom, label=label,
                    color=plt.cm.tab20(row % 20))
             bottom += counts.to_numpy()
         if "precision" in tables[iterations[0]]:
-            precision = [tables[i].set_index("label").loc["ALL", "precision"] for i in iterations]
+            precision = [tables[i].set_index("label").loc[TOTAL_ROW, "precision"] for i in iterations]
             twin = ax.twinx()
             twin.plot([f"it{i}" for i in iterations], precision, "k-o", label="precision")
             twin.set_ylim(0, 1.05)
@@ -74,7 +75,17 @@ def self_verified_counts(tables: Mapping[int, pd.DataFrame], preset: str, out: P
     save_figure(figure, out)
 
 
+def _no_test_labels(out: Path) -> None:
+    """A placeholder picture for a predict-only run (the report still lists every plot)."""
+    figure, ax = plt.subplots(figsize=(5, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no test labels: predictions only", ha="center", va="center")
+    _save(figure, out)
+
+
 def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
+    if confusion.empty:
+        return _no_test_labels(out)
     labels = list(confusion["true_label"])
     matrix = confusion.drop(columns="true_label").to_numpy()
     size = max(5, 0.35 * len(labels) + 2)
@@ -95,6 +106,8 @@ def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
 
 def per_class_plot(per_class: pd.DataFrame, system: str, out: Path) -> None:
     table = per_class[per_class["system"] == system]
+    if table.empty:
+        return _no_test_labels(out)
     figure, ax = plt.subplots(figsize=(max(8, 0.3 * len(table) + 3), 4))
     x = np.arange(len(table))
     for shift, metric in zip((-0.27, 0, 0.27), ("precision", "recall", "f1")):

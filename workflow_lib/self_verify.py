@@ -32,6 +32,7 @@ from .policies import (  # re-exported: the decision vocabulary
     threshold_rule,
 )
 from .policies import decide as decide_proposal
+from .dataset import TOTAL_ROW
 from .training import autocast_for
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
         correct=(decisions["given_label"] == decisions.get("true_label", "")) if has_truth else np.nan,
         trusted_correct=(trusted == decisions.get("true_label", "")) if has_truth else np.nan)
     rows = []
-    for label, group in [*((c, frame[frame["given_label"] == c]) for c in classes), ("ALL", frame)]:
+    for label, group in [*((c, frame[frame["given_label"] == c]) for c in classes), (TOTAL_ROW, frame)]:
         accepted = group[group["accepted"].astype(bool)]
         row = {"label": label, "n_unverified": len(group), "n_accepted": len(accepted)}
         if has_truth:

@@ -1,6 +1,19 @@
 """The two spectrogram versions of docs/method.md "Preprocessing" 2-5, and the length fix.
 
 Both return float32 arrays of shape (1, 128, T): frequency first, time last, no normalisation.
+
+Two implementations of each version:
+
+* ``reference``: librosa's and madmom's own pipelines, called as the original system does
+  (kept as the definition that tests compare against);
+* ``fast`` (the workflow's default): the same arithmetic with one vectorised STFT (numpy
+  framing + ``scipy.fft.rfft`` over all frames at once), and the window, the A-weighting curve,
+  the mel matrix and madmom's log filterbank built once per process *by librosa and madmom
+  themselves* (the two band matrices stored sparse: 1-2 % of their entries are non-zero).
+  The libraries rebuild those per call and madmom transforms frame by frame in a Python
+  loop; on 2-10 s clips that is most of the preprocessing CPU time
+  (benchmarks/preprocess_throughput.py). tests/test_spectrograms.py holds the fast path within
+  1e-3 of the reference (max abs difference / max abs reference value).
 """
 
 from __future__ import annotations
@@ -9,12 +22,20 @@ from functools import lru_cache
 
 import librosa
 import numpy as np
+import scipy.fft
+import scipy.sparse
 
 SAMPLE_RATE = 32000
 N_BINS = 128
+IMPLEMENTATIONS = ("fast", "reference")
+
+# Version 1 (librosa): STFT parameters of the original system.
+V1_N_FFT, V1_HOP = 1024, 192
+# Version 2 (madmom): frame size and hop of the original system.
+V2_FRAME, V2_HOP = 1024, 128
 
 
-def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def spectrogram_v1_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """librosa version: STFT -> perceptually weighted power in dB -> mel filterbank.
 
     The mel filterbank is applied to the weighted dB values, as the original system does.
@@ -49,7 +70,7 @@ def _madmom_chain(sample_rate: int, norm: bool = True):
     ])
 
 
-def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def spectrogram_v2_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """madmom version: 128 log-spaced bands of log10(1 + |STFT|).
 
     The signal is handed over already resampled (``Signal(y, sample_rate)``), which avoids
@@ -65,12 +86,101 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     return spec.T[np.newaxis].astype(np.float32)
 
 
-SPECTROGRAM_FUNCTIONS = {1: spectrogram_v1, 2: spectrogram_v2}
+@lru_cache(maxsize=4)
+def _v1_constants(sample_rate: int) -> tuple[np.ndarray, np.ndarray, scipy.sparse.csr_matrix]:
+    """Window, A-weighting (dB per FFT bin) and mel matrix, from librosa, once per process."""
+    window = librosa.filters.get_window("hann", V1_N_FFT, fftbins=True).astype(np.float32)
+    frequencies = librosa.fft_frequencies(sr=sample_rate, n_fft=V1_N_FFT)
+    with np.errstate(divide="ignore"):  # log10(0) at 0 Hz, clipped to min_db by librosa
+        weighting = librosa.frequency_weighting(frequencies, kind="A")
+    mel = librosa.filters.mel(sr=sample_rate, n_fft=V1_N_FFT, n_mels=N_BINS, fmax=None)
+    return window, weighting.astype(np.float32), scipy.sparse.csr_matrix(mel.astype(np.float32))
 
 
-def compute_spectrogram(version: int, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Dispatch on the spectrogram version (1 = librosa, 2 = madmom)."""
-    return SPECTROGRAM_FUNCTIONS[version](samples, sample_rate)
+def _frames(padded: np.ndarray, frame: int, hop: int, count: int) -> np.ndarray:
+    """``count`` frames of ``frame`` samples every ``hop`` samples: a strided view, no copy."""
+    return np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop][:count]
+
+
+def _spectrum(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """rfft(frame * window) of every frame at once (float32 in, complex64 out)."""
+    return scipy.fft.rfft(frames * window, axis=1, overwrite_x=True)
+
+
+def _power(spectrum: np.ndarray) -> np.ndarray:
+    """|X|^2 as float32, without a complex temporary."""
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    return power
+
+
+def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Version 1 as :func:`spectrogram_v1_reference` computes it, vectorised.
+
+    librosa.stft(center=True, pad_mode="reflect") frames the reflect-padded signal; the power
+    goes to dB with amin 1e-10 and a 99 dB floor below the clip's maximum, the A-weighting is
+    added per bin, and the mel matrix is applied to those dB values. In-place float32
+    arithmetic: dB values of at most a few hundred keep an absolute error near 1e-5.
+    """
+    window, weighting, mel = _v1_constants(sample_rate)
+    y = np.asarray(samples, dtype=np.float32)
+    padded = np.pad(y, V1_N_FFT // 2, mode="reflect")
+    count = 1 + (len(padded) - V1_N_FFT) // V1_HOP
+    db = _power(_spectrum(_frames(padded, V1_N_FFT, V1_HOP, count), window))
+    np.maximum(db, np.float32(1e-10), out=db)
+    np.log10(db, out=db)
+    db *= np.float32(10.0)
+    np.maximum(db, db.max() - np.float32(99.0), out=db)
+    db += weighting
+    return np.ascontiguousarray(mel @ db.T, dtype=np.float32)[np.newaxis]
+
+
+@lru_cache(maxsize=4)
+def _v2_constants(sample_rate: int) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
+    """madmom's window and its 128-band log filterbank (as its processor builds them), once."""
+    probe = np.random.default_rng(0).uniform(-1, 1, 4 * V2_FRAME).astype(np.float32)
+    from madmom.audio.signal import Signal
+
+    spec = _madmom_chain(sample_rate, norm=True)(Signal(probe, sample_rate=sample_rate))
+    filterbank = np.asarray(spec.filterbank, dtype=np.float32)
+    if filterbank.shape[1] != N_BINS:
+        raise RuntimeError(f"madmom filterbank has {filterbank.shape[1]} bands, expected {N_BINS}")
+    return np.hanning(V2_FRAME).astype(np.float32), scipy.sparse.csr_matrix(filterbank.T)
+
+
+def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Version 2 as :func:`spectrogram_v2_reference` computes it, vectorised.
+
+    madmom's chain: peak normalisation (skipped on digital silence), frames of 1024 samples
+    starting every 128 samples (origin "future": the first frame starts at sample 0, the last
+    ones are zero-padded, ceil(N / 128) frames), Hann window, |rfft| without the Nyquist bin,
+    the log filterbank, then log10(1 + x).
+    """
+    window, filterbank = _v2_constants(sample_rate)
+    y = np.asarray(samples, dtype=np.float32)
+    peak = float(np.max(np.abs(y))) if len(y) else 0.0
+    if peak > 0:
+        y = (y / peak).astype(np.float32)
+    count = -(-len(y) // V2_HOP)
+    padded = np.zeros(max((count - 1) * V2_HOP + V2_FRAME, 0), dtype=np.float32)
+    padded[:len(y)] = y
+    magnitude = np.abs(_spectrum(_frames(padded, V2_FRAME, V2_HOP, count), window))
+    filtered = np.ascontiguousarray(filterbank @ magnitude[:, :V2_FRAME // 2].T, dtype=np.float32)
+    filtered += np.float32(1.0)
+    np.log10(filtered, out=filtered)
+    return filtered[np.newaxis]
+
+
+SPECTROGRAM_FUNCTIONS = {
+    "fast": {1: spectrogram_v1, 2: spectrogram_v2},
+    "reference": {1: spectrogram_v1_reference, 2: spectrogram_v2_reference},
+}
+
+
+def compute_spectrogram(version: int, samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                        implementation: str = "fast") -> np.ndarray:
+    """Dispatch on the spectrogram version (1 = librosa, 2 = madmom) and the implementation."""
+    return SPECTROGRAM_FUNCTIONS[implementation][version](samples, sample_rate)
 
 
 def fix_length(spectrogram: np.ndarray, frames: int) -> np.ndarray:

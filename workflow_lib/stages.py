@@ -25,7 +25,7 @@ from .folds import make_folds, split_fold
 from .io import atomic_path, read_csv_str, write_csv
 from .model import build_model
 from .preprocess import SpectrogramStore
-from .training import HISTORY_COLUMNS, FitSettings, fit
+from .training import HISTORY_COLUMNS, FitSettings, RunOptions, fit
 
 if TYPE_CHECKING:  # imported where used: self-verification loads only in its own job
     from .policies import Clips
@@ -70,6 +70,7 @@ class TrainingJob:
     lock_dir: Path = Path(".gpu_locks")
     train_list_csv: Path | None = None     # fine-tuning: the self-verified list of iteration i
     init_checkpoint: Path | None = None    # fine-tuning: the fold's iteration-i parameters
+    options: RunOptions = RunOptions()     # checkpoints, compile: how, not what (not fingerprinted)
 
 
 def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -157,7 +158,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     state = fit(model, train_bank, train["target"].to_numpy(), valid_bank,
                 valid["target"].to_numpy(), job.fit, job.out_dir / "resume.pt",
                 fingerprint(job, train, valid), on_epoch=lambda h: write_csv(h, history_csv),
-                train_weights=loss_weights(train))
+                options=job.options, train_weights=loss_weights(train))
     history = pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
     best_epoch = int(history.loc[history["valid_loss"].idxmin(), "epoch"]) if history["valid_loss"].notna().any() else len(history)
     save_model(job.out_dir / "last.pt", {k: v.cpu() for k, v in model.state_dict().items()}, job,
@@ -325,8 +326,14 @@ def predict_job(selection_csv: Path, models: dict[tuple[int, int], Path], train_
 
 def fuse_job(test_csvs: dict[str, Path], valid_csvs: dict[str, Path], classes_csv: Path,
              method: str, steps: int, lr: float, out_probs: Path, out_weights: Path,
-             out_submission: Path) -> None:
-    """Fuse the presets (mean or learned) and write the challenge submission."""
+             out_submission: Path, test_manifest: Path | None = None,
+             out_status: Path | None = None) -> None:
+    """Fuse the presets (mean or learned) and write the challenge submission.
+
+    With ``test_manifest`` (any spectrogram version's test manifest: one row per listed test
+    clip, usable or not) every listed clip gets a submission row, empty when it could not be
+    predicted, and ``out_status`` says why per clip (see :func:`submission_status`).
+    """
     from .fusion import (apply_learned_fusion, fit_learned_fusion, mean_fusion,
                          probabilities, probability_frame, submission)
 
@@ -353,37 +360,94 @@ def fuse_job(test_csvs: dict[str, Path], valid_csvs: dict[str, Path], classes_cs
                               "value": np.full(len(presets), 1.0 / len(presets))})
     write_csv(table, out_weights)
     write_csv(probability_frame(fnames, fused, classes), out_probs)
-    write_csv(submission(fnames, fused, classes), out_submission)
+    answers = submission(fnames, fused, classes)
+    if test_manifest is not None:
+        status = submission_status(read_csv_str(test_manifest), set(fnames))
+        answers = status[["fname"]].merge(answers, on="fname", how="left").fillna({"label": ""})
+        unpredicted = status[status["status"] != "predicted"]
+        if len(unpredicted):
+            log.warning("%d of %d test clip(s) could not be predicted: empty rows in the "
+                        "submission, reasons in %s", len(unpredicted), len(status), out_status)
+        if out_status is not None:
+            write_csv(status, out_status)
+    write_csv(answers, out_submission)
+
+
+def submission_status(test_manifest: pd.DataFrame, predicted: set[str]) -> pd.DataFrame:
+    """One row per listed test clip: ``fname,status,detail``; status ``predicted`` or the
+    preprocessing status that kept the clip out (``skipped_undecodable``, ...)."""
+    done = test_manifest["fname"].isin(predicted)
+    return pd.DataFrame({"fname": test_manifest["fname"].to_numpy(),
+                         "status": np.where(done, "predicted", test_manifest["status"]),
+                         "detail": np.where(done, "", test_manifest["detail"])})
+
+
+NO_TEST_LABELS = "no test labels"
 
 
 def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path) -> pd.DataFrame:
-    """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion)."""
-    from .evaluation import class_reports, evaluate_systems
+    """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion).
+
+    Scored clips that have no prediction (undecodable, missing) are counted per set in
+    ``n_unpredicted`` and left out of ``n`` and the scores. Without any scored test label
+    (predict-only run) every row says ``no test labels`` in ``note`` and the per-class and
+    confusion tables are written with their header only.
+    """
+    from .evaluation import class_reports, evaluate_systems, scored_rows
 
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
     frames = {name: pd.read_csv(path, dtype={"fname": str}) for name, path in systems.items()}
     predicted = set.intersection(*(set(f["fname"]) for f in frames.values()))
-    missing = test.loc[~test["fname"].isin(predicted), "fname"]
+    scored = scored_rows(test, classes)
+    missing = scored.loc[~scored["fname"].isin(predicted)]
     if len(missing):
-        log.warning("%d test clip(s) have no prediction (skipped in preprocessing) and are not "
-                    "scored, e.g. %s", len(missing), list(missing[:3]))
+        log.warning("%d scored test clip(s) have no prediction (skipped in preprocessing) and are "
+                    "not scored, e.g. %s", len(missing), list(missing["fname"][:3]))
     test = test[test["fname"].isin(predicted)]
     scores = evaluate_systems(test, frames, classes)
+    scores["n_unpredicted"] = [_unpredicted_in_set(missing, name) for name in scores["set"]]
+    scores["note"] = NO_TEST_LABELS if scored.empty else ""
     write_csv(scores, out_dir / "summary.csv")
-    per_class = []
-    for name, frame in frames.items():
+    per_class, confusion = [], pd.DataFrame(columns=["true_label", *classes])
+    for name, frame in frames.items() if not scored_rows(test, classes).empty else ():
         table, confusion = class_reports(test, frame, classes)
         per_class.append(table.assign(system=name))
-    write_csv(pd.concat(per_class, ignore_index=True)[["system", "label", "precision", "recall", "f1",
-                                                      "support"]], out_dir / "per_class.csv")
+    columns = ["system", "label", "precision", "recall", "f1", "support"]
+    write_csv(pd.concat(per_class, ignore_index=True)[columns] if per_class
+              else pd.DataFrame(columns=columns), out_dir / "per_class.csv")
     write_csv(confusion, out_dir / "confusion.csv")
+    if scored.empty:
+        log.info("%s: predictions only, nothing is scored", NO_TEST_LABELS)
     return scores
 
 
+def _unpredicted_in_set(missing: pd.DataFrame, set_name: str) -> int:
+    from .evaluation import SCORING_SETS
+
+    usages = SCORING_SETS[set_name]
+    return int((missing["usage"].isin(usages) | (missing["usage"] == "")).sum())
+
+
+def test_note(scores: pd.DataFrame | None, status_csv: Path | None) -> str:
+    """The ``test_note`` of results/summary.csv: 'no test labels' and/or how many test clips
+    got an empty prediction ('' when every clip was predicted and scored)."""
+    notes = []
+    if scores is None or ("note" in scores and (scores["note"] == NO_TEST_LABELS).any()):
+        notes.append(NO_TEST_LABELS)
+    if status_csv is not None and Path(status_csv).is_file():
+        status = read_csv_str(status_csv)
+        bad = int((status["status"] != "predicted").sum())
+        if bad:
+            notes.append(f"{bad} of {len(status)} test clips not predicted (empty rows in "
+                         f"submission.csv; reasons in {Path(status_csv).name})")
+    return "; ".join(notes)
+
+
 def summary_job(presets: list[str], selections: list[Path], self_verify_dirs: list[Path],
-                scores_csv: Path | None, out_csv: Path) -> pd.DataFrame:
-    """results/summary.csv (see workflow_lib.evaluation.preset_summary)."""
+                scores_csv: Path | None, out_csv: Path,
+                submission_status_csv: Path | None = None) -> pd.DataFrame:
+    """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``."""
     from .evaluation import preset_summary
 
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
@@ -398,6 +462,7 @@ def summary_job(presets: list[str], selections: list[Path], self_verify_dirs: li
             rows.append({"preset": "fusion", "test_accuracy": float(fused["accuracy"].iloc[0]),
                          "test_map3": float(fused["map3"].iloc[0])})
     table = pd.DataFrame(rows)
+    table["test_note"] = test_note(scores, submission_status_csv)
     for column in ("chosen_iteration", "self_verified_clips"):
         table[column] = table[column].astype("Int64")   # integers, blank for the fusion row
     write_csv(table, out_csv)

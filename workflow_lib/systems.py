@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .dataset import TOTAL_ROW
 from .evaluation import evaluate_systems
 from .io import read_csv_str, write_csv
 from .policies import low_trust
@@ -49,7 +50,7 @@ def _overall(paths: Mapping[str, str]) -> dict[int, pd.Series]:
     tables = {}
     for iteration, path in paths.items():
         table = pd.read_csv(path, dtype={"label": str})
-        tables[int(iteration)] = table.loc[table["label"] == "ALL"].iloc[0]
+        tables[int(iteration)] = table.loc[table["label"] == TOTAL_ROW].iloc[0]
     return dict(sorted(tables.items()))
 
 

@@ -1,15 +1,24 @@
 """The training loop: excerpts, mixup, soft-target cross-entropy, Adam, schedule, validation.
 
-Used for both stages of docs/method.md: initial training (all clips of the fold, mixup, 500 epochs)
-and fine-tuning (verified + self-verified clips, no mixup, 30 epochs). After every epoch the
-whole state (model, optimizer, random generators, history, best parameters) is saved
-atomically, so a killed job resumes at the next epoch and ends with the same result as an
-uninterrupted run.
+Used for both stages of docs/method.md: initial training (all clips of the fold, mixup, 500
+epochs) and fine-tuning (verified + self-verified clips, no mixup, 30 epochs).
+
+Checkpoints follow a policy (:class:`CheckpointPolicy`, config ``compute.checkpoint_every``):
+every N epochs or M minutes, whichever comes first, and always after the last epoch. A
+checkpoint holds the whole state (model, optimizer, random generators, history, best
+parameters), written atomically, so a killed job resumes from its last checkpoint and ends with
+the same result as an uninterrupted run. Between checkpoints the best parameters stay on the
+training device (no copy to the host per improved epoch).
+
+Randomness of a training step (batch order, excerpt starts, mixup weights) comes from one
+seeded ``torch.Generator`` on the training device (:class:`DeviceSampler`): on CUDA a step
+makes no host-to-device copy and no synchronisation. The generator's state is checkpointed.
+On CUDA a job also enables ``cudnn.benchmark``, the channels-last layout and fused Adam;
+``compute.compile`` adds torch.compile (off by default: not measured yet).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -32,6 +41,53 @@ log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
                    "valid_map3", "seconds"]
+
+
+CHECKPOINT_FORMAT = 2   # 1: numpy generator state (before device-side sampling)
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When to write a checkpoint: after ``epochs`` epochs or ``minutes`` minutes since the last
+    one, whichever comes first (None: that trigger is off); always after the last epoch.
+
+    Not part of a run's fingerprint: it decides only what a kill costs, never the result.
+    """
+
+    epochs: int | None = 25
+    minutes: float | None = 30.0
+
+    def due(self, epochs_since: int, seconds_since: float) -> bool:
+        by_epochs = self.epochs is not None and epochs_since >= self.epochs
+        by_time = self.minutes is not None and seconds_since >= 60.0 * self.minutes
+        return by_epochs or by_time
+
+    @classmethod
+    def from_settings(cls, value: dict | None) -> CheckpointPolicy:
+        """From config ``compute.checkpoint_every`` ({epochs: N|null, minutes: M|null})."""
+        return cls() if value is None else cls(value.get("epochs"), value.get("minutes"))
+
+
+def checkpoint_epochs(total_epochs: int, policy: CheckpointPolicy, seconds_per_epoch: float,
+                      start: int = 0) -> list[int]:
+    """The epochs (1-based, completed) after which :func:`fit` writes a checkpoint, for a run
+    whose epochs take ``seconds_per_epoch``: the same decision rule, without training."""
+    written, last_epoch, elapsed = [], start, 0.0
+    for epoch in range(start + 1, total_epochs + 1):
+        elapsed += seconds_per_epoch
+        if epoch == total_epochs or policy.due(epoch - last_epoch, elapsed):
+            written.append(epoch)
+            last_epoch, elapsed = epoch, 0.0
+    return written
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed, not what it computes (so not fingerprinted)."""
+
+    checkpoint: CheckpointPolicy = CheckpointPolicy()
+    compile: bool = False           # torch.compile the model (compute.compile)
+    channels_last: bool | None = None   # None: on CUDA only
 
 
 @dataclass(frozen=True)
@@ -59,11 +115,48 @@ def learning_rate(epoch: int, base_lr: float, constant_epochs: int, total_epochs
     return base_lr * (total_epochs - epoch) / (total_epochs - constant_epochs)
 
 
-def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float, rng: np.random.Generator,
+class DeviceSampler:
+    """The training step's random draws, from one seeded torch.Generator on the device.
+
+    Drawing batch order, excerpt starts and mixup weights where the data lives removes the
+    per-step host-to-device copies (and their synchronisation) on CUDA. The stream depends
+    only on the seed and the device type, and its state is saved in checkpoints.
+    """
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    def permutation(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator, device=self.device)
+
+    def starts(self, count: int, high: int) -> torch.Tensor:
+        """Uniform integers 0 ... high - 1 (excerpt starts)."""
+        return torch.randint(0, high, (count,), generator=self.generator, device=self.device)
+
+    def beta(self, alpha: float, count: int) -> torch.Tensor:
+        """``count`` draws of Beta(alpha, alpha), float32 on the device.
+
+        Beta(a, a) is the first coordinate of Dirichlet(a, a); torch's Dirichlet sampler is
+        the only Beta/Gamma sampler that takes a generator. float64: with alpha 0.2 both gamma
+        draws underflow in float32 often enough to give 0/0.
+        """
+        concentration = torch.full((count, 2), float(alpha), dtype=torch.float64,
+                                    device=self.device)
+        return torch._sample_dirichlet(concentration, generator=self.generator)[:, 0].float()
+
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float, sampler: DeviceSampler,
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each example with the batch in reverse order; lambda ~ Beta(alpha, alpha) per sample."""
-    lam = torch.from_numpy(rng.beta(alpha, alpha, size=len(inputs)).astype(np.float32))
-    lam = lam.to(inputs.device)
+    lam = sampler.beta(alpha, len(inputs)).to(inputs.device)
     mixed = lam.view(-1, 1, 1, 1) * inputs + (1 - lam).view(-1, 1, 1, 1) * inputs.flip(0)
     mixed_targets = lam[:, None] * targets + (1 - lam[:, None]) * targets.flip(0)
     return mixed, mixed_targets
@@ -90,6 +183,16 @@ def autocast_for(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def _is_channels_last(model: nn.Module) -> bool:
+    """True when the model's convolutions are in channels-last layout (CUDA jobs).
+
+    A kernel with one input channel is contiguous in both layouts, so look at one with more.
+    """
+    first = next((p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1), None)
+    return first is not None and first.is_contiguous(memory_format=torch.channels_last) \
+        and not first.is_contiguous()
+
+
 @torch.no_grad()
 def predict_whole(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool = True) -> np.ndarray:
     """Posteriors of every clip of ``bank`` on its whole length-fixed spectrogram, batched."""
@@ -97,8 +200,11 @@ def predict_whole(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool =
     outputs = []
     for start in range(0, len(bank), batch_size):
         clips = torch.arange(start, min(start + batch_size, len(bank)))
+        inputs = bank.whole(clips)
+        if _is_channels_last(model):
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_for(bank.device, amp):
-            logits = model(bank.whole(clips))
+            logits = model(inputs)
         outputs.append(torch.softmax(logits.float(), dim=1).cpu())
     n_classes = getattr(model, "n_classes", 0)
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, n_classes), np.float32)
@@ -122,18 +228,24 @@ class TrainState:
     epoch: int                    # epochs completed
     history: list[dict]
     best_loss: float
-    best_state: dict | None
-    rng_state: dict
-    torch_rng: torch.Tensor
+    best_state: dict | None       # on the training device between checkpoints
+    sampler_state: torch.Tensor | None   # DeviceSampler's generator
+    torch_rng: torch.Tensor       # global CPU generator (dropout on CPU)
     cuda_rng: torch.Tensor | None
     fingerprint: str
 
 
+def _to_cpu(tensors: dict | None) -> dict | None:
+    return None if tensors is None else {k: v.detach().cpu() for k, v in tensors.items()}
+
+
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: TrainState) -> None:
+    """Write the whole state atomically (best parameters copied to the host here, once)."""
+    fields = asdict(state) | {"best_state": _to_cpu(state.best_state)}
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "state": asdict(state)}, tmp)
+        torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "state": fields}, tmp)
 
 
 def load_checkpoint(path: Path, fingerprint: str, model: nn.Module,
@@ -142,6 +254,9 @@ def load_checkpoint(path: Path, fingerprint: str, model: nn.Module,
     if not path.is_file():
         return None
     saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        log.warning("ignoring checkpoint %s: written by an older version of this code", path)
+        return None
     if saved["state"]["fingerprint"] != fingerprint:
         log.warning("ignoring checkpoint %s: written with other settings or data", path)
         return None
@@ -150,36 +265,64 @@ def load_checkpoint(path: Path, fingerprint: str, model: nn.Module,
     return TrainState(**saved["state"])
 
 
-def _run_epoch(model, optimizer, bank, targets, settings, rng, device, n_classes, weights=None):
+def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam; the fused CUDA kernel on CUDA (one launch per step instead of one per tensor)."""
+    if torch.device(device).type == "cuda":
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def prepare_model(model: nn.Module, device: torch.device, options: RunOptions) -> nn.Module:
+    """Move to the device in its fast layout; returns the module to call (compiled or not).
+
+    Parameters stay those of ``model``: its state_dict is what checkpoints and best.pt hold.
+    """
+    device = torch.device(device)
+    channels_last = options.channels_last if options.channels_last is not None else device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed input shapes: pick the fastest kernels once
+    return torch.compile(model) if options.compile else model
+
+
+def _run_epoch(model, optimizer, bank, targets, settings, sampler, device, n_classes,
+               channels_last=False, weights=None):
     """One pass over the training clips in random order; returns (mean loss, accuracy).
 
-    weights: per-clip loss weights (a trust policy's), or None for the plain mean."""
+    weights: per-clip loss weights on the device (a trust policy's), or None: the plain mean.
+
+    Every tensor of a step is made on the device: no host copy, no synchronisation until the
+    epoch's totals are read at the end.
+    """
     model.train()
-    order = rng.permutation(len(bank))
-    batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    order = sampler.permutation(len(bank))
+    batches = [order[i:i + settings.batch_size] for i in range(0, len(bank), settings.batch_size)]
     batches = [b for b in batches if len(b) >= 2]   # batch norm and mixup need two examples
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
-    for batch in batches:
-        clips = torch.from_numpy(batch)
-        inputs = bank.excerpts(clips, bank.random_starts(len(batch), settings.excerpt_frames, rng),
-                               settings.excerpt_frames)
-        soft = F.one_hot(targets[clips.to(device)], n_classes).float()
+    high = bank.frames - settings.excerpt_frames + 1
+    for clips in batches:
+        inputs = bank.excerpts(clips, sampler.starts(len(clips), high), settings.excerpt_frames)
+        soft = F.one_hot(targets[clips], n_classes).float()
         if settings.mixup_alpha is not None:
-            inputs, soft = mixup(inputs, soft, settings.mixup_alpha, rng)
+            inputs, soft = mixup(inputs, soft, settings.mixup_alpha, sampler)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, settings.amp):
             logits = model(inputs)
         if weights is None:
             loss = soft_cross_entropy(logits, soft)
         else:
-            loss = weighted_cross_entropy(logits, soft, weights[clips.to(device)])
+            loss = weighted_cross_entropy(logits, soft, weights[clips])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.detach() * len(batch)
+        total_loss += loss.detach() * len(clips)
         correct += (logits.detach().argmax(1) == soft.argmax(1)).sum()
-        seen += len(batch)
+        seen += len(clips)
     seen = max(seen, 1)
     return float(total_loss) / seen, float(correct) / seen
 
@@ -187,50 +330,65 @@ def _run_epoch(model, optimizer, bank, targets, settings, rng, device, n_classes
 def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid_bank: ClipBank,
         valid_targets: np.ndarray, settings: FitSettings, checkpoint: Path, fingerprint: str,
         on_epoch: Callable[[pd.DataFrame], None] | None = None,
-        train_weights: np.ndarray | None = None) -> TrainState:
+        options: RunOptions = RunOptions(), train_weights: np.ndarray | None = None) -> TrainState:
     """Train, validating after every epoch; keep the parameters of the lowest validation loss.
 
-    train_weights: per-clip loss weights (the ``weighted`` trust policy), None: unweighted."""
+    train_weights: per-clip loss weights (the ``weighted`` trust policy), None: unweighted.
+
+    Checkpoints follow ``options.checkpoint``; the last epoch always writes one, so the state
+    returned is also on disk. ``state.best_state`` is returned on the host.
+    """
     device = train_bank.device
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    channels_last = (options.channels_last if options.channels_last is not None
+                     else device.type == "cuda")
+    forward = prepare_model(model, device, options)
+    optimizer = make_optimizer(model, settings.lr, device)
+    sampler = DeviceSampler(settings.seed, device)
     state = load_checkpoint(checkpoint, fingerprint, model, optimizer)
-    rng = np.random.default_rng(settings.seed)
     if state is None:
-        state = TrainState(0, [], math.inf, None, {}, torch.get_rng_state(), None, fingerprint)
+        state = TrainState(0, [], math.inf, None, None, torch.get_rng_state(), None, fingerprint)
     else:
-        rng.bit_generator.state = state.rng_state
+        sampler.set_state(state.sampler_state)
         torch.set_rng_state(state.torch_rng)
         if state.cuda_rng is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state.cuda_rng, device)
+        if state.best_state is not None:
+            state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
         log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
     targets = torch.tensor(np.asarray(train_targets), dtype=torch.int64, device=device)
     n_classes = int(getattr(model, "n_classes"))
     weights = None if train_weights is None else torch.as_tensor(
         np.asarray(train_weights), dtype=torch.float32, device=device)
+    last_saved, saved_at = state.epoch, time.monotonic()
     for epoch in range(state.epoch, settings.epochs):
         started = time.perf_counter()
         lr = learning_rate(epoch, settings.lr, settings.constant_epochs, settings.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        train_loss, train_acc = _run_epoch(model, optimizer, train_bank, targets, settings, rng,
-                                           device, n_classes, weights)
-        scores = evaluate(model, valid_bank, valid_targets, settings.eval_batch_size, settings.amp)
+        train_loss, train_acc = _run_epoch(forward, optimizer, train_bank, targets, settings,
+                                           sampler, device, n_classes, channels_last, weights)
+        scores = evaluate(forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                **scores, "seconds": round(time.perf_counter() - started, 3)}
         state.history.append(row)
         no_validation = math.isnan(scores["valid_loss"])   # then the last epoch is kept
         if state.best_state is None or no_validation or scores["valid_loss"] < state.best_loss:
             state.best_loss = scores["valid_loss"]
-            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state.epoch = epoch + 1
-        state.rng_state = copy.deepcopy(rng.bit_generator.state)
-        state.torch_rng = torch.get_rng_state()
-        state.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        save_checkpoint(checkpoint, model, optimizer, state)
+        if state.epoch == settings.epochs or options.checkpoint.due(
+                state.epoch - last_saved, time.monotonic() - saved_at):
+            state.sampler_state = sampler.get_state()
+            state.torch_rng = torch.get_rng_state()
+            state.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+            save_checkpoint(checkpoint, model, optimizer, state)
+            weights = None if train_weights is None else torch.as_tensor(
+        np.asarray(train_weights), dtype=torch.float32, device=device)
+    last_saved, saved_at = state.epoch, time.monotonic()
         log.info("epoch %d/%d lr %.2e train loss %.4f acc %.3f | valid loss %.4f acc %.3f "
                  "map@3 %.3f | %.1f s", epoch + 1, settings.epochs, lr, train_loss, train_acc,
                  scores["valid_loss"], scores["valid_acc"], scores["valid_map3"], row["seconds"])
         if on_epoch is not None:
             on_epoch(pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+    state.best_state = _to_cpu(state.best_state)
     return state
