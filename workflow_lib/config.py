@@ -184,7 +184,8 @@ def gpus_per_training_job(compute: Mapping[str, Any]) -> int:
 
 
 #: Sections a run preset may override (and a user setting may then win back).
-PRESET_SECTIONS = ("dataset", "demo_data", "preprocessing", "method", "compute", "chains", "run_chains", "trust")
+PRESET_SECTIONS = ("dataset", "demo_data", "preprocessing", "method", "compute", "chains", "run_chains",
+                   "trust")
 
 
 def leaf_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -80,7 +80,7 @@ def _no_test_labels(out: Path) -> None:
     figure, ax = plt.subplots(figsize=(5, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, "no test labels: predictions only", ha="center", va="center")
-    _save(figure, out)
+    save_figure(figure, out)
 
 
 def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .data import ClipBank
+from .dataset import TOTAL_ROW
 from .policies import (  # re-exported: the decision vocabulary
     ACCEPTED,
     BELOW_THRESHOLD,
@@ -32,7 +33,6 @@ from .policies import (  # re-exported: the decision vocabulary
     threshold_rule,
 )
 from .policies import decide as decide_proposal
-from .dataset import TOTAL_ROW
 from .training import autocast_for
 
 log = logging.getLogger(__name__)

@@ -382,9 +382,7 @@ def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid
             state.torch_rng = torch.get_rng_state()
             state.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
             save_checkpoint(checkpoint, model, optimizer, state)
-            weights = None if train_weights is None else torch.as_tensor(
-        np.asarray(train_weights), dtype=torch.float32, device=device)
-    last_saved, saved_at = state.epoch, time.monotonic()
+            last_saved, saved_at = state.epoch, time.monotonic()
         log.info("epoch %d/%d lr %.2e train loss %.4f acc %.3f | valid loss %.4f acc %.3f "
                  "map@3 %.3f | %.1f s", epoch + 1, settings.epochs, lr, train_loss, train_acc,
                  scores["valid_loss"], scores["valid_acc"], scores["valid_map3"], row["seconds"])
