@@ -36,6 +36,6 @@ include: "rules/export.smk"
 
 
 rule all:
+    default_target: True
     input:
         FINAL_OUTPUTS,
-    default_target: True

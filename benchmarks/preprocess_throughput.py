@@ -88,8 +88,9 @@ def synthetic_listing(folder: Path, n: int, seed: int) -> pd.DataFrame:
         path = folder / f"clip{i:04d}.wav"
         sf.write(str(path), synthetic_clip(rng), IN_SR, subtype="PCM_16")
         paths.append(path)
-    return pd.DataFrame({"fname": [p.name for p in paths], "label": "x", "verified": "1",
-                         "path": [str(p) for p in paths]})
+    return pd.DataFrame(
+        {"fname": [p.name for p in paths], "label": "x", "verified": "1", "path": [str(p) for p in paths]}
+    )
 
 
 def fsdd_listing(folder: Path, n: int) -> pd.DataFrame:
@@ -97,8 +98,9 @@ def fsdd_listing(folder: Path, n: int) -> pd.DataFrame:
     if len(files) < n:
         raise SystemExit(f"need {n} WAV files in {folder}, found {len(files)}")
     chosen = [files[i * len(files) // n] for i in range(n)]
-    return pd.DataFrame({"fname": [p.name for p in chosen], "label": "x", "verified": "1",
-                         "path": [str(p) for p in chosen]})
+    return pd.DataFrame(
+        {"fname": [p.name for p in chosen], "label": "x", "verified": "1", "path": [str(p) for p in chosen]}
+    )
 
 
 def cpu_seconds() -> float:
@@ -116,46 +118,65 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("n_clips", nargs="?", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fsdd", type=Path, help="use N real FSDD recordings from this folder "
-                        f"instead of synthetic clips (e.g. --fsdd ${FSDD_ENV})")
+    parser.add_argument(
+        "--fsdd",
+        type=Path,
+        help="use N real FSDD recordings from this folder "
+        f"instead of synthetic clips (e.g. --fsdd ${FSDD_ENV})",
+    )
     args = parser.parse_args(argv)
     sox = require_sox()
 
     with tempfile.TemporaryDirectory(prefix="preprocess_bench_") as tmp:
-        listing = (fsdd_listing(args.fsdd, args.n_clips) if args.fsdd
-                   else synthetic_listing(Path(tmp), args.n_clips, args.seed))
+        listing = (
+            fsdd_listing(args.fsdd, args.n_clips)
+            if args.fsdd
+            else synthetic_listing(Path(tmp), args.n_clips, args.seed)
+        )
         seconds = sum(sf.info(p).duration for p in listing["path"])
         print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-        print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, load average {load_average()} "
-              "(at start)")
-        print(f"python {platform.python_version()}, "
-              f"sox {subprocess.run([sox, '--version'], capture_output=True, text=True).stdout.strip()}")
-        source = f"FSDD recordings from {args.fsdd}" if args.fsdd else \
-            f"synthetic clips, 2-10 s at {IN_SR} Hz, seed {args.seed}"
-        print(f"clips: {len(listing)} {source}; {seconds:.1f} s of audio "
-              f"({seconds / len(listing):.2f} s per clip)")
-        print("work per clip: SoX clipping, decode + resample to 32 kHz, versions 1 and 2; "
-              "1 process, OMP/BLAS threads = 1")
+        print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, load average {load_average()} (at start)")
+        print(
+            f"python {platform.python_version()}, "
+            f"sox {subprocess.run([sox, '--version'], capture_output=True, text=True).stdout.strip()}"
+        )
+        source = (
+            f"FSDD recordings from {args.fsdd}"
+            if args.fsdd
+            else f"synthetic clips, 2-10 s at {IN_SR} Hz, seed {args.seed}"
+        )
+        print(
+            f"clips: {len(listing)} {source}; {seconds:.1f} s of audio "
+            f"({seconds / len(listing):.2f} s per clip)"
+        )
+        print(
+            "work per clip: SoX clipping, decode + resample to 32 kHz, versions 1 and 2; "
+            "1 process, OMP/BLAS threads = 1"
+        )
 
         # Warm-up outside the timings: imports, the first resampler, filterbanks.
         for implementation in ("fast", "reference"):
             run(listing.iloc[:2], implementation)
         results = {}
-        for implementation in ("reference", "fast", "reference", "fast"):   # interleaved
+        for implementation in ("reference", "fast", "reference", "fast"):  # interleaved
             cpu, wall, arrays = run(listing, implementation)
             best = results.get(implementation)
             if best is None or cpu < best[0]:
                 results[implementation] = (cpu, wall, arrays)
         for implementation, (cpu, wall, _) in results.items():
-            print(f"{implementation:9s}: {1000 * cpu / len(listing):8.1f} ms CPU per clip "
-                  f"({1000 * wall / len(listing):8.1f} ms wall), best of 2 interleaved runs")
+            print(
+                f"{implementation:9s}: {1000 * cpu / len(listing):8.1f} ms CPU per clip "
+                f"({1000 * wall / len(listing):8.1f} ms wall), best of 2 interleaved runs"
+            )
         ratio = results["reference"][0] / results["fast"][0]
         print(f"ratio: the fast path costs {ratio:.2f}x less CPU per clip than the reference")
         for version in (1, 2):
             fast, reference = results["fast"][2][version], results["reference"][2][version]
             error = np.max(np.abs(fast.astype(np.float64) - reference)) / np.max(np.abs(reference))
-            print(f"v{version}: max |fast - reference| / max |reference| = {error:.1e} "
-                  f"over {reference.shape[-1]} frames")
+            print(
+                f"v{version}: max |fast - reference| / max |reference| = {error:.1e} "
+                f"over {reference.shape[-1]} frames"
+            )
         print(f"load average at end: {load_average()}")
     return 0
 

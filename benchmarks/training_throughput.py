@@ -63,8 +63,8 @@ from workflow_lib.training import (  # noqa: E402
     prepare_model,
 )
 
-N_CLASSES = 41        # FSDKaggle2018 (docs/method.md "Data contract")
-N_DISTINCT = 16       # distinct random clips; the bank's clips point at them in turn
+N_CLASSES = 41  # FSDKaggle2018 (docs/method.md "Data contract")
+N_DISTINCT = 16  # distinct random clips; the bank's clips point at them in turn
 
 
 def cpuinfo() -> dict[str, str]:
@@ -97,8 +97,7 @@ def fp32_flops_per_cycle(info: dict[str, str]) -> tuple[int, str]:
     if "avx512f" in flags and not (vendor == "AuthenticAMD" and family != "26"):
         return 64, "AVX-512 + FMA: 2 pipes x 16 FP32 lanes x 2 (FMA)"
     if "avx512f" in flags:
-        return 32, (f"AVX-512 on AMD family {family} (Zen 4: two 256-bit pipes): "
-                    "2 pipes x 8 lanes x 2 (FMA)")
+        return 32, (f"AVX-512 on AMD family {family} (Zen 4: two 256-bit pipes): 2 pipes x 8 lanes x 2 (FMA)")
     if "avx2" in flags and "fma" in flags:
         return 32, "AVX2 + FMA: 2 pipes x 8 FP32 lanes x 2 (FMA)"
     if "avx" in flags:
@@ -107,9 +106,18 @@ def fp32_flops_per_cycle(info: dict[str, str]) -> tuple[int, str]:
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets, without sparsity).
-GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0,
-                        "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0,
-                        "A10G": 70.0, "L4": 121.0, "RTX 4090": 165.0}
+GPU_BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+}
 
 
 def peak_gflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
@@ -130,16 +138,22 @@ def peak_gflops(device: torch.device, override: float | None) -> tuple[float | N
     per_cycle, why = fp32_flops_per_cycle(info)
     threads = torch.get_num_threads()
     peak = threads * mhz / 1000 * per_cycle
-    return peak, (f"{threads} core(s) (torch threads) x {mhz / 1000:.3f} GHz (cpu MHz) x "
-                  f"{per_cycle} FP32 FLOP/cycle ({why}) = {peak:.0f} GFLOP/s")
+    return peak, (
+        f"{threads} core(s) (torch threads) x {mhz / 1000:.3f} GHz (cpu MHz) x "
+        f"{per_cycle} FP32 FLOP/cycle ({why}) = {peak:.0f} GFLOP/s"
+    )
 
 
-def count_flops(model: torch.nn.Module, excerpt: int, frames: int, device: torch.device,
-                ) -> tuple[float, float]:
+def count_flops(
+    model: torch.nn.Module,
+    excerpt: int,
+    frames: int,
+    device: torch.device,
+) -> tuple[float, float]:
     """(training FLOPs per excerpt: forward + backward; inference FLOPs per whole clip)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    probe = copy.deepcopy(model).to(device).train()   # batch-norm statistics of the real one stay
+    probe = copy.deepcopy(model).to(device).train()  # batch-norm statistics of the real one stay
     with FlopCounterMode(display=False) as counter:
         probe(torch.randn(2, 1, 128, excerpt, device=device)).logsumexp(1).sum().backward()
     train = counter.get_total_flops() / 2
@@ -196,12 +210,22 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
     warm_targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(warm_bank))).to(device)
     targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(timed_bank))).to(device)
     if args.warmup:
-        _run_epoch(forward, optimizer, warm_bank, warm_targets, fit_settings_, sampler, device,
-                   N_CLASSES, channels_last)
+        _run_epoch(
+            forward,
+            optimizer,
+            warm_bank,
+            warm_targets,
+            fit_settings_,
+            sampler,
+            device,
+            N_CLASSES,
+            channels_last,
+        )
     synchronize(device)
     started = time.perf_counter()
-    loss, _ = _run_epoch(forward, optimizer, timed_bank, targets, fit_settings_, sampler, device,
-                         N_CLASSES, channels_last)
+    loss, _ = _run_epoch(
+        forward, optimizer, timed_bank, targets, fit_settings_, sampler, device, N_CLASSES, channels_last
+    )
     synchronize(device)
     train_s = time.perf_counter() - started
     if not np.isfinite(loss):
@@ -221,34 +245,50 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    return {"preset": preset, "width": net["width"], "params": count_parameters(model),
-            "batch": batch, "paper_batch": job["fit"]["batch_size"],
-            "mixup": fit_settings_.mixup_alpha, "excerpt": fit_settings_.excerpt_frames,
-            "steps": args.steps, "train_s": train_s,
-            "excerpts_per_s": batch * args.steps / train_s,
-            "infer_clips": args.infer_clips, "eval_batch": eval_batch, "infer_s": infer_s,
-            "clips_per_s": args.infer_clips / infer_s, "peak_gib": peak,
-            "train_gflop": train_flops / 1e9, "infer_gflop": infer_flops / 1e9,
-            "train_gflops": train_flops * batch * args.steps / train_s / 1e9,
-            "infer_gflops": infer_flops * args.infer_clips / infer_s / 1e9}
+    return {
+        "preset": preset,
+        "width": net["width"],
+        "params": count_parameters(model),
+        "batch": batch,
+        "paper_batch": job["fit"]["batch_size"],
+        "mixup": fit_settings_.mixup_alpha,
+        "excerpt": fit_settings_.excerpt_frames,
+        "steps": args.steps,
+        "train_s": train_s,
+        "excerpts_per_s": batch * args.steps / train_s,
+        "infer_clips": args.infer_clips,
+        "eval_batch": eval_batch,
+        "infer_s": infer_s,
+        "clips_per_s": args.infer_clips / infer_s,
+        "peak_gib": peak,
+        "train_gflop": train_flops / 1e9,
+        "infer_gflop": infer_flops / 1e9,
+        "train_gflops": train_flops * batch * args.steps / train_s / 1e9,
+        "infer_gflops": infer_flops * args.infer_clips / infer_s / 1e9,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--steps", type=int, help="timed training steps per preset "
-                        "(default: 20 on CUDA, 2 on CPU)")
+    parser.add_argument(
+        "--steps", type=int, help="timed training steps per preset (default: 20 on CUDA, 2 on CPU)"
+    )
     parser.add_argument("--warmup", type=int, help="warm-up steps (default: 3 on CUDA, 1 on CPU)")
-    parser.add_argument("--batch", type=int, help="training batch for every preset "
-                        "(default: the paper's on CUDA, 16 on CPU)")
-    parser.add_argument("--infer-clips", type=int, help="whole clips to predict "
-                        "(default: 256 on CUDA, 4 on CPU)")
+    parser.add_argument(
+        "--batch", type=int, help="training batch for every preset (default: the paper's on CUDA, 16 on CPU)"
+    )
+    parser.add_argument(
+        "--infer-clips", type=int, help="whole clips to predict (default: 256 on CUDA, 4 on CPU)"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--presets", nargs="+", help="subset of the paper presets")
-    parser.add_argument("--peak-gflops", type=float, help="the machine's peak in GFLOP/s "
-                        "(default: estimated from /proc/cpuinfo, or the GPU's data sheet)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model "
-                        "(compute.compile)")
+    parser.add_argument(
+        "--peak-gflops",
+        type=float,
+        help="the machine's peak in GFLOP/s (default: estimated from /proc/cpuinfo, or the GPU's data sheet)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (compute.compile)")
     args = parser.parse_args()
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -267,23 +307,33 @@ def main() -> int:
     presets = args.presets or settings["method"]["presets"]
     print(f"torch {torch.__version__}, python {platform.python_version()}")
     if gpu:
-        print(f"device: {device} = {torch.cuda.get_device_name(device)}, "
-              f"amp={settings['compute']['amp']} (bf16 autocast)")
+        print(
+            f"device: {device} = {torch.cuda.get_device_name(device)}, "
+            f"amp={settings['compute']['amp']} (bf16 autocast)"
+        )
     else:
-        print(f"device: cpu = {cpu_model()}, {torch.get_num_threads()} torch thread(s), "
-              f"amp off (CPU runs full precision)")
-    print(f"settings: config.yaml, run_preset=paper; {N_CLASSES} classes, "
-          f"{settings['method']['excerpt_frames']}-frame excerpts, "
-          f"{settings['method']['spectrogram_frames']}-frame whole clips; "
-          f"{args.warmup} warm-up + {args.steps} timed training step(s) per preset")
+        print(
+            f"device: cpu = {cpu_model()}, {torch.get_num_threads()} torch thread(s), "
+            f"amp off (CPU runs full precision)"
+        )
+    print(
+        f"settings: config.yaml, run_preset=paper; {N_CLASSES} classes, "
+        f"{settings['method']['excerpt_frames']}-frame excerpts, "
+        f"{settings['method']['spectrogram_frames']}-frame whole clips; "
+        f"{args.warmup} warm-up + {args.steps} timed training step(s) per preset"
+    )
     if args.batch:
-        print(f"NOTE: training batch {args.batch} for every preset instead of the paper's "
-              f"(100/100/50) to keep the run short. Per-example throughput grows with the "
-              f"batch, so these training figures understate the paper's batches; pass "
-              f"--batch 100 (minutes per step on a CPU) to measure them.")
+        print(
+            f"NOTE: training batch {args.batch} for every preset instead of the paper's "
+            f"(100/100/50) to keep the run short. Per-example throughput grows with the "
+            f"batch, so these training figures understate the paper's batches; pass "
+            f"--batch 100 (minutes per step on a CPU) to measure them."
+        )
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
-          f"on {os.cpu_count()} CPU(s)")
+    print(
+        f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
+        f"on {os.cpu_count()} CPU(s)"
+    )
     peak, peak_note = peak_gflops(device, args.peak_gflops)
     print(f"peak: {peak_note}")
     print()
@@ -292,20 +342,26 @@ def main() -> int:
     for preset in presets:
         row = measure_preset(preset, settings, device, args)
         rows.append(row)
-        print(f"  {preset}: {row['excerpts_per_s']:.2f} excerpts/s, {row['clips_per_s']:.2f} clips/s",
-              flush=True)
+        print(
+            f"  {preset}: {row['excerpts_per_s']:.2f} excerpts/s, {row['clips_per_s']:.2f} clips/s",
+            flush=True,
+        )
     print()
-    header = (f"{'preset':<16} {'nf':>3} {'params':>11} {'batch':>5} {'mixup':>5} "
-              f"{'train excerpts/s':>16} {'s/step':>7} {'infer clips/s':>13} {'eval batch':>10}")
+    header = (
+        f"{'preset':<16} {'nf':>3} {'params':>11} {'batch':>5} {'mixup':>5} "
+        f"{'train excerpts/s':>16} {'s/step':>7} {'infer clips/s':>13} {'eval batch':>10}"
+    )
     if gpu:
         header += f" {'peak GiB':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
         batch = f"{r['batch']}" if r["batch"] == r["paper_batch"] else f"{r['batch']}*"
-        line = (f"{r['preset']:<16} {r['width']:>3} {r['params']:>11,} {batch:>5} "
-                f"{r['mixup']:>5} {r['excerpts_per_s']:>16.2f} {r['train_s'] / r['steps']:>7.2f} "
-                f"{r['clips_per_s']:>13.2f} {r['eval_batch']:>10}")
+        line = (
+            f"{r['preset']:<16} {r['width']:>3} {r['params']:>11,} {batch:>5} "
+            f"{r['mixup']:>5} {r['excerpts_per_s']:>16.2f} {r['train_s'] / r['steps']:>7.2f} "
+            f"{r['clips_per_s']:>13.2f} {r['eval_batch']:>10}"
+        )
         if gpu:
             line += f" {r['peak_gib']:>8.2f}"
         print(line)
@@ -313,14 +369,20 @@ def main() -> int:
         print("* not the paper's batch (see NOTE)")
     print()
     share = (lambda g: f"{100 * g / peak:5.1f} %") if peak else (lambda g: "  n/a")
-    print(f"{'preset':<16} {'GFLOP/excerpt':>13} {'train GFLOP/s':>13} {'of peak':>8} "
-          f"{'GFLOP/clip':>10} {'infer GFLOP/s':>13} {'of peak':>8}")
+    print(
+        f"{'preset':<16} {'GFLOP/excerpt':>13} {'train GFLOP/s':>13} {'of peak':>8} "
+        f"{'GFLOP/clip':>10} {'infer GFLOP/s':>13} {'of peak':>8}"
+    )
     for r in rows:
-        print(f"{r['preset']:<16} {r['train_gflop']:>13.2f} {r['train_gflops']:>13.1f} "
-              f"{share(r['train_gflops']):>8} {r['infer_gflop']:>10.2f} "
-              f"{r['infer_gflops']:>13.1f} {share(r['infer_gflops']):>8}")
-    print("(FLOPs: torch.utils.flop_counter, convolutions and matrix products, forward + "
-          "backward for training; the peak as derived above)")
+        print(
+            f"{r['preset']:<16} {r['train_gflop']:>13.2f} {r['train_gflops']:>13.1f} "
+            f"{share(r['train_gflops']):>8} {r['infer_gflop']:>10.2f} "
+            f"{r['infer_gflops']:>13.1f} {share(r['infer_gflops']):>8}"
+        )
+    print(
+        "(FLOPs: torch.utils.flop_counter, convolutions and matrix products, forward + "
+        "backward for training; the peak as derived above)"
+    )
     print(f"load average at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print()
     # What it means for the paper's schedule (docs/method.md: 500 epochs over ~7,100 training clips
@@ -328,9 +390,11 @@ def main() -> int:
     clips_per_fold, valid_per_fold = round(9473 * 3 / 4), round(3710 / 4)
     for r in rows:
         epoch_s = clips_per_fold / r["excerpts_per_s"] + valid_per_fold / r["clips_per_s"]
-        print(f"{r['preset']}: one epoch of one fold (~{clips_per_fold} clips + {valid_per_fold} "
-              f"validation clips) ~ {epoch_s / 60:.1f} min; 500 epochs ~ "
-              f"{500 * epoch_s / 3600:.0f} h on this device")
+        print(
+            f"{r['preset']}: one epoch of one fold (~{clips_per_fold} clips + {valid_per_fold} "
+            f"validation clips) ~ {epoch_s / 60:.1f} min; 500 epochs ~ "
+            f"{500 * epoch_s / 3600:.0f} h on this device"
+        )
     return 0
 
 

@@ -67,12 +67,13 @@ if not (workflow.remote_exec or workflow.subprocess_exec) and LOCKS.is_dir() and
 onstart:
     record_run_identity(Path(RESULTS), RUN_IDENTITY)
 
+
 # Chains (config keys `chains`, `run_chains`): iteration 0 + a trust policy. Every chain runs
 # the same rules through the {chain} wildcard; chains with the same `start` share iteration 0.
 CHAINS = S["run_chains"]
 STARTS = {chain: S["chains"][chain]["start"] for chain in CHAINS}
-L = Layout(RESULTS, STARTS)   # the results/ layout (workflow_lib/layout.py)
-EXPORT_DIR = f"{RESULTS}/export"     # the self-contained tagger (rules/export.smk)
+L = Layout(RESULTS, STARTS)  # the results/ layout (workflow_lib/layout.py)
+EXPORT_DIR = f"{RESULTS}/export"  # the self-contained tagger (rules/export.smk)
 METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
@@ -152,12 +153,11 @@ def optional_dataset_files():
 
 
 FOLDS = list(range(METHOD["folds"]))
-ITERATIONS = list(range(METHOD["self_verification"]["iterations"] + 1))   # it0 ... itN
+ITERATIONS = list(range(METHOD["self_verification"]["iterations"] + 1))  # it0 ... itN
 COMPUTE = S["compute"]
 GPU_LOCK_DIR = COMPUTE["gpu_lock_dir"] or f"{RESULTS}/.gpu_locks"
 GPUS_PER_TRAINING_JOB = gpus_per_training_job(COMPUTE)
 TRAINING_THREADS = COMPUTE["training_threads"]
-
 
 
 wildcard_constraints:
@@ -203,7 +203,9 @@ def pairs(mapping):
 
 
 def chain_histories(wildcards):
-    return {(i, k): L.history_file(wildcards.chain, wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS}
+    return {
+        (i, k): L.history_file(wildcards.chain, wildcards.preset, k, i) for i in ITERATIONS for k in FOLDS
+    }
 
 
 def self_verify_settings(chain, preset, iteration):

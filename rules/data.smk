@@ -7,15 +7,15 @@ if DEMO:
             train=L.demo_data("train.csv"),
             test=L.demo_data("test_post_competition.csv"),
             truth=L.demo_data("train_true_labels.csv"),
-        params:
-            cli=CLI,
-            settings=as_json(S["demo_data"]),
         log:
             L.log("demo_dataset"),
         benchmark:
             L.benchmark("demo_dataset")
         conda:
             CONDA_ENV
+        params:
+            cli=CLI,
+            settings=as_json(S["demo_data"]),
         shell:
             "{params.cli} demo-data --out $(dirname {output.train:q})"
             " --settings {params.settings:q} 2> {log}"
@@ -30,17 +30,17 @@ rule validate_dataset:
         test=L.data("test.csv"),
         classes=L.data("classes.csv"),
         problems=L.data("problems.csv"),
-    params:
-        cli=CLI,
-        root=lambda wildcards, input: Path(input.train).parent,
-        settings=as_json(S["dataset"]),
-        folds=METHOD["folds"],
     log:
         L.log("validate_dataset"),
     benchmark:
         L.benchmark("validate_dataset")
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
+        root=lambda wildcards, input: Path(input.train).parent,
+        settings=as_json(S["dataset"]),
+        folds=METHOD["folds"],
     shell:
         "{params.cli} validate --root {params.root:q} --folds {params.folds:q}"
         " --out-dir $(dirname {output.train:q})"

@@ -8,15 +8,15 @@ rule select_iteration:
         histories=lambda wildcards: list(chain_histories(wildcards).values()),
     output:
         L.selection("{chain}", "{preset}"),
+    log:
+        L.log("select_iteration/{chain}/{preset}"),
+    priority: chain_priority
+    conda:
+        CONDA_ENV
     params:
         cli=CLI,
         histories=lambda wildcards: pairs(chain_histories(wildcards)),
         tolerance=S["trust"]["selection_tolerance"],
-    priority: chain_priority
-    log:
-        L.log("select_iteration/{chain}/{preset}"),
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} select --histories {params.histories:q}"
         " --tolerance {params.tolerance:q} --out {output} 2> {log}"
@@ -27,25 +27,27 @@ rule predict:
         unpack(training_inputs),
         selection=L.selection("{chain}", "{preset}"),
         models=lambda wildcards: list(chain_models(wildcards.chain, wildcards.preset).values()),
-        test_manifest=lambda wildcards: L.spectrograms(METHOD["nets"][wildcards.preset]["spectrogram"], "test"),
+        test_manifest=lambda wildcards: L.spectrograms(
+            METHOD["nets"][wildcards.preset]["spectrogram"], "test"
+        ),
     output:
         test=L.predictions("{chain}", "{preset}", "test"),
         valid=L.predictions("{chain}", "{preset}", "valid_oof"),
+    log:
+        L.log("predict/{chain}/{preset}"),
+    benchmark:
+        L.benchmark("predict/{chain}/{preset}")
+    priority: chain_priority
+    conda:
+        CONDA_ENV
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
     params:
         cli=CLI,
         models=lambda wildcards: pairs(chain_models(wildcards.chain, wildcards.preset)),
         settings=as_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
-    priority: chain_priority
-    threads: TRAINING_THREADS
-    resources:
-        gpu=GPUS_PER_TRAINING_JOB,
-    log:
-        L.log("predict/{chain}/{preset}"),
-    benchmark:
-        L.benchmark("predict/{chain}/{preset}")
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} predict --selection {input.selection} --models {params.models:q}"
         " --train-manifest {input.manifest} --test-manifest {input.test_manifest}"
@@ -65,16 +67,16 @@ rule fuse:
         weights=L.fused("{chain}", "fusion_weights.csv"),
         submission=L.submission("{chain}"),
         status=L.submission_status("{chain}"),
+    log:
+        L.log("fuse/{chain}"),
+    priority: chain_priority
+    conda:
+        CONDA_ENV
     params:
         cli=CLI,
         tests=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.tests)],
         valids=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.valids)],
         settings=as_json(METHOD["fusion"]),
-    priority: chain_priority
-    log:
-        L.log("fuse/{chain}"),
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
@@ -92,17 +94,17 @@ rule evaluate:
         summary=L.evaluation("{chain}", "summary.csv"),
         per_class=L.evaluation("{chain}", "per_class.csv"),
         confusion=L.evaluation("{chain}", "confusion.csv"),
+    log:
+        L.log("evaluate/{chain}"),
+    priority: chain_priority
+    conda:
+        CONDA_ENV
     params:
         cli=CLI,
         systems=lambda wildcards, input: list(
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
-    priority: chain_priority
-    log:
-        L.log("evaluate/{chain}"),
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} evaluate --test {input.test} --classes {input.classes}"
         " --systems {params.systems:q} --out-dir {params.out_dir:q} 2> {log}"
@@ -118,15 +120,15 @@ rule summary:
         status=L.submission_status("{chain}"),
     output:
         L.summary("{chain}"),
+    log:
+        L.log("summary/{chain}"),
+    priority: chain_priority
+    conda:
+        CONDA_ENV
     params:
         cli=CLI,
         presets=list(PRESETS),
         dirs=lambda wildcards, input: [str(Path(f).parent) for f in input.self_verify],
-    priority: chain_priority
-    log:
-        L.log("summary/{chain}"),
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} summary --presets {params.presets:q}"
         " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
@@ -142,14 +144,14 @@ rule systems:
         systems=L.systems("systems.csv"),
         iterations=L.systems("systems_iterations.csv"),
         plot=report(L.systems("systems.png"), caption="../report/systems.rst", category="1. Results"),
-    params:
-        cli=CLI,
-        spec=as_json(SYSTEMS_SPEC),
-        min_share=S["trust"]["min_trusted_share"],
     log:
         L.log("systems"),
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
+        spec=as_json(SYSTEMS_SPEC),
+        min_share=S["trust"]["min_trusted_share"],
     shell:
         "{params.cli} systems --test {input.test} --classes {input.classes}"
         " --spec {params.spec:q} --min-trusted-share {params.min_share:q} --out {output.systems}"

@@ -9,21 +9,21 @@ rule preprocess_shard:
     output:
         arrays=expand(L.spectrogram_shard("{version}", "{{split}}", "{{shard}}", "npy"), version=VERSIONS),
         manifests=expand(L.spectrogram_shard("{version}", "{{split}}", "{{shard}}", "csv"), version=VERSIONS),
+    log:
+        L.log("preprocess/{split}_shard{shard}"),
+    benchmark:
+        L.benchmark("preprocess/{split}_shard{shard}")
     wildcard_constraints:
         split="train|test",
         shard=r"\d+",
+    conda:
+        CONDA_ENV
     params:
         cli=CLI,
         shards=lambda wildcards: N_SHARDS[wildcards.split],
         versions=list(str(v) for v in VERSIONS),
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
         settings=as_json(S["preprocessing"]),
-    log:
-        L.log("preprocess/{split}_shard{shard}"),
-    benchmark:
-        L.benchmark("preprocess/{split}_shard{shard}")
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} preprocess-shard --listing {input.listing}"
         " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards:q}"
@@ -41,14 +41,14 @@ rule spectrogram_manifest:
         ),
     output:
         L.spectrograms("{version}", "{split}"),
+    log:
+        L.log("spectrogram_manifest/v{version}_{split}"),
     wildcard_constraints:
         version=r"\d",
         split="train|test",
-    params:
-        cli=CLI,
-    log:
-        L.log("spectrogram_manifest/v{version}_{split}"),
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
     shell:
         "{params.cli} merge-manifests --out {output} {input} 2> {log}"

@@ -13,12 +13,12 @@ rule report_tables:
             caption="../report/results.rst",
             category="1. Results",
         ),
-    params:
-        cli=CLI,
     log:
         L.log("report_tables"),
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
     shell:
         "{params.cli} report-tables --summary {input.summary} --systems {input.systems}"
         " --out {output} 2> {log}"
@@ -43,14 +43,14 @@ rule plot_training:
             category="3. Self-verification",
             subcategory="{chain} {preset}",
         ),
-    params:
-        cli=CLI,
-        histories=lambda wildcards: pairs(chain_histories(wildcards)),
-        self_verify=lambda wildcards, input: [f"{i}={path}" for i, path in enumerate(input.self_verify)],
     log:
         L.log("plot_training/{chain}/{preset}"),
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
+        histories=lambda wildcards: pairs(chain_histories(wildcards)),
+        self_verify=lambda wildcards, input: [f"{i}={path}" for i, path in enumerate(input.self_verify)],
     shell:
         "{params.cli} plot-training --preset {wildcards.preset:q}"
         " --histories {params.histories:q} --self-verify {params.self_verify:q}"
@@ -74,12 +74,12 @@ rule plot_evaluation:
             category="4. Evaluation",
             subcategory="{chain}",
         ),
-    params:
-        cli=CLI,
     log:
         L.log("plot_evaluation/{chain}"),
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
     shell:
         "{params.cli} plot-evaluation --confusion {input.confusion}"
         " --per-class {input.per_class} --out-confusion {output.confusion}"

@@ -6,28 +6,32 @@
 rule self_verify:
     input:
         unpack(training_inputs),
-        models=lambda wildcards: [L.model_file(wildcards.chain, wildcards.preset, k, int(wildcards.it)) for k in FOLDS],
+        models=lambda wildcards: [
+            L.model_file(wildcards.chain, wildcards.preset, k, int(wildcards.it)) for k in FOLDS
+        ],
         train=L.data("train.csv"),
     output:
         **{name.split(".")[0]: L.trust_file("{chain}", "{preset}", "{it}", name) for name in TRUST_FILES},
-    wildcard_constraints:
-        it=r"\d+",
-    params:
-        cli=CLI,
-        models=lambda wildcards, input: [f"{k}={path}" for k, path in zip(FOLDS, input.models)],
-        settings=lambda wildcards: as_json(self_verify_settings(wildcards.chain, wildcards.preset, int(wildcards.it))),
-        out_dir=lambda wildcards, output: Path(output.decisions).parent,
-        lock_dir=GPU_LOCK_DIR,
-    priority: chain_priority
-    threads: TRAINING_THREADS
-    resources:
-        gpu=GPUS_PER_TRAINING_JOB,
     log:
         L.log("self_verify/{chain}/{preset}_it{it}"),
     benchmark:
         L.benchmark("self_verify/{chain}/{preset}_it{it}")
+    wildcard_constraints:
+        it=r"\d+",
+    priority: chain_priority
     conda:
         CONDA_ENV
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
+    params:
+        cli=CLI,
+        models=lambda wildcards, input: [f"{k}={path}" for k, path in zip(FOLDS, input.models)],
+        settings=lambda wildcards: as_json(
+            self_verify_settings(wildcards.chain, wildcards.preset, int(wildcards.it))
+        ),
+        out_dir=lambda wildcards, output: Path(output.decisions).parent,
+        lock_dir=GPU_LOCK_DIR,
     shell:
         "{params.cli} self-verify --models {params.models:q} --manifest {input.manifest}"
         " --folds {input.folds} --classes {input.classes} --train {input.train}"

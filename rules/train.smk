@@ -8,14 +8,14 @@ rule folds:
         manifest=L.spectrograms(VERSIONS[0], "train"),
     output:
         L.folds,
-    params:
-        cli=CLI,
-        folds=METHOD["folds"],
-        seed=METHOD["seed"],
     log:
         L.log("folds"),
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
+        folds=METHOD["folds"],
+        seed=METHOD["seed"],
     shell:
         "{params.cli} folds --manifest {input.manifest} --out {output}"
         " --folds {params.folds:q} --seed {params.seed:q} 2> {log}"
@@ -26,12 +26,12 @@ rule initial_list:
         folds=L.folds,
     output:
         L.initial_list("{start}"),
-    params:
-        cli=CLI,
     log:
         L.log("initial_list/{start}"),
     conda:
         CONDA_ENV
+    params:
+        cli=CLI,
     shell:
         "{params.cli} initial-list --start {wildcards.start:q} --folds {input.folds}"
         " --out {output} 2> {log}"
@@ -44,21 +44,21 @@ rule train_initial:
     output:
         best=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/best.pt",
         history=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/history.csv",
+    log:
+        L.log("train/{start}/{preset}_fold{fold}_it0"),
+    benchmark:
+        L.benchmark("train/{start}/{preset}_fold{fold}_it0")
+    priority: start_priority
+    conda:
+        CONDA_ENV
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
     params:
         cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, 0)),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
-    priority: start_priority
-    threads: TRAINING_THREADS
-    resources:
-        gpu=GPUS_PER_TRAINING_JOB,
-    log:
-        L.log("train/{start}/{preset}_fold{fold}_it0"),
-    benchmark:
-        L.benchmark("train/{start}/{preset}_fold{fold}_it0")
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
@@ -70,27 +70,29 @@ rule fine_tune:
     input:
         unpack(training_inputs),
         train_list=lambda wildcards: L.train_list(wildcards.chain, wildcards.preset, int(wildcards.it) - 1),
-        init=lambda wildcards: L.model_file(wildcards.chain, wildcards.preset, wildcards.fold, int(wildcards.it) - 1),
+        init=lambda wildcards: L.model_file(
+            wildcards.chain, wildcards.preset, wildcards.fold, int(wildcards.it) - 1
+        ),
     output:
         best=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/best.pt",
         history=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/history.csv",
+    log:
+        L.log("train/{chain}/{preset}_fold{fold}_it{it}"),
+    benchmark:
+        L.benchmark("train/{chain}/{preset}_fold{fold}_it{it}")
     wildcard_constraints:
         it=r"[1-9]\d*",
+    priority: chain_priority
+    conda:
+        CONDA_ENV
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS_PER_TRAINING_JOB,
     params:
         cli=CLI,
         settings=lambda wildcards: as_json(training_settings(wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
-    priority: chain_priority
-    threads: TRAINING_THREADS
-    resources:
-        gpu=GPUS_PER_TRAINING_JOB,
-    log:
-        L.log("train/{chain}/{preset}_fold{fold}_it{it}"),
-    benchmark:
-        L.benchmark("train/{chain}/{preset}_fold{fold}_it{it}")
-    conda:
-        CONDA_ENV
     shell:
         "{params.cli} train --manifest {input.manifest} --folds {input.folds}"
         " --classes {input.classes} --fold {wildcards.fold} --out-dir {params.out_dir:q}"

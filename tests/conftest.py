@@ -34,9 +34,11 @@ def fsdd_dir_or_skip(why: str) -> Path:
         pytest.skip(f"FSDD recordings not found at {FSDD_DIR} ({FSDD_ENV}; {why})")
     return FSDD_DIR
 
+
 # docs/method.md "Preprocessing" 1, written out by hand (not imported from the library under test).
-SPEC_SOX_COMMAND = ("sox IN.wav OUT.wav norm -0.1 silence 1 0.025 0.15% norm -0.1 reverse "
-                    "silence 1 0.025 0.15% reverse")
+SPEC_SOX_COMMAND = (
+    "sox IN.wav OUT.wav norm -0.1 silence 1 0.025 0.15% norm -0.1 reverse silence 1 0.025 0.15% reverse"
+)
 SPEC_SOX_EFFECTS = tuple(SPEC_SOX_COMMAND.split()[3:])
 
 
@@ -49,11 +51,17 @@ def repo() -> Path:
 def fsdd_files() -> list[Path]:
     """A fixed, varied selection of real FSDD recordings (8 kHz speech); skip when absent."""
     fsdd = fsdd_dir_or_skip("needed for real-recording checks")
-    wanted = ["0_george_0.wav", "3_jackson_5.wav", "7_lucas_12.wav", "9_nicolas_30.wav",
-              "5_theo_44.wav", "2_yweweler_17.wav"]
+    wanted = [
+        "0_george_0.wav",
+        "3_jackson_5.wav",
+        "7_lucas_12.wav",
+        "9_nicolas_30.wav",
+        "5_theo_44.wav",
+        "2_yweweler_17.wav",
+    ]
     found = [fsdd / name for name in wanted if (fsdd / name).is_file()]
     if len(found) < 5:  # another FSDD release: fall back to the first files by name
-        found = sorted(fsdd.glob("*.wav"))[:: 97][:6]
+        found = sorted(fsdd.glob("*.wav"))[::97][:6]
     if len(found) < 5:
         pytest.skip(f"fewer than 5 recordings in {fsdd}")
     return found
@@ -79,12 +87,17 @@ def tone(seconds: float, sample_rate: int, freq: float = 440.0, amplitude: float
     return amplitude * np.sin(2 * np.pi * freq * t)
 
 
-def planted(sample_rate: int = 16000, before: float = 0.7, sound: float = 1.2,
-            after: float = 0.5, freq: float = 440.0) -> np.ndarray:
+def planted(
+    sample_rate: int = 16000, before: float = 0.7, sound: float = 1.2, after: float = 0.5, freq: float = 440.0
+) -> np.ndarray:
     """Digital silence, a tone, digital silence: SoX must cut exactly the tone out."""
-    return np.concatenate([np.zeros(int(round(before * sample_rate))),
-                           tone(sound, sample_rate, freq),
-                           np.zeros(int(round(after * sample_rate)))])
+    return np.concatenate(
+        [
+            np.zeros(int(round(before * sample_rate))),
+            tone(sound, sample_rate, freq),
+            np.zeros(int(round(after * sample_rate))),
+        ]
+    )
 
 
 @pytest.fixture
@@ -112,8 +125,18 @@ DEMO_TIMEOUT_S = 3 * 3600
 
 
 def snakemake_command(workdir: Path, *extra: str) -> list[str]:
-    return [str(SNAKEMAKE), "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-            "--configfile", str(REPO / "config.yaml"), "--directory", str(workdir), *extra]
+    return [
+        str(SNAKEMAKE),
+        "--cores",
+        "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--directory",
+        str(workdir),
+        *extra,
+    ]
 
 
 def snakemake_env() -> dict[str, str]:
@@ -149,9 +172,19 @@ class Demo:
     def numeric(self, relative: str) -> pd.DataFrame:
         path = self.results / relative
         assert path.is_file(), f"{relative} was not written"
-        return pd.read_csv(path, dtype={"fname": str, "label": str, "given_label": str,
-                                        "predicted_label": str, "true_label": str,
-                                        "preset": str, "system": str, "set": str})
+        return pd.read_csv(
+            path,
+            dtype={
+                "fname": str,
+                "label": str,
+                "given_label": str,
+                "predicted_label": str,
+                "true_label": str,
+                "preset": str,
+                "system": str,
+                "set": str,
+            },
+        )
 
     # settings, as the Snakefile resolves them
     @property
@@ -188,16 +221,26 @@ def demo(tmp_path_factory, pytestconfig) -> Demo:
     seconds = float("nan")
     if not (reuse and (workdir / "results" / "chains" / "self_verification" / "summary.csv").is_file()):
         start = time.monotonic()
-        proc = subprocess.run(snakemake_command(workdir), cwd=workdir, env=snakemake_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=DEMO_TIMEOUT_S)
+        proc = subprocess.run(
+            snakemake_command(workdir),
+            cwd=workdir,
+            env=snakemake_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=DEMO_TIMEOUT_S,
+        )
         seconds = time.monotonic() - start
         (workdir / "snakemake_demo_run.log").write_text(proc.stdout)
         if proc.returncode != 0:
-            pytest.fail(f"the demo run failed (exit {proc.returncode}) after {seconds:.0f} s in "
-                        f"{workdir}:\n{failure_report(workdir, proc.stdout)}")
-    line = (f"\n[demo end-to-end] snakemake --cores 2 wall time: {seconds:.1f} s "
-            f"({seconds / 60:.1f} min), run directory {workdir}")
+            pytest.fail(
+                f"the demo run failed (exit {proc.returncode}) after {seconds:.0f} s in "
+                f"{workdir}:\n{failure_report(workdir, proc.stdout)}"
+            )
+    line = (
+        f"\n[demo end-to-end] snakemake --cores 2 wall time: {seconds:.1f} s "
+        f"({seconds / 60:.1f} min), run directory {workdir}"
+    )
     (workdir / "demo_wall_time.txt").write_text(f"{seconds:.1f}\n")
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     if capture is not None:
@@ -228,7 +271,7 @@ sys.exit(code)
 def run_cli(*args: str, cwd: Path, stdin: bytes | None = None, no_torch: bool = False):
     """`python -m workflow_lib.cli ...` in a fresh process, the worktree first on the path."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = ([sys.executable, "-c", NO_TORCH] if no_torch
-               else [sys.executable, "-m", "workflow_lib.cli"])
-    return subprocess.run([*command, *args], cwd=cwd, env=env, input=stdin,
-                          capture_output=True, timeout=600, check=False)
+    command = [sys.executable, "-c", NO_TORCH] if no_torch else [sys.executable, "-m", "workflow_lib.cli"]
+    return subprocess.run(
+        [*command, *args], cwd=cwd, env=env, input=stdin, capture_output=True, timeout=600, check=False
+    )

@@ -19,7 +19,6 @@ import pytest
 import soundfile as sf
 import yaml
 
-from conftest import SPEC_SOX_COMMAND, SPEC_SOX_EFFECTS, planted, tone, write_wav
 from workflow_lib import audio
 from workflow_lib.audio import (
     CLIPPED,
@@ -34,6 +33,8 @@ from workflow_lib.audio import (
     require_sox,
 )
 from workflow_lib.spectrograms import spectrogram_v1, spectrogram_v2
+
+from conftest import SPEC_SOX_COMMAND, SPEC_SOX_EFFECTS, planted, tone, write_wav
 
 SR = 32000
 IN_SR = 16000
@@ -83,7 +84,7 @@ def test_clipping_matches_sox_run_by_hand(tmp_path, sox_binary):
     assert 0.9 < np.abs(clip.samples).max() <= 1.0
     # No leading/trailing digital silence is left.
     assert np.abs(clip.samples[: SR // 100]).max() > 0.01
-    assert np.abs(clip.samples[-SR // 100:]).max() > 0.01
+    assert np.abs(clip.samples[-SR // 100 :]).max() > 0.01
 
 
 def test_clipping_is_repeatable(tmp_path, sox_binary):
@@ -102,13 +103,14 @@ def test_clipping_is_repeatable(tmp_path, sox_binary):
 
 def test_hostile_file_name(tmp_path, sox_binary):
     """docs/method.md "Preprocessing" 1 on a name with spaces, quotes, ';' and a leading '-'."""
-    for name in ["it's a; \"test\" $(rm -rf x) file.wav", "-n.wav"]:
+    for name in ['it\'s a; "test" $(rm -rf x) file.wav', "-n.wav"]:
         path = write_wav(tmp_path / name, planted(IN_SR), IN_SR)
         clip = load_clipped(path, SR)
         assert clip.status == CLIPPED, (name, clip.detail)
         assert 1.1 < clip.seconds_after_clipping < 1.3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["it's a; \"test\" $(rm -rf x) file.wav", "-n.wav"])
+        ['it\'s a; "test" $(rm -rf x) file.wav', "-n.wav"]
+    )
 
 
 def test_zero_length_wav_is_skipped_empty(tmp_path):
@@ -225,9 +227,11 @@ def test_temporary_sox_files_are_removed(monkeypatch, tmp_path, sox_binary):
     data = tmp_path / "data"
     spike = np.zeros(IN_SR)
     spike[100] = 0.5
-    files = [write_wav(data / "a.wav", planted(IN_SR), IN_SR),
-             write_wav(data / "b.wav", spike, IN_SR),
-             write_wav(data / "c.wav", np.zeros(IN_SR), IN_SR)]
+    files = [
+        write_wav(data / "a.wav", planted(IN_SR), IN_SR),
+        write_wav(data / "b.wav", spike, IN_SR),
+        write_wav(data / "c.wav", np.zeros(IN_SR), IN_SR),
+    ]
     statuses = [load_clipped(p, SR).status for p in files]
     statuses.append(load_clipped(files[0], SR, effects=("no_such_effect_xyz",)).status)
     assert statuses == [CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT, FALLBACK_SOX_FAILED]

@@ -11,8 +11,9 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO, SPEC_SOX_EFFECTS
 from workflow_lib.config import ConfigError, deep_merge, resolve_settings
+
+from conftest import REPO, SPEC_SOX_EFFECTS
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +54,37 @@ def test_paper_preset_is_spec(base_config):
     assert m["presets"] == ["vgg_gap_spec1_1", "vgg_gap_spec1_2", "vgg_gap_spec2"]
     # "Network" presets table.
     assert m["nets"] == {
-        "vgg_gap_spec1_1": {"spectrogram": 1, "width": 48, "batch_size": 100, "mixup_alpha": 0.2,
-                            "finetune_lr": 1e-4},
-        "vgg_gap_spec1_2": {"spectrogram": 1, "width": 64, "batch_size": 100, "mixup_alpha": 0.3,
-                            "finetune_lr": 1e-4},
-        "vgg_gap_spec2": {"spectrogram": 2, "width": 64, "batch_size": 50, "mixup_alpha": 0.3,
-                          "finetune_lr": 2e-4},
+        "vgg_gap_spec1_1": {
+            "spectrogram": 1,
+            "width": 48,
+            "batch_size": 100,
+            "mixup_alpha": 0.2,
+            "finetune_lr": 1e-4,
+        },
+        "vgg_gap_spec1_2": {
+            "spectrogram": 1,
+            "width": 64,
+            "batch_size": 100,
+            "mixup_alpha": 0.3,
+            "finetune_lr": 1e-4,
+        },
+        "vgg_gap_spec2": {
+            "spectrogram": 2,
+            "width": 64,
+            "batch_size": 50,
+            "mixup_alpha": 0.3,
+            "finetune_lr": 2e-4,
+        },
     }
     # "Initial training".
     assert m["initial_training"] == {"epochs": 500, "lr": 1e-3, "constant_epochs": 100}
     # "Self-verification".
-    assert m["self_verification"] == {"iterations": 10, "excerpts": 25, "threshold": 0.95,
-                                      "max_per_class": 40}
+    assert m["self_verification"] == {
+        "iterations": 10,
+        "excerpts": 25,
+        "threshold": 0.95,
+        "max_per_class": 40,
+    }
     # "Fine-tuning".
     assert m["fine_tuning"] == {"epochs": 30, "constant_epochs": 5}
     # "Cross-validation folds", "Preprocessing" 5, "Initial training" excerpts.
@@ -106,19 +126,22 @@ def test_threshold_null_is_allowed(base_config):
     assert settings["method"]["self_verification"]["threshold"] is None
 
 
-@pytest.mark.parametrize("dotted,value,fragment", [
-    ("method.self_verification.threshold", 1.5, "method.self_verification.threshold"),
-    ("method.self_verification.threshold", "0.95", "method.self_verification.threshold"),
-    ("method.folds", "x", "method.folds"),
-    ("method.folds", 1, "method.folds"),
-    ("method.initial_training.lr", 0, "method.initial_training.lr"),
-    ("method.nets.vgg_gap_spec2.spectrogram", 3, "method.nets.vgg_gap_spec2.spectrogram"),
-    ("method.fusion.method", "median", "method.fusion.method"),
-    ("preprocessing.shards", 0, "preprocessing.shards"),
-    ("demo_data.noise_rate", -0.1, "demo_data.noise_rate"),
-    ("compute.device", "tpu", "compute.device"),
-    ("dataset_root", None, "dataset_root"),
-])
+@pytest.mark.parametrize(
+    "dotted,value,fragment",
+    [
+        ("method.self_verification.threshold", 1.5, "method.self_verification.threshold"),
+        ("method.self_verification.threshold", "0.95", "method.self_verification.threshold"),
+        ("method.folds", "x", "method.folds"),
+        ("method.folds", 1, "method.folds"),
+        ("method.initial_training.lr", 0, "method.initial_training.lr"),
+        ("method.nets.vgg_gap_spec2.spectrogram", 3, "method.nets.vgg_gap_spec2.spectrogram"),
+        ("method.fusion.method", "median", "method.fusion.method"),
+        ("preprocessing.shards", 0, "preprocessing.shards"),
+        ("demo_data.noise_rate", -0.1, "demo_data.noise_rate"),
+        ("compute.device", "tpu", "compute.device"),
+        ("dataset_root", None, "dataset_root"),
+    ],
+)
 def test_bad_values_name_the_key(base_config, dotted, value, fragment):
     """Schema violations: one ConfigError whose message names the offending key."""
     message = _error(_with(base_config, dotted, value))
@@ -193,15 +216,18 @@ def test_deep_merge_merges_dicts_and_replaces_the_rest():
 # --- chains -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dotted,value,fragment", [
-    ("run_chains", ["self_verification", "nope"], "run_chains: ['nope'] not defined"),
-    ("chains.agreement.threshold", 0.5, "chains.agreement: policy agreement does not read ['threshold']"),
-    ("chains.all_labels.correct_labels", True, "chains.all_labels.correct_labels"),
-    ("chains.calibrated.correct_threshold", 0.8, "chains.calibrated.correct_threshold"),
-    ("chains.calibrated.policy", "magic", "chains.calibrated.policy"),
-    ("chains.calibrated.max_fraction", 1.5, "chains.calibrated.max_fraction"),
-    ("chains.calibrated.start", "some", "chains.calibrated.start"),
-])
+@pytest.mark.parametrize(
+    "dotted,value,fragment",
+    [
+        ("run_chains", ["self_verification", "nope"], "run_chains: ['nope'] not defined"),
+        ("chains.agreement.threshold", 0.5, "chains.agreement: policy agreement does not read ['threshold']"),
+        ("chains.all_labels.correct_labels", True, "chains.all_labels.correct_labels"),
+        ("chains.calibrated.correct_threshold", 0.8, "chains.calibrated.correct_threshold"),
+        ("chains.calibrated.policy", "magic", "chains.calibrated.policy"),
+        ("chains.calibrated.max_fraction", 1.5, "chains.calibrated.max_fraction"),
+        ("chains.calibrated.start", "some", "chains.calibrated.start"),
+    ],
+)
 def test_bad_chains_name_the_key(base_config, dotted, value, fragment):
     """A chain setting its policy does not read, or naming an unknown chain, is an error."""
     assert fragment in _error(_with(base_config, dotted, value))

@@ -18,10 +18,11 @@ import pytest
 import soundfile as sf
 import yaml
 
-from conftest import REPO
 from workflow_lib import demo
 from workflow_lib.dataset import DatasetError, class_table, validate_dataset
 from workflow_lib.demo import generate_demo_dataset
+
+from conftest import REPO
 
 DATASET = yaml.safe_load((REPO / "config.yaml").read_text())["dataset"]
 FOLDS = 4
@@ -29,9 +30,15 @@ TRAIN_HEADER = "fname,label,manually_verified"
 TEST_HEADER = "fname,label,usage"
 
 
-def make_dataset(root: Path, train_rows: list[str], test_rows: list[str] | None = None,
-                 train_audio: list[str] | None = None, test_audio: list[str] | None = None,
-                 train_header: str = TRAIN_HEADER, test_header: str = TEST_HEADER) -> Path:
+def make_dataset(
+    root: Path,
+    train_rows: list[str],
+    test_rows: list[str] | None = None,
+    train_audio: list[str] | None = None,
+    test_audio: list[str] | None = None,
+    train_header: str = TRAIN_HEADER,
+    test_header: str = TEST_HEADER,
+) -> Path:
     """Write CSVs and (empty) audio files: validation checks existence, not content."""
     (root / "audio_train").mkdir(parents=True, exist_ok=True)
     (root / "audio_test").mkdir(parents=True, exist_ok=True)
@@ -60,8 +67,7 @@ def good_train_rows(classes=("dog", "cat", "bell"), per_class: int = 5) -> list[
 GOOD_TEST = ["t0.wav,dog,Public", "t1.wav,cat,Private", "t2.wav,bell,Private"]
 
 
-def expect_error(root: Path, *fragments: str, line: int | str | None = None,
-                 csv: str = "train.csv") -> str:
+def expect_error(root: Path, *fragments: str, line: int | str | None = None, csv: str = "train.csv") -> str:
     with pytest.raises(DatasetError) as raised:
         validate_dataset(root, DATASET, FOLDS)
     message = str(raised.value)
@@ -95,8 +101,11 @@ def test_missing_required_column_is_an_error(tmp_path):
     expect_error(root, "manually_verified", line=1)
 
 
-@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00\x81binary\x00", b'fname,label,manually_verified\n"a.wav,x,1\n'],
-                         ids=["empty-file", "not-utf8", "unterminated-quote"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xff\xfe\x00\x81binary\x00", b'fname,label,manually_verified\n"a.wav,x,1\n'],
+    ids=["empty-file", "not-utf8", "unterminated-quote"],
+)
 def test_unreadable_train_csv_is_an_error(tmp_path, content):
     """dataset.py table: unreadable CSV -> error naming the file (a DatasetError, no crash)."""
     root = make_dataset(tmp_path, good_train_rows(), GOOD_TEST)
@@ -123,8 +132,7 @@ def test_trailing_comma_rows_never_shift_columns(tmp_path):
     assert list(train["label"]) == [r.split(",")[1] for r in good]
 
 
-@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00\x81binary\x00"],
-                         ids=["empty-file", "not-utf8"])
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00\x81binary\x00"], ids=["empty-file", "not-utf8"])
 def test_unreadable_test_csv_is_an_error(tmp_path, content):
     """dataset.py table: unreadable CSV -> error naming the file, for the test list too."""
     root = make_dataset(tmp_path, good_train_rows(), GOOD_TEST)
@@ -134,8 +142,12 @@ def test_unreadable_test_csv_is_an_error(tmp_path, content):
 
 def test_test_csv_rows_with_extra_fields_never_shift_columns(tmp_path):
     """As above, for test_post_competition.csv: error naming the file, or columns read right."""
-    root = make_dataset(tmp_path, good_train_rows(), [row + ",x" for row in GOOD_TEST],
-                        test_audio=["t0.wav", "t1.wav", "t2.wav"])
+    root = make_dataset(
+        tmp_path,
+        good_train_rows(),
+        [row + ",x" for row in GOOD_TEST],
+        test_audio=["t0.wav", "t1.wav", "t2.wav"],
+    )
     try:
         _, test, _ = validate_dataset(root, DATASET, FOLDS)
     except DatasetError as error:
@@ -145,14 +157,17 @@ def test_test_csv_rows_with_extra_fields_never_shift_columns(tmp_path):
     assert list(test["usage"]) == ["Public", "Private", "Private"]
 
 
-@pytest.mark.parametrize("row,fragment", [
-    (",dog,1", "empty fname"),
-    ("x.wav,,1", "empty label"),
-    ("x.wav,dog,yes", "manually_verified must be 0 or 1"),
-    ("x.wav,dog,", "manually_verified must be 0 or 1"),
-    ("../x.wav,dog,1", "bare file name"),
-    ("sub/x.wav,dog,1", "bare file name"),
-])
+@pytest.mark.parametrize(
+    "row,fragment",
+    [
+        (",dog,1", "empty fname"),
+        ("x.wav,,1", "empty label"),
+        ("x.wav,dog,yes", "manually_verified must be 0 or 1"),
+        ("x.wav,dog,", "manually_verified must be 0 or 1"),
+        ("../x.wav,dog,1", "bare file name"),
+        ("sub/x.wav,dog,1", "bare file name"),
+    ],
+)
 def test_bad_train_row_is_an_error_naming_the_line(tmp_path, row, fragment):
     """dataset.py table: empty fname/label, bad manually_verified, directory part -> error."""
     rows = good_train_rows()
@@ -172,8 +187,7 @@ def test_duplicate_fname_is_an_error_naming_both_lines(tmp_path):
 def test_scored_test_label_unseen_in_training_is_an_error(tmp_path):
     """dataset.py table: test label never seen in training (scored) -> error."""
     root = make_dataset(tmp_path, good_train_rows(), [*GOOD_TEST, "t3.wav,trumpet,Public"])
-    expect_error(root, "'trumpet' never appears in training", line=5,
-                 csv="test_post_competition.csv")
+    expect_error(root, "'trumpet' never appears in training", line=5, csv="test_post_competition.csv")
 
 
 def test_unknown_usage_is_an_error(tmp_path):
@@ -194,8 +208,13 @@ def test_extra_columns_are_ignored(tmp_path):
     """dataset.py table: extra (unknown) column -> ignored (FSDKaggle ships extras)."""
     rows = [f"{r},123,CC-BY" for r in good_train_rows()]
     test = [f"{r},999,CC0" for r in GOOD_TEST]
-    root = make_dataset(tmp_path, rows, test, train_header=TRAIN_HEADER + ",freesound_id,license",
-                        test_header=TEST_HEADER + ",freesound_id,license")
+    root = make_dataset(
+        tmp_path,
+        rows,
+        test,
+        train_header=TRAIN_HEADER + ",freesound_id,license",
+        test_header=TEST_HEADER + ",freesound_id,license",
+    )
     train, test_frame, problems = validate_dataset(root, DATASET, FOLDS)
     assert len(train) == 15 and len(test_frame) == 3
     assert "freesound_id" not in train.columns
@@ -208,8 +227,7 @@ def test_missing_audio_is_skipped_and_reported(tmp_path):
     """dataset.py table: listed audio file does not exist -> skipped, with file and line."""
     rows = good_train_rows()
     audio = [r.split(",")[0] for r in rows if r.split(",")[0] != "cat_4.wav"]
-    root = make_dataset(tmp_path, rows, GOOD_TEST, train_audio=audio,
-                        test_audio=["t0.wav", "t1.wav"])
+    root = make_dataset(tmp_path, rows, GOOD_TEST, train_audio=audio, test_audio=["t0.wav", "t1.wav"])
     train, test, problems = validate_dataset(root, DATASET, FOLDS)
     assert "cat_4.wav" not in set(train["fname"]) and len(train) == 14
     # a test clip stays listed without a path: the submission answers it with an empty row
@@ -273,6 +291,7 @@ def test_missing_train_csv_names_the_key(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The demo dataset
 
+
 def _demo_settings(**changes) -> dict:
     settings = copy.deepcopy(yaml.safe_load((REPO / "config.yaml").read_text())["demo_data"])
     settings.update({"train_clips_per_class": 10, "test_clips_per_class": 4})
@@ -289,9 +308,11 @@ def demo_pair(tmp_path_factory):
         for run in range(2):
             recorded: list[float] = []
             for label, make in list(demo.SOUND_CLASSES.items()):
+
                 def wrapped(rng, t, sr, make=make, recorded=recorded):
                     recorded.append(t.size / sr)
                     return make(rng, t, sr)
+
                 patch.setitem(demo.SOUND_CLASSES, label, wrapped)
             root = tmp_path_factory.mktemp(f"demo{run}")
             summary = generate_demo_dataset(root, settings)
@@ -360,8 +381,9 @@ def test_demo_clip_lengths_and_silence(demo_pair):
     sr = settings["sample_rate"]
     train = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
     test = pd.read_csv(root / "test_post_competition.csv", dtype=str, keep_default_na=False)
-    paths = ([root / "audio_train" / n for n in train["fname"]]
-             + [root / "audio_test" / n for n in test["fname"]])
+    paths = [root / "audio_train" / n for n in train["fname"]] + [
+        root / "audio_test" / n for n in test["fname"]
+    ]
     assert len(lengths) == len(paths)  # generation order: training clips, then test clips
     assert min(lengths) >= settings["min_seconds"] - 1 / sr
     assert max(lengths) <= settings["max_seconds"]
@@ -374,8 +396,10 @@ def test_demo_clip_lengths_and_silence(demo_pair):
         assert sound_seconds <= seconds <= sound_seconds + 2 * settings["max_silence_seconds"]
         nonzero = np.flatnonzero(samples)
         assert len(nonzero) > 0, f"{path.name} is all silence"
-        assert (nonzero[-1] - nonzero[0] + 1) / sr <= sound_seconds + 1 / sr, \
+        assert (nonzero[-1] - nonzero[0] + 1) / sr <= sound_seconds + 1 / sr, (
             "everything outside the sound part is digital silence"
+        )
         leading_silence += nonzero[0] > 0.01 * sr
-    assert leading_silence > 0.5 * len(paths), \
+    assert leading_silence > 0.5 * len(paths), (
         "most clips should start with digital silence, so SoX has work to do"
+    )

@@ -16,15 +16,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from conftest import snakemake_command, snakemake_env
 
 pytestmark = pytest.mark.slow
 
-HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
-                   "valid_map3", "seconds"]
-DECISION_COLUMNS = ["fname", "given_label", "fold", "predicted_label", "p_given", "p_max",
-                    "score", "trusted_label", "weight", "accepted", "reason"]
-CHAIN = "chains/self_verification"       # the default run: the method's chain only (layout.py)
+HISTORY_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "valid_loss",
+    "valid_acc",
+    "valid_map3",
+    "seconds",
+]
+DECISION_COLUMNS = [
+    "fname",
+    "given_label",
+    "fold",
+    "predicted_label",
+    "p_given",
+    "p_max",
+    "score",
+    "trusted_label",
+    "weight",
+    "accepted",
+    "reason",
+]
+CHAIN = "chains/self_verification"  # the default run: the method's chain only (layout.py)
 USABLE = {"clipped", "fallback_silent", "fallback_sox_failed", "fallback_clipped_all"}
 REASONS = {"accepted", "label_mismatch", "below_threshold", "class_cap"}
 
@@ -35,8 +55,6 @@ def model_dir(preset: str, fold: int, it: int) -> str:
     if it == 0:
         return f"initial/all/{preset}/fold{fold}"
     return f"{CHAIN}/models/{preset}/fold{fold}/it{it}"
-
-
 
 
 # --- the data -------------------------------------------------------------------------------
@@ -88,7 +106,7 @@ def test_validated_listings(demo):
     problems = demo.csv("data/problems.csv")
 
     assert {"fname", "label", "verified", "path", "true_label"} <= set(train.columns)
-    assert train["fname"].tolist() == source["fname"].tolist()       # the demo has no bad files
+    assert train["fname"].tolist() == source["fname"].tolist()  # the demo has no bad files
     assert train["label"].tolist() == source["label"].tolist()
     assert train["verified"].tolist() == source["manually_verified"].tolist()
     assert (train["true_label"] == train["fname"].map(truth)).all()
@@ -101,10 +119,9 @@ def test_validated_listings(demo):
 
     assert list(classes.columns) == ["index", "label", "n_train", "n_verified", "n_unverified"]
     assert classes["index"].astype(int).tolist() == list(range(len(classes)))
-    assert classes["label"].tolist() == sorted(train["label"].unique())       # from the CSV
+    assert classes["label"].tolist() == sorted(train["label"].unique())  # from the CSV
     counts = classes.set_index("label").astype(int)
-    given = train.groupby("label")["verified"].agg(
-        n_train="size", n_verified=lambda s: (s == "1").sum())
+    given = train.groupby("label")["verified"].agg(n_train="size", n_verified=lambda s: (s == "1").sum())
     assert (counts["n_train"] == given["n_train"]).all()
     assert (counts["n_verified"] == given["n_verified"]).all()
     assert (counts["n_unverified"] == counts["n_train"] - counts["n_verified"]).all()
@@ -120,9 +137,15 @@ def test_spectrogram_manifests(demo, version, split):
         pytest.skip(f"no preset uses spectrogram version {version}")
     manifest = demo.csv(f"spectrograms/v{version}/{split}.csv")
     listing = demo.csv(f"data/{split}.csv")
-    assert list(manifest.columns)[:7] == ["fname", "label", "verified", "n_frames",
-                                          "seconds_before_clipping", "seconds_after_clipping",
-                                          "status"]
+    assert list(manifest.columns)[:7] == [
+        "fname",
+        "label",
+        "verified",
+        "n_frames",
+        "seconds_before_clipping",
+        "seconds_after_clipping",
+        "status",
+    ]
     assert sorted(manifest["fname"]) == sorted(listing["fname"]) and manifest["fname"].is_unique
     by_name = listing.set_index("fname")
     assert (manifest["label"] == manifest["fname"].map(by_name["label"])).all()
@@ -142,10 +165,11 @@ def test_spectrogram_manifests(demo, version, split):
     assert (np.abs(frames - expected) <= 3).all()
     for other in {1, 2} - {version}:
         path = demo.results / f"spectrograms/v{other}/{split}.csv"
-        if path.is_file():       # both versions clip each file once: identical lengths
+        if path.is_file():  # both versions clip each file once: identical lengths
             twin = demo.csv(f"spectrograms/v{other}/{split}.csv").set_index("fname")
-            assert (manifest["seconds_after_clipping"] ==
-                    manifest["fname"].map(twin["seconds_after_clipping"])).all()
+            assert (
+                manifest["seconds_after_clipping"] == manifest["fname"].map(twin["seconds_after_clipping"])
+            ).all()
 
 
 def test_folds(demo):
@@ -192,8 +216,9 @@ def test_training_histories_and_checkpoints(demo):
                 history = demo.numeric(f"{model_dir(preset, k, it)}/history.csv")
                 assert list(history.columns) == HISTORY_COLUMNS, where
                 assert history["epoch"].tolist() == list(range(1, stage["epochs"] + 1)), where
-                lrs = [expected_lr(e, base, stage["constant_epochs"], stage["epochs"])
-                       for e in history["epoch"]]
+                lrs = [
+                    expected_lr(e, base, stage["constant_epochs"], stage["epochs"]) for e in history["epoch"]
+                ]
                 np.testing.assert_allclose(history["lr"], lrs, rtol=1e-6, err_msg=where)
                 assert np.isfinite(history[HISTORY_COLUMNS]).all().all(), where
                 for column in ("train_acc", "valid_acc", "valid_map3"):
@@ -223,7 +248,7 @@ def test_initial_models_learn(demo):
 
 
 def training_log_counts(demo, preset: str, fold: int, it: int) -> tuple[int, int] | None:
-    owner = "all" if it == 0 else "self_verification"       # iteration 0 is per start
+    owner = "all" if it == 0 else "self_verification"  # iteration 0 is per start
     log = demo.results / "logs" / "train" / owner / f"{preset}_fold{fold}_it{it}.log"
     if not log.is_file():
         return None
@@ -286,7 +311,7 @@ def test_self_verification_decisions(demo):
             assert d["fname"].is_unique and set(d["fname"]) == set(unverified.index), where
             assert (d["fold"].astype(int) == d["fname"].map(unverified["fold"]).astype(int)).all(), where
             assert (d["given_label"] == d["fname"].map(unverified["label"])).all(), where
-            assert "true_label" in d.columns, where           # the demo knows the truth
+            assert "true_label" in d.columns, where  # the demo knows the truth
             assert (d["true_label"] == d["fname"].map(truth)).all(), where
             assert set(d["predicted_label"]) <= classes
             assert d["p_given"].between(0, 1).all() and (d["p_max"] <= 1 + 1e-6).all()
@@ -315,8 +340,9 @@ def test_self_verification_decisions(demo):
             assert (per_class <= cap).all(), where
             for label, group in d[d["reason"] == "class_cap"].groupby("given_label"):
                 assert per_class.get(label, 0) == cap, where
-                assert group["p_given"].max() <= accepted.loc[
-                    accepted["given_label"] == label, "p_given"].min(), where
+                assert (
+                    group["p_given"].max() <= accepted.loc[accepted["given_label"] == label, "p_given"].min()
+                ), where
 
             table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
             assert table.loc["__all__", "n_unverified"] == len(d)
@@ -336,9 +362,11 @@ def test_self_verified_labels_are_far_more_precise(demo):
             baseline = correct.mean()
             accepted = d["accepted"]
             total += int(accepted.sum())
-            print(f"{preset} it{it}: accepted {accepted.sum()} of {len(d)}, precision "
-                  f"{correct[accepted].mean() if accepted.any() else float('nan'):.3f} "
-                  f"(unverified labels {baseline:.3f})")
+            print(
+                f"{preset} it{it}: accepted {accepted.sum()} of {len(d)}, precision "
+                f"{correct[accepted].mean() if accepted.any() else float('nan'):.3f} "
+                f"(unverified labels {baseline:.3f})"
+            )
             if accepted.any():
                 precision = correct[accepted].mean()
                 assert precision >= 0.9, (preset, it, precision)
@@ -359,7 +387,7 @@ def test_self_verified_lists(demo):
             where = f"{preset} it{it}"
             d = decisions_of(demo, preset, it)
             new = demo.csv(f"{CHAIN}/trust/{preset}/it{it}/train_list.csv")
-            assert list(new.columns) == [*source.columns, "weight"], where   # train.csv layout
+            assert list(new.columns) == [*source.columns, "weight"], where  # train.csv layout
             assert new["fname"].is_unique and set(new["fname"]) == set(folds.index), where
             assert (new["label"] == new["fname"].map(folds["label"])).all(), where
             accepted = set(d.loc[d["accepted"], "fname"])
@@ -379,15 +407,17 @@ def test_selection(demo):
         chosen = int(table.loc[table["chosen"], "iteration"].iloc[0])
         assert chosen == int(table["iteration"].iloc[int(np.argmin(losses))])
         for it in demo.iterations:
-            best = [demo.numeric(f"{model_dir(preset, k, it)}/history.csv")["valid_loss"].min()
-                    for k in range(demo.n_folds)]
+            best = [
+                demo.numeric(f"{model_dir(preset, k, it)}/history.csv")["valid_loss"].min()
+                for k in range(demo.n_folds)
+            ]
             assert table.loc[it, "mean_valid_loss"] == pytest.approx(np.mean(best), rel=1e-9)
 
 
 def probability_file(demo, relative: str) -> pd.DataFrame:
     frame = demo.numeric(relative)
     classes = demo.classes
-    assert list(frame.columns)[-len(classes):] == classes, relative
+    assert list(frame.columns)[-len(classes) :] == classes, relative
     probs = frame[classes].to_numpy(dtype=float)
     assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1 + 1e-6).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4, err_msg=relative)
@@ -416,8 +446,9 @@ def test_predictions(demo):
     fused = probability_file(demo, f"{CHAIN}/predictions/fused_test.csv")
     assert set(fused["fname"]) == test_fnames
     if demo.method["fusion"]["method"] == "mean":
-        np.testing.assert_allclose(fused.set_index("fname").loc[sorted(test_fnames), demo.classes],
-                                   np.mean(stack, axis=0), atol=1e-6)
+        np.testing.assert_allclose(
+            fused.set_index("fname").loc[sorted(test_fnames), demo.classes], np.mean(stack, axis=0), atol=1e-6
+        )
 
 
 def test_submission(demo):
@@ -425,7 +456,7 @@ def test_submission(demo):
     classes = demo.classes
     assert list(sub.columns) == ["fname", "label"]
     assert sub["fname"].is_unique
-    assert set(sub["fname"]) == set(demo.csv("data/test.csv")["fname"])    # every test clip
+    assert set(sub["fname"]) == set(demo.csv("data/test.csv")["fname"])  # every test clip
     status = demo.csv(f"{CHAIN}/submission_status.csv")
     assert list(status.columns) == ["fname", "status", "detail"]
     assert list(status["fname"]) == list(sub["fname"]) and set(status["status"]) == {"predicted"}
@@ -434,7 +465,7 @@ def test_submission(demo):
         top = labels.split(" ")
         assert len(top) == 3 and len(set(top)) == 3 and set(top) <= set(classes), labels
         probs = fused.loc[fname, top].to_numpy(dtype=float)
-        assert (np.diff(probs) <= 1e-12).all(), (fname, labels)      # best first
+        assert (np.diff(probs) <= 1e-12).all(), (fname, labels)  # best first
         assert probs[0] == pytest.approx(fused.loc[fname, classes].to_numpy(dtype=float).max())
         assert probs[-1] >= np.sort(fused.loc[fname, classes].to_numpy(dtype=float))[-3] - 1e-12
 
@@ -445,8 +476,7 @@ def hand_scores(frame: pd.DataFrame, test: pd.DataFrame, classes: list[str]) -> 
     ranks = np.argsort(-probs, axis=1, kind="stable")[:, :3]
     truth = test["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     acc = float(np.mean(ranks[:, 0] == truth))
-    ap = [next((1 / (r + 1) for r in range(3) if ranks[i, r] == truth[i]), 0.0)
-          for i in range(len(truth))]
+    ap = [next((1 / (r + 1) for r in range(3) if ranks[i, r] == truth[i]), 0.0) for i in range(len(truth))]
     return acc, float(np.mean(ap))
 
 
@@ -454,11 +484,14 @@ def test_evaluation(demo):
     classes = demo.classes
     test = demo.csv("data/test.csv")
     scored = test[test["usage"].isin(["Public", "Private"]) & test["label"].isin(classes)]
-    sets = {"Public": scored[scored["usage"] == "Public"], "Private": scored[scored["usage"] == "Private"],
-            "Public+Private": scored}
+    sets = {
+        "Public": scored[scored["usage"] == "Public"],
+        "Private": scored[scored["usage"] == "Private"],
+        "Public+Private": scored,
+    }
     summary = demo.numeric(f"{CHAIN}/evaluation/summary.csv")
     assert list(summary.columns) == ["system", "set", "n", "accuracy", "map3", "n_unpredicted", "note"]
-    assert (summary["n_unpredicted"] == 0).all() and summary["note"].isna().all()   # all predicted
+    assert (summary["n_unpredicted"] == 0).all() and summary["note"].isna().all()  # all predicted
     systems = [*demo.presets, "fusion"]
     assert sorted(summary["system"].unique()) == sorted(systems)
     table = summary.set_index(["system", "set"])
@@ -493,16 +526,18 @@ def test_evaluation(demo):
     assert list(confusion.columns) == ["true_label", *classes]
     assert confusion["true_label"].tolist() == classes
     matrix = confusion[classes].to_numpy()
-    assert matrix.sum() == n_both                                       # Public + Private
+    assert matrix.sum() == n_both  # Public + Private
     fusion_support = per_class[per_class["system"] == "fusion"].set_index("label")["support"]
     assert (matrix.sum(axis=1) == fusion_support.loc[classes].to_numpy()).all()
     assert np.trace(matrix) / matrix.sum() == pytest.approx(
-        table.loc[("fusion", "Public+Private"), "accuracy"])
+        table.loc[("fusion", "Public+Private"), "accuracy"]
+    )
     fused = demo.numeric(f"{CHAIN}/predictions/fused_test.csv").set_index("fname")
     fused = fused.loc[scored["fname"], classes]
     predicted = np.asarray(classes)[fused.to_numpy(dtype=float).argmax(axis=1)]
-    hand = pd.crosstab(scored["label"].to_numpy(), predicted).reindex(index=classes, columns=classes,
-                                                                      fill_value=0)
+    hand = pd.crosstab(scored["label"].to_numpy(), predicted).reindex(
+        index=classes, columns=classes, fill_value=0
+    )
     np.testing.assert_array_equal(matrix, hand.to_numpy())
 
 
@@ -521,7 +556,7 @@ def test_run_summary(demo):
         assert row["chosen_cv_map3"] == pytest.approx(selection.loc[chosen, "mean_valid_map3"])
         if chosen == 0:
             assert int(row["self_verified_clips"]) == 0
-        else:         # the list the chosen iteration was fine-tuned on: iteration chosen - 1's
+        else:  # the list the chosen iteration was fine-tuned on: iteration chosen - 1's
             d = decisions_of(demo, preset, chosen - 1)
             assert int(row["self_verified_clips"]) == int(d["accepted"].sum())
             if d["accepted"].any():
@@ -529,7 +564,7 @@ def test_run_summary(demo):
                 assert row["self_verified_precision"] == pytest.approx(precision)
         assert row["test_accuracy"] == pytest.approx(scores.loc[(preset, "Public+Private"), "accuracy"])
         assert row["test_map3"] == pytest.approx(scores.loc[(preset, "Public+Private"), "map3"])
-    assert summary["test_note"].isna().all()     # labels known, every clip predicted
+    assert summary["test_note"].isna().all()  # labels known, every clip predicted
     fusion = summary.iloc[-1]
     assert fusion["test_accuracy"] == pytest.approx(scores.loc[("fusion", "Public+Private"), "accuracy"])
     assert fusion["test_map3"] == pytest.approx(scores.loc[("fusion", "Public+Private"), "map3"])
@@ -544,9 +579,15 @@ def test_no_partial_files_left(demo):
 
 
 def test_rerun_has_nothing_to_do(demo):
-    proc = subprocess.run(snakemake_command(demo.workdir, "-n"), cwd=demo.workdir,
-                          env=snakemake_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        snakemake_command(demo.workdir, "-n"),
+        cwd=demo.workdir,
+        env=snakemake_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "Nothing to be done" in proc.stdout, proc.stdout[-4000:]
 

@@ -132,9 +132,7 @@ def holders(lock_dir: Path) -> Iterator[Holders]:
 # ---------------------------------------------------------------- claim_gpu across processes
 
 
-def test_two_processes_get_distinct_gpus_and_a_third_times_out(
-    holders: Holders, lock_dir: Path
-) -> None:
+def test_two_processes_get_distinct_gpus_and_a_third_times_out(holders: Holders, lock_dir: Path) -> None:
     a, b = holders.start(2, go=True), holders.start(2, go=True)
     go(a, b)
     assert {claimed_index(a), claimed_index(b)} == {0, 1}
@@ -241,9 +239,7 @@ def test_module_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'devices.py imported torch at module level'\n"
         "print('ok')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "ok", result.stderr
 
 
@@ -367,7 +363,7 @@ def test_slots_per_gpu_fill_every_gpu_once_before_sharing(lock_dir: Path) -> Non
         # One job per GPU (the default) still sees both GPUs as taken.
         with pytest.raises(RuntimeError):
             claim_gpu(2, lock_dir, timeout_s=0)
-        claims[2].release()   # a slot of GPU 0 frees: the next claim takes exactly that one
+        claims[2].release()  # a slot of GPU 0 frees: the next claim takes exactly that one
         again = claim_gpu(2, lock_dir, timeout_s=0, slots_per_device=2)
         assert (again.index, again.slot) == (0, 1)
         claims[2] = again

@@ -10,11 +10,18 @@ import yaml
 from conftest import REPO
 
 DOCS = REPO / "docs"
-CITED_FILES = [*REPO.glob("*.md"), *REPO.glob("Snakefile"), *REPO.glob("config.yaml"),
-               *(REPO / "rules").glob("*.smk"), *(REPO / "workflow_lib").glob("*.py"),
-               *(REPO / "tests").rglob("*.py"), *(REPO / "benchmarks").glob("*.py"),
-               *(REPO / "experiments").rglob("*.py"), *(REPO / "experiments").rglob("*.yaml"),
-               *DOCS.glob("*.md")]
+CITED_FILES = [
+    *REPO.glob("*.md"),
+    *REPO.glob("Snakefile"),
+    *REPO.glob("config.yaml"),
+    *(REPO / "rules").glob("*.smk"),
+    *(REPO / "workflow_lib").glob("*.py"),
+    *(REPO / "tests").rglob("*.py"),
+    *(REPO / "benchmarks").glob("*.py"),
+    *(REPO / "experiments").rglob("*.py"),
+    *(REPO / "experiments").rglob("*.yaml"),
+    *DOCS.glob("*.md"),
+]
 
 
 def _headings(page: Path) -> list[str]:
@@ -42,8 +49,9 @@ def test_every_cited_section_of_the_method_exists():
 
 def test_every_cited_section_of_the_differences_exists():
     headings = _headings(DOCS / "differences.md")
-    missing = sorted(c for c in _cited_sections("differences.md")
-                     if not any(h.startswith(c) for h in headings))
+    missing = sorted(
+        c for c in _cited_sections("differences.md") if not any(h.startswith(c) for h in headings)
+    )
     assert not missing, missing
 
 
@@ -51,7 +59,7 @@ def _leaf_keys(mapping: dict, prefix: str = "") -> list[str]:
     keys = []
     for key, value in mapping.items():
         path = f"{prefix}{key}"
-        if key in ("run_presets", "nets", "chains"):   # documented per entry, not per leaf
+        if key in ("run_presets", "nets", "chains"):  # documented per entry, not per leaf
             keys.append(path)
         elif isinstance(value, dict):
             keys += _leaf_keys(value, f"{path}.")
@@ -70,7 +78,9 @@ def test_every_config_key_is_documented():
 
 def test_nothing_points_outside_the_repository():
     """No file cites a path beside the checkout (the method's facts live in docs/)."""
-    offenders = [str(p.relative_to(REPO)) for p in CITED_FILES
-                 if re.search(r"\.\./shared\b|SPEC\.md", p.read_text(errors="replace"))
-                 and p.name != "test_docs.py"]
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in CITED_FILES
+        if re.search(r"\.\./shared\b|SPEC\.md", p.read_text(errors="replace")) and p.name != "test_docs.py"
+    ]
     assert not offenders, offenders

@@ -34,8 +34,14 @@ SEED = 2018
 # (label, verified clips, unverified clips): large, medium and a few small classes, including
 # classes with fewer verified (or unverified) clips than folds, and one with no verified clip.
 CLASS_COUNTS = [
-    ("Bark", 23, 37), ("Cello", 9, 14), ("Drum", 17, 3), ("Flute", 2, 3),
-    ("Gong", 4, 0), ("Harp", 1, 5), ("Knock", 0, 6), ("Laughter", 11, 11),
+    ("Bark", 23, 37),
+    ("Cello", 9, 14),
+    ("Drum", 17, 3),
+    ("Flute", 2, 3),
+    ("Gong", 4, 0),
+    ("Harp", 1, 5),
+    ("Knock", 0, 6),
+    ("Laughter", 11, 11),
 ]
 
 
@@ -115,16 +121,27 @@ def test_deterministic_for_a_seed_and_different_for_another(train, folds):
 
 
 def test_class_with_fewer_clips_than_folds_is_a_user_error_naming_it(train):
-    small = pd.concat([train, pd.DataFrame({"fname": ["whistle_1.wav", "whistle_2.wav",
-                                                      "whistle_3.wav"],
-                                            "label": "Whistle", "verified": ["1", "0", "0"]})],
-                      ignore_index=True)
+    small = pd.concat(
+        [
+            train,
+            pd.DataFrame(
+                {
+                    "fname": ["whistle_1.wav", "whistle_2.wav", "whistle_3.wav"],
+                    "label": "Whistle",
+                    "verified": ["1", "0", "0"],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     with pytest.raises(UserError, match="Whistle") as raised:
         make_folds(small, N_FOLDS, SEED)
-    assert "Bark" not in str(raised.value)   # only the offending class is named
+    assert "Bark" not in str(raised.value)  # only the offending class is named
     # Exactly n_folds clips is enough.
-    enough = pd.concat([small, pd.DataFrame({"fname": ["whistle_4.wav"], "label": "Whistle",
-                                             "verified": ["0"]})], ignore_index=True)
+    enough = pd.concat(
+        [small, pd.DataFrame({"fname": ["whistle_4.wav"], "label": "Whistle", "verified": ["0"]})],
+        ignore_index=True,
+    )
     assert make_folds(enough, N_FOLDS, SEED)["label"].eq("Whistle").sum() == 4
 
 
@@ -150,10 +167,14 @@ def test_folds_job_leaves_out_skipped_files(tmp_path, train):
     skipped = [SKIPPED_MISSING, SKIPPED_UNDECODABLE, SKIPPED_EMPTY]
     manifest = train.copy()
     manifest["status"] = [usable[i % len(usable)] for i in range(len(manifest))]
-    extra = pd.DataFrame({"fname": [f"broken_{i}.wav" for i in range(6)],
-                          "label": ["Bark", "Cello", "Drum", "Gong", "Harp", "Knock"],
-                          "verified": ["1", "0", "1", "0", "1", "0"],
-                          "status": [skipped[i % 3] for i in range(6)]})
+    extra = pd.DataFrame(
+        {
+            "fname": [f"broken_{i}.wav" for i in range(6)],
+            "label": ["Bark", "Cello", "Drum", "Gong", "Harp", "Knock"],
+            "verified": ["1", "0", "1", "0", "1", "0"],
+            "status": [skipped[i % 3] for i in range(6)],
+        }
+    )
     manifest = pd.concat([manifest, extra], ignore_index=True)
     manifest["n_frames"] = "100"
     write_csv(manifest, tmp_path / "train.csv")
@@ -166,8 +187,9 @@ def test_folds_job_leaves_out_skipped_files(tmp_path, train):
     assert len(result) == len(written) == len(train)
     # Same folds as make_folds on the usable clips alone.
     expected = make_folds(train, N_FOLDS, SEED)
-    assert dict(zip(written["fname"], written["fold"].astype(int))) == \
-        dict(zip(expected["fname"], expected["fold"].astype(int)))
+    assert dict(zip(written["fname"], written["fold"].astype(int))) == dict(
+        zip(expected["fname"], expected["fold"].astype(int))
+    )
 
 
 def test_folds_do_not_depend_on_the_row_order(train):

@@ -35,12 +35,11 @@ from conftest import REPO, fsdd_dir_or_skip
 DRIVER = REPO / "experiments/fsdd/run_experiment.py"
 PRESET = "vgg_gap_spec1_1"
 TEST_SPEAKER = "theo"
-THRESHOLD = 0.2       # the 4-epoch nets are barely better than chance: a low threshold accepts some
-CAP = 3               # small enough to bind (about 7 unverified clips per class and fold)
+THRESHOLD = 0.2  # the 4-epoch nets are barely better than chance: a low threshold accepts some
+CAP = 3  # small enough to bind (about 7 unverified clips per class and fold)
 # The method first; weighted exercises per-clip loss weights (label spreading's embeddings:
 # tests/test_policies.py on a real VGG-GAP net).
-SYSTEMS = ["self_verification", "self_verification_no_threshold", "verified_only", "all_labels",
-           "weighted"]
+SYSTEMS = ["self_verification", "self_verification_no_threshold", "verified_only", "all_labels", "weighted"]
 
 SMALL = f"""
 # tests/test_fsdd_experiment.py: the experiment, small (merged after experiments/fsdd/config.yaml)
@@ -65,10 +64,29 @@ TIMEOUT_S = float(os.environ.get("FSDD_EXPERIMENT_TIMEOUT_S", "900"))
 def _run_driver(out: Path, *extra: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     fsdd = fsdd_dir_or_skip("the experiment runs on its recordings")
-    return subprocess.run([sys.executable, str(DRIVER), "--out", str(out), "--fsdd", str(fsdd), "--takes", "5",
-                           "--test-speaker", TEST_SPEAKER, "--overlay", str(out / "small.yaml"),
-                           "--cores", "2", *extra],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(DRIVER),
+            "--out",
+            str(out),
+            "--fsdd",
+            str(fsdd),
+            "--takes",
+            "5",
+            "--test-speaker",
+            TEST_SPEAKER,
+            "--overlay",
+            str(out / "small.yaml"),
+            "--cores",
+            "2",
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +101,13 @@ def run(tmp_path_factory) -> dict:
     seconds = time.perf_counter() - started
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     results = out / "work" / "results"
-    return {"out": out, "results": results, "seconds": seconds, "log": done.stdout + done.stderr,
-            "experiment": json.loads((out / "experiment.json").read_text())}
+    return {
+        "out": out,
+        "results": results,
+        "seconds": seconds,
+        "log": done.stdout + done.stderr,
+        "experiment": json.loads((out / "experiment.json").read_text()),
+    }
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -97,8 +120,9 @@ def _speaker(fname: str) -> str:
 
 def _variants(results: Path) -> dict[str, Path]:
     """Trust folders (it0/, it1/ ...) of the method and of the threshold-off variant."""
-    return {chain: _trust(results, chain) for chain in ("self_verification",
-                                                        "self_verification_no_threshold")}
+    return {
+        chain: _trust(results, chain) for chain in ("self_verification", "self_verification_no_threshold")
+    }
 
 
 def _trust(results: Path, chain: str) -> Path:
@@ -128,9 +152,13 @@ def test_experiment_settings_resolve_and_default_run_is_unchanged():
     base = resolve_settings(_merged(REPO / "config.yaml"))
     assert base["run_chains"] == ["self_verification"]
     assert chain_policy(base, "self_verification") == {
-        "name": "paper", "threshold": base["method"]["self_verification"]["threshold"],
+        "name": "paper",
+        "threshold": base["method"]["self_verification"]["threshold"],
         "max_per_class": base["method"]["self_verification"]["max_per_class"],
-        "max_fraction": None, "correct_labels": False, "min_trusted_share": 0.0}
+        "max_fraction": None,
+        "correct_labels": False,
+        "min_trusted_share": 0.0,
+    }
     config = _merged(REPO / "config.yaml", REPO / "experiments/fsdd/config.yaml")
     assert config["method"]["self_verification"]["threshold"] == 0.95
     s = resolve_settings({**config, "dataset_root": "/data"})
@@ -154,24 +182,42 @@ def test_experiment_dag_plans_every_chain(tmp_path):
     root = tmp_path / "data"
     (root / "audio_train").mkdir(parents=True)
     (root / "audio_test").mkdir()
-    train = pd.DataFrame({"fname": [f"{d}_x_{i}.wav" for d in range(10) for i in range(12)],
-                          "label": [str(d) for d in range(10) for _ in range(12)],
-                          "manually_verified": [int(i < 5) for _ in range(10) for i in range(12)]})
+    train = pd.DataFrame(
+        {
+            "fname": [f"{d}_x_{i}.wav" for d in range(10) for i in range(12)],
+            "label": [str(d) for d in range(10) for _ in range(12)],
+            "manually_verified": [int(i < 5) for _ in range(10) for i in range(12)],
+        }
+    )
     train.to_csv(root / "train.csv", index=False)
     pd.DataFrame({"fname": ["t.wav"], "label": ["3"], "usage": ["Public"]}).to_csv(
-        root / "test_post_competition.csv", index=False)
-    done, _ = run_snakemake("-n", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-                            "--configfile", str(REPO / "config.yaml"),
-                            str(REPO / "experiments/fsdd/config.yaml"),
-                            "--config", f"dataset_root={root}", "--directory", str(tmp_path / "work"),
-                            cwd=tmp_path)
+        root / "test_post_competition.csv", index=False
+    )
+    done, _ = run_snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(REPO / "experiments/fsdd/config.yaml"),
+        "--config",
+        f"dataset_root={root}",
+        "--directory",
+        str(tmp_path / "work"),
+        cwd=tmp_path,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     counts = job_counts(output)
-    chains = len(resolve_settings({**_merged(REPO / "config.yaml", REPO / "experiments/fsdd/config.yaml"),
-                                   "dataset_root": "/d"})["run_chains"])
+    chains = len(
+        resolve_settings(
+            {**_merged(REPO / "config.yaml", REPO / "experiments/fsdd/config.yaml"), "dataset_root": "/d"}
+        )["run_chains"]
+    )
     folds, iterations = 4, 3
-    assert counts["preprocess_shard"] == 2 * 4, counts          # shards: 4, the rest merged in
+    assert counts["preprocess_shard"] == 2 * 4, counts  # shards: 4, the rest merged in
     assert counts["initial_list"] == 2 and counts["train_initial"] == 2 * folds, counts
     # Same budget: every chain fine-tunes as often as the method.
     assert counts["fine_tune"] == chains * folds * iterations, counts
@@ -195,7 +241,7 @@ def test_outputs_one_row_per_chain_and_a_plot(run):
         values = systems[column].to_numpy(dtype=float)
         assert np.isfinite(values).all() and ((values >= 0) & (values <= 1)).all(), column
     assert np.isfinite(systems["cv_loss"]).all()
-    for judge in (0, 1):   # iterations 0 and 1 judge; iteration 2 is the last
+    for judge in (0, 1):  # iterations 0 and 1 judge; iteration 2 is the last
         assert systems[f"trusted_by_it{judge}"].notna().all()
         for kind in ("precision", "recall"):
             assert f"trusted_by_it{judge}_{kind}" in systems
@@ -204,12 +250,13 @@ def test_outputs_one_row_per_chain_and_a_plot(run):
     assert (out / "systems.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     iterations = pd.read_csv(out / "systems_iterations.csv")
     assert sorted(map(tuple, iterations[["system", "iteration"]].to_numpy())) == sorted(
-        (s, i) for s in SYSTEMS for i in range(3))
+        (s, i) for s in SYSTEMS for i in range(3)
+    )
     judged = iterations.dropna(subset=["trusted"])
     assert set(judged["system"]) == set(SYSTEMS) and set(judged["iteration"]) == {0, 1}
     rows = systems.set_index("system")
     assert int(rows.loc["verified_only", "trusted_by_it0"]) == 0
-    assert pd.isna(rows.loc["verified_only", "low_trust_iterations"])   # trusting none is its design
+    assert pd.isna(rows.loc["verified_only", "low_trust_iterations"])  # trusting none is its design
     assert int(rows.loc["all_labels", "trusted_by_it0"]) == 150
     assert run["experiment"]["dataset"]["n_test"] == 50
 
@@ -232,11 +279,11 @@ def test_out_of_fold_posteriors_are_kept(run):
         probs = table.set_index("fname").loc[d["fname"]]
         given = probs[classes].to_numpy()[np.arange(len(d)), d["given_label"].map(classes.index)]
         np.testing.assert_allclose(d["p_given"], given, atol=1e-9)
-        if chain != "verified_only":         # the chains that start from all clips share it0
+        if chain != "verified_only":  # the chains that start from all clips share it0
             first = table if first is None else first
-            np.testing.assert_allclose(table[classes], first[classes], atol=0)   # and its excerpts
+            np.testing.assert_allclose(table[classes], first[classes], atol=0)  # and its excerpts
         valid = pd.read_csv(_trust(results, chain) / "it0/valid_posteriors.csv", dtype={"fname": str})
-        assert not set(valid["fname"]) & set(table["fname"])                # never a judged clip
+        assert not set(valid["fname"]) & set(table["fname"])  # never a judged clip
 
 
 def test_rerun_plans_nothing(run):
@@ -283,8 +330,11 @@ def test_no_test_clip_reaches_training(run):
     assert not test & set(folds["fname"])
     assert TEST_SPEAKER not in {_speaker(f) for f in folds["fname"]}
     assert not test & set(_csv(results / "spectrograms/v1/train.csv")["fname"])
-    lists = [*results.glob("chains/*/trust/*/it*/train_list.csv"),
-             results / "initial/verified/train_list.csv", results / "initial/all/train_list.csv"]
+    lists = [
+        *results.glob("chains/*/trust/*/it*/train_list.csv"),
+        results / "initial/verified/train_list.csv",
+        results / "initial/all/train_list.csv",
+    ]
     assert len(lists) == 2 * len(SYSTEMS) + 2
     for path in lists:
         assert not test & set(_csv(path)["fname"]), path
@@ -321,17 +371,24 @@ def test_decisions_come_from_the_own_fold_models(run):
     results = run["results"]
     method = run["experiment"]["settings"]["method"]
     sv = method["self_verification"]
-    settings = SelfVerifySettings(excerpts=sv["excerpts"], threshold=sv["threshold"],
-                                  max_per_class=sv["max_per_class"],
-                                  excerpt_frames=method["excerpt_frames"],
-                                  seed=derive_seed(method["seed"], "self_verify", PRESET, 0))
+    settings = SelfVerifySettings(
+        excerpts=sv["excerpts"],
+        threshold=sv["threshold"],
+        max_per_class=sv["max_per_class"],
+        excerpt_frames=method["excerpt_frames"],
+        seed=derive_seed(method["seed"], "self_verify", PRESET, 0),
+    )
     classes = read_classes(results / "data/classes.csv")
     folds = _csv(results / "folds.csv")
     store = SpectrogramStore.open(results / "spectrograms/v1/train.csv")
-    unverified = {k: folds[(folds["fold"] == str(k)) & (folds["verified"] == "0")].reset_index(drop=True)
-                  for k in (0, 1)}
-    banks = {k: ClipBank.from_store(store, list(part["fname"]), method["spectrogram_frames"])
-             for k, part in unverified.items()}
+    unverified = {
+        k: folds[(folds["fold"] == str(k)) & (folds["verified"] == "0")].reset_index(drop=True)
+        for k in (0, 1)
+    }
+    banks = {
+        k: ClipBank.from_store(store, list(part["fname"]), method["spectrogram_frames"])
+        for k, part in unverified.items()
+    }
     models = {k: load_model(results / f"initial/all/{PRESET}/fold{k}/best.pt")[0] for k in (0, 1)}
     assert all(load_model(results / f"initial/all/{PRESET}/fold{k}/best.pt")[1]["fold"] == k for k in (0, 1))
     written = pd.read_csv(_trust(results, "self_verification") / "it0/decisions.csv", dtype={"fname": str})
@@ -350,8 +407,10 @@ def test_acceptance_rules_and_shared_iteration_zero(run):
     folders = _variants(run["results"])
     for variant, folder in folders.items():
         for it in (0, 1):
-            d = pd.read_csv(folder / f"it{it}" / "decisions.csv", dtype={"fname": str, "given_label": str,
-                                                                        "predicted_label": str})
+            d = pd.read_csv(
+                folder / f"it{it}" / "decisions.csv",
+                dtype={"fname": str, "given_label": str, "predicted_label": str},
+            )
             accepted = d[d["accepted"]]
             assert (accepted["given_label"] == accepted["predicted_label"]).all()
             assert (accepted.groupby("given_label").size() <= CAP).all()
@@ -412,8 +471,10 @@ def test_chains_train_on_what_they_claim(run):
     results = run["results"]
     folds = _csv(results / "folds.csv")
     listing = _csv(results / "initial/verified/train_list.csv")
-    assert (listing.set_index("fname")["manually_verified"]
-            == folds.set_index("fname").loc[listing["fname"], "verified"].to_numpy()).all()
+    assert (
+        listing.set_index("fname")["manually_verified"]
+        == folds.set_index("fname").loc[listing["fname"], "verified"].to_numpy()
+    ).all()
     assert (_csv(results / "initial/all/train_list.csv")["manually_verified"] == "1").all()
     epochs = run["experiment"]["settings"]["method"]["initial_training"]["epochs"]
     for k in (0, 1):
@@ -429,8 +490,11 @@ def test_chains_train_on_what_they_claim(run):
     weights = _csv(_trust(results, "weighted") / "it0/train_list.csv")
     decisions = _csv(_trust(results, "weighted") / "it0/decisions.csv").set_index("fname")
     unverified = weights[weights["fname"].isin(decisions.index)]
-    np.testing.assert_allclose(unverified["weight"].astype(float),
-                               decisions.loc[unverified["fname"], "p_given"].astype(float), atol=1e-9)
+    np.testing.assert_allclose(
+        unverified["weight"].astype(float),
+        decisions.loc[unverified["fname"], "p_given"].astype(float),
+        atol=1e-9,
+    )
     assert (weights.loc[~weights["fname"].isin(decisions.index), "weight"].astype(float) == 1).all()
     assert unverified["weight"].astype(float).max() < 1
 
@@ -456,6 +520,8 @@ def test_systems_table_matches_its_sources(run):
         targets = test["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
         np.testing.assert_allclose(systems.loc[system, "test_accuracy"], accuracy(probs.to_numpy(), targets))
         np.testing.assert_allclose(systems.loc[system, "test_map3"], map_at_3(probs.to_numpy(), targets))
-        if system != "verified_only":   # shared iteration 0
-            np.testing.assert_allclose(table.loc[table["iteration"] == 0, "mean_valid_loss"],
-                                       method.loc[method["iteration"] == 0, "mean_valid_loss"])
+        if system != "verified_only":  # shared iteration 0
+            np.testing.assert_allclose(
+                table.loc[table["iteration"] == 0, "mean_valid_loss"],
+                method.loc[method["iteration"] == 0, "mean_valid_loss"],
+            )

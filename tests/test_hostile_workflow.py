@@ -157,21 +157,22 @@ def test_predict_only_run_with_hostile_test_clips_ends_with_a_submission(tiny_ru
     summary says 'no test labels' and counts it; the lock dir's command never ran."""
     results = tiny_run["results"]
     assert tiny_run["rc"] == 0, tiny_run["output"][-5000:] + _logs(results)
-    submission = pd.read_csv(results / "submission.csv", dtype=str, keep_default_na=False)
+    method = results / "chains" / "self_verification"  # the method's chain (workflow_lib/layout.py)
+    submission = pd.read_csv(method / "submission.csv", dtype=str, keep_default_na=False)
     assert sorted(submission["fname"]) == ["broken.wav", "t0.wav", "t1.wav", "t2.wav", "t3.flac"]
     answers = submission.set_index("fname")["label"]
     assert answers["broken.wav"] == ""
     assert all(len(answers[f].split(" ")) == 3 for f in ["t0.wav", "t1.wav", "t2.wav", "t3.flac"])
-    status = pd.read_csv(results / "submission_status.csv", dtype=str, keep_default_na=False)
+    status = pd.read_csv(method / "submission_status.csv", dtype=str, keep_default_na=False)
     assert status.set_index("fname").loc["broken.wav", "status"] == "skipped_undecodable"
-    summary = pd.read_csv(results / "summary.csv", dtype=str, keep_default_na=False)
+    summary = pd.read_csv(method / "summary.csv", dtype=str, keep_default_na=False)
     assert set(summary["test_note"]) == {
         (
             "no test labels; 1 of 5 test clips not predicted (empty rows in submission.csv; "
             "reasons in submission_status.csv)"
         )
     }
-    scores = pd.read_csv(results / "evaluation" / "summary.csv", dtype=str, keep_default_na=False)
+    scores = pd.read_csv(method / "evaluation" / "summary.csv", dtype=str, keep_default_na=False)
     assert set(scores["note"]) == {"no test labels"}
     assert not list(tiny_run["workdir"].rglob("PWNED")) and not (REPO / "PWNED").exists()
     assert json.loads((results / "run.json").read_text()) == {

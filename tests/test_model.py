@@ -17,14 +17,35 @@ from workflow_lib.model import PAPER_DROPOUT, build_model, count_parameters, pos
 # docs/method.md "Network", top to bottom. ("conv", kernel, stride, padding, out channels as a multiple
 # of nf or "classes"), ("pool", (freq, time)), ("dropout", "conv" | "head").
 SPEC_LAYERS = [
-    ("conv", 5, 2, 2, 1), ("conv", 3, 1, 1, 1), ("pool", (2, 2)), ("dropout", "conv"),
-    ("conv", 3, 1, 1, 2), ("conv", 3, 1, 1, 2), ("pool", (2, 2)), ("dropout", "conv"),
-    ("conv", 3, 1, 1, 4), ("dropout", "conv"), ("conv", 3, 1, 1, 4), ("dropout", "conv"),
-    ("conv", 3, 1, 1, 6), ("dropout", "conv"), ("conv", 3, 1, 1, 6), ("pool", (2, 2)),
+    ("conv", 5, 2, 2, 1),
+    ("conv", 3, 1, 1, 1),
+    ("pool", (2, 2)),
     ("dropout", "conv"),
-    ("conv", 3, 1, 1, 8), ("conv", 3, 1, 1, 8), ("pool", (1, 2)), ("dropout", "conv"),
-    ("conv", 3, 1, 1, 8), ("conv", 3, 1, 1, 8), ("pool", (1, 2)), ("dropout", "conv"),
-    ("conv", 3, 1, 0, 8), ("dropout", "head"), ("conv", 1, 1, 0, 8), ("dropout", "head"),
+    ("conv", 3, 1, 1, 2),
+    ("conv", 3, 1, 1, 2),
+    ("pool", (2, 2)),
+    ("dropout", "conv"),
+    ("conv", 3, 1, 1, 4),
+    ("dropout", "conv"),
+    ("conv", 3, 1, 1, 4),
+    ("dropout", "conv"),
+    ("conv", 3, 1, 1, 6),
+    ("dropout", "conv"),
+    ("conv", 3, 1, 1, 6),
+    ("pool", (2, 2)),
+    ("dropout", "conv"),
+    ("conv", 3, 1, 1, 8),
+    ("conv", 3, 1, 1, 8),
+    ("pool", (1, 2)),
+    ("dropout", "conv"),
+    ("conv", 3, 1, 1, 8),
+    ("conv", 3, 1, 1, 8),
+    ("pool", (1, 2)),
+    ("dropout", "conv"),
+    ("conv", 3, 1, 0, 8),
+    ("dropout", "head"),
+    ("conv", 1, 1, 0, 8),
+    ("dropout", "head"),
     ("conv", 1, 1, 0, "classes"),
 ]
 SPEC_DROPOUT = {"conv": 0.3, "head": 0.5}
@@ -52,8 +73,15 @@ def actual_sequence(model: nn.Module) -> list[tuple]:
     out = []
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
-            out.append(("conv", _pair(module.kernel_size), _pair(module.stride),
-                        _pair(module.padding), module.out_channels))
+            out.append(
+                (
+                    "conv",
+                    _pair(module.kernel_size),
+                    _pair(module.stride),
+                    _pair(module.padding),
+                    module.out_channels,
+                )
+            )
         elif isinstance(module, nn.MaxPool2d):
             assert _pair(module.stride) == _pair(module.kernel_size), "pools do not overlap"
             out.append(("pool", _pair(module.kernel_size)))
@@ -84,7 +112,7 @@ def paper_model() -> nn.Module:
 
 def test_parameter_count_matches_the_original(paper_model):
     """docs/method.md "Network", exact check: nf 64, 41 classes -> 14,865,124 (params + BN stats)."""
-    assert spec_parameter_count(64, 41) == 14_865_124   # the hand-written list is right
+    assert spec_parameter_count(64, 41) == 14_865_124  # the hand-written list is right
     assert count_parameters(paper_model) == 14_865_124
     for nf, n_classes in [(4, 3), (48, 41), (10, 7)]:
         assert count_parameters(build_model(nf, n_classes)) == spec_parameter_count(nf, n_classes)

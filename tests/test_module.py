@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import REPO
 
@@ -88,9 +87,23 @@ def _env() -> dict[str, str]:
 
 
 def _snakemake(host: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(host / "Snakefile"),
-                           "--directory", str(host), *args],
-                          cwd=host, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(host / "Snakefile"),
+            "--directory",
+            str(host),
+            *args,
+        ],
+        cwd=host,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +117,12 @@ def host(tmp_path_factory) -> Path:
 
 def test_the_demo_runs_through_the_module_with_the_hosts_config(host):
     results = host / "results"
-    for name in ("chains/self_verification/submission.csv", "chains/self_verification/summary.csv",
-                 "systems.csv", "report/results.html"):
+    for name in (
+        "chains/self_verification/submission.csv",
+        "chains/self_verification/summary.csv",
+        "systems.csv",
+        "report/results.html",
+    ):
         assert (results / name).is_file(), name
     # one shard per split (the host's override), not the module's default of 4 or the overlay's 2
     assert sorted(p.name for p in (results / "spectrograms/v1/train").glob("shard*.npy")) == ["shard0.npy"]

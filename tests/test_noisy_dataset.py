@@ -131,8 +131,12 @@ def test_corrupt_labels_is_reproducible() -> None:
     ],
 )
 def test_corrupt_labels_rejects_bad_input(kwargs: dict, message: str) -> None:
-    args = {"true_labels": ["0", "1", "2", "3"], "rate": 0.5, "classes": CLASSES,
-            "rng": np.random.default_rng(0)} | kwargs
+    args = {
+        "true_labels": ["0", "1", "2", "3"],
+        "rate": 0.5,
+        "classes": CLASSES,
+        "rng": np.random.default_rng(0),
+    } | kwargs
     with pytest.raises(ValueError, match=message):
         corrupt_labels(**args)
 
@@ -308,8 +312,9 @@ def test_build_refuses_stale_audio_unless_overwrite(corpus: Path, tmp_path: Path
     _build(corpus, out, test_groups=["bob"])
     with pytest.raises(FileExistsError, match="not empty"):
         _build(corpus, out, test_groups=["carol"])
-    build_noisy_dataset(corpus, out, NoisyDatasetSettings(test_groups=("carol",)),
-                        name_pattern=PATTERN, overwrite=True)
+    build_noisy_dataset(
+        corpus, out, NoisyDatasetSettings(test_groups=("carol",)), name_pattern=PATTERN, overwrite=True
+    )
     assert all("_carol_" in f for f in os.listdir(out / "audio_test"))
     assert len(os.listdir(out / "audio_train")) == 40
 
@@ -322,8 +327,12 @@ def test_build_rejects_unknown_group(corpus: Path, tmp_path: Path) -> None:
 
 def test_build_rejects_groups_without_group_info(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no group information"):
-        build_noisy_dataset(corpus, tmp_path / "out", NoisyDatasetSettings(test_groups=("bob",)),
-                            name_pattern=r"^(?P<label>\d+)_")
+        build_noisy_dataset(
+            corpus,
+            tmp_path / "out",
+            NoisyDatasetSettings(test_groups=("bob",)),
+            name_pattern=r"^(?P<label>\d+)_",
+        )
 
 
 def test_build_rejects_class_without_training_clips(corpus: Path, tmp_path: Path) -> None:
@@ -334,8 +343,13 @@ def test_build_rejects_class_without_training_clips(corpus: Path, tmp_path: Path
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"test_fraction": 1.2}, {"public_fraction": -0.1}, {"verified_fraction": 2},
-     {"noise_rate": float("nan")}, {"noise_rate": -1e-9}],
+    [
+        {"test_fraction": 1.2},
+        {"public_fraction": -0.1},
+        {"verified_fraction": 2},
+        {"noise_rate": float("nan")},
+        {"noise_rate": -1e-9},
+    ],
 )
 def test_settings_reject_fractions_outside_unit_interval(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
@@ -370,9 +384,28 @@ def test_settings_are_frozen_and_normalised() -> None:
 
 def test_cli_builds_dataset(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli"
-    rc = main(["--audio-dir", str(corpus), "--out", str(out), "--name-pattern", PATTERN,
-               "--test-groups", "alice,bob", "--verified-fraction", "0.5", "--noise-rate", "1",
-               "--pairs", "0:1,1:0", "--public-fraction", "0.5", "--seed", "3"])
+    rc = main(
+        [
+            "--audio-dir",
+            str(corpus),
+            "--out",
+            str(out),
+            "--name-pattern",
+            PATTERN,
+            "--test-groups",
+            "alice,bob",
+            "--verified-fraction",
+            "0.5",
+            "--noise-rate",
+            "1",
+            "--pairs",
+            "0:1,1:0",
+            "--public-fraction",
+            "0.5",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     info = json.loads(capsys.readouterr().out)
     assert info["settings"]["noise_model"] == "pairs"
@@ -388,20 +421,50 @@ def test_cli_builds_dataset(corpus: Path, tmp_path: Path, capsys: pytest.Capture
 def test_cli_with_labels_csv(corpus: Path, tmp_path: Path) -> None:
     csv = tmp_path / "labels.csv"
     read_labels(corpus, name_pattern=PATTERN)[["fname", "label"]].to_csv(csv, index=False)
-    rc = main(["--audio-dir", str(corpus), "--out", str(tmp_path / "o"), "--labels-csv", str(csv),
-               "--test-fraction", "0.25"])
+    rc = main(
+        [
+            "--audio-dir",
+            str(corpus),
+            "--out",
+            str(tmp_path / "o"),
+            "--labels-csv",
+            str(csv),
+            "--test-fraction",
+            "0.25",
+        ]
+    )
     assert rc == 0
     assert len(_read(tmp_path / "o", "test_post_competition.csv")) == 15
 
 
 def test_cli_reports_errors(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = main(["--audio-dir", str(corpus), "--out", str(tmp_path / "o"), "--name-pattern", PATTERN,
-               "--test-groups", "zed"])
+    rc = main(
+        [
+            "--audio-dir",
+            str(corpus),
+            "--out",
+            str(tmp_path / "o"),
+            "--name-pattern",
+            PATTERN,
+            "--test-groups",
+            "zed",
+        ]
+    )
     assert rc == 1
     assert "zed" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        main(["--audio-dir", str(corpus), "--out", str(tmp_path / "o"), "--name-pattern", PATTERN,
-              "--pairs", "1-7"])
+        main(
+            [
+                "--audio-dir",
+                str(corpus),
+                "--out",
+                str(tmp_path / "o"),
+                "--name-pattern",
+                PATTERN,
+                "--pairs",
+                "1-7",
+            ]
+        )
     assert exc.value.code == 2
     with pytest.raises(SystemExit):  # label source is required
         main(["--audio-dir", str(corpus), "--out", str(tmp_path / "o")])

@@ -45,8 +45,11 @@ def conda_packages() -> tuple[set[str], set[str]]:
 
 def test_every_python_package_is_in_the_conda_env() -> None:
     conda, pip = conda_packages()
-    missing = [name for name in pyproject_packages()
-               if CONDA_NAME_OF.get(name, name) not in conda and name not in pip]
+    missing = [
+        name
+        for name in pyproject_packages()
+        if CONDA_NAME_OF.get(name, name) not in conda and name not in pip
+    ]
     assert not missing, f"in pyproject.toml but not in envs/workflow.yaml: {missing}"
 
 
@@ -66,7 +69,7 @@ def test_conda_env_has_sox_and_madmom() -> None:
 
 def _bounds(spec: str) -> str:
     """The version part of a requirement, without spaces: 'numpy>=2.4,<3' -> '>=2.4,<3'."""
-    return spec.replace(" ", "")[len(_name(spec)):]
+    return spec.replace(" ", "")[len(_name(spec)) :]
 
 
 def test_bounds_agree() -> None:

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, SPEC_SOX_EFFECTS, planted, tone, write_wav
 from workflow_lib.audio import (
     CLIPPED,
     FALLBACK_SILENT,
@@ -43,6 +42,8 @@ from workflow_lib.preprocess import (
 from workflow_lib.shards import MAX_AUTO_SHARDS, listed_file_counts, resolve_shards
 from workflow_lib.spectrograms import compute_spectrogram
 
+from conftest import REPO, SPEC_SOX_EFFECTS, planted, tone, write_wav
+
 SR = 32000
 IN_SR = 16000
 VERSIONS = [1, 2]
@@ -50,10 +51,14 @@ VERSIONS = [1, 2]
 
 def _listing(rows: list[tuple[str, Path]]) -> pd.DataFrame:
     """A listing as results/data/train.csv holds it (strings, as read back from CSV)."""
-    return pd.DataFrame({"fname": [name for name, _ in rows],
-                         "label": [f"class{i % 3}" for i in range(len(rows))],
-                         "verified": [str(i % 2) for i in range(len(rows))],
-                         "path": [str(path) for _, path in rows]})
+    return pd.DataFrame(
+        {
+            "fname": [name for name, _ in rows],
+            "label": [f"class{i % 3}" for i in range(len(rows))],
+            "verified": [str(i % 2) for i in range(len(rows))],
+            "path": [str(path) for _, path in rows],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +77,14 @@ def mixed_listing(tmp_path_factory, fsdd_files, sox_binary):
     return _listing(rows)
 
 
-EXPECTED_STATUS = {"planted.wav": CLIPPED, "empty.wav": SKIPPED_EMPTY, "silent.wav": FALLBACK_SILENT,
-                   "text.wav": SKIPPED_UNDECODABLE, "missing.wav": SKIPPED_MISSING,
-                   "odd name; it's.wav": CLIPPED}
+EXPECTED_STATUS = {
+    "planted.wav": CLIPPED,
+    "empty.wav": SKIPPED_EMPTY,
+    "silent.wav": FALLBACK_SILENT,
+    "text.wav": SKIPPED_UNDECODABLE,
+    "missing.wav": SKIPPED_MISSING,
+    "odd name; it's.wav": CLIPPED,
+}
 
 
 def _check_manifest(manifest: pd.DataFrame, array: np.ndarray, listing: pd.DataFrame) -> None:
@@ -119,14 +129,17 @@ def test_store_returns_exactly_the_computed_spectrogram(mixed_listing, tmp_path,
     out = tmp_path / "spectrograms"
     n_shards = 3
     for shard in range(n_shards):
-        arrays, manifests = process_shard(mixed_listing, shard, n_shards, VERSIONS, SR,
-                                          SPEC_SOX_EFFECTS)
-        write_shard(arrays, manifests,
-                    {v: out / f"v{v}/train/shard{shard}.npy" for v in VERSIONS},
-                    {v: out / f"v{v}/train/shard{shard}.csv" for v in VERSIONS})
+        arrays, manifests = process_shard(mixed_listing, shard, n_shards, VERSIONS, SR, SPEC_SOX_EFFECTS)
+        write_shard(
+            arrays,
+            manifests,
+            {v: out / f"v{v}/train/shard{shard}.npy" for v in VERSIONS},
+            {v: out / f"v{v}/train/shard{shard}.csv" for v in VERSIONS},
+        )
     for version in VERSIONS:
-        merged = merge_manifests([out / f"v{version}/train/shard{s}.csv" for s in range(n_shards)],
-                                 out / f"v{version}/train.csv")
+        merged = merge_manifests(
+            [out / f"v{version}/train/shard{s}.csv" for s in range(n_shards)], out / f"v{version}/train.csv"
+        )
         assert sorted(merged["fname"]) == sorted(mixed_listing["fname"])
         store = SpectrogramStore.open(out / f"v{version}/train.csv")
         assert len(store) == int(merged["status"].isin(USABLE_STATUSES).sum())
@@ -166,8 +179,9 @@ def test_shard_with_no_files(tmp_path, sox_binary):
     out = tmp_path / "out"
     for shard in range(2):
         arrays, manifests = process_shard(listing, shard, 2, [1], SR, SPEC_SOX_EFFECTS)
-        write_shard(arrays, manifests, {1: out / f"v1/test/shard{shard}.npy"},
-                    {1: out / f"v1/test/shard{shard}.csv"})
+        write_shard(
+            arrays, manifests, {1: out / f"v1/test/shard{shard}.npy"}, {1: out / f"v1/test/shard{shard}.csv"}
+        )
     merged = merge_manifests([out / f"v1/test/shard{s}.csv" for s in range(2)], out / "v1/test.csv")
     assert list(merged["fname"]) == ["planted.wav"]
     assert len(SpectrogramStore.open(out / "v1/test.csv")) == 1
@@ -175,8 +189,14 @@ def test_shard_with_no_files(tmp_path, sox_binary):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "workflow_lib.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "workflow_lib.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_preprocess_and_merge_end_to_end(tmp_path, fsdd_files, repeatable_sox):
@@ -193,9 +213,24 @@ def test_cli_preprocess_and_merge_end_to_end(tmp_path, fsdd_files, repeatable_so
     out = tmp_path / "spectrograms"
     settings = json.dumps({"shards": 2, "sample_rate": SR, "sox_effects": list(SPEC_SOX_EFFECTS)})
     for shard in range(2):
-        done = _cli("preprocess-shard", "--listing", str(listing_csv), "--split", "train",
-                    "--shard", str(shard), "--shards", "2", "--versions", "1", "2",
-                    "--out-dir", str(out), "--settings", settings)
+        done = _cli(
+            "preprocess-shard",
+            "--listing",
+            str(listing_csv),
+            "--split",
+            "train",
+            "--shard",
+            str(shard),
+            "--shards",
+            "2",
+            "--versions",
+            "1",
+            "2",
+            "--out-dir",
+            str(out),
+            "--settings",
+            settings,
+        )
         assert done.returncode == 0, done.stderr
     for version in VERSIONS:
         shard_csvs = [str(out / f"v{version}/train/shard{s}.csv") for s in range(2)]
@@ -211,7 +246,8 @@ def test_cli_preprocess_and_merge_end_to_end(tmp_path, fsdd_files, repeatable_so
             spec = store.get(path.name)
             assert spec.shape[:2] == (1, 128) and spec.dtype == np.float32
             np.testing.assert_array_equal(
-                spec, compute_spectrogram(version, load_clipped(path, SR).samples, SR))
+                spec, compute_spectrogram(version, load_clipped(path, SR).samples, SR)
+            )
 
 
 def test_cli_without_sox_fails_with_one_readable_line(tmp_path):
@@ -221,12 +257,33 @@ def test_cli_without_sox_fails_with_one_readable_line(tmp_path):
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=str(empty_bin))
-    done = subprocess.run([sys.executable, "-m", "workflow_lib.cli", "preprocess-shard",
-                           "--listing", str(listing_csv), "--split", "train", "--shard", "0",
-                           "--shards", "1", "--versions", "1", "--out-dir", str(tmp_path / "o"),
-                           "--settings", json.dumps({"sample_rate": SR,
-                                                     "sox_effects": list(SPEC_SOX_EFFECTS)})],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_lib.cli",
+            "preprocess-shard",
+            "--listing",
+            str(listing_csv),
+            "--split",
+            "train",
+            "--shard",
+            "0",
+            "--shards",
+            "1",
+            "--versions",
+            "1",
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--settings",
+            json.dumps({"sample_rate": SR, "sox_effects": list(SPEC_SOX_EFFECTS)}),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "sox" in done.stderr.lower() and "apt-get install" in done.stderr
@@ -241,19 +298,22 @@ def test_shards_are_balanced_by_audio_duration(tmp_path):
     rows = []
     for i in range(16):
         seconds = 8.0 if i % 2 == 0 and i < 8 else 0.5
-        rows.append((f"f{i:02d}.wav", write_wav(tmp_path / f"f{i:02d}.wav",
-                                               np.zeros(int(seconds * 1000)), 1000)))
+        rows.append(
+            (f"f{i:02d}.wav", write_wav(tmp_path / f"f{i:02d}.wav", np.zeros(int(seconds * 1000)), 1000))
+        )
     listing = _listing(rows)
-    np.testing.assert_allclose(audio_seconds(list(listing["path"])),
-                               [8.0 if i % 2 == 0 and i < 8 else 0.5 for i in range(16)])
+    np.testing.assert_allclose(
+        audio_seconds(list(listing["path"])), [8.0 if i % 2 == 0 and i < 8 else 0.5 for i in range(16)]
+    )
     parts = [shard_of(listing, s, 2) for s in range(2)]
     assert sorted(n for p in parts for n in p["fname"]) == sorted(listing["fname"])
-    long_files = [sum(name in {"f00.wav", "f02.wav", "f04.wav", "f06.wav"} for name in p["fname"])
-                  for p in parts]
+    long_files = [
+        sum(name in {"f00.wav", "f02.wav", "f04.wav", "f06.wav"} for name in p["fname"]) for p in parts
+    ]
     assert long_files == [2, 2], long_files
     loads = [float(file_costs(p).sum()) for p in parts]
     assert abs(loads[0] - loads[1]) <= 0.5 + FIXED_COST_SECONDS, loads
-    for part in parts:   # listing order kept inside a shard
+    for part in parts:  # listing order kept inside a shard
         assert list(part.index) == sorted(part.index)
     # A missing file costs the fixed cost only and still lands in exactly one shard.
     with_missing = _listing(rows + [("gone.wav", tmp_path / "gone.wav")])
@@ -265,45 +325,51 @@ def test_shard_assignment_is_lpt_and_deterministic():
     assignment = shard_assignment(costs, 2)
     np.testing.assert_array_equal(assignment, shard_assignment(costs.copy(), 2))
     loads = np.bincount(assignment, weights=costs, minlength=2)
-    assert sorted(loads) == [11.0, 11.0], loads       # 9+1+1 | 5+3+3
+    assert sorted(loads) == [11.0, 11.0], loads  # 9+1+1 | 5+3+3
     with pytest.raises(ValueError):
         shard_assignment(costs, 0)
 
 
-@pytest.mark.parametrize("setting, n_files, cores, expected", [
-    (4, 10_000, 16, 4),          # an integer is used as given
-    (3, 0, 2, 3),
-    ("auto", 9_473, 16, 16),     # FSDKaggle2018 train on 16 cores: one shard per core
-    ("auto", 1_600, 16, 16),
-    ("auto", 200, 16, 8),        # no shard below MIN_FILES_PER_SHARD files
-    ("auto", 80, 2, 2),
-    ("auto", 10, 16, 1),
-    ("auto", 0, 4, 1),
-    ("auto", 100_000, 10_000, MAX_AUTO_SHARDS),
-])
+@pytest.mark.parametrize(
+    "setting, n_files, cores, expected",
+    [
+        (4, 10_000, 16, 4),  # an integer is used as given
+        (3, 0, 2, 3),
+        ("auto", 9_473, 16, 16),  # FSDKaggle2018 train on 16 cores: one shard per core
+        ("auto", 1_600, 16, 16),
+        ("auto", 200, 16, 8),  # no shard below MIN_FILES_PER_SHARD files
+        ("auto", 80, 2, 2),
+        ("auto", 10, 16, 1),
+        ("auto", 0, 4, 1),
+        ("auto", 100_000, 10_000, MAX_AUTO_SHARDS),
+    ],
+)
 def test_resolve_shards(setting, n_files, cores, expected):
     assert resolve_shards(setting, n_files, cores) == expected
 
 
 def test_listed_file_counts(tmp_path):
     """Counts the Snakefile plans shards with: demo from its settings, a dataset from its CSVs."""
-    settings = {"demo_data": {"n_classes": 3, "train_clips_per_class": 5, "test_clips_per_class": 2},
-                "dataset": {"train_csv": "train.csv", "test_csv": "test.csv",
-                            "test_audio_dir": "audio_test"}}
+    settings = {
+        "demo_data": {"n_classes": 3, "train_clips_per_class": 5, "test_clips_per_class": 2},
+        "dataset": {"train_csv": "train.csv", "test_csv": "test.csv", "test_audio_dir": "audio_test"},
+    }
     assert listed_file_counts(settings, None) == {"train": 15, "test": 6}
     (tmp_path / "train.csv").write_text("fname,label,manually_verified\na.wav,x,1\nb.wav,x,0\n")
     (tmp_path / "audio_test").mkdir()
     for name in ("t1.wav", "t2.wav", "t3.wav"):
         (tmp_path / "audio_test" / name).write_bytes(b"")
-    assert listed_file_counts(settings, tmp_path) == {"train": 2, "test": 3}   # no test CSV
+    assert listed_file_counts(settings, tmp_path) == {"train": 2, "test": 3}  # no test CSV
     (tmp_path / "test.csv").write_text("fname,label,usage\nt1.wav,x,Public\n")
     assert listed_file_counts(settings, tmp_path) == {"train": 2, "test": 1}
 
 
 def test_merged_manifest_does_not_depend_on_the_sharding(tmp_path):
     """One row per file in fname order, whatever the number of shards (auto follows --cores)."""
-    rows = [dict.fromkeys(MANIFEST_COLUMNS, "") | {"fname": f"{name}.wav", "shard": str(i % 3)}
-            for i, name in enumerate(["d", "a", "c", "b", "e"])]
+    rows = [
+        dict.fromkeys(MANIFEST_COLUMNS, "") | {"fname": f"{name}.wav", "shard": str(i % 3)}
+        for i, name in enumerate(["d", "a", "c", "b", "e"])
+    ]
     merged = {}
     for n_shards in (1, 3):
         paths = []

@@ -28,16 +28,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
 from workflow_lib.config import fit_settings, resolve_settings
 from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.preprocess import MANIFEST_COLUMNS, merge_manifests, write_shard
 from workflow_lib.stages import TrainingJob, fingerprint, read_classes, training_sets
 from workflow_lib.training import HISTORY_COLUMNS, FitSettings
 
+from conftest import REPO
+
 PRESET = "vgg_gap_spec1_1"
 EPOCHS = 8
-KILL_AFTER = 2            # SIGKILL once the checkpoint holds at least this many epochs
+KILL_AFTER = 2  # SIGKILL once the checkpoint holds at least this many epochs
 CLASSES = ["Applause", "Bark", "Cowbell"]
 CLIPS_PER_CLASS = 20
 FOLD = 0
@@ -48,8 +49,9 @@ def settings_for(epochs: int = EPOCHS) -> dict:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["run_preset"] = "demo"
     demo = config["run_presets"]["demo"]
-    demo["method"].update({"spectrogram_frames": 256, "excerpt_frames": 192,
-                           "dropout": {"conv": 0.05, "head": 0.1}})
+    demo["method"].update(
+        {"spectrogram_frames": 256, "excerpt_frames": 192, "dropout": {"conv": 0.05, "head": 0.1}}
+    )
     demo["method"]["nets"][PRESET] = {"width": 8, "batch_size": 10}
     demo["method"]["initial_training"] = {"epochs": epochs, "constant_epochs": 3}
     demo.setdefault("compute", {})["device"] = "cpu"
@@ -66,28 +68,71 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         for i in range(CLIPS_PER_CLASS):
             n = int(rng.integers(60, 250))
             spec = rng.normal(0, 0.3, (1, 128, n)).astype(np.float32)
-            spec[:, 10 + 40 * c:30 + 40 * c] += 2.0
+            spec[:, 10 + 40 * c : 30 + 40 * c] += 2.0
             parts.append(spec)
-            rows.append({"fname": f"{label.lower()}_{i:02d}.wav", "label": label,
-                         "verified": str(i % 2), "n_frames": n, "seconds_before_clipping": 1.0,
-                         "seconds_after_clipping": 1.0, "status": "clipped", "shard": 0,
-                         "offset": offset, "detail": ""})
+            rows.append(
+                {
+                    "fname": f"{label.lower()}_{i:02d}.wav",
+                    "label": label,
+                    "verified": str(i % 2),
+                    "n_frames": n,
+                    "seconds_before_clipping": 1.0,
+                    "seconds_after_clipping": 1.0,
+                    "status": "clipped",
+                    "shard": 0,
+                    "offset": offset,
+                    "detail": "",
+                }
+            )
             offset += n
     # One skipped file, as preprocessing reports them: it must simply be absent everywhere.
-    rows.append({**rows[-1], "fname": "broken.wav", "n_frames": 0, "offset": offset,
-                 "status": "skipped_undecodable", "detail": "not audio"})
+    rows.append(
+        {
+            **rows[-1],
+            "fname": "broken.wav",
+            "n_frames": 0,
+            "offset": offset,
+            "status": "skipped_undecodable",
+            "detail": "not audio",
+        }
+    )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     spectrograms = root / "spectrograms" / "v1"
-    write_shard({1: np.concatenate(parts, axis=-1)}, {1: manifest},
-                {1: spectrograms / "train" / "shard0.npy"}, {1: spectrograms / "train" / "shard0.csv"})
+    write_shard(
+        {1: np.concatenate(parts, axis=-1)},
+        {1: manifest},
+        {1: spectrograms / "train" / "shard0.npy"},
+        {1: spectrograms / "train" / "shard0.csv"},
+    )
     merge_manifests([spectrograms / "train" / "shard0.csv"], spectrograms / "train.csv")
-    subprocess.run([sys.executable, "-m", "workflow_lib.cli", "folds", "--manifest",
-                    str(spectrograms / "train.csv"), "--out", str(root / "folds.csv"),
-                    "--folds", "4", "--seed", "2018"],
-                   cwd=REPO, env=_env(), check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_lib.cli",
+            "folds",
+            "--manifest",
+            str(spectrograms / "train.csv"),
+            "--out",
+            str(root / "folds.csv"),
+            "--folds",
+            "4",
+            "--seed",
+            "2018",
+        ],
+        cwd=REPO,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     write_csv(pd.DataFrame({"index": range(len(CLASSES)), "label": CLASSES}), root / "classes.csv")
-    return {"manifest": spectrograms / "train.csv", "folds": root / "folds.csv",
-            "classes": root / "classes.csv", "root": root}
+    return {
+        "manifest": spectrograms / "train.csv",
+        "folds": root / "folds.csv",
+        "classes": root / "classes.csv",
+        "root": root,
+    }
 
 
 def _env() -> dict[str, str]:
@@ -96,16 +141,35 @@ def _env() -> dict[str, str]:
 
 def train_command(inputs: dict[str, Path], out_dir: Path, settings: dict) -> list[str]:
     """The command of rules/train.smk's train_initial rule."""
-    return [sys.executable, "-m", "workflow_lib.cli", "train", "--manifest", str(inputs["manifest"]),
-            "--folds", str(inputs["folds"]), "--classes", str(inputs["classes"]),
-            "--fold", str(FOLD), "--out-dir", str(out_dir), "--threads", "1",
-            "--lock-dir", str(inputs["root"] / "locks"), "--settings", json.dumps(settings)]
+    return [
+        sys.executable,
+        "-m",
+        "workflow_lib.cli",
+        "train",
+        "--manifest",
+        str(inputs["manifest"]),
+        "--folds",
+        str(inputs["folds"]),
+        "--classes",
+        str(inputs["classes"]),
+        "--fold",
+        str(FOLD),
+        "--out-dir",
+        str(out_dir),
+        "--threads",
+        "1",
+        "--lock-dir",
+        str(inputs["root"] / "locks"),
+        "--settings",
+        json.dumps(settings),
+    ]
 
 
 def run_to_end(command: list[str], log: Path) -> str:
     with open(log, "w") as handle:
-        done = subprocess.run(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=handle, timeout=300)
+        done = subprocess.run(
+            command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=handle, timeout=300
+        )
     text = log.read_text()
     assert done.returncode == 0, text[-3000:]
     return text
@@ -127,13 +191,12 @@ def killed_and_resumed(inputs, tmp_path_factory) -> dict:
     resume = out_dir / "resume.pt"
     log = out_dir.parent / f"{out_dir.name}_first.log"
     with open(log, "w") as handle:
-        process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                                   stderr=handle)
+        process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=handle)
     try:
         deadline, last_mtime = time.monotonic() + 240, None
         while process.poll() is None and time.monotonic() < deadline:
             try:
-                mtime = resume.stat().st_mtime_ns   # replaced atomically after every epoch
+                mtime = resume.stat().st_mtime_ns  # replaced atomically after every epoch
                 if mtime != last_mtime and checkpoint_epoch(resume) >= KILL_AFTER:
                     process.send_signal(signal.SIGKILL)
                     break
@@ -147,7 +210,8 @@ def killed_and_resumed(inputs, tmp_path_factory) -> dict:
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, (
         f"the run ended (rc {process.returncode}) before it could be killed; make epochs "
-        f"longer:\n{log.read_text()[-3000:]}")
+        f"longer:\n{log.read_text()[-3000:]}"
+    )
     killed_at = checkpoint_epoch(resume)
     assert KILL_AFTER <= killed_at < EPOCHS
     assert not (out_dir / "best.pt").exists()
@@ -155,15 +219,19 @@ def killed_and_resumed(inputs, tmp_path_factory) -> dict:
     shutil.copy(resume, kept)
 
     second_log = run_to_end(command, out_dir.parent / f"{out_dir.name}_second.log")
-    return {"out_dir": out_dir, "killed_at": killed_at, "log": second_log,
-            "first_log": log.read_text(), "checkpoint_copy": kept}
+    return {
+        "out_dir": out_dir,
+        "killed_at": killed_at,
+        "log": second_log,
+        "first_log": log.read_text(),
+        "checkpoint_copy": kept,
+    }
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(inputs, tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("uninterrupted")
-    log = run_to_end(train_command(inputs, out_dir, settings_for()),
-                     out_dir.parent / f"{out_dir.name}.log")
+    log = run_to_end(train_command(inputs, out_dir, settings_for()), out_dir.parent / f"{out_dir.name}.log")
     assert "resuming" not in log
     return out_dir
 
@@ -195,8 +263,9 @@ def test_resumed_run_equals_uninterrupted_run(killed_and_resumed, uninterrupted)
     resumed, straight = history_of(killed_and_resumed["out_dir"]), history_of(uninterrupted)
     columns = [c for c in HISTORY_COLUMNS if c != "seconds"]
     assert straight["epoch"].tolist() == list(range(1, EPOCHS + 1))
-    np.testing.assert_allclose(resumed[columns].to_numpy(float), straight[columns].to_numpy(float),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        resumed[columns].to_numpy(float), straight[columns].to_numpy(float), rtol=0, atol=1e-5
+    )
     # The run trained (so equality is not that of two idle runs).
     assert straight["train_loss"].iloc[-1] < straight["train_loss"].iloc[0]
     for name in ("best.pt", "last.pt"):
@@ -228,10 +297,18 @@ def test_checkpoint_from_other_settings_is_ignored(killed_and_resumed, inputs, t
 def test_fingerprint_identifies_settings_and_data(inputs, tmp_path):
     """What makes a checkpoint foreign: any fit setting, the net, the fold's data, the init file."""
     settings = settings_for()
-    job = TrainingJob(manifest_csv=inputs["manifest"], folds_csv=inputs["folds"],
-                      classes_csv=inputs["classes"], fold=FOLD, out_dir=tmp_path, preset=PRESET,
-                      net=settings["net"], fit=FitSettings(**settings["fit"]),
-                      frames=settings["frames"], device="cpu")
+    job = TrainingJob(
+        manifest_csv=inputs["manifest"],
+        folds_csv=inputs["folds"],
+        classes_csv=inputs["classes"],
+        fold=FOLD,
+        out_dir=tmp_path,
+        preset=PRESET,
+        net=settings["net"],
+        fit=FitSettings(**settings["fit"]),
+        frames=settings["frames"],
+        device="cpu",
+    )
     classes = read_classes(inputs["classes"])
     assert classes == CLASSES
 
@@ -259,12 +336,11 @@ def test_fingerprint_identifies_settings_and_data(inputs, tmp_path):
     assert print_of(variants["init"]) != prints["init"]
     # A changed training list (fine-tuning: the self-verified list) changes it too.
     folds = read_csv_str(inputs["folds"])
-    listed = folds.rename(columns={"verified": "manually_verified"})[["fname", "label",
-                                                                      "manually_verified"]]
+    listed = folds.rename(columns={"verified": "manually_verified"})[["fname", "label", "manually_verified"]]
     write_csv(listed, tmp_path / "list_a.csv")
     flipped = listed.copy()
     in_training = (flipped["manually_verified"] == "0") & (folds["fold"].astype(int) != FOLD)
-    flipped.loc[flipped.index[in_training][0], "manually_verified"] = "1"   # self-verified
+    flipped.loc[flipped.index[in_training][0], "manually_verified"] = "1"  # self-verified
     write_csv(flipped, tmp_path / "list_b.csv")
     a = print_of(replace(job, train_list_csv=tmp_path / "list_a.csv"))
     b = print_of(replace(job, train_list_csv=tmp_path / "list_b.csv"))

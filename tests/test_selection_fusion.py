@@ -25,8 +25,16 @@ from workflow_lib.io import write_csv
 from workflow_lib.metrics import accuracy, map_at_3
 from workflow_lib.selection import chosen_iteration, selection_table
 
-HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
-                   "valid_map3", "seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "valid_loss",
+    "valid_acc",
+    "valid_map3",
+    "seconds",
+]
 
 
 # --- selection -------------------------------------------------------------------------------
@@ -36,11 +44,18 @@ def history(path: Path, valid_loss: list[float], valid_acc: list[float] | None =
     """A history.csv with the given validation losses (epochs 1 ... E)."""
     n = len(valid_loss)
     acc = valid_acc if valid_acc is not None else [0.5 + 0.01 * e for e in range(n)]
-    frame = pd.DataFrame({
-        "epoch": range(1, n + 1), "lr": [1e-3] * n, "train_loss": [1.0] * n,
-        "train_acc": [0.5] * n, "valid_loss": valid_loss, "valid_acc": acc,
-        "valid_map3": [a + 0.02 for a in acc], "seconds": [1.0] * n,
-    })[HISTORY_COLUMNS]
+    frame = pd.DataFrame(
+        {
+            "epoch": range(1, n + 1),
+            "lr": [1e-3] * n,
+            "train_loss": [1.0] * n,
+            "train_acc": [0.5] * n,
+            "valid_loss": valid_loss,
+            "valid_acc": acc,
+            "valid_map3": [a + 0.02 for a in acc],
+            "seconds": [1.0] * n,
+        }
+    )[HISTORY_COLUMNS]
     write_csv(frame, path)
     return path
 
@@ -64,8 +79,7 @@ def test_selection_takes_each_folds_best_epoch_and_averages(tmp_path):
     np.testing.assert_allclose(table["mean_valid_loss"], [0.7, 0.6, 0.65])
     # the other metrics are read at the same (kept) epoch, not their own best
     np.testing.assert_allclose(table["fold0_valid_acc"], [0.2, 0.7, 0.76])
-    np.testing.assert_allclose(table["mean_valid_acc"], [(0.2 + 0.6) / 2, (0.7 + 0.9) / 2,
-                                                         (0.76 + 0.85) / 2])
+    np.testing.assert_allclose(table["mean_valid_acc"], [(0.2 + 0.6) / 2, (0.7 + 0.9) / 2, (0.76 + 0.85) / 2])
     np.testing.assert_allclose(table["mean_valid_map3"], table["mean_valid_acc"] + 0.02)
     assert table["chosen"].tolist() == [False, True, False]
     out = tmp_path / "selection.csv"
@@ -77,8 +91,12 @@ def test_selection_takes_each_folds_best_epoch_and_averages(tmp_path):
 
 def test_selection_ties_go_to_the_earliest_iteration(tmp_path):
     h = {}
-    for it, losses in {0: ([0.9], [0.9]), 1: ([0.5, 0.4], [0.6]), 2: ([0.6], [0.5, 0.4]),
-                       3: ([0.45], [0.55])}.items():
+    for it, losses in {
+        0: ([0.9], [0.9]),
+        1: ([0.5, 0.4], [0.6]),
+        2: ([0.6], [0.5, 0.4]),
+        3: ([0.45], [0.55]),
+    }.items():
         for fold, loss in enumerate(losses):
             h[(it, fold)] = history(tmp_path / f"i{it}f{fold}.csv", loss)
     # iterations 1 and 2 both average 0.5 -> the earlier one; 3 also averages 0.5
@@ -97,8 +115,11 @@ def test_selection_epoch_ties_take_the_first_epoch(tmp_path):
 
 
 def test_selection_table_is_independent_of_the_mapping_order(tmp_path):
-    h = {(it, f): history(tmp_path / f"{it}{f}.csv", [1.0 / (it + 1) + 0.1 * f, 0.9])
-         for it in range(3) for f in range(4)}
+    h = {
+        (it, f): history(tmp_path / f"{it}{f}.csv", [1.0 / (it + 1) + 0.1 * f, 0.9])
+        for it in range(3)
+        for f in range(4)
+    }
     reversed_h = dict(reversed(list(h.items())))
     pd.testing.assert_frame_equal(selection_table(h), selection_table(reversed_h))
     assert selection_table(h).loc[lambda t: t["chosen"], "iteration"].tolist() == [2]
@@ -121,9 +142,7 @@ def test_mean_fusion_is_the_average():
 
 def test_submission_has_the_top_three_labels_best_first():
     classes = ["Bark", "Cello", "Flute", "Gong"]
-    probs = np.array([[0.1, 0.5, 0.15, 0.25],
-                      [0.7, 0.05, 0.2, 0.05],
-                      [0.0, 0.1, 0.3, 0.6]])
+    probs = np.array([[0.1, 0.5, 0.15, 0.25], [0.7, 0.05, 0.2, 0.05], [0.0, 0.1, 0.3, 0.6]])
     table = submission(["x.wav", "y.wav", "z.wav"], probs, classes)
     assert list(table.columns) == ["fname", "label"]
     assert table["fname"].tolist() == ["x.wav", "y.wav", "z.wav"]
@@ -212,11 +231,13 @@ CLASSES = ["a", "b", "c"]
 @pytest.fixture
 def test_listing() -> pd.DataFrame:
     # read as read_csv_str reads results/data/test.csv: strings, '' for missing
-    return pd.DataFrame({
-        "fname": ["p1", "p2", "q1", "q2", "q3", "i1", "i2"],
-        "label": ["a", "b", "a", "c", "b", "c", "None"],
-        "usage": ["Public", "Public", "Private", "Private", "Private", "Ignored", "Ignored"],
-    })
+    return pd.DataFrame(
+        {
+            "fname": ["p1", "p2", "q1", "q2", "q3", "i1", "i2"],
+            "label": ["a", "b", "a", "c", "b", "c", "None"],
+            "usage": ["Public", "Public", "Private", "Private", "Private", "Ignored", "Ignored"],
+        }
+    )
 
 
 def system_frame(rows: dict[str, list[float]]) -> pd.DataFrame:
@@ -226,24 +247,27 @@ def system_frame(rows: dict[str, list[float]]) -> pd.DataFrame:
 
 @pytest.fixture
 def systems() -> dict[str, pd.DataFrame]:
-    good = system_frame({
-        "p1": [0.7, 0.2, 0.1],      # a: rank 1
-        "p2": [0.5, 0.3, 0.2],      # b: rank 2
-        "q1": [0.2, 0.3, 0.5],      # a: rank 3
-        "q2": [0.1, 0.1, 0.8],      # c: rank 1
-        "q3": [0.3, 0.6, 0.1],      # b: rank 1
-        "i1": [1.0, 0.0, 0.0],      # Ignored: wrong, never scored
-        "i2": [1.0, 0.0, 0.0],
-    })
-    uniform = system_frame({f: [0.2, 0.3, 0.5] for f in good["fname"]})   # always c, b, a
+    good = system_frame(
+        {
+            "p1": [0.7, 0.2, 0.1],  # a: rank 1
+            "p2": [0.5, 0.3, 0.2],  # b: rank 2
+            "q1": [0.2, 0.3, 0.5],  # a: rank 3
+            "q2": [0.1, 0.1, 0.8],  # c: rank 1
+            "q3": [0.3, 0.6, 0.1],  # b: rank 1
+            "i1": [1.0, 0.0, 0.0],  # Ignored: wrong, never scored
+            "i2": [1.0, 0.0, 0.0],
+        }
+    )
+    uniform = system_frame({f: [0.2, 0.3, 0.5] for f in good["fname"]})  # always c, b, a
     return {"good": good, "flat": uniform}
 
 
 def test_scored_rows_drop_ignored_and_unknown_labels(test_listing):
     rows = scored_rows(test_listing, CLASSES)
     assert rows["fname"].tolist() == ["p1", "p2", "q1", "q2", "q3"]
-    unlabelled = pd.DataFrame({"fname": ["x", "y", "z"], "label": ["a", "", "b"],
-                               "usage": ["", "", "Ignored"]})
+    unlabelled = pd.DataFrame(
+        {"fname": ["x", "y", "z"], "label": ["a", "", "b"], "usage": ["", "", "Ignored"]}
+    )
     assert scored_rows(unlabelled, CLASSES)["fname"].tolist() == ["x"]
 
 
@@ -267,8 +291,9 @@ def test_evaluate_systems_per_set(test_listing, systems):
 
 def test_ignored_rows_do_not_change_the_scores(test_listing, systems):
     scored_only = test_listing[test_listing["usage"] != "Ignored"]
-    pd.testing.assert_frame_equal(evaluate_systems(test_listing, systems, CLASSES),
-                                  evaluate_systems(scored_only, systems, CLASSES))
+    pd.testing.assert_frame_equal(
+        evaluate_systems(test_listing, systems, CLASSES), evaluate_systems(scored_only, systems, CLASSES)
+    )
 
 
 def test_evaluate_systems_agrees_with_the_metrics(test_listing, systems):
@@ -280,29 +305,37 @@ def test_evaluate_systems_agrees_with_the_metrics(test_listing, systems):
 
 
 def selection_frame(chosen: int, n_iterations: int = 3) -> pd.DataFrame:
-    return pd.DataFrame({
-        "iteration": range(n_iterations),
-        "mean_valid_loss": [0.5 - 0.1 * (i == chosen) for i in range(n_iterations)],
-        "mean_valid_acc": [0.80 + 0.01 * i for i in range(n_iterations)],
-        "mean_valid_map3": [0.85 + 0.01 * i for i in range(n_iterations)],
-        "chosen": [i == chosen for i in range(n_iterations)],
-    })
+    return pd.DataFrame(
+        {
+            "iteration": range(n_iterations),
+            "mean_valid_loss": [0.5 - 0.1 * (i == chosen) for i in range(n_iterations)],
+            "mean_valid_acc": [0.80 + 0.01 * i for i in range(n_iterations)],
+            "mean_valid_map3": [0.85 + 0.01 * i for i in range(n_iterations)],
+            "chosen": [i == chosen for i in range(n_iterations)],
+        }
+    )
 
 
 def per_class(n_accepted: int, precision: float | None) -> pd.DataFrame:
     row = {"label": "__all__", "n_unverified": 50, "n_accepted": n_accepted}
     if precision is not None:
-        row.update(n_accepted_correct=round(n_accepted * precision), precision=precision,
-                   unverified_precision=0.7)
+        row.update(
+            n_accepted_correct=round(n_accepted * precision), precision=precision, unverified_precision=0.7
+        )
     first = {"label": "a", "n_unverified": 50, "n_accepted": n_accepted}
     return pd.DataFrame([first, row])
 
 
 def test_preset_summary_uses_the_chosen_iteration_and_the_list_it_was_trained_on():
-    scores = pd.DataFrame({"system": ["p", "p", "p", "fusion"],
-                           "set": ["Public", "Private", "Public+Private", "Public+Private"],
-                           "n": [2, 3, 5, 5], "accuracy": [0.5, 0.6, 0.55, 0.9],
-                           "map3": [0.6, 0.7, 0.65, 0.95]})
+    scores = pd.DataFrame(
+        {
+            "system": ["p", "p", "p", "fusion"],
+            "set": ["Public", "Private", "Public+Private", "Public+Private"],
+            "n": [2, 3, 5, 5],
+            "accuracy": [0.5, 0.6, 0.55, 0.9],
+            "map3": [0.6, 0.7, 0.65, 0.95],
+        }
+    )
     tables = {0: per_class(7, 0.9), 1: per_class(11, 0.95)}
     row = preset_summary("p", selection_frame(chosen=2), tables, scores)
     assert row["preset"] == "p" and row["chosen_iteration"] == 2

@@ -69,8 +69,9 @@ def _job_ids(workdir: Path, names: list[str]) -> dict[str, str]:
 
 def _scontrol_job(job_id: str) -> dict[str, str]:
     """slurmctld's record of a job (kept MinJobAge after it ended: cluster.sh), as Key=Value."""
-    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
-                           text=True, timeout=30)
+    shown = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30
+    )
     assert shown.returncode == 0, f"scontrol show job {job_id}: {shown.stderr}"
     return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
 
@@ -79,8 +80,7 @@ def test_plugin_is_not_in_the_main_venv():
     """Importing the plugin stalls every snakemake start when no slurmctld answers: keep it out."""
     probe = "import importlib.util as u; print(u.find_spec('snakemake_executor_plugin_slurm'))"
     env = {k: v for k, v in plugin_env().items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "None", _output(done)
 
 
@@ -90,12 +90,11 @@ def test_profiles_differ_only_in_the_gpu_request():
     assert gpu["executor"] == "slurm"
     assert gpu["slurm-status-command"] == "squeue"
     assert gpu["default-resources"]["slurm_partition"] == "main"
-    assert {rule: gpu["set-resources"][rule]["gpu"] for rule in GPU_RULES} == \
-        {rule: 1 for rule in GPU_RULES}
-    assert {rule: cpu["set-resources"][rule]["gpu"] for rule in GPU_RULES} == \
-        {rule: 0 for rule in GPU_RULES}
-    assert {k: v for k, v in gpu.items() if k != "set-resources"} == \
-        {k: v for k, v in cpu.items() if k != "set-resources"}
+    assert {rule: gpu["set-resources"][rule]["gpu"] for rule in GPU_RULES} == dict.fromkeys(GPU_RULES, 1)
+    assert {rule: cpu["set-resources"][rule]["gpu"] for rule in GPU_RULES} == dict.fromkeys(GPU_RULES, 0)
+    assert {k: v for k, v in gpu.items() if k != "set-resources"} == {
+        k: v for k, v in cpu.items() if k != "set-resources"
+    }
     assert set(gpu["set-resources"]) == set(cpu["set-resources"]) == set(GPU_RULES)
 
 
@@ -111,8 +110,13 @@ def test_every_rule_that_declares_a_gpu_is_in_the_profiles():
 
 
 def test_snakemake_offers_the_slurm_executor_with_the_plugin_dir(slurm_cluster):
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--help"], env=plugin_env(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--help"],
+        env=plugin_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, _output(done)
     assert re.search(r"--executor \{[^}]*\bslurm\b", done.stdout), done.stdout[:3000]
     assert "--slurm-status-command" in done.stdout
@@ -144,8 +148,7 @@ def test_gpu_profile_asks_sbatch_for_a_gpu(slurm_cluster, tmp_path):
     """profiles/slurm sends --gpus=1 for train_initial; this GPU-less cluster refuses it."""
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(ONE_GPU_RULE_SNAKEFILE)
-    done = run_snakemake_on_slurm(tmp_path / "work", [], snakefile, profile=PROFILE_GPU,
-                                  timeout=120)
+    done = run_snakemake_on_slurm(tmp_path / "work", [], snakefile, profile=PROFILE_GPU, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode != 0, _output(done)
     assert "SLURM sbatch failed" in output, _output(done)
@@ -158,7 +161,7 @@ def test_gpu_profile_with_the_documented_command_line_override(slurm_cluster, tm
     snakefile.write_text(ONE_GPU_RULE_SNAKEFILE)
     workdir = tmp_path / "work"
     done = run_snakemake_on_slurm(
-        workdir, ["--set-resources", "train_initial:gpu=0", "fine_tune:gpu=0"], snakefile,
-        profile=PROFILE_GPU)
+        workdir, ["--set-resources", "train_initial:gpu=0", "fine_tune:gpu=0"], snakefile, profile=PROFILE_GPU
+    )
     assert done.returncode == 0, _output(done)
     assert re.fullmatch(r"\d+", _job_ids(workdir, ["train_initial"])["train_initial"])

@@ -48,27 +48,42 @@ pytestmark = pytest.mark.slurm
 OVERLAY = REPO / "tests" / "slurm" / "demo_small.yaml"
 # profiles/slurm asks for a GPU for the method's GPU rules; the documented override for a
 # GPU-less cluster (README "On a SLURM cluster")
-GPU_OFF = ["--set-resources", "train_initial:gpu=0", "fine_tune:gpu=0", "self_verify:gpu=0",
-           "predict:gpu=0"]
+GPU_OFF = ["--set-resources", "train_initial:gpu=0", "fine_tune:gpu=0", "self_verify:gpu=0", "predict:gpu=0"]
 # keep the plugin's per-job logs (it deletes those of successful jobs by default)
 KEEP_LOGS = ["--slurm-keep-successful-logs"]
 LOCAL_CORES = 2
 TIMEOUT = 900  # seconds, each run
 
 # outputs (relative to the work directory) and how they must agree
-BYTE_EQUAL = ["results/demo_data/**/*", "results/data/*.csv", "results/folds.csv",
-              "results/spectrograms/v*/**/*.csv", "results/spectrograms/v*/**/*.npy",
-              "results/chains/self_verification/submission.csv"]
-NUMERIC_EQUAL = ["results/initial/**/history.csv", "results/chains/*/models/**/history.csv",
-                 "results/chains/*/trust/**/*.csv", "results/chains/*/selection/*.csv",
-                 "results/chains/*/predictions/**/*.csv", "results/chains/*/evaluation/*.csv",
-                 "results/chains/*/summary.csv", "results/systems*.csv"]
+BYTE_EQUAL = [
+    "results/demo_data/**/*",
+    "results/data/*.csv",
+    "results/folds.csv",
+    "results/spectrograms/v*/**/*.csv",
+    "results/spectrograms/v*/**/*.npy",
+    "results/chains/self_verification/submission.csv",
+]
+NUMERIC_EQUAL = [
+    "results/initial/**/history.csv",
+    "results/chains/*/models/**/history.csv",
+    "results/chains/*/trust/**/*.csv",
+    "results/chains/*/selection/*.csv",
+    "results/chains/*/predictions/**/*.csv",
+    "results/chains/*/evaluation/*.csv",
+    "results/chains/*/summary.csv",
+    "results/systems*.csv",
+]
 IGNORED_COLUMNS = {"history.csv": ["seconds"]}  # wall-clock time per epoch
 MODELS = ["results/initial/**/*.pt", "results/chains/*/models/**/*.pt"]
 ATOL = 1e-5
 # not compared: logs, benchmarks (timings), plots (PNG metadata), GPU lock files
-NOT_OUTPUTS = ("results/logs/", "results/benchmarks/", "results/chains/self_verification/plots/",
-               "results/systems.png", "results/.gpu_locks/")
+NOT_OUTPUTS = (
+    "results/logs/",
+    "results/benchmarks/",
+    "results/chains/self_verification/plots/",
+    "results/systems.png",
+    "results/.gpu_locks/",
+)
 
 
 def _tail(text: str, lines: int = 60) -> str:
@@ -82,8 +97,11 @@ def _run_report(name: str, rc: int | None, output: str) -> str:
 def _local_env() -> dict[str, str]:
     """The environment without the plugin dir on PYTHONPATH, with the venv's bin on PATH."""
     env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-             if p and Path(p).resolve() != PLUGIN_DIR.resolve()]
+    paths = [
+        p
+        for p in env.get("PYTHONPATH", "").split(os.pathsep)
+        if p and Path(p).resolve() != PLUGIN_DIR.resolve()
+    ]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     else:
@@ -94,13 +112,25 @@ def _local_env() -> dict[str, str]:
 
 def _start_local_run(workdir: Path, log: Path) -> subprocess.Popen:
     workdir.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(LOCAL_CORES), "--printshellcmds",
-           "--snakefile", str(REPO / "Snakefile"),
-           "--configfile", str(REPO / "config.yaml"), str(OVERLAY),
-           "--directory", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(LOCAL_CORES),
+        "--printshellcmds",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(OVERLAY),
+        "--directory",
+        str(workdir),
+    ]
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, cwd=workdir, env=_local_env(), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            cmd, cwd=workdir, env=_local_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
 
 def _job_blocks(output: str) -> list[tuple[str, str]]:
@@ -141,8 +171,9 @@ def _slurm_job_logs(workdir: Path) -> dict[str, tuple[str, Path]]:
 
 def _scontrol_job(job_id: str) -> dict[str, str]:
     """slurmctld's record of a job (kept MinJobAge, see cluster.sh, after it ended)."""
-    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
-                           text=True, timeout=30)
+    shown = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30
+    )
     assert shown.returncode == 0, f"scontrol show job {job_id}: {shown.stderr}"
     return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
 
@@ -156,8 +187,11 @@ def _files(workdir: Path, patterns: list[str]) -> list[str]:
 
 def _outputs(workdir: Path) -> set[str]:
     results = workdir / "results"
-    return {str(p.relative_to(workdir)) for p in results.rglob("*")
-            if p.is_file() and not str(p.relative_to(workdir)).startswith(NOT_OUTPUTS)}
+    return {
+        str(p.relative_to(workdir))
+        for p in results.rglob("*")
+        if p.is_file() and not str(p.relative_to(workdir)).startswith(NOT_OUTPUTS)
+    }
 
 
 def _numeric_differences(a: Path, b: Path) -> list[str]:
@@ -211,8 +245,8 @@ def test_demo_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     local = _start_local_run(local_dir, local_log)
     try:
         slurm = run_snakemake_on_slurm(
-            slurm_dir, [*GPU_OFF, *KEEP_LOGS], profile=PROFILE_GPU, configfiles=[OVERLAY],
-            timeout=TIMEOUT)
+            slurm_dir, [*GPU_OFF, *KEEP_LOGS], profile=PROFILE_GPU, configfiles=[OVERLAY], timeout=TIMEOUT
+        )
         slurm_seconds = time.monotonic() - started
         local_rc = local.wait(timeout=TIMEOUT)
     finally:
@@ -237,19 +271,19 @@ def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output
     slurm_jobs = _job_blocks(slurm_output)
     assert local_jobs and all(h.startswith("localrule ") for h, _ in local_jobs), local_jobs
     local_rules = Counter(h.split()[1].rstrip(":") for h, _ in local_jobs)
-    assert local_rules["all"] == 1 and local_rules["train_initial"] == 2 \
-        and local_rules["fine_tune"] == 2, local_rules
+    assert local_rules["all"] == 1 and local_rules["train_initial"] == 2 and local_rules["fine_tune"] == 2, (
+        local_rules
+    )
     expected = local_rules - Counter(["all"])  # a rule without shell/run runs locally
 
     # what the SLURM run's Snakemake ran itself: only `all`
-    assert [h for h, _ in slurm_jobs if h.startswith("localrule ")] == ["localrule all:"], \
+    assert [h for h, _ in slurm_jobs if h.startswith("localrule ")] == ["localrule all:"], slurm_jobs
+    assert Counter(h.split()[1].rstrip(":") for h, _ in slurm_jobs if h.startswith("rule ")) == expected, (
         slurm_jobs
-    assert Counter(h.split()[1].rstrip(":") for h, _ in slurm_jobs
-                   if h.startswith("rule ")) == expected, slurm_jobs
+    )
 
     # one SLURM job (id, per-job log) per job sent to SLURM
-    submitted = dict(re.findall(
-        r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", slurm_output))
+    submitted = dict(re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", slurm_output))
     logs = _slurm_job_logs(slurm_dir)
     assert sorted(submitted) == sorted(logs), (submitted, logs)
     assert Counter(rule for rule, _ in logs.values()) == expected, logs
@@ -283,21 +317,20 @@ def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output
     byte_equal = _files(local_dir, BYTE_EQUAL)
     numeric_equal = _files(local_dir, NUMERIC_EQUAL)
     models = _files(local_dir, MODELS)
-    for patterns, _found in ((BYTE_EQUAL, byte_equal), (NUMERIC_EQUAL, numeric_equal),
-                            (MODELS, models)):
+    for patterns, _found in ((BYTE_EQUAL, byte_equal), (NUMERIC_EQUAL, numeric_equal), (MODELS, models)):
         for pattern in patterns:
             assert _files(local_dir, [pattern]), f"no output matches {pattern}"
     assert len(models) == 2 * 2 * 2, models  # best + last of 2 folds x (it0, it1)
 
-    differing = [f for f in byte_equal
-                 if not filecmp.cmp(local_dir / f, slurm_dir / f, shallow=False)]
+    differing = [f for f in byte_equal if not filecmp.cmp(local_dir / f, slurm_dir / f, shallow=False)]
     assert not differing, f"not byte-identical in the SLURM run: {differing}"
-    numeric = {f: p for f in numeric_equal
-               if (p := _numeric_differences(local_dir / f, slurm_dir / f))}
+    numeric = {f: p for f in numeric_equal if (p := _numeric_differences(local_dir / f, slurm_dir / f))}
     assert not numeric, f"numbers differ between the local and the SLURM run: {numeric}"
     weights = {f: p for f in models if (p := _weight_differences(local_dir / f, slurm_dir / f))}
     assert not weights, f"model weights differ between the local and the SLURM run: {weights}"
 
     # the tiny demo still exercised self-verification (accepted clips fed the fine-tuning)
-    decisions = pd.read_csv(local_dir / "results/chains/self_verification/trust/vgg_gap_spec1_1/it0/decisions.csv")
+    decisions = pd.read_csv(
+        local_dir / "results/chains/self_verification/trust/vgg_gap_spec1_1/it0/decisions.csv"
+    )
     assert decisions["accepted"].any(), decisions

@@ -26,8 +26,12 @@ from workflow_lib.spectrograms import (
 
 SR = 32000
 TOLERANCE = {"reference": 1e-5, "fast": 1e-3}
-FUNCTIONS = {("reference", 1): spectrogram_v1_reference, ("reference", 2): spectrogram_v2_reference,
-             ("fast", 1): spectrogram_v1, ("fast", 2): spectrogram_v2}
+FUNCTIONS = {
+    ("reference", 1): spectrogram_v1_reference,
+    ("reference", 2): spectrogram_v2_reference,
+    ("fast", 1): spectrogram_v1,
+    ("fast", 2): spectrogram_v2,
+}
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
@@ -39,12 +43,13 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
 
 def reference_v1(y: np.ndarray) -> np.ndarray:
     """docs/method.md "Preprocessing" 2, written out with librosa."""
-    magnitude = np.abs(librosa.stft(y, n_fft=1024, hop_length=192, window="hann", center=True,
-                                    pad_mode="reflect"))
+    magnitude = np.abs(
+        librosa.stft(y, n_fft=1024, hop_length=192, window="hann", center=True, pad_mode="reflect")
+    )
     with np.errstate(divide="ignore"):
-        weighted = librosa.perceptual_weighting(magnitude**2,
-                                                librosa.fft_frequencies(sr=SR, n_fft=1024),
-                                                ref=1.0, amin=1e-10, top_db=99.0)
+        weighted = librosa.perceptual_weighting(
+            magnitude**2, librosa.fft_frequencies(sr=SR, n_fft=1024), ref=1.0, amin=1e-10, top_db=99.0
+        )
     mel = librosa.feature.melspectrogram(S=weighted, sr=SR, n_mels=128, fmax=None)
     return mel[np.newaxis]
 
@@ -61,8 +66,9 @@ def reference_v2(y: np.ndarray) -> np.ndarray:
     signal = SignalProcessor(num_channels=1, sample_rate=SR, norm=True)(Signal(y, sample_rate=SR))
     frames = FramedSignalProcessor(frame_size=1024, hop_size=128, origin="future")(signal)
     spec = SpectrogramProcessor(frame_size=1024)(frames)
-    log_spec = LogarithmicFilteredSpectrogramProcessor(filterbank=LogFilterbank, num_bands=26,
-                                                       fmin=20, fmax=14000)(spec)
+    log_spec = LogarithmicFilteredSpectrogramProcessor(
+        filterbank=LogFilterbank, num_bands=26, fmin=20, fmax=14000
+    )(spec)
     log_spec = np.asarray(log_spec)
     assert log_spec.shape[1] == 128, "docs/method.md: 26 bands per octave from 20 Hz to 14 kHz = 128 bands"
     return log_spec.T[np.newaxis]
@@ -101,9 +107,8 @@ def test_matches_direct_library_calls_on_real_recordings(loaded, version, implem
 def _hostile_clips(loaded) -> dict[str, np.ndarray]:
     """Digital silence, a 0.05 s clip and a 30 s clip (real recordings one after another)."""
     recordings = list(loaded.values())
-    joined = np.concatenate(recordings * (30 * SR // sum(map(len, recordings)) + 1))[:30 * SR]
-    return {"silence": np.zeros(SR, dtype=np.float32), "0.05 s": recordings[0][:SR // 20],
-            "30 s": joined}
+    joined = np.concatenate(recordings * (30 * SR // sum(map(len, recordings)) + 1))[: 30 * SR]
+    return {"silence": np.zeros(SR, dtype=np.float32), "0.05 s": recordings[0][: SR // 20], "30 s": joined}
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -137,8 +142,8 @@ def test_versions_differ_and_v1_is_not_normalised(loaded):
     y = next(iter(loaded.values()))
     v1, v2 = spectrogram_v1(y, SR), spectrogram_v2(y, SR)
     assert v1.shape[-1] != v2.shape[-1]  # hop 192 vs hop 128
-    assert v1.min() < 0 < v1.max()       # weighted dB through the mel bank: signed values
-    assert v2.min() >= 0                 # log10(1 + x) >= 0
+    assert v1.min() < 0 < v1.max()  # weighted dB through the mel bank: signed values
+    assert v2.min() >= 0  # log10(1 + x) >= 0
     assert abs(float(v1.mean())) > 1e-3 or abs(float(v1.std()) - 1) > 1e-3  # not standardised
 
 
@@ -204,5 +209,5 @@ def test_fix_length_on_a_real_spectrogram(loaded):
     assert length < 3000
     fixed = fix_length(spec, 3000)
     np.testing.assert_array_equal(fixed[:, :, :length], spec)
-    np.testing.assert_array_equal(fixed[:, :, length:2 * length], spec)
+    np.testing.assert_array_equal(fixed[:, :, length : 2 * length], spec)
     assert spectrograms.N_BINS == 128

@@ -17,7 +17,7 @@ from workflow_lib.cli import main
 
 from conftest import REPO, Demo, run_cli
 
-CHAIN = "chains/self_verification"   # the default run: the method's chain (workflow_lib/layout.py)
+CHAIN = "chains/self_verification"  # the default run: the method's chain (workflow_lib/layout.py)
 
 pytestmark = pytest.mark.slow
 

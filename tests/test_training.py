@@ -55,18 +55,35 @@ def one_thread():
 
 # ---------------------------------------------------------------- learning-rate schedule
 
-@pytest.mark.parametrize("epoch, expected", [
-    (0, 1e-3), (50, 1e-3), (99, 1e-3), (100, 1e-3), (101, 1e-3 * 399 / 400), (300, 5e-4),
-    (499, 2.5e-6),
-])
+
+@pytest.mark.parametrize(
+    "epoch, expected",
+    [
+        (0, 1e-3),
+        (50, 1e-3),
+        (99, 1e-3),
+        (100, 1e-3),
+        (101, 1e-3 * 399 / 400),
+        (300, 5e-4),
+        (499, 2.5e-6),
+    ],
+)
 def test_paper_schedule(epoch, expected):
     """docs/method.md: lr 1e-3, constant for 100 epochs, then linear decay to 0 at epoch 500."""
     assert learning_rate(epoch, 1e-3, 100, 500) == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize("epoch, expected", [
-    (0, 2e-4), (4, 2e-4), (5, 2e-4), (10, 2e-4 * 20 / 25), (17, 2e-4 * 13 / 25), (29, 8e-6),
-])
+@pytest.mark.parametrize(
+    "epoch, expected",
+    [
+        (0, 2e-4),
+        (4, 2e-4),
+        (5, 2e-4),
+        (10, 2e-4 * 20 / 25),
+        (17, 2e-4 * 13 / 25),
+        (29, 8e-6),
+    ],
+)
 def test_fine_tuning_schedule(epoch, expected):
     """docs/method.md: fine-tuning lr (2e-4 for vgg_gap_spec2) constant 5 epochs, then linear to 0 at 30."""
     assert learning_rate(epoch, 2e-4, 5, 30) == pytest.approx(expected, rel=1e-9)
@@ -81,6 +98,7 @@ def test_schedule_decays_linearly_to_zero():
 
 
 # ---------------------------------------------------------------- mixup and loss
+
 
 def _one_hot(labels, n_classes):
     return F.one_hot(torch.as_tensor(labels), n_classes).float()
@@ -114,7 +132,7 @@ def test_mixup_mixes_with_the_reversed_batch(alpha):
 def test_mixup_lambda_follows_beta(alpha):
     """docs/method.md: lambda ~ Beta(a, a). Recovered from the targets of many mixed pairs."""
     n = 20_000
-    labels = [0] * (n // 2) + [1] * (n // 2)   # example i pairs with n-1-i: the other class
+    labels = [0] * (n // 2) + [1] * (n // 2)  # example i pairs with n-1-i: the other class
     inputs = torch.zeros(n, 1, 1, 1)
     _, mixed_targets = mixup(inputs, _one_hot(labels, 2), alpha, DeviceSampler(5, "cpu"))
     lam = np.where(np.asarray(labels) == 0, mixed_targets[:, 0].numpy(), mixed_targets[:, 1].numpy())
@@ -143,8 +161,9 @@ def test_soft_cross_entropy_equals_cross_entropy_for_one_hot_targets():
     torch.manual_seed(0)
     logits = torch.randn(9, 5) * 3
     labels = torch.randint(0, 5, (9,))
-    assert torch.allclose(soft_cross_entropy(logits, _one_hot(labels, 5)),
-                          F.cross_entropy(logits, labels), atol=1e-6)
+    assert torch.allclose(
+        soft_cross_entropy(logits, _one_hot(labels, 5)), F.cross_entropy(logits, labels), atol=1e-6
+    )
     soft = torch.softmax(torch.randn(9, 5), dim=1)
     assert torch.allclose(soft_cross_entropy(logits, soft), F.cross_entropy(logits, soft), atol=1e-6)
 
@@ -152,7 +171,7 @@ def test_soft_cross_entropy_equals_cross_entropy_for_one_hot_targets():
 # ---------------------------------------------------------------- the data path
 
 FRAMES = 100
-BANK_ORDER = (3, 0, 5, 1, 4, 2)   # bank row -> stored clip
+BANK_ORDER = (3, 0, 5, 1, 4, 2)  # bank row -> stored clip
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +185,15 @@ def stored_clips() -> list[np.ndarray]:
 def bank(stored_clips) -> ClipBank:
     """Built through SpectrogramStore -> ClipBank.from_store, as training does."""
     lengths = [c.shape[-1] for c in stored_clips]
-    manifest = pd.DataFrame({"fname": [f"c{i}.wav" for i in range(len(stored_clips))],
-                             "status": "clipped", "shard": 0, "n_frames": lengths,
-                             "offset": np.cumsum([0] + lengths[:-1])})
+    manifest = pd.DataFrame(
+        {
+            "fname": [f"c{i}.wav" for i in range(len(stored_clips))],
+            "status": "clipped",
+            "shard": 0,
+            "n_frames": lengths,
+            "offset": np.cumsum([0] + lengths[:-1]),
+        }
+    )
     store = SpectrogramStore(manifest, {0: np.concatenate(stored_clips, axis=-1)})
     # Ask in another order than stored, to catch offset mix-ups.
     return ClipBank.from_store(store, [f"c{i}.wav" for i in BANK_ORDER], FRAMES)
@@ -190,7 +215,7 @@ def test_excerpts_read_the_length_fixed_clip(bank, stored_clips):
         for row, (c, s) in enumerate(zip(clips.tolist(), starts.tolist())):
             stored = stored_clips[BANK_ORDER[c]]
             fixed = fix_length(stored, FRAMES)
-            np.testing.assert_array_equal(out[row].numpy(), fixed[:, :, s:s + length])
+            np.testing.assert_array_equal(out[row].numpy(), fixed[:, :, s : s + length])
             t = stored.shape[-1]
             np.testing.assert_array_equal(out[row, 0, :, 5].numpy(), stored[0, :, (s + 5) % t])
 
@@ -216,9 +241,10 @@ def test_whole_equals_fix_length(bank, stored_clips):
 
 # ---------------------------------------------------------------- metrics
 
+
 def test_map_at_3_hand_computed():
     """docs/method.md "Metrics": 1, 1/2, 1/3 for a hit at rank 1, 2, 3; 0 otherwise."""
-    probs = np.array([[0.1, 0.2, 0.3, 0.4]] * 4)   # ranking: 3, 2, 1, 0
+    probs = np.array([[0.1, 0.2, 0.3, 0.4]] * 4)  # ranking: 3, 2, 1, 0
     for target, score in [(3, 1.0), (2, 1 / 2), (1, 1 / 3), (0, 0.0)]:
         assert map_at_3(probs[:1], np.array([target])) == pytest.approx(score)
     assert map_at_3(probs, np.array([3, 2, 1, 0])) == pytest.approx((1 + 1 / 2 + 1 / 3) / 4)
@@ -256,14 +282,16 @@ def band_bank(per_class: int, frames: int, rng: np.random.Generator) -> tuple[Cl
     for c in range(N_CLASSES):
         for _ in range(per_class):
             clip = rng.normal(0, 0.3, (128, int(rng.integers(20, 90)))).astype(np.float32)
-            clip[10 + 40 * c:30 + 40 * c] += 2.0
+            clip[10 + 40 * c : 30 + 40 * c] += 2.0
             parts.append(clip)
             targets.append(c)
     lengths = np.array([p.shape[1] for p in parts])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     frames_major = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1).T))
-    return (ClipBank(frames_major, torch.from_numpy(offsets), torch.from_numpy(lengths), frames),
-            np.array(targets))
+    return (
+        ClipBank(frames_major, torch.from_numpy(offsets), torch.from_numpy(lengths), frames),
+        np.array(targets),
+    )
 
 
 def test_fit_learns_a_separable_problem_and_keeps_the_best_epoch(tmp_path):
@@ -273,11 +301,21 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_epoch(tmp_path):
     train_bank, train_targets = band_bank(8, 256, rng)
     valid_bank, valid_targets = band_bank(4, 256, rng)
     model = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
-    settings = FitSettings(epochs=7, lr=3e-3, constant_epochs=4, batch_size=8,
-                           excerpt_frames=192, mixup_alpha=0.2, seed=0)
+    settings = FitSettings(
+        epochs=7, lr=3e-3, constant_epochs=4, batch_size=8, excerpt_frames=192, mixup_alpha=0.2, seed=0
+    )
     seen = []
-    state = fit(model, train_bank, train_targets, valid_bank, valid_targets, settings,
-                tmp_path / "resume.pt", "fingerprint", on_epoch=seen.append)
+    state = fit(
+        model,
+        train_bank,
+        train_targets,
+        valid_bank,
+        valid_targets,
+        settings,
+        tmp_path / "resume.pt",
+        "fingerprint",
+        on_epoch=seen.append,
+    )
 
     history = pd.DataFrame(state.history)
     assert list(history.columns) == HISTORY_COLUMNS
@@ -290,7 +328,7 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_epoch(tmp_path):
     best = history.loc[history["valid_loss"].idxmin()]
     assert best["valid_acc"] >= 0.9, history.to_string()
     assert history["valid_acc"].iloc[-1] >= 0.9, history.to_string()
-    assert history["valid_loss"].iloc[0] > best["valid_loss"]   # it learned something
+    assert history["valid_loss"].iloc[0] > best["valid_loss"]  # it learned something
     assert state.best_loss == pytest.approx(best["valid_loss"], abs=0)
 
     # The kept parameters really are those of the lowest-validation-loss epoch.
@@ -299,7 +337,7 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_epoch(tmp_path):
     scores = evaluate(rebuilt, valid_bank, valid_targets, batch_size=5, amp=False)
     assert scores["valid_loss"] == pytest.approx(best["valid_loss"], rel=1e-5)
     assert scores["valid_acc"] == pytest.approx(best["valid_acc"])
-    if int(best["epoch"]) != 7:   # then the last epoch's parameters differ from the kept ones
+    if int(best["epoch"]) != 7:  # then the last epoch's parameters differ from the kept ones
         last = model.state_dict()
         assert any(not torch.equal(last[k].cpu(), v) for k, v in state.best_state.items())
 
@@ -308,6 +346,7 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_epoch(tmp_path):
 
 
 # ---------------------------------------------------------------- checkpoint policy
+
 
 def test_checkpoint_policy_epochs_minutes_and_the_last_epoch():
     """compute.checkpoint_every: N epochs or M minutes, whichever first; always the last epoch."""
@@ -332,8 +371,9 @@ class _Killed(RuntimeError):
 def test_resume_from_a_sparse_checkpoint_equals_the_uninterrupted_run(tmp_path):
     """Checkpoints every 3 epochs: a job killed after epoch 5 loses epochs 4-5, resumes from
     epoch 3 and ends exactly as the uninterrupted run (history, best and last parameters)."""
-    settings = FitSettings(epochs=7, lr=3e-3, constant_epochs=4, batch_size=8, excerpt_frames=192,
-                           mixup_alpha=0.2, seed=5)
+    settings = FitSettings(
+        epochs=7, lr=3e-3, constant_epochs=4, batch_size=8, excerpt_frames=192, mixup_alpha=0.2, seed=5
+    )
     options = RunOptions(CheckpointPolicy(epochs=3, minutes=None))
 
     def run(path, kill_after=None):
@@ -347,13 +387,23 @@ def test_resume_from_a_sparse_checkpoint_equals_the_uninterrupted_run(tmp_path):
             if kill_after is not None and len(history) == kill_after:
                 raise _Killed
 
-        state = fit(model, train_bank, train_targets, valid_bank, valid_targets, settings,
-                    path, "fp", on_epoch=on_epoch, options=options)
+        state = fit(
+            model,
+            train_bank,
+            train_targets,
+            valid_bank,
+            valid_targets,
+            settings,
+            path,
+            "fp",
+            on_epoch=on_epoch,
+            options=options,
+        )
         return state, model
 
     straight, straight_model = run(tmp_path / "straight.pt")
     saved = torch.load(tmp_path / "straight.pt", weights_only=False)
-    assert saved["state"]["epoch"] == 7   # the last epoch always writes one
+    assert saved["state"]["epoch"] == 7  # the last epoch always writes one
     killed = tmp_path / "killed.pt"
     with pytest.raises(_Killed):
         run(killed, kill_after=5)
@@ -375,12 +425,15 @@ def test_resume_from_a_sparse_checkpoint_equals_the_uninterrupted_run(tmp_path):
 def test_checkpoint_of_an_older_format_is_ignored(tmp_path):
     model = build_model(4, N_CLASSES)
     optimizer = torch.optim.Adam(model.parameters())
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": {"fingerprint": "fp"}}, tmp_path / "old.pt")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": {"fingerprint": "fp"}},
+        tmp_path / "old.pt",
+    )
     assert load_checkpoint(tmp_path / "old.pt", "fp", model, optimizer) is None
 
 
 # ---------------------------------------------------------------- the training step's device path
+
 
 def test_device_sampler_is_seeded_and_resumable():
     """Order, starts and mixup weights: same seed, same draws; a saved state continues the stream."""
@@ -409,24 +462,36 @@ def test_channels_last_gives_the_same_outputs_and_steps():
     other = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
     other.load_state_dict(reference.state_dict())
     prepare_model(other, torch.device("cpu"), RunOptions(channels_last=True))
-    assert other.state_dict()[next(k for k, v in other.state_dict().items() if v.dim() == 4)] \
-        .is_contiguous(memory_format=torch.channels_last)
+    assert other.state_dict()[next(k for k, v in other.state_dict().items() if v.dim() == 4)].is_contiguous(
+        memory_format=torch.channels_last
+    )
     x = torch.randn(4, 1, 128, 192)
     reference.eval()
     other.eval()
-    torch.testing.assert_close(other(x.contiguous(memory_format=torch.channels_last)),
-                               reference(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        other(x.contiguous(memory_format=torch.channels_last)), reference(x), rtol=1e-4, atol=1e-5
+    )
     rng = np.random.default_rng(1)
     bank, targets = band_bank(4, 256, rng)
     # One training step (one batch of all 12 clips; SGD, so tiny gradient differences stay tiny).
-    settings = FitSettings(epochs=1, lr=0.1, constant_epochs=1, batch_size=12, excerpt_frames=192,
-                           mixup_alpha=0.3, seed=0)
+    settings = FitSettings(
+        epochs=1, lr=0.1, constant_epochs=1, batch_size=12, excerpt_frames=192, mixup_alpha=0.3, seed=0
+    )
     losses, steps = [], []
     for model, channels_last in ((reference, False), (other, True)):
         before = {k: v.clone() for k, v in model.named_parameters()}
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        loss, _ = _run_epoch(model, optimizer, bank, torch.as_tensor(targets), settings,
-                             DeviceSampler(3, "cpu"), torch.device("cpu"), N_CLASSES, channels_last)
+        loss, _ = _run_epoch(
+            model,
+            optimizer,
+            bank,
+            torch.as_tensor(targets),
+            settings,
+            DeviceSampler(3, "cpu"),
+            torch.device("cpu"),
+            N_CLASSES,
+            channels_last,
+        )
         losses.append(loss)
         steps.append({k: (v - before[k]).detach() for k, v in model.named_parameters()})
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
@@ -471,6 +536,7 @@ def test_compile_option_compiles_the_forward_module(monkeypatch):
 
 # ---------------------------------------------------------------- bank build
 
+
 def test_from_store_equals_per_clip_reads_over_shards():
     """One lookup and one copy: the same clips, order and truncation as store.get per clip."""
     rng = np.random.default_rng(9)
@@ -479,16 +545,24 @@ def test_from_store_equals_per_clip_reads_over_shards():
         lengths = rng.integers(1, 140, size=5)
         shards[shard] = rng.normal(size=(1, 128, int(lengths.sum()))).astype(np.float32)
         offsets = np.cumsum(lengths) - lengths
-        rows += [{"fname": f"s{shard}_{i}.wav", "status": "clipped", "shard": shard,
-                  "n_frames": int(n), "offset": int(o)} for i, (n, o) in enumerate(zip(lengths, offsets))]
+        rows += [
+            {
+                "fname": f"s{shard}_{i}.wav",
+                "status": "clipped",
+                "shard": shard,
+                "n_frames": int(n),
+                "offset": int(o),
+            }
+            for i, (n, o) in enumerate(zip(lengths, offsets))
+        ]
     store = SpectrogramStore(pd.DataFrame(rows), shards)
-    names = [r["fname"] for r in rows][::-1][::2] + ["s0_1.wav"]   # any order, repeats allowed
+    names = [r["fname"] for r in rows][::-1][::2] + ["s0_1.wav"]  # any order, repeats allowed
     bank = ClipBank.from_store(store, names, 100)
     assert bank.frames_major.is_contiguous() and bank.frames_major.dtype == torch.float32
     for i, name in enumerate(names):
         expected = store.get(name)[0, :, :100].T
         start, length = int(bank.offsets[i]), int(bank.lengths[i])
-        np.testing.assert_array_equal(bank.frames_major[start:start + length].numpy(), expected)
+        np.testing.assert_array_equal(bank.frames_major[start : start + length].numpy(), expected)
     with pytest.raises(KeyError, match="1 clip"):
         ClipBank.from_store(store, ["s0_0.wav", "nope.wav"], 100)
 
@@ -504,5 +578,6 @@ def test_predict_whole_feeds_a_channels_last_model_in_its_layout():
     assert not _is_channels_last(model)
     prepare_model(model, torch.device("cpu"), RunOptions(channels_last=True))
     assert _is_channels_last(model)
-    np.testing.assert_allclose(predict_whole(model, bank, batch_size=4, amp=False), before,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        predict_whole(model, bank, batch_size=4, amp=False), before, rtol=1e-4, atol=1e-6
+    )

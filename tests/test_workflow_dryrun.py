@@ -37,8 +37,9 @@ def _snakemake_binary() -> str:
 def run_snakemake(*args: str, cwd: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     start = time.perf_counter()
-    done = subprocess.run([_snakemake_binary(), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [_snakemake_binary(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     return done, time.perf_counter() - start
 
 
@@ -48,10 +49,22 @@ def dry_run(dataset_root: Path, workdir: Path, *config: str, cwd: Path):
     ``configfile: "config.yaml"`` in the Snakefile is resolved against the working directory,
     so with --directory the repository's config.yaml has to be named with --configfile.
     """
-    return run_snakemake("-n", "--cores", "4", "--snakefile", str(REPO / "Snakefile"),
-                         "--directory", str(workdir), "--configfile", str(REPO / "config.yaml"),
-                         "--config", "run_preset=paper", f"dataset_root={dataset_root}", *config,
-                         cwd=cwd)
+    return run_snakemake(
+        "-n",
+        "--cores",
+        "4",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--config",
+        "run_preset=paper",
+        f"dataset_root={dataset_root}",
+        *config,
+        cwd=cwd,
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -59,7 +72,7 @@ def job_counts(output: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     lines = output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("Job stats"))
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         match = re.match(r"^\s*([A-Za-z_][\w]*)\s+(\d+)\s*$", line)
         if match:
             counts[match.group(1)] = int(match.group(2))
@@ -68,23 +81,33 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def write_fsdkaggle_listing(root: Path, n_train: int = 9500, n_test: int = 1600,
-                            n_classes: int = 41, verified: float = 0.4, seed: int = 0) -> Path:
+def write_fsdkaggle_listing(
+    root: Path,
+    n_train: int = 9500,
+    n_test: int = 1600,
+    n_classes: int = 41,
+    verified: float = 0.4,
+    seed: int = 0,
+) -> Path:
     """FSDKaggle2018-layout CSVs with no audio at all (planning must not read the audio)."""
     rng = np.random.default_rng(seed)
     classes = [f"Class_{i:02d}" for i in range(n_classes)]
-    train = pd.DataFrame({
-        "fname": [f"{i:08x}.wav" for i in rng.choice(16**8, n_train, replace=False)],
-        "label": np.asarray(classes)[np.arange(n_train) % n_classes],
-        "manually_verified": (rng.random(n_train) < verified).astype(int),
-    })
-    test = pd.DataFrame({
-        "fname": [f"t{i:07x}.wav" for i in range(n_test)],
-        "label": np.asarray(classes)[rng.integers(0, n_classes, n_test)],
-        "usage": np.where(np.arange(n_test) < 301, "Public", "Private"),
-        "freesound_id": rng.integers(1, 10**6, n_test),
-        "license": "CC0",
-    })
+    train = pd.DataFrame(
+        {
+            "fname": [f"{i:08x}.wav" for i in rng.choice(16**8, n_train, replace=False)],
+            "label": np.asarray(classes)[np.arange(n_train) % n_classes],
+            "manually_verified": (rng.random(n_train) < verified).astype(int),
+        }
+    )
+    test = pd.DataFrame(
+        {
+            "fname": [f"t{i:07x}.wav" for i in range(n_test)],
+            "label": np.asarray(classes)[rng.integers(0, n_classes, n_test)],
+            "usage": np.where(np.arange(n_test) < 301, "Public", "Private"),
+            "freesound_id": rng.integers(1, 10**6, n_test),
+            "license": "CC0",
+        }
+    )
     root.mkdir(parents=True, exist_ok=True)
     (root / "audio_train").mkdir()
     (root / "audio_test").mkdir()
@@ -124,7 +147,8 @@ def test_paper_dry_run_on_a_full_size_listing(tmp_path):
     small_counts = job_counts(small_done.stdout + small_done.stderr)
     assert small_counts["preprocess_shard"] == 3 + 1, small_counts
     assert {k: v for k, v in small_counts.items() if k not in ("preprocess_shard", "total")} == {
-        k: v for k, v in counts.items() if k not in ("preprocess_shard", "total")}
+        k: v for k, v in counts.items() if k not in ("preprocess_shard", "total")
+    }
     # Snakemake worked in --directory (not in the repository), and a dry run creates no outputs.
     assert (tmp_path / "work" / ".snakemake").is_dir()
     assert not (tmp_path / "work" / "results").exists()
@@ -132,21 +156,33 @@ def test_paper_dry_run_on_a_full_size_listing(tmp_path):
 
 def test_demo_dry_run_plans_the_demo_dataset(tmp_path):
     """config.yaml: an empty dataset_root generates the synthetic demo dataset first."""
-    done, _ = run_snakemake("-n", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-                            "--directory", str(tmp_path / "work"),
-                            "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
+    done, _ = run_snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path / "work"),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        cwd=tmp_path,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     counts = job_counts(output)
     assert counts["demo_dataset"] == 1 and counts["validate_dataset"] == 1, counts
 
 
-@pytest.mark.parametrize("setting,fragment", [
-    ("run_preset=papr", "config key run_preset"),
-    ("dataset_root=5", "config key dataset_root"),
-    ("method={folds: x}", "config key method.folds"),
-    ("compute={device: tpu}", "config key compute.device"),
-])
+@pytest.mark.parametrize(
+    "setting,fragment",
+    [
+        ("run_preset=papr", "config key run_preset"),
+        ("dataset_root=5", "config key dataset_root"),
+        ("method={folds: x}", "config key method.folds"),
+        ("compute={device: tpu}", "config key compute.device"),
+    ],
+)
 def test_bad_config_on_the_command_line_is_one_readable_error(tmp_path, setting, fragment):
     """A bad value given with --config stops the run naming the key, with no traceback."""
     root = write_fsdkaggle_listing(tmp_path / "data", n_train=60, n_test=10, n_classes=5)

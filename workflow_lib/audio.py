@@ -21,15 +21,27 @@ from .errors import UserError
 
 #: The effects chain of docs/method.md, as SoX arguments after ``sox IN OUT``.
 SPEC_SOX_EFFECTS: tuple[str, ...] = (
-    "norm", "-0.1", "silence", "1", "0.025", "0.15%", "norm", "-0.1",
-    "reverse", "silence", "1", "0.025", "0.15%", "reverse",
+    "norm",
+    "-0.1",
+    "silence",
+    "1",
+    "0.025",
+    "0.15%",
+    "norm",
+    "-0.1",
+    "reverse",
+    "silence",
+    "1",
+    "0.025",
+    "0.15%",
+    "reverse",
 )
 
 # Outcomes recorded per file in the manifests (documented in the README).
-CLIPPED = "clipped"                      # SoX output used
-FALLBACK_SILENT = "fallback_silent"      # all-zero input: original audio used, SoX not run
+CLIPPED = "clipped"  # SoX output used
+FALLBACK_SILENT = "fallback_silent"  # all-zero input: original audio used, SoX not run
 FALLBACK_SOX_FAILED = "fallback_sox_failed"
-FALLBACK_CLIPPED_ALL = "fallback_clipped_all"   # SoX returned no sound: original audio used
+FALLBACK_CLIPPED_ALL = "fallback_clipped_all"  # SoX returned no sound: original audio used
 SKIPPED_MISSING = "skipped_missing"
 SKIPPED_UNDECODABLE = "skipped_undecodable"
 SKIPPED_EMPTY = "skipped_empty"
@@ -51,7 +63,7 @@ class LoadedClip:
     """A clip ready for the spectrogram functions, or the reason it was skipped."""
 
     status: str
-    samples: np.ndarray | None      # mono float32 at the requested sample rate
+    samples: np.ndarray | None  # mono float32 at the requested sample rate
     seconds_before_clipping: float
     seconds_after_clipping: float
     detail: str = ""
@@ -92,8 +104,12 @@ def probe(path: Path) -> tuple[str, sf._SoundFileInfo | None, str]:
 
 def count_nonfinite(path: Path, block_frames: int = 1 << 16) -> int:
     """Number of NaN or infinite samples (only float files can hold them)."""
-    return int(sum(np.count_nonzero(~np.isfinite(block)) for block in
-                   sf.blocks(str(path), blocksize=block_frames, dtype="float64", always_2d=True)))
+    return int(
+        sum(
+            np.count_nonzero(~np.isfinite(block))
+            for block in sf.blocks(str(path), blocksize=block_frames, dtype="float64", always_2d=True)
+        )
+    )
 
 
 def is_digital_silence(path: Path, block_frames: int = 1 << 16) -> bool:
@@ -133,8 +149,10 @@ def check_sox_effects(effects: tuple[str, ...], sox: str = "sox") -> None:
         sf.write(str(source), 0.5 * np.sin(2 * np.pi * 440 * t), 16000, subtype="PCM_16")
         error = run_sox(source, Path(tmp) / "out.wav", effects, sox)
     if error:
-        raise SoxEffectsError(f"SoX rejects the effects chain of config key "
-                              f"preprocessing.sox_effects {list(effects)} on a test tone: {error}")
+        raise SoxEffectsError(
+            f"SoX rejects the effects chain of config key "
+            f"preprocessing.sox_effects {list(effects)} on a test tone: {error}"
+        )
 
 
 def _load(path: Path, sample_rate: int) -> np.ndarray:
@@ -156,17 +174,28 @@ def load_clipped(
         return LoadedClip(status, None, seconds, 0.0, detail)
     seconds_before = info.frames / info.samplerate
     if is_digital_silence(path):
-        return LoadedClip(FALLBACK_SILENT, _load(path, sample_rate), seconds_before,
-                          seconds_before, "all samples are zero; SoX not run")
+        return LoadedClip(
+            FALLBACK_SILENT,
+            _load(path, sample_rate),
+            seconds_before,
+            seconds_before,
+            "all samples are zero; SoX not run",
+        )
     with tempfile.TemporaryDirectory(prefix="sox_clip_") as tmp:
         clipped = Path(tmp) / "clipped.wav"
         error = run_sox(path, clipped, effects, sox)
         if error:
-            return LoadedClip(FALLBACK_SOX_FAILED, _load(path, sample_rate), seconds_before,
-                              seconds_before, error[:300])
+            return LoadedClip(
+                FALLBACK_SOX_FAILED, _load(path, sample_rate), seconds_before, seconds_before, error[:300]
+            )
         clipped_info = sf.info(str(clipped))
         if clipped_info.frames == 0 or is_digital_silence(clipped):
-            return LoadedClip(FALLBACK_CLIPPED_ALL, _load(path, sample_rate), seconds_before,
-                              seconds_before, "SoX clipped everything away")
+            return LoadedClip(
+                FALLBACK_CLIPPED_ALL,
+                _load(path, sample_rate),
+                seconds_before,
+                seconds_before,
+                "SoX clipped everything away",
+            )
         seconds_after = clipped_info.frames / clipped_info.samplerate
         return LoadedClip(CLIPPED, _load(clipped, sample_rate), seconds_before, seconds_after)

@@ -23,10 +23,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
 
 def command(name: str, *arguments: tuple[tuple[str, ...], dict]):
     """Register a subcommand with its argparse arguments."""
+
     def register(function: Callable[[argparse.Namespace], None]):
         function.cli_arguments = arguments  # type: ignore[attr-defined]
         COMMANDS[name] = function
         return function
+
     return register
 
 
@@ -52,12 +54,22 @@ def demo_data(args: argparse.Namespace) -> None:
     from .demo import generate_demo_dataset
 
     summary = generate_demo_dataset(args.out, args.settings)
-    log.info("demo dataset: %d training clips (%d verified, %d wrong labels), %d test clips",
-             summary["n_train"], summary["n_verified"], summary["n_wrong_labels"], summary["n_test"])
+    log.info(
+        "demo dataset: %d training clips (%d verified, %d wrong labels), %d test clips",
+        summary["n_train"],
+        summary["n_verified"],
+        summary["n_wrong_labels"],
+        summary["n_test"],
+    )
 
 
-@command("validate", arg("--root", type=Path, required=True), arg("--folds", type=int, required=True),
-         arg("--out-dir", type=Path, required=True), JSON)
+@command(
+    "validate",
+    arg("--root", type=Path, required=True),
+    arg("--folds", type=int, required=True),
+    arg("--out-dir", type=Path, required=True),
+    JSON,
+)
 def validate(args: argparse.Namespace) -> None:
     from .dataset import class_table, validate_dataset
     from .io import write_csv
@@ -69,42 +81,72 @@ def validate(args: argparse.Namespace) -> None:
     write_csv(class_table(train), args.out_dir / "classes.csv")
     write_csv(test, args.out_dir / "test.csv")
     write_csv(train, args.out_dir / "train.csv")
-    log.info("%d training clips, %d classes, %d test clips, %d problems",
-             len(train), train["label"].nunique(), len(test), len(problems.rows))
+    log.info(
+        "%d training clips, %d classes, %d test clips, %d problems",
+        len(train),
+        train["label"].nunique(),
+        len(test),
+        len(problems.rows),
+    )
 
 
-@command("preprocess-shard", arg("--listing", type=Path, required=True),
-         arg("--split", required=True), arg("--shard", type=int, required=True),
-         arg("--shards", type=int, required=True), arg("--versions", type=int, nargs="+", required=True),
-         arg("--out-dir", type=Path, required=True), JSON)
+@command(
+    "preprocess-shard",
+    arg("--listing", type=Path, required=True),
+    arg("--split", required=True),
+    arg("--shard", type=int, required=True),
+    arg("--shards", type=int, required=True),
+    arg("--versions", type=int, nargs="+", required=True),
+    arg("--out-dir", type=Path, required=True),
+    JSON,
+)
 def preprocess_shard(args: argparse.Namespace) -> None:
     from .io import read_csv_str
     from .preprocess import process_shard, write_shard
 
     listing = read_csv_str(args.listing)
-    arrays, manifests = process_shard(listing, args.shard, args.shards, args.versions,
-                                      args.settings["sample_rate"], args.settings["sox_effects"],
-                                      args.settings.get("spectrograms", "fast"))
+    arrays, manifests = process_shard(
+        listing,
+        args.shard,
+        args.shards,
+        args.versions,
+        args.settings["sample_rate"],
+        args.settings["sox_effects"],
+        args.settings.get("spectrograms", "fast"),
+    )
     stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
-    write_shard(arrays, manifests, {v: p.with_suffix(".npy") for v, p in stem.items()},
-                {v: p.with_suffix(".csv") for v, p in stem.items()})
+    write_shard(
+        arrays,
+        manifests,
+        {v: p.with_suffix(".npy") for v, p in stem.items()},
+        {v: p.with_suffix(".csv") for v, p in stem.items()},
+    )
     first = manifests[args.versions[0]]
-    log.info("shard %d/%d of %s: %d files, statuses %s", args.shard, args.shards, args.split,
-             len(first), first["status"].value_counts().to_dict())
+    log.info(
+        "shard %d/%d of %s: %d files, statuses %s",
+        args.shard,
+        args.shards,
+        args.split,
+        len(first),
+        first["status"].value_counts().to_dict(),
+    )
 
 
-@command("merge-manifests", arg("--out", type=Path, required=True),
-         arg("shards", type=Path, nargs="+"))
+@command("merge-manifests", arg("--out", type=Path, required=True), arg("shards", type=Path, nargs="+"))
 def merge_manifests(args: argparse.Namespace) -> None:
     from .preprocess import merge_manifests as merge
 
     merged = merge(args.shards, args.out)
-    log.info("%s: %d files, statuses %s", args.out, len(merged),
-             merged["status"].value_counts().to_dict())
+    log.info("%s: %d files, statuses %s", args.out, len(merged), merged["status"].value_counts().to_dict())
 
 
-@command("folds", arg("--manifest", type=Path, required=True), arg("--out", type=Path, required=True),
-         arg("--folds", type=int, required=True), arg("--seed", type=int, required=True))
+@command(
+    "folds",
+    arg("--manifest", type=Path, required=True),
+    arg("--out", type=Path, required=True),
+    arg("--folds", type=int, required=True),
+    arg("--seed", type=int, required=True),
+)
 def folds(args: argparse.Namespace) -> None:
     from .stages import folds_job
 
@@ -113,11 +155,19 @@ def folds(args: argparse.Namespace) -> None:
     log.info("fold sizes (columns: verified 0/1):\n%s", sizes.to_string())
 
 
-@command("train", arg("--manifest", type=Path, required=True), arg("--folds", type=Path, required=True),
-         arg("--classes", type=Path, required=True), arg("--fold", type=int, required=True),
-         arg("--out-dir", type=Path, required=True), arg("--threads", type=int, default=1),
-         arg("--lock-dir", type=Path, required=True), arg("--train-list", type=Path),
-         arg("--init", type=Path), JSON)
+@command(
+    "train",
+    arg("--manifest", type=Path, required=True),
+    arg("--folds", type=Path, required=True),
+    arg("--classes", type=Path, required=True),
+    arg("--fold", type=int, required=True),
+    arg("--out-dir", type=Path, required=True),
+    arg("--threads", type=int, default=1),
+    arg("--lock-dir", type=Path, required=True),
+    arg("--train-list", type=Path),
+    arg("--init", type=Path),
+    JSON,
+)
 def train(args: argparse.Namespace) -> None:
     """Train one fold model (initial training, or fine-tuning with --train-list and --init)."""
     from .stages import TrainingJob, run_training_job
@@ -126,17 +176,38 @@ def train(args: argparse.Namespace) -> None:
     s = args.settings
     run = s.get("run", {})
     job = TrainingJob(
-        manifest_csv=args.manifest, folds_csv=args.folds, classes_csv=args.classes,
-        fold=args.fold, out_dir=args.out_dir, preset=s["preset"], net=s["net"],
-        fit=FitSettings(**s["fit"]), frames=s["frames"], device=s["device"],
-        threads=args.threads, lock_dir=args.lock_dir, train_list_csv=args.train_list,
+        manifest_csv=args.manifest,
+        folds_csv=args.folds,
+        classes_csv=args.classes,
+        fold=args.fold,
+        out_dir=args.out_dir,
+        preset=s["preset"],
+        net=s["net"],
+        fit=FitSettings(**s["fit"]),
+        frames=s["frames"],
+        device=s["device"],
+        threads=args.threads,
+        lock_dir=args.lock_dir,
+        train_list_csv=args.train_list,
         init_checkpoint=args.init,
-        options=RunOptions(CheckpointPolicy.from_settings(run.get("checkpoint_every")),
-                           compile=bool(run.get("compile", False))))
+        options=RunOptions(
+            CheckpointPolicy.from_settings(run.get("checkpoint_every")),
+            compile=bool(run.get("compile", False)),
+        ),
+    )
     history = run_training_job(job)
-    best = history.loc[history["valid_loss"].idxmin()] if history["valid_loss"].notna().any() else history.iloc[-1]
-    log.info("best epoch %d: valid loss %.4f, accuracy %.4f, MAP@3 %.4f", best["epoch"],
-             best["valid_loss"], best["valid_acc"], best["valid_map3"])
+    best = (
+        history.loc[history["valid_loss"].idxmin()]
+        if history["valid_loss"].notna().any()
+        else history.iloc[-1]
+    )
+    log.info(
+        "best epoch %d: valid loss %.4f, accuracy %.4f, MAP@3 %.4f",
+        best["epoch"],
+        best["valid_loss"],
+        best["valid_acc"],
+        best["valid_map3"],
+    )
 
 
 def fold_paths(pairs: list[str]) -> dict[int, Path]:
@@ -144,8 +215,12 @@ def fold_paths(pairs: list[str]) -> dict[int, Path]:
     return {int(k): Path(v) for k, v in (pair.split("=", 1) for pair in pairs)}
 
 
-@command("initial-list", arg("--start", choices=["all", "verified"], required=True),
-         arg("--folds", type=Path, required=True), arg("--out", type=Path, required=True))
+@command(
+    "initial-list",
+    arg("--start", choices=["all", "verified"], required=True),
+    arg("--folds", type=Path, required=True),
+    arg("--out", type=Path, required=True),
+)
 def initial_list(args: argparse.Namespace) -> None:
     """train.csv layout naming the clips iteration 0 trains on (all, or the verified ones)."""
     from .stages import initial_list_job
@@ -154,36 +229,63 @@ def initial_list(args: argparse.Namespace) -> None:
     log.info("%s: %d of %d clips", args.start, int(table["manually_verified"].sum()), len(table))
 
 
-@command("self-verify", arg("--models", nargs="+", required=True, help="fold=best.pt ..."),
-         arg("--manifest", type=Path, required=True), arg("--folds", type=Path, required=True),
-         arg("--classes", type=Path, required=True), arg("--train", type=Path, required=True),
-         arg("--out-dir", type=Path, required=True), arg("--threads", type=int, default=1),
-         arg("--lock-dir", type=Path, required=True), JSON)
+@command(
+    "self-verify",
+    arg("--models", nargs="+", required=True, help="fold=best.pt ..."),
+    arg("--manifest", type=Path, required=True),
+    arg("--folds", type=Path, required=True),
+    arg("--classes", type=Path, required=True),
+    arg("--train", type=Path, required=True),
+    arg("--out-dir", type=Path, required=True),
+    arg("--threads", type=int, default=1),
+    arg("--lock-dir", type=Path, required=True),
+    JSON,
+)
 def self_verify(args: argparse.Namespace) -> None:
     """Judge the held-out unverified clips with their fold's model; apply the chain's policy."""
     from .self_verify import SelfVerifySettings
     from .stages import TrustJob, self_verify_job
 
     s = args.settings
-    job = TrustJob(fold_paths(args.models), args.manifest, args.folds, args.classes, args.train,
-                   args.out_dir, SelfVerifySettings(**s["self_verify"]), s["policy"],
-                   s.get("iteration", 0), s.get("iterations", 1), s["frames"], s["device"],
-                   args.threads, args.lock_dir)
+    job = TrustJob(
+        fold_paths(args.models),
+        args.manifest,
+        args.folds,
+        args.classes,
+        args.train,
+        args.out_dir,
+        SelfVerifySettings(**s["self_verify"]),
+        s["policy"],
+        s.get("iteration", 0),
+        s.get("iterations", 1),
+        s["frames"],
+        s["device"],
+        args.threads,
+        args.lock_dir,
+    )
     decisions = self_verify_job(job)
-    log.info("policy %s trusted %d of %d unverified clips; reasons %s", s["policy"]["name"],
-             int(decisions["accepted"].sum()), len(decisions),
-             decisions["reason"].value_counts().to_dict())
+    log.info(
+        "policy %s trusted %d of %d unverified clips; reasons %s",
+        s["policy"]["name"],
+        int(decisions["accepted"].sum()),
+        len(decisions),
+        decisions["reason"].value_counts().to_dict(),
+    )
     if "true_label" in decisions:
         accepted = decisions[decisions["accepted"]]
-        log.info("precision of trusted labels %.4f (given unverified labels: %.4f)",
-                 (accepted["trusted_label"] == accepted["true_label"]).mean()
-                 if len(accepted) else float("nan"),
-                 (decisions["given_label"] == decisions["true_label"]).mean())
+        log.info(
+            "precision of trusted labels %.4f (given unverified labels: %.4f)",
+            (accepted["trusted_label"] == accepted["true_label"]).mean() if len(accepted) else float("nan"),
+            (decisions["given_label"] == decisions["true_label"]).mean(),
+        )
 
 
-@command("select", arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
-         arg("--tolerance", type=float, default=0.0, help="near-tie validation-loss difference"),
-         arg("--out", type=Path, required=True))
+@command(
+    "select",
+    arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
+    arg("--tolerance", type=float, default=0.0, help="near-tie validation-loss difference"),
+    arg("--out", type=Path, required=True),
+)
 def select(args: argparse.Namespace) -> None:
     """Pick the iteration with the lowest mean verified validation loss (near-tie rule)."""
     from .io import write_csv
@@ -191,39 +293,71 @@ def select(args: argparse.Namespace) -> None:
 
     table = selection_table(iteration_fold_paths(args.histories), args.tolerance)
     if table["near_tie"].sum() > 1:
-        log.warning("iterations %s are within %g of the lowest mean validation loss: chose the "
-                    "highest mean accuracy among them, then the earliest",
-                    table.loc[table["near_tie"], "iteration"].tolist(), args.tolerance)
+        log.warning(
+            "iterations %s are within %g of the lowest mean validation loss: chose the "
+            "highest mean accuracy among them, then the earliest",
+            table.loc[table["near_tie"], "iteration"].tolist(),
+            args.tolerance,
+        )
     write_csv(table, args.out)
     chosen = table.loc[table["chosen"]].iloc[0]
-    log.info("chosen iteration %d: mean valid loss %.4f, accuracy %.4f", chosen["iteration"],
-             chosen["mean_valid_loss"], chosen["mean_valid_acc"])
+    log.info(
+        "chosen iteration %d: mean valid loss %.4f, accuracy %.4f",
+        chosen["iteration"],
+        chosen["mean_valid_loss"],
+        chosen["mean_valid_acc"],
+    )
 
 
-@command("predict", arg("--selection", type=Path, required=True),
-         arg("--models", nargs="+", required=True, help="iteration:fold=best.pt ..."),
-         arg("--train-manifest", type=Path, required=True), arg("--test-manifest", type=Path, required=True),
-         arg("--folds", type=Path, required=True), arg("--classes", type=Path, required=True),
-         arg("--out-test", type=Path, required=True), arg("--out-valid", type=Path, required=True),
-         arg("--threads", type=int, default=1), arg("--lock-dir", type=Path, required=True), JSON)
+@command(
+    "predict",
+    arg("--selection", type=Path, required=True),
+    arg("--models", nargs="+", required=True, help="iteration:fold=best.pt ..."),
+    arg("--train-manifest", type=Path, required=True),
+    arg("--test-manifest", type=Path, required=True),
+    arg("--folds", type=Path, required=True),
+    arg("--classes", type=Path, required=True),
+    arg("--out-test", type=Path, required=True),
+    arg("--out-valid", type=Path, required=True),
+    arg("--threads", type=int, default=1),
+    arg("--lock-dir", type=Path, required=True),
+    JSON,
+)
 def predict(args: argparse.Namespace) -> None:
     """Posteriors of the chosen iteration's fold models (test clips and out-of-fold)."""
     from .stages import predict_job
 
     s = args.settings
-    iteration = predict_job(args.selection, iteration_fold_paths(args.models), args.train_manifest,
-                            args.test_manifest,
-                            args.folds, args.classes, args.out_test, args.out_valid, s["frames"],
-                            s["batch_size"], s["device"], args.threads, args.lock_dir)
+    iteration = predict_job(
+        args.selection,
+        iteration_fold_paths(args.models),
+        args.train_manifest,
+        args.test_manifest,
+        args.folds,
+        args.classes,
+        args.out_test,
+        args.out_valid,
+        s["frames"],
+        s["batch_size"],
+        s["device"],
+        args.threads,
+        args.lock_dir,
+    )
     log.info("predicted with iteration %d", iteration)
 
 
-@command("fuse", arg("--tests", nargs="+", required=True, help="preset=test.csv ..."),
-         arg("--valids", nargs="+", required=True, help="preset=valid_oof.csv ..."),
-         arg("--classes", type=Path, required=True), arg("--out-probs", type=Path, required=True),
-         arg("--out-weights", type=Path, required=True), arg("--out-submission", type=Path, required=True),
-         arg("--test-manifest", type=Path, help="every listed test clip gets a submission row"),
-         arg("--out-status", type=Path, help="fname,status,detail per test clip"), JSON)
+@command(
+    "fuse",
+    arg("--tests", nargs="+", required=True, help="preset=test.csv ..."),
+    arg("--valids", nargs="+", required=True, help="preset=valid_oof.csv ..."),
+    arg("--classes", type=Path, required=True),
+    arg("--out-probs", type=Path, required=True),
+    arg("--out-weights", type=Path, required=True),
+    arg("--out-submission", type=Path, required=True),
+    arg("--test-manifest", type=Path, help="every listed test clip gets a submission row"),
+    arg("--out-status", type=Path, help="fname,status,detail per test clip"),
+    JSON,
+)
 def fuse(args: argparse.Namespace) -> None:
     """Fuse the presets' posteriors; write the submission."""
     from .stages import fuse_job
@@ -232,14 +366,28 @@ def fuse(args: argparse.Namespace) -> None:
         return {k: Path(v) for k, v in (item.split("=", 1) for item in items)}
 
     s = args.settings
-    fuse_job(pairs(args.tests), pairs(args.valids), args.classes, s["method"], s["learned_epochs"],
-             s["learned_lr"], args.out_probs, args.out_weights, args.out_submission,
-             args.test_manifest, args.out_status)
+    fuse_job(
+        pairs(args.tests),
+        pairs(args.valids),
+        args.classes,
+        s["method"],
+        s["learned_epochs"],
+        s["learned_lr"],
+        args.out_probs,
+        args.out_weights,
+        args.out_submission,
+        args.test_manifest,
+        args.out_status,
+    )
 
 
-@command("evaluate", arg("--test", type=Path, required=True), arg("--classes", type=Path, required=True),
-         arg("--systems", nargs="+", required=True, help="name=probabilities.csv ..."),
-         arg("--out-dir", type=Path, required=True))
+@command(
+    "evaluate",
+    arg("--test", type=Path, required=True),
+    arg("--classes", type=Path, required=True),
+    arg("--systems", nargs="+", required=True, help="name=probabilities.csv ..."),
+    arg("--out-dir", type=Path, required=True),
+)
 def evaluate(args: argparse.Namespace) -> None:
     """Accuracy and MAP@3 per system and set; per-class report and confusion of the fusion."""
     from .stages import evaluate_job
@@ -249,24 +397,38 @@ def evaluate(args: argparse.Namespace) -> None:
     log.info("\n%s", scores.to_string(index=False))
 
 
-@command("summary", arg("--presets", nargs="+", required=True),
-         arg("--selections", nargs="+", required=True), arg("--self-verify-dirs", nargs="*", default=[]),
-         arg("--scores", type=Path), arg("--submission-status", type=Path),
-         arg("--out", type=Path, required=True))
+@command(
+    "summary",
+    arg("--presets", nargs="+", required=True),
+    arg("--selections", nargs="+", required=True),
+    arg("--self-verify-dirs", nargs="*", default=[]),
+    arg("--scores", type=Path),
+    arg("--submission-status", type=Path),
+    arg("--out", type=Path, required=True),
+)
 def summary(args: argparse.Namespace) -> None:
     """results/summary.csv: one row per preset, the table to compare with the paper."""
     from .stages import summary_job
 
-    table = summary_job(args.presets, [Path(p) for p in args.selections],
-                        [Path(p) for p in args.self_verify_dirs], args.scores, args.out,
-                        args.submission_status)
+    table = summary_job(
+        args.presets,
+        [Path(p) for p in args.selections],
+        [Path(p) for p in args.self_verify_dirs],
+        args.scores,
+        args.out,
+        args.submission_status,
+    )
     log.info("\n%s", table.to_string(index=False))
 
 
-@command("plot-training", arg("--preset", required=True),
-         arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
-         arg("--self-verify", nargs="*", default=[], help="iteration=per_class.csv ..."),
-         arg("--out-curves", type=Path, required=True), arg("--out-counts", type=Path, required=True))
+@command(
+    "plot-training",
+    arg("--preset", required=True),
+    arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
+    arg("--self-verify", nargs="*", default=[], help="iteration=per_class.csv ..."),
+    arg("--out-curves", type=Path, required=True),
+    arg("--out-counts", type=Path, required=True),
+)
 def plot_training(args: argparse.Namespace) -> None:
     """Training curves and self-verified counts of one preset."""
     import pandas as pd
@@ -278,14 +440,20 @@ def plot_training(args: argparse.Namespace) -> None:
         key, path = pair.split("=", 1)
         histories.setdefault(int(key.split(":")[0]), []).append(Path(path))
     training_curves(histories, args.preset, args.out_curves)
-    tables = {int(k): pd.read_csv(v, dtype={"label": str})
-              for k, v in (pair.split("=", 1) for pair in args.self_verify)}
+    tables = {
+        int(k): pd.read_csv(v, dtype={"label": str})
+        for k, v in (pair.split("=", 1) for pair in args.self_verify)
+    }
     self_verified_counts(tables, args.preset, args.out_counts)
 
 
-@command("plot-evaluation", arg("--confusion", type=Path, required=True),
-         arg("--per-class", type=Path, required=True), arg("--out-confusion", type=Path, required=True),
-         arg("--out-per-class", type=Path, required=True))
+@command(
+    "plot-evaluation",
+    arg("--confusion", type=Path, required=True),
+    arg("--per-class", type=Path, required=True),
+    arg("--out-confusion", type=Path, required=True),
+    arg("--out-per-class", type=Path, required=True),
+)
 def plot_evaluation(args: argparse.Namespace) -> None:
     """Confusion matrix and per-class scores of the fused system."""
     import pandas as pd
@@ -296,9 +464,12 @@ def plot_evaluation(args: argparse.Namespace) -> None:
     per_class_plot(pd.read_csv(args.per_class, dtype={"label": str}), "fusion", args.out_per_class)
 
 
-@command("report-tables", arg("--summary", type=Path, required=True),
-         arg("--systems", type=Path, help="systems.csv: one row per chain"),
-         arg("--out", type=Path, required=True))
+@command(
+    "report-tables",
+    arg("--summary", type=Path, required=True),
+    arg("--systems", type=Path, help="systems.csv: one row per chain"),
+    arg("--out", type=Path, required=True),
+)
 def report_tables(args: argparse.Namespace) -> None:
     """The run's result tables as one HTML page, first in the Snakemake report."""
     from .report_tables import results_page
@@ -309,20 +480,31 @@ def report_tables(args: argparse.Namespace) -> None:
     results_page(tables, args.out)
 
 
-@command("systems", arg("--test", type=Path, required=True),
-         arg("--classes", type=Path, required=True),
-         arg("--spec", type=json.loads, required=True, help="JSON list of chains and presets"),
-         arg("--min-trusted-share", type=float, default=0.0),
-         arg("--out", type=Path, required=True), arg("--out-iterations", type=Path, required=True),
-         arg("--out-plot", type=Path, required=True))
+@command(
+    "systems",
+    arg("--test", type=Path, required=True),
+    arg("--classes", type=Path, required=True),
+    arg("--spec", type=json.loads, required=True, help="JSON list of chains and presets"),
+    arg("--min-trusted-share", type=float, default=0.0),
+    arg("--out", type=Path, required=True),
+    arg("--out-iterations", type=Path, required=True),
+    arg("--out-plot", type=Path, required=True),
+)
 def systems(args: argparse.Namespace) -> None:
     """One row per chain, one per chain and iteration, and their plot."""
     import pandas as pd
 
     from .systems import systems_job
 
-    table = systems_job(args.spec, args.test, args.classes, args.out, args.out_iterations,
-                        args.out_plot, args.min_trusted_share)
+    table = systems_job(
+        args.spec,
+        args.test,
+        args.classes,
+        args.out,
+        args.out_iterations,
+        args.out_plot,
+        args.min_trusted_share,
+    )
     with pd.option_context("display.width", 200, "display.max_columns", 14):
         log.info("\n%s", table.drop(columns="description").to_string(index=False))
 
@@ -332,30 +514,52 @@ def systems(args: argparse.Namespace) -> None:
 # the logic is in workflow_lib/tagger.py (no torch at import) and workflow_lib/export.py.
 
 
-@command("tag", arg("inputs", type=Path, nargs="*", help="audio files, folders (searched "
-                    "recursively) or '-' (raw PCM on standard input, with --raw-rate)"),
-         arg("--list", dest="list_file", type=Path, help="a file naming one path per line"),
-         arg("--out", type=Path, default=Path("tags.csv"), help="the CSV to write (tags.csv)"),
-         arg("--bundle", type=Path, help="an exported tagger folder (results/export): tag "
-             "without the run's results/ tree"),
-         arg("--backend", choices=["auto", "torch", "torchscript", "onnx"], default="auto",
-             help="run: torch; bundle: torchscript or onnx (auto: torchscript when torch is "
-             "installed, else onnx)"),
-         arg("--results", type=Path, help="the run's results folder (results)"),
-         arg("--configfile", type=Path, help="the run's config file (config.yaml)"),
-         arg("--config", nargs="+", default=[], metavar="KEY=VALUE",
-             help="the run's overrides, as given to snakemake --config (e.g. run_preset=paper)"),
-         arg("--top-k", type=int, default=3, help="labels per row (3)"),
-         arg("--all-classes", action="store_true", help="add one posterior column per class"),
-         arg("--batch-size", type=int, help="spectrograms per network call (run: "
-             "compute.eval_batch_size; bundle: 32)"),
-         arg("--device", choices=["auto", "cpu", "cuda"], default="auto"),
-         arg("--jobs", type=int, default=1, help="preprocessing processes (1)"),
-         arg("--timeline", action="store_true", help="tag windows of each file over time"),
-         arg("--window", type=float, help="timeline window length in seconds (2.0)"),
-         arg("--hop", type=float, help="timeline hop in seconds (1.0)"),
-         arg("--plot", type=Path, help="timeline PNG (the CSV's name with .png)"),
-         arg("--raw-rate", type=int, help="sample rate of raw 16-bit mono PCM read from '-'"))
+@command(
+    "tag",
+    arg(
+        "inputs",
+        type=Path,
+        nargs="*",
+        help="audio files, folders (searched "
+        "recursively) or '-' (raw PCM on standard input, with --raw-rate)",
+    ),
+    arg("--list", dest="list_file", type=Path, help="a file naming one path per line"),
+    arg("--out", type=Path, default=Path("tags.csv"), help="the CSV to write (tags.csv)"),
+    arg(
+        "--bundle",
+        type=Path,
+        help="an exported tagger folder (results/export): tag without the run's results/ tree",
+    ),
+    arg(
+        "--backend",
+        choices=["auto", "torch", "torchscript", "onnx"],
+        default="auto",
+        help="run: torch; bundle: torchscript or onnx (auto: torchscript when torch is installed, else onnx)",
+    ),
+    arg("--results", type=Path, help="the run's results folder (results)"),
+    arg("--configfile", type=Path, help="the run's config file (config.yaml)"),
+    arg(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the run's overrides, as given to snakemake --config (e.g. run_preset=paper)",
+    ),
+    arg("--top-k", type=int, default=3, help="labels per row (3)"),
+    arg("--all-classes", action="store_true", help="add one posterior column per class"),
+    arg(
+        "--batch-size",
+        type=int,
+        help="spectrograms per network call (run: compute.eval_batch_size; bundle: 32)",
+    ),
+    arg("--device", choices=["auto", "cpu", "cuda"], default="auto"),
+    arg("--jobs", type=int, default=1, help="preprocessing processes (1)"),
+    arg("--timeline", action="store_true", help="tag windows of each file over time"),
+    arg("--window", type=float, help="timeline window length in seconds (2.0)"),
+    arg("--hop", type=float, help="timeline hop in seconds (1.0)"),
+    arg("--plot", type=Path, help="timeline PNG (the CSV's name with .png)"),
+    arg("--raw-rate", type=int, help="sample rate of raw 16-bit mono PCM read from '-'"),
+)
 def tag(args: argparse.Namespace) -> int:
     """Tag audio files with the trained system; exit 1 when any file could not be tagged."""
     from .tagger import TagOptions, run_tag
@@ -364,15 +568,15 @@ def tag(args: argparse.Namespace) -> int:
     return run_tag(TagOptions(**options))
 
 
-@command("export", arg("--results", type=Path, required=True),
-         arg("--out-dir", type=Path, required=True), JSON)
+@command(
+    "export", arg("--results", type=Path, required=True), arg("--out-dir", type=Path, required=True), JSON
+)
 def export(args: argparse.Namespace) -> None:
     """Write the fused tagger (TorchScript, ONNX), classes, settings and model card."""
     from .export import export_bundle
 
     worst = export_bundle(args.results, args.settings, args.out_dir)
-    log.info("exported the tagger to %s (TorchScript and ONNX within %.1e of torch)",
-             args.out_dir, worst)
+    log.info("exported the tagger to %s (TorchScript and ONNX within %.1e of torch)", args.out_dir, worst)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,8 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     # Every job's log names the release that wrote it (CHANGELOG.md), so a result can be cited.
     log.info("workflow_lib %s: %s", __version__, args.command)

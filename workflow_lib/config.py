@@ -86,8 +86,15 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
 
 
 #: Keys every chain may set, whatever its policy.
-CHAIN_COMMON_KEYS = {"start", "policy", "max_per_class", "max_fraction", "correct_labels",
-                     "correct_threshold", "description"}
+CHAIN_COMMON_KEYS = {
+    "start",
+    "policy",
+    "max_per_class",
+    "max_fraction",
+    "correct_labels",
+    "correct_threshold",
+    "description",
+}
 
 
 def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
@@ -98,22 +105,25 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
     chains = settings["chains"]
     unknown = [c for c in settings["run_chains"] if c not in chains]
     if unknown:
-        problems.append(f"config key run_chains: {unknown} not defined under chains "
-                        f"(defined: {sorted(chains)})")
+        problems.append(
+            f"config key run_chains: {unknown} not defined under chains (defined: {sorted(chains)})"
+        )
     for name, chain in chains.items():
         policy = chain["policy"]
         stray = sorted(set(chain) - CHAIN_COMMON_KEYS - POLICY_PARAMETERS[policy])
         if stray:
             problems.append(f"config key chains.{name}: policy {policy} does not read {stray}")
         if policy == "scheduled_threshold" and not {"threshold_start", "threshold_end"} <= set(chain):
-            problems.append(f"config key chains.{name}: scheduled_threshold needs threshold_start "
-                            "and threshold_end")
+            problems.append(
+                f"config key chains.{name}: scheduled_threshold needs threshold_start and threshold_end"
+            )
         if chain.get("correct_labels") and policy not in CORRECTABLE:
-            problems.append(f"config key chains.{name}.correct_labels: policy {policy} never "
-                            "refuses a clip for its label, so it cannot correct one")
+            problems.append(
+                f"config key chains.{name}.correct_labels: policy {policy} never "
+                "refuses a clip for its label, so it cannot correct one"
+            )
         if "correct_threshold" in chain and not chain.get("correct_labels"):
-            problems.append(f"config key chains.{name}.correct_threshold: set only with "
-                            "correct_labels: true")
+            problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
     return problems
 
 
@@ -128,10 +138,13 @@ def chain_policy(settings: Mapping[str, Any], chain: str) -> dict[str, Any]:
 
     spec = settings["chains"][chain]
     sv = settings["method"]["self_verification"]
-    policy = {"name": spec["policy"], "max_per_class": spec.get("max_per_class", sv["max_per_class"]),
-              "max_fraction": spec.get("max_fraction"),
-              "correct_labels": spec.get("correct_labels", False),
-              "min_trusted_share": settings["trust"]["min_trusted_share"]}
+    policy = {
+        "name": spec["policy"],
+        "max_per_class": spec.get("max_per_class", sv["max_per_class"]),
+        "max_fraction": spec.get("max_fraction"),
+        "correct_labels": spec.get("correct_labels", False),
+        "min_trusted_share": settings["trust"]["min_trusted_share"],
+    }
     if "correct_threshold" in spec:
         policy["correct_threshold"] = spec["correct_threshold"]
     for key in POLICY_PARAMETERS[spec["policy"]]:
@@ -157,17 +170,25 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
     initial = iteration == 0
     stage = method["initial_training"] if initial else method["fine_tuning"]
     fit = {
-        "epochs": stage["epochs"], "constant_epochs": stage["constant_epochs"],
+        "epochs": stage["epochs"],
+        "constant_epochs": stage["constant_epochs"],
         "lr": stage["lr"] if initial else net["finetune_lr"],
-        "batch_size": net["batch_size"], "excerpt_frames": method["excerpt_frames"],
+        "batch_size": net["batch_size"],
+        "excerpt_frames": method["excerpt_frames"],
         "mixup_alpha": net["mixup_alpha"] if initial else None,
         "seed": derive_seed(method["seed"], preset, iteration),
-        "eval_batch_size": compute["eval_batch_size"], "amp": compute["amp"],
+        "eval_batch_size": compute["eval_batch_size"],
+        "amp": compute["amp"],
     }
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
-    return {"preset": preset, "net": {**net, "dropout": dropout}, "fit": fit,
-            "frames": method["spectrogram_frames"], "device": compute["device"],
-            "run": {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]}}
+    return {
+        "preset": preset,
+        "net": {**net, "dropout": dropout},
+        "fit": fit,
+        "frames": method["spectrogram_frames"],
+        "device": compute["device"],
+        "run": {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]},
+    }
 
 
 def gpus_per_training_job(compute: Mapping[str, Any]) -> int:
@@ -184,8 +205,16 @@ def gpus_per_training_job(compute: Mapping[str, Any]) -> int:
 
 
 #: Sections a run preset may override (and a user setting may then win back).
-PRESET_SECTIONS = ("dataset", "demo_data", "preprocessing", "method", "compute", "chains", "run_chains",
-                   "trust")
+PRESET_SECTIONS = (
+    "dataset",
+    "demo_data",
+    "preprocessing",
+    "method",
+    "compute",
+    "chains",
+    "run_chains",
+    "trust",
+)
 
 
 def leaf_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -223,9 +252,7 @@ def resolve_settings(config: Mapping[str, Any], user: Mapping[str, Any] | None =
     presets = config.get("run_presets", {})
     name = config.get("run_preset")
     if name not in presets:
-        raise ConfigError(
-            f"config key run_preset: {name!r} is not one of the run presets {sorted(presets)}"
-        )
+        raise ConfigError(f"config key run_preset: {name!r} is not one of the run presets {sorted(presets)}")
     overrides = presets[name] or {}
     stray = sorted(set(overrides) - set(PRESET_SECTIONS))
     if stray:
@@ -237,8 +264,11 @@ def resolve_settings(config: Mapping[str, Any], user: Mapping[str, Any] | None =
     return settings
 
 
-def user_settings(config_files: list[Path], command_line: Mapping[str, Any], default_file: Path,
-                  ) -> dict[str, Any]:
+def user_settings(
+    config_files: list[Path],
+    command_line: Mapping[str, Any],
+    default_file: Path,
+) -> dict[str, Any]:
     """What the user gave besides ``default_file``: extra config files, then ``--config``."""
     given: dict[str, Any] = {}
     for path in config_files:
@@ -256,8 +286,10 @@ RUN_RECORD = "run.json"
 def run_identity(settings: Mapping[str, Any]) -> dict[str, str]:
     """What ties a results folder to one run: the dataset and the run preset."""
     root = settings["dataset_root"]
-    return {"dataset_root": str(Path(root).resolve()) if root else "(demo dataset)",
-            "run_preset": settings["run_preset"]}
+    return {
+        "dataset_root": str(Path(root).resolve()) if root else "(demo dataset)",
+        "run_preset": settings["run_preset"],
+    }
 
 
 def check_dataset_root(settings: Mapping[str, Any]) -> None:
@@ -287,7 +319,8 @@ def check_run_identity(results: Path, identity: Mapping[str, str]) -> None:
         raise ConfigError(
             f"{results}/ holds the results of another run ({was}; see {record}); this command "
             f"asks for {now}. Run it in another folder (snakemake --directory OTHER ...) or move "
-            f"{results}/ away; mixing them would overwrite or combine the two runs' outputs")
+            f"{results}/ away; mixing them would overwrite or combine the two runs' outputs"
+        )
 
 
 def record_run_identity(results: Path, identity: Mapping[str, str]) -> None:

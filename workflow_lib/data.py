@@ -22,14 +22,15 @@ from .preprocess import N_BINS, SpectrogramStore
 class ClipBank:
     """Spectrograms of a set of clips, concatenated time-major, plus per-clip offsets/lengths."""
 
-    frames_major: torch.Tensor    # (total_frames, n_bins)
-    offsets: torch.Tensor         # (n_clips,) int64
-    lengths: torch.Tensor         # (n_clips,) int64
-    frames: int                   # length after the length fix (3,000 in the paper)
+    frames_major: torch.Tensor  # (total_frames, n_bins)
+    offsets: torch.Tensor  # (n_clips,) int64
+    lengths: torch.Tensor  # (n_clips,) int64
+    frames: int  # length after the length fix (3,000 in the paper)
 
     @classmethod
-    def from_store(cls, store: SpectrogramStore, fnames: Sequence[str], frames: int,
-                   device: str | torch.device = "cpu") -> "ClipBank":
+    def from_store(
+        cls, store: SpectrogramStore, fnames: Sequence[str], frames: int, device: str | torch.device = "cpu"
+    ) -> ClipBank:
         """Load the named clips, keeping at most ``frames`` frames of each (the rest is never used).
 
         One index lookup for all names, then each clip is copied once, transposed, straight
@@ -47,11 +48,16 @@ class ClipBank:
             raise ValueError("a clip with zero frames reached the data path")
         offsets = np.cumsum(lengths) - lengths
         stacked = np.empty((int(lengths.sum()), N_BINS), dtype=np.float32)
-        for shard, start, length, offset in zip(shards.tolist(), starts.tolist(),
-                                                lengths.tolist(), offsets.tolist()):
-            stacked[offset:offset + length] = store.shard_arrays[shard][0, :, start:start + length].T
-        return cls(torch.from_numpy(stacked).to(device), torch.from_numpy(offsets).to(device),
-                   torch.from_numpy(lengths).to(device), frames)
+        for shard, start, length, offset in zip(
+            shards.tolist(), starts.tolist(), lengths.tolist(), offsets.tolist()
+        ):
+            stacked[offset : offset + length] = store.shard_arrays[shard][0, :, start : start + length].T
+        return cls(
+            torch.from_numpy(stacked).to(device),
+            torch.from_numpy(offsets).to(device),
+            torch.from_numpy(lengths).to(device),
+            frames,
+        )
 
     def __len__(self) -> int:
         return len(self.offsets)

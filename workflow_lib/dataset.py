@@ -68,8 +68,9 @@ class Problems:
     rows: list[dict] = field(default_factory=list)
 
     def add(self, file: Path, line: int | str, fname: str, problem: str, outcome: str) -> None:
-        self.rows.append({"file": str(file), "line": line, "fname": fname,
-                          "problem": problem, "outcome": outcome})
+        self.rows.append(
+            {"file": str(file), "line": line, "fname": fname, "problem": problem, "outcome": outcome}
+        )
 
     def errors(self) -> list[dict]:
         return [r for r in self.rows if r["outcome"] == "error"]
@@ -114,8 +115,7 @@ def _read(path: Path, required: tuple[str, ...], problems: Problems) -> pd.DataF
         return None
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        problems.add(path, 1, "", f"missing column(s) {missing}; found {list(frame.columns)}",
-                     "error")
+        problems.add(path, 1, "", f"missing column(s) {missing}; found {list(frame.columns)}", "error")
         return None
     for extra in [c for c in frame.columns if c not in required]:
         problems.add(path, 1, "", f"unknown column {extra!r} ignored", "ignored")
@@ -131,18 +131,23 @@ def _check_names(frame: pd.DataFrame, path: Path, problems: Problems) -> None:
     duplicated = frame["fname"].duplicated(keep=False)
     for fname, group in frame[duplicated].groupby("fname"):
         lines = ", ".join(str(csv_line(i)) for i in group.index)
-        problems.add(path, csv_line(group.index[-1]), fname,
-                     f"duplicate fname {fname!r} on lines {lines}", "error")
+        problems.add(
+            path, csv_line(group.index[-1]), fname, f"duplicate fname {fname!r} on lines {lines}", "error"
+        )
 
 
 def _check_label(label: str) -> str:
     """Why a class name cannot be used ('' when it can)."""
     if label in RESERVED_LABELS:
-        return (f"label {label!r} is a reserved name (reserved: {', '.join(RESERVED_LABELS)}): "
-                "it would collide with a column or the totals row of the outputs; rename the class")
+        return (
+            f"label {label!r} is a reserved name (reserved: {', '.join(RESERVED_LABELS)}): "
+            "it would collide with a column or the totals row of the outputs; rename the class"
+        )
     if any(ch.isspace() for ch in label):
-        return (f"label {label!r} contains whitespace: the submission lists the top-3 labels "
-                "separated by spaces, so it could not be split back; use '_' instead")
+        return (
+            f"label {label!r} contains whitespace: the submission lists the top-3 labels "
+            "separated by spaces, so it could not be split back; use '_' instead"
+        )
     return ""
 
 
@@ -154,26 +159,32 @@ def outside_root(path: Path, roots: tuple[Path, ...]) -> str:
     return str(target)
 
 
-def _check_exists(frame: pd.DataFrame, audio_dir: Path, path: Path, problems: Problems,
-                  root: Path, follow_links: bool) -> pd.Series:
+def _check_exists(
+    frame: pd.DataFrame, audio_dir: Path, path: Path, problems: Problems, root: Path, follow_links: bool
+) -> pd.Series:
     """Listed files that exist and stay inside the dataset (or its audio folder's target)."""
     usable = []
     for index, fname in frame["fname"].items():
         file = audio_dir / fname
         target = "" if follow_links or not file.is_file() else outside_root(file, (root, audio_dir))
         if not file.is_file():
-            problems.add(path, csv_line(index), fname, f"audio file not found in {audio_dir}",
-                         "skipped")
+            problems.add(path, csv_line(index), fname, f"audio file not found in {audio_dir}", "skipped")
         elif target:
-            problems.add(path, csv_line(index), fname,
-                         f"symbolic link leads outside the dataset root (to {target}); set "
-                         "dataset.follow_external_symlinks: true to read it", "skipped")
+            problems.add(
+                path,
+                csv_line(index),
+                fname,
+                f"symbolic link leads outside the dataset root (to {target}); set "
+                "dataset.follow_external_symlinks: true to read it",
+                "skipped",
+            )
         usable.append(file.is_file() and not target)
     return pd.Series(usable, index=frame.index, dtype=bool)
 
 
-def read_train(csv_path: Path, audio_dir: Path, problems: Problems, root: Path | None = None,
-               follow_links: bool = False) -> pd.DataFrame | None:
+def read_train(
+    csv_path: Path, audio_dir: Path, problems: Problems, root: Path | None = None, follow_links: bool = False
+) -> pd.DataFrame | None:
     """Training listing with columns fname, label, verified (0/1), path."""
     frame = _read(csv_path, TRAIN_COLUMNS, problems)
     if frame is None:
@@ -185,11 +196,14 @@ def read_train(csv_path: Path, audio_dir: Path, problems: Problems, root: Path |
         elif why := _check_label(row["label"]):
             problems.add(csv_path, csv_line(index), row["fname"], why, "error")
         if row["manually_verified"].strip() not in ("0", "1"):
-            problems.add(csv_path, csv_line(index), row["fname"],
-                         f"manually_verified must be 0 or 1, got {row['manually_verified']!r}",
-                         "error")
-    exists = _check_exists(frame, audio_dir, csv_path, problems, root or csv_path.parent,
-                           follow_links)
+            problems.add(
+                csv_path,
+                csv_line(index),
+                row["fname"],
+                f"manually_verified must be 0 or 1, got {row['manually_verified']!r}",
+                "error",
+            )
+    exists = _check_exists(frame, audio_dir, csv_path, problems, root or csv_path.parent, follow_links)
     frame = frame[exists].copy()
     frame["verified"] = pd.to_numeric(frame.pop("manually_verified"), errors="coerce")
     frame["path"] = [str(audio_dir / name) for name in frame["fname"]]
@@ -214,17 +228,20 @@ def _folder_files(audio_dir: Path) -> list[Path]:
     return sorted(p for p in audio_dir.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _unlisted_test_files(frame: pd.DataFrame, audio_dir: Path, csv_path: Path,
-                         problems: Problems) -> None:
+def _unlisted_test_files(frame: pd.DataFrame, audio_dir: Path, csv_path: Path, problems: Problems) -> None:
     """Decodable audio in the test folder that the CSV does not list: an error, because it
     would silently get no prediction."""
     listed = set(frame["fname"])
     for file in _folder_files(audio_dir):
         if file.name not in listed and _is_audio(file):
-            problems.add(csv_path, "-", file.name,
-                         f"{file} is decodable audio but not listed in {csv_path.name}: list it "
-                         "(usage Ignored: predicted, never scored) or move it out of the folder",
-                         "error")
+            problems.add(
+                csv_path,
+                "-",
+                file.name,
+                f"{file} is decodable audio but not listed in {csv_path.name}: list it "
+                "(usage Ignored: predicted, never scored) or move it out of the folder",
+                "error",
+            )
 
 
 def _test_files_without_csv(audio_dir: Path, problems: Problems) -> list[str]:
@@ -239,9 +256,14 @@ def _test_files_without_csv(audio_dir: Path, problems: Problems) -> list[str]:
     return names
 
 
-def read_test(csv_path: Path | None, audio_dir: Path, classes: list[str],
-              problems: Problems, root: Path | None = None,
-              follow_links: bool = False) -> pd.DataFrame:
+def read_test(
+    csv_path: Path | None,
+    audio_dir: Path,
+    classes: list[str],
+    problems: Problems,
+    root: Path | None = None,
+    follow_links: bool = False,
+) -> pd.DataFrame:
     """Test listing with columns fname, label ('' if unknown), usage, path.
 
     Without a CSV, every audio file in the test folder is predicted and nothing is evaluated.
@@ -258,8 +280,7 @@ def read_test(csv_path: Path | None, audio_dir: Path, classes: list[str],
         if frame is None:
             return pd.DataFrame(columns=["fname", "label", "usage", "path"])
         if "fname" not in frame.columns:
-            problems.add(csv_path, 1, "", f"missing column 'fname'; found {list(frame.columns)}",
-                         "error")
+            problems.add(csv_path, 1, "", f"missing column 'fname'; found {list(frame.columns)}", "error")
             return pd.DataFrame(columns=["fname", "label", "usage", "path"])
         for column in ("label", "usage"):
             if column not in frame.columns:
@@ -281,20 +302,35 @@ def _check_test_labels(frame: pd.DataFrame, path: Path, classes: list[str], prob
     for index, row in frame.iterrows():
         usage = row["usage"]
         if usage and usage not in TEST_USAGES:
-            problems.add(path, csv_line(index), row["fname"],
-                         f"usage must be one of {TEST_USAGES}, got {usage!r}", "error")
+            problems.add(
+                path,
+                csv_line(index),
+                row["fname"],
+                f"usage must be one of {TEST_USAGES}, got {usage!r}",
+                "error",
+            )
         scored = usage in SCORED_USAGES or (usage == "" and row["label"] != "")
         if scored and row["label"] not in known:
-            problems.add(path, csv_line(index), row["fname"],
-                         f"label {row['label']!r} never appears in training", "error")
+            problems.add(
+                path,
+                csv_line(index),
+                row["fname"],
+                f"label {row['label']!r} never appears in training",
+                "error",
+            )
 
 
 def check_class_sizes(train: pd.DataFrame, folds: int, csv_path: Path, problems: Problems) -> None:
     """Every class needs at least ``folds`` usable clips to be stratified."""
     for label, count in train["label"].value_counts().items():
         if count < folds:
-            problems.add(csv_path, "-", "", f"class {label!r} has {count} usable clip(s), fewer "
-                         f"than the {folds} folds", "error")
+            problems.add(
+                csv_path,
+                "-",
+                "",
+                f"class {label!r} has {count} usable clip(s), fewer than the {folds} folds",
+                "error",
+            )
 
 
 def attach_true_labels(train: pd.DataFrame, true_labels_csv: Path | None) -> pd.DataFrame:

@@ -26,6 +26,7 @@ Generator = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
 def _tone(freq_lo: float, freq_hi: float) -> Generator:
     def make(rng: np.random.Generator, t: np.ndarray, sr: int) -> np.ndarray:
         return np.sin(2 * np.pi * rng.uniform(freq_lo, freq_hi) * t)
+
     return make
 
 
@@ -35,6 +36,7 @@ def _chirp(start: float, stop: float) -> Generator:
         duration = max(t[-1], 1e-3)
         phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * duration))
         return np.sin(phase)
+
     return make
 
 
@@ -80,10 +82,17 @@ def _dual_tone(rng: np.random.Generator, t: np.ndarray, sr: int) -> np.ndarray:
 
 
 SOUND_CLASSES: dict[str, Generator] = {
-    "low_tone": _tone(180, 320), "high_tone": _tone(2500, 3500),
-    "chirp_up": _chirp(300, 4000), "chirp_down": _chirp(4000, 300),
-    "noise_bursts": _noise_bursts, "click_train": _clicks, "buzz": _harmonic,
-    "tremolo": _am_tone, "rumble": _brown_noise, "hiss": _hiss, "siren": _fm_tone,
+    "low_tone": _tone(180, 320),
+    "high_tone": _tone(2500, 3500),
+    "chirp_up": _chirp(300, 4000),
+    "chirp_down": _chirp(4000, 300),
+    "noise_bursts": _noise_bursts,
+    "click_train": _clicks,
+    "buzz": _harmonic,
+    "tremolo": _am_tone,
+    "rumble": _brown_noise,
+    "hiss": _hiss,
+    "siren": _fm_tone,
     "dial_tone": _dual_tone,
 }
 
@@ -117,8 +126,13 @@ def _write_audio(folder: Path, names: list[str], labels: np.ndarray, rng, settin
     folder.mkdir(parents=True, exist_ok=True)
     for name, label in zip(names, labels):
         with atomic_path(folder / name) as tmp:
-            sf.write(str(tmp), synthesize_clip(label, rng, settings), settings["sample_rate"],
-                     subtype="PCM_16", format="WAV")
+            sf.write(
+                str(tmp),
+                synthesize_clip(label, rng, settings),
+                settings["sample_rate"],
+                subtype="PCM_16",
+                format="WAV",
+            )
 
 
 def _unique_names(rng: np.random.Generator, count: int) -> list[str]:
@@ -135,27 +149,38 @@ def generate_demo_dataset(out_dir: Path, settings: Mapping[str, Any]) -> dict[st
     names = _unique_names(rng, len(classes) * (n_train + n_test))
     train_true = np.repeat(classes, n_train)
     test_labels = np.repeat(classes, n_test)
-    train_names, test_names = names[: len(train_true)], names[len(train_true):]
+    train_names, test_names = names[: len(train_true)], names[len(train_true) :]
 
     verified = _stratified_flags(train_true, settings["verified_fraction"], rng)
     given = train_true.copy()
     unverified = np.flatnonzero(~verified)
-    given[unverified] = corrupt_labels(list(train_true[unverified]), settings["noise_rate"],
-                                       classes, rng)
+    given[unverified] = corrupt_labels(list(train_true[unverified]), settings["noise_rate"], classes, rng)
     public = _stratified_flags(test_labels, settings["public_fraction"], rng)
 
     _write_audio(out_dir / "audio_train", train_names, train_true, rng, settings)
     _write_audio(out_dir / "audio_test", test_names, test_labels, rng, settings)
-    write_csv(pd.DataFrame({"fname": train_names, "label": given,
-                            "manually_verified": verified.astype(int)}), out_dir / "train.csv")
-    write_csv(pd.DataFrame({"fname": train_names, "true_label": train_true}),
-              out_dir / "train_true_labels.csv")
-    write_csv(pd.DataFrame({"fname": test_names, "label": test_labels,
-                            "usage": np.where(public, "Public", "Private")}),
-              out_dir / "test_post_competition.csv")
-    summary = {"classes": classes, "n_train": len(train_names), "n_verified": int(verified.sum()),
-               "n_unverified": int(len(unverified)),
-               "n_wrong_labels": int((given != train_true).sum()), "n_test": len(test_names),
-               "n_public": int(public.sum()), "settings": dict(settings)}
+    write_csv(
+        pd.DataFrame({"fname": train_names, "label": given, "manually_verified": verified.astype(int)}),
+        out_dir / "train.csv",
+    )
+    write_csv(
+        pd.DataFrame({"fname": train_names, "true_label": train_true}), out_dir / "train_true_labels.csv"
+    )
+    write_csv(
+        pd.DataFrame(
+            {"fname": test_names, "label": test_labels, "usage": np.where(public, "Public", "Private")}
+        ),
+        out_dir / "test_post_competition.csv",
+    )
+    summary = {
+        "classes": classes,
+        "n_train": len(train_names),
+        "n_verified": int(verified.sum()),
+        "n_unverified": int(len(unverified)),
+        "n_wrong_labels": int((given != train_true).sum()),
+        "n_test": len(test_names),
+        "n_public": int(public.sum()),
+        "settings": dict(settings),
+    }
     write_json(summary, out_dir / "demo_info.json")
     return summary

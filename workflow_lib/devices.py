@@ -124,8 +124,9 @@ def slot_lock_path(lock_dir: Path, index: int, slot: int) -> Path:
     return Path(lock_dir) / (f"gpu{index}.lock" if slot == 0 else f"gpu{index}.slot{slot}.lock")
 
 
-def claim_gpu(n_devices: int, lock_dir: Path, timeout_s: float, poll_s: float = 0.5,
-              slots_per_device: int = 1) -> GpuClaim:
+def claim_gpu(
+    n_devices: int, lock_dir: Path, timeout_s: float, poll_s: float = 0.5, slots_per_device: int = 1
+) -> GpuClaim:
     """Claim the lowest free GPU index in ``range(n_devices)``, waiting up to ``timeout_s``.
 
     With ``slots_per_device`` > 1 each GPU takes that many jobs: the first free slot in the
@@ -232,7 +233,10 @@ def _cuda_choice(lock_dir: Path, claim_timeout_s: float, jobs_per_gpu: int) -> D
 
 
 def select_device(
-    requested: str, lock_dir: Path, cpu_threads: int, claim_timeout_s: float = 600.0,
+    requested: str,
+    lock_dir: Path,
+    cpu_threads: int,
+    claim_timeout_s: float = 600.0,
     jobs_per_gpu: int | None = None,
 ) -> DeviceChoice:
     """Turn the config's ``compute.device`` ("auto" | "cpu" | "cuda") into a usable device.

@@ -16,8 +16,9 @@ from .errors import UserError
 FOLD_COLUMNS = ["fname", "label", "verified", "fold"]
 
 
-def stratified_assignment(labels: np.ndarray, n_folds: int, rng: np.random.Generator,
-                          start: int = 0) -> np.ndarray:
+def stratified_assignment(
+    labels: np.ndarray, n_folds: int, rng: np.random.Generator, start: int = 0
+) -> np.ndarray:
     """Deal each class's clips round-robin over the folds, continuing where the last class stopped.
 
     Every class then has floor or ceil of n_c / n_folds clips in each fold (within one clip of
@@ -49,7 +50,7 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     shuffled = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
     shuffled["fold"] = -1
-    start = 0   # the unverified pass continues where the verified one stopped: sizes stay even
+    start = 0  # the unverified pass continues where the verified one stopped: sizes stay even
     for flag in (1, 0):
         part = shuffled.index[shuffled["verified"].astype(int) == flag]
         labels = shuffled.loc[part, "label"].to_numpy()

@@ -35,8 +35,9 @@ def mean_fusion(stack: np.ndarray) -> np.ndarray:
     return stack.mean(axis=0)
 
 
-def fit_learned_fusion(stack: np.ndarray, targets: np.ndarray, steps: int, lr: float,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def fit_learned_fusion(
+    stack: np.ndarray, targets: np.ndarray, steps: int, lr: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit weights (n_models,) and biases (n_classes,) by full-batch Adam on cross-entropy."""
     torch.manual_seed(seed)
     x = torch.as_tensor(stack, dtype=torch.float64)
@@ -59,8 +60,9 @@ def apply_learned_fusion(stack: np.ndarray, weights: np.ndarray, bias: np.ndarra
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def fused_posteriors(stack: torch.Tensor, weights: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
+def fused_posteriors(
+    stack: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """The fusion as one torch expression, for the exported tagger (workflow_lib/export.py).
 
     stack: (n_models, n_clips, n_classes). Without ``bias``: the weighted sum (the mean when

@@ -49,9 +49,11 @@ def _disk_full_message(target: Path, error: BaseException) -> str:
         free = f"{shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free"
     except OSError:
         free = "free space unknown"
-    return (f"No space left on device while writing {target} ({free} on its filesystem; "
-            f"{type(error).__name__}: {error}). Free space there (see README 'When things go "
-            "wrong' for the space a run needs) and run the same command again")
+    return (
+        f"No space left on device while writing {target} ({free} on its filesystem; "
+        f"{type(error).__name__}: {error}). Free space there (see README 'When things go "
+        "wrong' for the space a run needs) and run the same command again"
+    )
 
 
 def _current_umask() -> int:
@@ -94,9 +96,8 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str], **kwargs: Any) 
 
 def write_npy(array: np.ndarray, path: str | os.PathLike[str]) -> None:
     """Write a ``.npy`` file atomically (``np.save`` would append ``.npy`` to the temp name)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 def write_json(data: Any, path: str | os.PathLike[str]) -> None:

@@ -34,9 +34,11 @@ def per_class_table(targets: np.ndarray, predicted: np.ndarray, classes: Sequenc
 
     indices = np.arange(len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(
-        targets, predicted, labels=indices, zero_division=0)
-    return pd.DataFrame({"label": list(classes), "precision": precision, "recall": recall,
-                         "f1": f1, "support": support})
+        targets, predicted, labels=indices, zero_division=0
+    )
+    return pd.DataFrame(
+        {"label": list(classes), "precision": precision, "recall": recall, "f1": f1, "support": support}
+    )
 
 
 def confusion_table(targets: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BN_MOMENTUM = 0.1   # docs/method.md; PyTorch's momentum has the same meaning as Lasagne's alpha
-BN_EPS = 1e-4       # Lasagne's BatchNormLayer default, which the original network used
+BN_MOMENTUM = 0.1  # docs/method.md; PyTorch's momentum has the same meaning as Lasagne's alpha
+BN_EPS = 1e-4  # Lasagne's BatchNormLayer default, which the original network used
 
 
-def conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int | None = None,
-                 relu: bool = True) -> list[nn.Module]:
+def conv_bn_relu(
+    in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int | None = None, relu: bool = True
+) -> list[nn.Module]:
     """A bias-free convolution followed by batch norm and (optionally) ReLU."""
     padding = kernel // 2 if padding is None else padding
     layers: list[nn.Module] = [
@@ -35,20 +36,35 @@ def _layers(width: int, n_classes: int, dropout: tuple[float, float]) -> list[nn
     """The layer list of docs/method.md, top to bottom."""
     nf, (conv_p, head_p) = width, dropout
     return [
-        *conv_bn_relu(1, nf, 5, stride=2, padding=2), *conv_bn_relu(nf, nf, 3),
-        nn.MaxPool2d(2), nn.Dropout(conv_p),
-        *conv_bn_relu(nf, 2 * nf, 3), *conv_bn_relu(2 * nf, 2 * nf, 3),
-        nn.MaxPool2d(2), nn.Dropout(conv_p),
-        *conv_bn_relu(2 * nf, 4 * nf, 3), nn.Dropout(conv_p),
-        *conv_bn_relu(4 * nf, 4 * nf, 3), nn.Dropout(conv_p),
-        *conv_bn_relu(4 * nf, 6 * nf, 3), nn.Dropout(conv_p),
-        *conv_bn_relu(6 * nf, 6 * nf, 3), nn.MaxPool2d(2), nn.Dropout(conv_p),
-        *conv_bn_relu(6 * nf, 8 * nf, 3), *conv_bn_relu(8 * nf, 8 * nf, 3),
-        nn.MaxPool2d((1, 2)), nn.Dropout(conv_p),
-        *conv_bn_relu(8 * nf, 8 * nf, 3), *conv_bn_relu(8 * nf, 8 * nf, 3),
-        nn.MaxPool2d((1, 2)), nn.Dropout(conv_p),
-        *conv_bn_relu(8 * nf, 8 * nf, 3, padding=0), nn.Dropout(head_p),
-        *conv_bn_relu(8 * nf, 8 * nf, 1), nn.Dropout(head_p),
+        *conv_bn_relu(1, nf, 5, stride=2, padding=2),
+        *conv_bn_relu(nf, nf, 3),
+        nn.MaxPool2d(2),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(nf, 2 * nf, 3),
+        *conv_bn_relu(2 * nf, 2 * nf, 3),
+        nn.MaxPool2d(2),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(2 * nf, 4 * nf, 3),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(4 * nf, 4 * nf, 3),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(4 * nf, 6 * nf, 3),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(6 * nf, 6 * nf, 3),
+        nn.MaxPool2d(2),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(6 * nf, 8 * nf, 3),
+        *conv_bn_relu(8 * nf, 8 * nf, 3),
+        nn.MaxPool2d((1, 2)),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(8 * nf, 8 * nf, 3),
+        *conv_bn_relu(8 * nf, 8 * nf, 3),
+        nn.MaxPool2d((1, 2)),
+        nn.Dropout(conv_p),
+        *conv_bn_relu(8 * nf, 8 * nf, 3, padding=0),
+        nn.Dropout(head_p),
+        *conv_bn_relu(8 * nf, 8 * nf, 1),
+        nn.Dropout(head_p),
         *conv_bn_relu(8 * nf, n_classes, 1, relu=False),
     ]
 
@@ -56,8 +72,7 @@ def _layers(width: int, n_classes: int, dropout: tuple[float, float]) -> list[nn
 class VggGap(nn.Module):
     """VGG-GAP: input (batch, 1, 128, time) -> class logits (batch, n_classes)."""
 
-    def __init__(self, width: int, n_classes: int,
-                 dropout: tuple[float, float] = PAPER_DROPOUT) -> None:
+    def __init__(self, width: int, n_classes: int, dropout: tuple[float, float] = PAPER_DROPOUT) -> None:
         super().__init__()
         self.width, self.n_classes = width, n_classes
         self.features = nn.Sequential(*_layers(width, n_classes, tuple(dropout)))

@@ -47,9 +47,7 @@ COPY_MODES = ("copy", "hardlink", "symlink")
 PUBLIC, PRIVATE = "Public", "Private"
 
 # errno values for which a hard link is impossible but a plain copy will work.
-_NO_HARDLINK_ERRNOS = frozenset(
-    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
-)
+_NO_HARDLINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 @dataclass(frozen=True)
@@ -259,12 +257,15 @@ def _labels_from_csv(csv_path: Path, wavs: list[str]) -> pd.DataFrame:
         raise ValueError(f"labels CSV {csv_path} lists file {dupes[0]!r} more than once")
     unlabelled = sorted(set(wavs) - set(table["fname"]))
     if unlabelled:
-        raise ValueError(f"file {unlabelled[0]!r} has no row in labels CSV {csv_path} "
-                         f"({len(unlabelled)} file(s) in all)")
+        raise ValueError(
+            f"file {unlabelled[0]!r} has no row in labels CSV {csv_path} ({len(unlabelled)} file(s) in all)"
+        )
     absent = sorted(set(table["fname"]) - set(wavs))
     if absent:
-        raise ValueError(f"labels CSV {csv_path} lists {absent[0]!r}, which is not a .wav file "
-                         f"in the audio directory ({len(absent)} row(s) in all)")
+        raise ValueError(
+            f"labels CSV {csv_path} lists {absent[0]!r}, which is not a .wav file "
+            f"in the audio directory ({len(absent)} row(s) in all)"
+        )
     return table.reset_index(drop=True)
 
 
@@ -304,8 +305,10 @@ def _test_mask(clips: pd.DataFrame, settings: NoisyDatasetSettings, rng: np.rand
         return _stratified_mask(clips["label"].to_numpy(), settings.test_fraction, rng)
     known = set(clips["group"]) - {""}
     if not known:
-        raise ValueError("test_groups given but the labels have no group information "
-                         "(add (?P<group>...) to name_pattern or a group column to the CSV)")
+        raise ValueError(
+            "test_groups given but the labels have no group information "
+            "(add (?P<group>...) to name_pattern or a group column to the CSV)"
+        )
     unknown = sorted(set(settings.test_groups) - known)
     if unknown:
         raise ValueError(f"held-out group(s) {unknown} do not exist; groups are {sorted(known)}")
@@ -328,18 +331,24 @@ def _assign(clips: pd.DataFrame, settings: NoisyDatasetSettings) -> tuple[pd.Dat
     test = clips.loc[is_test, ["fname", "label"]].reset_index(drop=True)
     _check_train_classes(classes, train["label"])
 
-    public = _stratified_mask(test["label"].to_numpy(), settings.public_fraction,
-                              np.random.default_rng(public_ss))
+    public = _stratified_mask(
+        test["label"].to_numpy(), settings.public_fraction, np.random.default_rng(public_ss)
+    )
     test["usage"] = np.where(public, PUBLIC, PRIVATE)
 
     train = train.rename(columns={"label": "true_label"})
-    verified = _stratified_mask(train["true_label"].to_numpy(), settings.verified_fraction,
-                                np.random.default_rng(verified_ss))
+    verified = _stratified_mask(
+        train["true_label"].to_numpy(), settings.verified_fraction, np.random.default_rng(verified_ss)
+    )
     train["manually_verified"] = verified.astype(np.int64)
     train["label"] = train["true_label"]
     train.loc[~verified, "label"] = corrupt_labels(
-        train.loc[~verified, "true_label"].tolist(), settings.noise_rate, classes,
-        np.random.default_rng(noise_ss), settings.noise_model, settings.pairs,
+        train.loc[~verified, "true_label"].tolist(),
+        settings.noise_rate,
+        classes,
+        np.random.default_rng(noise_ss),
+        settings.noise_model,
+        settings.pairs,
     )
     return train, test
 
@@ -482,8 +491,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--verified-fraction", type=float, default=d.verified_fraction)
     p.add_argument("--noise-rate", type=float, default=d.noise_rate)
-    p.add_argument("--noise-model", choices=NOISE_MODELS, default=None,
-                   help="default: 'pairs' when --pairs is given, else 'uniform'")
+    p.add_argument(
+        "--noise-model",
+        choices=NOISE_MODELS,
+        default=None,
+        help="default: 'pairs' when --pairs is given, else 'uniform'",
+    )
     p.add_argument("--pairs", type=_parse_pairs, default=None, help="directed pairs, e.g. 1:7,3:8")
     p.add_argument("--public-fraction", type=float, default=d.public_fraction)
     p.add_argument("--copy-mode", choices=COPY_MODES, default=d.copy_mode)
@@ -507,8 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             copy_mode=args.copy_mode,
             seed=args.seed,
         )
-        info = build_noisy_dataset(args.audio_dir, args.out, settings, labels_csv=args.labels_csv,
-                                   name_pattern=args.name_pattern, overwrite=args.overwrite)
+        info = build_noisy_dataset(
+            args.audio_dir,
+            args.out,
+            settings,
+            labels_csv=args.labels_csv,
+            name_pattern=args.name_pattern,
+            overwrite=args.overwrite,
+        )
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

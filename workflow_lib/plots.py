@@ -36,8 +36,9 @@ def training_curves(histories: Mapping[int, Sequence[Path]], preset: str, out: P
         for ax, column in ((loss_ax, "valid_loss"), (acc_ax, "valid_acc")):
             values = np.stack([f[column].to_numpy() for f in frames])
             ax.plot(epochs, values.mean(axis=0), color=f"C{iteration % 10}", label=f"it{iteration}")
-            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0),
-                            color=f"C{iteration % 10}", alpha=0.2)
+            ax.fill_between(
+                epochs, values.min(axis=0), values.max(axis=0), color=f"C{iteration % 10}", alpha=0.2
+            )
         if iteration:
             for ax in (loss_ax, acc_ax):
                 ax.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.7)
@@ -59,8 +60,13 @@ def self_verified_counts(tables: Mapping[int, pd.DataFrame], preset: str, out: P
         per_class = per_class.drop(index=TOTAL_ROW, errors="ignore").fillna(0)
         bottom = np.zeros(len(iterations))
         for row, (label, counts) in enumerate(per_class.iterrows()):
-            ax.bar([f"it{i}" for i in iterations], counts.to_numpy(), bottom=bottom, label=label,
-                   color=plt.cm.tab20(row % 20))
+            ax.bar(
+                [f"it{i}" for i in iterations],
+                counts.to_numpy(),
+                bottom=bottom,
+                label=label,
+                color=plt.cm.tab20(row % 20),
+            )
             bottom += counts.to_numpy()
         if "precision" in tables[iterations[0]]:
             precision = [tables[i].set_index("label").loc[TOTAL_ROW, "precision"] for i in iterations]
@@ -96,8 +102,15 @@ def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
     if len(labels) <= 20:
         for (r, c), value in np.ndenumerate(matrix):
             if value:
-                ax.text(c, r, str(value), ha="center", va="center", fontsize=7,
-                        color="white" if value > matrix.max() / 2 else "black")
+                ax.text(
+                    c,
+                    r,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > matrix.max() / 2 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("fused system on the labelled test clips")

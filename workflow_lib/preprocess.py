@@ -37,13 +37,25 @@ N_BINS = 128
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["fname", "label", "verified", "n_frames", "seconds_before_clipping",
-                    "seconds_after_clipping", "status", "shard", "offset", "detail"]
+MANIFEST_COLUMNS = [
+    "fname",
+    "label",
+    "verified",
+    "n_frames",
+    "seconds_before_clipping",
+    "seconds_after_clipping",
+    "status",
+    "shard",
+    "offset",
+    "detail",
+]
 
 
 #: Per-file cost in seconds-of-audio units (SoX start-up, temporary file, decode): on FSDD's
 #: 0.44 s clips these dominate, on FSDKaggle2018's 2-10 s clips the duration does.
 FIXED_COST_SECONDS = 0.5
+
+
 def audio_seconds(paths: Sequence[str]) -> np.ndarray:
     """Duration of each file from its header (soundfile.info, no decoding); 0 if unreadable."""
     import soundfile as sf
@@ -82,8 +94,9 @@ def file_costs(listing: pd.DataFrame) -> np.ndarray:
     return audio_seconds(list(listing["path"])) + FIXED_COST_SECONDS
 
 
-def shard_of(listing: pd.DataFrame, shard: int, n_shards: int,
-             costs: np.ndarray | None = None) -> pd.DataFrame:
+def shard_of(
+    listing: pd.DataFrame, shard: int, n_shards: int, costs: np.ndarray | None = None
+) -> pd.DataFrame:
     """The rows of one shard, in listing order; shards balanced by ``costs`` (default: by
     :func:`file_costs`). Disjoint and complete over ``range(n_shards)``."""
     costs = file_costs(listing) if costs is None else costs
@@ -92,17 +105,28 @@ def shard_of(listing: pd.DataFrame, shard: int, n_shards: int,
 
 def _manifest_row(row: pd.Series, clip, shard: int) -> dict:
     return {
-        "fname": row["fname"], "label": row.get("label", ""),
-        "verified": row.get("verified", ""), "n_frames": 0,
+        "fname": row["fname"],
+        "label": row.get("label", ""),
+        "verified": row.get("verified", ""),
+        "n_frames": 0,
         "seconds_before_clipping": round(clip.seconds_before_clipping, 6),
         "seconds_after_clipping": round(clip.seconds_after_clipping, 6),
-        "status": clip.status, "shard": shard, "offset": 0, "detail": clip.detail,
+        "status": clip.status,
+        "shard": shard,
+        "offset": 0,
+        "detail": clip.detail,
     }
 
 
-def process_shard(listing: pd.DataFrame, shard: int, n_shards: int, versions: Sequence[int],
-                  sample_rate: int, sox_effects: Sequence[str], implementation: str = "fast",
-                  ) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
+def process_shard(
+    listing: pd.DataFrame,
+    shard: int,
+    n_shards: int,
+    versions: Sequence[int],
+    sample_rate: int,
+    sox_effects: Sequence[str],
+    implementation: str = "fast",
+) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
     """Clip and transform the shard's files; return per version the array and the manifest.
 
     ``implementation``: "fast" (default) or "reference" spectrograms (workflow_lib.spectrograms).
@@ -117,12 +141,12 @@ def process_shard(listing: pd.DataFrame, shard: int, n_shards: int, versions: Se
     for _, row in shard_of(listing, shard, n_shards).iterrows():
         if row["path"]:
             clip = load_clipped(Path(row["path"]), sample_rate, tuple(sox_effects))
-        else:   # a test row validation kept without a file (missing or refused symlink)
+        else:  # a test row validation kept without a file (missing or refused symlink)
             clip = LoadedClip(SKIPPED_BY_VALIDATION, None, 0.0, 0.0, "see data/problems.csv")
         rows.append(_manifest_row(row, clip, shard))
         if not clip.usable:
             log.warning("skipped %s: %s (%s)", row["fname"], clip.status, clip.detail)
-            frames_row = {v: 0 for v in versions}
+            frames_row = dict.fromkeys(versions, 0)
         else:
             frames_row = {}
             for version in versions:
@@ -142,14 +166,19 @@ def _assemble(rows, chunks, frames, versions):
         n_frames = manifest["n_frames"].to_numpy()
         manifest["offset"] = (np.cumsum(n_frames) - n_frames).astype(np.int64)
         parts = chunks[version]
-        arrays[version] = (np.concatenate(parts, axis=-1) if parts
-                           else np.zeros((1, N_BINS, 0), dtype=np.float32))
+        arrays[version] = (
+            np.concatenate(parts, axis=-1) if parts else np.zeros((1, N_BINS, 0), dtype=np.float32)
+        )
         manifests[version] = manifest
     return arrays, manifests
 
 
-def write_shard(arrays: dict[int, np.ndarray], manifests: dict[int, pd.DataFrame],
-                array_paths: dict[int, Path], manifest_paths: dict[int, Path]) -> None:
+def write_shard(
+    arrays: dict[int, np.ndarray],
+    manifests: dict[int, pd.DataFrame],
+    array_paths: dict[int, Path],
+    manifest_paths: dict[int, Path],
+) -> None:
     """Write each version's array and manifest atomically."""
     for version, array in arrays.items():
         write_npy(array, array_paths[version])
@@ -181,15 +210,16 @@ class SpectrogramStore:
     shard_arrays: dict[int, np.ndarray]
 
     @classmethod
-    def open(cls, manifest_csv: Path, usable_only: bool = True) -> "SpectrogramStore":
+    def open(cls, manifest_csv: Path, usable_only: bool = True) -> SpectrogramStore:
         manifest = read_csv_str(manifest_csv)
         for column in ("n_frames", "shard", "offset"):
             manifest[column] = manifest[column].astype(np.int64)
         if usable_only:
             manifest = manifest[manifest["status"].isin(USABLE_STATUSES)].reset_index(drop=True)
         folder = Path(manifest_csv).with_suffix("")
-        arrays = {int(s): np.load(folder / f"shard{int(s)}.npy", mmap_mode="r")
-                  for s in manifest["shard"].unique()}
+        arrays = {
+            int(s): np.load(folder / f"shard{int(s)}.npy", mmap_mode="r") for s in manifest["shard"].unique()
+        }
         return cls(manifest, arrays)
 
     def get(self, fname_or_index: str | int) -> np.ndarray:
@@ -199,7 +229,7 @@ class SpectrogramStore:
         else:
             row = fname_or_index
         shard, offset, n = self.manifest.loc[row, ["shard", "offset", "n_frames"]]
-        return np.asarray(self.shard_arrays[shard][:, :, offset:offset + n])
+        return np.asarray(self.shard_arrays[shard][:, :, offset : offset + n])
 
     def __len__(self) -> int:
         return len(self.manifest)

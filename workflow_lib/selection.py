@@ -43,9 +43,10 @@ def selection_table(histories: Mapping[tuple[int, int], Path], tolerance: float 
         columns = [c for c in table.columns if c.endswith(f"_{metric}") and c.startswith("fold")]
         table.insert(1 + METRICS.index(metric), f"mean_{metric}", table[columns].mean(axis=1))
     losses = table["mean_valid_loss"].to_numpy(dtype=float)
-    within = (losses <= np.nanmin(losses) + tolerance) if np.isfinite(losses).any() \
-        else np.zeros(len(table), bool)
-    table["near_tie"] = within & (within.sum() > 1)   # more than one iteration as good by loss
+    within = (
+        (losses <= np.nanmin(losses) + tolerance) if np.isfinite(losses).any() else np.zeros(len(table), bool)
+    )
+    table["near_tie"] = within & (within.sum() > 1)  # more than one iteration as good by loss
     table["chosen"] = np.arange(len(table)) == choose(table, tolerance)
     return table
 

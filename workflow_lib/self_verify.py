@@ -37,19 +37,31 @@ from .training import autocast_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACCEPTED", "BELOW_THRESHOLD", "CLASS_CAP", "CORRECTED", "DECISION_COLUMNS",
-           "LABEL_MISMATCH", "SelfVerifySettings", "decide", "excerpt_posteriors", "judge_folds",
-           "new_training_list", "precision_table", "self_verify"]
+__all__ = [
+    "ACCEPTED",
+    "BELOW_THRESHOLD",
+    "CLASS_CAP",
+    "CORRECTED",
+    "DECISION_COLUMNS",
+    "LABEL_MISMATCH",
+    "SelfVerifySettings",
+    "decide",
+    "excerpt_posteriors",
+    "judge_folds",
+    "new_training_list",
+    "precision_table",
+    "self_verify",
+]
 
 
 @dataclass(frozen=True)
 class SelfVerifySettings:
-    excerpts: int                 # K
-    threshold: float | None       # the paper policy's (None: off, the authors' script)
+    excerpts: int  # K
+    threshold: float | None  # the paper policy's (None: off, the authors' script)
     max_per_class: int | None
     excerpt_frames: int
     seed: int
-    batch_size: int = 256         # excerpts per forward pass
+    batch_size: int = 256  # excerpts per forward pass
     amp: bool = True
 
 
@@ -63,8 +75,13 @@ def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 @torch.no_grad()
-def excerpt_posteriors(model: nn.Module, bank: ClipBank, settings: SelfVerifySettings,
-                       rng: np.random.Generator, embeddings: bool = False):
+def excerpt_posteriors(
+    model: nn.Module,
+    bank: ClipBank,
+    settings: SelfVerifySettings,
+    rng: np.random.Generator,
+    embeddings: bool = False,
+):
     """Average of the posteriors of K random excerpts per clip: (n_clips, n_classes), float64.
 
     embeddings=True: also the average over the same excerpts of the globally pooled output of
@@ -97,9 +114,15 @@ def excerpt_posteriors(model: nn.Module, bank: ClipBank, settings: SelfVerifySet
     return posteriors, (torch.cat(pooled).numpy() if pooled else np.zeros((0, width)))
 
 
-def judge_folds(models: dict[int, nn.Module], banks: dict[int, ClipBank],
-                clips: dict[int, pd.DataFrame], settings: SelfVerifySettings,
-                rng: np.random.Generator, label_column: str, embeddings: bool = False) -> Clips:
+def judge_folds(
+    models: dict[int, nn.Module],
+    banks: dict[int, ClipBank],
+    clips: dict[int, pd.DataFrame],
+    settings: SelfVerifySettings,
+    rng: np.random.Generator,
+    label_column: str,
+    embeddings: bool = False,
+) -> Clips:
     """Each fold model's K-excerpt posteriors (and embeddings) of its own fold's clips.
 
     ``clips[k]``: fname, label, fold. The folds are judged in order with one generator, so
@@ -110,13 +133,22 @@ def judge_folds(models: dict[int, nn.Module], banks: dict[int, ClipBank],
         part = clips[k]
         result = excerpt_posteriors(models[k], banks[k], settings, rng, embeddings)
         probs, feats = result if embeddings else (result, None)
-        tables.append(pd.DataFrame({"fname": part["fname"].to_numpy(),
-                                    "fold": part["fold"].astype(int).to_numpy(),
-                                    label_column: part["label"].to_numpy()}))
+        tables.append(
+            pd.DataFrame(
+                {
+                    "fname": part["fname"].to_numpy(),
+                    "fold": part["fold"].astype(int).to_numpy(),
+                    label_column: part["label"].to_numpy(),
+                }
+            )
+        )
         posteriors.append(probs)
         features.append(feats)
-    table = (pd.concat(tables, ignore_index=True) if tables
-             else pd.DataFrame(columns=["fname", "fold", label_column]))
+    table = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=["fname", "fold", label_column])
+    )
     n_classes = max((p.shape[1] for p in posteriors), default=0)
     stacked = np.concatenate(posteriors) if posteriors else np.zeros((0, n_classes))
     return Clips(table, stacked, np.concatenate(features) if embeddings and features else None)
@@ -127,21 +159,29 @@ def decide(judged: pd.DataFrame, threshold: float | None, max_per_class: int | N
     p_given, p_max): adds ``accepted`` and ``reason`` (the first failed condition)."""
     classes = sorted(set(judged["given_label"]) | set(judged["predicted_label"]))
     proposal = threshold_rule(judged, threshold)
-    return decide_proposal(proposal, classes, PolicySettings("paper", threshold=threshold,
-                                                             max_per_class=max_per_class))
+    return decide_proposal(
+        proposal, classes, PolicySettings("paper", threshold=threshold, max_per_class=max_per_class)
+    )
 
 
-def self_verify(models: dict[int, nn.Module], banks: dict[int, ClipBank],
-                unverified: dict[int, pd.DataFrame], classes: list[str],
-                settings: SelfVerifySettings, policy: PolicySettings | None = None) -> pd.DataFrame:
+def self_verify(
+    models: dict[int, nn.Module],
+    banks: dict[int, ClipBank],
+    unverified: dict[int, pd.DataFrame],
+    classes: list[str],
+    settings: SelfVerifySettings,
+    policy: PolicySettings | None = None,
+) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips, then decide across folds (the cap is
     global). ``policy``: default the paper's rule with ``settings``' threshold and cap."""
     from .policies import apply_policy
 
-    policy = policy or PolicySettings("paper", threshold=settings.threshold,
-                                      max_per_class=settings.max_per_class)
-    judged = judge_folds(models, banks, unverified, settings, np.random.default_rng(settings.seed),
-                         "given_label")
+    policy = policy or PolicySettings(
+        "paper", threshold=settings.threshold, max_per_class=settings.max_per_class
+    )
+    judged = judge_folds(
+        models, banks, unverified, settings, np.random.default_rng(settings.seed), "given_label"
+    )
     if len(judged.posteriors) == 0:
         judged.posteriors = np.zeros((0, len(classes)))
     return apply_policy(judged, None, classes, policy)
@@ -153,15 +193,15 @@ def new_training_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFr
     accepted = decisions[decisions["accepted"].astype(bool)]
     verified = folds["verified"].astype(int) == 1
     names = accepted["fname"]
-    trusted_label = (dict(zip(names, accepted["trusted_label"])) if "trusted_label" in accepted
-                     else {})
+    trusted_label = dict(zip(names, accepted["trusted_label"])) if "trusted_label" in accepted else {}
     weight = dict(zip(names, accepted["weight"] if "weight" in accepted else np.ones(len(names))))
     in_list = verified | folds["fname"].isin(set(names))
     mapped = folds["fname"].map(trusted_label).astype(object)
     label = np.where(verified | mapped.isna(), folds["label"], mapped)
     weights = np.where(verified, 1.0, folds["fname"].map(weight).fillna(0.0).astype(float))
-    return pd.DataFrame({"fname": folds["fname"], "label": label,
-                         "manually_verified": in_list.astype(int), "weight": weights})
+    return pd.DataFrame(
+        {"fname": folds["fname"], "label": label, "manually_verified": in_list.astype(int), "weight": weights}
+    )
 
 
 def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -174,7 +214,8 @@ def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
     trusted = decisions.get("trusted_label", decisions["given_label"])
     frame = decisions.assign(
         correct=(decisions["given_label"] == decisions.get("true_label", "")) if has_truth else np.nan,
-        trusted_correct=(trusted == decisions.get("true_label", "")) if has_truth else np.nan)
+        trusted_correct=(trusted == decisions.get("true_label", "")) if has_truth else np.nan,
+    )
     rows = []
     for label, group in [*((c, frame[frame["given_label"] == c]) for c in classes), (TOTAL_ROW, frame)]:
         accepted = group[group["accepted"].astype(bool)]
@@ -182,16 +223,20 @@ def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
         if has_truth:
             n_correct = int(group["correct"].sum())
             kept = int((accepted["correct"] & accepted["trusted_correct"]).sum())
-            row.update(n_accepted_correct=int(accepted["trusted_correct"].sum()),
-                       precision=accepted["trusted_correct"].mean() if len(accepted) else np.nan,
-                       unverified_precision=group["correct"].mean() if len(group) else np.nan,
-                       n_correct=n_correct, recall=kept / n_correct if n_correct else np.nan)
+            row.update(
+                n_accepted_correct=int(accepted["trusted_correct"].sum()),
+                precision=accepted["trusted_correct"].mean() if len(accepted) else np.nan,
+                unverified_precision=group["correct"].mean() if len(group) else np.nan,
+                n_correct=n_correct,
+                recall=kept / n_correct if n_correct else np.nan,
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def read_decisions(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"fname": str, "given_label": str, "predicted_label": str,
-                                     "trusted_label": str})
+    table = pd.read_csv(
+        path, dtype={"fname": str, "given_label": str, "predicted_label": str, "trusted_label": str}
+    )
     table["accepted"] = table["accepted"].astype(bool)
     return table

@@ -40,12 +40,12 @@ def spectrogram_v1_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE
 
     The mel filterbank is applied to the weighted dB values, as the original system does.
     """
-    magnitude = np.abs(librosa.stft(samples, n_fft=1024, hop_length=192, window="hann",
-                                    center=True, pad_mode="reflect"))
+    magnitude = np.abs(
+        librosa.stft(samples, n_fft=1024, hop_length=192, window="hann", center=True, pad_mode="reflect")
+    )
     frequencies = librosa.fft_frequencies(sr=sample_rate, n_fft=1024)
     with np.errstate(divide="ignore"):  # A-weighting evaluates log10(0) at 0 Hz, by design
-        weighted = librosa.perceptual_weighting(magnitude**2, frequencies, ref=1.0, amin=1e-10,
-                                                top_db=99.0)
+        weighted = librosa.perceptual_weighting(magnitude**2, frequencies, ref=1.0, amin=1e-10, top_db=99.0)
     mel = librosa.feature.melspectrogram(S=weighted, sr=sample_rate, n_mels=N_BINS, fmax=None)
     return mel[np.newaxis].astype(np.float32)
 
@@ -61,13 +61,16 @@ def _madmom_chain(sample_rate: int, norm: bool = True):
     )
     from madmom.processors import SequentialProcessor
 
-    return SequentialProcessor([
-        SignalProcessor(num_channels=1, sample_rate=sample_rate, norm=norm),
-        FramedSignalProcessor(frame_size=1024, hop_size=128, origin="future"),
-        SpectrogramProcessor(frame_size=1024),
-        LogarithmicFilteredSpectrogramProcessor(filterbank=LogFilterbank, num_bands=26,
-                                                fmin=20, fmax=14000),
-    ])
+    return SequentialProcessor(
+        [
+            SignalProcessor(num_channels=1, sample_rate=sample_rate, norm=norm),
+            FramedSignalProcessor(frame_size=1024, hop_size=128, origin="future"),
+            SpectrogramProcessor(frame_size=1024),
+            LogarithmicFilteredSpectrogramProcessor(
+                filterbank=LogFilterbank, num_bands=26, fmin=20, fmax=14000
+            ),
+        ]
+    )
 
 
 def spectrogram_v2_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -163,9 +166,9 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
         y = (y / peak).astype(np.float32)
     count = -(-len(y) // V2_HOP)
     padded = np.zeros(max((count - 1) * V2_HOP + V2_FRAME, 0), dtype=np.float32)
-    padded[:len(y)] = y
+    padded[: len(y)] = y
     magnitude = np.abs(_spectrum(_frames(padded, V2_FRAME, V2_HOP, count), window))
-    filtered = np.ascontiguousarray(filterbank @ magnitude[:, :V2_FRAME // 2].T, dtype=np.float32)
+    filtered = np.ascontiguousarray(filterbank @ magnitude[:, : V2_FRAME // 2].T, dtype=np.float32)
     filtered += np.float32(1.0)
     np.log10(filtered, out=filtered)
     return filtered[np.newaxis]
@@ -177,8 +180,9 @@ SPECTROGRAM_FUNCTIONS = {
 }
 
 
-def compute_spectrogram(version: int, samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
-                        implementation: str = "fast") -> np.ndarray:
+def compute_spectrogram(
+    version: int, samples: np.ndarray, sample_rate: int = SAMPLE_RATE, implementation: str = "fast"
+) -> np.ndarray:
     """Dispatch on the spectrogram version (1 = librosa, 2 = madmom) and the implementation."""
     return SPECTROGRAM_FUNCTIONS[implementation][version](samples, sample_rate)
 

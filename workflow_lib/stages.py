@@ -68,9 +68,9 @@ class TrainingJob:
     device: str = "auto"
     threads: int = 1
     lock_dir: Path = Path(".gpu_locks")
-    train_list_csv: Path | None = None     # fine-tuning: the self-verified list of iteration i
-    init_checkpoint: Path | None = None    # fine-tuning: the fold's iteration-i parameters
-    options: RunOptions = RunOptions()     # checkpoints, compile: how, not what (not fingerprinted)
+    train_list_csv: Path | None = None  # fine-tuning: the self-verified list of iteration i
+    init_checkpoint: Path | None = None  # fine-tuning: the fold's iteration-i parameters
+    options: RunOptions = RunOptions()  # checkpoints, compile: how, not what (not fingerprinted)
 
 
 def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -111,10 +111,14 @@ def file_digest(path: Path | None) -> str:
 
 def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> str:
     """Identifies a run's settings and data; a checkpoint from another run is never resumed."""
-    payload = {"fit": asdict(job.fit), "net": job.net, "frames": job.frames,
-               "train": list(zip(train["fname"], train["target"].astype(int).tolist())),
-               "valid": list(zip(valid["fname"], valid["target"].astype(int).tolist())),
-               "init": file_digest(job.init_checkpoint)}
+    payload = {
+        "fit": asdict(job.fit),
+        "net": job.net,
+        "frames": job.frames,
+        "train": list(zip(train["fname"], train["target"].astype(int).tolist())),
+        "valid": list(zip(valid["fname"], valid["target"].astype(int).tolist())),
+        "init": file_digest(job.init_checkpoint),
+    }
     weights = loss_weights(train)
     if weights is not None:
         payload["weights"] = [round(float(w), 6) for w in weights]
@@ -124,10 +128,19 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
 def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str], **extra) -> None:
     """A self-describing parameter file: enough to rebuild the network and name its outputs."""
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state_dict, "width": job.net["width"], "classes": classes,
-                    "dropout": job.net["dropout"],
-                    "preset": job.preset, "spectrogram": job.net["spectrogram"],
-                    "fold": job.fold, **extra}, tmp)
+        torch.save(
+            {
+                "state_dict": state_dict,
+                "width": job.net["width"],
+                "classes": classes,
+                "dropout": job.net["dropout"],
+                "preset": job.preset,
+                "spectrogram": job.net["spectrogram"],
+                "fold": job.fold,
+                **extra,
+            },
+            tmp,
+        )
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -151,20 +164,40 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     valid_bank = ClipBank.from_store(store, list(valid["fname"]), job.frames, choice.device)
     model = build_model(job.net["width"], len(classes), tuple(job.net["dropout"]))
     if job.init_checkpoint is not None:
-        model.load_state_dict(torch.load(job.init_checkpoint, map_location="cpu",
-                                         weights_only=False)["state_dict"])
+        model.load_state_dict(
+            torch.load(job.init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        )
     job.out_dir.mkdir(parents=True, exist_ok=True)
     history_csv = job.out_dir / "history.csv"
-    state = fit(model, train_bank, train["target"].to_numpy(), valid_bank,
-                valid["target"].to_numpy(), job.fit, job.out_dir / "resume.pt",
-                fingerprint(job, train, valid), on_epoch=lambda h: write_csv(h, history_csv),
-                options=job.options, train_weights=loss_weights(train))
+    state = fit(
+        model,
+        train_bank,
+        train["target"].to_numpy(),
+        valid_bank,
+        valid["target"].to_numpy(),
+        job.fit,
+        job.out_dir / "resume.pt",
+        fingerprint(job, train, valid),
+        on_epoch=lambda h: write_csv(h, history_csv),
+        options=job.options,
+        train_weights=loss_weights(train),
+    )
     history = pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
-    best_epoch = int(history.loc[history["valid_loss"].idxmin(), "epoch"]) if history["valid_loss"].notna().any() else len(history)
-    save_model(job.out_dir / "last.pt", {k: v.cpu() for k, v in model.state_dict().items()}, job,
-               classes, epoch=len(history))
-    save_model(job.out_dir / "best.pt", state.best_state, job, classes, epoch=best_epoch,
-               valid_loss=state.best_loss)
+    best_epoch = (
+        int(history.loc[history["valid_loss"].idxmin(), "epoch"])
+        if history["valid_loss"].notna().any()
+        else len(history)
+    )
+    save_model(
+        job.out_dir / "last.pt",
+        {k: v.cpu() for k, v in model.state_dict().items()},
+        job,
+        classes,
+        epoch=len(history),
+    )
+    save_model(
+        job.out_dir / "best.pt", state.best_state, job, classes, epoch=best_epoch, valid_loss=state.best_loss
+    )
     write_csv(history, history_csv)
     (job.out_dir / "resume.pt").unlink(missing_ok=True)
     choice.release()
@@ -186,8 +219,7 @@ def initial_list_job(folds_csv: Path, out_csv: Path, start: str) -> pd.DataFrame
         raise UserError(f"unknown iteration-0 training set {start!r}; one of all, verified")
     folds = read_csv_str(folds_csv)
     trusted = folds["verified"].astype(int) if start == "verified" else 1
-    table = pd.DataFrame({"fname": folds["fname"], "label": folds["label"],
-                          "manually_verified": trusted})
+    table = pd.DataFrame({"fname": folds["fname"], "label": folds["label"], "manually_verified": trusted})
     write_csv(table, out_csv)
     return table
 
@@ -240,23 +272,42 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     embeddings = policy.name in NEEDS_EMBEDDINGS
 
     def parts(verified: str) -> tuple[dict, dict]:
-        clips = {k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == verified)]
-                 .reset_index(drop=True) for k in job.model_paths}
-        banks = {k: ClipBank.from_store(store, list(c["fname"]), job.frames, choice.device)
-                 for k, c in clips.items()}
+        clips = {
+            k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == verified)].reset_index(
+                drop=True
+            )
+            for k in job.model_paths
+        }
+        banks = {
+            k: ClipBank.from_store(store, list(c["fname"]), job.frames, choice.device)
+            for k, c in clips.items()
+        }
         return clips, banks
 
     unverified, banks = parts("0")
-    judged = judge_folds(models, banks, unverified, job.settings,
-                         np.random.default_rng(job.settings.seed), "given_label", embeddings)
+    judged = judge_folds(
+        models,
+        banks,
+        unverified,
+        job.settings,
+        np.random.default_rng(job.settings.seed),
+        "given_label",
+        embeddings,
+    )
     verified, valid_banks = parts("1")
-    reference = judge_folds(models, valid_banks, verified, job.settings,
-                            np.random.default_rng([job.settings.seed, 1]), "label", embeddings)
+    reference = judge_folds(
+        models,
+        valid_banks,
+        verified,
+        job.settings,
+        np.random.default_rng([job.settings.seed, 1]),
+        "label",
+        embeddings,
+    )
     for clips in (judged, reference):
         if clips.posteriors.shape[1] == 0:
             clips.posteriors = np.zeros((len(clips.table), len(classes)))
-    decisions = apply_policy(judged, reference, classes, policy,
-                             Context(job.iteration, job.iterations))
+    decisions = apply_policy(judged, reference, classes, policy, Context(job.iteration, job.iterations))
     train = read_csv_str(job.train_csv)
     truth = train.set_index("fname")["true_label"] if "true_label" in train else pd.Series(dtype=str)
     if len(decisions) and (decisions["fname"].map(truth).fillna("") != "").all():
@@ -269,16 +320,27 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     write_csv(new_training_list(folds, decisions), out / "train_list.csv")
     n_trusted = int(decisions["accepted"].sum())
     if low_trust(n_trusted, len(decisions), policy.name, policy.min_trusted_share):
-        log.warning("policy %s trusted %d of %d judged clips at iteration %d: the next "
-                    "fine-tuning is on little more than the verified clips", policy.name,
-                    n_trusted, len(decisions), job.iteration)
+        log.warning(
+            "policy %s trusted %d of %d judged clips at iteration %d: the next "
+            "fine-tuning is on little more than the verified clips",
+            policy.name,
+            n_trusted,
+            len(decisions),
+            job.iteration,
+        )
     choice.release()
     return decisions
 
 
-def write_test_posteriors(models: dict[int, torch.nn.Module], test_manifest: Path,
-                          classes: list[str], frames: int, batch_size: int, device: torch.device,
-                          out_csv: Path) -> None:
+def write_test_posteriors(
+    models: dict[int, torch.nn.Module],
+    test_manifest: Path,
+    classes: list[str],
+    frames: int,
+    batch_size: int,
+    device: torch.device,
+    out_csv: Path,
+) -> None:
     """Fold-averaged posteriors of every test clip on its whole length-fixed spectrogram."""
     from .fusion import probability_frame
     from .training import predict_whole
@@ -289,10 +351,21 @@ def write_test_posteriors(models: dict[int, torch.nn.Module], test_manifest: Pat
     write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
 
 
-def predict_job(selection_csv: Path, models: dict[tuple[int, int], Path], train_manifest: Path,
-                test_manifest: Path, folds_csv: Path, classes_csv: Path, out_test: Path,
-                out_valid: Path, frames: int, batch_size: int, device: str = "auto",
-                threads: int = 1, lock_dir: Path = Path(".gpu_locks")) -> int:
+def predict_job(
+    selection_csv: Path,
+    models: dict[tuple[int, int], Path],
+    train_manifest: Path,
+    test_manifest: Path,
+    folds_csv: Path,
+    classes_csv: Path,
+    out_test: Path,
+    out_valid: Path,
+    frames: int,
+    batch_size: int,
+    device: str = "auto",
+    threads: int = 1,
+    lock_dir: Path = Path(".gpu_locks"),
+) -> int:
     """Chosen iteration's fold models ({(iteration, fold): best.pt}): test posteriors (fold
     average) and out-of-fold posteriors of the verified validation clips (for the learned
     fusion). Returns the iteration."""
@@ -308,8 +381,7 @@ def predict_job(selection_csv: Path, models: dict[tuple[int, int], Path], train_
     classes = read_classes(classes_csv)
     folds = read_csv_str(folds_csv)
     models_by_fold = fold_models(paths, choice.device)
-    write_test_posteriors(models_by_fold, test_manifest, classes, frames, batch_size,
-                          choice.device, out_test)
+    write_test_posteriors(models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test)
     train_store = SpectrogramStore.open(train_manifest)
     parts = []
     for k, model in models_by_fold.items():
@@ -324,40 +396,63 @@ def predict_job(selection_csv: Path, models: dict[tuple[int, int], Path], train_
     return iteration
 
 
-def fuse_job(test_csvs: dict[str, Path], valid_csvs: dict[str, Path], classes_csv: Path,
-             method: str, steps: int, lr: float, out_probs: Path, out_weights: Path,
-             out_submission: Path, test_manifest: Path | None = None,
-             out_status: Path | None = None) -> None:
+def fuse_job(
+    test_csvs: dict[str, Path],
+    valid_csvs: dict[str, Path],
+    classes_csv: Path,
+    method: str,
+    steps: int,
+    lr: float,
+    out_probs: Path,
+    out_weights: Path,
+    out_submission: Path,
+    test_manifest: Path | None = None,
+    out_status: Path | None = None,
+) -> None:
     """Fuse the presets (mean or learned) and write the challenge submission.
 
     With ``test_manifest`` (any spectrogram version's test manifest: one row per listed test
     clip, usable or not) every listed clip gets a submission row, empty when it could not be
     predicted, and ``out_status`` says why per clip (see :func:`submission_status`).
     """
-    from .fusion import (apply_learned_fusion, fit_learned_fusion, mean_fusion,
-                         probabilities, probability_frame, submission)
+    from .fusion import (
+        apply_learned_fusion,
+        fit_learned_fusion,
+        mean_fusion,
+        probabilities,
+        probability_frame,
+        submission,
+    )
 
     classes = read_classes(classes_csv)
     presets = list(test_csvs)
     tests = [pd.read_csv(test_csvs[p], dtype={"fname": str}) for p in presets]
     fnames = tests[0]["fname"]
-    stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes)
-                      for t in tests])
+    stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes) for t in tests])
     if method == "learned":
         valids = [pd.read_csv(valid_csvs[p], dtype={"fname": str, "label": str}) for p in presets]
         order = valids[0]["fname"]
-        valid_stack = np.stack([probabilities(v.set_index("fname").loc[order].reset_index(), classes)
-                                for v in valids])
+        valid_stack = np.stack(
+            [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
+        )
         index = {label: i for i, label in enumerate(classes)}
         targets = valids[0]["label"].map(index).to_numpy()
         weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr)
         fused = apply_learned_fusion(stack, weights, bias)
-        table = pd.DataFrame({"parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
-                              "value": np.concatenate([weights, bias])})
+        table = pd.DataFrame(
+            {
+                "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
+                "value": np.concatenate([weights, bias]),
+            }
+        )
     else:
         fused = mean_fusion(stack)
-        table = pd.DataFrame({"parameter": [f"weight:{p}" for p in presets],
-                              "value": np.full(len(presets), 1.0 / len(presets))})
+        table = pd.DataFrame(
+            {
+                "parameter": [f"weight:{p}" for p in presets],
+                "value": np.full(len(presets), 1.0 / len(presets)),
+            }
+        )
     write_csv(table, out_weights)
     write_csv(probability_frame(fnames, fused, classes), out_probs)
     answers = submission(fnames, fused, classes)
@@ -366,8 +461,12 @@ def fuse_job(test_csvs: dict[str, Path], valid_csvs: dict[str, Path], classes_cs
         answers = status[["fname"]].merge(answers, on="fname", how="left").fillna({"label": ""})
         unpredicted = status[status["status"] != "predicted"]
         if len(unpredicted):
-            log.warning("%d of %d test clip(s) could not be predicted: empty rows in the "
-                        "submission, reasons in %s", len(unpredicted), len(status), out_status)
+            log.warning(
+                "%d of %d test clip(s) could not be predicted: empty rows in the submission, reasons in %s",
+                len(unpredicted),
+                len(status),
+                out_status,
+            )
         if out_status is not None:
             write_csv(status, out_status)
     write_csv(answers, out_submission)
@@ -377,9 +476,13 @@ def submission_status(test_manifest: pd.DataFrame, predicted: set[str]) -> pd.Da
     """One row per listed test clip: ``fname,status,detail``; status ``predicted`` or the
     preprocessing status that kept the clip out (``skipped_undecodable``, ...)."""
     done = test_manifest["fname"].isin(predicted)
-    return pd.DataFrame({"fname": test_manifest["fname"].to_numpy(),
-                         "status": np.where(done, "predicted", test_manifest["status"]),
-                         "detail": np.where(done, "", test_manifest["detail"])})
+    return pd.DataFrame(
+        {
+            "fname": test_manifest["fname"].to_numpy(),
+            "status": np.where(done, "predicted", test_manifest["status"]),
+            "detail": np.where(done, "", test_manifest["detail"]),
+        }
+    )
 
 
 NO_TEST_LABELS = "no test labels"
@@ -402,8 +505,12 @@ def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], ou
     scored = scored_rows(test, classes)
     missing = scored.loc[~scored["fname"].isin(predicted)]
     if len(missing):
-        log.warning("%d scored test clip(s) have no prediction (skipped in preprocessing) and are "
-                    "not scored, e.g. %s", len(missing), list(missing["fname"][:3]))
+        log.warning(
+            "%d scored test clip(s) have no prediction (skipped in preprocessing) and are "
+            "not scored, e.g. %s",
+            len(missing),
+            list(missing["fname"][:3]),
+        )
     test = test[test["fname"].isin(predicted)]
     scores = evaluate_systems(test, frames, classes)
     scores["n_unpredicted"] = [_unpredicted_in_set(missing, name) for name in scores["set"]]
@@ -414,8 +521,10 @@ def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], ou
         table, confusion = class_reports(test, frame, classes)
         per_class.append(table.assign(system=name))
     columns = ["system", "label", "precision", "recall", "f1", "support"]
-    write_csv(pd.concat(per_class, ignore_index=True)[columns] if per_class
-              else pd.DataFrame(columns=columns), out_dir / "per_class.csv")
+    write_csv(
+        pd.concat(per_class, ignore_index=True)[columns] if per_class else pd.DataFrame(columns=columns),
+        out_dir / "per_class.csv",
+    )
     write_csv(confusion, out_dir / "confusion.csv")
     if scored.empty:
         log.info("%s: predictions only, nothing is scored", NO_TEST_LABELS)
@@ -439,31 +548,46 @@ def test_note(scores: pd.DataFrame | None, status_csv: Path | None) -> str:
         status = read_csv_str(status_csv)
         bad = int((status["status"] != "predicted").sum())
         if bad:
-            notes.append(f"{bad} of {len(status)} test clips not predicted (empty rows in "
-                         f"submission.csv; reasons in {Path(status_csv).name})")
+            notes.append(
+                f"{bad} of {len(status)} test clips not predicted (empty rows in "
+                f"submission.csv; reasons in {Path(status_csv).name})"
+            )
     return "; ".join(notes)
 
 
-def summary_job(presets: list[str], selections: list[Path], self_verify_dirs: list[Path],
-                scores_csv: Path | None, out_csv: Path,
-                submission_status_csv: Path | None = None) -> pd.DataFrame:
+def summary_job(
+    presets: list[str],
+    selections: list[Path],
+    self_verify_dirs: list[Path],
+    scores_csv: Path | None,
+    out_csv: Path,
+    submission_status_csv: Path | None = None,
+) -> pd.DataFrame:
     """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``."""
     from .evaluation import preset_summary
 
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
     rows = []
     for preset, selection_csv in zip(presets, selections):
-        tables = {int(p.name[2:]): pd.read_csv(p / "per_class.csv", dtype={"label": str})
-                  for p in self_verify_dirs if p.parent.name == preset}
+        tables = {
+            int(p.name[2:]): pd.read_csv(p / "per_class.csv", dtype={"label": str})
+            for p in self_verify_dirs
+            if p.parent.name == preset
+        }
         rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores))
     if scores is not None:
         fused = scores[(scores["system"] == "fusion") & (scores["set"] == "Public+Private")]
         if len(fused):
-            rows.append({"preset": "fusion", "test_accuracy": float(fused["accuracy"].iloc[0]),
-                         "test_map3": float(fused["map3"].iloc[0])})
+            rows.append(
+                {
+                    "preset": "fusion",
+                    "test_accuracy": float(fused["accuracy"].iloc[0]),
+                    "test_map3": float(fused["map3"].iloc[0]),
+                }
+            )
     table = pd.DataFrame(rows)
     table["test_note"] = test_note(scores, submission_status_csv)
     for column in ("chosen_iteration", "self_verified_clips"):
-        table[column] = table[column].astype("Int64")   # integers, blank for the fusion row
+        table[column] = table[column].astype("Int64")  # integers, blank for the fusion row
     write_csv(table, out_csv)
     return table

@@ -83,7 +83,7 @@ class TaggerSpec:
     fusion: str
     presets: list[dict] = field(default_factory=list)
     n_bins: int = 128
-    spectrograms: str = "fast"   # preprocessing.spectrograms of the run (fast | reference)
+    spectrograms: str = "fast"  # preprocessing.spectrograms of the run (fast | reference)
 
     @property
     def input_names(self) -> list[str]:
@@ -219,9 +219,7 @@ def prepare(item: Item, spec: TaggerSpec) -> Prepared:
         if not clip.usable:
             return _failure(item, clip.status, clip.detail)
         inputs = [
-            fix_length(
-                compute_spectrogram(v, clip.samples, spec.sample_rate, spec.spectrograms), spec.frames
-            )
+            fix_length(compute_spectrogram(v, clip.samples, spec.sample_rate, spec.spectrograms), spec.frames)
             for v in spec.versions
         ]
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the others

@@ -39,11 +39,19 @@ from .metrics import accuracy, map_at_3
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
-                   "valid_map3", "seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "valid_loss",
+    "valid_acc",
+    "valid_map3",
+    "seconds",
+]
 
 
-CHECKPOINT_FORMAT = 2   # 1: numpy generator state (before device-side sampling)
+CHECKPOINT_FORMAT = 2  # 1: numpy generator state (before device-side sampling)
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,9 @@ class CheckpointPolicy:
         return cls() if value is None else cls(value.get("epochs"), value.get("minutes"))
 
 
-def checkpoint_epochs(total_epochs: int, policy: CheckpointPolicy, seconds_per_epoch: float,
-                      start: int = 0) -> list[int]:
+def checkpoint_epochs(
+    total_epochs: int, policy: CheckpointPolicy, seconds_per_epoch: float, start: int = 0
+) -> list[int]:
     """The epochs (1-based, completed) after which :func:`fit` writes a checkpoint, for a run
     whose epochs take ``seconds_per_epoch``: the same decision rule, without training."""
     written, last_epoch, elapsed = [], start, 0.0
@@ -86,8 +95,8 @@ class RunOptions:
     """How a run is executed, not what it computes (so not fingerprinted)."""
 
     checkpoint: CheckpointPolicy = CheckpointPolicy()
-    compile: bool = False           # torch.compile the model (compute.compile)
-    channels_last: bool | None = None   # None: on CUDA only
+    compile: bool = False  # torch.compile the model (compute.compile)
+    channels_last: bool | None = None  # None: on CUDA only
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ class FitSettings:
     constant_epochs: int
     batch_size: int
     excerpt_frames: int
-    mixup_alpha: float | None    # None: no mixup (fine-tuning)
+    mixup_alpha: float | None  # None: no mixup (fine-tuning)
     seed: int
     eval_batch_size: int = 32
     amp: bool = True
@@ -142,8 +151,7 @@ class DeviceSampler:
         the only Beta/Gamma sampler that takes a generator. float64: with alpha 0.2 both gamma
         draws underflow in float32 often enough to give 0/0.
         """
-        concentration = torch.full((count, 2), float(alpha), dtype=torch.float64,
-                                    device=self.device)
+        concentration = torch.full((count, 2), float(alpha), dtype=torch.float64, device=self.device)
         return torch._sample_dirichlet(concentration, generator=self.generator)[:, 0].float()
 
     def get_state(self) -> torch.Tensor:
@@ -153,8 +161,12 @@ class DeviceSampler:
         self.generator.set_state(state)
 
 
-def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float, sampler: DeviceSampler,
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    sampler: DeviceSampler,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each example with the batch in reverse order; lambda ~ Beta(alpha, alpha) per sample."""
     lam = sampler.beta(alpha, len(inputs)).to(inputs.device)
     mixed = lam.view(-1, 1, 1, 1) * inputs + (1 - lam).view(-1, 1, 1, 1) * inputs.flip(0)
@@ -167,8 +179,9 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                           weights: torch.Tensor) -> torch.Tensor:
+def weighted_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Soft-target cross-entropy with per-example weights (mean over examples, so a batch of
     weight-1 examples gives the plain loss); mixed examples carry their first clip's weight."""
     per_example = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
@@ -189,8 +202,11 @@ def _is_channels_last(model: nn.Module) -> bool:
     A kernel with one input channel is contiguous in both layouts, so look at one with more.
     """
     first = next((p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1), None)
-    return first is not None and first.is_contiguous(memory_format=torch.channels_last) \
+    return (
+        first is not None
+        and first.is_contiguous(memory_format=torch.channels_last)
         and not first.is_contiguous()
+    )
 
 
 @torch.no_grad()
@@ -210,27 +226,31 @@ def predict_whole(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool =
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, n_classes), np.float32)
 
 
-def evaluate(model: nn.Module, bank: ClipBank, targets: np.ndarray, batch_size: int,
-             amp: bool) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, bank: ClipBank, targets: np.ndarray, batch_size: int, amp: bool
+) -> dict[str, float]:
     """Loss, accuracy and MAP@3 on whole clips (the verified validation clips)."""
     if len(bank) == 0:
         return {"valid_loss": math.nan, "valid_acc": math.nan, "valid_map3": math.nan}
     probs = predict_whole(model, bank, batch_size, amp)
     picked = probs[np.arange(len(targets)), targets]
-    return {"valid_loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()),
-            "valid_acc": accuracy(probs, targets), "valid_map3": map_at_3(probs, targets)}
+    return {
+        "valid_loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()),
+        "valid_acc": accuracy(probs, targets),
+        "valid_map3": map_at_3(probs, targets),
+    }
 
 
 @dataclass
 class TrainState:
     """What a checkpoint holds; enough to continue exactly where a killed job stopped."""
 
-    epoch: int                    # epochs completed
+    epoch: int  # epochs completed
     history: list[dict]
     best_loss: float
-    best_state: dict | None       # on the training device between checkpoints
-    sampler_state: torch.Tensor | None   # DeviceSampler's generator
-    torch_rng: torch.Tensor       # global CPU generator (dropout on CPU)
+    best_state: dict | None  # on the training device between checkpoints
+    sampler_state: torch.Tensor | None  # DeviceSampler's generator
+    torch_rng: torch.Tensor  # global CPU generator (dropout on CPU)
     cuda_rng: torch.Tensor | None
     fingerprint: str
 
@@ -239,17 +259,26 @@ def _to_cpu(tensors: dict | None) -> dict | None:
     return None if tensors is None else {k: v.detach().cpu() for k, v in tensors.items()}
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: TrainState) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState
+) -> None:
     """Write the whole state atomically (best parameters copied to the host here, once)."""
     fields = asdict(state) | {"best_state": _to_cpu(state.best_state)}
     with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "state": fields}, tmp)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": fields,
+            },
+            tmp,
+        )
 
 
-def load_checkpoint(path: Path, fingerprint: str, model: nn.Module,
-                    optimizer: torch.optim.Optimizer) -> TrainState | None:
+def load_checkpoint(
+    path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> TrainState | None:
     """Restore a checkpoint written by the same run; ignore one from other settings or data."""
     if not path.is_file():
         return None
@@ -283,12 +312,13 @@ def prepare_model(model: nn.Module, device: torch.device, options: RunOptions) -
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True   # fixed input shapes: pick the fastest kernels once
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     return torch.compile(model) if options.compile else model
 
 
-def _run_epoch(model, optimizer, bank, targets, settings, sampler, device, n_classes,
-               channels_last=False, weights=None):
+def _run_epoch(
+    model, optimizer, bank, targets, settings, sampler, device, n_classes, channels_last=False, weights=None
+):
     """One pass over the training clips in random order; returns (mean loss, accuracy).
 
     weights: per-clip loss weights on the device (a trust policy's), or None: the plain mean.
@@ -298,8 +328,8 @@ def _run_epoch(model, optimizer, bank, targets, settings, sampler, device, n_cla
     """
     model.train()
     order = sampler.permutation(len(bank))
-    batches = [order[i:i + settings.batch_size] for i in range(0, len(bank), settings.batch_size)]
-    batches = [b for b in batches if len(b) >= 2]   # batch norm and mixup need two examples
+    batches = [order[i : i + settings.batch_size] for i in range(0, len(bank), settings.batch_size)]
+    batches = [b for b in batches if len(b) >= 2]  # batch norm and mixup need two examples
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
@@ -327,10 +357,19 @@ def _run_epoch(model, optimizer, bank, targets, settings, sampler, device, n_cla
     return float(total_loss) / seen, float(correct) / seen
 
 
-def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid_bank: ClipBank,
-        valid_targets: np.ndarray, settings: FitSettings, checkpoint: Path, fingerprint: str,
-        on_epoch: Callable[[pd.DataFrame], None] | None = None,
-        options: RunOptions = RunOptions(), train_weights: np.ndarray | None = None) -> TrainState:
+def fit(
+    model: nn.Module,
+    train_bank: ClipBank,
+    train_targets: np.ndarray,
+    valid_bank: ClipBank,
+    valid_targets: np.ndarray,
+    settings: FitSettings,
+    checkpoint: Path,
+    fingerprint: str,
+    on_epoch: Callable[[pd.DataFrame], None] | None = None,
+    options: RunOptions = RunOptions(),
+    train_weights: np.ndarray | None = None,
+) -> TrainState:
     """Train, validating after every epoch; keep the parameters of the lowest validation loss.
 
     train_weights: per-clip loss weights (the ``weighted`` trust policy), None: unweighted.
@@ -339,8 +378,7 @@ def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid
     returned is also on disk. ``state.best_state`` is returned on the host.
     """
     device = train_bank.device
-    channels_last = (options.channels_last if options.channels_last is not None
-                     else device.type == "cuda")
+    channels_last = options.channels_last if options.channels_last is not None else device.type == "cuda"
     forward = prepare_model(model, device, options)
     optimizer = make_optimizer(model, settings.lr, device)
     sampler = DeviceSampler(settings.seed, device)
@@ -356,36 +394,65 @@ def fit(model: nn.Module, train_bank: ClipBank, train_targets: np.ndarray, valid
             state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
         log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
     targets = torch.tensor(np.asarray(train_targets), dtype=torch.int64, device=device)
-    n_classes = int(getattr(model, "n_classes"))
-    weights = None if train_weights is None else torch.as_tensor(
-        np.asarray(train_weights), dtype=torch.float32, device=device)
+    n_classes = int(model.n_classes)
+    weights = (
+        None
+        if train_weights is None
+        else torch.as_tensor(np.asarray(train_weights), dtype=torch.float32, device=device)
+    )
     last_saved, saved_at = state.epoch, time.monotonic()
     for epoch in range(state.epoch, settings.epochs):
         started = time.perf_counter()
         lr = learning_rate(epoch, settings.lr, settings.constant_epochs, settings.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        train_loss, train_acc = _run_epoch(forward, optimizer, train_bank, targets, settings,
-                                           sampler, device, n_classes, channels_last, weights)
+        train_loss, train_acc = _run_epoch(
+            forward,
+            optimizer,
+            train_bank,
+            targets,
+            settings,
+            sampler,
+            device,
+            n_classes,
+            channels_last,
+            weights,
+        )
         scores = evaluate(forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-               **scores, "seconds": round(time.perf_counter() - started, 3)}
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            **scores,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
         state.history.append(row)
-        no_validation = math.isnan(scores["valid_loss"])   # then the last epoch is kept
+        no_validation = math.isnan(scores["valid_loss"])  # then the last epoch is kept
         if state.best_state is None or no_validation or scores["valid_loss"] < state.best_loss:
             state.best_loss = scores["valid_loss"]
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state.epoch = epoch + 1
         if state.epoch == settings.epochs or options.checkpoint.due(
-                state.epoch - last_saved, time.monotonic() - saved_at):
+            state.epoch - last_saved, time.monotonic() - saved_at
+        ):
             state.sampler_state = sampler.get_state()
             state.torch_rng = torch.get_rng_state()
             state.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
             save_checkpoint(checkpoint, model, optimizer, state)
             last_saved, saved_at = state.epoch, time.monotonic()
-        log.info("epoch %d/%d lr %.2e train loss %.4f acc %.3f | valid loss %.4f acc %.3f "
-                 "map@3 %.3f | %.1f s", epoch + 1, settings.epochs, lr, train_loss, train_acc,
-                 scores["valid_loss"], scores["valid_acc"], scores["valid_map3"], row["seconds"])
+        log.info(
+            "epoch %d/%d lr %.2e train loss %.4f acc %.3f | valid loss %.4f acc %.3f map@3 %.3f | %.1f s",
+            epoch + 1,
+            settings.epochs,
+            lr,
+            train_loss,
+            train_acc,
+            scores["valid_loss"],
+            scores["valid_acc"],
+            scores["valid_map3"],
+            row["seconds"],
+        )
         if on_epoch is not None:
             on_epoch(pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
     state.best_state = _to_cpu(state.best_state)

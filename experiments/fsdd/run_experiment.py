@@ -50,10 +50,12 @@ from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset
 #: Environment variable with the FSDD recordings folder: the default of --fsdd.
 FSDD_ENV = "SV_FSDD_DIR"
 NAME_PATTERN = r"^(?P<label>\d+)_(?P<group>[a-z]+)_(?P<take>\d+)\.wav$"
-COPIED = {"results/systems.csv": "systems.csv",
-          "results/systems_iterations.csv": "systems_iterations.csv",
-          "results/systems.png": "systems.png"}
-REFERENCES = ("self_verification", "all_labels")   # the study's paired comparisons
+COPIED = {
+    "results/systems.csv": "systems.csv",
+    "results/systems_iterations.csv": "systems_iterations.csv",
+    "results/systems.png": "systems.png",
+}
+REFERENCES = ("self_verification", "all_labels")  # the study's paired comparisons
 
 
 def snakemake_binary() -> str:
@@ -74,8 +76,9 @@ def subset_source(fsdd: Path, takes: int | None, folder: Path) -> Path:
     import re
 
     regex = re.compile(NAME_PATTERN)
-    wanted = sorted(p for p in fsdd.glob("*.wav")
-                    if (m := regex.match(p.name)) and int(m.group("take")) < takes)
+    wanted = sorted(
+        p for p in fsdd.glob("*.wav") if (m := regex.match(p.name)) and int(m.group("take")) < takes
+    )
     if not wanted:
         raise SystemExit(f"no FSDD recordings with take < {takes} in {fsdd}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,11 +93,17 @@ def subset_source(fsdd: Path, takes: int | None, folder: Path) -> Path:
 
 def build_dataset(args: argparse.Namespace, out: Path) -> dict:
     """Build (or reuse) the noisy dataset; returns its build_info."""
-    source = subset_source(args.fsdd, args.takes, out.parent / "source_subset"
-                           if args.study else out / "source_subset")
-    settings = NoisyDatasetSettings(test_groups=(args.test_speaker,), verified_fraction=args.verified_fraction,
-                                    noise_rate=args.noise_rate, public_fraction=args.public_fraction,
-                                    copy_mode="symlink", seed=args.seed)
+    source = subset_source(
+        args.fsdd, args.takes, out.parent / "source_subset" if args.study else out / "source_subset"
+    )
+    settings = NoisyDatasetSettings(
+        test_groups=(args.test_speaker,),
+        verified_fraction=args.verified_fraction,
+        noise_rate=args.noise_rate,
+        public_fraction=args.public_fraction,
+        copy_mode="symlink",
+        seed=args.seed,
+    )
     dataset = out / "dataset"
     info_path = dataset / "build_info.json"
     if info_path.is_file():
@@ -107,12 +116,23 @@ def build_dataset(args: argparse.Namespace, out: Path) -> dict:
 
 
 def snakemake_command(args: argparse.Namespace, out: Path) -> list[str]:
-    command = [snakemake_binary(), "--snakefile", str(REPO / "Snakefile"),
-               "--configfile", str(REPO / "config.yaml"), str(HERE / "config.yaml"),
-               *[str(Path(o).resolve()) for o in args.overlay],
-               "--config", f"dataset_root={(out / 'dataset').resolve()}",
-               "--directory", str(out / "work"), "--cores", str(args.cores),
-               "--rerun-incomplete", "--printshellcmds"]
+    command = [
+        snakemake_binary(),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(HERE / "config.yaml"),
+        *[str(Path(o).resolve()) for o in args.overlay],
+        "--config",
+        f"dataset_root={(out / 'dataset').resolve()}",
+        "--directory",
+        str(out / "work"),
+        "--cores",
+        str(args.cores),
+        "--rerun-incomplete",
+        "--printshellcmds",
+    ]
     if args.dry_run:
         command.append("-n")
     return command + list(args.snakemake_args)
@@ -129,36 +149,69 @@ def resolved_settings(args: argparse.Namespace) -> dict:
         config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
     config["dataset_root"] = "<dataset>"
     s = resolve_settings(config)
-    return {"run_preset": s["run_preset"], "method": s["method"], "run_chains": s["run_chains"],
-            "chains": {c: s["chains"][c] for c in s["run_chains"]}, "trust": s["trust"],
-            "preprocessing": {"shards": s["preprocessing"]["shards"]}, "compute": s["compute"]}
+    return {
+        "run_preset": s["run_preset"],
+        "method": s["method"],
+        "run_chains": s["run_chains"],
+        "chains": {c: s["chains"][c] for c in s["run_chains"]},
+        "trust": s["trust"],
+        "preprocessing": {"shards": s["preprocessing"]["shards"]},
+        "compute": s["compute"],
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=HERE / "results",
-                   help="output folder (dataset/, work/, systems.csv ...); default %(default)s")
-    p.add_argument("--fsdd", type=Path, default=os.environ.get(FSDD_ENV) or None,
-                   help=f"the FSDD recordings folder (default: ${FSDD_ENV})")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results",
+        help="output folder (dataset/, work/, systems.csv ...); default %(default)s",
+    )
+    p.add_argument(
+        "--fsdd",
+        type=Path,
+        default=os.environ.get(FSDD_ENV) or None,
+        help=f"the FSDD recordings folder (default: ${FSDD_ENV})",
+    )
     p.add_argument("--test-speaker", default="theo", help="held-out speaker (test set)")
     p.add_argument("--verified-fraction", type=float, default=0.4)
     p.add_argument("--noise-rate", type=float, default=0.3, help="share of unverified labels made wrong")
     p.add_argument("--public-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=2018, help="dataset seed")
-    p.add_argument("--takes", type=int, default=None,
-                   help="use only takes 0 ... N-1 of each digit and speaker (a small version)")
-    p.add_argument("--overlay", action="append", default=[],
-                   help="extra config file merged after experiments/fsdd/config.yaml (repeatable)")
+    p.add_argument(
+        "--takes",
+        type=int,
+        default=None,
+        help="use only takes 0 ... N-1 of each digit and speaker (a small version)",
+    )
+    p.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        help="extra config file merged after experiments/fsdd/config.yaml (repeatable)",
+    )
     p.add_argument("--cores", type=int, default=2)
-    p.add_argument("--study", action="store_true",
-                   help="one repetition per --test-speakers x --seeds, then the study tables")
+    p.add_argument(
+        "--study",
+        action="store_true",
+        help="one repetition per --test-speakers x --seeds, then the study tables",
+    )
     p.add_argument("--test-speakers", nargs="+", default=None, help="--study: held-out speakers")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="--study: seeds")
-    p.add_argument("--copy-to", type=Path, default=None,
-                   help="--study: also copy the small result files (per repetition systems*.csv, "
-                        "systems.png, experiment.json; the study CSVs) here, e.g. to commit them")
-    p.add_argument("--chains", nargs="+", default=None,
-                   help="chains to run (default: run_chains of experiments/fsdd/config.yaml)")
+    p.add_argument(
+        "--copy-to",
+        type=Path,
+        default=None,
+        help="--study: also copy the small result files (per repetition systems*.csv, "
+        "systems.png, experiment.json; the study CSVs) here, e.g. to commit them",
+    )
+    p.add_argument(
+        "--chains",
+        nargs="+",
+        default=None,
+        help="chains to run (default: run_chains of experiments/fsdd/config.yaml)",
+    )
     p.add_argument("--dry-run", action="store_true", help="build the dataset, plan, run nothing")
     p.add_argument("snakemake_args", nargs="*", help="passed on to snakemake (after --)")
     return p.parse_args(argv)
@@ -180,10 +233,16 @@ def run_one(args: argparse.Namespace, out: Path) -> int:
     for source, name in COPIED.items():
         if (out / "work" / source).is_file():
             shutil.copyfile(out / "work" / source, out / name)
-    record = {"dataset": {k: info[k] for k in ("n_train", "n_verified", "n_unverified", "n_corrupted",
-                                                "n_test", "classes", "settings")},
-              "settings": settings, "snakemake_command": command,
-              "wall_seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "dataset": {
+            k: info[k]
+            for k in ("n_train", "n_verified", "n_unverified", "n_corrupted", "n_test", "classes", "settings")
+        },
+        "settings": settings,
+        "snakemake_command": command,
+        "wall_seconds": round(seconds, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     (out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"done in {seconds / 60:.1f} min: {out / 'systems.csv'}, {out / 'systems.png'}", file=sys.stderr)
     return 0
@@ -226,15 +285,16 @@ def study_tables(out: Path, names: list[str]) -> None:
     from workflow_lib.io import write_csv
     from workflow_lib.study import collect, paired, summarise
 
-    runs = {n: pd.read_csv(out / n / "systems.csv") for n in names
-            if (out / n / "experiment.json").is_file()}
+    runs = {n: pd.read_csv(out / n / "systems.csv") for n in names if (out / n / "experiment.json").is_file()}
     if not runs:
         return
     long = collect(runs)
     write_csv(long, out / "study_runs.csv")
     write_csv(summarise(long), out / "study_summary.csv")
-    write_csv(pd.concat([paired(long, REFERENCES, m) for m in ("test_accuracy", "test_map3")],
-                        ignore_index=True), out / "study_paired.csv")
+    write_csv(
+        pd.concat([paired(long, REFERENCES, m) for m in ("test_accuracy", "test_map3")], ignore_index=True),
+        out / "study_paired.csv",
+    )
     print(f"study: {len(runs)} repetition(s) -> {out / 'study_summary.csv'}", file=sys.stderr)
 
 
@@ -250,12 +310,17 @@ def run_study(args: argparse.Namespace, out: Path) -> int:
                 print(f"{rep.name}: finished earlier, kept", file=sys.stderr)
                 continue
             overlay = write_overlay(args, rep, seed)
-            one = argparse.Namespace(**{**vars(args), "test_speaker": speaker, "seed": seed,
-                                        "overlay": base_overlays + ([str(overlay)] if overlay else [])})
+            one = argparse.Namespace(
+                **{
+                    **vars(args),
+                    "test_speaker": speaker,
+                    "seed": seed,
+                    "overlay": base_overlays + ([str(overlay)] if overlay else []),
+                }
+            )
             code = run_one(one, rep)
             if code != 0:
-                print(f"{rep.name}: failed (exit {code}); rerun the same command to resume",
-                      file=sys.stderr)
+                print(f"{rep.name}: failed (exit {code}); rerun the same command to resume", file=sys.stderr)
                 return code
             study_tables(out, names)
             if args.copy_to:

@@ -50,15 +50,20 @@ def plugin_env(env: dict[str, str] | None = None) -> dict[str, str]:
     finds the jobstep plugin too.
     """
     env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PLUGIN_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN_DIR), env.get("PYTHONPATH", "")) if p)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def run_snakemake_on_slurm(workdir: Path, extra_args: list[str], snakefile: Path | None = None,
-                           *, profile: Path = PROFILE_CPU, configfiles: Sequence[Path] = (),
-                           timeout: float = 600) -> subprocess.CompletedProcess:
+def run_snakemake_on_slurm(
+    workdir: Path,
+    extra_args: list[str],
+    snakefile: Path | None = None,
+    *,
+    profile: Path = PROFILE_CPU,
+    configfiles: Sequence[Path] = (),
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """``snakemake --profile <profile> --directory <workdir> ...`` on the test SLURM cluster.
 
     snakefile None: the repository's own Snakefile, with ``--configfile <repo>/config.yaml``
@@ -70,23 +75,36 @@ def run_snakemake_on_slurm(workdir: Path, extra_args: list[str], snakefile: Path
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "snakemake", "--profile", str(profile),
-           "--directory", str(workdir), *TEST_ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        str(profile),
+        "--directory",
+        str(workdir),
+        *TEST_ARGS,
+    ]
     if snakefile is None:
-        cmd += ["--snakefile", str(REPO / "Snakefile"),
-                "--configfile", str(REPO / "config.yaml"), *map(str, configfiles)]
+        cmd += [
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            str(REPO / "config.yaml"),
+            *map(str, configfiles),
+        ]
     else:
         if configfiles:
             cmd += ["--configfile", *map(str, configfiles)]
         cmd += ["--snakefile", str(snakefile)]
     cmd += [str(a) for a in extra_args]
-    return subprocess.run(cmd, cwd=workdir, env=plugin_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(cmd, cwd=workdir, env=plugin_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _run_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["bash", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def _output(done: subprocess.CompletedProcess) -> str:
@@ -97,8 +115,7 @@ def install_plugin() -> None:
     """tests/slurm/install_plugin.sh into PLUGIN_DIR (idempotent, fast when present)."""
     done = _run_script([str(INSTALL_PLUGIN_SH), str(PLUGIN_DIR)], timeout=600)
     if done.returncode != 0:
-        pytest.fail(f"install_plugin.sh failed (rc={done.returncode})\n{_output(done)}",
-                    pytrace=False)
+        pytest.fail(f"install_plugin.sh failed (rc={done.returncode})\n{_output(done)}", pytrace=False)
 
 
 def cluster_is_up() -> bool:
@@ -111,15 +128,15 @@ def start_cluster() -> None:
     done = _run_script([str(CLUSTER_SH), "start"], timeout=900)
     if done.returncode != 0:
         stop_cluster()  # whatever half of it came up
-        pytest.fail(f"tests/slurm/cluster.sh start failed (rc={done.returncode})\n"
-                    f"{_output(done)}", pytrace=False)
+        pytest.fail(
+            f"tests/slurm/cluster.sh start failed (rc={done.returncode})\n{_output(done)}", pytrace=False
+        )
 
 
 def stop_cluster() -> None:
     done = _run_script([str(CLUSTER_SH), "stop"], timeout=120)
     if done.returncode != 0:
-        print(f"tests/slurm/cluster.sh stop failed (rc={done.returncode})\n{_output(done)}",
-              file=sys.stderr)
+        print(f"tests/slurm/cluster.sh stop failed (rc={done.returncode})\n{_output(done)}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
@@ -132,9 +149,11 @@ def slurm_cluster():
     SLURM_TEST_KEEP_CLUSTER=1 leaves it running (faster reruns while developing).
     """
     if os.environ.get(OPT_IN) != "1":
-        pytest.skip(f"SLURM cluster tests are opt-in: they install munge and slurm-wlm with apt-get, "
-                    f"write /etc/slurm/slurm.conf and start SLURM daemons as root. Set {OPT_IN}=1 "
-                    f"to run them (.ci/run does).")
+        pytest.skip(
+            f"SLURM cluster tests are opt-in: they install munge and slurm-wlm with apt-get, "
+            f"write /etc/slurm/slurm.conf and start SLURM daemons as root. Set {OPT_IN}=1 "
+            f"to run them (.ci/run does)."
+        )
     install_plugin()
     state_dir = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/slurm-test"))
     users = None
