@@ -78,6 +78,8 @@ METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
+# Multi-label task (dataset.layout fsdkaggle2019): label sets, sigmoid outputs, lwlrap.
+MULTI_LABEL = S["dataset"]["layout"] == "fsdkaggle2019"
 
 
 def snakemake_workers():
