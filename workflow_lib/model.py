@@ -106,8 +106,15 @@ def count_parameters(model: nn.Module) -> int:
     return params + stats
 
 
+def probabilities(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """Class probabilities from logits, as float32: softmax over the classes (single-label: one
+    class per clip) or an independent sigmoid per class (multi-label: any set of classes)."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+
+
 @torch.no_grad()
-def posteriors(model: nn.Module, spectrograms: torch.Tensor) -> torch.Tensor:
-    """Class posteriors (softmax of the logits) in evaluation mode, as float32."""
+def posteriors(model: nn.Module, spectrograms: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """Class posteriors (:func:`probabilities` of the logits) in evaluation mode."""
     model.eval()
-    return torch.softmax(model(spectrograms).float(), dim=1)
+    return probabilities(model(spectrograms), multi_label)
