@@ -435,7 +435,13 @@ def _train_2019(root: Path, dataset: dict, problems: Problems, follow: bool) -> 
         return None
     train = pd.concat(parts, ignore_index=True)
     for fname in sorted(set(parts[0]["fname"]) & set(parts[-1]["fname"])) if len(parts) > 1 else []:
-        problems.add(root / dataset["noisy_csv"], "-", fname, "fname is also in the curated list", "error")
+        problems.add(
+            root / dataset["noisy_csv"],
+            "-",
+            fname,
+            f"{fname!r} is also in the curated list {dataset['curated_csv']}: two label sets for one clip",
+            "error",
+        )
     return train
 
 
