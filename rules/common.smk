@@ -32,7 +32,7 @@ try:
         user_settings,
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
-    from workflow_lib.dataset_layouts import train_listing_keys
+    from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
     from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec
     from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:

@@ -41,8 +41,11 @@ rule validate_dataset:
         CONDA_ENV
     params:
         cli=CLI,
-        root=str(Path(DATA_ROOT)),
-        settings=as_json(S["dataset"]),
+        # The dataset root: the training list's path less the list's own (relative) parts.
+        root=lambda wildcards, input: Path(input.train).parents[
+            len(Path(S["dataset"][TRAIN_LISTINGS[0]]).parts) - 1
+        ],
+        settings=as_json(layout_settings(S["dataset"])),
         folds=METHOD["folds"],
     shell:
         "{params.cli} validate --root {params.root:q} --folds {params.folds:q}"

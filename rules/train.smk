@@ -17,11 +17,8 @@ rule folds:
         folds=METHOD["folds"],
         seed=METHOD["seed"],
     shell:
-        # Multi-label: label sets, iterative stratification (the single-label command unchanged).
         "{params.cli} folds --manifest {input.manifest} --out {output}"
-        " --folds {params.folds:q} --seed {params.seed:q}"
-        + (" --multi-label" if MULTI_LABEL else "")
-        + " 2> {log}"
+        " --folds {params.folds:q} --seed {params.seed:q} 2> {log}"
 
 
 rule initial_list:

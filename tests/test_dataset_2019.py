@@ -17,7 +17,7 @@ import yaml
 
 from workflow_lib.config import ConfigError, check_dataset_root, load_schema, resolve_settings
 from workflow_lib.dataset import DatasetError, class_table, validate_dataset
-from workflow_lib.dataset_layouts import LAYOUT_KEYS, train_listing_keys
+from workflow_lib.dataset_layouts import LAYOUT_KEYS, layout_settings, train_listing_keys
 from workflow_lib.shards import listed_file_counts
 
 from conftest import REPO
@@ -241,3 +241,24 @@ def test_dataset_root_check_and_file_counts_follow_the_layout(tmp_path):
     (root / "train_curated.csv").unlink()
     with pytest.raises(ConfigError, match="train_curated.csv"):
         check_dataset_root(settings)
+
+
+def test_validation_settings_hold_only_the_keys_the_layout_reads():
+    """Single-label: exactly the settings of before the multi-label layout (same job, no rerun)."""
+    single = layout_settings(CONFIG["dataset"])
+    assert sorted(single) == sorted(
+        [
+            "train_csv",
+            "test_csv",
+            "train_audio_dir",
+            "test_audio_dir",
+            "true_labels_csv",
+            "follow_external_symlinks",
+        ]
+    )
+    multi = layout_settings(DATASET)
+    assert (
+        multi["layout"] == "fsdkaggle2019"
+        and "train_csv" not in multi
+        and multi["noisy_csv"] == "train_noisy.csv"
+    )

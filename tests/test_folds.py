@@ -304,12 +304,22 @@ def test_multilabel_class_counts_every_clip_that_carries_it():
     assert sorted(folds["fname"]) == ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
 
 
-def test_folds_job_multilabel(tmp_path, ml_train):
+def test_folds_job_deals_label_sets_by_iterative_stratification(tmp_path, ml_train):
     manifest = ml_train.assign(status=CLIPPED, n_frames="100")
     write_csv(manifest, tmp_path / "train.csv")
-    folds_job(tmp_path / "train.csv", tmp_path / "folds.csv", N_FOLDS, SEED, multi_label=True)
+    folds_job(tmp_path / "train.csv", tmp_path / "folds.csv", N_FOLDS, SEED)  # sets: iterative
     written = read_csv_str(tmp_path / "folds.csv")
     expected = make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
     assert dict(zip(written["fname"], written["fold"].astype(int))) == dict(
         zip(expected["fname"], expected["fold"].astype(int))
+    )
+
+
+def test_label_sets_are_recognised_and_single_labels_keep_the_round_robin_deal(train, ml_train):
+    from workflow_lib.folds import has_label_sets
+
+    assert has_label_sets(ml_train["label"]) and not has_label_sets(train["label"])
+    pd.testing.assert_frame_equal(make_folds(train, N_FOLDS, SEED), make_folds(train, N_FOLDS, SEED, False))
+    pd.testing.assert_frame_equal(
+        make_folds(ml_train, N_FOLDS, SEED), make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
     )

@@ -150,12 +150,11 @@ def merge_manifests(args: argparse.Namespace) -> None:
     arg("--out", type=Path, required=True),
     arg("--folds", type=int, required=True),
     arg("--seed", type=int, required=True),
-    arg("--multi-label", action="store_true", help="label sets: iterative stratification"),
 )
 def folds(args: argparse.Namespace) -> None:
     from .stages import folds_job
 
-    table = folds_job(args.manifest, args.out, args.folds, args.seed, args.multi_label)
+    table = folds_job(args.manifest, args.out, args.folds, args.seed)
     sizes = table.groupby(["fold", "verified"]).size().unstack(fill_value=0)
     log.info("fold sizes (columns: verified 0/1):\n%s", sizes.to_string())
 

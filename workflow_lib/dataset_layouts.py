@@ -31,3 +31,17 @@ def train_listing_keys(dataset: Mapping[str, Any]) -> list[str]:
     noisy list of fsdkaggle2019 only when set: it may be '')."""
     keys = LAYOUT_KEYS[dataset.get("layout", SINGLE_LABEL)][::2]
     return [key for key in keys if dataset.get(key)]
+
+
+def layout_settings(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``dataset`` settings the chosen layout reads (the validation job's settings).
+
+    Keys of the other layout are left out, and so is ``layout`` when it is the single-label
+    default: a single-label run's settings, and so its validation job, stay exactly as they
+    were before the multi-label layout existed.
+    """
+    layout = dataset.get("layout", SINGLE_LABEL)
+    other = {key for name, keys in LAYOUT_KEYS.items() if name != layout for key in keys}
+    if layout == SINGLE_LABEL:
+        other.add("layout")
+    return {key: value for key, value in dataset.items() if key not in other}

@@ -5,7 +5,7 @@ split separately, each into ``n_folds`` folds stratified by label. Fold k's vali
 verified fold k plus unverified fold k, so each unverified clip is held out from exactly one
 fold model: the one allowed to judge it during self-verification.
 
-Multi-label sets (``multi_label``) are dealt by iterative stratification (Sechidis, Tsoumakas
+Label sets (a multi-label dataset) are dealt by iterative stratification (Sechidis, Tsoumakas
 and Vlahavas, 2011): the rarest label still to deal goes first, each of its clips to the fold
 that most lacks that label; single-label folds are dealt as before, bit for bit.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .labels import multi_hot, split_labels
+from .labels import SEPARATOR, multi_hot, split_labels
 
 FOLD_COLUMNS = ["fname", "label", "verified", "fold"]
 
@@ -91,11 +91,21 @@ def _too_small(train: pd.DataFrame, n_folds: int, multi_label: bool) -> pd.Serie
     return counts[counts < n_folds]
 
 
-def make_folds(train: pd.DataFrame, n_folds: int, seed: int, multi_label: bool = False) -> pd.DataFrame:
+def has_label_sets(labels: pd.Series) -> bool:
+    """Whether any cell holds more than one label. Class names never contain the separator
+    (refused at validation), so only a multi-label dataset has such cells; one whose clips all
+    carry one label is stratified exactly as a single-label one, which is what it is."""
+    return bool(labels.astype(str).str.contains(SEPARATOR, regex=False).any())
+
+
+def make_folds(train: pd.DataFrame, n_folds: int, seed: int, multi_label: bool | None = None) -> pd.DataFrame:
     """Assign a fold to every training clip; verified and unverified stratified separately.
 
-    ``multi_label``: ``label`` holds label sets, dealt by :func:`iterative_assignment`.
+    ``multi_label``: ``label`` holds label sets, dealt by :func:`iterative_assignment`; None:
+    when any clip has more than one label (:func:`has_label_sets`).
     """
+    if multi_label is None:
+        multi_label = has_label_sets(train["label"])
     too_small = _too_small(train, n_folds, multi_label)
     if len(too_small):
         raise UserError(

@@ -34,19 +34,15 @@ if TYPE_CHECKING:  # imported where used: self-verification loads only in its ow
 log = logging.getLogger(__name__)
 
 
-def folds_job(
-    manifest_csv: Path, out_csv: Path, n_folds: int, seed: int, multi_label: bool = False
-) -> pd.DataFrame:
+def folds_job(manifest_csv: Path, out_csv: Path, n_folds: int, seed: int) -> pd.DataFrame:
     """Folds over the usable training clips (files skipped in preprocessing are left out);
-    ``multi_label``: label sets, iterative stratification."""
+    label sets (multi-label) are dealt by iterative stratification (workflow_lib/folds.py)."""
     manifest = read_csv_str(manifest_csv)
     usable = manifest[manifest["status"].isin(USABLE_STATUSES)]
     left_out = len(manifest) - len(usable)
     if left_out:
         log.warning("%d training file(s) skipped in preprocessing are not in any fold", left_out)
-    folds = make_folds(
-        usable[["fname", "label", "verified"]].reset_index(drop=True), n_folds, seed, multi_label
-    )
+    folds = make_folds(usable[["fname", "label", "verified"]].reset_index(drop=True), n_folds, seed)
     write_csv(folds, out_csv)
     return folds
 
