@@ -659,7 +659,9 @@ def multilabel_label_issues(cells: pd.Series, posteriors: np.ndarray, classes: S
     labels = [[index[name] for name in split_labels(cell)] for cell in cells]
     probs = np.clip(np.asarray(posteriors, dtype=np.float64), 1e-6, 1 - 1e-6)
     per_class = find_multilabel_issues_per_class(labels=labels, pred_probs=probs)
-    return np.stack([np.asarray(mask, dtype=bool) for mask in per_class], axis=1)
+    # cleanlab 2.9 returns an (n, K) mask; its docs (and older versions) a list of K masks
+    mask = np.asarray(per_class, dtype=bool)
+    return mask.T if isinstance(per_class, list) else mask
 
 
 MULTI_LABEL_POLICIES: dict[str, Callable[..., Proposal]] = {
