@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 import yaml
 
 from workflow_lib.config import ConfigError, resolve_settings
@@ -66,7 +65,10 @@ def policy(name: str, **values) -> PolicySettings:
     return PolicySettings(name, **{"max_per_class": None, **values})
 
 
-def decided(judged: Clips, name: str, context: Context = Context(), reference=None, **values) -> pd.DataFrame:
+def decided(
+    judged: Clips, name: str, context: Context | None = None, reference=None, **values
+) -> pd.DataFrame:
+    context = context or Context()
     return apply_policy(judged, reference, CLASSES, policy(name, **values), context, multi_label=True)
 
 
@@ -237,7 +239,9 @@ def test_cap_ties_go_to_the_smaller_file_name():
 
 def test_the_fraction_cap_counts_the_class_judged_labels():
     # class a is given on 5 clips, class b on 2: max_fraction 0.5 -> 2 a's, 1 b
-    rows = [(f"c{i}.wav", 0, "a,b" if i < 2 else "a", [0.5 + 0.05 * i, 0.9 - 0.1 * i, 0, 0]) for i in range(5)]
+    rows = [
+        (f"c{i}.wav", 0, "a,b" if i < 2 else "a", [0.5 + 0.05 * i, 0.9 - 0.1 * i, 0, 0]) for i in range(5)
+    ]
     out = decided(clips(rows), "all", max_fraction=0.5)
     accepted = out[out["accepted"]]
     assert sorted(zip(accepted["fname"], accepted["label"])) == [
@@ -299,7 +303,9 @@ def test_calibration_is_per_fold_and_never_looks_at_the_judged_clips():
     # fold 0's reference is over-confident (T 2), fold 1's under-confident (T 0.5)
     ref0, ref1 = reference_clips(800, 2.0, seed=10), reference_clips(800, 0.5, seed=11)
     reference = Clips(
-        pd.concat([ref0.table[ref0.table["fold"] == 0], ref1.table[ref1.table["fold"] == 1]], ignore_index=True),
+        pd.concat(
+            [ref0.table[ref0.table["fold"] == 0], ref1.table[ref1.table["fold"] == 1]], ignore_index=True
+        ),
         np.concatenate([ref0.posteriors[ref0.table["fold"] == 0], ref1.posteriors[ref1.table["fold"] == 1]]),
     )
     calibrated, temperatures = calibrated_sigmoids(judged, reference, CLASSES)
@@ -370,7 +376,9 @@ def hand_decisions() -> pd.DataFrame:
 def test_with_truth_marks_each_label_against_the_true_set(hand_decisions):
     assert list(hand_decisions["correct"]) == [1, 1, 1, 0, 1, 0]
     assert list(hand_decisions["true_label"]) == ["a,b", "a,b", "a,c", "a,c", "b", "b"]
-    partial = with_truth(hand_decisions.drop(columns=["true_label", "correct"]), pd.Series({"x.wav": "a"}), True)
+    partial = with_truth(
+        hand_decisions.drop(columns=["true_label", "correct"]), pd.Series({"x.wav": "a"}), True
+    )
     assert "correct" not in partial and "true_label" not in partial  # unknown for y and z
 
 
@@ -441,7 +449,14 @@ class ConstantNet(torch.nn.Module):
 
 
 def settings(**values) -> SelfVerifySettings:
-    base = dict(excerpts=3, threshold=0.7, max_per_class=None, excerpt_frames=6, seed=1, amp=False)
+    base = {
+        "excerpts": 3,
+        "threshold": 0.7,
+        "max_per_class": None,
+        "excerpt_frames": 6,
+        "seed": 1,
+        "amp": False,
+    }
     return SelfVerifySettings(**{**base, **values})
 
 
@@ -502,7 +517,9 @@ def write_store(tmp: Path, names: list[str], frames: int = 200) -> Path:
     )
     (tmp / "manifest").mkdir()
     rng = np.random.default_rng(0)
-    np.save(tmp / "manifest" / "shard0.npy", rng.normal(size=(1, 128, frames * len(names))).astype(np.float32))
+    np.save(
+        tmp / "manifest" / "shard0.npy", rng.normal(size=(1, 128, frames * len(names))).astype(np.float32)
+    )
     write_csv(manifest, tmp / "manifest.csv")
     return tmp / "manifest.csv"
 
@@ -577,7 +594,11 @@ def test_self_verify_job_writes_label_decisions_and_subsets(trust_files):
     written = read_csv_str(out / "decisions.csv")
     assert list(written.columns) == [*LABEL_DECISION_COLUMNS, "true_label", "correct"]
     assert len(written) == len(decisions) == 7  # labels of the four noisy clips
-    accepted = {(f, lab) for f, lab, ok in zip(written["fname"], written["label"], written["accepted"]) if ok == "True"}
+    accepted = {
+        (f, lab)
+        for f, lab, ok in zip(written["fname"], written["label"], written["accepted"])
+        if ok == "True"
+    }
     assert accepted == {("n0.wav", "a"), ("n1.wav", "c"), ("n2.wav", "a"), ("n3.wav", "d")}
     assert list(written["correct"]) == ["1", "0", "1", "1", "1", "0", "0"]
     listing = read_csv_str(out / "train_list.csv").set_index("fname")
@@ -590,7 +611,9 @@ def test_self_verify_job_writes_label_decisions_and_subsets(trust_files):
     posteriors = read_csv_str(out / "posteriors.csv")
     assert list(posteriors.columns) == ["fname", "fold", "given_label", *CLASSES]
     np.testing.assert_allclose(
-        posteriors[CLASSES].astype(float).to_numpy()[0], 1 / (1 + np.exp(-np.array([2.0, -2.0, 1.5, -1.0]))), atol=1e-5
+        posteriors[CLASSES].astype(float).to_numpy()[0],
+        1 / (1 + np.exp(-np.array([2.0, -2.0, 1.5, -1.0]))),
+        atol=1e-5,
     )
 
 

@@ -18,6 +18,12 @@ judged clips, highest score first, ties by file name) and optional label correct
 
 ``paper`` is the paper's rule (docs/method.md "Self-verification"); it reproduces the
 decisions of the workflow's earlier ``self_verify.decide`` exactly (tests/test_policies.py).
+
+Multi-label mode (``apply_policy(..., multi_label=True)``, docs/method.md "Multi-label mode"):
+the posteriors are per-class sigmoids and every given label of a clip is judged on its own
+(:data:`MULTI_LABEL_POLICIES`), one proposal row per (clip, given label); the caps rank the
+pairs of each class (:func:`decide_labels`). Policies that decide for a whole clip
+(label_spreading, weighted) have no multi-label version; config.py refuses them.
 """
 
 from __future__ import annotations

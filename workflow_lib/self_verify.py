@@ -21,6 +21,8 @@ from torch import nn
 
 from .data import ClipBank
 from .dataset import TOTAL_ROW
+from .labels import join_labels, split_labels
+from .model import probabilities
 from .policies import (  # re-exported: the decision vocabulary
     ACCEPTED,
     BELOW_THRESHOLD,
@@ -33,8 +35,6 @@ from .policies import (  # re-exported: the decision vocabulary
     threshold_rule,
 )
 from .policies import decide as decide_proposal
-from .labels import join_labels, split_labels
-from .model import probabilities
 from .training import autocast_for
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def label_precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.Dat
     true_sets = {}
     if has_truth:
         clips = decisions.drop_duplicates("fname")
-        true_sets = {c: 0 for c in classes}
+        true_sets = dict.fromkeys(classes, 0)
         for cell in clips["true_label"]:
             for label in split_labels(cell):
                 true_sets[label] = true_sets.get(label, 0) + 1
