@@ -665,3 +665,15 @@ def test_config_accepts_every_multi_label_policy(base_config):
     run = [c for c, spec in base_config["chains"].items() if spec["policy"] in MULTI_LABEL_POLICIES]
     assert {base_config["chains"][c]["policy"] for c in run} == set(MULTI_LABEL_POLICIES)
     resolve_settings(multi_label_config(base_config, {}, run))
+
+
+@pytest.mark.parametrize("name", sorted(MULTI_LABEL_POLICIES))
+def test_no_judged_clip_gives_empty_decisions_and_an_unchanged_list(name):
+    """A run where no fold holds a noisy clip: empty decisions, the curated list as it was."""
+    empty = Clips(pd.DataFrame({"fname": [], "fold": [], "given_label": []}), np.zeros((0, len(CLASSES))))
+    reference = Clips(pd.DataFrame({"fname": ["v.wav"], "fold": [0], "label": ["a"]}), np.full((1, 4), 0.5))
+    out = decided(empty, name, reference=reference, threshold=0.5, threshold_start=0.5, threshold_end=0.9)
+    assert list(out.columns) == LABEL_DECISION_COLUMNS and len(out) == 0
+    folds = pd.DataFrame({"fname": ["v.wav", "n.wav"], "label": ["a", "a,b"], "verified": ["1", "0"]})
+    listing = new_label_list(folds, with_truth(out, pd.Series({"n.wav": "a"}), True))
+    assert list(listing["manually_verified"]) == [1, 0] and list(listing["label"]) == ["a", "a,b"]
