@@ -262,3 +262,38 @@ def test_validation_settings_hold_only_the_keys_the_layout_reads():
         and "train_csv" not in multi
         and multi["noisy_csv"] == "train_noisy.csv"
     )
+
+
+# --------------------------------------------------------------------------- the workflow plans it
+
+
+def _dry_run(tmp_path: Path, root: Path, *config: str):
+    from test_workflow_dryrun import job_counts, run_snakemake
+
+    done, _ = run_snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path / "work"),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--config",
+        f"dataset_root={root}",
+        *config,
+        cwd=tmp_path,
+    )
+    output = done.stdout + done.stderr
+    return done.returncode, output, (job_counts(output) if done.returncode == 0 else {})
+
+
+def test_workflow_plans_a_2019_dataset_and_refuses_a_key_of_the_other_layout(tmp_path):
+    root = write_2019(tmp_path / "data")
+    code, output, counts = _dry_run(tmp_path, root, "dataset={layout: fsdkaggle2019}")
+    assert code == 0, output
+    assert counts["validate_dataset"] == 1 and "demo_dataset" not in counts
+    code, output, _ = _dry_run(tmp_path, root, "dataset={layout: fsdkaggle2019, train_audio_dir: x}")
+    assert code != 0 and "config key dataset.train_audio_dir: read only by" in output, output
+    assert "Traceback" not in output
