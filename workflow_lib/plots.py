@@ -118,15 +118,20 @@ def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
 
 
 def per_class_plot(per_class: pd.DataFrame, system: str, out: Path) -> None:
+    """Per-class bars of one system; a multi-label per_class.csv (with ``lwlrap``) adds each
+    class's lwlrap, the picture that replaces the confusion matrix in that mode."""
     table = per_class[per_class["system"] == system]
     if table.empty:
         return _no_test_labels(out)
-    figure, ax = plt.subplots(figsize=(max(8, 0.3 * len(table) + 3), 4))
+    metrics = ("precision", "recall", "f1", "lwlrap") if "lwlrap" in table else ("precision", "recall", "f1")
+    width = 0.27 if len(metrics) == 3 else 0.2  # 0.27: the single-label picture as before
+    figure, ax = plt.subplots(figsize=(max(8, 0.1 * len(metrics) * len(table) + 3), 4))
     x = np.arange(len(table))
-    for shift, metric in zip((-0.27, 0, 0.27), ("precision", "recall", "f1")):
-        ax.bar(x + shift, table[metric], width=0.27, label=metric)
+    for n, metric in enumerate(metrics):
+        ax.bar(x + (n - (len(metrics) - 1) / 2) * width, table[metric], width=width, label=metric)
     ax.set_xticks(x, table["label"], rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.legend()
-    ax.set_title(f"{system}: per-class precision, recall and F1 on the test clips")
+    threshold = " (labels at posterior >= 0.5)" if "lwlrap" in table else ""
+    ax.set_title(f"{system}: per-class {', '.join(metrics)} on the test clips{threshold}")
     save_figure(figure, out)
