@@ -96,7 +96,9 @@ def apply_learned_fusion(
 ) -> np.ndarray:
     """The fitted fusion's posteriors: softmax over classes, or per-class sigmoid (multi-label)."""
     if multi_label:
-        logits = np.einsum("m,mnc->nc", weights, log_odds(torch.as_tensor(stack, dtype=torch.float64)).numpy())
+        logits = np.einsum(
+            "m,mnc->nc", weights, log_odds(torch.as_tensor(stack, dtype=torch.float64)).numpy()
+        )
         return 1.0 / (1.0 + np.exp(-(logits + bias)))
     logits = np.einsum("m,mnc->nc", weights, stack) + bias
     logits -= logits.max(axis=1, keepdims=True)

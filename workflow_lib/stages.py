@@ -484,7 +484,7 @@ def fusion_targets(labels: pd.Series, classes: list[str], multi_label: bool) -> 
     from .labels import multi_hot
 
     if multi_label:
-        return multi_hot(labels, classes)
+        return multi_hot(labels.fillna(""), classes)  # '' (read as NaN): an empty set
     index = {label: i for i, label in enumerate(classes)}
     unknown = sorted(set(labels) - set(index))
     if unknown:

@@ -210,7 +210,9 @@ PLOTTED = {
 }
 
 
-def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path, multi_label: bool = False) -> None:
+def plot_systems(
+    systems: pd.DataFrame, iterations: pd.DataFrame, out: Path, multi_label: bool = False
+) -> None:
     """Scores per chain; CV accuracy (multi-label: lwlrap) per iteration; trusted clips,
     precision and recall."""
     import matplotlib
