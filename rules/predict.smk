@@ -95,9 +95,9 @@ rule evaluate:
         presets=lambda wildcards: [L.predictions(wildcards.chain, p, "test") for p in PRESETS],
         fused=L.fused("{chain}", "fused_test.csv"),
     output:
+        **({} if MULTI_LABEL else {"confusion": L.evaluation("{chain}", "confusion.csv")}),
         summary=L.evaluation("{chain}", "summary.csv"),
         per_class=L.evaluation("{chain}", "per_class.csv"),
-        **({} if MULTI_LABEL else {"confusion": L.evaluation("{chain}", "confusion.csv")}),
     log:
         L.log("evaluate/{chain}"),
     priority: chain_priority

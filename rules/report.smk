@@ -61,8 +61,8 @@ rule plot_training:
 # per-class picture (with each class's lwlrap) is the evaluation's only plot.
 rule plot_evaluation:
     input:
-        per_class=L.evaluation("{chain}", "per_class.csv"),
         **({} if MULTI_LABEL else {"confusion": L.evaluation("{chain}", "confusion.csv")}),
+        per_class=L.evaluation("{chain}", "per_class.csv"),
     output:
         **(
             {}
