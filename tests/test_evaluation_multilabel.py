@@ -370,3 +370,20 @@ def test_plot_evaluation_without_a_confusion_matrix(tmp_path, listing, system):
     assert (tmp_path / "p.png").stat().st_size
     lone = ["--confusion", per_class, "--per-class", per_class, "--out-per-class", str(tmp_path / "q.png")]
     assert main(["plot-evaluation", *lone]) == 1  # --confusion without --out-confusion
+
+
+def test_training_curves_add_a_lwlrap_panel_for_multi_label_histories(tmp_path, monkeypatch):
+    import workflow_lib.plots as plots
+
+    shown = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, out: shown.append(figure))
+    base = {"epoch": [1, 2], "lr": 1e-3, "train_loss": 1.0, "train_acc": 0.5, "valid_loss": [0.5, 0.4]}
+    base.update(valid_acc=[0.6, 0.7], valid_map3=[0.7, 0.8], seconds=1.0)
+    write_csv(pd.DataFrame(base), tmp_path / "single.csv")
+    write_csv(pd.DataFrame({**base, "valid_lwlrap": [0.55, 0.65]}), tmp_path / "multi.csv")
+    plots.training_curves({0: [tmp_path / "single.csv"]}, "p", tmp_path / "s.png")
+    plots.training_curves({0: [tmp_path / "multi.csv"], 1: [tmp_path / "multi.csv"]}, "p", tmp_path / "m.png")
+    single, multi = shown
+    assert len(single.axes) == 2 and len(multi.axes) == 3
+    assert multi.axes[2].get_ylabel() == "validation lwlrap"
+    assert multi.axes[2].lines[0].get_ydata().tolist() == [0.55, 0.65]

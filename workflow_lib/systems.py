@@ -291,7 +291,7 @@ def plot_systems(
     curves.legend(fontsize=7)
     curves.set_title("model selection")
     counts.set_xlabel("trusted by the policy on the models of iteration")
-    counts.set_ylabel("trusted unverified clips")
+    counts.set_ylabel("trusted (clip, label) pairs" if multi_label else "trusted unverified clips")
     twin.set_ylabel("precision (solid) / recall (dashed) of trusted labels")
     twin.set_ylim(0, 1.05)
     handles = counts.get_legend_handles_labels()
