@@ -140,6 +140,8 @@ def per_class_plot(per_class: pd.DataFrame, system: str, out: Path) -> None:
     ax.set_xticks(x, table["label"], rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.legend()
-    threshold = " (labels at posterior >= 0.5)" if "lwlrap" in table else ""
-    ax.set_title(f"{system}: per-class {', '.join(metrics)} on the test clips{threshold}")
+    if "lwlrap" in table:
+        ax.set_title(f"{system}: per-class lwlrap; precision, recall, F1 of labels at >= 0.5 (test clips)")
+    else:
+        ax.set_title(f"{system}: per-class precision, recall and F1 on the test clips")
     save_figure(figure, out)
