@@ -265,13 +265,21 @@ def self_verify(args: argparse.Namespace) -> None:
     )
     decisions = self_verify_job(job)
     log.info(
-        "policy %s trusted %d of %d unverified clips; reasons %s",
+        "policy %s trusted %d of %d unverified %s; reasons %s",
         s["policy"]["name"],
         int(decisions["accepted"].sum()),
         len(decisions),
+        "labels" if job.settings.multi_label else "clips",
         decisions["reason"].value_counts().to_dict(),
     )
-    if "true_label" in decisions:
+    if "correct" in decisions:  # multi-label: one row per (clip, given label)
+        accepted = decisions[decisions["accepted"]]
+        log.info(
+            "precision of trusted labels %.4f (given noisy labels: %.4f)",
+            accepted["correct"].mean() if len(accepted) else float("nan"),
+            decisions["correct"].mean(),
+        )
+    elif "true_label" in decisions:
         accepted = decisions[decisions["accepted"]]
         log.info(
             "precision of trusted labels %.4f (given unverified labels: %.4f)",

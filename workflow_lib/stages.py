@@ -250,6 +250,22 @@ def posterior_frame(clips: Clips, classes: list[str], label_column: str) -> pd.D
     return pd.concat([frame, pd.DataFrame(clips.posteriors, columns=classes)], axis=1)
 
 
+def trust_models(model_paths: dict[int, Path], device: str, multi_label: bool) -> dict[int, torch.nn.Module]:
+    """:func:`fold_models`, refusing a model trained in the other mode (a softmax model judged
+    with sigmoids, or the reverse, would give meaningless scores)."""
+    models = {}
+    for fold, path in model_paths.items():
+        model, saved = load_model(path, device)
+        if bool(saved.get("multi_label", False)) != multi_label:
+            mode = "multi-label" if saved.get("multi_label", False) else "single-label"
+            raise UserError(
+                f"{path} holds a {mode} model, but this run is "
+                f"{'multi-label' if multi_label else 'single-label'} (config dataset.layout)"
+            )
+        models[fold] = model
+    return models
+
+
 def self_verify_job(job: TrustJob) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips (and, for calibration and label spreading,
     its verified validation clips, with another random stream), apply the chain's policy, and
@@ -261,14 +277,22 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
         apply_policy,
         low_trust,
     )
-    from .self_verify import judge_folds, new_training_list, precision_table
+    from .self_verify import (
+        judge_folds,
+        label_precision_table,
+        new_label_list,
+        new_training_list,
+        precision_table,
+        with_truth,
+    )
 
+    multi_label = job.settings.multi_label
     choice = select_device(job.device, job.lock_dir, job.threads)
     policy = PolicySettings.from_mapping(job.policy)
     classes = read_classes(job.classes_csv)
     folds = read_csv_str(job.folds_csv)
     store = SpectrogramStore.open(job.manifest_csv)
-    models = fold_models(job.model_paths, choice.device)
+    models = trust_models(job.model_paths, choice.device, multi_label)
     embeddings = policy.name in NEEDS_EMBEDDINGS
 
     def parts(verified: str) -> tuple[dict, dict]:
@@ -307,25 +331,28 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     for clips in (judged, reference):
         if clips.posteriors.shape[1] == 0:
             clips.posteriors = np.zeros((len(clips.table), len(classes)))
-    decisions = apply_policy(judged, reference, classes, policy, Context(job.iteration, job.iterations))
+    context = Context(job.iteration, job.iterations)
+    decisions = apply_policy(judged, reference, classes, policy, context, multi_label)
     train = read_csv_str(job.train_csv)
     truth = train.set_index("fname")["true_label"] if "true_label" in train else pd.Series(dtype=str)
-    if len(decisions) and (decisions["fname"].map(truth).fillna("") != "").all():
-        decisions["true_label"] = decisions["fname"].map(truth)
+    decisions = with_truth(decisions, truth, multi_label)
     out = job.out_dir
     write_csv(posterior_frame(judged, classes, "given_label"), out / "posteriors.csv")
     write_csv(posterior_frame(reference, classes, "label"), out / "valid_posteriors.csv")
     write_csv(decisions, out / "decisions.csv")
-    write_csv(precision_table(decisions, classes), out / "per_class.csv")
-    write_csv(new_training_list(folds, decisions), out / "train_list.csv")
+    table = label_precision_table if multi_label else precision_table
+    write_csv(table(decisions, classes), out / "per_class.csv")
+    training_list = new_label_list if multi_label else new_training_list
+    write_csv(training_list(folds, decisions), out / "train_list.csv")
     n_trusted = int(decisions["accepted"].sum())
     if low_trust(n_trusted, len(decisions), policy.name, policy.min_trusted_share):
         log.warning(
-            "policy %s trusted %d of %d judged clips at iteration %d: the next "
+            "policy %s trusted %d of %d judged %s at iteration %d: the next "
             "fine-tuning is on little more than the verified clips",
             policy.name,
             n_trusted,
             len(decisions),
+            "labels" if multi_label else "clips",
             job.iteration,
         )
     choice.release()
