@@ -265,7 +265,7 @@ FINAL_OUTPUTS = [
     *[L.submission(c) for c in CHAINS],
     *[L.summary(c) for c in CHAINS],
     *[L.plot(c, f"{p}_training_curves.png") for c in CHAINS for p in PRESETS],
-    *[L.plot(c, "confusion.png") for c in CHAINS],
+    *[L.plot(c, "per_class.png" if MULTI_LABEL else "confusion.png") for c in CHAINS],
     L.systems("systems.csv"),
     L.systems("systems.png"),
     f"{RESULTS}/report/results.html",

@@ -436,12 +436,15 @@ def fuse_job(
     out_submission: Path,
     test_manifest: Path | None = None,
     out_status: Path | None = None,
+    multi_label: bool = False,
 ) -> None:
     """Fuse the presets (mean or learned) and write the challenge submission.
 
     With ``test_manifest`` (any spectrogram version's test manifest: one row per listed test
     clip, usable or not) every listed clip gets a submission row, empty when it could not be
     predicted, and ``out_status`` says why per clip (see :func:`submission_status`).
+    ``multi_label``: sigmoid posteriors, the learned fusion fitted with binary cross-entropy
+    on the multi-hot sets of the validation clips, the 2019 submission (workflow_lib/fusion.py).
     """
     from .fusion import (
         apply_learned_fusion,
@@ -463,10 +466,9 @@ def fuse_job(
         valid_stack = np.stack(
             [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
         )
-        index = {label: i for i, label in enumerate(classes)}
-        targets = valids[0]["label"].map(index).to_numpy()
-        weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr)
-        fused = apply_learned_fusion(stack, weights, bias)
+        targets = fusion_targets(valids[0]["label"], classes, multi_label)
+        weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr, multi_label=multi_label)
+        fused = apply_learned_fusion(stack, weights, bias, multi_label)
         table = pd.DataFrame(
             {
                 "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
@@ -483,10 +485,12 @@ def fuse_job(
         )
     write_csv(table, out_weights)
     write_csv(probability_frame(fnames, fused, classes), out_probs)
-    answers = submission(fnames, fused, classes)
+    answers = submission(fnames, fused, classes, multi_label)
     if test_manifest is not None:
         status = submission_status(read_csv_str(test_manifest), set(fnames))
-        answers = status[["fname"]].merge(answers, on="fname", how="left").fillna({"label": ""})
+        answers = status[["fname"]].merge(answers, on="fname", how="left")
+        if not multi_label:  # 2019 format: an unpredicted clip's posteriors stay empty
+            answers = answers.fillna({"label": ""})
         unpredicted = status[status["status"] != "predicted"]
         if len(unpredicted):
             log.warning(
@@ -498,6 +502,22 @@ def fuse_job(
         if out_status is not None:
             write_csv(status, out_status)
     write_csv(answers, out_submission)
+
+
+def fusion_targets(labels: pd.Series, classes: list[str], multi_label: bool) -> np.ndarray:
+    """Targets of the learned fusion: class indices, or multi-hot sets (multi-label).
+
+    A validation label outside the classes is a clear error naming it, never a NaN target.
+    """
+    from .labels import multi_hot
+
+    if multi_label:
+        return multi_hot(labels.fillna(""), classes)  # '' (read as NaN): an empty set
+    index = {label: i for i, label in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise KeyError(f"validation label(s) {unknown[:3]} are not among the {len(classes)} classes")
+    return labels.map(index).to_numpy()
 
 
 def submission_status(test_manifest: pd.DataFrame, predicted: set[str]) -> pd.DataFrame:
@@ -516,13 +536,16 @@ def submission_status(test_manifest: pd.DataFrame, predicted: set[str]) -> pd.Da
 NO_TEST_LABELS = "no test labels"
 
 
-def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path) -> pd.DataFrame:
+def evaluate_job(
+    test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path, multi_label: bool = False
+) -> pd.DataFrame:
     """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion).
 
     Scored clips that have no prediction (undecodable, missing) are counted per set in
     ``n_unpredicted`` and left out of ``n`` and the scores. Without any scored test label
     (predict-only run) every row says ``no test labels`` in ``note`` and the per-class and
-    confusion tables are written with their header only.
+    confusion tables are written with their header only. ``multi_label``: lwlrap and the
+    scores at a threshold (workflow_lib/evaluation.py), per-class lwlrap, no confusion.csv.
     """
     from .evaluation import class_reports, evaluate_systems, scored_rows
 
@@ -530,7 +553,7 @@ def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], ou
     test = read_csv_str(test_csv)
     frames = {name: pd.read_csv(path, dtype={"fname": str}) for name, path in systems.items()}
     predicted = set.intersection(*(set(f["fname"]) for f in frames.values()))
-    scored = scored_rows(test, classes)
+    scored = scored_rows(test, classes, multi_label)
     missing = scored.loc[~scored["fname"].isin(predicted)]
     if len(missing):
         log.warning(
@@ -540,20 +563,22 @@ def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], ou
             list(missing["fname"][:3]),
         )
     test = test[test["fname"].isin(predicted)]
-    scores = evaluate_systems(test, frames, classes)
+    scores = evaluate_systems(test, frames, classes, multi_label)
     scores["n_unpredicted"] = [_unpredicted_in_set(missing, name) for name in scores["set"]]
     scores["note"] = NO_TEST_LABELS if scored.empty else ""
     write_csv(scores, out_dir / "summary.csv")
     per_class, confusion = [], pd.DataFrame(columns=["true_label", *classes])
-    for name, frame in frames.items() if not scored_rows(test, classes).empty else ():
-        table, confusion = class_reports(test, frame, classes)
+    for name, frame in frames.items() if not scored_rows(test, classes, multi_label).empty else ():
+        table, confusion = class_reports(test, frame, classes, multi_label)
         per_class.append(table.assign(system=name))
     columns = ["system", "label", "precision", "recall", "f1", "support"]
+    columns += ["lwlrap", "lwlrap_weight"] if multi_label else []
     write_csv(
         pd.concat(per_class, ignore_index=True)[columns] if per_class else pd.DataFrame(columns=columns),
         out_dir / "per_class.csv",
     )
-    write_csv(confusion, out_dir / "confusion.csv")
+    if not multi_label:
+        write_csv(confusion, out_dir / "confusion.csv")
     if scored.empty:
         log.info("%s: predictions only, nothing is scored", NO_TEST_LABELS)
     return scores
@@ -590,9 +615,10 @@ def summary_job(
     scores_csv: Path | None,
     out_csv: Path,
     submission_status_csv: Path | None = None,
+    multi_label: bool = False,
 ) -> pd.DataFrame:
     """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``."""
-    from .evaluation import preset_summary
+    from .evaluation import preset_summary, test_columns
 
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
     rows = []
@@ -602,17 +628,10 @@ def summary_job(
             for p in self_verify_dirs
             if p.parent.name == preset
         }
-        rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores))
-    if scores is not None:
-        fused = scores[(scores["system"] == "fusion") & (scores["set"] == "Public+Private")]
-        if len(fused):
-            rows.append(
-                {
-                    "preset": "fusion",
-                    "test_accuracy": float(fused["accuracy"].iloc[0]),
-                    "test_map3": float(fused["map3"].iloc[0]),
-                }
-            )
+        rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores, multi_label))
+    fused = test_columns(scores, "fusion", multi_label) if scores is not None else {}
+    if fused:
+        rows.append({"preset": "fusion", **fused})
     table = pd.DataFrame(rows)
     table["test_note"] = test_note(scores, submission_status_csv)
     for column in ("chosen_iteration", "self_verified_clips"):
