@@ -16,7 +16,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-METRICS = ("test_accuracy", "test_map3", "cv_accuracy", "cv_loss")
+#: Scores summarised when a repetition's systems.csv has them: single-label runs report test
+#: accuracy and MAP@3, multi-label runs (dataset.layout fsdkaggle2019) test lwlrap.
+METRICS = ("test_accuracy", "test_map3", "test_lwlrap", "cv_accuracy", "cv_loss", "cv_lwlrap")
+#: The test scores the paired comparisons are made on, where present.
+TEST_METRICS = ("test_accuracy", "test_map3", "test_lwlrap")
+
+
+def present(long: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """The metrics that are columns of the table (a single- or a multi-label study)."""
+    return [m for m in metrics if m in long.columns]
 KEYS = ("repetition", "preset", "system")
 
 
@@ -24,7 +33,7 @@ def collect(runs: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """{repetition name: its systems.csv} -> one long table with a ``repetition`` column."""
     frames = [table.assign(repetition=name) for name, table in runs.items()]
     if not frames:
-        return pd.DataFrame(columns=[*KEYS, *METRICS])
+        return pd.DataFrame(columns=list(KEYS))
     table = pd.concat(frames, ignore_index=True)
     return table[["repetition", *[c for c in table.columns if c != "repetition"]]]
 
@@ -34,7 +43,7 @@ def summarise(long: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFr
     rows = []
     for (preset, system), group in long.groupby(["preset", "system"], sort=False):
         row = {"preset": preset, "system": system, "n": len(group)}
-        for metric in metrics:
+        for metric in present(long, metrics):
             values = group[metric].to_numpy(dtype=float)
             row[f"{metric}_mean"] = float(np.nanmean(values)) if len(values) else np.nan
             row[f"{metric}_std"] = float(np.nanstd(values, ddof=1)) if len(values) > 1 else np.nan

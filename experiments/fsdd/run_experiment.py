@@ -19,6 +19,14 @@ Steps:
    ``<out>/experiment.json`` (dataset counts, the resolved settings that matter, the
    Snakemake command, wall time).
 
+``--multi-label``: the multi-label variant (DCASE 2019 Task 2 style, ``dataset.layout:
+fsdkaggle2019``): step 1 mixes the recordings in pairs with ``workflow_lib.mixtures`` (labels =
+both digits; of the training mixtures a share curated, and in a share of the noisy ones one
+digit of the pair replaced by a wrong one; the held-out speaker's clips make the test
+mixtures), and step 2 adds ``experiments/fsdd/multilabel.yaml`` (the layout and the chains
+compared). Its default output folder is ``experiments/fsdd/results_multilabel``; the study
+compares test lwlrap.
+
 ``--study``: one repetition per held-out speaker and seed (the seed drives the dataset split,
 the label noise and the method's seed), each in ``<out>/<speaker>_s<seed>/`` as above; a
 repetition whose ``experiment.json`` exists is not run again, and a killed one resumes. After
@@ -45,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from workflow_lib.mixtures import MixtureSettings, build_mixture_dataset  # noqa: E402
 from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset  # noqa: E402
 
 #: Environment variable with the FSDD recordings folder: the default of --fsdd.
@@ -56,6 +65,8 @@ COPIED = {
     "results/systems.png": "systems.png",
 }
 REFERENCES = ("self_verification", "all_labels")  # the study's paired comparisons
+#: --multi-label: the layout and the chains compared (merged after config.yaml of this folder).
+MULTI_LABEL_CONFIG = HERE / "multilabel.yaml"
 
 
 def snakemake_binary() -> str:
@@ -91,12 +102,18 @@ def subset_source(fsdd: Path, takes: int | None, folder: Path) -> Path:
     return folder
 
 
-def build_dataset(args: argparse.Namespace, out: Path) -> dict:
-    """Build (or reuse) the noisy dataset; returns its build_info."""
-    source = subset_source(
-        args.fsdd, args.takes, out.parent / "source_subset" if args.study else out / "source_subset"
-    )
-    settings = NoisyDatasetSettings(
+def dataset_settings(args: argparse.Namespace) -> NoisyDatasetSettings | MixtureSettings:
+    """The builder's settings: single-label noisy dataset, or pairs mixed (--multi-label)."""
+    if args.multi_label:
+        return MixtureSettings(
+            test_groups=(args.test_speaker,),
+            curated_fraction=args.verified_fraction,
+            noise_rate=args.noise_rate,
+            public_fraction=args.public_fraction,
+            uses_per_clip=args.uses_per_clip,
+            seed=args.seed,
+        )
+    return NoisyDatasetSettings(
         test_groups=(args.test_speaker,),
         verified_fraction=args.verified_fraction,
         noise_rate=args.noise_rate,
@@ -104,6 +121,14 @@ def build_dataset(args: argparse.Namespace, out: Path) -> dict:
         copy_mode="symlink",
         seed=args.seed,
     )
+
+
+def build_dataset(args: argparse.Namespace, out: Path) -> dict:
+    """Build (or reuse) the noisy dataset; returns its build_info."""
+    source = subset_source(
+        args.fsdd, args.takes, out.parent / "source_subset" if args.study else out / "source_subset"
+    )
+    settings = dataset_settings(args)
     dataset = out / "dataset"
     info_path = dataset / "build_info.json"
     if info_path.is_file():
@@ -112,7 +137,15 @@ def build_dataset(args: argparse.Namespace, out: Path) -> dict:
             print(f"reusing the dataset in {dataset}", file=sys.stderr)
             return info
     print(f"building the dataset in {dataset}", file=sys.stderr)
+    if args.multi_label:
+        return build_mixture_dataset(source, dataset, settings, name_pattern=NAME_PATTERN, overwrite=True)
     return build_noisy_dataset(source, dataset, settings, name_pattern=NAME_PATTERN, overwrite=True)
+
+
+def config_files(args: argparse.Namespace) -> list[Path]:
+    """The config files of a run, in merge order."""
+    own = [HERE / "config.yaml", *([MULTI_LABEL_CONFIG] if args.multi_label else [])]
+    return [REPO / "config.yaml", *own, *(Path(o).resolve() for o in args.overlay)]
 
 
 def snakemake_command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -121,9 +154,7 @@ def snakemake_command(args: argparse.Namespace, out: Path) -> list[str]:
         "--snakefile",
         str(REPO / "Snakefile"),
         "--configfile",
-        str(REPO / "config.yaml"),
-        str(HERE / "config.yaml"),
-        *[str(Path(o).resolve()) for o in args.overlay],
+        *map(str, config_files(args)),
         "--config",
         f"dataset_root={(out / 'dataset').resolve()}",
         "--directory",
@@ -145,7 +176,7 @@ def resolved_settings(args: argparse.Namespace) -> dict:
     from workflow_lib.config import deep_merge, resolve_settings
 
     config: dict = {}
-    for path in [REPO / "config.yaml", HERE / "config.yaml", *map(Path, args.overlay)]:
+    for path in config_files(args):
         config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
     config["dataset_root"] = "<dataset>"
     s = resolve_settings(config)
@@ -165,14 +196,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        default=HERE / "results",
-        help="output folder (dataset/, work/, systems.csv ...); default %(default)s",
+        default=None,
+        help="output folder (dataset/, work/, systems.csv ...); default experiments/fsdd/results "
+        "(--multi-label: experiments/fsdd/results_multilabel)",
     )
     p.add_argument(
         "--fsdd",
         type=Path,
         default=os.environ.get(FSDD_ENV) or None,
         help=f"the FSDD recordings folder (default: ${FSDD_ENV})",
+    )
+    p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="pairs of recordings mixed, label sets (FSDKaggle2019 layout, lwlrap)",
+    )
+    p.add_argument(
+        "--uses-per-clip",
+        type=int,
+        default=1,
+        help="--multi-label: mixtures each recording appears in (1: 1,250 training mixtures)",
     )
     p.add_argument("--test-speaker", default="theo", help="held-out speaker (test set)")
     p.add_argument("--verified-fraction", type=float, default=0.4)
@@ -214,7 +257,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dry-run", action="store_true", help="build the dataset, plan, run nothing")
     p.add_argument("snakemake_args", nargs="*", help="passed on to snakemake (after --)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = HERE / ("results_multilabel" if args.multi_label else "results")
+    return args
 
 
 def run_one(args: argparse.Namespace, out: Path) -> int:
@@ -236,7 +282,17 @@ def run_one(args: argparse.Namespace, out: Path) -> int:
     record = {
         "dataset": {
             k: info[k]
-            for k in ("n_train", "n_verified", "n_unverified", "n_corrupted", "n_test", "classes", "settings")
+            for k in (
+                "n_train",
+                "n_verified",
+                "n_unverified",
+                "n_corrupted",
+                "n_wrong_labels",
+                "n_test",
+                "classes",
+                "settings",
+            )
+            if k in info
         },
         "settings": settings,
         "snakemake_command": command,
@@ -283,7 +339,7 @@ def study_tables(out: Path, names: list[str]) -> None:
     import pandas as pd
 
     from workflow_lib.io import write_csv
-    from workflow_lib.study import collect, paired, summarise
+    from workflow_lib.study import TEST_METRICS, collect, paired, present, summarise
 
     runs = {n: pd.read_csv(out / n / "systems.csv") for n in names if (out / n / "experiment.json").is_file()}
     if not runs:
@@ -292,7 +348,7 @@ def study_tables(out: Path, names: list[str]) -> None:
     write_csv(long, out / "study_runs.csv")
     write_csv(summarise(long), out / "study_summary.csv")
     write_csv(
-        pd.concat([paired(long, REFERENCES, m) for m in ("test_accuracy", "test_map3")], ignore_index=True),
+        pd.concat([paired(long, REFERENCES, m) for m in present(long, TEST_METRICS)], ignore_index=True),
         out / "study_paired.csv",
     )
     print(f"study: {len(runs)} repetition(s) -> {out / 'study_summary.csv'}", file=sys.stderr)
