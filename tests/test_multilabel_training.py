@@ -301,11 +301,7 @@ def test_fit_settings_carry_the_flag_only_in_multi_label_mode():
     single = fit_settings(resolve_settings(config), "vgg_gap_spec1_1", 0)
     assert "multi_label" not in single
     config["dataset"]["layout"] = "fsdkaggle2019"
-    try:
-        settings = resolve_settings(config)
-    except Exception as error:  # the data helper's checks may want more 2019 keys
-        pytest.skip(f"fsdkaggle2019 config needs more keys here: {error}")
-    multi = fit_settings(settings, "vgg_gap_spec1_1", 0)
+    multi = fit_settings(resolve_settings(config), "vgg_gap_spec1_1", 0)
     assert multi.pop("multi_label") is True and multi == single
 
 
@@ -433,3 +429,109 @@ def test_noisy_start_trains_iteration_zero_on_the_unverified_clips(store, tmp_pa
     write_csv(curated_only, tmp_path / "curated.csv")
     with pytest.raises(UserError, match="no"):
         initial_list_job(tmp_path / "curated.csv", tmp_path / "x.csv", "noisy")
+
+
+# ---------------------------------------------------------------- tagger and export
+
+
+def multi_label_tagger() -> tuple:
+    from workflow_lib.export import FusedTagger
+    from workflow_lib.tagger import TaggerSpec
+
+    torch.manual_seed(5)
+    members = [[build_model(2, 3, (0.0, 0.0)) for _ in range(2)]]
+    tagger = FusedTagger(members, [0], np.array([1.0]), None, multi_label=True).eval()
+    spec = TaggerSpec(
+        classes=CLASSES,
+        sample_rate=32000,
+        sox_effects=[],
+        frames=200,
+        versions=[1],
+        fusion="mean",
+        presets=[{"name": "p0", "spectrogram": 1, "width": 2, "iteration": 0, "folds": 2, "weight": 1.0}],
+        multi_label=True,
+    )
+    return spec, tagger
+
+
+def test_fused_multi_label_tagger_averages_sigmoids_and_its_bundle_says_so(tmp_path):
+    from workflow_lib.export import example_inputs, write_bundle
+    from workflow_lib.tagger import TaggerSpec
+
+    spec, tagger = multi_label_tagger()
+    (x,) = example_inputs(spec, batch=3)
+    with torch.no_grad():
+        expected = np.mean([torch.sigmoid(m(x)).numpy() for m in tagger.members[0]], axis=0)
+        got = tagger(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    write_bundle(tagger, spec, tmp_path, "# multi-label test tagger\n")  # checks TorchScript and ONNX
+    assert json.loads((tmp_path / "preprocessing.json").read_text())["multi_label"] is True
+    assert TaggerSpec.from_bundle(tmp_path) == spec
+    single = replace(spec, multi_label=False)
+    assert "multi_label" not in single.settings_json()  # single-label bundles as before
+
+
+def test_multi_label_rows_list_every_class_at_or_above_the_threshold():
+    from workflow_lib.tagger import Item, Prepared, result_frame, tagged_set
+
+    probs = np.array([[0.2, 0.9, 0.5], [0.1, 0.3, 0.4], [np.nan] * 3])
+    assert tagged_set(probs[0], CLASSES, 0.5) == ("Cowbell,Drill", "0.9000,0.5000")
+    assert tagged_set(probs[1], CLASSES, 0.5) == ("", "")
+    items = [Prepared(Item(Path(f"{n}.wav")), "ok", "", "") for n in "ab"]
+    items.append(Prepared(Item(Path("c.wav")), "missing", "missing", "no such file"))
+    frame = result_frame(items, probs, CLASSES, 1, False, False, threshold=0.3)
+    assert frame["labels"].tolist() == ["Cowbell,Drill", "Drill,Cowbell", ""]
+    assert frame["scores"].tolist() == ["0.9000,0.5000", "0.4000,0.3000", ""]
+    assert frame["label_1"].tolist() == ["Cowbell", "Drill", ""]
+    assert "labels" not in result_frame(items, probs, CLASSES, 1, False, False).columns
+
+
+def test_threshold_option_is_for_multi_label_taggers_only():
+    from workflow_lib.tagger import DEFAULT_THRESHOLD, TaggingError, TagOptions, check_options, label_threshold
+
+    spec, _ = multi_label_tagger()
+    options = TagOptions(inputs=[Path("x.wav")], out=Path("o.csv"), bundle=Path("b"))
+    assert label_threshold(options, spec) == DEFAULT_THRESHOLD == 0.5
+    assert label_threshold(replace(options, threshold=0.8), spec) == 0.8
+    assert label_threshold(options, replace(spec, multi_label=False)) is None
+    with pytest.raises(TaggingError, match="--threshold applies to multi-label"):
+        label_threshold(replace(options, threshold=0.8), replace(spec, multi_label=False))
+    with pytest.raises(TaggingError, match="--threshold must lie"):
+        check_options(replace(options, threshold=1.5))
+
+
+def test_export_refuses_models_of_the_other_mode():
+    from workflow_lib.bundle import tagger_settings
+    from workflow_lib.export import _checked_mode
+    from workflow_lib.tagger import TaggingError
+
+    assert _checked_mode({True}, {"multi_label": True}, Path("results")) is True
+    assert _checked_mode({False}, {}, Path("results")) is False
+    with pytest.raises(TaggingError, match="are multi-label, the settings say single-label"):
+        _checked_mode({True}, {}, Path("results"))
+    with pytest.raises(TaggingError, match="a mix"):
+        _checked_mode({True, False}, {"multi_label": True}, Path("results"))
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert "multi_label" not in tagger_settings(resolve_settings(config))
+    config["dataset"]["layout"] = "fsdkaggle2019"
+    assert tagger_settings(resolve_settings(config))["multi_label"] is True
+
+
+def test_sv_tag_prints_the_label_set_of_a_multi_label_bundle(tmp_path, sox_binary):
+    from conftest import run_cli, tone, write_wav
+
+    from workflow_lib.export import write_bundle
+
+    spec, tagger = multi_label_tagger()
+    write_bundle(tagger, spec, tmp_path / "bundle", "# multi-label test tagger\n")
+    clip = write_wav(tmp_path / "clip.wav", tone(2.0, 16000, 440.0), 16000)
+    out = tmp_path / "tags.csv"
+    done = run_cli(
+        "tag", str(clip), "--bundle", str(tmp_path / "bundle"), "--threshold", "0.01",
+        "--all-classes", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    row = pd.read_csv(out, keep_default_na=False).iloc[0]
+    probs = np.array([row[c] for c in CLASSES], dtype=float)
+    assert row["labels"] == ",".join(np.asarray(CLASSES)[np.argsort(-probs, kind="stable")])  # all >= 0.01
+    assert [float(v) for v in row["scores"].split(",")] == pytest.approx(sorted(probs, reverse=True), abs=1e-4)

@@ -547,6 +547,11 @@ def systems(args: argparse.Namespace) -> None:
         help="the run's overrides, as given to snakemake --config (e.g. run_preset=paper)",
     ),
     arg("--top-k", type=int, default=3, help="labels per row (3)"),
+    arg(
+        "--threshold",
+        type=float,
+        help="multi-label taggers: tag every class whose probability reaches this (0.5)",
+    ),
     arg("--all-classes", action="store_true", help="add one posterior column per class"),
     arg(
         "--batch-size",
