@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from workflow_lib.config import fit_settings, resolve_settings
@@ -38,7 +37,6 @@ from workflow_lib.stages import (
     load_fold_models,
     load_model,
     predict_job,
-    read_classes,
     run_training_job,
     training_sets,
 )
@@ -77,7 +75,9 @@ def test_bce_is_the_mean_binary_cross_entropy_and_weights_of_one_change_nothing(
     logits = torch.randn(6, 4)
     targets = torch.tensor(np.random.default_rng(0).integers(0, 2, (6, 4)), dtype=torch.float32)
     plain = binary_cross_entropy(logits, targets)
-    by_hand = -(targets * torch.log(torch.sigmoid(logits)) + (1 - targets) * torch.log(1 - torch.sigmoid(logits)))
+    by_hand = -(
+        targets * torch.log(torch.sigmoid(logits)) + (1 - targets) * torch.log(1 - torch.sigmoid(logits))
+    )
     assert plain == pytest.approx(float(by_hand.mean()), rel=1e-5)
     assert binary_cross_entropy(logits, targets, torch.ones(6)) == pytest.approx(float(plain), rel=1e-6)
     weights = torch.tensor([0.0, 1.0, 0.5, 2.0, 1.0, 0.0])
@@ -87,7 +87,9 @@ def test_bce_is_the_mean_binary_cross_entropy_and_weights_of_one_change_nothing(
 
 def test_mixup_mixes_multi_hot_targets_with_the_reversed_batch():
     inputs = torch.randn(5, 1, 4, 3)
-    targets = torch.from_numpy(multi_hot(["Bark", "Bark,Drill", "Cowbell", "Cowbell,Drill", "Drill"], CLASSES))
+    targets = torch.from_numpy(
+        multi_hot(["Bark", "Bark,Drill", "Cowbell", "Cowbell,Drill", "Drill"], CLASSES)
+    )
     _, mixed = mixup(inputs, targets, 0.4, DeviceSampler(7, "cpu"))
     lam = DeviceSampler(7, "cpu").beta(0.4, 5)[:, None]
     assert torch.allclose(mixed, lam * targets + (1 - lam) * targets.flip(0), atol=1e-6)
@@ -133,7 +135,9 @@ def set_bank(per_set: int, frames: int, rng: np.random.Generator) -> tuple[ClipB
     lengths = np.array([p.shape[1] for p in parts])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     frames_major = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1).T))
-    return ClipBank(frames_major, torch.from_numpy(offsets), torch.from_numpy(lengths), frames), np.array(targets)
+    return ClipBank(frames_major, torch.from_numpy(offsets), torch.from_numpy(lengths), frames), np.array(
+        targets
+    )
 
 
 def test_fit_learns_label_sets_and_keeps_the_highest_lwlrap_epoch(tmp_path):
@@ -164,7 +168,9 @@ def test_fit_learns_label_sets_and_keeps_the_highest_lwlrap_epoch(tmp_path):
     assert best["valid_lwlrap"] == history["valid_lwlrap"].max()
     assert best["valid_lwlrap"] >= 0.9, history.to_string()
     assert history["valid_lwlrap"].iloc[0] < best["valid_lwlrap"] or best["epoch"] == 1
-    assert ((history[["train_acc", "valid_acc"]] >= 0) & (history[["train_acc", "valid_acc"]] <= 1)).all().all()
+    assert (
+        ((history[["train_acc", "valid_acc"]] >= 0) & (history[["train_acc", "valid_acc"]] <= 1)).all().all()
+    )
 
     rebuilt = build_model(6, 3, dropout=(0.0, 0.0))
     rebuilt.load_state_dict(state.best_state)
@@ -214,7 +220,9 @@ def store(tmp_path_factory) -> dict[str, Path]:
             )
             offset += clip.shape[-1]
             if split == "train":
-                folds.append({"fname": rows[-1]["fname"], "label": cell, "verified": verified, "fold": (i // 6) % 2})
+                folds.append(
+                    {"fname": rows[-1]["fname"], "label": cell, "verified": verified, "fold": (i // 6) % 2}
+                )
         folder = root / split
         write_shard(
             {1: np.concatenate(parts, axis=-1)},
@@ -293,7 +301,9 @@ def test_fingerprint_single_label_unchanged_multi_label_follows_the_sets(store, 
     base = fingerprint(multi, train, valid)
     changed = train.assign(label=train["label"].where(train.index != 0, "Drill"))
     assert fingerprint(multi, changed, valid) != base
-    assert base != fingerprint(replace(multi, multi_label=False), train.assign(target=0), valid.assign(target=0))
+    assert base != fingerprint(
+        replace(multi, multi_label=False), train.assign(target=0), valid.assign(target=0)
+    )
 
 
 def test_fit_settings_carry_the_flag_only_in_multi_label_mode():
@@ -357,11 +367,49 @@ def test_predict_writes_sigmoid_posteriors_of_the_chosen_iteration(store, traine
 
     bank = ClipBank.from_store(SpectrogramStore.open(store["test"]), list(manifest["fname"]), 256, "cpu")
     with torch.no_grad():
-        expected = np.mean([torch.sigmoid(m(bank.whole(torch.arange(6)))).numpy() for m in models.values()], 0)
+        expected = np.mean(
+            [torch.sigmoid(m(bank.whole(torch.arange(6)))).numpy() for m in models.values()], 0
+        )
     assert np.allclose(test[CLASSES].to_numpy(), expected, atol=1e-5)
     valid = pd.read_csv(tmp_path / "valid.csv", dtype={"label": str})
     assert list(valid.columns[:3]) == ["fname", "label", "fold"]
     assert valid["label"].str.contains(",").any()  # the sets, as given
+
+
+def test_train_and_select_commands_run_multi_label_from_the_rules_settings(store, tmp_path):
+    """The settings JSON of config.fit_settings (multi_label: true) reaches the training job."""
+    from workflow_lib.cli import main
+
+    job = job_for(store, tmp_path)
+    settings = {
+        "preset": job.preset,
+        "net": job.net,
+        "fit": {**asdict(job.fit), "epochs": 1},
+        "frames": job.frames,
+        "device": "cpu",
+        "run": {"checkpoint_every": None, "compile": False},
+        "multi_label": True,
+    }
+    out = tmp_path / "fold0"
+    common = [
+        "--manifest",
+        str(store["train"]),
+        "--folds",
+        str(store["folds"]),
+        "--classes",
+        str(store["classes"]),
+    ]
+    code = main(
+        ["train", *common, "--fold", "0", "--out-dir", str(out), "--lock-dir", str(tmp_path / "locks"),
+         "--settings", json.dumps(settings)]
+    )  # fmt: skip
+    assert code == 0
+    assert list(pd.read_csv(out / "history.csv").columns) == MULTI_LABEL_HISTORY_COLUMNS
+    assert load_model(out / "best.pt")[1]["multi_label"] is True
+    code = main(
+        ["select", "--histories", f"0:0={out / 'history.csv'}", "--out", str(tmp_path / "selection.csv")]
+    )
+    assert code == 0 and "mean_valid_lwlrap" in pd.read_csv(tmp_path / "selection.csv")
 
 
 # ---------------------------------------------------------------- selection by lwlrap
@@ -487,7 +535,13 @@ def test_multi_label_rows_list_every_class_at_or_above_the_threshold():
 
 
 def test_threshold_option_is_for_multi_label_taggers_only():
-    from workflow_lib.tagger import DEFAULT_THRESHOLD, TaggingError, TagOptions, check_options, label_threshold
+    from workflow_lib.tagger import (
+        DEFAULT_THRESHOLD,
+        TaggingError,
+        TagOptions,
+        check_options,
+        label_threshold,
+    )
 
     spec, _ = multi_label_tagger()
     options = TagOptions(inputs=[Path("x.wav")], out=Path("o.csv"), bundle=Path("b"))
@@ -518,9 +572,9 @@ def test_export_refuses_models_of_the_other_mode():
 
 
 def test_sv_tag_prints_the_label_set_of_a_multi_label_bundle(tmp_path, sox_binary):
-    from conftest import run_cli, tone, write_wav
-
     from workflow_lib.export import write_bundle
+
+    from conftest import run_cli, tone, write_wav
 
     spec, tagger = multi_label_tagger()
     write_bundle(tagger, spec, tmp_path / "bundle", "# multi-label test tagger\n")
@@ -534,4 +588,6 @@ def test_sv_tag_prints_the_label_set_of_a_multi_label_bundle(tmp_path, sox_binar
     row = pd.read_csv(out, keep_default_na=False).iloc[0]
     probs = np.array([row[c] for c in CLASSES], dtype=float)
     assert row["labels"] == ",".join(np.asarray(CLASSES)[np.argsort(-probs, kind="stable")])  # all >= 0.01
-    assert [float(v) for v in row["scores"].split(",")] == pytest.approx(sorted(probs, reverse=True), abs=1e-4)
+    assert [float(v) for v in row["scores"].split(",")] == pytest.approx(
+        sorted(probs, reverse=True), abs=1e-4
+    )

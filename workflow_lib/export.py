@@ -167,7 +167,11 @@ def _checked_mode(modes: set[bool], settings: Mapping[str, Any], results: Path) 
     """Single- or multi-label, as every exported checkpoint and the settings agree."""
     wanted = bool(settings.get("multi_label", False))
     if modes != {wanted}:
-        found = "a mix of single- and multi-label" if len(modes) > 1 else ("multi" if True in modes else "single") + "-label"
+        found = (
+            "a mix of single- and multi-label"
+            if len(modes) > 1
+            else ("multi" if True in modes else "single") + "-label"
+        )
         raise TaggingError(
             f"the models of {results} are {found}, the settings say "
             f"{'multi' if wanted else 'single'}-label: pass the run's settings (--configfile, --config)"

@@ -137,6 +137,7 @@ def file_digest(path: Path | None) -> str:
 
 def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> str:
     """Identifies a run's settings and data; a checkpoint from another run is never resumed."""
+
     def targets(clips: pd.DataFrame) -> list:
         if job.multi_label:  # the label-set cell
             return clips["label"].astype(str).tolist()
@@ -265,7 +266,9 @@ def load_fold_models(model_paths: dict[int, Path], device: str) -> tuple[dict[in
         models[fold], saved = load_model(path, device)
         modes.add(bool(saved.get("multi_label", False)))
     if len(modes) > 1:
-        raise UserError(f"the models {sorted(map(str, model_paths.values()))} mix single- and multi-label networks")
+        raise UserError(
+            f"the models {sorted(map(str, model_paths.values()))} mix single- and multi-label networks"
+        )
     return models, modes == {True}
 
 

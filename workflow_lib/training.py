@@ -277,7 +277,12 @@ def predict_whole(
 
 
 def evaluate(
-    model: nn.Module, bank: ClipBank, targets: np.ndarray, batch_size: int, amp: bool, multi_label: bool = False
+    model: nn.Module,
+    bank: ClipBank,
+    targets: np.ndarray,
+    batch_size: int,
+    amp: bool,
+    multi_label: bool = False,
 ) -> dict[str, float]:
     """Loss, accuracy and MAP@3 on whole clips (the verified validation clips); multi-label
     (``targets`` multi-hot): :func:`evaluate_multi_label`."""
