@@ -211,20 +211,24 @@ def chain_histories(wildcards):
 
 
 def self_verify_settings(chain, preset, iteration):
-    """Settings of one trust job: K excerpts, seed, and the chain's trust policy.
+    """Settings of one trust job: K excerpts, seed, the chain's trust policy, and (only in
+    multi-label mode) ``multi_label``.
 
     The seed does not depend on the chain, so every chain judges the same excerpts.
     """
     sv = METHOD["self_verification"]
+    judging = {
+        "excerpts": sv["excerpts"],
+        "threshold": sv["threshold"],
+        "max_per_class": sv["max_per_class"],
+        "excerpt_frames": METHOD["excerpt_frames"],
+        "seed": derive_seed(METHOD["seed"], "self_verify", preset, iteration),
+        "amp": COMPUTE["amp"],
+    }
+    if MULTI_LABEL:  # per-class sigmoids, decisions per (clip, label); absent = single-label
+        judging["multi_label"] = True
     return {
-        "self_verify": {
-            "excerpts": sv["excerpts"],
-            "threshold": sv["threshold"],
-            "max_per_class": sv["max_per_class"],
-            "excerpt_frames": METHOD["excerpt_frames"],
-            "seed": derive_seed(METHOD["seed"], "self_verify", preset, iteration),
-            "amp": COMPUTE["amp"],
-        },
+        "self_verify": judging,
         "policy": chain_policy(S, chain),
         "iteration": iteration,
         "iterations": len(ITERATIONS) - 1,
@@ -256,7 +260,7 @@ FINAL_OUTPUTS = [
     *[L.submission(c) for c in CHAINS],
     *[L.summary(c) for c in CHAINS],
     *[L.plot(c, f"{p}_training_curves.png") for c in CHAINS for p in PRESETS],
-    *[L.plot(c, "confusion.png") for c in CHAINS],
+    *[L.plot(c, "per_class.png" if MULTI_LABEL else "confusion.png") for c in CHAINS],
     L.systems("systems.csv"),
     L.systems("systems.png"),
     f"{RESULTS}/report/results.html",

@@ -1,6 +1,10 @@
 # Per chain: automatic model selection per preset, prediction with the chosen iteration's fold
 # models, fusion of the presets, the submission, the evaluation when the test labels are known
 # and the summary. Then one systems table for every chain.
+# Multi-label mode (dataset.layout fsdkaggle2019): the fuse settings carry "multi_label" and the
+# evaluate/summary/systems jobs get --multi-label (lwlrap; no confusion matrix).
+
+MULTI_LABEL_FLAG = ["--multi-label"] if MULTI_LABEL else []
 
 
 rule select_iteration:
@@ -76,7 +80,7 @@ rule fuse:
         cli=CLI,
         tests=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.tests)],
         valids=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.valids)],
-        settings=as_json(METHOD["fusion"]),
+        settings=as_json({**METHOD["fusion"], **({"multi_label": True} if MULTI_LABEL else {})}),
     shell:
         "{params.cli} fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
@@ -91,9 +95,9 @@ rule evaluate:
         presets=lambda wildcards: [L.predictions(wildcards.chain, p, "test") for p in PRESETS],
         fused=L.fused("{chain}", "fused_test.csv"),
     output:
+        **({} if MULTI_LABEL else {"confusion": L.evaluation("{chain}", "confusion.csv")}),
         summary=L.evaluation("{chain}", "summary.csv"),
         per_class=L.evaluation("{chain}", "per_class.csv"),
-        confusion=L.evaluation("{chain}", "confusion.csv"),
     log:
         L.log("evaluate/{chain}"),
     priority: chain_priority
@@ -105,9 +109,10 @@ rule evaluate:
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
+        multi_label=MULTI_LABEL_FLAG,
     shell:
         "{params.cli} evaluate --test {input.test} --classes {input.classes}"
-        " --systems {params.systems:q} --out-dir {params.out_dir:q} 2> {log}"
+        " --systems {params.systems:q} --out-dir {params.out_dir:q} {params.multi_label:q} 2> {log}"
 
 
 rule summary:
@@ -129,10 +134,12 @@ rule summary:
         cli=CLI,
         presets=list(PRESETS),
         dirs=lambda wildcards, input: [str(Path(f).parent) for f in input.self_verify],
+        multi_label=MULTI_LABEL_FLAG,
     shell:
         "{params.cli} summary --presets {params.presets:q}"
         " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
-        " --scores {input.scores} --submission-status {input.status} --out {output} 2> {log}"
+        " --scores {input.scores} --submission-status {input.status} --out {output}"
+        " {params.multi_label:q} 2> {log}"
 
 
 rule systems:
@@ -152,7 +159,8 @@ rule systems:
         cli=CLI,
         spec=as_json(SYSTEMS_SPEC),
         min_share=S["trust"]["min_trusted_share"],
+        multi_label=MULTI_LABEL_FLAG,
     shell:
         "{params.cli} systems --test {input.test} --classes {input.classes}"
         " --spec {params.spec:q} --min-trusted-share {params.min_share:q} --out {output.systems}"
-        " --out-iterations {output.iterations} --out-plot {output.plot} 2> {log}"
+        " --out-iterations {output.iterations} --out-plot {output.plot} {params.multi_label:q} 2> {log}"

@@ -57,16 +57,24 @@ rule plot_training:
         " --out-curves {output.curves} --out-counts {output.counts} 2> {log}"
 
 
+# Multi-label mode has no confusion matrix (several true and predicted labels per clip): the
+# per-class picture (with each class's lwlrap) is the evaluation's only plot.
 rule plot_evaluation:
     input:
-        confusion=L.evaluation("{chain}", "confusion.csv"),
+        **({} if MULTI_LABEL else {"confusion": L.evaluation("{chain}", "confusion.csv")}),
         per_class=L.evaluation("{chain}", "per_class.csv"),
     output:
-        confusion=report(
-            L.plot("{chain}", "confusion.png"),
-            caption="../report/confusion.rst",
-            category="4. Evaluation",
-            subcategory="{chain}",
+        **(
+            {}
+            if MULTI_LABEL
+            else {
+                "confusion": report(
+                    L.plot("{chain}", "confusion.png"),
+                    caption="../report/confusion.rst",
+                    category="4. Evaluation",
+                    subcategory="{chain}",
+                )
+            }
         ),
         per_class=report(
             L.plot("{chain}", "per_class.png"),
@@ -80,7 +88,9 @@ rule plot_evaluation:
         CONDA_ENV
     params:
         cli=CLI,
+        confusion=lambda wildcards, input, output: (
+            [] if MULTI_LABEL else ["--confusion", input.confusion, "--out-confusion", output.confusion]
+        ),
     shell:
-        "{params.cli} plot-evaluation --confusion {input.confusion}"
-        " --per-class {input.per_class} --out-confusion {output.confusion}"
-        " --out-per-class {output.per_class} 2> {log}"
+        "{params.cli} plot-evaluation {params.confusion:q}"
+        " --per-class {input.per_class} --out-per-class {output.per_class} 2> {log}"

@@ -264,13 +264,21 @@ def self_verify(args: argparse.Namespace) -> None:
     )
     decisions = self_verify_job(job)
     log.info(
-        "policy %s trusted %d of %d unverified clips; reasons %s",
+        "policy %s trusted %d of %d unverified %s; reasons %s",
         s["policy"]["name"],
         int(decisions["accepted"].sum()),
         len(decisions),
+        "labels" if job.settings.multi_label else "clips",
         decisions["reason"].value_counts().to_dict(),
     )
-    if "true_label" in decisions:
+    if "correct" in decisions:  # multi-label: one row per (clip, given label)
+        accepted = decisions[decisions["accepted"]]
+        log.info(
+            "precision of trusted labels %.4f (given noisy labels: %.4f)",
+            accepted["correct"].mean() if len(accepted) else float("nan"),
+            decisions["correct"].mean(),
+        )
+    elif "true_label" in decisions:
         accepted = decisions[decisions["accepted"]]
         log.info(
             "precision of trusted labels %.4f (given unverified labels: %.4f)",
@@ -379,6 +387,7 @@ def fuse(args: argparse.Namespace) -> None:
         args.out_submission,
         args.test_manifest,
         args.out_status,
+        s.get("multi_label", False),
     )
 
 
@@ -388,13 +397,15 @@ def fuse(args: argparse.Namespace) -> None:
     arg("--classes", type=Path, required=True),
     arg("--systems", nargs="+", required=True, help="name=probabilities.csv ..."),
     arg("--out-dir", type=Path, required=True),
+    arg("--multi-label", action="store_true", help="label sets: lwlrap, no confusion matrix"),
 )
 def evaluate(args: argparse.Namespace) -> None:
-    """Accuracy and MAP@3 per system and set; per-class report and confusion of the fusion."""
+    """Accuracy and MAP@3 (multi-label: lwlrap, P/R/F1) per system and set; per-class report
+    and (single-label) confusion of the fusion."""
     from .stages import evaluate_job
 
     systems = {k: Path(v) for k, v in (item.split("=", 1) for item in args.systems)}
-    scores = evaluate_job(args.test, args.classes, systems, args.out_dir)
+    scores = evaluate_job(args.test, args.classes, systems, args.out_dir, args.multi_label)
     log.info("\n%s", scores.to_string(index=False))
 
 
@@ -406,6 +417,7 @@ def evaluate(args: argparse.Namespace) -> None:
     arg("--scores", type=Path),
     arg("--submission-status", type=Path),
     arg("--out", type=Path, required=True),
+    arg("--multi-label", action="store_true", help="lwlrap columns instead of accuracy/MAP@3 on test"),
 )
 def summary(args: argparse.Namespace) -> None:
     """results/summary.csv: one row per preset, the table to compare with the paper."""
@@ -418,6 +430,7 @@ def summary(args: argparse.Namespace) -> None:
         args.scores,
         args.out,
         args.submission_status,
+        args.multi_label,
     )
     log.info("\n%s", table.to_string(index=False))
 
@@ -450,18 +463,21 @@ def plot_training(args: argparse.Namespace) -> None:
 
 @command(
     "plot-evaluation",
-    arg("--confusion", type=Path, required=True),
+    arg("--confusion", type=Path, help="confusion.csv (single-label runs)"),
     arg("--per-class", type=Path, required=True),
-    arg("--out-confusion", type=Path, required=True),
+    arg("--out-confusion", type=Path, help="with --confusion"),
     arg("--out-per-class", type=Path, required=True),
 )
 def plot_evaluation(args: argparse.Namespace) -> None:
-    """Confusion matrix and per-class scores of the fused system."""
+    """Confusion matrix (single-label) and per-class scores of the fused system."""
     import pandas as pd
 
     from .plots import confusion_matrix_plot, per_class_plot
 
-    confusion_matrix_plot(pd.read_csv(args.confusion, dtype={"true_label": str}), args.out_confusion)
+    if (args.confusion is None) != (args.out_confusion is None):
+        raise UserError("plot-evaluation: give --confusion and --out-confusion together")
+    if args.confusion is not None:
+        confusion_matrix_plot(pd.read_csv(args.confusion, dtype={"true_label": str}), args.out_confusion)
     per_class_plot(pd.read_csv(args.per_class, dtype={"label": str}), "fusion", args.out_per_class)
 
 
@@ -490,6 +506,7 @@ def report_tables(args: argparse.Namespace) -> None:
     arg("--out", type=Path, required=True),
     arg("--out-iterations", type=Path, required=True),
     arg("--out-plot", type=Path, required=True),
+    arg("--multi-label", action="store_true", help="lwlrap columns instead of accuracy/MAP@3 on test"),
 )
 def systems(args: argparse.Namespace) -> None:
     """One row per chain, one per chain and iteration, and their plot."""
@@ -505,6 +522,7 @@ def systems(args: argparse.Namespace) -> None:
         args.out_iterations,
         args.out_plot,
         args.min_trusted_share,
+        args.multi_label,
     )
     with pd.option_context("display.width", 200, "display.max_columns", 14):
         log.info("\n%s", table.drop(columns="description").to_string(index=False))

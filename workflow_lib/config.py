@@ -124,6 +124,30 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
             )
         if "correct_threshold" in chain and not chain.get("correct_labels"):
             problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
+    if settings["dataset"].get("layout") == "fsdkaggle2019":
+        problems += _multi_label_chain_checks(chains, [c for c in settings["run_chains"] if c in chains])
+    return problems
+
+
+def _multi_label_chain_checks(chains: Mapping[str, Any], run: list[str]) -> list[str]:
+    """In multi-label mode (dataset.layout fsdkaggle2019) a run chain's policy must judge
+    labels one by one (policies.MULTI_LABEL_POLICIES); chains defined but not run are free."""
+    from .policies import MULTI_LABEL_POLICIES
+
+    problems = []
+    for name in run:
+        policy = chains[name]["policy"]
+        if policy not in MULTI_LABEL_POLICIES:
+            problems.append(
+                f"config key chains.{name}.policy: {policy} is single-label only and cannot judge "
+                f"the labels of a multi-label clip (dataset.layout fsdkaggle2019); one of "
+                f"{sorted(MULTI_LABEL_POLICIES)}, or leave the chain out of run_chains"
+            )
+        if chains[name].get("correct_labels"):
+            problems.append(
+                f"config key chains.{name}.correct_labels: single-label only (a multi-label clip "
+                "keeps a subset of its given labels, none is replaced)"
+            )
     return problems
 
 

@@ -26,26 +26,34 @@ def training_curves(histories: Mapping[int, Sequence[Path]], preset: str, out: P
     """Validation loss and accuracy over all iterations: mean over folds, min-max band.
 
     Iterations follow each other on one epoch axis, as in the paper's figures; dashed lines
-    mark where fine-tuning iteration i starts.
+    mark where fine-tuning iteration i starts. Multi-label histories (a ``valid_lwlrap``
+    column) get a third panel with the validation lwlrap; their loss is the binary
+    cross-entropy and their accuracy the share of clips whose top label is true.
     """
-    figure, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    frames_of = {i: [pd.read_csv(p) for p in histories[i]] for i in sorted(histories)}
+    multi_label = any("valid_lwlrap" in f for frames in frames_of.values() for f in frames)
+    columns = ["valid_loss", "valid_acc", *(["valid_lwlrap"] if multi_label else [])]
+    figure, axes = plt.subplots(len(columns), 1, figsize=(9, 3 * len(columns)), sharex=True)
     offset = 0
-    for iteration in sorted(histories):
-        frames = [pd.read_csv(p) for p in histories[iteration]]
+    for iteration, frames in frames_of.items():
         epochs = frames[0]["epoch"].to_numpy() + offset
-        for ax, column in ((loss_ax, "valid_loss"), (acc_ax, "valid_acc")):
+        for ax, column in zip(axes, columns):
             values = np.stack([f[column].to_numpy() for f in frames])
             ax.plot(epochs, values.mean(axis=0), color=f"C{iteration % 10}", label=f"it{iteration}")
             ax.fill_between(
                 epochs, values.min(axis=0), values.max(axis=0), color=f"C{iteration % 10}", alpha=0.2
             )
         if iteration:
-            for ax in (loss_ax, acc_ax):
+            for ax in axes:
                 ax.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.7)
         offset = int(epochs[-1])
+    loss_ax, acc_ax = axes[0], axes[1]
     loss_ax.set_ylabel("verified validation loss")
     acc_ax.set_ylabel("verified validation accuracy")
-    acc_ax.set_xlabel("epoch (iterations one after another)")
+    if multi_label:
+        acc_ax.set_ylabel("validation top label true")
+        axes[2].set_ylabel("validation lwlrap")
+    axes[-1].set_xlabel("epoch (iterations one after another)")
     loss_ax.set_title(f"{preset}: mean over folds, band = min..max")
     loss_ax.legend(ncol=6, fontsize=8)
     save_figure(figure, out)
@@ -118,15 +126,22 @@ def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
 
 
 def per_class_plot(per_class: pd.DataFrame, system: str, out: Path) -> None:
+    """Per-class bars of one system; a multi-label per_class.csv (with ``lwlrap``) adds each
+    class's lwlrap, the picture that replaces the confusion matrix in that mode."""
     table = per_class[per_class["system"] == system]
     if table.empty:
         return _no_test_labels(out)
-    figure, ax = plt.subplots(figsize=(max(8, 0.3 * len(table) + 3), 4))
+    metrics = ("precision", "recall", "f1", "lwlrap") if "lwlrap" in table else ("precision", "recall", "f1")
+    width = 0.27 if len(metrics) == 3 else 0.2  # 0.27: the single-label picture as before
+    figure, ax = plt.subplots(figsize=(max(8, 0.1 * len(metrics) * len(table) + 3), 4))
     x = np.arange(len(table))
-    for shift, metric in zip((-0.27, 0, 0.27), ("precision", "recall", "f1")):
-        ax.bar(x + shift, table[metric], width=0.27, label=metric)
+    for n, metric in enumerate(metrics):
+        ax.bar(x + (n - (len(metrics) - 1) / 2) * width, table[metric], width=width, label=metric)
     ax.set_xticks(x, table["label"], rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.legend()
-    ax.set_title(f"{system}: per-class precision, recall and F1 on the test clips")
+    if "lwlrap" in table:
+        ax.set_title(f"{system}: per-class lwlrap; precision, recall, F1 of labels at >= 0.5 (test clips)")
+    else:
+        ax.set_title(f"{system}: per-class precision, recall and F1 on the test clips")
     save_figure(figure, out)

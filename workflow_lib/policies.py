@@ -18,6 +18,12 @@ judged clips, highest score first, ties by file name) and optional label correct
 
 ``paper`` is the paper's rule (docs/method.md "Self-verification"); it reproduces the
 decisions of the workflow's earlier ``self_verify.decide`` exactly (tests/test_policies.py).
+
+Multi-label mode (``apply_policy(..., multi_label=True)``, docs/method.md "Multi-label mode"):
+the posteriors are per-class sigmoids and every given label of a clip is judged on its own
+(:data:`MULTI_LABEL_POLICIES`), one proposal row per (clip, given label); the caps rank the
+pairs of each class (:func:`decide_labels`). Policies that decide for a whole clip
+(label_spreading, weighted) have no multi-label version; config.py refuses them.
 """
 
 from __future__ import annotations
@@ -453,12 +459,244 @@ def apply_policy(
     classes: Sequence[str],
     settings: PolicySettings,
     context: Context = Context(),
+    multi_label: bool = False,
 ) -> pd.DataFrame:
-    """The decisions of ``settings.name`` on ``judged`` (see the module docstring)."""
+    """The decisions of ``settings.name`` on ``judged`` (see the module docstring); with
+    ``multi_label`` one row per (clip, given label) (:data:`LABEL_DECISION_COLUMNS`)."""
+    if multi_label:
+        if settings.name not in MULTI_LABEL_POLICIES:
+            raise ValueError(
+                f"trust policy {settings.name!r} is single-label only; in multi-label mode one of "
+                f"{sorted(MULTI_LABEL_POLICIES)}"
+            )
+        proposal = MULTI_LABEL_POLICIES[settings.name](judged, reference, classes, settings, context)
+        return decide_labels(proposal, classes, settings)
     if settings.name not in POLICIES:
         raise ValueError(f"unknown trust policy {settings.name!r}; one of {sorted(POLICIES)}")
     proposal = POLICIES[settings.name](judged, reference, classes, settings, context)
     return decide(proposal, classes, settings)
+
+
+# --------------------------------------------------------------------------- multi-label mode
+#
+# In multi-label mode (dataset.layout: fsdkaggle2019) a noisy clip carries a label *set*, the
+# posteriors are independent per-class sigmoids, and every given label is judged on its own:
+# a clip may be trusted with a subset of its given labels. A proposal then has one row per
+# (clip, given label); the caps count and rank (clip, label) pairs of each class.
+
+NOT_PREDICTED = "label_not_predicted"  # the label's averaged sigmoid is below 0.5
+PREDICTED_AT = 0.5  # a label is in the predicted set when its sigmoid reaches this
+
+LABEL_DECISION_COLUMNS = [
+    "fname",
+    "given_label",
+    "fold",
+    "label",
+    "predicted_label",
+    "score",
+    "weight",
+    "accepted",
+    "reason",
+]
+
+
+def label_rows(judged: Clips, classes: Sequence[str], posteriors: np.ndarray) -> pd.DataFrame:
+    """One row per (judged clip, given label): fname, given_label (the whole set), fold,
+    label, predicted_label (the set of classes whose sigmoid reaches 0.5), score (the
+    label's averaged sigmoid in ``posteriors``)."""
+    from .labels import label_sets, split_labels
+
+    index = {label: i for i, label in enumerate(classes)}
+    given = judged.table["given_label"].to_numpy()
+    clip, label = [], []
+    for row, cell in enumerate(given):
+        for name in split_labels(cell):
+            if name not in index:
+                raise ValueError(f"label {name!r} of {judged.table['fname'].iloc[row]} is not a class")
+            clip.append(row)
+            label.append(name)
+    clip = np.asarray(clip, dtype=np.int64)
+    columns = np.asarray([index[name] for name in label], dtype=np.int64)
+    predicted = label_sets(posteriors >= PREDICTED_AT, classes) if len(posteriors) else []
+    return pd.DataFrame(
+        {
+            "fname": judged.table["fname"].to_numpy()[clip],
+            "given_label": given[clip],
+            "fold": judged.table["fold"].astype(int).to_numpy()[clip],
+            "label": np.asarray(label, dtype=object),
+            "predicted_label": np.asarray(predicted, dtype=object)[clip] if len(clip) else [],
+            "score": posteriors[clip, columns] if len(clip) else np.zeros(0),
+            "clip": clip,  # row of ``judged`` (dropped from the decisions)
+            "column": columns,  # class index of ``label``
+        }
+    )
+
+
+def label_threshold_rule(rows: pd.DataFrame, threshold: float) -> Proposal:
+    """A given label is a candidate when its averaged sigmoid reaches ``threshold``; a refusal
+    says whether the label was outside the predicted set (< 0.5) or only below the threshold."""
+    confident = rows["score"] >= threshold
+    predicted = rows["score"] >= PREDICTED_AT
+    reason = np.where(confident, "", np.where(~predicted, NOT_PREDICTED, BELOW_THRESHOLD))
+    return rows.assign(candidate=confident.to_numpy(), weight=1.0, reason=reason)
+
+
+def ml_paper(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
+    """A given label is trusted when its K-excerpt averaged sigmoid reaches the threshold
+    (threshold None: when it is in the predicted set, as ``agreement``)."""
+    threshold = PREDICTED_AT if settings.threshold is None else settings.threshold
+    return label_threshold_rule(label_rows(judged, classes, judged.posteriors), threshold)
+
+
+def ml_agreement(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
+    """A given label is trusted when it is in the predicted set (sigmoid >= 0.5)."""
+    return label_threshold_rule(label_rows(judged, classes, judged.posteriors), PREDICTED_AT)
+
+
+def ml_scheduled_threshold(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
+    """``paper`` per label with the threshold moving from threshold_start to threshold_end."""
+    threshold = scheduled_value(settings.threshold_start, settings.threshold_end, context)
+    return label_threshold_rule(label_rows(judged, classes, judged.posteriors), threshold)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_sigmoid_temperature(posteriors: np.ndarray, targets: np.ndarray) -> float:
+    """Temperature T minimising the binary cross-entropy of sigmoid(logit(p) / T) against the
+    0/1 targets of every (clip, class) of correctly labelled clips; 1.0 with nothing to fit."""
+    from scipy.optimize import minimize_scalar
+
+    if targets.size == 0:
+        return 1.0
+    logits = _logit(posteriors)
+
+    def bce(log_t: float) -> float:
+        z = logits / math.exp(log_t)
+        # log(1 + exp(-z)) for positives, log(1 + exp(z)) for negatives, computed stably
+        return float(np.mean(np.logaddexp(0.0, np.where(targets > 0.5, -z, z))))
+
+    best = minimize_scalar(
+        bce, bounds=(math.log(0.02), math.log(50.0)), method="bounded", options={"xatol": 1e-6}
+    )
+    return float(math.exp(best.x))
+
+
+def apply_sigmoid_temperature(posteriors: np.ndarray, temperature: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-_logit(posteriors) / temperature))
+
+
+def calibrated_sigmoids(
+    judged: Clips, reference: Clips, classes: Sequence[str]
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Judged sigmoids after per-fold temperature scaling fitted (BCE) on that fold's curated
+    validation clips only; returns (calibrated posteriors, {fold: temperature})."""
+    from .labels import multi_hot
+
+    overlap = set(judged.table["fname"]) & set(reference.table["fname"])
+    if overlap:
+        raise ValueError(f"calibration clips must not be judged clips: {sorted(overlap)[:3]}")
+    out = judged.posteriors.astype(np.float64).copy()
+    targets = multi_hot(reference.table["label"], classes)
+    temperatures = {}
+    for fold in sorted(set(judged.table["fold"].astype(int))):
+        rows, ref = judged.fold_rows(fold), reference.fold_rows(fold)
+        temperatures[fold] = fit_sigmoid_temperature(reference.posteriors[ref], targets[ref])
+        out[rows] = apply_sigmoid_temperature(judged.posteriors[rows], temperatures[fold])
+    return out, temperatures
+
+
+def ml_calibrated(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
+    """``paper`` per label on sigmoids temperature-scaled per fold (score = calibrated)."""
+    if reference is None:
+        raise ValueError("the calibrated policy needs the curated validation posteriors")
+    posteriors, temperatures = calibrated_sigmoids(judged, reference, classes)
+    log.info("temperatures per fold: %s", {k: round(t, 4) for k, t in temperatures.items()})
+    judged.extra["temperatures"] = temperatures
+    threshold = PREDICTED_AT if settings.threshold is None else settings.threshold
+    return label_threshold_rule(label_rows(judged, classes, posteriors), threshold)
+
+
+def ml_trust_all(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
+    """Every given label trusted."""
+    return label_rows(judged, classes, judged.posteriors).assign(candidate=True, weight=1.0, reason="")
+
+
+def ml_trust_none(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
+    """No given label of a noisy clip trusted."""
+    rows = label_rows(judged, classes, judged.posteriors)
+    return rows.assign(candidate=False, weight=1.0, reason=NOT_TRUSTED)
+
+
+def ml_confident_learning(
+    judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
+) -> Proposal:
+    """cleanlab's multi-label find_multilabel_issues_per_class over every judged clip's
+    out-of-fold sigmoids; a given label is trusted unless flagged for its class."""
+    rows = label_rows(judged, classes, judged.posteriors)
+    flagged = multilabel_label_issues(judged.table["given_label"], judged.posteriors, classes)
+    issue = flagged[rows["clip"].to_numpy(), rows["column"].to_numpy()] if len(rows) else np.zeros(0, bool)
+    return rows.assign(candidate=~issue, weight=1.0, reason=np.where(issue, FLAGGED, ""))
+
+
+def multilabel_label_issues(cells: pd.Series, posteriors: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """(n_clips, n_classes) mask: True where cleanlab finds class k wrongly annotated on clip i."""
+    from .labels import split_labels
+
+    if len(cells) == 0:
+        return np.zeros((0, len(classes)), bool)
+    from cleanlab.multilabel_classification.filter import find_multilabel_issues_per_class
+
+    index = {label: i for i, label in enumerate(classes)}
+    labels = [[index[name] for name in split_labels(cell)] for cell in cells]
+    probs = np.clip(np.asarray(posteriors, dtype=np.float64), 1e-6, 1 - 1e-6)
+    per_class = find_multilabel_issues_per_class(labels=labels, pred_probs=probs)
+    # cleanlab 2.9 returns an (n, K) mask; its docs (and older versions) a list of K masks
+    mask = np.asarray(per_class, dtype=bool)
+    return mask.T if isinstance(per_class, list) else mask
+
+
+MULTI_LABEL_POLICIES: dict[str, Callable[..., Proposal]] = {
+    "paper": ml_paper,
+    "calibrated": ml_calibrated,
+    "agreement": ml_agreement,
+    "scheduled_threshold": ml_scheduled_threshold,
+    "confident_learning": ml_confident_learning,
+    "all": ml_trust_all,
+    "none": ml_trust_none,
+}
+
+
+def decide_labels(proposal: Proposal, classes: Sequence[str], settings: PolicySettings) -> pd.DataFrame:
+    """The per-class caps over (clip, label) rows: within each class the highest scores win,
+    ties by file name; the fraction cap counts the class's judged labels."""
+    if settings.correct_labels:
+        raise ValueError("correct_labels is single-label only (config.py refuses it in multi-label mode)")
+    out = proposal.copy()
+    caps = class_caps(out["label"], classes, settings.max_per_class, settings.max_fraction)
+    candidates = out[out["candidate"].astype(bool)].sort_values(
+        ["label", "score", "fname"], ascending=[True, False, True]
+    )
+    rank = candidates.groupby("label").cumcount().to_numpy()
+    kept = rank < candidates["label"].map(caps).to_numpy(dtype=float)
+    out.loc[candidates.index, "reason"] = np.where(kept, ACCEPTED, CLASS_CAP)
+    out["accepted"] = out["reason"] == ACCEPTED
+    out["weight"] = np.where(out["accepted"], out["weight"].astype(float), 0.0)
+    return out[LABEL_DECISION_COLUMNS].reset_index(drop=True)
 
 
 def low_trust(n_trusted: int, n_judged: int, policy: str, min_share: float) -> bool:

@@ -21,6 +21,8 @@ from torch import nn
 
 from .data import ClipBank
 from .dataset import TOTAL_ROW
+from .labels import join_labels, split_labels
+from .model import probabilities
 from .policies import (  # re-exported: the decision vocabulary
     ACCEPTED,
     BELOW_THRESHOLD,
@@ -48,9 +50,12 @@ __all__ = [
     "decide",
     "excerpt_posteriors",
     "judge_folds",
+    "label_precision_table",
+    "new_label_list",
     "new_training_list",
     "precision_table",
     "self_verify",
+    "with_truth",
 ]
 
 
@@ -63,6 +68,7 @@ class SelfVerifySettings:
     seed: int
     batch_size: int = 256  # excerpts per forward pass
     amp: bool = True
+    multi_label: bool = False  # per-class sigmoids and per-label decisions (fsdkaggle2019)
 
 
 def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -82,7 +88,8 @@ def excerpt_posteriors(
     rng: np.random.Generator,
     embeddings: bool = False,
 ):
-    """Average of the posteriors of K random excerpts per clip: (n_clips, n_classes), float64.
+    """Average of the posteriors of K random excerpts per clip: (n_clips, n_classes), float64
+    (softmax, or per-class sigmoids with ``settings.multi_label``).
 
     embeddings=True: also the average over the same excerpts of the globally pooled output of
     the last feature layer, (n_clips, features); the posteriors are the same numbers.
@@ -104,7 +111,7 @@ def excerpt_posteriors(
                 pooled.append(feats.view(-1, k, feats.shape[1]).mean(dim=1))
             else:
                 logits = model(inputs)
-        probs = torch.softmax(logits.float(), dim=1).double().cpu()
+        probs = probabilities(logits, settings.multi_label).double().cpu()
         averaged.append(probs.view(-1, k, probs.shape[1]).mean(dim=1))
     n_classes = getattr(model, "n_classes", 0)
     posteriors = torch.cat(averaged).numpy() if averaged else np.zeros((0, n_classes))
@@ -184,7 +191,7 @@ def self_verify(
     )
     if len(judged.posteriors) == 0:
         judged.posteriors = np.zeros((0, len(classes)))
-    return apply_policy(judged, None, classes, policy)
+    return apply_policy(judged, None, classes, policy, multi_label=settings.multi_label)
 
 
 def new_training_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
@@ -234,9 +241,87 @@ def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+# --- multi-label mode: decisions per (clip, given label) ------------------------------------
+
+
+def with_truth(decisions: pd.DataFrame, truth: pd.Series, multi_label: bool = False) -> pd.DataFrame:
+    """Adds ``true_label`` (the clip's true label, or set) when it is known for every judged
+    clip, and in multi-label mode ``correct`` (1 when the judged label is in the true set)."""
+    known = decisions["fname"].map(truth).fillna("")
+    if not len(decisions) or not (known != "").all():
+        return decisions
+    out = decisions.assign(true_label=known)
+    if multi_label:
+        out["correct"] = [
+            int(label in split_labels(true)) for label, true in zip(out["label"], out["true_label"])
+        ]
+    return out
+
+
+def new_label_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """Multi-label :func:`new_training_list`: curated clips with their set; a noisy clip with
+    its trusted subset (manually_verified 1) when the subset is not empty, else its given set
+    with manually_verified 0; ``weight`` the mean weight of its trusted labels."""
+    accepted = decisions[decisions["accepted"].astype(bool)]
+    subsets = accepted.groupby("fname")["label"].agg(join_labels)
+    weights = accepted.groupby("fname")["weight"].mean()
+    verified = folds["verified"].astype(int) == 1
+    subset = folds["fname"].map(subsets)
+    in_list = verified | subset.notna()
+    label = np.where(verified | subset.isna(), folds["label"], subset)
+    weight = np.where(verified, 1.0, folds["fname"].map(weights).fillna(0.0).astype(float))
+    return pd.DataFrame(
+        {"fname": folds["fname"], "label": label, "manually_verified": in_list.astype(int), "weight": weight}
+    )
+
+
+def label_precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Multi-label :func:`precision_table`, counting (clip, given label) pairs of each judged
+    class. With true sets (``correct``): ``precision`` = trusted labels that are true;
+    ``recall`` = true given labels that were trusted; ``unverified_precision`` = given labels
+    that are true; ``n_true`` = the class's labels in the judged clips' true sets (including
+    true labels that were not given, which no policy can trust) and ``true_recall`` = trusted
+    true labels / n_true."""
+    has_truth = "correct" in decisions and len(decisions) > 0
+    true_sets = {}
+    if has_truth:
+        clips = decisions.drop_duplicates("fname")
+        true_sets = dict.fromkeys(classes, 0)
+        for cell in clips["true_label"]:
+            for label in split_labels(cell):
+                true_sets[label] = true_sets.get(label, 0) + 1
+    rows = []
+    for label, group in [*((c, decisions[decisions["label"] == c]) for c in classes), (TOTAL_ROW, decisions)]:
+        accepted = group[group["accepted"].astype(bool)]
+        row = {"label": label, "n_unverified": len(group), "n_accepted": len(accepted)}
+        if has_truth:
+            n_correct, kept = int(group["correct"].sum()), int(accepted["correct"].sum())
+            n_true = sum(true_sets.values()) if label == TOTAL_ROW else true_sets.get(label, 0)
+            row.update(
+                n_accepted_correct=kept,
+                precision=kept / len(accepted) if len(accepted) else np.nan,
+                unverified_precision=n_correct / len(group) if len(group) else np.nan,
+                n_correct=n_correct,
+                recall=kept / n_correct if n_correct else np.nan,
+                n_true=n_true,
+                true_recall=kept / n_true if n_true else np.nan,
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def read_decisions(path: Path) -> pd.DataFrame:
     table = pd.read_csv(
-        path, dtype={"fname": str, "given_label": str, "predicted_label": str, "trusted_label": str}
+        path,
+        dtype={
+            "fname": str,
+            "given_label": str,
+            "predicted_label": str,
+            "trusted_label": str,
+            "label": str,
+            "true_label": str,
+        },
+        keep_default_na=False,
     )
     table["accepted"] = table["accepted"].astype(bool)
     return table

@@ -319,6 +319,22 @@ def posterior_frame(clips: Clips, classes: list[str], label_column: str) -> pd.D
     return pd.concat([frame, pd.DataFrame(clips.posteriors, columns=classes)], axis=1)
 
 
+def trust_models(model_paths: dict[int, Path], device: str, multi_label: bool) -> dict[int, torch.nn.Module]:
+    """:func:`fold_models`, refusing a model trained in the other mode (a softmax model judged
+    with sigmoids, or the reverse, would give meaningless scores)."""
+    models = {}
+    for fold, path in model_paths.items():
+        model, saved = load_model(path, device)
+        if bool(saved.get("multi_label", False)) != multi_label:
+            mode = "multi-label" if saved.get("multi_label", False) else "single-label"
+            raise UserError(
+                f"{path} holds a {mode} model, but this run is "
+                f"{'multi-label' if multi_label else 'single-label'} (config dataset.layout)"
+            )
+        models[fold] = model
+    return models
+
+
 def self_verify_job(job: TrustJob) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips (and, for calibration and label spreading,
     its verified validation clips, with another random stream), apply the chain's policy, and
@@ -330,14 +346,22 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
         apply_policy,
         low_trust,
     )
-    from .self_verify import judge_folds, new_training_list, precision_table
+    from .self_verify import (
+        judge_folds,
+        label_precision_table,
+        new_label_list,
+        new_training_list,
+        precision_table,
+        with_truth,
+    )
 
+    multi_label = job.settings.multi_label
     choice = select_device(job.device, job.lock_dir, job.threads)
     policy = PolicySettings.from_mapping(job.policy)
     classes = read_classes(job.classes_csv)
     folds = read_csv_str(job.folds_csv)
     store = SpectrogramStore.open(job.manifest_csv)
-    models = fold_models(job.model_paths, choice.device)
+    models = trust_models(job.model_paths, choice.device, multi_label)
     embeddings = policy.name in NEEDS_EMBEDDINGS
 
     def parts(verified: str) -> tuple[dict, dict]:
@@ -376,25 +400,28 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     for clips in (judged, reference):
         if clips.posteriors.shape[1] == 0:
             clips.posteriors = np.zeros((len(clips.table), len(classes)))
-    decisions = apply_policy(judged, reference, classes, policy, Context(job.iteration, job.iterations))
+    context = Context(job.iteration, job.iterations)
+    decisions = apply_policy(judged, reference, classes, policy, context, multi_label)
     train = read_csv_str(job.train_csv)
     truth = train.set_index("fname")["true_label"] if "true_label" in train else pd.Series(dtype=str)
-    if len(decisions) and (decisions["fname"].map(truth).fillna("") != "").all():
-        decisions["true_label"] = decisions["fname"].map(truth)
+    decisions = with_truth(decisions, truth, multi_label)
     out = job.out_dir
     write_csv(posterior_frame(judged, classes, "given_label"), out / "posteriors.csv")
     write_csv(posterior_frame(reference, classes, "label"), out / "valid_posteriors.csv")
     write_csv(decisions, out / "decisions.csv")
-    write_csv(precision_table(decisions, classes), out / "per_class.csv")
-    write_csv(new_training_list(folds, decisions), out / "train_list.csv")
+    table = label_precision_table if multi_label else precision_table
+    write_csv(table(decisions, classes), out / "per_class.csv")
+    training_list = new_label_list if multi_label else new_training_list
+    write_csv(training_list(folds, decisions), out / "train_list.csv")
     n_trusted = int(decisions["accepted"].sum())
     if low_trust(n_trusted, len(decisions), policy.name, policy.min_trusted_share):
         log.warning(
-            "policy %s trusted %d of %d judged clips at iteration %d: the next "
+            "policy %s trusted %d of %d judged %s at iteration %d: the next "
             "fine-tuning is on little more than the verified clips",
             policy.name,
             n_trusted,
             len(decisions),
+            "labels" if multi_label else "clips",
             job.iteration,
         )
     choice.release()
@@ -485,12 +512,15 @@ def fuse_job(
     out_submission: Path,
     test_manifest: Path | None = None,
     out_status: Path | None = None,
+    multi_label: bool = False,
 ) -> None:
     """Fuse the presets (mean or learned) and write the challenge submission.
 
     With ``test_manifest`` (any spectrogram version's test manifest: one row per listed test
     clip, usable or not) every listed clip gets a submission row, empty when it could not be
     predicted, and ``out_status`` says why per clip (see :func:`submission_status`).
+    ``multi_label``: sigmoid posteriors, the learned fusion fitted with binary cross-entropy
+    on the multi-hot sets of the validation clips, the 2019 submission (workflow_lib/fusion.py).
     """
     from .fusion import (
         apply_learned_fusion,
@@ -512,10 +542,9 @@ def fuse_job(
         valid_stack = np.stack(
             [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
         )
-        index = {label: i for i, label in enumerate(classes)}
-        targets = valids[0]["label"].map(index).to_numpy()
-        weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr)
-        fused = apply_learned_fusion(stack, weights, bias)
+        targets = fusion_targets(valids[0]["label"], classes, multi_label)
+        weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr, multi_label=multi_label)
+        fused = apply_learned_fusion(stack, weights, bias, multi_label)
         table = pd.DataFrame(
             {
                 "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
@@ -532,10 +561,12 @@ def fuse_job(
         )
     write_csv(table, out_weights)
     write_csv(probability_frame(fnames, fused, classes), out_probs)
-    answers = submission(fnames, fused, classes)
+    answers = submission(fnames, fused, classes, multi_label)
     if test_manifest is not None:
         status = submission_status(read_csv_str(test_manifest), set(fnames))
-        answers = status[["fname"]].merge(answers, on="fname", how="left").fillna({"label": ""})
+        answers = status[["fname"]].merge(answers, on="fname", how="left")
+        if not multi_label:  # 2019 format: an unpredicted clip's posteriors stay empty
+            answers = answers.fillna({"label": ""})
         unpredicted = status[status["status"] != "predicted"]
         if len(unpredicted):
             log.warning(
@@ -547,6 +578,22 @@ def fuse_job(
         if out_status is not None:
             write_csv(status, out_status)
     write_csv(answers, out_submission)
+
+
+def fusion_targets(labels: pd.Series, classes: list[str], multi_label: bool) -> np.ndarray:
+    """Targets of the learned fusion: class indices, or multi-hot sets (multi-label).
+
+    A validation label outside the classes is a clear error naming it, never a NaN target.
+    """
+    from .labels import multi_hot
+
+    if multi_label:
+        return multi_hot(labels.fillna(""), classes)  # '' (read as NaN): an empty set
+    index = {label: i for i, label in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise KeyError(f"validation label(s) {unknown[:3]} are not among the {len(classes)} classes")
+    return labels.map(index).to_numpy()
 
 
 def submission_status(test_manifest: pd.DataFrame, predicted: set[str]) -> pd.DataFrame:
@@ -565,13 +612,16 @@ def submission_status(test_manifest: pd.DataFrame, predicted: set[str]) -> pd.Da
 NO_TEST_LABELS = "no test labels"
 
 
-def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path) -> pd.DataFrame:
+def evaluate_job(
+    test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path, multi_label: bool = False
+) -> pd.DataFrame:
     """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion).
 
     Scored clips that have no prediction (undecodable, missing) are counted per set in
     ``n_unpredicted`` and left out of ``n`` and the scores. Without any scored test label
     (predict-only run) every row says ``no test labels`` in ``note`` and the per-class and
-    confusion tables are written with their header only.
+    confusion tables are written with their header only. ``multi_label``: lwlrap and the
+    scores at a threshold (workflow_lib/evaluation.py), per-class lwlrap, no confusion.csv.
     """
     from .evaluation import class_reports, evaluate_systems, scored_rows
 
@@ -579,7 +629,7 @@ def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], ou
     test = read_csv_str(test_csv)
     frames = {name: pd.read_csv(path, dtype={"fname": str}) for name, path in systems.items()}
     predicted = set.intersection(*(set(f["fname"]) for f in frames.values()))
-    scored = scored_rows(test, classes)
+    scored = scored_rows(test, classes, multi_label)
     missing = scored.loc[~scored["fname"].isin(predicted)]
     if len(missing):
         log.warning(
@@ -589,20 +639,22 @@ def evaluate_job(test_csv: Path, classes_csv: Path, systems: dict[str, Path], ou
             list(missing["fname"][:3]),
         )
     test = test[test["fname"].isin(predicted)]
-    scores = evaluate_systems(test, frames, classes)
+    scores = evaluate_systems(test, frames, classes, multi_label)
     scores["n_unpredicted"] = [_unpredicted_in_set(missing, name) for name in scores["set"]]
     scores["note"] = NO_TEST_LABELS if scored.empty else ""
     write_csv(scores, out_dir / "summary.csv")
     per_class, confusion = [], pd.DataFrame(columns=["true_label", *classes])
-    for name, frame in frames.items() if not scored_rows(test, classes).empty else ():
-        table, confusion = class_reports(test, frame, classes)
+    for name, frame in frames.items() if not scored_rows(test, classes, multi_label).empty else ():
+        table, confusion = class_reports(test, frame, classes, multi_label)
         per_class.append(table.assign(system=name))
     columns = ["system", "label", "precision", "recall", "f1", "support"]
+    columns += ["lwlrap", "lwlrap_weight"] if multi_label else []
     write_csv(
         pd.concat(per_class, ignore_index=True)[columns] if per_class else pd.DataFrame(columns=columns),
         out_dir / "per_class.csv",
     )
-    write_csv(confusion, out_dir / "confusion.csv")
+    if not multi_label:
+        write_csv(confusion, out_dir / "confusion.csv")
     if scored.empty:
         log.info("%s: predictions only, nothing is scored", NO_TEST_LABELS)
     return scores
@@ -639,9 +691,10 @@ def summary_job(
     scores_csv: Path | None,
     out_csv: Path,
     submission_status_csv: Path | None = None,
+    multi_label: bool = False,
 ) -> pd.DataFrame:
     """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``."""
-    from .evaluation import preset_summary
+    from .evaluation import preset_summary, test_columns
 
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
     rows = []
@@ -651,17 +704,10 @@ def summary_job(
             for p in self_verify_dirs
             if p.parent.name == preset
         }
-        rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores))
-    if scores is not None:
-        fused = scores[(scores["system"] == "fusion") & (scores["set"] == "Public+Private")]
-        if len(fused):
-            rows.append(
-                {
-                    "preset": "fusion",
-                    "test_accuracy": float(fused["accuracy"].iloc[0]),
-                    "test_map3": float(fused["map3"].iloc[0]),
-                }
-            )
+        rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores, multi_label))
+    fused = test_columns(scores, "fusion", multi_label) if scores is not None else {}
+    if fused:
+        rows.append({"preset": "fusion", **fused})
     table = pd.DataFrame(rows)
     table["test_note"] = test_note(scores, submission_status_csv)
     for column in ("chosen_iteration", "self_verified_clips"):

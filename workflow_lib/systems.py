@@ -9,6 +9,10 @@ policy trusted with their precision and recall where the true labels are known. 
 marks iterations whose policy trusted no clip or fewer than trust.min_trusted_share of the
 judged ones (policies.low_trust); ``near_tie`` that the chosen iteration won a near-tie of
 validation losses (selection.py).
+
+Multi-label mode (``multi_label``): the test columns are ``n_test`` and ``test_lwlrap`` (the
+DCASE 2019 metric on the labelled test clips) instead of test accuracy and MAP@3, both tables
+gain ``cv_lwlrap`` (the selection's ``mean_valid_lwlrap``), and the plot shows lwlrap.
 """
 
 from __future__ import annotations
@@ -54,14 +58,36 @@ def _overall(paths: Mapping[str, str]) -> dict[int, pd.Series]:
     return dict(sorted(tables.items()))
 
 
-def _test_scores(test: pd.DataFrame, probs_csv: str, classes: list[str]) -> dict:
+#: the test score columns of systems.csv per mode (after n_test), and evaluation's names for them
+TEST_COLUMNS = {
+    False: {"test_accuracy": "accuracy", "test_map3": "map3"},
+    True: {"test_lwlrap": "lwlrap"},
+}
+
+
+def _test_scores(test: pd.DataFrame, probs_csv: str, classes: list[str], multi_label: bool = False) -> dict:
     frame = pd.read_csv(probs_csv, dtype={"fname": str})
     scored = test[test["fname"].isin(set(frame["fname"]))]
+    columns = TEST_COLUMNS[multi_label]
     if scored["label"].eq("").all():
-        return {"n_test": 0, "test_accuracy": np.nan, "test_map3": np.nan}
-    scores = evaluate_systems(scored, {"system": frame}, classes)
+        return {"n_test": 0, **dict.fromkeys(columns, np.nan)}
+    scores = evaluate_systems(scored, {"system": frame}, classes, multi_label)
     row = scores[scores["set"] == SCORED_SET].iloc[0]
-    return {"n_test": int(row["n"]), "test_accuracy": float(row["accuracy"]), "test_map3": float(row["map3"])}
+    return {"n_test": int(row["n"]), **{ours: float(row[theirs]) for ours, theirs in columns.items()}}
+
+
+def iteration_columns(multi_label: bool = False) -> list[str]:
+    """The columns of systems_iterations.csv: multi-label mode adds ``cv_lwlrap`` after ``cv_loss``."""
+    if not multi_label:
+        return list(ITERATION_COLUMNS)
+    at = ITERATION_COLUMNS.index("cv_loss") + 1
+    return [*ITERATION_COLUMNS[:at], "cv_lwlrap", *ITERATION_COLUMNS[at:]]
+
+
+def _cv_lwlrap(selection_row: pd.Series, multi_label: bool) -> dict:
+    """{"cv_lwlrap": mean validation lwlrap} in multi-label mode (NaN if the selection lacks
+    it), {} otherwise."""
+    return {"cv_lwlrap": float(selection_row.get("mean_valid_lwlrap", np.nan))} if multi_label else {}
 
 
 def _trust_numbers(overall: pd.Series | None, policy: str, min_share: float) -> dict:
@@ -86,7 +112,11 @@ def _trust_numbers(overall: pd.Series | None, policy: str, min_share: float) -> 
 
 
 def systems_tables(
-    spec: Sequence[Mapping], test_csv: Path, classes_csv: Path, min_share: float = 0.0
+    spec: Sequence[Mapping],
+    test_csv: Path,
+    classes_csv: Path,
+    min_share: float = 0.0,
+    multi_label: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per chain and preset, one row per chain, preset and iteration).
 
@@ -113,8 +143,9 @@ def systems_tables(
                     "chosen": bool(line["chosen"]),
                     "near_tie": bool(line.get("near_tie", False)),
                     "cv_accuracy": float(line["mean_valid_acc"]),
-                    "cv_map3": float(line["mean_valid_map3"]),
+                    "cv_map3": float(line.get("mean_valid_map3", np.nan)),
                     "cv_loss": float(line["mean_valid_loss"]),
+                    **_cv_lwlrap(line, multi_label),
                     **_trust_numbers(overall.get(judge), item["policy"], min_share),
                 }
             )
@@ -132,8 +163,9 @@ def systems_tables(
             "near_tie": bool(chosen.get("near_tie", False)),
             "cv_loss": float(chosen["mean_valid_loss"]),
             "cv_accuracy": float(chosen["mean_valid_acc"]),
-            "cv_map3": float(chosen["mean_valid_map3"]),
-            **_test_scores(test, item["test"], classes),
+            "cv_map3": float(chosen.get("mean_valid_map3", np.nan)),
+            **_cv_lwlrap(chosen, multi_label),
+            **_test_scores(test, item["test"], classes, multi_label),
             "given_label_precision": (np.nan if first is None else first.get("unverified_precision", np.nan)),
             "trusted_clips": trained_on["trusted"] if iteration > 0 else 0,
             "trusted_precision": trained_on["trusted_precision"] if iteration > 0 else np.nan,
@@ -151,14 +183,38 @@ def systems_tables(
         c for c in systems.columns if c.startswith("trusted") and not c.endswith(("precision", "recall"))
     ] + ["n_test"]:
         systems[column] = pd.to_numeric(systems[column]).astype("Int64")
-    iterations = pd.DataFrame(per_iteration, columns=ITERATION_COLUMNS)
+    iterations = pd.DataFrame(per_iteration, columns=iteration_columns(multi_label))
     for column in ("n_judged", "trusted", "trusted_correct"):
         iterations[column] = pd.to_numeric(iterations[column]).astype("Int64")
     return systems, iterations
 
 
-def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> None:
-    """Scores per chain; CV accuracy per iteration; trusted clips, precision and recall."""
+#: (column, legend) of the bars per chain, and (column, axis label) of the selection curves
+PLOTTED = {
+    False: (
+        (
+            ("cv_accuracy", "CV accuracy (verified)"),
+            ("test_accuracy", "test accuracy"),
+            ("test_map3", "test MAP@3"),
+        ),
+        ("cv_accuracy", "CV accuracy, verified validation clips"),
+    ),
+    True: (
+        (
+            ("cv_lwlrap", "CV lwlrap (curated)"),
+            ("test_lwlrap", "test lwlrap"),
+            ("cv_accuracy", "CV top-1 in set (curated)"),
+        ),
+        ("cv_lwlrap", "CV lwlrap, curated validation clips"),
+    ),
+}
+
+
+def plot_systems(
+    systems: pd.DataFrame, iterations: pd.DataFrame, out: Path, multi_label: bool = False
+) -> None:
+    """Scores per chain; CV accuracy (multi-label: lwlrap) per iteration; trusted clips,
+    precision and recall."""
     import matplotlib
     import matplotlib.pyplot as plt
     import matplotlib.ticker
@@ -172,14 +228,8 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
     figure, axes = plt.subplots(1, 3, figsize=(18, 5))
     bars = axes[0]
     x = np.arange(len(systems))
-    for shift, (column, label) in zip(
-        (-0.27, 0.0, 0.27),
-        (
-            ("cv_accuracy", "CV accuracy (verified)"),
-            ("test_accuracy", "test accuracy"),
-            ("test_map3", "test MAP@3"),
-        ),
-    ):
+    plotted, (curve, curve_label) = PLOTTED[multi_label]
+    for shift, (column, label) in zip((-0.27, 0.0, 0.27), plotted):
         values = systems[column].to_numpy(dtype=float)
         bars.bar(x + shift, values, width=0.27, label=label)
         for xi, value in zip(x + shift, values):
@@ -187,7 +237,7 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
                 bars.text(
                     xi, value + 0.005, f"{value:.3f}", ha="center", va="bottom", fontsize=6, rotation=90
                 )
-    finite = systems[["cv_accuracy", "test_accuracy", "test_map3"]].to_numpy(dtype=float)
+    finite = systems[[column for column, _ in plotted]].to_numpy(dtype=float)
     low = np.nanmin(finite) if np.isfinite(finite).any() else 0.0
     bars.set_ylim(max(0.0, low - 0.1), 1.08)
     bars.set_xticks(x, names, fontsize=7)
@@ -201,9 +251,9 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
     for n, ((preset, system), table) in enumerate(variants):
         label = f"{preset}/{system}" if several else system
         color = f"C{n % 10}"
-        curves.plot(table["iteration"], table["cv_accuracy"], "-o", color=color, label=label)
+        curves.plot(table["iteration"], table[curve], "-o", color=color, label=label)
         chosen = table[table["chosen"]]
-        curves.plot(chosen["iteration"], chosen["cv_accuracy"], "*", color=color, markersize=14)
+        curves.plot(chosen["iteration"], chosen[curve], "*", color=color, markersize=14)
         judged = table.dropna(subset=["trusted"])
         if judged.empty:
             continue
@@ -237,11 +287,11 @@ def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path) -> 
     for ax in (curves, counts):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     curves.set_xlabel("iteration (star: chosen)")
-    curves.set_ylabel("CV accuracy, verified validation clips")
+    curves.set_ylabel(curve_label)
     curves.legend(fontsize=7)
     curves.set_title("model selection")
     counts.set_xlabel("trusted by the policy on the models of iteration")
-    counts.set_ylabel("trusted unverified clips")
+    counts.set_ylabel("trusted (clip, label) pairs" if multi_label else "trusted unverified clips")
     twin.set_ylabel("precision (solid) / recall (dashed) of trusted labels")
     twin.set_ylim(0, 1.05)
     handles = counts.get_legend_handles_labels()
@@ -260,9 +310,10 @@ def systems_job(
     out_iterations: Path,
     out_plot: Path,
     min_share: float = 0.0,
+    multi_label: bool = False,
 ) -> pd.DataFrame:
-    systems, iterations = systems_tables(spec, test_csv, classes_csv, min_share)
+    systems, iterations = systems_tables(spec, test_csv, classes_csv, min_share, multi_label)
     write_csv(systems, out_csv)
     write_csv(iterations, out_iterations)
-    plot_systems(systems, iterations, out_plot)
+    plot_systems(systems, iterations, out_plot, multi_label)
     return systems
