@@ -591,3 +591,82 @@ def test_sv_tag_prints_the_label_set_of_a_multi_label_bundle(tmp_path, sox_binar
     assert [float(v) for v in row["scores"].split(",")] == pytest.approx(
         sorted(probs, reverse=True), abs=1e-4
     )
+
+
+def test_warm_up_chain_trains_noisy_then_fine_tunes_on_curated_and_trusted_labels(store, tmp_path):
+    """start: noisy -> per-label self-verification (paper policy) -> fine-tuning from the
+    warm-up parameters on the curated clips and the trusted label subsets -> lwlrap selection
+    and sigmoid prediction: the multi-label chain through the job functions."""
+    from workflow_lib.self_verify import SelfVerifySettings
+    from workflow_lib.stages import TrustJob, self_verify_job
+
+    initial_list_job(store["folds"], tmp_path / "it0_list.csv", "noisy")
+    it0, it1, histories = {}, {}, {}
+    for fold in (0, 1):
+        warm_up = tmp_path / "it0_list.csv"
+        job = job_for(store, tmp_path / f"it0/fold{fold}", fold=fold, train_list_csv=warm_up)
+        run_training_job(job)
+        it0[fold] = job.out_dir / "best.pt"
+        histories[(0, fold)] = job.out_dir / "history.csv"
+    folds = read_csv_str(store["folds"])
+    write_csv(folds[["fname", "label", "verified"]], tmp_path / "train.csv")
+    decisions = self_verify_job(
+        TrustJob(
+            it0,
+            store["train"],
+            store["folds"],
+            store["classes"],
+            tmp_path / "train.csv",
+            tmp_path / "trust",
+            SelfVerifySettings(2, 0.3, None, 192, seed=0, amp=False, multi_label=True),
+            {"name": "paper", "threshold": 0.3, "max_per_class": 2},
+            frames=256,
+            device="cpu",
+            lock_dir=tmp_path / "locks",
+        )
+    )
+    noisy = folds[folds["verified"] == "0"]
+    assert len(decisions) == noisy["label"].str.split(",").str.len().sum()  # one row per (clip, label)
+    listing = read_csv_str(tmp_path / "trust" / "train_list.csv")
+    trusted = listing[(listing["manually_verified"] == "1") & listing["fname"].isin(noisy["fname"])]
+    given = noisy.set_index("fname")["label"].str.split(",")
+    assert 0 < int(decisions["accepted"].astype(int).sum()) <= 2 * len(CLASSES)  # the cap per class
+    assert all(set(cell.split(",")) <= set(given[f]) for f, cell in zip(trusted["fname"], trusted["label"]))
+    for fold in (0, 1):
+        job = job_for(
+            store,
+            tmp_path / f"it1/fold{fold}",
+            fold=fold,
+            train_list_csv=tmp_path / "trust" / "train_list.csv",
+            init_checkpoint=it0[fold],
+            fit=replace(job_for(store, tmp_path).fit, mixup_alpha=None),
+        )
+        train, _ = training_sets(job, CLASSES)
+        in_fold = set(folds.loc[folds["fold"] != str(fold), "fname"])
+        expected = set(folds.loc[folds["verified"] == "1", "fname"]) | set(trusted["fname"])
+        assert set(train["fname"]) == expected & in_fold  # curated + trusted, warm-up clips dropped
+        subsets = train.set_index("fname")["label"].reindex(trusted["fname"]).dropna()
+        assert (subsets == trusted.set_index("fname")["label"].reindex(subsets.index)).all()
+        run_training_job(job)
+        it1[fold] = job.out_dir / "best.pt"
+        histories[(1, fold)] = job.out_dir / "history.csv"
+    selection = selection_table(histories)
+    write_csv(selection, tmp_path / "selection.csv")
+    models = {(0, k): p for k, p in it0.items()} | {(1, k): p for k, p in it1.items()}
+    iteration = predict_job(
+        tmp_path / "selection.csv",
+        models,
+        store["train"],
+        store["test"],
+        store["folds"],
+        store["classes"],
+        tmp_path / "test.csv",
+        tmp_path / "valid.csv",
+        frames=256,
+        batch_size=4,
+        device="cpu",
+        lock_dir=tmp_path / "locks",
+    )
+    assert iteration == int(selection["iteration"][selection["mean_valid_lwlrap"].idxmax()])
+    probs = pd.read_csv(tmp_path / "test.csv")[CLASSES].to_numpy()
+    assert ((probs > 0) & (probs < 1)).all() and not np.allclose(probs.sum(axis=1), 1.0)
