@@ -519,6 +519,26 @@ def test_fused_multi_label_tagger_averages_sigmoids_and_its_bundle_says_so(tmp_p
     assert "multi_label" not in single.settings_json()  # single-label bundles as before
 
 
+def test_multi_label_learned_fusion_in_the_tagger_is_the_runs_and_exports(tmp_path):
+    """Learned fusion of sigmoid posteriors (log-odds, fusion.apply_learned_fusion) in the
+    fused tagger, and its TorchScript / ONNX files within write_bundle's tolerance."""
+    from workflow_lib.export import FusedTagger, example_inputs, write_bundle
+    from workflow_lib.fusion import apply_learned_fusion
+
+    spec, _ = multi_label_tagger()
+    torch.manual_seed(6)
+    members = [[build_model(2, 3, (0.0, 0.0))], [build_model(2, 3, (0.0, 0.0))]]
+    weights, bias = np.array([0.8, 0.4]), np.array([0.1, -0.3, 0.2])
+    tagger = FusedTagger(members, [0, 0], weights, bias, multi_label=True).eval()
+    spec = replace(spec, fusion="learned")
+    (x,) = example_inputs(spec, batch=3)
+    with torch.no_grad():
+        stack = np.stack([torch.sigmoid(m[0](x)).numpy() for m in members])
+        got = tagger(x).numpy()
+    np.testing.assert_allclose(got, apply_learned_fusion(stack, weights, bias, multi_label=True), atol=1e-5)
+    assert write_bundle(tagger, spec, tmp_path, "# learned\n") <= 1e-4
+
+
 def test_multi_label_rows_list_every_class_at_or_above_the_threshold():
     from workflow_lib.tagger import Item, Prepared, result_frame, tagged_set
 

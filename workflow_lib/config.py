@@ -124,7 +124,7 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
             )
         if "correct_threshold" in chain and not chain.get("correct_labels"):
             problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
-    if settings["dataset"].get("layout") == "fsdkaggle2019":
+    if is_multi_label(settings):
         problems += _multi_label_chain_checks(chains, [c for c in settings["run_chains"] if c in chains])
     return problems
 

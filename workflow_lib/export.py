@@ -67,7 +67,8 @@ class FusedTagger(nn.Module):
         for index, folds in zip(self.inputs, self.members):
             x = spectrograms[index]
             per_preset.append(torch.stack([probabilities(m(x), self.multi_label) for m in folds]).mean(0))
-        return fused_posteriors(torch.stack(per_preset), self.weights, self.bias if self.learned else None)
+        bias = self.bias if self.learned else None
+        return fused_posteriors(torch.stack(per_preset), self.weights, bias, self.multi_label)
 
 
 # --------------------------------------------------------------------------- from a run
