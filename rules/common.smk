@@ -32,6 +32,7 @@ try:
         user_settings,
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
+    from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
     from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec
     from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
@@ -80,6 +81,9 @@ DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
 # Multi-label task (dataset.layout fsdkaggle2019): label sets, sigmoid outputs, lwlrap.
 MULTI_LABEL = S["dataset"]["layout"] == "fsdkaggle2019"
+# Config keys of the layout's training listings (verified first): train_csv, or curated_csv
+# and noisy_csv (workflow_lib/dataset_layouts.py).
+TRAIN_LISTINGS = train_listing_keys(S["dataset"])
 
 
 def snakemake_workers():
@@ -149,8 +153,9 @@ def dataset_file(key):
 
 
 def optional_dataset_files():
-    """Test list and true labels: inputs when present (the demo always writes them)."""
-    files = [dataset_file(key) for key in ("test_csv", "true_labels_csv")]
+    """Further training lists, test list and true labels: inputs when present (the demo
+    always writes them)."""
+    files = [dataset_file(key) for key in (*TRAIN_LISTINGS[1:], "test_csv", "true_labels_csv")]
     return [f for f in files if f and (DEMO or Path(f).is_file())]
 
 

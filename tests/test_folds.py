@@ -199,3 +199,127 @@ def test_folds_do_not_depend_on_the_row_order(train):
     a = make_folds(train, N_FOLDS, SEED).set_index("fname")["fold"]
     b = make_folds(reordered, N_FOLDS, SEED).set_index("fname")["fold"]
     pd.testing.assert_series_equal(a.sort_index(), b.sort_index())
+
+
+# --------------------------------------------------------------------------- multi-label sets
+
+
+def synthetic_multilabel_train(n_clips: int = 600, seed: int = 5) -> pd.DataFrame:
+    """Label sets of 1-3 of 12 classes with skewed frequencies; a third of the clips verified."""
+    from workflow_lib.labels import join_labels
+
+    rng = np.random.default_rng(seed)
+    classes = [f"c{i:02d}" for i in range(12)]
+    weights = np.linspace(3, 0.3, len(classes))
+    rows = []
+    for i in range(n_clips):
+        size = rng.choice([1, 2, 3], p=[0.5, 0.4, 0.1])
+        labels = rng.choice(classes, size=size, replace=False, p=weights / weights.sum())
+        rows.append((f"clip_{i:04d}.wav", join_labels(labels), str(int(i % 3 == 0))))
+    return pd.DataFrame(rows, columns=["fname", "label", "verified"])
+
+
+def label_fold_counts(folds: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
+    """{(label, verified flag): clips carrying the label in each fold}."""
+    from workflow_lib.labels import split_labels
+
+    members = folds.assign(label=folds["label"].map(split_labels)).explode("label")
+    counts = {}
+    for (label, flag), group in members.groupby(["label", members["verified"].astype(int)]):
+        per_fold = group["fold"].astype(int).value_counts().reindex(range(N_FOLDS), fill_value=0)
+        counts[(label, flag)] = per_fold.to_numpy()
+    return counts
+
+
+@pytest.fixture(scope="module")
+def ml_train() -> pd.DataFrame:
+    return synthetic_multilabel_train()
+
+
+@pytest.fixture(scope="module")
+def ml_folds(ml_train) -> pd.DataFrame:
+    return make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
+
+
+def test_multilabel_every_clip_in_one_fold_with_its_set(ml_train, ml_folds):
+    assert list(ml_folds.columns) == FOLD_COLUMNS
+    merged = ml_train.merge(ml_folds, on="fname", suffixes=("", "_f"), validate="one_to_one")
+    assert len(merged) == len(ml_train)
+    assert (merged["label"] == merged["label_f"]).all()
+    assert (merged["verified"] == merged["verified_f"]).all()
+    assert set(ml_folds["fold"].astype(int)) == set(range(N_FOLDS))
+
+
+def test_multilabel_folds_are_stratified_per_label_and_flag(ml_folds):
+    """Iterative stratification: each label (verified and unverified apart) is spread within one
+    clip of n / folds per fold, far better than a random deal of the same clips."""
+    stratified = label_fold_counts(ml_folds)
+    for (label, flag), counts in stratified.items():
+        assert np.abs(counts - counts.sum() / N_FOLDS).max() <= 1, (label, flag, counts)
+    shuffled = ml_folds.assign(fold=np.random.default_rng(0).integers(0, N_FOLDS, len(ml_folds)))
+    random_error = sum(np.abs(c - c.sum() / N_FOLDS).sum() for c in label_fold_counts(shuffled).values())
+    error = sum(np.abs(c - c.sum() / N_FOLDS).sum() for c in stratified.values())
+    assert error < random_error / 4, (error, random_error)
+
+
+def test_multilabel_fold_sizes_close(ml_folds):
+    """Labels come first, so sizes are not exact, but no fold strays far from n / folds."""
+    sizes = ml_folds["fold"].astype(int).value_counts().reindex(range(N_FOLDS), fill_value=0)
+    assert (np.abs(sizes - len(ml_folds) / N_FOLDS) <= 0.1 * len(ml_folds) / N_FOLDS).all(), sizes
+
+
+def test_multilabel_folds_deterministic_and_order_free(ml_train, ml_folds):
+    reordered = ml_train.iloc[np.random.default_rng(3).permutation(len(ml_train))].reset_index(drop=True)
+    again = make_folds(reordered, N_FOLDS, SEED, multi_label=True)
+    pd.testing.assert_frame_equal(ml_folds, again)
+    other = make_folds(ml_train, N_FOLDS, SEED + 1, multi_label=True)
+    before = ml_folds.set_index("fname")["fold"]
+    changed = (other.set_index("fname")["fold"].reindex(before.index) != before).sum()
+    assert changed > len(ml_train) // 4
+
+
+def test_multilabel_single_labels_are_balanced_like_the_single_label_deal(train):
+    """Sets of one label: every class and flag gets floor or ceil of n / folds per fold."""
+    folds = make_folds(train, N_FOLDS, SEED, multi_label=True)
+    for key, counts in label_fold_counts(folds).items():
+        n = counts.sum()
+        assert (counts >= math.floor(n / N_FOLDS)).all(), key
+        assert (counts <= math.ceil(n / N_FOLDS)).all(), key
+
+
+def test_multilabel_class_counts_every_clip_that_carries_it():
+    """A class needs `folds` clips carrying it, whether alone or in a set."""
+    rows = [
+        ("a.wav", "Bark,Whistle"),
+        ("b.wav", "Whistle"),
+        ("c.wav", "Bark,Whistle"),
+        ("d.wav", "Bark,Whistle"),
+    ]
+    train = pd.DataFrame(rows, columns=["fname", "label"]).assign(verified="1")
+    with pytest.raises(UserError, match="'Bark' \\(3 clips\\)") as raised:
+        make_folds(train, N_FOLDS, SEED, multi_label=True)
+    assert "Whistle" not in str(raised.value)
+    enough = pd.concat([train, pd.DataFrame({"fname": ["e.wav"], "label": ["Bark"], "verified": ["0"]})])
+    folds = make_folds(enough, N_FOLDS, SEED, multi_label=True)
+    assert sorted(folds["fname"]) == ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
+
+
+def test_folds_job_deals_label_sets_by_iterative_stratification(tmp_path, ml_train):
+    manifest = ml_train.assign(status=CLIPPED, n_frames="100")
+    write_csv(manifest, tmp_path / "train.csv")
+    folds_job(tmp_path / "train.csv", tmp_path / "folds.csv", N_FOLDS, SEED)  # sets: iterative
+    written = read_csv_str(tmp_path / "folds.csv")
+    expected = make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
+    assert dict(zip(written["fname"], written["fold"].astype(int))) == dict(
+        zip(expected["fname"], expected["fold"].astype(int))
+    )
+
+
+def test_label_sets_are_recognised_and_single_labels_keep_the_round_robin_deal(train, ml_train):
+    from workflow_lib.folds import has_label_sets
+
+    assert has_label_sets(ml_train["label"]) and not has_label_sets(train["label"])
+    pd.testing.assert_frame_equal(make_folds(train, N_FOLDS, SEED), make_folds(train, N_FOLDS, SEED, False))
+    pd.testing.assert_frame_equal(
+        make_folds(ml_train, N_FOLDS, SEED), make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
+    )

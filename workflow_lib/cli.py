@@ -51,9 +51,13 @@ def iteration_fold_paths(pairs: Sequence[str]) -> dict[tuple[int, int], Path]:
 
 @command("demo-data", arg("--out", type=Path, required=True), JSON)
 def demo_data(args: argparse.Namespace) -> None:
-    from .demo import generate_demo_dataset
+    from .demo import generate_demo_dataset, generate_multilabel_demo_dataset
 
-    summary = generate_demo_dataset(args.out, args.settings)
+    settings = dict(args.settings)
+    if settings.pop("multi_label", False):  # dataset.layout fsdkaggle2019: pairs of sounds
+        summary = generate_multilabel_demo_dataset(args.out, settings)
+    else:
+        summary = generate_demo_dataset(args.out, settings)
     log.info(
         "demo dataset: %d training clips (%d verified, %d wrong labels), %d test clips",
         summary["n_train"],

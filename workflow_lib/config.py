@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .dataset_layouts import LAYOUT_KEYS, train_listing_keys
 from .errors import UserError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -82,7 +83,27 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
     demo = settings["demo_data"]
     if demo["min_seconds"] > demo["max_seconds"]:
         problems.append("config key demo_data.min_seconds: must not exceed demo_data.max_seconds")
-    return problems + _chain_checks(settings)
+    return problems + _chain_checks(settings) + unused_dataset_keys(settings)
+
+
+def unused_dataset_keys(settings: Mapping[str, Any], user: Mapping[str, Any] | None = None) -> list[str]:
+    """Keys of the other dataset layout that were set: the chosen layout does not read them,
+    so they are an error rather than silently ignored. Set means: a value other than the
+    schema's default, or given by the user (``--config``, an extra config file)."""
+    dataset = settings["dataset"]
+    layout = dataset.get("layout", "fsdkaggle2018")
+    defaults = load_schema()["properties"]["dataset"]["properties"]
+    given = (user or {}).get("dataset") or {}
+    given = given if isinstance(given, Mapping) else {}
+    problems = []
+    for other, keys in LAYOUT_KEYS.items():
+        for key in keys if other != layout else ():
+            if key in given or dataset.get(key, defaults[key]["default"]) != defaults[key]["default"]:
+                problems.append(
+                    f"config key dataset.{key}: read only by dataset.layout {other}, not by {layout} "
+                    f"(which reads {', '.join(LAYOUT_KEYS[layout])}); remove it or change the layout"
+                )
+    return problems
 
 
 #: Keys every chain may set, whatever its policy.
@@ -294,6 +315,9 @@ def resolve_settings(config: Mapping[str, Any], user: Mapping[str, Any] | None =
     if user:
         settings = deep_merge(settings, {k: v for k, v in user.items() if k in PRESET_SECTIONS})
     validate_settings(settings)
+    problems = unused_dataset_keys(settings, user)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return settings
 
 
@@ -331,7 +355,8 @@ def check_dataset_root(settings: Mapping[str, Any]) -> None:
     root = settings["dataset_root"]
     if not root:
         return
-    train_csv = Path(root) / settings["dataset"]["train_csv"]
+    key = train_listing_keys(settings["dataset"])[0]
+    train_csv = Path(root) / settings["dataset"][key]
     if not train_csv.is_file():
         problem = "does not exist" if not Path(root).exists() else f"holds no {train_csv.name}"
         raise ConfigError(f"config key dataset_root: {root} {problem} (expected {train_csv})")

@@ -1,4 +1,10 @@
-"""Read and validate a dataset in the FSDKaggle2018 layout (docs/method.md "Data contract").
+"""Read and validate a dataset (docs/method.md "Data contract", "Multi-label mode").
+
+Two layouts (config ``dataset.layout``): FSDKaggle2018, one label per clip (``train.csv``:
+fname,label,manually_verified), and FSDKaggle2019, label sets (``train_curated.csv`` and
+``train_noisy.csv``: fname,labels; curated = verified, noisy = unverified; test CSV
+fname,labels[,usage]). Both give the same validated listings: a clip's set is written in the
+``label`` column as in :mod:`workflow_lib.labels`.
 
 Errors stop the run with the file and line named; recoverable problems become logged skips
 listed in ``results/data/problems.csv``:
@@ -17,6 +23,9 @@ CSV with a header but no rows                  error       nothing to train or p
 label in RESERVED_LABELS (fname, __all__...)  error       a column/row of the outputs has it
 label with whitespace                          error       the submission separates labels
                                                            with spaces: it could not be split
+label with a comma                             error       label sets are comma-joined
+repeated label in a set (2019 layout)          ignored     a set holds each label once
+fname in both curated and noisy (2019 layout)  error       two label sets for one clip
 decodable test audio not listed in the CSV     error       it would silently get no prediction
 extra (unknown) column                         ignored     FSDKaggle ships extras
 non-audio file in the test folder (no CSV)     ignored     notes, checksums
@@ -39,10 +48,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .dataset_layouts import is_multi_label
 from .errors import UserError
 from .io import read_csv_str
+from .labels import SEPARATOR, join_labels, split_labels
 
 TRAIN_COLUMNS = ("fname", "label", "manually_verified")
+#: Columns of a FSDKaggle2019 training listing (curated or noisy); ``labels`` holds the set.
+TRAIN_COLUMNS_2019 = ("fname", "labels")
 TEST_USAGES = ("Public", "Private", "Ignored")
 SCORED_USAGES = ("Public", "Private")
 PROBLEM_COLUMNS = ["file", "line", "fname", "problem", "outcome"]
@@ -148,6 +161,11 @@ def _check_label(label: str) -> str:
             f"label {label!r} contains whitespace: the submission lists the top-3 labels "
             "separated by spaces, so it could not be split back; use '_' instead"
         )
+    if SEPARATOR in label:
+        return (
+            f"label {label!r} contains {SEPARATOR!r}, the separator of label sets "
+            "(workflow_lib/labels.py); rename the class"
+        )
     return ""
 
 
@@ -210,6 +228,46 @@ def read_train(
     return frame.reset_index(drop=True)
 
 
+def _parse_set(cell: str, path: Path, line: int, fname: str, problems: Problems) -> str:
+    """The joined label set of a ``labels`` cell; problems of its labels are recorded."""
+    parts = [part.strip() for part in str(cell).split(SEPARATOR) if part.strip()]
+    if not parts:
+        problems.add(path, line, fname, "empty labels", "error")
+        return ""
+    for label in parts:
+        if why := _check_label(label):
+            problems.add(path, line, fname, why, "error")
+    if len(set(parts)) < len(parts):
+        problems.add(path, line, fname, f"repeated label in {cell!r}; counted once", "ignored")
+    return join_labels(parts)
+
+
+def read_train_2019(
+    csv_path: Path,
+    audio_dir: Path,
+    verified: int,
+    problems: Problems,
+    root: Path | None = None,
+    follow_links: bool = False,
+) -> pd.DataFrame | None:
+    """A FSDKaggle2019 listing (curated: ``verified`` 1, noisy: 0) with the columns of
+    :func:`read_train`: fname, label (the joined set), verified, path."""
+    frame = _read(csv_path, TRAIN_COLUMNS_2019, problems)
+    if frame is None:
+        return None
+    _check_names(frame, csv_path, problems)
+    frame = frame.copy()
+    frame["label"] = [
+        _parse_set(cell, csv_path, csv_line(index), fname, problems)
+        for index, fname, cell in zip(frame.index, frame["fname"], frame["labels"])
+    ]
+    exists = _check_exists(frame, audio_dir, csv_path, problems, root or csv_path.parent, follow_links)
+    frame = frame.loc[exists, ["fname", "label"]].copy()
+    frame["verified"] = int(verified)
+    frame["path"] = [str(audio_dir / name) for name in frame["fname"]]
+    return frame.reset_index(drop=True)
+
+
 def _is_audio(path: Path) -> bool:
     """Decodable by libsndfile (the decoder the workflow uses)."""
     import soundfile as sf
@@ -263,12 +321,14 @@ def read_test(
     problems: Problems,
     root: Path | None = None,
     follow_links: bool = False,
+    multi_label: bool = False,
 ) -> pd.DataFrame:
     """Test listing with columns fname, label ('' if unknown), usage, path.
 
     Without a CSV, every audio file in the test folder is predicted and nothing is evaluated.
     Rows whose file is missing or refused keep ``path`` empty: the submission answers them
-    with an empty prediction.
+    with an empty prediction. ``multi_label``: the CSV's label column is ``labels`` (a set,
+    written back joined in sorted order), as in FSDKaggle2019.
     """
     root = root if root is not None else audio_dir.parent
     if csv_path is None or not csv_path.is_file():
@@ -282,14 +342,17 @@ def read_test(
         if "fname" not in frame.columns:
             problems.add(csv_path, 1, "", f"missing column 'fname'; found {list(frame.columns)}", "error")
             return pd.DataFrame(columns=["fname", "label", "usage", "path"])
-        for column in ("label", "usage"):
+        label_column = "labels" if multi_label else "label"
+        for column in (label_column, "usage"):
             if column not in frame.columns:
                 frame[column] = ""
-        for extra in [c for c in frame.columns if c not in ("fname", "label", "usage")]:
+        for extra in [c for c in frame.columns if c not in ("fname", label_column, "usage")]:
             problems.add(csv_path, 1, "", f"unknown column {extra!r} ignored", "ignored")
-        frame = frame[["fname", "label", "usage"]]
+        frame = frame[["fname", label_column, "usage"]].rename(columns={label_column: "label"})
+        if multi_label:
+            frame["label"] = frame["label"].map(lambda cell: join_labels(split_labels(cell)))
         _check_names(frame, csv_path, problems)
-        _check_test_labels(frame, csv_path, classes, problems)
+        _check_test_labels(frame, csv_path, classes, problems, multi_label)
         _unlisted_test_files(frame, audio_dir, csv_path, problems)
         usable = _check_exists(frame, audio_dir, csv_path, problems, root, follow_links)
     frame = frame.copy()
@@ -297,7 +360,10 @@ def read_test(
     return frame.reset_index(drop=True)
 
 
-def _check_test_labels(frame: pd.DataFrame, path: Path, classes: list[str], problems: Problems) -> None:
+def _check_test_labels(
+    frame: pd.DataFrame, path: Path, classes: list[str], problems: Problems, multi_label: bool = False
+) -> None:
+    """Usage values, and every label of a scored clip known from training."""
     known = set(classes)
     for index, row in frame.iterrows():
         usage = row["usage"]
@@ -310,19 +376,23 @@ def _check_test_labels(frame: pd.DataFrame, path: Path, classes: list[str], prob
                 "error",
             )
         scored = usage in SCORED_USAGES or (usage == "" and row["label"] != "")
-        if scored and row["label"] not in known:
-            problems.add(
-                path,
-                csv_line(index),
-                row["fname"],
-                f"label {row['label']!r} never appears in training",
-                "error",
-            )
+        labels = (split_labels(row["label"]) or [""]) if multi_label else [row["label"]]
+        for label in labels if scored else []:
+            if label not in known:
+                problems.add(
+                    path, csv_line(index), row["fname"], f"label {label!r} never appears in training", "error"
+                )
+
+
+def class_members(train: pd.DataFrame) -> pd.DataFrame:
+    """One row per (clip, label it carries): a multi-label clip counts for each of its labels,
+    a single-label clip once."""
+    return train.assign(label=train["label"].map(split_labels)).explode("label")
 
 
 def check_class_sizes(train: pd.DataFrame, folds: int, csv_path: Path, problems: Problems) -> None:
-    """Every class needs at least ``folds`` usable clips to be stratified."""
-    for label, count in train["label"].value_counts().items():
+    """Every class needs at least ``folds`` usable clips (that carry it) to be stratified."""
+    for label, count in class_members(train)["label"].value_counts().items():
         if count < folds:
             problems.add(
                 csv_path,
@@ -333,8 +403,11 @@ def check_class_sizes(train: pd.DataFrame, folds: int, csv_path: Path, problems:
             )
 
 
-def attach_true_labels(train: pd.DataFrame, true_labels_csv: Path | None) -> pd.DataFrame:
-    """Add a ``true_label`` column ('' where unknown) from an optional side CSV."""
+def attach_true_labels(
+    train: pd.DataFrame, true_labels_csv: Path | None, multi_label: bool = False
+) -> pd.DataFrame:
+    """Add a ``true_label`` column ('' where unknown) from an optional side CSV
+    (``multi_label``: a set, written joined in sorted order)."""
     train = train.copy()
     train["true_label"] = ""
     if true_labels_csv is not None and true_labels_csv.is_file():
@@ -342,6 +415,33 @@ def attach_true_labels(train: pd.DataFrame, true_labels_csv: Path | None) -> pd.
         if {"fname", "true_label"} <= set(truth.columns):
             mapping = dict(zip(truth["fname"], truth["true_label"]))
             train["true_label"] = train["fname"].map(mapping).fillna("")
+    if multi_label:
+        train["true_label"] = train["true_label"].map(lambda cell: join_labels(split_labels(cell)))
+    return train
+
+
+def _train_2019(root: Path, dataset: dict, problems: Problems, follow: bool) -> pd.DataFrame | None:
+    """Curated (verified) then noisy (unverified) clips; a clip listed in both is an error."""
+    parts = []
+    listings = (("curated_csv", "curated_audio_dir", 1), ("noisy_csv", "noisy_audio_dir", 0))
+    for csv_key, dir_key, verified in listings:
+        if not dataset[csv_key]:
+            continue  # a dataset without a noisy part
+        csv_path = root / dataset[csv_key]
+        if not csv_path.is_file():
+            raise DatasetError(f"{csv_path}: training list not found (config key dataset.{csv_key})")
+        parts.append(read_train_2019(csv_path, root / dataset[dir_key], verified, problems, root, follow))
+    if any(part is None for part in parts):
+        return None
+    train = pd.concat(parts, ignore_index=True)
+    for fname in sorted(set(parts[0]["fname"]) & set(parts[-1]["fname"])) if len(parts) > 1 else []:
+        problems.add(
+            root / dataset["noisy_csv"],
+            "-",
+            fname,
+            f"{fname!r} is also in the curated list {dataset['curated_csv']}: two label sets for one clip",
+            "error",
+        )
     return train
 
 
@@ -349,25 +449,31 @@ def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFram
     """Read both listings; raise :class:`DatasetError` on errors, return skips in ``Problems``."""
     root = Path(root)
     problems = Problems()
-    train_csv = root / dataset["train_csv"]
-    if not train_csv.is_file():
-        raise DatasetError(f"{train_csv}: training list not found (config key dataset_root={root})")
+    multi_label = is_multi_label(dataset)
     follow = bool(dataset.get("follow_external_symlinks", False))
-    train = read_train(train_csv, root / dataset["train_audio_dir"], problems, root, follow)
+    if multi_label:
+        train_csv = root / dataset["curated_csv"]
+        train = _train_2019(root, dataset, problems, follow)
+    else:
+        train_csv = root / dataset["train_csv"]
+        if not train_csv.is_file():
+            raise DatasetError(f"{train_csv}: training list not found (config key dataset_root={root})")
+        train = read_train(train_csv, root / dataset["train_audio_dir"], problems, root, follow)
     problems.raise_errors()
     check_class_sizes(train, folds, train_csv, problems)
-    classes = sorted(train["label"].unique())
+    classes = sorted(class_members(train)["label"].unique())
     test_csv = root / dataset["test_csv"] if dataset["test_csv"] else None
     test_dir = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else root / "_none_"
-    test = read_test(test_csv, test_dir, classes, problems, root, follow)
+    test = read_test(test_csv, test_dir, classes, problems, root, follow, multi_label)
     problems.raise_errors()
     truth = root / dataset["true_labels_csv"] if dataset["true_labels_csv"] else None
-    return attach_true_labels(train, truth), test, problems
+    return attach_true_labels(train, truth, multi_label), test, problems
 
 
 def class_table(train: pd.DataFrame) -> pd.DataFrame:
-    """One row per class (sorted): index, label, n_train, n_verified, n_unverified."""
-    grouped = train.groupby("label")["verified"]
+    """One row per class (sorted): index, label, n_train, n_verified, n_unverified, each
+    counting the clips that carry the class."""
+    grouped = class_members(train).groupby("label")["verified"]
     table = pd.DataFrame({"n_train": grouped.size(), "n_verified": grouped.sum()}).reset_index()
     table["n_unverified"] = table["n_train"] - table["n_verified"]
     table.insert(0, "index", range(len(table)))

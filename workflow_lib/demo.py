@@ -1,10 +1,14 @@
-"""Generate the synthetic demo dataset in the FSDKaggle2018 layout.
+"""Generate the synthetic demo dataset in the FSDKaggle2018 layout (or, multi-label, 2019).
 
 Clearly different synthetic sound classes, lengths from 0.3 s to 6 s (so the 3,000-frame
 length fix both tiles and cuts), leading and trailing digital silence (so SoX has work to
 do), a verified part and an unverified part whose labels are wrong for a known fraction, the
 true labels kept in ``train_true_labels.csv``, and a test set with Public and Private usage.
 Seeded: the same settings give byte-identical files.
+
+The multi-label demo (:func:`generate_multilabel_demo_dataset`, for ``dataset.layout:
+fsdkaggle2019``) mixes pairs of these sounds with :mod:`workflow_lib.mixtures`: as many
+training and test clips as the single-label demo, each labelled with both of its classes.
 """
 
 from __future__ import annotations
@@ -184,3 +188,36 @@ def generate_demo_dataset(out_dir: Path, settings: Mapping[str, Any]) -> dict[st
     }
     write_json(summary, out_dir / "demo_info.json")
     return summary
+
+
+def generate_multilabel_demo_dataset(out_dir: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the multi-label demo (FSDKaggle2019 layout) to ``out_dir``; return its summary.
+
+    Two synthetic sources per mixture, so ``train_clips_per_class`` x ``n_classes`` training
+    mixtures (curated: ``verified_fraction``; one label wrong in ``noise_rate`` of the noisy
+    ones) and likewise for the test. Each source is synthesised when mixed, from its own seed.
+    """
+    from .mixtures import MixtureSettings, write_mixture_dataset
+
+    classes = list(SOUND_CLASSES)[: settings["n_classes"]]
+    n_train, n_test = 2 * settings["train_clips_per_class"], 2 * settings["test_clips_per_class"]
+    labels = np.repeat(classes, n_train + n_test)
+    sources = pd.DataFrame({"fname": [f"source_{i:05d}" for i in range(len(labels))], "label": labels})
+    sources["group"] = ""
+
+    def load(fname: str) -> tuple[np.ndarray, int]:
+        index = int(fname.rsplit("_", 1)[1])
+        rng = np.random.default_rng([settings["seed"], index])
+        return synthesize_clip(labels[index], rng, settings), settings["sample_rate"]
+
+    mixing = MixtureSettings(
+        test_fraction=n_test / (n_train + n_test),
+        public_fraction=settings["public_fraction"],
+        curated_fraction=settings["verified_fraction"],
+        noise_rate=settings["noise_rate"],
+        seed=settings["seed"],
+    )
+    extra = {"demo_settings": dict(settings)}
+    return write_mixture_dataset(
+        out_dir, sources, load, mixing, overwrite=True, info_name="demo_info.json", info_extra=extra
+    )

@@ -4,6 +4,10 @@ The training list is shuffled with a fixed seed; the verified and the unverified
 split separately, each into ``n_folds`` folds stratified by label. Fold k's validation part is
 verified fold k plus unverified fold k, so each unverified clip is held out from exactly one
 fold model: the one allowed to judge it during self-verification.
+
+Label sets (a multi-label dataset) are dealt by iterative stratification (Sechidis, Tsoumakas
+and Vlahavas, 2011): the rarest label still to deal goes first, each of its clips to the fold
+that most lacks that label; single-label folds are dealt as before, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .labels import SEPARATOR, multi_hot, split_labels
 
 FOLD_COLUMNS = ["fname", "label", "verified", "fold"]
 
@@ -34,10 +39,74 @@ def stratified_assignment(
     return folds
 
 
-def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
-    """Assign a fold to every training clip; verified and unverified stratified separately."""
-    counts = train["label"].value_counts()
-    too_small = counts[counts < n_folds]
+def iterative_assignment(
+    targets: np.ndarray, n_folds: int, rng: np.random.Generator, fold_sizes: np.ndarray | None = None
+) -> np.ndarray:
+    """Folds of clips with label sets (``targets``: 0/1 matrix, clips x classes).
+
+    Iterative stratification: while clips are left, take the label with the fewest clips left
+    (ties: the first), and give each of its clips (in random order) to the fold that most lacks
+    that label, then the fold that most lacks clips, then the fold with the fewest clips so far
+    (``fold_sizes``: clips given earlier, e.g. in the verified pass), then at random. A clip
+    without labels goes to the fold that most lacks clips. Every fold wants 1 / n_folds of each
+    label and of the clips.
+    """
+    targets = np.asarray(targets) > 0.5
+    n_clips = len(targets)
+    wanted_labels = np.tile(targets.sum(axis=0) / n_folds, (n_folds, 1))  # (folds, classes)
+    wanted_clips = np.full(n_folds, n_clips / n_folds)
+    sizes = np.zeros(n_folds) if fold_sizes is None else np.asarray(fold_sizes, dtype=float).copy()
+    folds = np.full(n_clips, -1, dtype=np.int64)
+    left = targets.copy()
+    while left.any():
+        counts = left.sum(axis=0)
+        label = int(np.flatnonzero(counts == counts[counts > 0].min())[0])
+        for clip in rng.permutation(np.flatnonzero(left[:, label])):
+            fold = _neediest(wanted_labels[:, label], wanted_clips, sizes, rng)
+            folds[clip] = fold
+            wanted_labels[fold] -= targets[clip]
+            wanted_clips[fold] -= 1
+            sizes[fold] += 1
+            left[clip] = False
+    for clip in rng.permutation(np.flatnonzero(folds < 0)):
+        fold = _neediest(wanted_clips, wanted_clips, sizes, rng)
+        folds[clip] = fold
+        wanted_clips[fold] -= 1
+        sizes[fold] += 1
+    return folds
+
+
+def _neediest(
+    wanted_label: np.ndarray, wanted_clips: np.ndarray, sizes: np.ndarray, rng: np.random.Generator
+) -> int:
+    """The fold that most lacks the label, then clips, then has the fewest clips; then random."""
+    order = np.lexsort((rng.random(len(sizes)), sizes, -wanted_clips, -wanted_label))
+    return int(order[0])
+
+
+def _too_small(train: pd.DataFrame, n_folds: int, multi_label: bool) -> pd.Series:
+    """Classes (with clip counts) that have fewer clips carrying them than folds."""
+    labels = train["label"].map(split_labels).explode() if multi_label else train["label"]
+    counts = labels.value_counts()
+    return counts[counts < n_folds]
+
+
+def has_label_sets(labels: pd.Series) -> bool:
+    """Whether any cell holds more than one label. Class names never contain the separator
+    (refused at validation), so only a multi-label dataset has such cells; one whose clips all
+    carry one label is stratified exactly as a single-label one, which is what it is."""
+    return bool(labels.astype(str).str.contains(SEPARATOR, regex=False).any())
+
+
+def make_folds(train: pd.DataFrame, n_folds: int, seed: int, multi_label: bool | None = None) -> pd.DataFrame:
+    """Assign a fold to every training clip; verified and unverified stratified separately.
+
+    ``multi_label``: ``label`` holds label sets, dealt by :func:`iterative_assignment`; None:
+    when any clip has more than one label (:func:`has_label_sets`).
+    """
+    if multi_label is None:
+        multi_label = has_label_sets(train["label"])
+    too_small = _too_small(train, n_folds, multi_label)
     if len(too_small):
         raise UserError(
             f"cannot make {n_folds} stratified folds: class(es) "
@@ -50,6 +119,15 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     shuffled = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
     shuffled["fold"] = -1
+    if multi_label:
+        classes = sorted(shuffled["label"].map(split_labels).explode().dropna().unique())
+        sizes = np.zeros(n_folds)
+        for flag in (1, 0):
+            part = shuffled.index[shuffled["verified"].astype(int) == flag]
+            targets = multi_hot(shuffled.loc[part, "label"].tolist(), classes)
+            shuffled.loc[part, "fold"] = iterative_assignment(targets, n_folds, rng, sizes)
+            sizes += np.bincount(shuffled.loc[part, "fold"].astype(int), minlength=n_folds)
+        return shuffled[FOLD_COLUMNS]
     start = 0  # the unverified pass continues where the verified one stopped: sizes stay even
     for flag in (1, 0):
         part = shuffled.index[shuffled["verified"].astype(int) == flag]

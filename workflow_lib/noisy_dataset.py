@@ -299,20 +299,25 @@ def _stratified_mask(labels: np.ndarray, fraction: float, rng: np.random.Generat
     return rank < take[inverse]
 
 
-def _test_mask(clips: pd.DataFrame, settings: NoisyDatasetSettings, rng: np.random.Generator) -> np.ndarray:
-    """Held-out groups when given (no speaker leaks across splits), else stratified fraction."""
-    if not settings.test_groups:
-        return _stratified_mask(clips["label"].to_numpy(), settings.test_fraction, rng)
+def holdout_mask(
+    clips: pd.DataFrame, test_groups: Sequence[str], test_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Held-out groups when given (no speaker leaks across splits), else stratified fraction.
+
+    Also used by :mod:`workflow_lib.mixtures` to hold out the source clips of its test mixtures.
+    """
+    if not test_groups:
+        return _stratified_mask(clips["label"].to_numpy(), test_fraction, rng)
     known = set(clips["group"]) - {""}
     if not known:
         raise ValueError(
             "test_groups given but the labels have no group information "
             "(add (?P<group>...) to name_pattern or a group column to the CSV)"
         )
-    unknown = sorted(set(settings.test_groups) - known)
+    unknown = sorted(set(test_groups) - known)
     if unknown:
         raise ValueError(f"held-out group(s) {unknown} do not exist; groups are {sorted(known)}")
-    return clips["group"].isin(settings.test_groups).to_numpy()
+    return clips["group"].isin(list(test_groups)).to_numpy()
 
 
 def _check_train_classes(classes: list[str], train_labels: pd.Series) -> None:
@@ -325,7 +330,9 @@ def _check_train_classes(classes: list[str], train_labels: pd.Series) -> None:
 def _assign(clips: pd.DataFrame, settings: NoisyDatasetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decide split, usage, verification and noisy labels; returns (train, test) frames."""
     split_ss, public_ss, verified_ss, noise_ss = np.random.SeedSequence(int(settings.seed)).spawn(4)
-    is_test = _test_mask(clips, settings, np.random.default_rng(split_ss))
+    is_test = holdout_mask(
+        clips, settings.test_groups, settings.test_fraction, np.random.default_rng(split_ss)
+    )
     classes = sorted(clips["label"].unique())
     train = clips.loc[~is_test, ["fname", "label"]].reset_index(drop=True)
     test = clips.loc[is_test, ["fname", "label"]].reset_index(drop=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .dataset_layouts import train_listing_keys
+
 #: ``shards: auto`` never makes a shard smaller than this (each job pays imports and set-up).
 MIN_FILES_PER_SHARD = 25
 #: ``shards: auto`` never makes more shards per split than this (a cluster's --jobs can be huge).
@@ -56,4 +58,5 @@ def listed_file_counts(settings: dict, data_root: str | Path | None) -> dict[str
     if test is None:
         folder = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else None
         test = len(list(folder.glob("*.wav"))) if folder is not None and folder.is_dir() else 0
-    return {"train": rows(dataset["train_csv"]) or 0, "test": test}
+    train = sum(rows(dataset[key]) or 0 for key in train_listing_keys(dataset))
+    return {"train": train, "test": test}

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def folds_job(manifest_csv: Path, out_csv: Path, n_folds: int, seed: int) -> pd.DataFrame:
-    """Folds over the usable training clips (files skipped in preprocessing are left out)."""
+    """Folds over the usable training clips (files skipped in preprocessing are left out);
+    label sets (multi-label) are dealt by iterative stratification (workflow_lib/folds.py)."""
     manifest = read_csv_str(manifest_csv)
     usable = manifest[manifest["status"].isin(USABLE_STATUSES)]
     left_out = len(manifest) - len(usable)
