@@ -322,7 +322,7 @@ def evaluate_multi_label(
     scores = probabilities(logits, multi_label=True).numpy()
     return {
         "valid_loss": float(binary_cross_entropy(logits, truth)),
-        "valid_acc": float(top1_in_target(logits, truth).float().mean()),
+        "valid_acc": float(top1_in_target(logits, truth).numpy().mean()),  # float64, as single-label
         "valid_map3": first_true_rank_score(scores, truth.numpy()),
         "valid_lwlrap": lwlrap(truth.numpy(), scores),
     }
