@@ -21,8 +21,11 @@ BUNDLE_FILES = {
 
 def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The part of the resolved workflow settings a tagger needs (JSON-able)."""
+    from .config import is_multi_label  # resolved settings come from there anyway
+
     method, pre = settings["method"], settings["preprocessing"]
-    return {
+    # multi-label (sigmoid) models: only then the key, so single-label settings stay as they were
+    return ({"multi_label": True} if is_multi_label(settings) else {}) | {
         "sample_rate": pre["sample_rate"],
         "sox_effects": list(pre["sox_effects"]),
         "spectrograms": pre["spectrograms"],

@@ -174,6 +174,7 @@ def folds(args: argparse.Namespace) -> None:
 )
 def train(args: argparse.Namespace) -> None:
     """Train one fold model (initial training, or fine-tuning with --train-list and --init)."""
+    from .selection import best_epoch_row
     from .stages import TrainingJob, run_training_job
     from .training import CheckpointPolicy, FitSettings, RunOptions
 
@@ -198,19 +199,17 @@ def train(args: argparse.Namespace) -> None:
             CheckpointPolicy.from_settings(run.get("checkpoint_every")),
             compile=bool(run.get("compile", False)),
         ),
+        multi_label=bool(s.get("multi_label", False)),
     )
     history = run_training_job(job)
-    best = (
-        history.loc[history["valid_loss"].idxmin()]
-        if history["valid_loss"].notna().any()
-        else history.iloc[-1]
-    )
+    best = best_epoch_row(history)
     log.info(
-        "best epoch %d: valid loss %.4f, accuracy %.4f, MAP@3 %.4f",
+        "best epoch %d: valid loss %.4f, accuracy %.4f, MAP@3 %.4f%s",
         best["epoch"],
         best["valid_loss"],
         best["valid_acc"],
         best["valid_map3"],
+        f", lwlrap {best['valid_lwlrap']:.4f}" if job.multi_label else "",
     )
 
 
@@ -221,12 +220,12 @@ def fold_paths(pairs: list[str]) -> dict[int, Path]:
 
 @command(
     "initial-list",
-    arg("--start", choices=["all", "verified"], required=True),
+    arg("--start", choices=["all", "verified", "noisy"], required=True),
     arg("--folds", type=Path, required=True),
     arg("--out", type=Path, required=True),
 )
 def initial_list(args: argparse.Namespace) -> None:
-    """train.csv layout naming the clips iteration 0 trains on (all, or the verified ones)."""
+    """train.csv layout naming the clips iteration 0 trains on (all, the verified, or the unverified ones)."""
     from .stages import initial_list_job
 
     table = initial_list_job(args.folds, args.out, args.start)
@@ -299,14 +298,15 @@ def self_verify(args: argparse.Namespace) -> None:
     arg("--out", type=Path, required=True),
 )
 def select(args: argparse.Namespace) -> None:
-    """Pick the iteration with the lowest mean verified validation loss (near-tie rule)."""
+    """Pick the iteration with the lowest mean verified validation loss (multi-label: the highest
+    mean lwlrap; near-tie rule)."""
     from .io import write_csv
     from .selection import selection_table
 
     table = selection_table(iteration_fold_paths(args.histories), args.tolerance)
     if table["near_tie"].sum() > 1:
         log.warning(
-            "iterations %s are within %g of the lowest mean validation loss: chose the "
+            "iterations %s are within %g of the best mean validation score: chose the "
             "highest mean accuracy among them, then the earliest",
             table.loc[table["near_tie"], "iteration"].tolist(),
             args.tolerance,
@@ -314,10 +314,11 @@ def select(args: argparse.Namespace) -> None:
     write_csv(table, args.out)
     chosen = table.loc[table["chosen"]].iloc[0]
     log.info(
-        "chosen iteration %d: mean valid loss %.4f, accuracy %.4f",
+        "chosen iteration %d: mean valid loss %.4f, accuracy %.4f%s",
         chosen["iteration"],
         chosen["mean_valid_loss"],
         chosen["mean_valid_acc"],
+        f", lwlrap {chosen['mean_valid_lwlrap']:.4f}" if "mean_valid_lwlrap" in chosen else "",
     )
 
 
@@ -568,6 +569,11 @@ def systems(args: argparse.Namespace) -> None:
         help="the run's overrides, as given to snakemake --config (e.g. run_preset=paper)",
     ),
     arg("--top-k", type=int, default=3, help="labels per row (3)"),
+    arg(
+        "--threshold",
+        type=float,
+        help="multi-label taggers: tag every class whose probability reaches this (0.5)",
+    ),
     arg("--all-classes", action="store_true", help="add one posterior column per class"),
     arg(
         "--batch-size",

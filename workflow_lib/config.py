@@ -145,7 +145,7 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
             )
         if "correct_threshold" in chain and not chain.get("correct_labels"):
             problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
-    if settings["dataset"].get("layout") == "fsdkaggle2019":
+    if is_multi_label(settings):
         problems += _multi_label_chain_checks(chains, [c for c in settings["run_chains"] if c in chains])
     return problems
 
@@ -208,7 +208,8 @@ def derive_seed(base: int, *parts: object) -> int:
 def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> dict[str, Any]:
     """Settings of one training job: initial training (iteration 0) or fine-tuning (>= 1).
 
-    Returns plain JSON-able values (the rule passes them on the command line).
+    Returns plain JSON-able values (the rule passes them on the command line); ``multi_label:
+    true`` is added for the multi-label layout only.
     """
     method, compute = settings["method"], settings["compute"]
     net = method["nets"][preset]
@@ -226,7 +227,7 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
         "amp": compute["amp"],
     }
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
-    return {
+    job = {
         "preset": preset,
         "net": {**net, "dropout": dropout},
         "fit": fit,
@@ -234,6 +235,14 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
         "device": compute["device"],
         "run": {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]},
     }
+    if is_multi_label(settings):  # only then: single-label jobs' settings stay as they were
+        job["multi_label"] = True
+    return job
+
+
+def is_multi_label(settings: Mapping[str, Any]) -> bool:
+    """Multi-label task (label sets, sigmoid outputs, lwlrap): the FSDKaggle2019 layout."""
+    return settings.get("dataset", {}).get("layout", "fsdkaggle2018") == "fsdkaggle2019"
 
 
 def gpus_per_training_job(compute: Mapping[str, Any]) -> int:

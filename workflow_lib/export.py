@@ -27,6 +27,7 @@ from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
 from .layout import Layout
+from .model import probabilities
 from .selection import chosen_iteration
 from .stages import load_model, read_classes
 from .tagger import TaggerSpec, TaggingError
@@ -40,8 +41,9 @@ class FusedTagger(nn.Module):
     """Spectrograms (one (batch, 1, 128, time) tensor per version) -> fused posteriors.
 
     ``members[m]`` are preset m's fold models, fed input ``inputs[m]``; their softmax outputs
-    are averaged (as ``predict`` does), then the presets are fused with ``weights`` and, for
-    the learned fusion, ``bias``.
+    (``multi_label``: per-class sigmoids, :func:`workflow_lib.model.probabilities`) are
+    averaged (as ``predict`` does), then the presets are fused with ``weights`` and, for the
+    learned fusion, ``bias``.
     """
 
     def __init__(
@@ -50,10 +52,12 @@ class FusedTagger(nn.Module):
         inputs: Sequence[int],
         weights: np.ndarray,
         bias: np.ndarray | None,
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
         self.members = nn.ModuleList(nn.ModuleList(folds) for folds in members)
         self.inputs = list(inputs)
+        self.multi_label = bool(multi_label)
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
         self.learned = bias is not None
         self.register_buffer("bias", torch.as_tensor(bias if bias is not None else [], dtype=torch.float32))
@@ -62,8 +66,9 @@ class FusedTagger(nn.Module):
         per_preset = []
         for index, folds in zip(self.inputs, self.members):
             x = spectrograms[index]
-            per_preset.append(torch.stack([torch.softmax(m(x), dim=1) for m in folds]).mean(0))
-        return fused_posteriors(torch.stack(per_preset), self.weights, self.bias if self.learned else None)
+            per_preset.append(torch.stack([probabilities(m(x), self.multi_label) for m in folds]).mean(0))
+        bias = self.bias if self.learned else None
+        return fused_posteriors(torch.stack(per_preset), self.weights, bias, self.multi_label)
 
 
 # --------------------------------------------------------------------------- from a run
@@ -120,7 +125,7 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
         )
     classes = read_classes(needed[0])
     weights, bias = _fusion_parameters(needed[1], settings["presets"], classes, settings["fusion"])
-    members, described = [], []
+    members, described, modes = [], [], set()
     versions = sorted({settings["nets"][p]["spectrogram"] for p in settings["presets"]})
     for preset, weight in zip(settings["presets"], weights):
         iteration = chosen_iteration(layout.selection(chain, preset))
@@ -131,6 +136,7 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
                 raise TaggingError(f"{path} is missing")
             model, meta = load_model(path)
             _check_checkpoint(meta, preset, settings["nets"][preset], classes, path)
+            modes.add(bool(meta.get("multi_label", False)))
             folds.append(model)
         members.append(folds)
         described.append(
@@ -142,8 +148,10 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
                 "weight": float(weight),
             }
         )
+    multi_label = _checked_mode(modes, settings, results)
     spec = TaggerSpec(
         classes=classes,
+        multi_label=multi_label,
         sample_rate=settings["sample_rate"],
         sox_effects=settings["sox_effects"],
         spectrograms=settings.get("spectrograms", "fast"),
@@ -153,7 +161,23 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
         presets=described,
     )
     inputs = [versions.index(settings["nets"][p]["spectrogram"]) for p in settings["presets"]]
-    return spec, FusedTagger(members, inputs, weights, bias).eval()
+    return spec, FusedTagger(members, inputs, weights, bias, multi_label).eval()
+
+
+def _checked_mode(modes: set[bool], settings: Mapping[str, Any], results: Path) -> bool:
+    """Single- or multi-label, as every exported checkpoint and the settings agree."""
+    wanted = bool(settings.get("multi_label", False))
+    if modes != {wanted}:
+        found = (
+            "a mix of single- and multi-label"
+            if len(modes) > 1
+            else ("multi" if True in modes else "single") + "-label"
+        )
+        raise TaggingError(
+            f"the models of {results} are {found}, the settings say "
+            f"{'multi' if wanted else 'single'}-label: pass the run's settings (--configfile, --config)"
+        )
+    return wanted
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -258,7 +282,12 @@ def model_card(spec: TaggerSpec, results: Path, dataset: str, summary: Path | No
             f"Fusion: {spec.fusion}. Input: per spectrogram version a (batch, 1, "
             f"{spec.n_bins}, time) float32 array, time length-fixed to {spec.frames} "
             "frames (tiled, then cut) as in training; output: (batch, classes) "
-            "posteriors."
+            + (
+                "independent per-class probabilities (sigmoid; multi-label: a clip may carry "
+                "any set of classes)."
+                if spec.multi_label
+                else "posteriors."
+            )
         ),
         "Preprocessing settings: `preprocessing.json`.",
         "",

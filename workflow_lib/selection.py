@@ -7,6 +7,11 @@ Near-ties (config key trust.selection_tolerance): the iterations whose mean loss
 the tolerance of the lowest are equally good by loss; among them the highest mean validation
 accuracy wins, then the earlier iteration. With tolerance 0 this is the lowest loss, earliest
 on exact ties.
+
+Multi-label runs (their histories have a ``valid_lwlrap`` column, training.py): each fold's
+kept epoch is its highest validation lwlrap, and the chosen iteration the one with the highest
+mean lwlrap over the folds; the tolerance then applies to the lwlrap (iterations within it of
+the highest are near-ties, won by the higher mean accuracy, then the earlier iteration).
 """
 
 from __future__ import annotations
@@ -17,13 +22,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
+
 METRICS = ("valid_loss", "valid_acc", "valid_map3")
+LWLRAP = "valid_lwlrap"  # multi-label histories only
+
+
+def is_multi_label(history: pd.DataFrame) -> bool:
+    return LWLRAP in history.columns
 
 
 def best_epoch_row(history: pd.DataFrame) -> pd.Series:
-    """The epoch whose parameters were kept: lowest validation loss (or the last one)."""
-    if history["valid_loss"].notna().any():
-        return history.loc[history["valid_loss"].idxmin()]
+    """The epoch whose parameters were kept: lowest validation loss, or (multi-label) highest
+    validation lwlrap, the first on ties; the last one when nothing was validated."""
+    column = LWLRAP if is_multi_label(history) else "valid_loss"
+    if history[column].notna().any():
+        best = history[column].idxmax() if column == LWLRAP else history[column].idxmin()
+        return history.loc[best]
     return history.iloc[-1]
 
 
@@ -32,29 +47,48 @@ def selection_table(histories: Mapping[tuple[int, int], Path], tolerance: float 
     (within ``tolerance`` of the lowest mean loss) and ``chosen`` (see the module docstring).
     """
     rows: dict[int, dict] = {}
+    modes = set()
     for (iteration, fold), path in sorted(histories.items()):
-        best = best_epoch_row(pd.read_csv(path))
+        history = pd.read_csv(path)
+        modes.add(is_multi_label(history))
+        best = best_epoch_row(history)
         row = rows.setdefault(iteration, {"iteration": iteration})
         row[f"fold{fold}_best_epoch"] = int(best["epoch"])
-        for metric in METRICS:
+        for metric in metrics_of(is_multi_label(history)):
             row[f"fold{fold}_{metric}"] = float(best[metric])
+    if len(modes) > 1:
+        raise UserError("the histories mix single-label and multi-label runs (valid_lwlrap in some only)")
+    metrics = metrics_of(modes == {True})
     table = pd.DataFrame(list(rows.values())).sort_values("iteration").reset_index(drop=True)
-    for metric in METRICS:
+    for n, metric in enumerate(metrics):
         columns = [c for c in table.columns if c.endswith(f"_{metric}") and c.startswith("fold")]
-        table.insert(1 + METRICS.index(metric), f"mean_{metric}", table[columns].mean(axis=1))
-    losses = table["mean_valid_loss"].to_numpy(dtype=float)
+        table.insert(1 + n, f"mean_{metric}", table[columns].mean(axis=1))
+    scores = criterion(table)
     within = (
-        (losses <= np.nanmin(losses) + tolerance) if np.isfinite(losses).any() else np.zeros(len(table), bool)
+        (scores <= np.nanmin(scores) + tolerance) if np.isfinite(scores).any() else np.zeros(len(table), bool)
     )
-    table["near_tie"] = within & (within.sum() > 1)  # more than one iteration as good by loss
+    table["near_tie"] = within & (within.sum() > 1)  # more than one iteration as good
     table["chosen"] = np.arange(len(table)) == choose(table, tolerance)
     return table
 
 
+def metrics_of(multi_label: bool) -> tuple[str, ...]:
+    return (*METRICS, LWLRAP) if multi_label else METRICS
+
+
+def criterion(table: pd.DataFrame) -> np.ndarray:
+    """What selection minimises: the mean validation loss, or (multi-label tables) minus the
+    mean validation lwlrap."""
+    if f"mean_{LWLRAP}" in table.columns:
+        return -table[f"mean_{LWLRAP}"].to_numpy(dtype=float)
+    return table["mean_valid_loss"].to_numpy(dtype=float)
+
+
 def choose(table: pd.DataFrame, tolerance: float) -> int:
-    """Row of the chosen iteration: among those within ``tolerance`` of the lowest mean loss,
-    the highest mean accuracy, then the earliest (the last one when no loss is known)."""
-    losses = table["mean_valid_loss"].to_numpy(dtype=float)
+    """Row of the chosen iteration: among those within ``tolerance`` of the lowest mean loss
+    (multi-label: of the highest mean lwlrap), the highest mean accuracy, then the earliest
+    (the last one when no score is known)."""
+    losses = criterion(table)
     if not np.isfinite(losses).any():
         return len(table) - 1
     if tolerance <= 0:

@@ -23,9 +23,11 @@ from .devices import select_device
 from .errors import UserError
 from .folds import make_folds, split_fold
 from .io import atomic_path, read_csv_str, write_csv
+from .labels import multi_hot, split_labels
 from .model import build_model
 from .preprocess import SpectrogramStore
-from .training import HISTORY_COLUMNS, FitSettings, RunOptions, fit
+from .selection import best_epoch_row
+from .training import FitSettings, RunOptions, fit, history_columns
 
 if TYPE_CHECKING:  # imported where used: self-verification loads only in its own job
     from .policies import Clips
@@ -72,13 +74,17 @@ class TrainingJob:
     train_list_csv: Path | None = None  # fine-tuning: the self-verified list of iteration i
     init_checkpoint: Path | None = None  # fine-tuning: the fold's iteration-i parameters
     options: RunOptions = RunOptions()  # checkpoints, compile: how, not what (not fingerprinted)
+    multi_label: bool = False  # label sets, BCE on sigmoids (dataset.layout fsdkaggle2019)
 
 
 def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training clips, verified validation clips) of the job's fold, with class indices.
+    """(training clips, verified validation clips) of the job's fold, with class indices
+    (column ``target``; multi-label: no ``target``, the label sets stay in ``label`` and
+    :func:`targets_of` makes the multi-hot rows).
 
     With a training list (train.csv layout), only its ``manually_verified == 1`` clips train,
-    under the list's ``label`` (a policy may correct one) and, when present, its ``weight``.
+    under the list's ``label`` (a policy may correct one, or keep a trusted subset of a set)
+    and, when present, its ``weight``.
     """
     folds = read_csv_str(job.folds_csv)
     train, valid = split_fold(folds, job.fold)
@@ -90,10 +96,30 @@ def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, p
         if "weight" in listing:
             train = train.assign(weight=train["fname"].map(listing["weight"]).astype(float))
     valid = valid[valid["verified"].astype(int) == 1]
+    if job.multi_label:
+        return _checked_sets(train, classes), _checked_sets(valid, classes)
     index = {label: i for i, label in enumerate(classes)}
     train = train.assign(target=train["label"].map(index))
     valid = valid.assign(target=valid["label"].map(index))
     return train.reset_index(drop=True), valid.reset_index(drop=True)
+
+
+def _checked_sets(clips: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Multi-label clips with their label sets checked: every label a class, no empty set
+    (a clip without a label would train as 'no class present')."""
+    known = set(classes)
+    for fname, cell in zip(clips["fname"], clips["label"].fillna("")):
+        labels = split_labels(cell)
+        unknown = [label for label in labels if label not in known]
+        if not labels or unknown:
+            problem = f"labels {unknown} not in classes.csv" if unknown else "no label"
+            raise UserError(f"training clip {fname}: {problem}")
+    return clips.reset_index(drop=True)
+
+
+def targets_of(clips: pd.DataFrame, classes: list[str], multi_label: bool) -> np.ndarray:
+    """Training targets: class indices, or multi-hot rows of the ``label`` sets."""
+    return multi_hot(clips["label"], classes) if multi_label else clips["target"].to_numpy()
 
 
 def loss_weights(train: pd.DataFrame) -> np.ndarray | None:
@@ -112,14 +138,22 @@ def file_digest(path: Path | None) -> str:
 
 def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> str:
     """Identifies a run's settings and data; a checkpoint from another run is never resumed."""
+
+    def targets(clips: pd.DataFrame) -> list:
+        if job.multi_label:  # the label-set cell
+            return clips["label"].astype(str).tolist()
+        return clips["target"].astype(int).tolist()
+
     payload = {
         "fit": asdict(job.fit),
         "net": job.net,
         "frames": job.frames,
-        "train": list(zip(train["fname"], train["target"].astype(int).tolist())),
-        "valid": list(zip(valid["fname"], valid["target"].astype(int).tolist())),
+        "train": list(zip(train["fname"], targets(train))),
+        "valid": list(zip(valid["fname"], targets(valid))),
         "init": file_digest(job.init_checkpoint),
     }
+    if job.multi_label:  # only when set: single-label fingerprints stay as they were
+        payload["multi_label"] = True
     weights = loss_weights(train)
     if weights is not None:
         payload["weights"] = [round(float(w), 6) for w in weights]
@@ -127,7 +161,14 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
 
 
 def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str], **extra) -> None:
-    """A self-describing parameter file: enough to rebuild the network and name its outputs."""
+    """A self-describing parameter file: enough to rebuild the network and name its outputs.
+
+    Multi-label models carry ``multi_label: True`` (absent: single-label, softmax), so whatever
+    loads one turns its logits into probabilities the way it was trained
+    (:func:`workflow_lib.model.probabilities`).
+    """
+    if job.multi_label:
+        extra = {**extra, "multi_label": True}
     with atomic_path(path) as tmp:
         torch.save(
             {
@@ -145,7 +186,8 @@ def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a saved network in evaluation mode; returns (model, metadata)."""
+    """Rebuild a saved network in evaluation mode; returns (model, metadata). Its outputs are
+    turned into probabilities with ``metadata.get("multi_label", False)``."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
     model = build_model(saved["width"], len(saved["classes"]), tuple(saved["dropout"]))
     model.load_state_dict(saved["state_dict"])
@@ -173,22 +215,20 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     state = fit(
         model,
         train_bank,
-        train["target"].to_numpy(),
+        targets_of(train, classes, job.multi_label),
         valid_bank,
-        valid["target"].to_numpy(),
+        targets_of(valid, classes, job.multi_label),
         job.fit,
         job.out_dir / "resume.pt",
         fingerprint(job, train, valid),
         on_epoch=lambda h: write_csv(h, history_csv),
         options=job.options,
         train_weights=loss_weights(train),
+        multi_label=job.multi_label,
     )
-    history = pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
-    best_epoch = (
-        int(history.loc[history["valid_loss"].idxmin(), "epoch"])
-        if history["valid_loss"].notna().any()
-        else len(history)
-    )
+    history = pd.DataFrame(state.history, columns=history_columns(job.multi_label))
+    best = best_epoch_row(history)
+    scores = {"valid_lwlrap": float(best["valid_lwlrap"])} if job.multi_label else {}
     save_model(
         job.out_dir / "last.pt",
         {k: v.cpu() for k, v in model.state_dict().items()},
@@ -197,7 +237,13 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
         epoch=len(history),
     )
     save_model(
-        job.out_dir / "best.pt", state.best_state, job, classes, epoch=best_epoch, valid_loss=state.best_loss
+        job.out_dir / "best.pt",
+        state.best_state,
+        job,
+        classes,
+        epoch=int(best["epoch"]),
+        valid_loss=state.best_loss,
+        **scores,
     )
     write_csv(history, history_csv)
     (job.out_dir / "resume.pt").unlink(missing_ok=True)
@@ -210,16 +256,39 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
 
 def fold_models(model_paths: dict[int, Path], device: str) -> dict[int, torch.nn.Module]:
     """{fold: network in evaluation mode} from {fold: best.pt}."""
-    return {fold: load_model(path, device)[0] for fold, path in model_paths.items()}
+    return load_fold_models(model_paths, device)[0]
+
+
+def load_fold_models(model_paths: dict[int, Path], device: str) -> tuple[dict[int, torch.nn.Module], bool]:
+    """({fold: network in evaluation mode}, multi_label) from {fold: best.pt}; the models of
+    one iteration are all single-label or all multi-label (else a UserError)."""
+    models, modes = {}, set()
+    for fold, path in model_paths.items():
+        models[fold], saved = load_model(path, device)
+        modes.add(bool(saved.get("multi_label", False)))
+    if len(modes) > 1:
+        raise UserError(
+            f"the models {sorted(map(str, model_paths.values()))} mix single- and multi-label networks"
+        )
+    return models, modes == {True}
+
+
+#: Iteration-0 training sets (config ``chains.*.start``).
+STARTS = ("all", "verified", "noisy")
 
 
 def initial_list_job(folds_csv: Path, out_csv: Path, start: str) -> pd.DataFrame:
     """train.csv layout naming the clips iteration 0 trains on, with their given labels:
-    ``all`` every clip, ``verified`` the verified clips only."""
-    if start not in ("all", "verified"):
-        raise UserError(f"unknown iteration-0 training set {start!r}; one of all, verified")
+    ``all`` every clip, ``verified`` the verified clips only, ``noisy`` the unverified clips
+    only (a warm-up: the chain's fine-tuning then trains on the verified + trusted clips of
+    its self-verified lists, as the DCASE 2019 systems trained on the noisy set first)."""
+    if start not in STARTS:
+        raise UserError(f"unknown iteration-0 training set {start!r}; one of {', '.join(STARTS)}")
     folds = read_csv_str(folds_csv)
-    trusted = folds["verified"].astype(int) if start == "verified" else 1
+    verified = folds["verified"].astype(int)
+    trusted = {"all": 1, "verified": verified, "noisy": 1 - verified}[start]
+    if start == "noisy" and not (verified == 0).any():
+        raise UserError("start: noisy trains iteration 0 on the unverified clips, and there are none")
     table = pd.DataFrame({"fname": folds["fname"], "label": folds["label"], "manually_verified": trusted})
     write_csv(table, out_csv)
     return table
@@ -368,14 +437,18 @@ def write_test_posteriors(
     batch_size: int,
     device: torch.device,
     out_csv: Path,
+    multi_label: bool = False,
 ) -> None:
-    """Fold-averaged posteriors of every test clip on its whole length-fixed spectrogram."""
+    """Fold-averaged posteriors (softmax, or sigmoid when ``multi_label``) of every test clip on
+    its whole length-fixed spectrogram."""
     from .fusion import probability_frame
     from .training import predict_whole
 
     store = SpectrogramStore.open(test_manifest)
     bank = ClipBank.from_store(store, list(store.manifest["fname"]), frames, device)
-    probs = np.mean([predict_whole(m, bank, batch_size) for m in models.values()], axis=0)
+    probs = np.mean(
+        [predict_whole(m, bank, batch_size, multi_label=multi_label) for m in models.values()], axis=0
+    )
     write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
 
 
@@ -396,7 +469,8 @@ def predict_job(
 ) -> int:
     """Chosen iteration's fold models ({(iteration, fold): best.pt}): test posteriors (fold
     average) and out-of-fold posteriors of the verified validation clips (for the learned
-    fusion). Returns the iteration."""
+    fusion). Posteriors are sigmoids when the models are multi-label (their ``multi_label``
+    flag). Returns the iteration."""
     from .fusion import probability_frame
     from .selection import chosen_iteration
     from .training import predict_whole
@@ -408,14 +482,17 @@ def predict_job(
     choice = select_device(device, lock_dir, threads)
     classes = read_classes(classes_csv)
     folds = read_csv_str(folds_csv)
-    models_by_fold = fold_models(paths, choice.device)
-    write_test_posteriors(models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test)
+    models_by_fold, multi_label = load_fold_models(paths, choice.device)
+    write_test_posteriors(
+        models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test, multi_label
+    )
     train_store = SpectrogramStore.open(train_manifest)
     parts = []
     for k, model in models_by_fold.items():
         valid = folds[(folds["fold"].astype(int) == k) & (folds["verified"] == "1")]
         bank = ClipBank.from_store(train_store, list(valid["fname"]), frames, choice.device)
-        frame = probability_frame(valid["fname"], predict_whole(model, bank, batch_size), classes)
+        probs = predict_whole(model, bank, batch_size, multi_label=multi_label)
+        frame = probability_frame(valid["fname"], probs, classes)
         frame.insert(1, "label", valid["label"].to_numpy())
         frame.insert(2, "fold", k)
         parts.append(frame)

@@ -72,7 +72,9 @@ class TaggerSpec:
 
     ``versions`` lists the spectrogram versions in the order of the network's inputs
     (``spec_v{version}``); ``presets`` describes the fused models (name, spectrogram, width,
-    iteration, folds, weight) for the model card and for checks.
+    iteration, folds, weight) for the model card and for checks. ``multi_label``: the outputs
+    are independent per-class probabilities, and a clip is tagged with every class whose
+    probability reaches a threshold (``--threshold``).
     """
 
     classes: list[str]
@@ -84,6 +86,7 @@ class TaggerSpec:
     presets: list[dict] = field(default_factory=list)
     n_bins: int = 128
     spectrograms: str = "fast"  # preprocessing.spectrograms of the run (fast | reference)
+    multi_label: bool = False  # per-class sigmoid outputs (dataset layout fsdkaggle2019)
 
     @property
     def input_names(self) -> list[str]:
@@ -93,6 +96,8 @@ class TaggerSpec:
         """The JSON written to preprocessing.json (the classes go to classes.csv)."""
         data = asdict(self)
         data.pop("classes")
+        if not self.multi_label:  # single-label bundles are written as before
+            data.pop("multi_label")
         data["inputs"] = [
             {"name": name, "version": v, "shape": ["batch", 1, self.n_bins, "time"]}
             for name, v in zip(self.input_names, self.versions)
@@ -248,6 +253,18 @@ def _batches(
 # --------------------------------------------------------------------------- outputs
 
 
+#: Default ``--threshold`` of a multi-label tagger (a class is tagged from this probability on).
+DEFAULT_THRESHOLD = 0.5
+
+
+def tagged_set(probs: np.ndarray, classes: Sequence[str], threshold: float) -> tuple[str, str]:
+    """(``labels``, ``scores``) cells of a multi-label row: every class whose probability is
+    at least ``threshold``, highest first, comma-joined, and their probabilities (4 decimals)
+    in the same order; ('', '') when none reaches it."""
+    chosen = [i for i in np.argsort(-probs, kind="stable") if probs[i] >= threshold]
+    return ",".join(classes[i] for i in chosen), ",".join(f"{probs[i]:.4f}" for i in chosen)
+
+
 def result_frame(
     prepared: Sequence[Prepared],
     probs: np.ndarray,
@@ -255,15 +272,22 @@ def result_frame(
     top_k: int,
     all_classes: bool,
     timeline: bool,
+    threshold: float | None = None,
 ) -> pd.DataFrame:
-    """One row per item: fname[, start, end], label_1, p_1 ... label_k, p_k, status, audio,
-    detail[, one posterior column per class]. Items that failed have empty labels and NaN."""
+    """One row per item: fname[, start, end][, labels, scores], label_1, p_1 ... label_k, p_k,
+    status, audio, detail[, one posterior column per class]. Items that failed have empty
+    labels and NaN. ``labels``/``scores`` (multi-label taggers, ``threshold`` given): see
+    :func:`tagged_set`."""
     k = min(top_k, len(classes))
     rows = []
     for row_index, p in enumerate(prepared):
         row: dict = {"fname": str(p.item.path)}
         if timeline:
             row["start"], row["end"] = p.item.start, p.item.end
+        if threshold is not None:
+            row["labels"], row["scores"] = (
+                tagged_set(probs[row_index], classes, threshold) if p.status == OK else ("", "")
+            )
         ranked = np.argsort(-probs[row_index], kind="stable")[:k] if p.status == OK else []
         for rank in range(k):
             row[f"label_{rank + 1}"] = classes[ranked[rank]] if len(ranked) else ""
@@ -479,6 +503,7 @@ class TagOptions:
     configfile: Path | None = None
     config: list[str] = field(default_factory=list)
     top_k: int = 3
+    threshold: float | None = None  # multi-label taggers only (default DEFAULT_THRESHOLD)
     all_classes: bool = False
     batch_size: int | None = None
     device: str = "auto"
@@ -523,6 +548,21 @@ def check_options(o: TagOptions) -> None:
         )
     if o.top_k < 1 or o.jobs < 1 or (o.batch_size is not None and o.batch_size < 1):
         raise TaggingError("--top-k, --jobs and --batch-size must be at least 1")
+    if o.threshold is not None and not 0.0 < o.threshold <= 1.0:
+        raise TaggingError("--threshold must lie in (0, 1]")
+
+
+def label_threshold(o: TagOptions, spec: TaggerSpec) -> float | None:
+    """The multi-label tagging threshold (None: a single-label tagger, which ranks only);
+    --threshold given for a single-label tagger is refused, not ignored."""
+    if spec.multi_label:
+        return DEFAULT_THRESHOLD if o.threshold is None else o.threshold
+    if o.threshold is not None:
+        raise TaggingError(
+            "--threshold applies to multi-label taggers; this one is single-label (one class per "
+            "clip): read label_1 ... label_k"
+        )
+    return None
 
 
 def stdin_to_wav(rate: int, folder: Path) -> Path:
@@ -569,6 +609,7 @@ def run_tag(o: TagOptions) -> int:
 
     check_options(o)
     spec, backend, default_batch = open_tagger(o)
+    threshold = label_threshold(o, spec)
     with tempfile.TemporaryDirectory(prefix="sv_tag_stdin_") as folder:
         shown = {}
         inputs = []
@@ -587,7 +628,9 @@ def run_tag(o: TagOptions) -> int:
             items = [Item(path) for path in files]
         prepared, probs = tag_items(items, spec, backend, o.batch_size or default_batch, o.jobs)
     probs = np.concatenate([probs, np.full((len(failed), len(spec.classes)), np.nan)])
-    frame = result_frame(prepared + failed, probs, spec.classes, o.top_k, o.all_classes, o.timeline)
+    frame = result_frame(
+        prepared + failed, probs, spec.classes, o.top_k, o.all_classes, o.timeline, threshold
+    )
     if o.timeline and items:
         timeline_plot(
             frame.iloc[: len(items)], spec.classes, probs[: len(items)], o.plot or o.out.with_suffix(".png")

@@ -1,5 +1,10 @@
 """The training loop: excerpts, mixup, soft-target cross-entropy, Adam, schedule, validation.
 
+Multi-label mode (``multi_label=True``, dataset layout fsdkaggle2019): the targets are multi-hot
+label sets, the loss is binary cross-entropy on per-class sigmoids (mixup mixes the multi-hot
+targets the same way), validation adds ``valid_lwlrap`` and the kept epoch is the one with the
+highest validation lwlrap (see :func:`improves`). Single-label runs are computed as before.
+
 Used for both stages of docs/method.md: initial training (all clips of the fold, mixup, 500
 epochs) and fine-tuning (verified + self-verified clips, no mixup, 30 epochs).
 
@@ -35,7 +40,8 @@ from torch import nn
 
 from .data import ClipBank
 from .io import atomic_path
-from .metrics import accuracy, map_at_3
+from .metrics import accuracy, lwlrap, map_at_3
+from .model import probabilities
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,15 @@ HISTORY_COLUMNS = [
     "valid_map3",
     "seconds",
 ]
+
+#: Multi-label history: the same columns (losses are BCE; accuracy = top-1 label in the true
+#: set; MAP@3 = reciprocal rank of the first true label in the top 3), plus the lwlrap.
+MULTI_LABEL_HISTORY_COLUMNS = [*HISTORY_COLUMNS, "valid_lwlrap"]
+
+
+def history_columns(multi_label: bool = False) -> list[str]:
+    """The columns of history.csv in the given mode (single-label: exactly as always)."""
+    return MULTI_LABEL_HISTORY_COLUMNS if multi_label else HISTORY_COLUMNS
 
 
 CHECKPOINT_FORMAT = 2  # 1: numpy generator state (before device-side sampling)
@@ -188,6 +203,25 @@ def weighted_cross_entropy(
     return (per_example * weights).sum() / len(weights)
 
 
+def binary_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-label loss: BCE of per-class sigmoids against (possibly mixed) multi-hot targets,
+    averaged over classes per example, then over examples; with ``weights`` the per-example
+    losses are weighted as in :func:`weighted_cross_entropy` (all 1: the plain loss)."""
+    per_example = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none").mean(dim=1)
+    if weights is None:
+        return per_example.mean()
+    return (per_example * weights).sum() / len(weights)
+
+
+def top1_in_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per example: the top-scored class carries the largest target weight (single-label: it is
+    the target's argmax; multi-hot: it is in the set; mixed: in the dominant clip's set)."""
+    picked = targets.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)
+    return (picked > 0) & (picked >= targets.max(dim=1).values - 1e-6)
+
+
 def autocast_for(device: torch.device, amp: bool):
     """bf16 autocast on CUDA when asked (no loss scaling needed); full precision on CPU."""
     if amp and device.type == "cuda":
@@ -210,8 +244,9 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def predict_whole(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool = True) -> np.ndarray:
-    """Posteriors of every clip of ``bank`` on its whole length-fixed spectrogram, batched."""
+def _whole_outputs(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool, transform) -> torch.Tensor:
+    """``transform(float32 logits)`` of every clip of ``bank`` on its whole length-fixed
+    spectrogram, batched, applied on the device batch by batch (returned on the host)."""
     model.eval()
     outputs = []
     for start in range(0, len(bank), batch_size):
@@ -221,15 +256,38 @@ def predict_whole(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool =
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_for(bank.device, amp):
             logits = model(inputs)
-        outputs.append(torch.softmax(logits.float(), dim=1).cpu())
+        outputs.append(transform(logits.float()).cpu())
     n_classes = getattr(model, "n_classes", 0)
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, n_classes), np.float32)
+    return torch.cat(outputs) if outputs else torch.zeros((0, n_classes))
+
+
+def whole_logits(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool = True) -> torch.Tensor:
+    """Float32 logits of every clip of ``bank`` on its whole spectrogram (on the host)."""
+    return _whole_outputs(model, bank, batch_size, amp, lambda logits: logits)
+
+
+def predict_whole(
+    model: nn.Module, bank: ClipBank, batch_size: int, amp: bool = True, multi_label: bool = False
+) -> np.ndarray:
+    """Posteriors (softmax, or per-class sigmoid when ``multi_label``: model.probabilities) of
+    every clip of ``bank`` on its whole length-fixed spectrogram."""
+    return _whole_outputs(
+        model, bank, batch_size, amp, lambda logits: probabilities(logits, multi_label)
+    ).numpy()
 
 
 def evaluate(
-    model: nn.Module, bank: ClipBank, targets: np.ndarray, batch_size: int, amp: bool
+    model: nn.Module,
+    bank: ClipBank,
+    targets: np.ndarray,
+    batch_size: int,
+    amp: bool,
+    multi_label: bool = False,
 ) -> dict[str, float]:
-    """Loss, accuracy and MAP@3 on whole clips (the verified validation clips)."""
+    """Loss, accuracy and MAP@3 on whole clips (the verified validation clips); multi-label
+    (``targets`` multi-hot): :func:`evaluate_multi_label`."""
+    if multi_label:
+        return evaluate_multi_label(model, bank, targets, batch_size, amp)
     if len(bank) == 0:
         return {"valid_loss": math.nan, "valid_acc": math.nan, "valid_map3": math.nan}
     probs = predict_whole(model, bank, batch_size, amp)
@@ -239,6 +297,44 @@ def evaluate(
         "valid_acc": accuracy(probs, targets),
         "valid_map3": map_at_3(probs, targets),
     }
+
+
+def first_true_rank_score(scores: np.ndarray, truth: np.ndarray, k: int = 3) -> float:
+    """MAP@3 of a label set: mean over clips of 1/rank of the first true label among the top
+    ``k`` (0 if none); with one true label per clip it equals :func:`map_at_3`."""
+    if len(truth) == 0:
+        return math.nan
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    hits = np.take_along_axis(np.asarray(truth) > 0.5, order, axis=1)
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.inf)
+    return float((1.0 / first).mean())
+
+
+def evaluate_multi_label(
+    model: nn.Module, bank: ClipBank, targets: np.ndarray, batch_size: int, amp: bool
+) -> dict[str, float]:
+    """BCE, top-1-in-set accuracy, MAP@3 of the first true label and lwlrap on whole clips."""
+    names = ["valid_loss", "valid_acc", "valid_map3", "valid_lwlrap"]
+    if len(bank) == 0:
+        return dict.fromkeys(names, math.nan)
+    logits = whole_logits(model, bank, batch_size, amp)
+    truth = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
+    scores = probabilities(logits, multi_label=True).numpy()
+    return {
+        "valid_loss": float(binary_cross_entropy(logits, truth)),
+        "valid_acc": float(top1_in_target(logits, truth).numpy().mean()),  # float64, as single-label
+        "valid_map3": first_true_rank_score(scores, truth.numpy()),
+        "valid_lwlrap": lwlrap(truth.numpy(), scores),
+    }
+
+
+def improves(history: list[dict], row: dict, best_loss: float, multi_label: bool) -> bool:
+    """Whether epoch ``row`` beats the kept one: lower validation loss (single-label) or higher
+    validation lwlrap than every earlier epoch (multi-label; the first epoch on ties)."""
+    if not multi_label:
+        return row["valid_loss"] < best_loss
+    earlier = [h["valid_lwlrap"] for h in history if not math.isnan(h["valid_lwlrap"])]
+    return not earlier or row["valid_lwlrap"] > max(earlier)
 
 
 @dataclass
@@ -317,11 +413,22 @@ def prepare_model(model: nn.Module, device: torch.device, options: RunOptions) -
 
 
 def _run_epoch(
-    model, optimizer, bank, targets, settings, sampler, device, n_classes, channels_last=False, weights=None
+    model,
+    optimizer,
+    bank,
+    targets,
+    settings,
+    sampler,
+    device,
+    n_classes,
+    channels_last=False,
+    weights=None,
+    multi_label=False,
 ):
     """One pass over the training clips in random order; returns (mean loss, accuracy).
 
     weights: per-clip loss weights on the device (a trust policy's), or None: the plain mean.
+    targets: class indices, or (multi_label) multi-hot rows trained with BCE.
 
     Every tensor of a step is made on the device: no host copy, no synchronisation until the
     epoch's totals are read at the end.
@@ -336,14 +443,16 @@ def _run_epoch(
     high = bank.frames - settings.excerpt_frames + 1
     for clips in batches:
         inputs = bank.excerpts(clips, sampler.starts(len(clips), high), settings.excerpt_frames)
-        soft = F.one_hot(targets[clips], n_classes).float()
+        soft = targets[clips] if multi_label else F.one_hot(targets[clips], n_classes).float()
         if settings.mixup_alpha is not None:
             inputs, soft = mixup(inputs, soft, settings.mixup_alpha, sampler)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, settings.amp):
             logits = model(inputs)
-        if weights is None:
+        if multi_label:
+            loss = binary_cross_entropy(logits, soft, None if weights is None else weights[clips])
+        elif weights is None:
             loss = soft_cross_entropy(logits, soft)
         else:
             loss = weighted_cross_entropy(logits, soft, weights[clips])
@@ -351,7 +460,10 @@ def _run_epoch(
         loss.backward()
         optimizer.step()
         total_loss += loss.detach() * len(clips)
-        correct += (logits.detach().argmax(1) == soft.argmax(1)).sum()
+        if multi_label:
+            correct += top1_in_target(logits.detach().float(), soft).sum()
+        else:
+            correct += (logits.detach().argmax(1) == soft.argmax(1)).sum()
         seen += len(clips)
     seen = max(seen, 1)
     return float(total_loss) / seen, float(correct) / seen
@@ -369,10 +481,13 @@ def fit(
     on_epoch: Callable[[pd.DataFrame], None] | None = None,
     options: RunOptions = RunOptions(),
     train_weights: np.ndarray | None = None,
+    multi_label: bool = False,
 ) -> TrainState:
-    """Train, validating after every epoch; keep the parameters of the lowest validation loss.
+    """Train, validating after every epoch; keep the parameters of the lowest validation loss
+    (multi-label: of the highest validation lwlrap).
 
     train_weights: per-clip loss weights (the ``weighted`` trust policy), None: unweighted.
+    multi_label: targets are multi-hot (n_clips, n_classes) matrices; BCE on sigmoids.
 
     Checkpoints follow ``options.checkpoint``; the last epoch always writes one, so the state
     returned is also on disk. ``state.best_state`` is returned on the host.
@@ -393,7 +508,8 @@ def fit(
         if state.best_state is not None:
             state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
         log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
-    targets = torch.tensor(np.asarray(train_targets), dtype=torch.int64, device=device)
+    target_type = torch.float32 if multi_label else torch.int64
+    targets = torch.tensor(np.asarray(train_targets), dtype=target_type, device=device)
     n_classes = int(model.n_classes)
     weights = (
         None
@@ -417,8 +533,11 @@ def fit(
             n_classes,
             channels_last,
             weights,
+            multi_label,
         )
-        scores = evaluate(forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp)
+        scores = evaluate(
+            forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp, multi_label
+        )
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -427,9 +546,10 @@ def fit(
             **scores,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        state.history.append(row)
         no_validation = math.isnan(scores["valid_loss"])  # then the last epoch is kept
-        if state.best_state is None or no_validation or scores["valid_loss"] < state.best_loss:
+        better = improves(state.history, row, state.best_loss, multi_label)
+        state.history.append(row)
+        if state.best_state is None or no_validation or better:
             state.best_loss = scores["valid_loss"]
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state.epoch = epoch + 1
@@ -454,6 +574,6 @@ def fit(
             row["seconds"],
         )
         if on_epoch is not None:
-            on_epoch(pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+            on_epoch(pd.DataFrame(state.history, columns=history_columns(multi_label)))
     state.best_state = _to_cpu(state.best_state)
     return state
