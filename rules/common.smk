@@ -25,6 +25,7 @@ try:
         derive_seed,
         fit_settings,
         gpus_per_training_job,
+        is_multi_label,
         preset_shadowed,
         record_run_identity,
         resolve_settings,
@@ -80,7 +81,7 @@ DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
 # Multi-label task (dataset.layout fsdkaggle2019): label sets, sigmoid outputs, lwlrap.
-MULTI_LABEL = S["dataset"]["layout"] == "fsdkaggle2019"
+MULTI_LABEL = is_multi_label(S)
 # Config keys of the layout's training listings (verified first): train_csv, or curated_csv
 # and noisy_csv (workflow_lib/dataset_layouts.py).
 TRAIN_LISTINGS = train_listing_keys(S["dataset"])

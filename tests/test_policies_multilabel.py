@@ -622,9 +622,12 @@ def test_self_verify_job_refuses_a_model_of_the_other_mode(trust_files):
     from workflow_lib.stages import self_verify_job
 
     tmp, manifest, models = trust_files
-    models[1] = constant_model(tmp / "single.pt", [0.0] * 4, multi_label=False)
-    with pytest.raises(UserError, match="single-label model"):
-        self_verify_job(trust_job(tmp, manifest, models))
+    mixed = {**models, 1: constant_model(tmp / "single.pt", [0.0] * 4, multi_label=False)}
+    with pytest.raises(UserError, match="mix single- and multi-label"):
+        self_verify_job(trust_job(tmp, manifest, mixed))
+    single = {k: constant_model(tmp / f"single{k}.pt", [0.0] * 4, multi_label=False) for k in models}
+    with pytest.raises(UserError, match="hold single-label models, but this run is multi-label"):
+        self_verify_job(trust_job(tmp, manifest, single))
 
 
 # --- config: single-label-only policies are refused in multi-label mode --------------------------

@@ -247,8 +247,10 @@ def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
 def with_truth(decisions: pd.DataFrame, truth: pd.Series, multi_label: bool = False) -> pd.DataFrame:
     """Adds ``true_label`` (the clip's true label, or set) when it is known for every judged
     clip, and in multi-label mode ``correct`` (1 when the judged label is in the true set)."""
-    known = decisions["fname"].map(truth).fillna("")
-    if not len(decisions) or not (known != "").all():
+    if not len(decisions) or not len(truth):
+        return decisions
+    known = decisions["fname"].map(truth)
+    if known.isna().any() or (known == "").any():
         return decisions
     out = decisions.assign(true_label=known)
     if multi_label:

@@ -321,18 +321,15 @@ def posterior_frame(clips: Clips, classes: list[str], label_column: str) -> pd.D
 
 
 def trust_models(model_paths: dict[int, Path], device: str, multi_label: bool) -> dict[int, torch.nn.Module]:
-    """:func:`fold_models`, refusing a model trained in the other mode (a softmax model judged
-    with sigmoids, or the reverse, would give meaningless scores)."""
-    models = {}
-    for fold, path in model_paths.items():
-        model, saved = load_model(path, device)
-        if bool(saved.get("multi_label", False)) != multi_label:
-            mode = "multi-label" if saved.get("multi_label", False) else "single-label"
-            raise UserError(
-                f"{path} holds a {mode} model, but this run is "
-                f"{'multi-label' if multi_label else 'single-label'} (config dataset.layout)"
-            )
-        models[fold] = model
+    """:func:`load_fold_models`, refusing models trained in the other mode (a softmax model
+    judged with sigmoids, or the reverse, would give meaningless scores)."""
+    models, trained_multi_label = load_fold_models(model_paths, device)
+    if models and trained_multi_label != multi_label:
+        mode = "multi-label" if trained_multi_label else "single-label"
+        raise UserError(
+            f"{sorted(map(str, model_paths.values()))} hold {mode} models, but this run is "
+            f"{'multi-label' if multi_label else 'single-label'} (config dataset.layout)"
+        )
     return models
 
 
