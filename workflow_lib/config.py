@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from .dataset_layouts import LAYOUT_KEYS, train_listing_keys
+from .dataset_layouts import is_multi_label as layout_is_multi_label
 from .errors import UserError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -242,7 +243,7 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
 
 def is_multi_label(settings: Mapping[str, Any]) -> bool:
     """Multi-label task (label sets, sigmoid outputs, lwlrap): the FSDKaggle2019 layout."""
-    return settings.get("dataset", {}).get("layout", "fsdkaggle2018") == "fsdkaggle2019"
+    return layout_is_multi_label(settings.get("dataset", {}))
 
 
 def gpus_per_training_job(compute: Mapping[str, Any]) -> int:
