@@ -3,17 +3,19 @@
     python benchmarks/bank_build.py [N_CLIPS] [--shards S] [--frames F] [--repeats R]
                                     [--min-frames A] [--max-frames B]
 
-Writes a synthetic spectrogram store like a preprocessing run's (S shard arrays of shape
-(1, 128, total frames), memory-mapped, and a merged manifest; clip lengths uniform in A-B
-frames, default 150-1,700, i.e. 1-10 s at hop 192 like FSDKaggle2018; FSDD's 0.44 s clips
-are about 75 frames: --min-frames 40 --max-frames 120) into a temporary folder, opens it
-with ``SpectrogramStore.open`` as a training job does, and builds the bank of all clips in
-shuffled order (length fix at F frames, default 3,000) with
+Writes a synthetic spectrogram store like a preprocessing run's (S memory-mapped shard
+arrays and a merged manifest; clip lengths uniform in A-B frames, default 150-1,700, i.e.
+1-10 s at hop 192 like FSDKaggle2018; FSDD's 0.44 s clips are about 75 frames:
+--min-frames 40 --max-frames 120) into a temporary folder twice, with the same numbers: in
+today's time-major layout ((total frames, 128) per shard) and in the layout before version
+0.3 ((1, 128, total frames)). It opens them with ``SpectrogramStore.open`` as a training job
+does and builds the bank of all clips in shuffled order (length fix at F frames, default
+3,000) with
 
-(a) ``ClipBank.from_store`` (one index lookup for all names, one transposing copy per clip
-    into one preallocated array);
-(b) the previous implementation, kept here verbatim: one pandas ``.loc`` per clip through
-    ``SpectrogramStore.get``, then a transposing ``concatenate`` and ``ascontiguousarray``.
+(a) ``ClipBank.from_store`` on the time-major store (one index lookup for all names, one
+    contiguous block copy per clip into one preallocated array);
+(b) the implementation before, on the store layout it had, kept here verbatim: one pandas
+    ``.loc`` per clip, then a transposing ``concatenate`` and ``ascontiguousarray``.
 
 Both results are checked equal. Prints CPU seconds of each (best of R) and the ratio, with
 the machine and load; the page cache is warm for both (the store is read once beforehand).
@@ -41,13 +43,19 @@ from workflow_lib.data import ClipBank  # noqa: E402
 from workflow_lib.preprocess import MANIFEST_COLUMNS, N_BINS, SpectrogramStore, merge_manifests, write_shard  # noqa: E402
 
 
+def previous_get(store: SpectrogramStore, row: int) -> np.ndarray:
+    """SpectrogramStore.get as it was before, on (1, 128, frames) shards."""
+    shard, offset, n = store.manifest.loc[row, ["shard", "offset", "n_frames"]]
+    return np.asarray(store.shard_arrays[shard][:, :, offset : offset + n])
+
+
 def previous_from_store(store: SpectrogramStore, fnames, frames: int) -> ClipBank:
     """ClipBank.from_store as it was before (per-clip pandas lookups, two copies)."""
     row_of = {name: i for i, name in enumerate(store.manifest["fname"])}
     missing = [name for name in fnames if name not in row_of]
     if missing:
         raise KeyError(f"{len(missing)} clip(s) have no spectrogram, e.g. {missing[:3]}")
-    parts = [store.get(row_of[name])[0, :, :frames].T for name in fnames]
+    parts = [previous_get(store, row_of[name])[0, :, :frames].T for name in fnames]
     lengths = np.array([p.shape[0] for p in parts], dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
     stacked = (
@@ -65,7 +73,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def write_store(folder: Path, n_clips: int, n_shards: int, seed: int, low: int, high: int) -> Path:
+def write_store(
+    folder: Path, n_clips: int, n_shards: int, seed: int, low: int, high: int, time_major: bool
+) -> Path:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(low, high + 1, size=n_clips)
     shard_of = np.arange(n_clips) % n_shards
@@ -89,7 +99,9 @@ def write_store(folder: Path, n_clips: int, n_shards: int, seed: int, low: int, 
             },
             columns=MANIFEST_COLUMNS,
         )
-        array = rng.standard_normal((1, N_BINS, int(n.sum())), dtype=np.float32)
+        array = rng.standard_normal((int(n.sum()), N_BINS), dtype=np.float32)
+        if not time_major:
+            array = np.ascontiguousarray(array.T)[np.newaxis]
         write_shard(
             {1: array},
             {1: manifest},
@@ -122,12 +134,22 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bank_bench_") as tmp:
-        manifest_csv = write_store(
-            Path(tmp), args.n_clips, args.shards, args.seed, args.min_frames, args.max_frames
+        store, legacy = (
+            SpectrogramStore.open(
+                write_store(
+                    Path(tmp) / layout,
+                    args.n_clips,
+                    args.shards,
+                    args.seed,
+                    args.min_frames,
+                    args.max_frames,
+                    layout == "time_major",
+                )
+            )
+            for layout in ("time_major", "before_0.3")
         )
-        store = SpectrogramStore.open(manifest_csv)
         names = list(store.manifest["fname"].sample(frac=1.0, random_state=args.seed))
-        for array in store.shard_arrays.values():
+        for array in [*store.shard_arrays.values(), *legacy.shard_arrays.values()]:
             float(np.asarray(array).sum())  # warm the page cache for both
         print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
         print(
@@ -141,11 +163,11 @@ def main() -> int:
             f"({total * N_BINS * 4 / 2**20:.0f} MiB), length fix {args.frames} frames"
         )
         new_s, new = cpu_time(lambda: ClipBank.from_store(store, names, args.frames), args.repeats)
-        old_s, old = cpu_time(lambda: previous_from_store(store, names, args.frames), args.repeats)
+        old_s, old = cpu_time(lambda: previous_from_store(legacy, names, args.frames), args.repeats)
         assert torch.equal(new.frames_major, old.frames_major)
         assert torch.equal(new.offsets, old.offsets) and torch.equal(new.lengths, old.lengths)
-        print(f"ClipBank.from_store : {new_s:7.3f} CPU s (best of {args.repeats})")
-        print(f"previous (per clip) : {old_s:7.3f} CPU s (best of {args.repeats})")
+        print(f"ClipBank.from_store, time-major store   : {new_s:7.3f} CPU s (best of {args.repeats})")
+        print(f"previous (per clip), (1, 128, T) store  : {old_s:7.3f} CPU s (best of {args.repeats})")
         print(f"ratio: {old_s / new_s:.1f}x faster; identical banks")
     return 0
 

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             error = np.max(np.abs(fast.astype(np.float64) - reference)) / np.max(np.abs(reference))
             print(
                 f"v{version}: max |fast - reference| / max |reference| = {error:.1e} "
-                f"over {reference.shape[-1]} frames"
+                f"over {reference.shape[0]} frames"
             )
         print(f"load average at end: {load_average()}")
     return 0

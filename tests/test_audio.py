@@ -29,6 +29,7 @@ from workflow_lib.audio import (
     SKIPPED_MISSING,
     SKIPPED_UNDECODABLE,
     SoxNotFoundError,
+    _load,
     load_clipped,
     require_sox,
 )
@@ -236,3 +237,19 @@ def test_temporary_sox_files_are_removed(monkeypatch, tmp_path, sox_binary):
     statuses.append(load_clipped(files[0], SR, effects=("no_such_effect_xyz",)).status)
     assert statuses == [CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT, FALLBACK_SOX_FAILED]
     assert os.listdir(scratch) == []
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "frames"),
+    [(44100, 1, 44100 * 3 + 17), (44100, 2, 30001), (16000, 1, 8000), (32000, 2, 9999), (48000, 1, 7)],
+)
+def test_to_model_rate_is_librosa_load(tmp_path, rate, channels, frames):
+    """The decode + resample path equals librosa.load(sr=32000, mono=True) bit for bit (any
+    rate, mono or stereo, odd lengths), so replacing librosa.load changes no spectrogram."""
+    rng = np.random.default_rng(rate + channels)
+    path = tmp_path / "x.wav"
+    sf.write(str(path), 0.5 * rng.standard_normal((frames, channels)), rate, subtype="PCM_16")
+    expected = librosa.load(str(path), sr=SR, mono=True)[0]
+    got = _load(path, SR)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)

@@ -2,7 +2,7 @@
 
 docs/method.md "Preprocessing" 1-4: every listed file is clipped once and transformed into every
 needed version; undecodable files are skipped and reported, never a crash of the whole run;
-arrays are stored as (1, 128, T) float32 with no normalisation.
+arrays are stored time-major, (frames, 128) float32, with no normalisation.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _check_manifest(manifest: pd.DataFrame, array: np.ndarray, listing: pd.DataF
     assert np.all(n_frames[usable] > 0)
     np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(n_frames)[:-1]]))
     assert array.dtype == np.float32
-    assert array.shape == (1, 128, int(n_frames.sum()))
+    assert array.shape == (int(n_frames.sum()), 128)  # time-major
     assert np.all(np.isfinite(array)), "no NaN/inf may reach the network (e.g. silent clips)"
 
 
@@ -174,7 +174,7 @@ def test_shard_with_no_files(tmp_path, sox_binary):
     arrays, manifests = process_shard(listing, 1, 2, VERSIONS, SR, SPEC_SOX_EFFECTS)
     for version in VERSIONS:
         assert len(manifests[version]) == 0, manifests[version]
-        assert arrays[version].shape == (1, 128, 0)
+        assert arrays[version].shape == (0, 128)
     # The same through the files: merging a full and an empty shard gives one row per file.
     out = tmp_path / "out"
     for shard in range(2):

@@ -537,13 +537,16 @@ def test_compile_option_compiles_the_forward_module(monkeypatch):
 # ---------------------------------------------------------------- bank build
 
 
-def test_from_store_equals_per_clip_reads_over_shards():
-    """One lookup and one copy: the same clips, order and truncation as store.get per clip."""
+@pytest.mark.parametrize("time_major", [True, False], ids=["time-major", "shards-before-0.3"])
+def test_from_store_equals_per_clip_reads_over_shards(time_major):
+    """One lookup and one copy: the same clips, order and truncation as store.get per clip,
+    from time-major shards and from shards of the earlier (1, 128, frames) layout."""
     rng = np.random.default_rng(9)
     shards, rows = {}, []
     for shard in range(2):
         lengths = rng.integers(1, 140, size=5)
-        shards[shard] = rng.normal(size=(1, 128, int(lengths.sum()))).astype(np.float32)
+        array = rng.normal(size=(int(lengths.sum()), 128)).astype(np.float32)
+        shards[shard] = array if time_major else np.ascontiguousarray(array.T)[np.newaxis]
         offsets = np.cumsum(lengths) - lengths
         rows += [
             {
@@ -561,6 +564,7 @@ def test_from_store_equals_per_clip_reads_over_shards():
     assert bank.frames_major.is_contiguous() and bank.frames_major.dtype == torch.float32
     for i, name in enumerate(names):
         expected = store.get(name)[0, :, :100].T
+        assert store.get(name).shape == (1, 128, int(store.manifest.set_index("fname").loc[name, "n_frames"]))
         start, length = int(bank.offsets[i]), int(bank.lengths[i])
         np.testing.assert_array_equal(bank.frames_major[start : start + length].numpy(), expected)
     with pytest.raises(KeyError, match="1 clip"):

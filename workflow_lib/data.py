@@ -33,8 +33,9 @@ class ClipBank:
     ) -> ClipBank:
         """Load the named clips, keeping at most ``frames`` frames of each (the rest is never used).
 
-        One index lookup for all names, then each clip is copied once, transposed, straight
-        into the preallocated time-major array (no per-clip pandas lookup, no second copy).
+        One index lookup for all names, then each clip is copied once, as one contiguous block
+        of the time-major shard, straight into the preallocated array (no per-clip pandas
+        lookup, no transposition, no second copy).
         """
         manifest = store.manifest
         rows = pd.Index(manifest["fname"]).get_indexer(list(fnames))
@@ -51,7 +52,7 @@ class ClipBank:
         for shard, start, length, offset in zip(
             shards.tolist(), starts.tolist(), lengths.tolist(), offsets.tolist()
         ):
-            stacked[offset : offset + length] = store.shard_arrays[shard][0, :, start : start + length].T
+            stacked[offset : offset + length] = store.frames_of(shard, start, length)
         return cls(
             torch.from_numpy(stacked).to(device),
             torch.from_numpy(offsets).to(device),

@@ -7,9 +7,12 @@ are dealt out longest first to the least-loaded shard (:func:`shard_assignment`)
 job computes the same assignment from the same listing, so no job needs to talk to another.
 ``preprocessing.shards: auto`` picks the number of shards from the number of files and the
 cores Snakemake was given (:func:`workflow_lib.shards.resolve_shards`). A shard writes, per
-version, one array of shape (1, 128, sum of frames) holding its clips one after another
-along time, and a manifest CSV with each clip's offset and length. :class:`SpectrogramStore`
-reads them back per clip.
+version, one time-major array of shape (sum of frames, 128) holding its clips one after
+another, and a manifest CSV with each clip's offset and length. Time-major because every
+reader wants frames: a clip is one contiguous block, so building a training job's clip bank
+(:class:`workflow_lib.data.ClipBank`) is a plain block copy, and a shard is assembled by
+appending. :class:`SpectrogramStore` reads clips back (also from shards of the earlier
+(1, 128, frames) layout, written before version 0.3).
 """
 
 from __future__ import annotations
@@ -151,7 +154,8 @@ def process_shard(
             frames_row = {}
             for version in versions:
                 spec = compute_spectrogram(version, clip.samples, sample_rate, implementation)
-                chunks[version].append(spec)
+                # (1, 128, T) -> (T, 128): transposed per clip, where it is small and in cache
+                chunks[version].append(np.ascontiguousarray(spec[0].T))
                 frames_row[version] = spec.shape[-1]
         for version in versions:
             frames[version].append(frames_row[version])
@@ -166,9 +170,7 @@ def _assemble(rows, chunks, frames, versions):
         n_frames = manifest["n_frames"].to_numpy()
         manifest["offset"] = (np.cumsum(n_frames) - n_frames).astype(np.int64)
         parts = chunks[version]
-        arrays[version] = (
-            np.concatenate(parts, axis=-1) if parts else np.zeros((1, N_BINS, 0), dtype=np.float32)
-        )
+        arrays[version] = np.concatenate(parts, axis=0) if parts else np.zeros((0, N_BINS), dtype=np.float32)
         manifests[version] = manifest
     return arrays, manifests
 
@@ -222,14 +224,22 @@ class SpectrogramStore:
         }
         return cls(manifest, arrays)
 
+    def frames_of(self, shard: int, start: int, length: int) -> np.ndarray:
+        """Frames [start, start + length) of a shard as a (length, 128) view, whichever layout
+        the shard was written in."""
+        array = self.shard_arrays[shard]
+        if array.ndim == 3:  # (1, 128, frames): the layout before version 0.3
+            return array[0, :, start : start + length].T
+        return array[start : start + length]
+
     def get(self, fname_or_index: str | int) -> np.ndarray:
-        """The (1, 128, T) spectrogram of one clip."""
+        """The (1, 128, T) spectrogram of one clip (the spectrogram functions' shape)."""
         if isinstance(fname_or_index, str):
             row = self.manifest.index[self.manifest["fname"] == fname_or_index][0]
         else:
             row = fname_or_index
         shard, offset, n = self.manifest.loc[row, ["shard", "offset", "n_frames"]]
-        return np.asarray(self.shard_arrays[shard][:, :, offset : offset + n])
+        return np.asarray(self.frames_of(shard, offset, n).T)[np.newaxis]
 
     def __len__(self) -> int:
         return len(self.manifest)

@@ -18,6 +18,7 @@ Two implementations of each version:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import librosa
@@ -105,9 +106,28 @@ def _frames(padded: np.ndarray, frame: int, hop: int, count: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop][:count]
 
 
-def _spectrum(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """rfft(frame * window) of every frame at once (float32 in, complex64 out)."""
-    return scipy.fft.rfft(frames * window, axis=1, overwrite_x=True)
+#: Frames transformed at once: the windowed block and its spectrum stay in the CPU cache.
+BLOCK_FRAMES = 128
+
+
+def _bins_major(
+    frames: np.ndarray, window: np.ndarray, n_bins: int, value: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``value(rfft(frame * window))[:n_bins]`` of every frame, as a C-contiguous
+    (n_bins, n_frames) float32 array.
+
+    In blocks of :data:`BLOCK_FRAMES` frames, each transposed into place while in cache, so
+    the filterbank product that follows reads a contiguous matrix (scipy would otherwise copy
+    a transposed operand) and no full-size complex temporary is ever made.
+    """
+    out = np.empty((n_bins, len(frames)), dtype=np.float32)
+    block = np.empty((BLOCK_FRAMES, frames.shape[1]), dtype=np.float32)
+    for start in range(0, len(frames), BLOCK_FRAMES):
+        part = block[: min(BLOCK_FRAMES, len(frames) - start)]
+        np.multiply(frames[start : start + len(part)], window, out=part)
+        spectrum = scipy.fft.rfft(part, axis=1, overwrite_x=True)
+        out[:, start : start + len(part)] = value(spectrum[:, :n_bins]).T
+    return out
 
 
 def _power(spectrum: np.ndarray) -> np.ndarray:
@@ -129,13 +149,13 @@ def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     y = np.asarray(samples, dtype=np.float32)
     padded = np.pad(y, V1_N_FFT // 2, mode="reflect")
     count = 1 + (len(padded) - V1_N_FFT) // V1_HOP
-    db = _power(_spectrum(_frames(padded, V1_N_FFT, V1_HOP, count), window))
+    db = _bins_major(_frames(padded, V1_N_FFT, V1_HOP, count), window, V1_N_FFT // 2 + 1, _power)
     np.maximum(db, np.float32(1e-10), out=db)
     np.log10(db, out=db)
     db *= np.float32(10.0)
     np.maximum(db, db.max() - np.float32(99.0), out=db)
-    db += weighting
-    return np.ascontiguousarray(mel @ db.T, dtype=np.float32)[np.newaxis]
+    db += weighting[:, np.newaxis]
+    return np.asarray(mel @ db, dtype=np.float32)[np.newaxis]
 
 
 @lru_cache(maxsize=4)
@@ -167,8 +187,8 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     count = -(-len(y) // V2_HOP)
     padded = np.zeros(max((count - 1) * V2_HOP + V2_FRAME, 0), dtype=np.float32)
     padded[: len(y)] = y
-    magnitude = np.abs(_spectrum(_frames(padded, V2_FRAME, V2_HOP, count), window))
-    filtered = np.ascontiguousarray(filterbank @ magnitude[:, : V2_FRAME // 2].T, dtype=np.float32)
+    magnitude = _bins_major(_frames(padded, V2_FRAME, V2_HOP, count), window, V2_FRAME // 2, np.abs)
+    filtered = np.asarray(filterbank @ magnitude, dtype=np.float32)
     filtered += np.float32(1.0)
     np.log10(filtered, out=filtered)
     return filtered[np.newaxis]
