@@ -78,7 +78,9 @@ def test_trust_decides_per_label(multilabel_demo):
     assert set(decisions["accepted"]) <= {"True", "False"}
     # the true sets are known (the mixture builder kept them): correct = label in the true set
     truth = train["true_label"]
-    correct = [int(label in split_labels(truth[f])) for f, label in zip(decisions["fname"], decisions["label"])]
+    correct = [
+        int(label in split_labels(truth[f])) for f, label in zip(decisions["fname"], decisions["label"])
+    ]
     assert decisions["correct"].astype(int).tolist() == correct
 
     listing = multilabel_demo.csv(f"{trust}/train_list.csv").set_index("fname")

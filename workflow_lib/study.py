@@ -26,6 +26,8 @@ TEST_METRICS = ("test_accuracy", "test_map3", "test_lwlrap")
 def present(long: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
     """The metrics that are columns of the table (a single- or a multi-label study)."""
     return [m for m in metrics if m in long.columns]
+
+
 KEYS = ("repetition", "preset", "system")
 
 
