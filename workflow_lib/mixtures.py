@@ -53,8 +53,8 @@ from .noisy_dataset import (
     PRIVATE,
     PUBLIC,
     _check_fraction,
-    _parse_groups,
     _prepare_audio_dir,
+    add_source_arguments,
     holdout_mask,
     read_labels,
 )
@@ -395,15 +395,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m workflow_lib.mixtures",
         description="Build a multi-label dataset (FSDKaggle2019 layout) by mixing pairs of labelled WAVs.",
     )
-    p.add_argument("--audio-dir", required=True, help="folder with the single-label .wav clips")
-    p.add_argument("--out", required=True, help="output dataset folder (dataset_root of the run)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--labels-csv", "--source-csv", help="CSV with fname,label[,group] columns")
-    src.add_argument(
-        "--name-pattern", "--pattern", help="regex on file names with (?P<label>..) [and (?P<group>..)]"
-    )
-    p.add_argument("--test-groups", type=_parse_groups, default=(), help="comma-separated held-out groups")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    add_source_arguments(p, d.test_fraction)
     p.add_argument("--curated-fraction", type=float, default=d.curated_fraction)
     p.add_argument("--noise-rate", type=float, default=d.noise_rate)
     p.add_argument("--public-fraction", type=float, default=d.public_fraction)

@@ -482,6 +482,20 @@ def _parse_groups(text: str) -> tuple[str, ...]:
     return tuple(g.strip() for g in text.split(",") if g.strip())
 
 
+def add_source_arguments(p: argparse.ArgumentParser, test_fraction: float) -> None:
+    """The arguments of a dataset builder's command line that name its labelled source clips,
+    its output and the held-out test clips (this builder's and workflow_lib.mixtures')."""
+    p.add_argument("--audio-dir", required=True, help="folder with the labelled single-label .wav clips")
+    p.add_argument("--out", required=True, help="output dataset folder (dataset_root of the run)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--labels-csv", "--source-csv", help="CSV with fname,label[,group] columns")
+    src.add_argument(
+        "--name-pattern", "--pattern", help="regex on file names with (?P<label>..) [and (?P<group>..)]"
+    )
+    p.add_argument("--test-groups", type=_parse_groups, default=(), help="comma-separated held-out groups")
+    p.add_argument("--test-fraction", type=float, default=test_fraction)
+
+
 def _parser() -> argparse.ArgumentParser:
     """Argument parser; defaults mirror NoisyDatasetSettings."""
     d = NoisyDatasetSettings()
@@ -489,13 +503,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m workflow_lib.noisy_dataset",
         description="Build a noisy-label dataset in FSDKaggle2018 layout from clean labelled WAVs.",
     )
-    p.add_argument("--audio-dir", required=True, help="folder with the clean .wav clips")
-    p.add_argument("--out", required=True, help="output dataset folder")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--labels-csv", help="CSV with fname,label[,group] columns")
-    src.add_argument("--name-pattern", help="regex on file names with (?P<label>..) [and (?P<group>..)]")
-    p.add_argument("--test-groups", type=_parse_groups, default=(), help="comma-separated held-out groups")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    add_source_arguments(p, d.test_fraction)
     p.add_argument("--verified-fraction", type=float, default=d.verified_fraction)
     p.add_argument("--noise-rate", type=float, default=d.noise_rate)
     p.add_argument(
