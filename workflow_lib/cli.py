@@ -37,6 +37,9 @@ def arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
 
 
 JSON = arg("--settings", type=json.loads, required=True, help="settings as a JSON object")
+#: The arguments of every job that may claim a GPU (workflow_lib/devices.py): CPU threads and
+#: the folder of the GPU locks.
+DEVICE = (arg("--threads", type=int, default=1), arg("--lock-dir", type=Path, required=True))
 
 
 def iteration_fold_paths(pairs: Sequence[str]) -> dict[tuple[int, int], Path]:
@@ -166,8 +169,7 @@ def folds(args: argparse.Namespace) -> None:
     arg("--classes", type=Path, required=True),
     arg("--fold", type=int, required=True),
     arg("--out-dir", type=Path, required=True),
-    arg("--threads", type=int, default=1),
-    arg("--lock-dir", type=Path, required=True),
+    *DEVICE,
     arg("--train-list", type=Path),
     arg("--init", type=Path),
     JSON,
@@ -240,8 +242,7 @@ def initial_list(args: argparse.Namespace) -> None:
     arg("--classes", type=Path, required=True),
     arg("--train", type=Path, required=True),
     arg("--out-dir", type=Path, required=True),
-    arg("--threads", type=int, default=1),
-    arg("--lock-dir", type=Path, required=True),
+    *DEVICE,
     JSON,
 )
 def self_verify(args: argparse.Namespace) -> None:
@@ -332,8 +333,7 @@ def select(args: argparse.Namespace) -> None:
     arg("--classes", type=Path, required=True),
     arg("--out-test", type=Path, required=True),
     arg("--out-valid", type=Path, required=True),
-    arg("--threads", type=int, default=1),
-    arg("--lock-dir", type=Path, required=True),
+    *DEVICE,
     JSON,
 )
 def predict(args: argparse.Namespace) -> None:
