@@ -321,54 +321,45 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.where(norm > 0, norm, 1.0)
 
 
+def _given_labels(
+    judged: Clips, classes: Sequence[str], candidate: bool, weighted: bool, reason: str = ""
+) -> Proposal:
+    """Every judged clip under its given label, scored by p(given label): all candidates or
+    none, loss weight p(given label) (``weighted``) or 1. The policies that decide nothing per
+    clip are this with their settings."""
+    base = _base(judged, classes, judged.posteriors)
+    return base.assign(
+        candidate=candidate,
+        score=base["p_given"],
+        trusted_label=base["given_label"],
+        weight=base["p_given"].astype(float) if weighted else 1.0,
+        reason=reason,
+        alt_label="",
+        alt_score=-np.inf,
+    )
+
+
 def weighted(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """Every clip kept, its loss weighted by the out-of-fold posterior of its given label
     (the 3rd-place system of DCASE 2018 Task 2 down-weighted unverified clips instead of
     dropping them). A cap keeps the heaviest clips of each class."""
-    base = _base(judged, classes, judged.posteriors)
-    return base.assign(
-        candidate=True,
-        score=base["p_given"],
-        trusted_label=base["given_label"],
-        weight=base["p_given"].astype(float),
-        reason="",
-        alt_label="",
-        alt_score=-np.inf,
-    )
+    return _given_labels(judged, classes, candidate=True, weighted=True)
 
 
 def trust_all(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """Every given label trusted (the all_labels chain: fine-tuning on every clip as labelled)."""
-    base = _base(judged, classes, judged.posteriors)
-    return base.assign(
-        candidate=True,
-        score=base["p_given"],
-        trusted_label=base["given_label"],
-        weight=1.0,
-        reason="",
-        alt_label="",
-        alt_score=-np.inf,
-    )
+    return _given_labels(judged, classes, candidate=True, weighted=False)
 
 
 def trust_none(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """No unverified clip trusted (the verified_only chain)."""
-    base = _base(judged, classes, judged.posteriors)
-    return base.assign(
-        candidate=False,
-        score=base["p_given"],
-        trusted_label=base["given_label"],
-        weight=1.0,
-        reason=NOT_TRUSTED,
-        alt_label="",
-        alt_score=-np.inf,
-    )
+    return _given_labels(judged, classes, candidate=False, weighted=False, reason=NOT_TRUSTED)
 
 
 POLICIES: dict[str, Callable[..., Proposal]] = {
