@@ -5,15 +5,17 @@
 Builds N synthetic clips (default 40) like FSDKaggle2018's: 2-10 s, 44.1 kHz, 16-bit mono WAV,
 a mixture of tones, noise bursts and chirps between up to 0.5 s of leading and trailing
 silence (--fsdd DIR uses N real FSDD recordings instead). Then, in ONE process on one core,
-it runs ``preprocess.process_shard`` over all of them with versions 1 and 2 twice:
+it runs the shard job's function (``preprocess.preprocess_shard_to_files``: every clip's
+spectrograms appended to the shard's array files) over all of them, versions 1 and 2, twice:
 
 (a) fast: ``preprocessing.spectrograms: fast`` (the workflow's default);
 (b) reference: librosa's and madmom's own pipelines (``spectrograms: reference``).
 
-Both include everything a shard job does per clip (SoX clipping in a subprocess, decoding,
-resampling to 32 kHz, both versions). It prints CPU seconds per clip (this process + SoX
-children, user + system) for both, their ratio, the largest relative difference between the
-two paths' arrays, and the machine, load and command, so the figure can be checked.
+Both include everything a shard job does (SoX clipping in a subprocess, decoding, resampling
+to 32 kHz, both versions, writing the arrays and manifests to a temporary folder). It prints
+CPU seconds per clip (this process + SoX children, user + system) for both, their ratio, the
+largest relative difference between the two paths' arrays, and the machine, load and command,
+so the figure can be checked.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from workflow_lib.audio import SPEC_SOX_EFFECTS, require_sox  # noqa: E402
-from workflow_lib.preprocess import process_shard  # noqa: E402
+from workflow_lib.preprocess import preprocess_shard_to_files  # noqa: E402
 
 SR = 32000
 IN_SR = 44100
@@ -109,9 +111,14 @@ def cpu_seconds() -> float:
 
 
 def run(listing: pd.DataFrame, implementation: str) -> tuple[float, float, dict]:
-    cpu0, wall0 = cpu_seconds(), time.perf_counter()
-    arrays, _ = process_shard(listing, 0, 1, [1, 2], SR, SPEC_SOX_EFFECTS, implementation)
-    return cpu_seconds() - cpu0, time.perf_counter() - wall0, arrays
+    """CPU and wall seconds of one shard job over ``listing``, and the arrays it wrote."""
+    with tempfile.TemporaryDirectory(prefix="preprocess_bench_out_") as out:
+        arrays = {v: Path(out) / f"v{v}.npy" for v in (1, 2)}
+        csvs = {v: Path(out) / f"v{v}.csv" for v in (1, 2)}
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        preprocess_shard_to_files(listing, 0, 1, [1, 2], SR, SPEC_SOX_EFFECTS, implementation, arrays, csvs)
+        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+        return cpu, wall, {v: np.load(path) for v, path in arrays.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({seconds / len(listing):.2f} s per clip)"
         )
         print(
-            "work per clip: SoX clipping, decode + resample to 32 kHz, versions 1 and 2; "
-            "1 process, OMP/BLAS threads = 1"
+            "work per clip: SoX clipping, decode + resample to 32 kHz, versions 1 and 2, appended "
+            f"to the shard's files in {tempfile.gettempdir()}; 1 process, OMP/BLAS threads = 1"
         )
 
         # Warm-up outside the timings: imports, the first resampler, filterbanks.

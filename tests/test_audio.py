@@ -157,6 +157,24 @@ def test_sox_failure_falls_back_to_original(tmp_path, sox_binary):
     assert broken.status == FALLBACK_SOX_FAILED
 
 
+def test_a_reused_workdir_never_hands_on_an_earlier_clips_output(tmp_path, sox_binary):
+    """A shard job reuses one folder for SoX's output. A clip whose SoX exits 0 without
+    writing must fall back to its own audio, not be read as the previous clip's output."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    first = write_wav(tmp_path / "first.wav", planted(IN_SR), IN_SR)
+    second = write_wav(tmp_path / "second.wav", tone(1.0, IN_SR, 880.0), IN_SR)
+    kept = load_clipped(first, SR, workdir=workdir)
+    assert kept.status == CLIPPED
+    np.testing.assert_array_equal(kept.samples, load_clipped(first, SR).samples)  # same as alone
+    silent_sox = tmp_path / "sox-that-writes-nothing"
+    silent_sox.write_text("#!/bin/sh\nexit 0\n")
+    silent_sox.chmod(0o755)
+    clip = load_clipped(second, SR, sox=str(silent_sox), workdir=workdir)
+    assert clip.status == FALLBACK_SOX_FAILED and "unreadable" in clip.detail
+    np.testing.assert_array_equal(clip.samples, librosa.load(str(second), sr=SR, mono=True)[0])
+
+
 def test_text_file_renamed_wav_is_undecodable(tmp_path):
     """docs/method.md "Preprocessing" 1: a file that cannot be decoded is skipped and reported."""
     path = tmp_path / "text.wav"

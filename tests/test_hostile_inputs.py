@@ -449,3 +449,29 @@ def test_preset_names_that_could_reach_a_shell_are_refused():
     nets["x$(touch y)"] = nets["vgg_gap_spec2"]
     with pytest.raises(ConfigError, match="method.nets"):
         resolve_settings({**CONFIG, "method": {**CONFIG["method"], "nets": nets}})
+
+
+def test_streamed_npy_file_is_the_concatenation_and_memory_maps(tmp_path):
+    """npy_row_writer: blocks of any length (zero included) make one aligned, mappable array."""
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((n, 128)).astype(np.float32) for n in (3, 0, 1000, 7)]
+    path = tmp_path / "shard.npy"
+    with wio.npy_row_writer(path, 128) as append:
+        for block in blocks:
+            append(block)
+    mapped = np.load(path, mmap_mode="r")
+    assert mapped.shape == (1010, 128) and mapped.dtype == np.float32
+    assert mapped.offset == wio.NPY_HEADER_BYTES and wio.NPY_HEADER_BYTES % 64 == 0
+    np.testing.assert_array_equal(mapped, np.concatenate(blocks))
+    with wio.npy_row_writer(tmp_path / "empty.npy", 128):
+        pass
+    assert np.load(tmp_path / "empty.npy").shape == (0, 128)
+
+
+def test_streamed_npy_file_refuses_a_wrong_block_and_leaves_nothing(tmp_path):
+    """A block of the wrong width is an error, and the half-written file is removed."""
+    path = tmp_path / "shard.npy"
+    with pytest.raises(ValueError, match=r"\(rows, 128\)"), wio.npy_row_writer(path, 128) as append:
+        append(np.zeros((4, 128), np.float32))
+        append(np.zeros((4, 64), np.float32))
+    assert list(tmp_path.iterdir()) == []

@@ -34,6 +34,7 @@ from workflow_lib.preprocess import (
     audio_seconds,
     file_costs,
     merge_manifests,
+    preprocess_shard_to_files,
     process_shard,
     shard_assignment,
     shard_of,
@@ -381,3 +382,50 @@ def test_merged_manifest_does_not_depend_on_the_sharding(tmp_path):
         merged[n_shards] = merge_manifests(paths, tmp_path / f"merged{n_shards}.csv")
     assert list(merged[1]["fname"]) == list(merged[3]["fname"]) == [f"{c}.wav" for c in "abcde"]
     assert list(read_csv_str(tmp_path / "merged3.csv")["fname"]) == list(merged[3]["fname"])
+
+
+def test_streamed_shard_files_equal_the_in_memory_shard(mixed_listing, tmp_path, repeatable_sox):
+    """The job's path (each clip appended to the array file as computed) writes exactly what
+    process_shard + write_shard write: same array bytes, same manifests."""
+    paths = {
+        kind: (
+            {v: tmp_path / kind / f"v{v}.npy" for v in VERSIONS},
+            {v: tmp_path / kind / f"v{v}.csv" for v in VERSIONS},
+        )
+        for kind in ("memory", "streamed")
+    }
+    arrays, manifests = process_shard(mixed_listing, 0, 2, VERSIONS, SR, SPEC_SOX_EFFECTS)
+    write_shard(arrays, manifests, *paths["memory"])
+    streamed = preprocess_shard_to_files(
+        mixed_listing, 0, 2, VERSIONS, SR, SPEC_SOX_EFFECTS, "fast", *paths["streamed"]
+    )
+    for version in VERSIONS:
+        pd.testing.assert_frame_equal(streamed[version], manifests[version])
+        memory, stream = (np.load(paths[k][0][version]) for k in ("memory", "streamed"))
+        assert stream.shape == memory.shape and stream.shape[0] > 0
+        np.testing.assert_array_equal(stream, memory)
+        assert paths["streamed"][1][version].read_bytes() == paths["memory"][1][version].read_bytes()
+
+
+def test_a_failing_shard_job_leaves_no_array_file(mixed_listing, tmp_path, monkeypatch, sox_binary):
+    """Killed half-way (here: an error on the third clip), the streamed shard leaves neither
+    its array nor its manifest, so Snakemake reruns it instead of reading a partial file."""
+    from workflow_lib import preprocess
+
+    real = preprocess.load_clipped
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "load_clipped", failing)
+    out = tmp_path / "out"
+    arrays = {v: out / f"v{v}.npy" for v in VERSIONS}
+    csvs = {v: out / f"v{v}.csv" for v in VERSIONS}
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_shard_to_files(mixed_listing, 0, 1, VERSIONS, SR, SPEC_SOX_EFFECTS, "fast", arrays, csvs)
+    assert len(calls) == 3
+    assert list(out.iterdir()) == [], "no array, no manifest, no temporary file"

@@ -211,3 +211,12 @@ def test_fix_length_on_a_real_spectrogram(loaded):
     np.testing.assert_array_equal(fixed[:, :, :length], spec)
     np.testing.assert_array_equal(fixed[:, :, length : 2 * length], spec)
     assert spectrograms.N_BINS == 128
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_fast_path_returns_a_view_of_time_major_storage(loaded, version):
+    """Shards are stored (frames, 128): the fast functions compute in that layout, so the
+    shard job's transpose of their (1, 128, T) result is a view, not a copy."""
+    spec = compute_spectrogram(version, next(iter(loaded.values())), SR)
+    assert spec.shape[:2] == (1, 128)
+    assert spec[0].T.flags.c_contiguous

@@ -183,9 +183,17 @@ def _load(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def load_clipped(
-    path: Path, sample_rate: int, effects: tuple[str, ...] = SPEC_SOX_EFFECTS, sox: str = "sox"
+    path: Path,
+    sample_rate: int,
+    effects: tuple[str, ...] = SPEC_SOX_EFFECTS,
+    sox: str = "sox",
+    workdir: Path | None = None,
 ) -> LoadedClip:
-    """Decode, SoX-clip and load one file, falling back to the original audio per docs/method.md."""
+    """Decode, SoX-clip and load one file, falling back to the original audio per docs/method.md.
+
+    ``workdir``: a private folder for SoX's output, reused from clip to clip by a caller that
+    loads many (a shard job); by default a temporary folder per call.
+    """
     path = Path(path)
     status, info, detail = probe(path)
     if status != "ok":
@@ -200,24 +208,36 @@ def load_clipped(
             seconds_before,
             "all samples are zero; SoX not run",
         )
-    with tempfile.TemporaryDirectory(prefix="sox_clip_") as tmp:
-        clipped = Path(tmp) / "clipped.wav"
-        error = run_sox(path, clipped, effects, sox)
-        if error:
-            return LoadedClip(
-                FALLBACK_SOX_FAILED, _load(path, sample_rate), seconds_before, seconds_before, error[:300]
-            )
-        # Decoded once: the silence check and the resampling use the same samples.
-        samples, clipped_rate = sf.read(str(clipped), dtype="float32")
-        if len(samples) == 0 or not np.any(samples):
-            return LoadedClip(
-                FALLBACK_CLIPPED_ALL,
-                _load(path, sample_rate),
-                seconds_before,
-                seconds_before,
-                "SoX clipped everything away",
-            )
-        seconds_after = len(samples) / clipped_rate
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="sox_clip_") as tmp:
+            return _clip_with_sox(path, sample_rate, effects, sox, Path(tmp) / "clipped.wav", seconds_before)
+    return _clip_with_sox(path, sample_rate, effects, sox, Path(workdir) / "clipped.wav", seconds_before)
+
+
+def _clip_with_sox(
+    path: Path, sample_rate: int, effects: tuple[str, ...], sox: str, clipped: Path, seconds_before: float
+) -> LoadedClip:
+    """SoX writes ``clipped``; its sound, or the original audio where SoX fails."""
+    clipped.unlink(missing_ok=True)  # never read an earlier clip's output as this one's
+    error = run_sox(path, clipped, effects, sox)
+    if not error:
+        try:  # decoded once: the silence check and the resampling use the same samples
+            samples, clipped_rate = sf.read(str(clipped), dtype="float32")
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as read_error:
+            error = f"SoX exited 0 but its output is unreadable: {read_error}"
+    if error:
         return LoadedClip(
-            CLIPPED, to_model_rate(samples, clipped_rate, sample_rate), seconds_before, seconds_after
+            FALLBACK_SOX_FAILED, _load(path, sample_rate), seconds_before, seconds_before, error[:300]
         )
+    if len(samples) == 0 or not np.any(samples):
+        return LoadedClip(
+            FALLBACK_CLIPPED_ALL,
+            _load(path, sample_rate),
+            seconds_before,
+            seconds_before,
+            "SoX clipped everything away",
+        )
+    seconds_after = len(samples) / clipped_rate
+    return LoadedClip(
+        CLIPPED, to_model_rate(samples, clipped_rate, sample_rate), seconds_before, seconds_after
+    )

@@ -109,22 +109,17 @@ def validate(args: argparse.Namespace) -> None:
 )
 def preprocess_shard(args: argparse.Namespace) -> None:
     from .io import read_csv_str
-    from .preprocess import process_shard, write_shard
+    from .preprocess import preprocess_shard_to_files
 
-    listing = read_csv_str(args.listing)
-    arrays, manifests = process_shard(
-        listing,
+    stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
+    manifests = preprocess_shard_to_files(
+        read_csv_str(args.listing),
         args.shard,
         args.shards,
         args.versions,
         args.settings["sample_rate"],
         args.settings["sox_effects"],
         args.settings.get("spectrograms", "fast"),
-    )
-    stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
-    write_shard(
-        arrays,
-        manifests,
         {v: p.with_suffix(".npy") for v, p in stem.items()},
         {v: p.with_suffix(".csv") for v, p in stem.items()},
     )

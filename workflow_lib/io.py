@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,53 @@ def write_npy(array: np.ndarray, path: str | os.PathLike[str]) -> None:
     """Write a ``.npy`` file atomically (``np.save`` would append ``.npy`` to the temp name)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
+
+
+#: Bytes before the data in a file of :func:`npy_row_writer`: a .npy v1.0 header padded to a
+#: multiple of 64 (the data stays aligned for memory mapping), with room for any row count.
+NPY_HEADER_BYTES = 128
+
+
+def _npy_header(rows: int, columns: int, dtype: np.dtype) -> bytes:
+    """The .npy v1.0 header of a C-ordered (rows, columns) array, padded to NPY_HEADER_BYTES."""
+    text = repr(
+        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, columns)}
+    )
+    body_bytes = NPY_HEADER_BYTES - 10  # magic (6), version (2), header length (2)
+    if len(text) + 1 > body_bytes:
+        raise ValueError(f"npy header {text!r} does not fit in {NPY_HEADER_BYTES} bytes")
+    body = text.ljust(body_bytes - 1).encode("latin1") + b"\n"
+    return b"\x93NUMPY\x01\x00" + body_bytes.to_bytes(2, "little") + body
+
+
+@contextlib.contextmanager
+def npy_row_writer(
+    path: str | os.PathLike[str], columns: int, dtype: np.dtype | type = np.float32
+) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write a 2-D ``.npy`` file block by block, atomically, never holding it whole in memory.
+
+    Yields ``append(block)`` for (rows, columns) blocks; the row count in the header is written
+    when the block ends without error, then the file is renamed into place (:func:`atomic_path`).
+    A preprocessing shard of long clips is then one clip's spectrograms in memory, not the
+    whole shard plus its concatenated copy.
+    """
+    dtype = np.dtype(dtype)
+    rows = 0
+
+    def append(block: np.ndarray) -> None:
+        nonlocal rows
+        block = np.ascontiguousarray(block, dtype=dtype)
+        if block.ndim != 2 or block.shape[1] != columns:
+            raise ValueError(f"expected a (rows, {columns}) block, got shape {block.shape}")
+        if block.size:  # a zero-length view cannot be cast to bytes
+            handle.write(memoryview(block).cast("B"))
+            rows += block.shape[0]
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(_npy_header(0, columns, dtype))
+        yield append
+        handle.seek(0)
+        handle.write(_npy_header(rows, columns, dtype))
 
 
 def write_json(data: Any, path: str | os.PathLike[str]) -> None:

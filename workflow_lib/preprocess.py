@@ -17,9 +17,11 @@ appending. :class:`SpectrogramStore` reads clips back (also from shards of the e
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from .audio import (
     load_clipped,
     require_sox,
 )
-from .io import read_csv_str, write_csv, write_npy
+from .io import npy_row_writer, read_csv_str, write_csv, write_npy
 
 N_BINS = 128
 
@@ -121,6 +123,66 @@ def _manifest_row(row: pd.Series, clip, shard: int) -> dict:
     }
 
 
+def shard_clips(
+    listing: pd.DataFrame,
+    shard: int,
+    n_shards: int,
+    versions: Sequence[int],
+    sample_rate: int,
+    sox_effects: Sequence[str],
+    implementation: str = "fast",
+) -> Iterator[tuple[dict, dict[int, np.ndarray]]]:
+    """Clip and transform the shard's files one after another: per file its manifest row and
+    per version its time-major (frames, 128) spectrogram ((0, 128) for a skipped file).
+
+    ``implementation``: "fast" (default) or "reference" spectrograms (workflow_lib.spectrograms).
+    One file at a time, so a consumer can write each clip out before the next is computed.
+    """
+    require_sox()
+    check_sox_effects(tuple(sox_effects))
+    with tempfile.TemporaryDirectory(prefix="sox_clip_") as workdir:  # one for the whole shard
+        for _, row in shard_of(listing, shard, n_shards).iterrows():
+            if row["path"]:
+                clip = load_clipped(Path(row["path"]), sample_rate, tuple(sox_effects), workdir=Path(workdir))
+            else:  # a test row validation kept without a file (missing or refused symlink)
+                clip = LoadedClip(SKIPPED_BY_VALIDATION, None, 0.0, 0.0, "see data/problems.csv")
+            yield (
+                _manifest_row(row, clip, shard),
+                _spectrograms(clip, row, versions, sample_rate, implementation),
+            )
+
+
+def _spectrograms(
+    clip: LoadedClip, row: pd.Series, versions: Sequence[int], sample_rate: int, implementation: str
+) -> dict[int, np.ndarray]:
+    """Per version the clip's (frames, 128) spectrogram; (0, 128) for a skipped clip."""
+    from .spectrograms import compute_spectrogram  # librosa/madmom: only preprocessing needs them
+
+    if not clip.usable:
+        log.warning("skipped %s: %s (%s)", row["fname"], clip.status, clip.detail)
+        return dict.fromkeys(versions, np.zeros((0, N_BINS), dtype=np.float32))
+    # The fast functions return (1, 128, T) views of time-major storage, so this transpose is
+    # free there; the reference ones are transposed here, one clip at a time.
+    return {
+        version: np.ascontiguousarray(
+            compute_spectrogram(version, clip.samples, sample_rate, implementation)[0].T
+        )
+        for version in versions
+    }
+
+
+def _manifests(rows: list[dict], frames: dict[int, list[int]]) -> dict[int, pd.DataFrame]:
+    """Per version: the rows with each clip's frame count and its offset in the shard array."""
+    manifests = {}
+    for version, counts in frames.items():
+        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        n_frames = np.asarray(counts, dtype=np.int64)
+        manifest["n_frames"] = n_frames
+        manifest["offset"] = (np.cumsum(n_frames) - n_frames).astype(np.int64)
+        manifests[version] = manifest
+    return manifests
+
+
 def process_shard(
     listing: pd.DataFrame,
     shard: int,
@@ -130,49 +192,56 @@ def process_shard(
     sox_effects: Sequence[str],
     implementation: str = "fast",
 ) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
-    """Clip and transform the shard's files; return per version the array and the manifest.
+    """The shard in memory: per version its (frames, 128) array and its manifest.
 
-    ``implementation``: "fast" (default) or "reference" spectrograms (workflow_lib.spectrograms).
+    For inspection and tests; the workflow's job streams to files (:func:`preprocess_shard_to_files`).
     """
-    from .spectrograms import compute_spectrogram  # librosa/madmom: only preprocessing needs them
-
-    require_sox()
-    check_sox_effects(tuple(sox_effects))
     rows: list[dict] = []
-    chunks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
-    frames: dict[int, list[int]] = {v: [] for v in versions}
-    for _, row in shard_of(listing, shard, n_shards).iterrows():
-        if row["path"]:
-            clip = load_clipped(Path(row["path"]), sample_rate, tuple(sox_effects))
-        else:  # a test row validation kept without a file (missing or refused symlink)
-            clip = LoadedClip(SKIPPED_BY_VALIDATION, None, 0.0, 0.0, "see data/problems.csv")
-        rows.append(_manifest_row(row, clip, shard))
-        if not clip.usable:
-            log.warning("skipped %s: %s (%s)", row["fname"], clip.status, clip.detail)
-            frames_row = dict.fromkeys(versions, 0)
-        else:
-            frames_row = {}
-            for version in versions:
-                spec = compute_spectrogram(version, clip.samples, sample_rate, implementation)
-                # (1, 128, T) -> (T, 128): transposed per clip, where it is small and in cache
-                chunks[version].append(np.ascontiguousarray(spec[0].T))
-                frames_row[version] = spec.shape[-1]
+    blocks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
+    for row, spectrograms in shard_clips(
+        listing, shard, n_shards, versions, sample_rate, sox_effects, implementation
+    ):
+        rows.append(row)
         for version in versions:
-            frames[version].append(frames_row[version])
-    return _assemble(rows, chunks, frames, versions)
+            blocks[version].append(spectrograms[version])
+    frames = {v: [len(block) for block in blocks[v]] for v in versions}
+    arrays = {
+        v: np.concatenate(blocks[v]) if rows else np.zeros((0, N_BINS), dtype=np.float32) for v in versions
+    }
+    return arrays, _manifests(rows, frames)
 
 
-def _assemble(rows, chunks, frames, versions):
-    arrays, manifests = {}, {}
-    for version in versions:
-        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-        manifest["n_frames"] = np.asarray(frames[version], dtype=np.int64)
-        n_frames = manifest["n_frames"].to_numpy()
-        manifest["offset"] = (np.cumsum(n_frames) - n_frames).astype(np.int64)
-        parts = chunks[version]
-        arrays[version] = np.concatenate(parts, axis=0) if parts else np.zeros((0, N_BINS), dtype=np.float32)
-        manifests[version] = manifest
-    return arrays, manifests
+def preprocess_shard_to_files(
+    listing: pd.DataFrame,
+    shard: int,
+    n_shards: int,
+    versions: Sequence[int],
+    sample_rate: int,
+    sox_effects: Sequence[str],
+    implementation: str,
+    array_paths: dict[int, Path],
+    manifest_paths: dict[int, Path],
+) -> dict[int, pd.DataFrame]:
+    """What the ``preprocess_shard`` job does: each clip's spectrograms are appended to the
+    version's array file as soon as they are computed, so memory holds one clip, not the
+    shard (a shard of FSDKaggle2018's training clips is gigabytes). Arrays and manifests are
+    written atomically (:func:`workflow_lib.io.npy_row_writer`), the manifests last.
+    """
+    rows: list[dict] = []
+    frames: dict[int, list[int]] = {v: [] for v in versions}
+    with contextlib.ExitStack() as stack:
+        append = {v: stack.enter_context(npy_row_writer(array_paths[v], N_BINS)) for v in versions}
+        for row, spectrograms in shard_clips(
+            listing, shard, n_shards, versions, sample_rate, sox_effects, implementation
+        ):
+            rows.append(row)
+            for version in versions:
+                append[version](spectrograms[version])
+                frames[version].append(len(spectrograms[version]))
+    manifests = _manifests(rows, frames)
+    for version, manifest in manifests.items():
+        write_csv(manifest, manifest_paths[version])
+    return manifests
 
 
 def write_shard(
@@ -181,7 +250,7 @@ def write_shard(
     array_paths: dict[int, Path],
     manifest_paths: dict[int, Path],
 ) -> None:
-    """Write each version's array and manifest atomically."""
+    """Write each version's in-memory array and manifest atomically (see :func:`process_shard`)."""
     for version, array in arrays.items():
         write_npy(array, array_paths[version])
         write_csv(manifests[version], manifest_paths[version])

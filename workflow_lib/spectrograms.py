@@ -18,7 +18,7 @@ Two implementations of each version:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import librosa
@@ -30,8 +30,10 @@ SAMPLE_RATE = 32000
 N_BINS = 128
 IMPLEMENTATIONS = ("fast", "reference")
 
-# Version 1 (librosa): STFT parameters of the original system.
+# Version 1 (librosa): STFT parameters of the original system, and its dB conversion
+# (perceptual_weighting's amin and top_db).
 V1_N_FFT, V1_HOP = 1024, 192
+AMIN, TOP_DB = 1e-10, 99.0
 # Version 2 (madmom): frame size and hop of the original system.
 V2_FRAME, V2_HOP = 1024, 128
 
@@ -110,24 +112,23 @@ def _frames(padded: np.ndarray, frame: int, hop: int, count: int) -> np.ndarray:
 BLOCK_FRAMES = 128
 
 
-def _bins_major(
+def _spectrum_blocks(
     frames: np.ndarray, window: np.ndarray, n_bins: int, value: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """``value(rfft(frame * window))[:n_bins]`` of every frame, as a C-contiguous
-    (n_bins, n_frames) float32 array.
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, value(rfft(frame * window))[:n_bins])`` per block of :data:`BLOCK_FRAMES`
+    frames, bins-major: a float32 (n_bins, frames in the block) array.
 
-    In blocks of :data:`BLOCK_FRAMES` frames, each transposed into place while in cache, so
-    the filterbank product that follows reads a contiguous matrix (scipy would otherwise copy
-    a transposed operand) and no full-size complex temporary is ever made.
+    Each block is windowed straight into a samples-major buffer and transformed along axis 0,
+    so the spectrum comes out bins-major (the layout the sparse filterbank products read)
+    without a transposing copy, and no full-size complex temporary is ever made. The buffer
+    is reused: a consumer must copy what it keeps before the next block.
     """
-    out = np.empty((n_bins, len(frames)), dtype=np.float32)
-    block = np.empty((BLOCK_FRAMES, frames.shape[1]), dtype=np.float32)
+    buffer = np.empty((frames.shape[1], BLOCK_FRAMES), dtype=np.float32)
     for start in range(0, len(frames), BLOCK_FRAMES):
-        part = block[: min(BLOCK_FRAMES, len(frames) - start)]
-        np.multiply(frames[start : start + len(part)], window, out=part)
-        spectrum = scipy.fft.rfft(part, axis=1, overwrite_x=True)
-        out[:, start : start + len(part)] = value(spectrum[:, :n_bins]).T
-    return out
+        part = buffer[:, : min(BLOCK_FRAMES, len(frames) - start)]
+        np.multiply(frames[start : start + part.shape[1]].T, window[:, np.newaxis], out=part)
+        spectrum = scipy.fft.rfft(part, axis=0, overwrite_x=True)
+        yield start, value(spectrum[:n_bins])
 
 
 def _power(spectrum: np.ndarray) -> np.ndarray:
@@ -137,25 +138,46 @@ def _power(spectrum: np.ndarray) -> np.ndarray:
     return power
 
 
+def _time_major(n_frames: int) -> np.ndarray:
+    """The (frames, 128) output the shards store; the functions return its (1, 128, T) view."""
+    return np.empty((n_frames, N_BINS), dtype=np.float32)
+
+
 def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Version 1 as :func:`spectrogram_v1_reference` computes it, vectorised.
 
-    librosa.stft(center=True, pad_mode="reflect") frames the reflect-padded signal; the power
-    goes to dB with amin 1e-10 and a 99 dB floor below the clip's maximum, the A-weighting is
-    added per bin, and the mel matrix is applied to those dB values. In-place float32
-    arithmetic: dB values of at most a few hundred keep an absolute error near 1e-5.
+    librosa.stft(center=True, pad_mode="reflect") frames the reflect-padded signal; librosa
+    takes the power to dB, ``10 log10(max(p, 1e-10))``, floors it 99 dB below the clip's
+    maximum, adds the A-weighting per bin and applies the mel matrix to those dB values. The
+    same numbers with fewer passes over the (513, frames) power: both floors are applied to
+    the power (one threshold, since log10 is monotonic), and as the mel product is linear,
+    ``mel @ (10 L + w) = 10 (mel @ L) + mel @ w`` with ``mel @ w`` a constant per band. The
+    floor needs the whole clip's maximum, so the power is collected first and the rest runs
+    per block while it is in cache. float32 throughout: an absolute error near 1e-5 on values
+    of at most a few hundred. Returns a (1, 128, T) view of time-major storage.
     """
     window, weighting, mel = _v1_constants(sample_rate)
     y = np.asarray(samples, dtype=np.float32)
     padded = np.pad(y, V1_N_FFT // 2, mode="reflect")
     count = 1 + (len(padded) - V1_N_FFT) // V1_HOP
-    db = _bins_major(_frames(padded, V1_N_FFT, V1_HOP, count), window, V1_N_FFT // 2 + 1, _power)
-    np.maximum(db, np.float32(1e-10), out=db)
-    np.log10(db, out=db)
-    db *= np.float32(10.0)
-    np.maximum(db, db.max() - np.float32(99.0), out=db)
-    db += weighting[:, np.newaxis]
-    return np.asarray(mel @ db, dtype=np.float32)[np.newaxis]
+    power = np.empty((V1_N_FFT // 2 + 1, count), dtype=np.float32)
+    peak = AMIN
+    for start, block in _spectrum_blocks(
+        _frames(padded, V1_N_FFT, V1_HOP, count), window, len(power), _power
+    ):
+        power[:, start : start + block.shape[1]] = block
+        peak = max(peak, float(block.max()))
+    floor = np.float32(max(AMIN, peak * 10.0 ** (-TOP_DB / 10.0)))
+    mel_of_weighting = (mel @ weighting)[:, np.newaxis]
+    out = _time_major(count)
+    for start in range(0, count, BLOCK_FRAMES):
+        log_power = np.maximum(power[:, start : start + BLOCK_FRAMES], floor)
+        np.log10(log_power, out=log_power)
+        banded = mel @ log_power
+        banded *= np.float32(10.0)
+        banded += mel_of_weighting
+        out[start : start + BLOCK_FRAMES] = banded.T
+    return out.T[np.newaxis]
 
 
 @lru_cache(maxsize=4)
@@ -177,7 +199,8 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     madmom's chain: peak normalisation (skipped on digital silence), frames of 1024 samples
     starting every 128 samples (origin "future": the first frame starts at sample 0, the last
     ones are zero-padded, ceil(N / 128) frames), Hann window, |rfft| without the Nyquist bin,
-    the log filterbank, then log10(1 + x).
+    the log filterbank (per block, while the block's magnitudes are in cache), then
+    log10(1 + x). Returns a (1, 128, T) view of time-major storage.
     """
     window, filterbank = _v2_constants(sample_rate)
     y = np.asarray(samples, dtype=np.float32)
@@ -187,11 +210,14 @@ def spectrogram_v2(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     count = -(-len(y) // V2_HOP)
     padded = np.zeros(max((count - 1) * V2_HOP + V2_FRAME, 0), dtype=np.float32)
     padded[: len(y)] = y
-    magnitude = _bins_major(_frames(padded, V2_FRAME, V2_HOP, count), window, V2_FRAME // 2, np.abs)
-    filtered = np.asarray(filterbank @ magnitude, dtype=np.float32)
-    filtered += np.float32(1.0)
-    np.log10(filtered, out=filtered)
-    return filtered[np.newaxis]
+    out = _time_major(count)
+    for start, magnitude in _spectrum_blocks(
+        _frames(padded, V2_FRAME, V2_HOP, count), window, V2_FRAME // 2, np.abs
+    ):
+        out[start : start + magnitude.shape[1]] = (filterbank @ magnitude).T
+    out += np.float32(1.0)
+    np.log10(out, out=out)
+    return out.T[np.newaxis]
 
 
 SPECTROGRAM_FUNCTIONS = {
