@@ -220,7 +220,7 @@ def prepare(item: Item, spec: TaggerSpec) -> Prepared:
     try:
         with tempfile.TemporaryDirectory(prefix="sv_tag_") as folder:
             source = path if item.start is None else _write_window(item, folder)
-            clip = load_clipped(source, spec.sample_rate, tuple(spec.sox_effects))
+            clip = load_clipped(source, spec.sample_rate, tuple(spec.sox_effects), workdir=Path(folder))
         if not clip.usable:
             return _failure(item, clip.status, clip.detail)
         inputs = [
