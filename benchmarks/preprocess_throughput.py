@@ -5,7 +5,7 @@
 Builds N synthetic clips (default 40) like FSDKaggle2018's: 2-10 s, 44.1 kHz, 16-bit mono WAV,
 a mixture of tones, noise bursts and chirps between up to 0.5 s of leading and trailing
 silence (--fsdd DIR uses N real FSDD recordings instead). Then, in ONE process on one core,
-it runs the shard job's function (``preprocess.preprocess_shard_to_files``: every clip's
+it runs the shard job's functions (``preprocess.write_shard_files(shard_clips(...))``: every clip's
 spectrograms appended to the shard's array files) over all of them, versions 1 and 2, twice:
 
 (a) fast: ``preprocessing.spectrograms: fast`` (the workflow's default);
@@ -42,7 +42,7 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from workflow_lib.audio import SPEC_SOX_EFFECTS, require_sox  # noqa: E402
-from workflow_lib.preprocess import preprocess_shard_to_files  # noqa: E402
+from workflow_lib.preprocess import shard_clips, write_shard_files  # noqa: E402
 
 SR = 32000
 IN_SR = 44100
@@ -116,7 +116,8 @@ def run(listing: pd.DataFrame, implementation: str) -> tuple[float, float, dict]
         arrays = {v: Path(out) / f"v{v}.npy" for v in (1, 2)}
         csvs = {v: Path(out) / f"v{v}.csv" for v in (1, 2)}
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
-        preprocess_shard_to_files(listing, 0, 1, [1, 2], SR, SPEC_SOX_EFFECTS, implementation, arrays, csvs)
+        clips = shard_clips(listing, 0, 1, [1, 2], SR, SPEC_SOX_EFFECTS, implementation)
+        write_shard_files(clips, [1, 2], arrays, csvs)
         cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
         return cpu, wall, {v: np.load(path) for v, path in arrays.items()}
 

@@ -179,7 +179,7 @@ def test_float_wav_with_nan_samples_is_skipped(tmp_path, sox_binary):
 def test_sox_effects_typo_fails_at_start_with_soxs_message(tmp_path, sox_binary):
     """Row '`preprocessing.sox_effects` with a typo': the preprocessing job stops before any
     file with SoX's own message (was: every clip silently fell back to unclipped audio)."""
-    from workflow_lib.preprocess import process_shard
+    from workflow_lib.preprocess import gather_shard, shard_clips
 
     typo = ("norm", "-0.1", "silense", "1", "0.025", "0.15%")
     with pytest.raises(SoxEffectsError) as raised:
@@ -194,7 +194,7 @@ def test_sox_effects_typo_fails_at_start_with_soxs_message(tmp_path, sox_binary)
         }
     )
     with pytest.raises(SoxEffectsError):
-        process_shard(listing, 0, 1, [1], 32000, typo)
+        gather_shard(shard_clips(listing, 0, 1, [1], 32000, typo), [1])
     check_sox_effects(tuple(CONFIG["preprocessing"]["sox_effects"]))  # the real chain passes
 
 

@@ -33,12 +33,13 @@ from workflow_lib.preprocess import (
     SpectrogramStore,
     audio_seconds,
     file_costs,
+    gather_shard,
     merge_manifests,
-    preprocess_shard_to_files,
-    process_shard,
     shard_assignment,
+    shard_clips,
     shard_of,
     write_shard,
+    write_shard_files,
 )
 from workflow_lib.shards import MAX_AUTO_SHARDS, listed_file_counts, resolve_shards
 from workflow_lib.spectrograms import compute_spectrogram
@@ -102,9 +103,11 @@ def _check_manifest(manifest: pd.DataFrame, array: np.ndarray, listing: pd.DataF
     assert np.all(np.isfinite(array)), "no NaN/inf may reach the network (e.g. silent clips)"
 
 
-def test_process_shard_on_mixed_files(mixed_listing):
+def test_shard_on_mixed_files(mixed_listing):
     """docs/method.md "Preprocessing" 1 and 4: the run finishes; every file gets a row and a status."""
-    arrays, manifests = process_shard(mixed_listing, 0, 1, VERSIONS, SR, SPEC_SOX_EFFECTS)
+    arrays, manifests = gather_shard(
+        shard_clips(mixed_listing, 0, 1, VERSIONS, SR, SPEC_SOX_EFFECTS), VERSIONS
+    )
     assert sorted(arrays) == sorted(manifests) == VERSIONS
     for version in VERSIONS:
         manifest = manifests[version]
@@ -130,7 +133,9 @@ def test_store_returns_exactly_the_computed_spectrogram(mixed_listing, tmp_path,
     out = tmp_path / "spectrograms"
     n_shards = 3
     for shard in range(n_shards):
-        arrays, manifests = process_shard(mixed_listing, shard, n_shards, VERSIONS, SR, SPEC_SOX_EFFECTS)
+        arrays, manifests = gather_shard(
+            shard_clips(mixed_listing, shard, n_shards, VERSIONS, SR, SPEC_SOX_EFFECTS), VERSIONS
+        )
         write_shard(
             arrays,
             manifests,
@@ -172,14 +177,14 @@ def test_shard_of_partitions_the_listing():
 def test_shard_with_no_files(tmp_path, sox_binary):
     """More shards than files (a tiny test split, or none): an empty shard is valid and empty."""
     listing = _listing([("planted.wav", write_wav(tmp_path / "planted.wav", planted(IN_SR), IN_SR))])
-    arrays, manifests = process_shard(listing, 1, 2, VERSIONS, SR, SPEC_SOX_EFFECTS)
+    arrays, manifests = gather_shard(shard_clips(listing, 1, 2, VERSIONS, SR, SPEC_SOX_EFFECTS), VERSIONS)
     for version in VERSIONS:
         assert len(manifests[version]) == 0, manifests[version]
         assert arrays[version].shape == (0, 128)
     # The same through the files: merging a full and an empty shard gives one row per file.
     out = tmp_path / "out"
     for shard in range(2):
-        arrays, manifests = process_shard(listing, shard, 2, [1], SR, SPEC_SOX_EFFECTS)
+        arrays, manifests = gather_shard(shard_clips(listing, shard, 2, [1], SR, SPEC_SOX_EFFECTS), [1])
         write_shard(
             arrays, manifests, {1: out / f"v1/test/shard{shard}.npy"}, {1: out / f"v1/test/shard{shard}.csv"}
         )
@@ -386,7 +391,7 @@ def test_merged_manifest_does_not_depend_on_the_sharding(tmp_path):
 
 def test_streamed_shard_files_equal_the_in_memory_shard(mixed_listing, tmp_path, repeatable_sox):
     """The job's path (each clip appended to the array file as computed) writes exactly what
-    process_shard + write_shard write: same array bytes, same manifests."""
+    gather_shard + write_shard write: same array bytes, same manifests."""
     paths = {
         kind: (
             {v: tmp_path / kind / f"v{v}.npy" for v in VERSIONS},
@@ -394,10 +399,12 @@ def test_streamed_shard_files_equal_the_in_memory_shard(mixed_listing, tmp_path,
         )
         for kind in ("memory", "streamed")
     }
-    arrays, manifests = process_shard(mixed_listing, 0, 2, VERSIONS, SR, SPEC_SOX_EFFECTS)
+    arrays, manifests = gather_shard(
+        shard_clips(mixed_listing, 0, 2, VERSIONS, SR, SPEC_SOX_EFFECTS), VERSIONS
+    )
     write_shard(arrays, manifests, *paths["memory"])
-    streamed = preprocess_shard_to_files(
-        mixed_listing, 0, 2, VERSIONS, SR, SPEC_SOX_EFFECTS, "fast", *paths["streamed"]
+    streamed = write_shard_files(
+        shard_clips(mixed_listing, 0, 2, VERSIONS, SR, SPEC_SOX_EFFECTS), VERSIONS, *paths["streamed"]
     )
     for version in VERSIONS:
         pd.testing.assert_frame_equal(streamed[version], manifests[version])
@@ -426,6 +433,8 @@ def test_a_failing_shard_job_leaves_no_array_file(mixed_listing, tmp_path, monke
     arrays = {v: out / f"v{v}.npy" for v in VERSIONS}
     csvs = {v: out / f"v{v}.csv" for v in VERSIONS}
     with pytest.raises(KeyboardInterrupt):
-        preprocess_shard_to_files(mixed_listing, 0, 1, VERSIONS, SR, SPEC_SOX_EFFECTS, "fast", arrays, csvs)
+        write_shard_files(
+            shard_clips(mixed_listing, 0, 1, VERSIONS, SR, SPEC_SOX_EFFECTS), VERSIONS, arrays, csvs
+        )
     assert len(calls) == 3
     assert list(out.iterdir()) == [], "no array, no manifest, no temporary file"

@@ -109,10 +109,10 @@ def validate(args: argparse.Namespace) -> None:
 )
 def preprocess_shard(args: argparse.Namespace) -> None:
     from .io import read_csv_str
-    from .preprocess import preprocess_shard_to_files
+    from .preprocess import shard_clips, write_shard_files
 
     stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
-    manifests = preprocess_shard_to_files(
+    clips = shard_clips(
         read_csv_str(args.listing),
         args.shard,
         args.shards,
@@ -120,6 +120,10 @@ def preprocess_shard(args: argparse.Namespace) -> None:
         args.settings["sample_rate"],
         args.settings["sox_effects"],
         args.settings.get("spectrograms", "fast"),
+    )
+    manifests = write_shard_files(
+        clips,
+        args.versions,
         {v: p.with_suffix(".npy") for v, p in stem.items()},
         {v: p.with_suffix(".csv") for v, p in stem.items()},
     )

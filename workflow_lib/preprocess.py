@@ -21,7 +21,7 @@ import contextlib
 import heapq
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,62 +183,47 @@ def _manifests(rows: list[dict], frames: dict[int, list[int]]) -> dict[int, pd.D
     return manifests
 
 
-def process_shard(
-    listing: pd.DataFrame,
-    shard: int,
-    n_shards: int,
-    versions: Sequence[int],
-    sample_rate: int,
-    sox_effects: Sequence[str],
-    implementation: str = "fast",
-) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
-    """The shard in memory: per version its (frames, 128) array and its manifest.
-
-    For inspection and tests; the workflow's job streams to files (:func:`preprocess_shard_to_files`).
-    """
+def _consume(
+    clips: Iterable[tuple[dict, dict[int, np.ndarray]]], sinks: dict[int, Callable[[np.ndarray], None]]
+) -> dict[int, pd.DataFrame]:
+    """Hand each clip's spectrogram of each version to that version's sink; the manifests."""
     rows: list[dict] = []
-    blocks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
-    for row, spectrograms in shard_clips(
-        listing, shard, n_shards, versions, sample_rate, sox_effects, implementation
-    ):
+    frames: dict[int, list[int]] = {v: [] for v in sinks}
+    for row, spectrograms in clips:
         rows.append(row)
-        for version in versions:
-            blocks[version].append(spectrograms[version])
-    frames = {v: [len(block) for block in blocks[v]] for v in versions}
-    arrays = {
-        v: np.concatenate(blocks[v]) if rows else np.zeros((0, N_BINS), dtype=np.float32) for v in versions
-    }
-    return arrays, _manifests(rows, frames)
+        for version, sink in sinks.items():
+            sink(spectrograms[version])
+            frames[version].append(len(spectrograms[version]))
+    return _manifests(rows, frames)
 
 
-def preprocess_shard_to_files(
-    listing: pd.DataFrame,
-    shard: int,
-    n_shards: int,
+def gather_shard(
+    clips: Iterable[tuple[dict, dict[int, np.ndarray]]], versions: Sequence[int]
+) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
+    """The shard in memory (``clips`` from :func:`shard_clips`): per version its (frames, 128)
+    array and its manifest. For inspection and tests; the job streams (:func:`write_shard_files`).
+    """
+    blocks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
+    manifests = _consume(clips, {v: blocks[v].append for v in versions})
+    empty = np.zeros((0, N_BINS), dtype=np.float32)
+    return {v: np.concatenate([empty, *blocks[v]]) for v in versions}, manifests
+
+
+def write_shard_files(
+    clips: Iterable[tuple[dict, dict[int, np.ndarray]]],
     versions: Sequence[int],
-    sample_rate: int,
-    sox_effects: Sequence[str],
-    implementation: str,
     array_paths: dict[int, Path],
     manifest_paths: dict[int, Path],
 ) -> dict[int, pd.DataFrame]:
-    """What the ``preprocess_shard`` job does: each clip's spectrograms are appended to the
-    version's array file as soon as they are computed, so memory holds one clip, not the
-    shard (a shard of FSDKaggle2018's training clips is gigabytes). Arrays and manifests are
-    written atomically (:func:`workflow_lib.io.npy_row_writer`), the manifests last.
+    """What the ``preprocess_shard`` job does with :func:`shard_clips`: each clip's
+    spectrograms are appended to the version's array file as soon as they are computed, so
+    memory holds one clip, not the shard (a shard of FSDKaggle2018's training clips is
+    gigabytes). Arrays and manifests are written atomically
+    (:func:`workflow_lib.io.npy_row_writer`), the manifests last.
     """
-    rows: list[dict] = []
-    frames: dict[int, list[int]] = {v: [] for v in versions}
     with contextlib.ExitStack() as stack:
-        append = {v: stack.enter_context(npy_row_writer(array_paths[v], N_BINS)) for v in versions}
-        for row, spectrograms in shard_clips(
-            listing, shard, n_shards, versions, sample_rate, sox_effects, implementation
-        ):
-            rows.append(row)
-            for version in versions:
-                append[version](spectrograms[version])
-                frames[version].append(len(spectrograms[version]))
-    manifests = _manifests(rows, frames)
+        sinks = {v: stack.enter_context(npy_row_writer(array_paths[v], N_BINS)) for v in versions}
+        manifests = _consume(clips, sinks)
     for version, manifest in manifests.items():
         write_csv(manifest, manifest_paths[version])
     return manifests
@@ -250,7 +235,7 @@ def write_shard(
     array_paths: dict[int, Path],
     manifest_paths: dict[int, Path],
 ) -> None:
-    """Write each version's in-memory array and manifest atomically (see :func:`process_shard`)."""
+    """Write each version's in-memory array and manifest atomically (see :func:`gather_shard`)."""
     for version, array in arrays.items():
         write_npy(array, array_paths[version])
         write_csv(manifests[version], manifest_paths[version])
