@@ -216,6 +216,26 @@ def test_disk_full_in_a_csv_write_names_the_path(tmp_path, monkeypatch):
     assert not list(target.parent.iterdir())  # no temporary file left behind
 
 
+def test_disk_full_while_a_shard_streams_names_the_path(tmp_path, monkeypatch):
+    """The disk fills half-way through a streamed shard array (the second block's write
+    fails): the message names the file and no partial array or temporary file is left."""
+    import io as std_io
+
+    class FillingFile(std_io.FileIO):
+        def write(self, data):
+            if self.tell() > wio.NPY_HEADER_BYTES:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(wio, "open", lambda path, mode: FillingFile(path, mode), raising=False)
+    target = tmp_path / "spectrograms" / "shard0.npy"
+    with pytest.raises(DiskFullError) as raised, wio.npy_row_writer(target, 128) as append:
+        append(np.ones((10, 128), np.float32))
+        append(np.ones((10, 128), np.float32))
+    assert str(target) in str(raised.value)
+    assert not list(target.parent.iterdir())
+
+
 def test_disk_full_in_torch_save_is_named(tmp_path, monkeypatch):
     """torch.save reports a full disk as 'RuntimeError: [enforce fail at inline_container.cc]
     . unexpected pos': with no free space left it becomes the same clear message, and the
