@@ -495,3 +495,18 @@ def test_streamed_npy_file_refuses_a_wrong_block_and_leaves_nothing(tmp_path):
         append(np.zeros((4, 128), np.float32))
         append(np.zeros((4, 64), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_shard_writers_temporary_file_is_removed_by_the_rerun(tmp_path):
+    """SIGKILL leaves the streamed array's temporary file (no cleanup runs); the job's rerun
+    deletes it, so killed jobs do not pile up gigabytes of hidden files. Other files stay."""
+    target = tmp_path / "v1" / "shard0.npy"
+    target.parent.mkdir()
+    stale = target.parent / ".shard0.npy.k1ll3d.tmp"
+    stale.write_bytes(b"\x93NUMPY half a shard")
+    other = target.parent / ".shard1.npy.r2nn1ng.tmp"  # another shard's writer: not ours
+    other.write_bytes(b"x")
+    with wio.npy_row_writer(target, 128) as append:
+        append(np.zeros((3, 128), np.float32))
+    assert not stale.exists() and other.exists()
+    assert np.load(target).shape == (3, 128)
