@@ -370,7 +370,8 @@ class _Killed(RuntimeError):
 
 def test_resume_from_a_sparse_checkpoint_equals_the_uninterrupted_run(tmp_path):
     """Checkpoints every 3 epochs: a job killed after epoch 5 loses epochs 4-5, resumes from
-    epoch 3 and ends exactly as the uninterrupted run (history, best and last parameters)."""
+    epoch 3 and ends exactly as the uninterrupted run (history, best and last parameters);
+    a temporary checkpoint file left by a killed save is removed."""
     settings = FitSettings(
         epochs=7, lr=3e-3, constant_epochs=4, batch_size=8, excerpt_frames=192, mixup_alpha=0.2, seed=5
     )
@@ -408,7 +409,10 @@ def test_resume_from_a_sparse_checkpoint_equals_the_uninterrupted_run(tmp_path):
     with pytest.raises(_Killed):
         run(killed, kill_after=5)
     assert torch.load(killed, weights_only=False)["state"]["epoch"] == 3
+    stale = tmp_path / ".killed.pt.s1gk1ll.tmp"  # what a save interrupted by SIGKILL leaves
+    stale.write_bytes(b"half a checkpoint")
     resumed, resumed_model = run(killed)
+    assert not stale.exists(), "the resumed job's first checkpoint removes the leftover"
     assert [h["epoch"] for h in resumed.history] == list(range(1, 8))
     columns = [c for c in HISTORY_COLUMNS if c != "seconds"]
     a = pd.DataFrame(straight.history)[columns].to_numpy(float)
