@@ -63,11 +63,21 @@ def _current_umask() -> int:
     return mask
 
 
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete temporary files that :func:`atomic_path` left for ``target`` when its writer was
+    killed outright (no ``finally`` runs on SIGKILL: out of memory, a cluster's time limit).
+    Only a writer of ``target`` calls this, and Snakemake runs one job per output at a time.
+    """
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target)  # a killed earlier writer's file (a shard: gigabytes)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as error:
@@ -101,19 +111,6 @@ def write_npy(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         np.save(handle, array)
 
 
-def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files that :func:`atomic_path` left for ``path`` when its writer was
-    killed outright (no ``finally`` runs on SIGKILL); returns what was deleted.
-
-    Only the job that writes ``path`` calls this, and Snakemake runs one such job at a time.
-    """
-    target = Path(path)
-    stale = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.tmp")) if target.parent.is_dir() else []
-    for leftover in stale:
-        leftover.unlink(missing_ok=True)
-    return stale
-
-
 #: Bytes before the data in a file of :func:`npy_row_writer`: a .npy v1.0 header padded to a
 #: multiple of 64 (the data stays aligned for memory mapping), with room for any row count.
 NPY_HEADER_BYTES = 128
@@ -140,9 +137,8 @@ def npy_row_writer(
     Yields ``append(block)`` for (rows, columns) blocks; the row count in the header is written
     when the block ends without error, then the file is renamed into place (:func:`atomic_path`).
     A preprocessing shard of long clips is then one clip's spectrograms in memory, not the
-    whole shard plus its concatenated copy. The temporary file lives as long as the job, so a
-    job killed outright (SIGKILL: out of memory, a cluster's time limit) leaves it behind; the
-    rerun of the job removes it (:func:`remove_stale_temporaries`).
+    whole shard plus its concatenated copy. The temporary file lives as long as the job; one
+    left by a job killed outright is removed by the rerun (:func:`atomic_path`).
     """
     dtype = np.dtype(dtype)
     rows = 0
@@ -156,7 +152,6 @@ def npy_row_writer(
             handle.write(memoryview(block).cast("B"))
             rows += block.shape[0]
 
-    remove_stale_temporaries(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(_npy_header(0, columns, dtype))
         yield append

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ClipBank
-from .io import atomic_path, remove_stale_temporaries
+from .io import atomic_path
 from .metrics import accuracy, lwlrap, map_at_3
 from .model import probabilities
 
@@ -358,13 +358,8 @@ def _to_cpu(tensors: dict | None) -> dict | None:
 def save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState
 ) -> None:
-    """Write the whole state atomically (best parameters copied to the host here, once).
-
-    A job killed outright during an earlier write left that write's temporary file (hundreds
-    of MB at the paper's widths): removed first.
-    """
+    """Write the whole state atomically (best parameters copied to the host here, once)."""
     fields = asdict(state) | {"best_state": _to_cpu(state.best_state)}
-    remove_stale_temporaries(path)
     with atomic_path(path) as tmp:
         torch.save(
             {
