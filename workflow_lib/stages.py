@@ -720,11 +720,17 @@ def summary_job(
     out_csv: Path,
     submission_status_csv: Path | None = None,
     multi_label: bool = False,
+    classes_csv: Path | None = None,
 ) -> pd.DataFrame:
-    """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``."""
-    from .evaluation import preset_summary, test_columns
+    """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``;
+    ``classes_csv`` (classes.csv) names the classes without verified clips in ``cv_note``."""
+    from .evaluation import FUSION_CV_NOTE, preset_summary, test_columns
 
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
+    unvalidated = []
+    if classes_csv is not None:
+        classes = read_csv_str(classes_csv)
+        unvalidated = list(classes.loc[classes["n_verified"].astype(int) == 0, "label"])
     rows = []
     for preset, selection_csv in zip(presets, selections):
         tables = {
@@ -732,10 +738,11 @@ def summary_job(
             for p in self_verify_dirs
             if p.parent.name == preset
         }
-        rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores, multi_label))
+        selection = pd.read_csv(selection_csv)
+        rows.append(preset_summary(preset, selection, tables, scores, multi_label, unvalidated))
     fused = test_columns(scores, "fusion", multi_label) if scores is not None else {}
     if fused:
-        rows.append({"preset": "fusion", **fused})
+        rows.append({"preset": "fusion", **fused, "cv_note": FUSION_CV_NOTE})
     table = pd.DataFrame(rows)
     table["test_note"] = test_note(scores, submission_status_csv)
     for column in ("chosen_iteration", "self_verified_clips"):
