@@ -38,5 +38,5 @@ def test_page_holds_each_table_with_its_source_and_the_version(tmp_path: Path):
     assert text.count("<table") == 2
     assert text.index("Summary") < text.index("p1") < text.index("Systems") < text.index("verified_only")
     assert f"{summary}: 2 rows" in text
-    # a fragment that the report's opening page can embed: no document-level tags
+    # a fragment that another page can embed unchanged: no document-level tags
     assert "<html" not in text and "<body" not in text

@@ -2,8 +2,11 @@
 
 Snakemake's report shows pictures, PDFs and HTML pages inline, but a CSV only as a download.
 This page puts the run's tables (the first chain's ``summary.csv`` and
-``results/systems.csv``, one row per chain) where a reader of the report sees them first, and names the
-``workflow_lib`` version that wrote them, so a result can be traced to a release.
+``results/systems.csv``, one row per chain) first in the report's menu ("1. Results", linked
+from the opening page), and names the ``workflow_lib`` version that wrote them, so a result
+can be traced to a release. The opening page itself only links to it: the report draws the
+rule graph beside the workflow description, over any wide table embedded there
+(report/screenshot.sh takes screenshots to check the layout).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pandas as pd
 from . import __version__
 from .io import write_text
 
-# Scoped to the page's own <div>: the report's opening page embeds this file as it is.
+# Scoped to the page's own <div>, so the fragment can be embedded in another page unchanged.
 STYLE = """
 .sv-results { font-size: 14px; }
 .sv-results table { border-collapse: collapse; margin-bottom: 1.5em; }
@@ -43,7 +46,7 @@ def results_page(tables: Sequence[tuple[str, Path]], out: Path, version: str = _
     """Write ``out``: a heading, then each (title, CSV path) as a table with its source file.
 
     An HTML5 fragment (no <html>/<body>): a browser shows it as a page on its own, and the
-    report's opening page (report/workflow.rst) includes it unchanged.
+    report shows it full width in its own frame.
     """
     parts = [
         '<meta charset="utf-8">',
