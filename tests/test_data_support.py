@@ -131,3 +131,13 @@ def test_select_command_warns_only_without_validation_scores(tmp_path: Path, cap
     with caplog.at_level(logging.INFO):
         assert cli.main(["select", "--histories", f"0:0={history}", "--out", str(tmp_path / "s.csv")]) == 0
     assert (NO_VALIDATION in caplog.text) == bool(np.isnan(losses[0]))
+
+
+def test_model_card_prints_a_note_column_with_blanks(tmp_path: Path) -> None:
+    """summary.csv's cv_note is blank for most rows: the export's model card still renders it."""
+    from workflow_lib.export import _markdown_table
+
+    table = pd.DataFrame({"preset": ["p", "fusion"], "test_accuracy": [0.5, 0.6], "cv_note": ["", "why"]})
+    write_csv(table, tmp_path / "summary.csv")
+    card = _markdown_table(pd.read_csv(tmp_path / "summary.csv"))
+    assert "| p | 0.5000 |  |" in card and "| fusion | 0.6000 | why |" in card

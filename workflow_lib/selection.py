@@ -105,7 +105,10 @@ NO_VALIDATION = "no verified validation clips: the CV scores are empty and the l
 
 def selection_note(table: pd.DataFrame) -> str:
     """:data:`NO_VALIDATION` when no iteration has a validation score (then :func:`choose`
-    takes the last iteration: the whole training budget, nothing compared), else ''."""
+    takes the last iteration: the whole training budget, nothing compared), else '' (also for
+    a table without the score columns, which says nothing about validation)."""
+    if not {"mean_valid_loss", f"mean_{LWLRAP}"} & set(table.columns):
+        return ""
     return "" if np.isfinite(criterion(table)).any() else NO_VALIDATION
 
 
