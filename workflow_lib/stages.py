@@ -533,10 +533,7 @@ def fuse_job(
     classes = read_classes(classes_csv)
     presets = list(test_csvs)
     tests = [pd.read_csv(test_csvs[p], dtype={"fname": str}) for p in presets]
-    expected = None
-    if test_manifest is not None:
-        manifest = read_csv_str(test_manifest)
-        expected = manifest.loc[manifest["status"].isin(USABLE_STATUSES), "fname"]
+    expected = usable_test_clips(test_manifest)
     check_complete_predictions({path: (t, "predict") for path, t in zip(test_csvs.values(), tests)}, expected)
     fnames = tests[0]["fname"]
     stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes) for t in tests])
@@ -582,6 +579,15 @@ def fuse_job(
         if out_status is not None:
             write_csv(status, out_status)
     write_csv(answers, out_submission)
+
+
+def usable_test_clips(test_manifest: Path | None) -> pd.Series | None:
+    """The test clips that were predicted (a usable preprocessing status); None without a
+    manifest."""
+    if test_manifest is None:
+        return None
+    manifest = read_csv_str(test_manifest)
+    return manifest.loc[manifest["status"].isin(USABLE_STATUSES), "fname"]
 
 
 def check_complete_predictions(
