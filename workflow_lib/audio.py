@@ -202,7 +202,9 @@ def check_sox_effects(effects: tuple[str, ...], sox: str = "sox") -> None:
 
     Without this probe a typo in ``preprocessing.sox_effects`` makes every clip fall back to
     the unclipped audio (an INFO line per file) and the run goes on as if clipping worked.
+    An effect outside the allowlist is refused before SoX runs at all.
     """
+    require_allowed_sox_effects(effects, "config key preprocessing.sox_effects")
     with tempfile.TemporaryDirectory(prefix="sox_probe_") as tmp:
         source = Path(tmp) / "probe.wav"
         t = np.arange(8000) / 16000
