@@ -429,6 +429,17 @@ def test_config_sox_effects_go_through_the_same_allowlist():
         resolve_settings(config)
 
 
+def test_run_sox_never_runs_a_chain_outside_the_allowlist(tmp_path, sox_binary):
+    """The last line behind the checks above: the chain is returned as SoX's failure."""
+    from workflow_lib.audio import run_sox
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    clip = write_wav(tmp_path / "clip.wav", tone(0.5, 16000), 16000)
+    error = run_sox(clip, tmp_path / "out.wav", ("noiseprof", str(target)))
+    assert error.startswith("SoX effects refused") and target.read_text() == "keep me\n"
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [

@@ -183,10 +183,13 @@ def run_sox(source: Path, target: Path, effects: tuple[str, ...], sox: str = "so
     Paths are made absolute so a file name beginning with '-' is never read as an option.
     ``-R`` (repeatable mode) seeds SoX's dither generator: without it the 16-bit output differs
     in the last bit from run to run. The effects chain itself is exactly docs/method.md's.
-    A chain outside :data:`ALLOWED_SOX_EFFECTS` raises before SoX starts (the callers check it
-    earlier, with the setting's name; this is the last line).
+    A chain outside :data:`ALLOWED_SOX_EFFECTS` is never run: it is returned as the failure
+    (config validation, the bundle loader and :func:`check_sox_effects` refuse it earlier,
+    naming the setting; this is the last line).
     """
-    require_allowed_sox_effects(effects, "run_sox")
+    problems = sox_effects_problems(effects)
+    if problems:
+        return "SoX effects refused: " + "; ".join(problems)
     command = [sox, "-R", str(source.resolve()), str(target.resolve()), *effects]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
