@@ -123,6 +123,7 @@ rule summary:
         ],
         scores=L.evaluation("{chain}", "summary.csv"),
         status=L.submission_status("{chain}"),
+        classes=L.data("classes.csv"),
     output:
         L.summary("{chain}"),
     log:
@@ -138,7 +139,8 @@ rule summary:
     shell:
         "{params.cli} summary --presets {params.presets:q}"
         " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
-        " --scores {input.scores} --submission-status {input.status} --out {output}"
+        " --scores {input.scores} --submission-status {input.status} --classes {input.classes}"
+        " --out {output}"
         " {params.multi_label:q} 2> {log}"
 
 

@@ -234,8 +234,10 @@ def _evaluate(tmp_path: Path, listing: pd.DataFrame, system: pd.DataFrame) -> pd
     from workflow_lib.stages import evaluate_job
 
     write_csv(listing.assign(path=""), tmp_path / "test.csv")
-    write_csv(system, tmp_path / "s.csv")
-    write_csv(system.drop(index=3), tmp_path / "fusion.csv")  # q2 not predicted by the fusion
+    # q2 not predicted (skipped in preprocessing): no system has a row for it (a system that
+    # lacks rows the others have is a damaged file: tests/test_corrupt_intermediates.py)
+    write_csv(system.drop(index=3), tmp_path / "s.csv")
+    write_csv(system.drop(index=3), tmp_path / "fusion.csv")
     return evaluate_job(
         tmp_path / "test.csv",
         _classes(tmp_path / "classes.csv"),
@@ -248,7 +250,7 @@ def _evaluate(tmp_path: Path, listing: pd.DataFrame, system: pd.DataFrame) -> pd
 def test_evaluate_job_writes_lwlrap_per_class_and_no_confusion(tmp_path, listing, system):
     scores = _evaluate(tmp_path, listing, system).set_index(["system", "set"])
     assert not (tmp_path / "eval" / "confusion.csv").exists()
-    # q2 (Private) has no fusion prediction: out of every system's scores, counted per set
+    # q2 (Private) has no prediction: out of every system's scores, counted per set
     assert scores.loc[("s", "Private"), "n"] == 1 and scores.loc[("s", "Private"), "n_unpredicted"] == 1
     assert scores.loc[("s", "Public+Private"), "lwlrap"] == pytest.approx(4.5 / 5)
     written = pd.read_csv(tmp_path / "eval" / "summary.csv")

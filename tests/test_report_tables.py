@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from workflow_lib import __version__
@@ -38,5 +39,15 @@ def test_page_holds_each_table_with_its_source_and_the_version(tmp_path: Path):
     assert text.count("<table") == 2
     assert text.index("Summary") < text.index("p1") < text.index("Systems") < text.index("verified_only")
     assert f"{summary}: 2 rows" in text
-    # a fragment that the report's opening page can embed: no document-level tags
+    # a fragment that another page can embed unchanged: no document-level tags
     assert "<html" not in text and "<body" not in text
+
+
+def test_text_columns_are_left_aligned_and_readable():
+    frame = pd.DataFrame({"preset": ["p1", "fusion"], "accuracy": [0.9, np.nan], "note": [np.nan, "why"]})
+    page = table_html(frame, table_id="t0")
+    style = page[: page.index("<table")]
+    for n in (1, 3):  # preset and note; not the number column
+        assert f"#t0 td:nth-child({n})" in style and f"#t0 th:nth-child({n})" in style
+    assert "nth-child(2)" not in style and "text-align: left" in style
+    assert 'id="t0"' in page

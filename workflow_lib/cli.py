@@ -85,13 +85,14 @@ def validate(args: argparse.Namespace) -> None:
     for row in problems.rows:
         log.warning("%s line %s: %s (%s)", row["file"], row["line"], row["problem"], row["outcome"])
     write_csv(problems.frame(), args.out_dir / "problems.csv")
-    write_csv(class_table(train), args.out_dir / "classes.csv")
+    classes = class_table(train)  # classes, not label sets (a multi-label clip has several)
+    write_csv(classes, args.out_dir / "classes.csv")
     write_csv(test, args.out_dir / "test.csv")
     write_csv(train, args.out_dir / "train.csv")
     log.info(
         "%d training clips, %d classes, %d test clips, %d problems",
         len(train),
-        train["label"].nunique(),
+        len(classes),
         len(test),
         len(problems.rows),
     )
@@ -301,9 +302,11 @@ def select(args: argparse.Namespace) -> None:
     """Pick the iteration with the lowest mean verified validation loss (multi-label: the highest
     mean lwlrap; near-tie rule)."""
     from .io import write_csv
-    from .selection import selection_table
+    from .selection import selection_note, selection_table
 
     table = selection_table(iteration_fold_paths(args.histories), args.tolerance)
+    if selection_note(table):
+        log.warning("%s (%s)", selection_note(table), args.out)
     if table["near_tie"].sum() > 1:
         log.warning(
             "iterations %s are within %g of the best mean validation score: chose the "
@@ -419,6 +422,7 @@ def evaluate(args: argparse.Namespace) -> None:
     arg("--self-verify-dirs", nargs="*", default=[]),
     arg("--scores", type=Path),
     arg("--submission-status", type=Path),
+    arg("--classes", type=Path, help="classes.csv: classes without verified clips are named in cv_note"),
     arg("--out", type=Path, required=True),
     arg("--multi-label", action="store_true", help="lwlrap columns instead of accuracy/MAP@3 on test"),
 )
@@ -434,6 +438,7 @@ def summary(args: argparse.Namespace) -> None:
         args.out,
         args.submission_status,
         args.multi_label,
+        args.classes,
     )
     log.info("\n%s", table.to_string(index=False))
 

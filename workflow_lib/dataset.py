@@ -7,7 +7,8 @@ fname,labels[,usage]). Both give the same validated listings: a clip's set is wr
 ``label`` column as in :mod:`workflow_lib.labels`.
 
 Errors stop the run with the file and line named; recoverable problems become logged skips
-listed in ``results/data/problems.csv``:
+listed in ``results/data/problems.csv``; data that cannot support a figure of the results
+(no verified clips to validate on) is a logged ``warning`` row there, and the run goes on:
 
 =============================================  ==========  =================================
 problem                                        outcome     why
@@ -34,6 +35,12 @@ symlink leading outside the dataset root       skipped     unless dataset.follow
                                                            symlinks: a link to /etc/passwd
                                                            must not be read as audio
 test row with usage "Ignored"                  kept        predicted, never scored
+no verified (curated) training clip at all     warning     no validation clips: CV scores
+                                                           are empty, model selection cannot
+                                                           compare iterations (the last wins)
+class with no verified clip (2019: a label     warning     never validated: the CV scores
+only among noisy clips)                                    leave it out, self-verification
+                                                           cannot confirm its clips
 =============================================  ==========  =================================
 
 A test clip that is skipped stays in the test listing with an empty ``path``: it gets a row
@@ -403,6 +410,43 @@ def check_class_sizes(train: pd.DataFrame, folds: int, csv_path: Path, problems:
             )
 
 
+#: The problems.csv outcome of data the run can use but that cannot support every figure.
+WARNING = "warning"
+
+
+def check_verified_support(
+    train: pd.DataFrame, csv_path: Path, problems: Problems, multi_label: bool
+) -> None:
+    """Warn (``problems.csv`` rows with outcome ``warning``) where the verified clips cannot
+    support the results: validation, the CV scores and model selection use the verified
+    clips only, and self-verification trusts a noisy clip only through a model validated on
+    them. Without any verified clip the CV columns are empty; a class without one is missing
+    from the CV scores and self-verification cannot confirm its noisy clips.
+    """
+    if not train["verified"].astype(int).any():
+        kind = "curated (verified) clips" if multi_label else "manually verified clips (manually_verified=1)"
+        problems.add(
+            csv_path,
+            "-",
+            "",
+            f"no {kind}: there is nothing to validate on, so the CV scores are empty and model "
+            "selection cannot compare iterations (the last iteration is used)",
+            WARNING,
+        )
+        return
+    table = class_table(train)
+    for label in table.loc[table["n_verified"] == 0, "label"]:
+        where = "only among the noisy clips" if multi_label else "only on unverified clips"
+        problems.add(
+            csv_path,
+            "-",
+            "",
+            f"class {label!r} appears {where}: it is never validated (the CV scores leave it "
+            "out) and self-verification cannot confirm its clips",
+            WARNING,
+        )
+
+
 def attach_true_labels(
     train: pd.DataFrame, true_labels_csv: Path | None, multi_label: bool = False
 ) -> pd.DataFrame:
@@ -461,6 +505,7 @@ def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFram
         train = read_train(train_csv, root / dataset["train_audio_dir"], problems, root, follow)
     problems.raise_errors()
     check_class_sizes(train, folds, train_csv, problems)
+    check_verified_support(train, train_csv, problems, multi_label)
     classes = sorted(class_members(train)["label"].unique())
     test_csv = root / dataset["test_csv"] if dataset["test_csv"] else None
     test_dir = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else root / "_none_"

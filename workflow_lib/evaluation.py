@@ -23,11 +23,15 @@ import pandas as pd
 from .dataset import TOTAL_ROW
 from .labels import multi_hot, split_labels
 from .metrics import accuracy, confusion_table, lwlrap, map_at_3, per_class_lwlrap, per_class_table
+from .selection import selection_note
 
 SCORING_SETS = {"Public": ("Public",), "Private": ("Private",), "Public+Private": ("Public", "Private")}
 
 #: multi-label mode: a class is predicted for a clip when its posterior is at least this
 THRESHOLD = 0.5
+
+#: The ``cv_note`` of the fusion row of results/summary.csv: it has test scores only.
+FUSION_CV_NOTE = "the fusion is scored on the test clips only"
 
 #: the score columns of summary.csv per mode (after system, set, n)
 SCORE_COLUMNS = {False: ["accuracy", "map3"], True: ["lwlrap", "precision", "recall", "f1"]}
@@ -128,14 +132,29 @@ def class_reports(
     return per_class_table(targets, predicted, classes), confusion_table(targets, predicted, classes)
 
 
+def cv_note(selection: pd.DataFrame, unvalidated: Sequence[str] = ()) -> str:
+    """The ``cv_note`` of results/summary.csv: why CV figures are missing or leave classes out
+    ('' when every class was validated): no verified validation clip at all (empty CV
+    columns, the last iteration chosen), or the classes without a verified clip."""
+    notes = [selection_note(selection)]
+    if unvalidated and not notes[0]:
+        shown = ", ".join(map(str, list(unvalidated)[:5])) + (", ..." if len(unvalidated) > 5 else "")
+        notes.append(f"{len(unvalidated)} class(es) without verified clips are not in the CV scores: {shown}")
+    return "; ".join(note for note in notes if note)
+
+
 def preset_summary(
     preset: str,
     selection: pd.DataFrame,
     self_verified: Mapping[int, pd.DataFrame],
     test_scores: pd.DataFrame | None,
     multi_label: bool = False,
+    unvalidated: Sequence[str] = (),
 ) -> dict:
     """One row of results/summary.csv.
+
+    ``unvalidated``: the classes without a verified clip (classes.csv ``n_verified`` 0),
+    named in ``cv_note`` (see :func:`cv_note`).
 
     ``self_verified_clips`` and ``self_verified_precision`` describe the list the chosen
     iteration was fine-tuned on (none for iteration 0); in multi-label mode they are read
@@ -166,6 +185,7 @@ def preset_summary(
         row["self_verified_precision"] = overall.get("precision", np.nan)
     if test_scores is not None:
         row.update(test_columns(test_scores, preset, multi_label))
+    row["cv_note"] = cv_note(selection, unvalidated)
     return row
 
 

@@ -310,8 +310,8 @@ def _markdown_table(table: pd.DataFrame) -> str:
     """Counts as integers, fractions to 4 decimals, missing values empty."""
 
     def column(values: pd.Series) -> list[str]:
-        if not pd.api.types.is_float_dtype(values):
-            return values.astype(str).tolist()
+        if not pd.api.types.is_float_dtype(values):  # text: a note column is blank in some rows
+            return values.fillna("").astype(str).tolist()
         known = values.dropna()
         whole = bool(len(known)) and bool((known == known.round()).all()) and known.abs().max() > 1
         return ["" if pd.isna(v) else (f"{v:.0f}" if whole else f"{v:.4f}") for v in values]

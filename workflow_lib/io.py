@@ -11,9 +11,13 @@ import contextlib
 import errno
 import glob
 import json
+import logging
 import os
+import pickle
 import shutil
 import tempfile
+import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: Below this many free bytes a failed write is reported as a full disk (torch.save reports
 #: ENOSPC as "RuntimeError: [enforce fail at inline_container.cc] . unexpected pos").
@@ -174,3 +180,59 @@ def write_text(text: str, path: str | os.PathLike[str]) -> None:
 def read_csv_str(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a CSV keeping file names and labels as strings (``"01"`` must not become ``1``)."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+class CorruptFileError(UserError):
+    """An intermediate file exists but cannot be read (truncated by a full disk, a killed copy,
+    a crash of the filesystem); the message names it and how to rebuild it."""
+
+
+#: What numpy and torch raise on a truncated or garbled file: numpy's header parser and
+#: ``mmap`` ("mmap length is greater than file size"), torch's zip reader ("failed finding
+#: central directory", a RuntimeError) and the unpickler of the data inside.
+UNREADABLE_ERRORS = (ValueError, OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def corrupt_file_error(path: str | os.PathLike[str], error: BaseException, rule: str) -> CorruptFileError:
+    """The error for an unreadable intermediate: which file, what the reader said, the fix.
+
+    Snakemake considers an existing output up to date whatever its content, so the fix is to
+    remove it (Snakemake then rebuilds it and everything after it) or to force its rule.
+    """
+    return CorruptFileError(
+        f"{path} is damaged and cannot be read ({type(error).__name__}: {error}). Delete it and "
+        f"run the same snakemake command again (the rule {rule} rebuilds it), or rerun with "
+        f"--forcerun {rule}; after an interrupted run, --rerun-incomplete"
+    )
+
+
+def load_npy(path: str | os.PathLike[str], rule: str, mmap_mode: str | None = "r") -> np.ndarray:
+    """``np.load`` that names the file and the rule to rerun when the array is truncated."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except UNREADABLE_ERRORS as error:
+        raise corrupt_file_error(path, error, rule) from error
+
+
+def load_torch(path: str | os.PathLike[str], rule: str) -> Any:
+    """``torch.load`` (on the CPU) that names the file and the rule to rerun when it is damaged."""
+    import torch  # only the jobs that read parameter files pay for the import
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except UNREADABLE_ERRORS as error:
+        raise corrupt_file_error(path, error, rule) from error
+
+
+def set_aside(path: str | os.PathLike[str], why: BaseException | str) -> Path:
+    """Rename a damaged file to ``<name>.corrupt-<UTC time>`` (kept for inspection, never read
+    again) and log it; returns the new path."""
+    source = Path(path)
+    target = source.with_name(f"{source.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.replace(source, target)
+    log.warning("%s cannot be read (%s); set aside as %s, starting afresh", source, why, target.name)
+    return target

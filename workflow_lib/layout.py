@@ -74,6 +74,13 @@ class Layout:
             return self.initial_dir(self.starts[chain], preset, fold)
         return self.fine_tuned_dir(chain, preset, fold, iteration)
 
+    @staticmethod
+    def model_rule(model_file: object) -> str:
+        """The rule that writes a ``best.pt`` (named in the error about a damaged one): the
+        fine-tuned models live in ``it{i}/`` folders, the iteration-0 ones do not."""
+        folder = str(model_file).replace("\\", "/").rsplit("/", 2)[-2]
+        return "fine_tune" if folder.startswith("it") and folder[2:].isdigit() else "train_initial"
+
     def model_file(self, chain: str, preset: str, fold: object, iteration: int) -> str:
         return f"{self.model_dir(chain, preset, fold, iteration)}/best.pt"
 

@@ -36,7 +36,7 @@ from .audio import (
     load_clipped,
     require_sox,
 )
-from .io import npy_row_writer, read_csv_str, write_csv, write_npy
+from .io import load_npy, npy_row_writer, read_csv_str, write_csv, write_npy
 
 N_BINS = 128
 
@@ -274,7 +274,8 @@ class SpectrogramStore:
             manifest = manifest[manifest["status"].isin(USABLE_STATUSES)].reset_index(drop=True)
         folder = Path(manifest_csv).with_suffix("")
         arrays = {
-            int(s): np.load(folder / f"shard{int(s)}.npy", mmap_mode="r") for s in manifest["shard"].unique()
+            int(s): load_npy(folder / f"shard{int(s)}.npy", rule="preprocess_shard")
+            for s in manifest["shard"].unique()
         }
         return cls(manifest, arrays)
 

@@ -87,7 +87,7 @@ def criterion(table: pd.DataFrame) -> np.ndarray:
 def choose(table: pd.DataFrame, tolerance: float) -> int:
     """Row of the chosen iteration: among those within ``tolerance`` of the lowest mean loss
     (multi-label: of the highest mean lwlrap), the highest mean accuracy, then the earliest
-    (the last one when no score is known)."""
+    (the last one when no score is known: see :func:`selection_note`)."""
     losses = criterion(table)
     if not np.isfinite(losses).any():
         return len(table) - 1
@@ -97,6 +97,19 @@ def choose(table: pd.DataFrame, tolerance: float) -> int:
     accuracy = table["mean_valid_acc"].to_numpy(dtype=float)[near]
     accuracy = np.where(np.isfinite(accuracy), accuracy, -np.inf)
     return int(near[np.flatnonzero(accuracy == accuracy.max())[0]])
+
+
+#: Why a selection has no basis: every fold's validation set was empty (no verified clips).
+NO_VALIDATION = "no verified validation clips: the CV scores are empty and the last iteration is used"
+
+
+def selection_note(table: pd.DataFrame) -> str:
+    """:data:`NO_VALIDATION` when no iteration has a validation score (then :func:`choose`
+    takes the last iteration: the whole training budget, nothing compared), else '' (also for
+    a table without the score columns, which says nothing about validation)."""
+    if not {"mean_valid_loss", f"mean_{LWLRAP}"} & set(table.columns):
+        return ""
+    return "" if np.isfinite(criterion(table)).any() else NO_VALIDATION
 
 
 def chosen_iteration(selection_csv: Path) -> int:

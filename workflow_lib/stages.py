@@ -22,8 +22,9 @@ from .data import ClipBank
 from .devices import select_device
 from .errors import UserError
 from .folds import make_folds, split_fold
-from .io import atomic_path, read_csv_str, write_csv
+from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import multi_hot, split_labels
+from .layout import Layout
 from .model import build_model
 from .preprocess import SpectrogramStore
 from .selection import best_epoch_row
@@ -188,7 +189,7 @@ def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str
 def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a saved network in evaluation mode; returns (model, metadata). Its outputs are
     turned into probabilities with ``metadata.get("multi_label", False)``."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_torch(path, rule=Layout.model_rule(path))
     model = build_model(saved["width"], len(saved["classes"]), tuple(saved["dropout"]))
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval(), saved
@@ -208,7 +209,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     model = build_model(job.net["width"], len(classes), tuple(job.net["dropout"]))
     if job.init_checkpoint is not None:
         model.load_state_dict(
-            torch.load(job.init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+            load_torch(job.init_checkpoint, Layout.model_rule(job.init_checkpoint))["state_dict"]
         )
     job.out_dir.mkdir(parents=True, exist_ok=True)
     history_csv = job.out_dir / "history.csv"
@@ -532,6 +533,8 @@ def fuse_job(
     classes = read_classes(classes_csv)
     presets = list(test_csvs)
     tests = [pd.read_csv(test_csvs[p], dtype={"fname": str}) for p in presets]
+    expected = usable_test_clips(test_manifest)
+    check_complete_predictions({path: (t, "predict") for path, t in zip(test_csvs.values(), tests)}, expected)
     fnames = tests[0]["fname"]
     stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes) for t in tests])
     if method == "learned":
@@ -576,6 +579,37 @@ def fuse_job(
         if out_status is not None:
             write_csv(status, out_status)
     write_csv(answers, out_submission)
+
+
+def usable_test_clips(test_manifest: Path | None) -> pd.Series | None:
+    """The test clips that were predicted (a usable preprocessing status); None without a
+    manifest."""
+    if test_manifest is None:
+        return None
+    manifest = read_csv_str(test_manifest)
+    return manifest.loc[manifest["status"].isin(USABLE_STATUSES), "fname"]
+
+
+def check_complete_predictions(
+    tables: dict[Path, tuple[pd.DataFrame, str]], expected: pd.Series | None
+) -> None:
+    """Every posterior table ({path: (table, the rule that writes it)}) must have a row for
+    every clip that was predicted (``expected``: the usable clips of the test manifest; None:
+    the union of the tables). A table missing rows is damaged (truncated, edited): scoring
+    the rest would report a smaller test set as if it were the whole one, and the submission
+    would call the lost clips by their preprocessing status.
+    """
+    names = [set(frame["fname"]) for frame, _ in tables.values()]
+    wanted = set(expected) if expected is not None else set().union(*names)
+    for path, (frame, rule) in tables.items():
+        lost = sorted(wanted - set(frame["fname"]))
+        if lost:
+            raise UserError(
+                f"{path} lacks the posteriors of {len(lost)} of {len(wanted)} test clips "
+                f"(e.g. {lost[:3]}): the file is incomplete. Delete it and run the same "
+                f"snakemake command again (the rule {rule} rebuilds it), or rerun with "
+                f"--forcerun {rule}"
+            )
 
 
 def fusion_targets(labels: pd.Series, classes: list[str], multi_label: bool) -> np.ndarray:
@@ -626,6 +660,8 @@ def evaluate_job(
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
     frames = {name: pd.read_csv(path, dtype={"fname": str}) for name, path in systems.items()}
+    rules = {name: "fuse" if name == "fusion" else "predict" for name in frames}
+    check_complete_predictions({systems[name]: (frames[name], rules[name]) for name in frames}, None)
     predicted = set.intersection(*(set(f["fname"]) for f in frames.values()))
     scored = scored_rows(test, classes, multi_label)
     missing = scored.loc[~scored["fname"].isin(predicted)]
@@ -690,11 +726,17 @@ def summary_job(
     out_csv: Path,
     submission_status_csv: Path | None = None,
     multi_label: bool = False,
+    classes_csv: Path | None = None,
 ) -> pd.DataFrame:
-    """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``."""
-    from .evaluation import preset_summary, test_columns
+    """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``;
+    ``classes_csv`` (classes.csv) names the classes without verified clips in ``cv_note``."""
+    from .evaluation import FUSION_CV_NOTE, preset_summary, test_columns
 
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
+    unvalidated = []
+    if classes_csv is not None:
+        classes = read_csv_str(classes_csv)
+        unvalidated = list(classes.loc[classes["n_verified"].astype(int) == 0, "label"])
     rows = []
     for preset, selection_csv in zip(presets, selections):
         tables = {
@@ -702,10 +744,11 @@ def summary_job(
             for p in self_verify_dirs
             if p.parent.name == preset
         }
-        rows.append(preset_summary(preset, pd.read_csv(selection_csv), tables, scores, multi_label))
+        selection = pd.read_csv(selection_csv)
+        rows.append(preset_summary(preset, selection, tables, scores, multi_label, unvalidated))
     fused = test_columns(scores, "fusion", multi_label) if scores is not None else {}
     if fused:
-        rows.append({"preset": "fusion", **fused})
+        rows.append({"preset": "fusion", **fused, "cv_note": FUSION_CV_NOTE})
     table = pd.DataFrame(rows)
     table["test_note"] = test_note(scores, submission_status_csv)
     for column in ("chosen_iteration", "self_verified_clips"):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ClipBank
-from .io import atomic_path
+from .io import UNREADABLE_ERRORS, atomic_path, set_aside
 from .metrics import accuracy, lwlrap, map_at_3
 from .model import probabilities
 
@@ -375,10 +375,16 @@ def save_checkpoint(
 def load_checkpoint(
     path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> TrainState | None:
-    """Restore a checkpoint written by the same run; ignore one from other settings or data."""
+    """Restore a checkpoint written by the same run; ignore one from other settings or data;
+    set a damaged one aside (renamed, logged) so that the job starts afresh instead of failing
+    on every rerun."""
     if not path.is_file():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except UNREADABLE_ERRORS as error:  # truncated (killed mid-write by a full disk, a lost node)
+        set_aside(path, f"{type(error).__name__}: {error}")
+        return None
     if saved.get("format") != CHECKPOINT_FORMAT:
         log.warning("ignoring checkpoint %s: written by an older version of this code", path)
         return None
