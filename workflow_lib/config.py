@@ -241,6 +241,27 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
     return job
 
 
+#: Settings of a job that change how it runs, never what it computes (paths into the job
+#: settings of :func:`fit_settings` and of the prediction job): the checkpoint interval and
+#: torch.compile (``run``), the whole-clip evaluation batch (``fit.eval_batch_size``, the
+#: prediction job's ``batch_size``; networks in eval mode give each clip the same output in
+#: any batch). Rules pass them to the job unrecorded, so changing one retrains nothing.
+RUN_ONLY_SETTINGS: tuple[tuple[str, ...], ...] = (("run",), ("fit", "eval_batch_size"), ("batch_size",))
+
+
+def compared_settings(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The job settings less :data:`RUN_ONLY_SETTINGS`: what Snakemake records and compares
+    (a change reruns the job)."""
+    kept = copy.deepcopy(dict(job))
+    for path in RUN_ONLY_SETTINGS:
+        parent = kept
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return kept
+
+
 def is_multi_label(settings: Mapping[str, Any]) -> bool:
     """Multi-label task (label sets, sigmoid outputs, lwlrap): the FSDKaggle2019 layout."""
     return layout_is_multi_label(settings.get("dataset", {}))
