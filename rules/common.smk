@@ -36,7 +36,7 @@ try:
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
     from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
     from workflow_lib.fingerprint import split_fingerprints
-    from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec
+    from workflow_lib.layout import TRUST_FILES, Layout, overlong_values, spec_files, systems_spec
     from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
     sys.path.remove(REPO)
@@ -310,3 +310,27 @@ FINAL_OUTPUTS = [
     f"{RESULTS}/report/results.html",
     *(f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()),
 ]
+
+
+def check_name_lengths():
+    """Chain and preset names are folder and file names of the layout: one too long for a
+    file name (255 bytes, less what the layout adds) stops the run at start, not at the
+    first job that writes there (after hours of training). Called once every rule is
+    defined (Snakefile): the bound comes from their output, log and benchmark patterns."""
+    patterns = [*FINAL_OUTPUTS]
+    for rule_ in workflow.rules:
+        patterns += [*map(str, rule_.output), *map(str, rule_.log)]
+        patterns += [str(rule_.benchmark)] if rule_.benchmark else []
+    values = {
+        "chain": CHAINS,
+        "preset": PRESETS,
+        "start": sorted(set(STARTS.values())),
+        "fold": [str(FOLDS[-1])],
+        "it": [str(ITERATIONS[-1])],
+        "split": SPLITS,
+        "version": [str(v) for v in VERSIONS],
+        "shard": [str(max(N_SHARDS.values()) - 1)],
+    }
+    problems = overlong_values(patterns, values, {"chain": "run_chains", "preset": "method.presets"})
+    if problems:
+        raise WorkflowError("invalid configuration:\n  - " + "\n  - ".join(problems))

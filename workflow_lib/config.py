@@ -8,6 +8,7 @@ out-of-range value stops the run with one readable sentence instead of a traceba
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,11 +60,38 @@ def load_schema() -> dict[str, Any]:
 def validate_settings(settings: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` listing every schema violation and inconsistency."""
     validator = jsonschema.Draft202012Validator(load_schema())
-    problems = [_describe(e) for e in sorted(validator.iter_errors(settings), key=str)]
+    problems = non_finite_numbers({k: v for k, v in settings.items() if k != "run_presets"})
+    problems += [_describe(e) for e in sorted(validator.iter_errors(settings), key=str)]
     if not problems:
         problems = _cross_checks(settings)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def non_finite_numbers(tree: Any, prefix: str = "") -> list[str]:
+    """A sentence per NaN or infinite number in the settings.
+
+    YAML reads ``.nan`` and ``.inf`` as floats, and a JSON schema cannot refuse NaN: every
+    comparison with it is false, so ``minimum``/``maximum`` let it through, and a threshold
+    of NaN would then trust nothing, a max_fraction or gamma of NaN crash after the
+    iteration-0 training. (``run_presets`` is checked once merged, as the resolved settings.)
+    """
+    if isinstance(tree, Mapping):
+        items = [(f"{prefix}{key}", value) for key, value in tree.items()]
+    elif isinstance(tree, list):
+        items = [(f"{prefix.rstrip('.')}[{n}]", value) for n, value in enumerate(tree)]
+    else:
+        return []
+    problems = []
+    for key, value in items:
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(
+                f"config key {key}: {value} is not a finite number (NaN and infinity are refused; "
+                "where a key can be switched off, null does that)"
+            )
+        else:
+            problems += non_finite_numbers(value, f"{key}.")
+    return problems
 
 
 def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
