@@ -35,7 +35,7 @@ try:
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
     from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
-    from workflow_lib.fingerprint import split_fingerprints
+    from workflow_lib.fingerprint import DigestCache, split_fingerprints
     from workflow_lib.layout import TRUST_FILES, Layout, overlong_values, spec_files, systems_spec
     from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
@@ -70,6 +70,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec) and LOCKS.is_dir() and
 
 onstart:
     record_run_identity(Path(RESULTS), RUN_IDENTITY)
+    DATASET_DIGESTS.save()
 
 
 # Chains (config keys `chains`, `run_chains`): iteration 0 + a trust policy. Every chain runs
@@ -189,11 +190,13 @@ def test_listing_files():
 
 # Per-split content fingerprints of a given dataset (workflow_lib/fingerprint.py: why content
 # digests, what is and is not detected), params of the validation jobs. The demo dataset is
-# made by rule demo_dataset, so its changes reach the DAG as that job's outputs.
+# made by rule demo_dataset, so its changes reach the DAG as that job's outputs. The digest
+# cache is saved when a run starts (onstart): a dry run writes nothing.
+DATASET_DIGESTS = DigestCache(None if DEMO else Path(RESULTS) / ".cache" / "dataset_digests.json")
 DATASET_FINGERPRINTS = (
     {"train": "(demo dataset)", "test": "(demo dataset)"}
     if DEMO
-    else split_fingerprints(DATA_ROOT, S["dataset"], Path(RESULTS) / ".cache" / "dataset_digests.json")
+    else split_fingerprints(DATA_ROOT, S["dataset"], DATASET_DIGESTS)
 )
 
 

@@ -156,13 +156,11 @@ def fingerprint_test(root: Path, dataset: Mapping[str, Any], cache: DigestCache)
 
 
 def split_fingerprints(
-    root: str | os.PathLike[str], dataset: Mapping[str, Any], cache_file: Path
+    root: str | os.PathLike[str], dataset: Mapping[str, Any], cache: DigestCache
 ) -> dict[str, str]:
-    """{'train': ..., 'test': ...} of a dataset in ``root``; digests cached in ``cache_file``."""
-    cache = DigestCache(cache_file)
-    fingerprints = {
+    """{'train': ..., 'test': ...} of a dataset in ``root``. The caller saves ``cache`` when
+    the run starts (a dry run writes nothing)."""
+    return {
         "train": fingerprint_train(Path(root), dataset, cache),
         "test": fingerprint_test(Path(root), dataset, cache),
     }
-    cache.save()
-    return fingerprints
