@@ -25,10 +25,9 @@ def _name(requirement: str) -> str:
 
 
 def pyproject_packages() -> dict[str, str]:
-    """The dependencies plus the `export` extra (rule export_tagger runs in the conda env)."""
+    """The dependencies: every rule runs in the conda env, so it holds exactly these."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["export"]
-    return {_name(r): r for r in requirements}
+    return {_name(r): r for r in project["dependencies"]}
 
 
 def conda_packages() -> tuple[set[str], set[str]]:
@@ -158,10 +157,14 @@ def test_every_rule_runs_the_cli_through_params_cli() -> None:
     assert len(re.findall(r"^\s*cli=CLI,", text, flags=re.M)) == n_shells
 
 
-def test_the_test_extra_installs_the_export_extra() -> None:
-    """CI installs `.[test]`: the tagger export tests need onnx and onnxruntime."""
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {_name(r) for r in extras["export"]} <= {_name(r) for r in extras["test"]}
+def test_a_base_install_runs_the_default_target() -> None:
+    """The default target ends with rule export_tagger (torch.onnx.export needs onnx, the export
+    check runs onnxruntime): `pip install -e .` without extras must bring both, and no rule
+    may need an extra."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {_name(r) for r in project["dependencies"]}
+    assert {"onnx", "onnxruntime", "torch"} <= base
+    assert set(project.get("optional-dependencies", {})) <= {"test"}
 
 
 def test_sv_tag_console_script() -> None:

@@ -8,15 +8,23 @@ tests/test_tagger_demo.py.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import math
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 import torch
+import yaml
 
+from workflow_lib.bundle import write_manifest
+from workflow_lib.errors import UserError
 from workflow_lib.export import FusedTagger, example_inputs, write_bundle
 from workflow_lib.fusion import apply_learned_fusion, fused_posteriors, mean_fusion
 from workflow_lib.model import build_model
@@ -26,13 +34,20 @@ from workflow_lib.tagger import (
     TaggerSpec,
     TaggingError,
     TagOptions,
+    _checked_outputs,
     check_options,
     discover,
+    excerpt_seconds,
+    output_paths,
+    pool_excerpts,
     prepare,
+    stdin_to_wav,
+    tag_items,
+    whole_file_items,
     window_bounds,
 )
 
-from conftest import SPEC_SOX_EFFECTS, run_cli, tone, write_wav
+from conftest import REPO, SPEC_SOX_EFFECTS, run_cli, tone, write_wav
 
 CLASSES = ["a", "b", "c"]
 FRAMES = 200  # the smallest length the VGG-GAP head takes is 192 frames
@@ -133,10 +148,21 @@ def test_fusion_parameters_are_read_as_fuse_job_writes_them(tmp_path):
 
 def test_window_bounds():
     assert window_bounds(5.0, 2.0, 1.0) == [(0, 2), (1, 3), (2, 4), (3, 5)]
-    assert window_bounds(5.5, 2.0, 1.0)[-1] == (4.0, 5.5)  # the last window reaches the end
+    # the last window reaches the end, a whole window long
+    assert window_bounds(5.5, 2.0, 1.0)[-2:] == [(3.0, 5.0), (3.5, 5.5)]
     assert window_bounds(0.7, 2.0, 1.0) == [(0.0, 0.7)]  # shorter than a window: one
-    with pytest.raises(TaggingError):
-        window_bounds(3.0, 2.0, 0.0)
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(TaggingError):
+            window_bounds(3.0, 2.0, bad)
+
+
+def test_window_bounds_are_never_empty_when_the_hop_exceeds_the_window():
+    """Row '--timeline --window 2 --hop 5 on a 10 s file': was an extra (10.0, 10.0) window."""
+    assert window_bounds(10.0, 2.0, 5.0) == [(0, 2), (5, 7), (8, 10)]
+    for duration, window, hop in [(10.0, 2.0, 5.0), (10.001, 2.0, 5.0), (7.3, 0.5, 0.7), (3.0, 1.0, 3.0)]:
+        bounds = window_bounds(duration, window, hop)
+        assert all(end - start == pytest.approx(min(window, duration)) for start, end in bounds)
+        assert bounds[-1][1] == pytest.approx(duration) and all(s < duration for s, _ in bounds)
 
 
 def test_discover_folders_and_list_files(tmp_path):
@@ -165,11 +191,19 @@ def test_discover_folders_and_list_files(tmp_path):
         ({"bundle": Path("b"), "backend": "torch"}, "a bundle has"),
         ({"raw_rate": 8000}, "name '-'"),
         ({"top_k": 0}, "at least 1"),
+        # was: 0 silently became the default, NaN a traceback
+        ({"timeline": True, "window": 0.0}, "--window must be"),
+        ({"timeline": True, "window": math.nan}, "--window must be"),
+        ({"timeline": True, "window": -2.0}, "--window must be"),
+        ({"timeline": True, "hop": 0.0}, "--hop must be"),
+        ({"timeline": True, "hop": math.inf}, "--hop must be"),
+        ({"inputs": [Path("-")], "raw_rate": 0}, "--raw-rate must be"),
+        ({"inputs": [Path("-")], "raw_rate": -5}, "--raw-rate must be"),
     ],
 )
 def test_options_that_would_be_ignored_are_refused(options, message):
     with pytest.raises(TaggingError, match=message):
-        check_options(TagOptions(inputs=[Path("x.wav")], out=Path("o.csv"), **options))
+        check_options(TagOptions(**({"inputs": [Path("x.wav")], "out": Path("o.csv")} | options)))
 
 
 def test_prepare_applies_the_training_preprocessing(tmp_path, sox_binary):
@@ -251,7 +285,9 @@ def test_hostile_inputs_get_a_status_each_and_the_rest_is_tagged(bundle, tmp_pat
     }
     assert len(table) == 7 and (table["fname"].map(lambda f: Path(f).name) == good.name).sum() == 2
     tagged = table[table["status"] == "ok"]
-    assert set(tagged["label_1"]) <= set(CLASSES) and (tagged["detail"] == "").all()
+    assert set(tagged["label_1"]) <= set(CLASSES)
+    # 1.5 s of tone is longer than the 200 frames (0.8 s of version 2) of the length fix
+    assert tagged["detail"].str.startswith("only the first 200 spectrogram frames").all()
     np.testing.assert_allclose(tagged[CLASSES].astype(float).sum(axis=1), 1.0, atol=1e-5)
     failed = table[table["status"] != "ok"]
     assert (failed["label_1"] == "").all() and (failed["detail"] != "").all()
@@ -292,7 +328,7 @@ def test_onnx_bundle_tags_without_torch_and_matches_torchscript(bundle, tmp_path
 def test_timeline_from_raw_pcm_on_stdin(bundle, tmp_path, sox_binary):
     rate = 8000
     samples = np.concatenate([tone(3.0, rate, 500.0), np.zeros(rate * 2)])
-    pcm = (samples * 20000).astype("<i2").tobytes()
+    pcm = (samples * 20000).astype("<i2").tobytes() + b"\x01"  # odd: the last byte is dropped
     out = tmp_path / "timeline.csv"
     done = run_cli(
         "tag",
@@ -316,6 +352,7 @@ def test_timeline_from_raw_pcm_on_stdin(bundle, tmp_path, sox_binary):
         stdin=pcm,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert "last byte is dropped" in done.stderr.decode()
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table.columns) == [
         "fname",
@@ -334,3 +371,281 @@ def test_timeline_from_raw_pcm_on_stdin(bundle, tmp_path, sox_binary):
     assert table["audio"].tolist()[-1] == "fallback_silent"  # the last window is silence
     assert (table["p_1"] >= table["p_2"]).all()
     assert (tmp_path / "timeline.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- hostile bundles
+# A bundle is copied and shared: every file of it is untrusted (workflow_lib/bundle.py).
+
+
+def tampered(bundle: Path, tmp_path: Path, resign: bool = True, **settings) -> Path:
+    """A copy of ``bundle`` with preprocessing.json fields replaced; ``resign``: its checksum
+    manifest rewritten, as someone who edits a bundle on purpose would do."""
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    path = copy / BUNDLE_FILES["settings"]
+    if settings:
+        path.write_text(json.dumps(json.loads(path.read_text()) | settings))
+    if resign:
+        write_manifest(copy)
+    return copy
+
+
+def test_bundle_sox_effects_cannot_write_a_file(bundle, tmp_path, sox_binary):
+    """Row 'sox_effects: ["noiseprof", "/some/file"]': was the file overwritten, exit 0."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    attack = tampered(bundle, tmp_path, sox_effects=["noiseprof", str(target)])
+    clip = write_wav(tmp_path / "clip.wav", tone(1.0, 16000), 16000)
+    done = run_cli(
+        "tag", str(clip), "--bundle", str(attack), "--backend", "onnx", "--out", str(tmp_path / "t.csv"),
+        cwd=tmp_path, no_torch=True,
+    )  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == 1 and "Traceback" not in stderr
+    assert "'noiseprof') is not an allowed SoX effect" in stderr and "preprocessing.json" in stderr
+    assert target.read_text() == "keep me\n" and not (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "effects, message",
+    [
+        (["frobnicate"], "'frobnicate') is not an allowed SoX effect"),  # was: every file ok, untrimmed
+        (["norm", "/etc/passwd"], "neither an allowed SoX effect nor a number"),
+        (["norm", "-0.1", "noisered", "profile", "0.2"], "'noisered') is neither"),
+        (["silence", "1", "0.025", "0.15%", "newfile"], "'newfile') is neither"),
+    ],
+)
+def test_bundle_sox_effects_outside_the_allowlist_are_refused(bundle, tmp_path, effects, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        TaggerSpec.from_bundle(tampered(bundle, tmp_path, sox_effects=effects))
+
+
+def test_config_sox_effects_go_through_the_same_allowlist():
+    from workflow_lib.config import ConfigError, resolve_settings
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["preprocessing"]["sox_effects"] = ["noiseprof", "/tmp/x"]
+    with pytest.raises(ConfigError, match=r"preprocessing.sox_effects: item 0 \('noiseprof'\)"):
+        resolve_settings(config)
+
+
+def test_run_sox_never_runs_a_chain_outside_the_allowlist(tmp_path, sox_binary):
+    """The last line behind the checks above: the chain is returned as SoX's failure."""
+    from workflow_lib.audio import run_sox
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    clip = write_wav(tmp_path / "clip.wav", tone(0.5, 16000), 16000)
+    error = run_sox(clip, tmp_path / "out.wav", ("noiseprof", str(target)))
+    assert error.startswith("SoX effects refused") and target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"frames": 0}, "field frames: 0 is less than the minimum of 192"),
+        ({"fusion": "median"}, "field fusion: 'median' is not one of"),
+        ({"n_bins": 64}, "field n_bins: 128 was expected"),
+        ({"sample_rate": "32000"}, "field sample_rate: '32000' is not of type 'integer'"),
+        ({"versions": [2, 1]}, "field versions: [2, 1] must be in ascending order"),
+        ({"surprise": 1}, "Additional properties are not allowed ('surprise'"),
+        ({"output": {"name": "posteriors", "shape": ["batch", 0]}}, "field output.shape.1"),
+    ],
+)
+def test_bundle_settings_are_checked_field_by_field(bundle, tmp_path, settings, message):
+    """Rows 'frames: 0' (was a library traceback) and 'unknown fusion, n_bins' (were ignored)."""
+    with pytest.raises(UserError, match=re.escape(message)) as raised:
+        TaggerSpec.from_bundle(tampered(bundle, tmp_path, **settings))
+    assert "preprocessing.json" in str(raised.value)
+
+
+def test_bundle_settings_broken_or_nan_json_is_refused(bundle, tmp_path):
+    copy = tampered(bundle, tmp_path)
+    path = copy / BUNDLE_FILES["settings"]
+    text = path.read_text()
+    for broken, message in [
+        (text[: len(text) // 2], "is not valid JSON"),
+        (text.replace("0.7", "NaN"), "NaN"),
+    ]:
+        path.write_text(broken)
+        write_manifest(copy)
+        with pytest.raises(UserError, match=message) as raised:
+            TaggerSpec.from_bundle(copy)
+        assert "preprocessing.json" in str(raised.value)
+
+
+def test_bundle_edited_after_export_is_detected_by_its_checksums(bundle, tmp_path):
+    """Rows 'classes.csv with two labels swapped' and 'sample_rate: 8000' (were silently wrong
+    tags): shape checks cannot see a swap, the manifest written at export does."""
+    changed = tampered(bundle, tmp_path, resign=False, sample_rate=8000)
+    with pytest.raises(UserError, match=r"preprocessing.json differs from the file the export wrote"):
+        TaggerSpec.from_bundle(changed)
+    shutil.rmtree(changed)
+    swapped = tampered(bundle, tmp_path, resign=False)
+    classes = swapped / BUNDLE_FILES["classes"]
+    classes.write_text(classes.read_text().replace("0,a", "0,X").replace("1,b", "1,a").replace("0,X", "0,b"))
+    with pytest.raises(UserError, match=r"classes.csv differs from the file the export wrote"):
+        TaggerSpec.from_bundle(swapped)
+    shutil.copy(bundle / BUNDLE_FILES["classes"], classes)
+    (swapped / BUNDLE_FILES["torchscript"]).unlink()  # a partial copy
+    with pytest.raises(UserError, match=r"tagger.pt is missing"):
+        TaggerSpec.from_bundle(swapped)
+    (swapped / BUNDLE_FILES["manifest"]).unlink()
+    with pytest.raises(UserError, match=r"checksums.sha256 is missing"):
+        TaggerSpec.from_bundle(swapped)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("index,label\n0,a\n1,b\n", "lists 2 classes"),  # a dropped row: was a shape traceback
+        ("index,label\n0,a\n1,a\n2,c\n", "duplicate label 'a'"),
+        ("index,label\n0,a\n1,\n2,c\n", "an empty label"),
+        ("label\na\nb\nc\n", "expected the columns index,label"),
+    ],
+)
+def test_bundle_classes_must_match_the_outputs(bundle, tmp_path, rows, message):
+    copy = tampered(bundle, tmp_path)
+    (copy / BUNDLE_FILES["classes"]).write_text(rows)
+    write_manifest(copy)
+    with pytest.raises(UserError, match=message) as raised:
+        TaggerSpec.from_bundle(copy)
+    assert "classes.csv" in str(raised.value)
+
+
+def test_truncated_onnx_file_is_named_not_a_traceback(bundle, tmp_path, sox_binary):
+    copy = tampered(bundle, tmp_path)
+    onnx_file = copy / BUNDLE_FILES["onnx"]
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    with pytest.raises(UserError, match="tagger.onnx differs from the file the export wrote"):
+        TaggerSpec.from_bundle(copy)
+    write_manifest(copy)  # checksums made to match: the loader itself must say it
+    clip = write_wav(tmp_path / "clip.wav", tone(1.0, 16000), 16000)
+    done = run_cli(
+        "tag", str(clip), "--bundle", str(copy), "--backend", "onnx", "--out", str(tmp_path / "t.csv"),
+        cwd=tmp_path, no_torch=True,
+    )  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == 1 and "Traceback" not in stderr
+    assert "tagger.onnx cannot be loaded by onnxruntime" in stderr
+
+
+def test_network_output_size_is_checked_against_the_classes():
+    spec, _ = tiny_tagger()
+    with pytest.raises(TaggingError, match="lists 3 classes"):
+        _checked_outputs(np.zeros((2, 2)), 2, spec)
+    assert _checked_outputs(np.zeros((2, 3)), 2, spec).shape == (2, 3)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_outputs_never_replace_an_input_or_each_other(tmp_path):
+    """Row 'sv-tag x.wav --out x.wav, or --plot x.wav': the recording was overwritten."""
+    clip = write_wav(tmp_path / "x.wav", tone(0.5, 16000), 16000)
+    link = tmp_path / "link.csv"
+    link.symlink_to(clip)
+    hard = tmp_path / "hard.csv"
+    os.link(clip, hard)
+    files = [clip]
+    for options, message in [
+        ({"out": clip}, "--out"),
+        ({"out": tmp_path / "sub" / ".." / "x.wav"}, "--out"),
+        ({"out": link}, "--out"),
+        ({"out": hard}, "--out"),
+        ({"timeline": True, "plot": clip}, "--plot"),
+        ({"timeline": True, "plot": tmp_path / "o.csv"}, "--out and --plot both name"),
+        ({"timeline": True, "out": tmp_path / "o.png"}, "--out and --plot both name"),
+        ({"out": tmp_path}, "is a folder"),
+    ]:
+        o = TagOptions(**({"inputs": files, "out": tmp_path / "o.csv"} | options))
+        with pytest.raises(TaggingError, match=message):
+            output_paths(o, files)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(TaggingError, match="is an input"):
+        output_paths(
+            TagOptions(inputs=files, out=tmp_path / "b" / "classes.csv", bundle=tmp_path / "b"), files
+        )
+    assert output_paths(TagOptions(inputs=files, out=tmp_path / "o.csv", timeline=True), files) == (
+        tmp_path / "o.csv",
+        tmp_path / "o.png",
+    )
+
+
+def test_out_equal_to_the_recording_leaves_it_untouched(bundle, tmp_path):
+    clip = write_wav(tmp_path / "x.wav", tone(0.5, 16000), 16000)
+    before = clip.read_bytes()
+    done = run_cli(
+        "tag",
+        str(clip),
+        "--bundle",
+        str(bundle),
+        "--backend",
+        "onnx",
+        "--out",
+        str(clip),
+        cwd=tmp_path,
+        no_torch=True,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr.decode()
+    assert "--out" in done.stderr.decode() and clip.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- standard input
+
+
+def test_stdin_is_copied_in_blocks_and_an_odd_last_byte_is_dropped(tmp_path, caplog):
+    samples = np.arange(-500, 501, dtype="<i2")
+    stream = io.BytesIO(samples.tobytes() + b"\x7f")
+    path = stdin_to_wav(8000, tmp_path, stream, block=7)  # odd blocks: samples cross them
+    read, rate = sf.read(str(path), dtype="int16")
+    assert rate == 8000 and read.tolist() == samples.tolist()
+    assert "last byte is dropped" in caplog.text
+
+
+# --------------------------------------------------------------------------- long files
+
+
+def test_long_file_is_tagged_in_bounded_excerpts_covering_it(tmp_path, sox_binary, monkeypatch):
+    """Row 'whole-file tagging of a 1-hour recording': 2.6 GB and only the first frames
+    decided. A file longer than the limit (here 5 s instead of 60) becomes excerpts that
+    cover it; each is read on its own (never more than one excerpt of samples at once), and
+    the file's row pools them."""
+    from workflow_lib import tagger
+
+    spec, _ = tiny_tagger()
+    rate = 8000
+    sound = np.concatenate([tone(6.0, rate, 440.0), np.zeros(3 * rate), tone(6.0, rate, 3000.0)])
+    long_file = write_wav(tmp_path / "long.wav", sound, rate)
+    short = write_wav(tmp_path / "short.wav", tone(1.0, rate), rate)
+    items, groups = whole_file_items([short, long_file], spec, long_seconds=5.0)
+
+    def backend(inputs: list[np.ndarray]) -> np.ndarray:  # high bins against low bins: per excerpt
+        low, high = inputs[0][:, 0, :64].mean(axis=(1, 2)), inputs[0][:, 0, 64:].mean(axis=(1, 2))
+        logits = np.stack([low, high, np.zeros_like(low)], axis=1) / 10
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    seconds = excerpt_seconds(spec)
+    assert seconds == pytest.approx(200 * 128 / 32000)
+    assert items[0] == Item(short) and groups[0] == range(0, 1)
+    excerpts = items[groups[1].start : groups[1].stop]
+    assert excerpts[0].start == 0 and excerpts[-1].end == pytest.approx(15.0)
+    assert all(e.end - e.start == pytest.approx(seconds) for e in excerpts)
+    prepared, probs = tag_items(items[:1], spec, backend, batch_size=8)  # the short file: whole
+    largest = []
+    real_read = tagger.sf.read
+    monkeypatch.setattr(
+        tagger.sf, "read", lambda *a, **k: (lambda r: largest.append(len(r[0])) or r)(real_read(*a, **k))
+    )
+
+    excerpt_rows, excerpt_probs = tag_items(items[1:], spec, backend, batch_size=8)
+    prepared, probs = prepared + excerpt_rows, np.concatenate([probs, excerpt_probs])
+    assert max(largest) <= round(seconds * rate) + 1  # one excerpt at most, never the file
+    rows, pooled = pool_excerpts(prepared, probs, groups)
+    assert [r.item for r in rows] == [Item(short), Item(long_file)] and rows[1].status == "ok"
+    sounding = [i for i in groups[1] if prepared[i].audio != "fallback_silent"]
+    assert len(sounding) < len(groups[1])  # the silent middle is left out
+    np.testing.assert_allclose(pooled[1], probs[sounding].mean(axis=0))
+    assert "mean posterior of" in rows[1].detail and "without sound left out" in rows[1].detail
+    assert not np.allclose(pooled[1], probs[groups[1].start])  # more than the first excerpt decides
+    np.testing.assert_array_equal(pooled[0], probs[0])

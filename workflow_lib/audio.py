@@ -8,9 +8,11 @@ SoX, because SoX's first ``norm -0.1`` would turn digital silence into full-scal
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,61 @@ class SoxNotFoundError(UserError, RuntimeError):
 
 class SoxEffectsError(UserError, RuntimeError):
     """SoX rejects the configured effects chain (``preprocessing.sox_effects``)."""
+
+
+#: SoX effects a chain may use: effects that only transform the audio stream and can neither
+#: read nor write a file (``noiseprof``/``noisered`` take a file name, ``newfile`` and friends
+#: open outputs). docs/method.md's chain needs ``norm``, ``silence`` and ``reverse``; the others
+#: are plain level, filter and cut effects (README "Use the trained tagger"). Each entry names
+#: the option tokens the effect accepts besides numbers.
+ALLOWED_SOX_EFFECTS: dict[str, frozenset[str]] = {
+    "norm": frozenset({"-b", "-i"}),
+    "silence": frozenset({"-l"}),
+    "reverse": frozenset(),
+    "gain": frozenset({"-e", "-B", "-b", "-r", "-n", "-l", "-h"}),
+    "vol": frozenset({"amplitude", "power", "dB"}),
+    "trim": frozenset(),
+    "highpass": frozenset(),
+    "lowpass": frozenset(),
+}
+#: An effect argument: a number, optionally signed or '='-anchored (trim), with colons of a
+#: time (1:30) and one unit suffix SoX knows (%, d, dB, s, t, k, q, o, h); never a path.
+_SOX_NUMBER = re.compile(r"[=+-]?(\d+(\.\d*)?|\.\d+)(:\d+(\.\d*)?)*(%|d|dB|s|t|k|q|o|h)?")
+
+
+def sox_effects_problems(effects: Sequence[str]) -> list[str]:
+    """Why an effects chain is refused (empty when it is allowed).
+
+    Every token is either an allowed effect name (:data:`ALLOWED_SOX_EFFECTS`), an option token
+    of the effect before it, or a plain number: a chain from an exported bundle or a config can
+    therefore never name a program, a file or an effect that writes one.
+    """
+    problems: list[str] = []
+    current: str | None = None
+    for position, token in enumerate(effects):
+        if not isinstance(token, str):
+            problems.append(f"item {position} ({token!r}) is not a string")
+        elif current is not None and (_SOX_NUMBER.fullmatch(token) or token in ALLOWED_SOX_EFFECTS[current]):
+            continue
+        elif token in ALLOWED_SOX_EFFECTS:
+            current = token
+        elif current is None:
+            problems.append(f"item {position} ({token!r}) is not an allowed SoX effect")
+        else:
+            problems.append(
+                f"item {position} ({token!r}) is neither an allowed SoX effect nor a number or "
+                f"option of {current!r}"
+            )
+    if problems:
+        problems.append(f"allowed effects: {', '.join(ALLOWED_SOX_EFFECTS)}")
+    return problems
+
+
+def require_allowed_sox_effects(effects: Sequence[str], source: str) -> None:
+    """Raise :class:`SoxEffectsError` naming ``source`` when the chain is not allowed."""
+    problems = sox_effects_problems(effects)
+    if problems:
+        raise SoxEffectsError(f"{source}: SoX effects refused: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -126,7 +183,13 @@ def run_sox(source: Path, target: Path, effects: tuple[str, ...], sox: str = "so
     Paths are made absolute so a file name beginning with '-' is never read as an option.
     ``-R`` (repeatable mode) seeds SoX's dither generator: without it the 16-bit output differs
     in the last bit from run to run. The effects chain itself is exactly docs/method.md's.
+    A chain outside :data:`ALLOWED_SOX_EFFECTS` is never run: it is returned as the failure
+    (config validation, the bundle loader and :func:`check_sox_effects` refuse it earlier,
+    naming the setting; this is the last line).
     """
+    problems = sox_effects_problems(effects)
+    if problems:
+        return "SoX effects refused: " + "; ".join(problems)
     command = [sox, "-R", str(source.resolve()), str(target.resolve()), *effects]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -142,7 +205,9 @@ def check_sox_effects(effects: tuple[str, ...], sox: str = "sox") -> None:
 
     Without this probe a typo in ``preprocessing.sox_effects`` makes every clip fall back to
     the unclipped audio (an INFO line per file) and the run goes on as if clipping worked.
+    An effect outside the allowlist is refused before SoX runs at all.
     """
+    require_allowed_sox_effects(effects, "config key preprocessing.sox_effects")
     with tempfile.TemporaryDirectory(prefix="sox_probe_") as tmp:
         source = Path(tmp) / "probe.wav"
         t = np.arange(8000) / 16000

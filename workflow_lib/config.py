@@ -112,6 +112,12 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
     demo = settings["demo_data"]
     if demo["min_seconds"] > demo["max_seconds"]:
         problems.append("config key demo_data.min_seconds: must not exceed demo_data.max_seconds")
+    from .audio import sox_effects_problems  # the allowlist exported bundles are checked with
+
+    problems += [
+        f"config key preprocessing.sox_effects: {p}"
+        for p in sox_effects_problems(settings["preprocessing"]["sox_effects"])
+    ]
     return problems + _chain_checks(settings) + unused_dataset_keys(settings)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .bundle import BUNDLE_FILES
+from .bundle import BUNDLE_FILES, write_manifest
 from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
@@ -323,8 +323,8 @@ def _markdown_table(table: pd.DataFrame) -> str:
 
 
 def write_bundle(tagger: FusedTagger, spec: TaggerSpec, out_dir: Path, card: str) -> float:
-    """Write a bundle folder; returns the largest difference of the exported files from the
-    eager tagger (checked against ``check_exported``'s tolerance)."""
+    """Write a bundle folder, its checksum manifest last; returns the largest difference of
+    the exported files from the eager tagger (checked against ``check_exported``'s tolerance)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(
         pd.DataFrame({"index": range(len(spec.classes)), "label": spec.classes}),
@@ -335,6 +335,7 @@ def write_bundle(tagger: FusedTagger, spec: TaggerSpec, out_dir: Path, card: str
     save_onnx(tagger, spec, out_dir / BUNDLE_FILES["onnx"])
     worst = check_exported(tagger, spec, out_dir)
     write_text(card, out_dir / BUNDLE_FILES["card"])
+    write_manifest(out_dir)  # last: its checksums cover the files as the export left them
     return worst
 
 

@@ -14,7 +14,6 @@ onnxruntime (docs/method.md describes the preprocessing).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,13 +25,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .bundle import BUNDLE_FILES, tagger_settings
+from .bundle import (
+    BUNDLE_FILES,
+    read_bundle_classes,
+    read_bundle_settings,
+    tagger_settings,
+    verify_manifest,
+)
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -107,6 +112,8 @@ class TaggerSpec:
 
     @classmethod
     def from_bundle(cls, bundle: Path) -> TaggerSpec:
+        """The spec of an exported bundle, an untrusted folder: its checksum manifest, then
+        every field of preprocessing.json and classes.csv are checked (workflow_lib/bundle.py)."""
         settings_path = bundle / BUNDLE_FILES["settings"]
         classes_path = bundle / BUNDLE_FILES["classes"]
         for path in (settings_path, classes_path):
@@ -115,10 +122,10 @@ class TaggerSpec:
                     f"{bundle} is not a tagger bundle: {path.name} is missing "
                     "(write one with `python -m workflow_lib.cli export`)"
                 )
-        data = json.loads(settings_path.read_text())
+        verify_manifest(bundle)
+        data = read_bundle_settings(settings_path)
+        classes = read_bundle_classes(classes_path, data["output"]["shape"][1])
         known = {f for f in cls.__dataclass_fields__ if f != "classes"}
-        table = pd.read_csv(classes_path, dtype={"label": str}, keep_default_na=False)
-        classes = list(table.sort_values("index")["label"])
         return cls(classes=classes, **{k: v for k, v in data.items() if k in known})
 
 
@@ -223,13 +230,20 @@ def prepare(item: Item, spec: TaggerSpec) -> Prepared:
             clip = load_clipped(source, spec.sample_rate, tuple(spec.sox_effects), workdir=Path(folder))
         if not clip.usable:
             return _failure(item, clip.status, clip.detail)
-        inputs = [
-            fix_length(compute_spectrogram(v, clip.samples, spec.sample_rate, spec.spectrograms), spec.frames)
-            for v in spec.versions
+        spectrograms = [
+            compute_spectrogram(v, clip.samples, spec.sample_rate, spec.spectrograms) for v in spec.versions
         ]
+        inputs = [fix_length(x, spec.frames) for x in spectrograms]
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the others
         return Prepared(item, "failed", "", f"{type(error).__name__}: {error}"[:300])
-    return Prepared(item, OK, clip.status, clip.detail, inputs)
+    notes = [clip.detail]
+    if item.start is None and max(x.shape[-1] for x in spectrograms) > spec.frames:
+        notes.append(
+            f"only the first {spec.frames} spectrogram frames ({excerpt_seconds(spec):.1f} s of the "
+            f"{len(clip.samples) / spec.sample_rate:.1f} s after silence clipping) decide, as in the "
+            "run's predictions"
+        )
+    return Prepared(item, OK, clip.status, "; ".join(filter(None, notes)), inputs)
 
 
 def _batches(
@@ -339,7 +353,7 @@ def tag_items(
                     for v in range(len(spec.versions))
                 ]
                 rows = np.asarray(good) + len(prepared)
-                probs[rows] = backend(inputs)
+                probs[rows] = _checked_outputs(backend(inputs), len(good), spec)
             for p in batch:
                 p.inputs = None  # the spectrograms are not needed any more
             prepared += batch
@@ -350,6 +364,17 @@ def tag_items(
     return prepared, probs
 
 
+def _checked_outputs(outputs: np.ndarray, rows: int, spec: TaggerSpec) -> np.ndarray:
+    """The network's posteriors, refused unless one row per item and one column per class
+    (a TorchScript file does not declare its output size before it runs)."""
+    if outputs.shape != (rows, len(spec.classes)):
+        raise TaggingError(
+            f"the network gives outputs of shape {tuple(outputs.shape)} for {rows} item(s), the "
+            f"tagger lists {len(spec.classes)} classes: the bundle or run is inconsistent"
+        )
+    return outputs
+
+
 def _spawn():
     """Worker processes start fresh: forking a process that holds torch's thread pools hangs."""
     import multiprocessing
@@ -357,15 +382,111 @@ def _spawn():
     return multiprocessing.get_context("spawn")
 
 
+# --------------------------------------------------------------------------- long files
+
+#: Whole files up to this long are tagged exactly as the run predicts a test clip (SoX on the
+#: whole file; the first ``frames`` spectrogram frames decide, FSDKaggle2018 clips last at most
+#: 30 s). Longer files are cut into excerpts whose posteriors are averaged (:func:`pool_excerpts`):
+#: the whole recording decides, and memory stays bounded by one excerpt per item.
+LONG_FILE_SECONDS = 60.0
+
+
+def excerpt_seconds(spec: TaggerSpec) -> float:
+    """The seconds ``spec.frames`` spectrogram frames span, for the version with the shortest
+    hop (version 2: 128 samples; version 1: 192): every sample of such an excerpt decides."""
+    from .spectrograms import V1_HOP, V2_HOP
+
+    hop = min({1: V1_HOP, 2: V2_HOP}[v] for v in spec.versions)
+    return spec.frames * hop / spec.sample_rate
+
+
+def long_file_excerpts(path: Path, spec: TaggerSpec, long_seconds: float = LONG_FILE_SECONDS) -> list[Item]:
+    """Excerpts of :func:`excerpt_seconds` covering a file longer than ``long_seconds``; none
+    for a shorter file, or one that :func:`prepare` will report (missing, undecodable)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+        return []
+    duration = info.frames / info.samplerate
+    if duration <= long_seconds:
+        return []
+    seconds = excerpt_seconds(spec)
+    return [Item(path, start, end) for start, end in window_bounds(duration, seconds, seconds)]
+
+
+def whole_file_items(
+    files: Sequence[Path], spec: TaggerSpec, long_seconds: float = LONG_FILE_SECONDS
+) -> tuple[list[Item], list[range]]:
+    """The items of whole-file tagging and, per file, the range of them that makes its row."""
+    items: list[Item] = []
+    groups = []
+    for path in files:
+        first = len(items)
+        items += long_file_excerpts(path, spec, long_seconds) or [Item(path)]
+        groups.append(range(first, len(items)))
+    return items, groups
+
+
+def pool_excerpts(
+    prepared: Sequence[Prepared], probs: np.ndarray, groups: Sequence[range]
+) -> tuple[list[Prepared], np.ndarray]:
+    """One row per file: a long file's posteriors are the mean over its tagged excerpts that
+    hold sound (over all tagged ones when none does: a silent recording is still tagged), and
+    its ``detail`` says so; a file none of whose excerpts could be tagged keeps the first
+    excerpt's status."""
+    from .audio import CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT
+
+    rows, pooled = [], np.full((len(groups), probs.shape[1]), np.nan)
+    for row, group in enumerate(groups):
+        first = prepared[group.start]
+        if first.item.start is None:  # a whole file in one piece
+            rows.append(first)
+            pooled[row] = probs[group.start]
+            continue
+        tagged = [i for i in group if prepared[i].status == OK]
+        sounding = [i for i in tagged if prepared[i].audio not in (FALLBACK_SILENT, FALLBACK_CLIPPED_ALL)]
+        used = sounding or tagged
+        item = Item(first.item.path)
+        if not used:
+            rows.append(
+                Prepared(item, first.status, first.audio, f"every excerpt failed; the first: {first.detail}")
+            )
+            continue
+        seconds = first.item.end - first.item.start
+        note = (
+            f"long file ({prepared[group[-1]].item.end:.1f} s): mean posterior of {len(used)} of "
+            f"{len(group)} excerpts of {seconds:.1f} s covering it"
+            + (
+                f" ({len(tagged) - len(sounding)} without sound left out)"
+                if sounding and len(sounding) < len(tagged)
+                else ""
+            )
+        )
+        audio = CLIPPED if any(prepared[i].audio == CLIPPED for i in used) else prepared[used[0]].audio
+        rows.append(Prepared(item, OK, audio, note))
+        pooled[row] = probs[used].mean(axis=0)
+    return rows, pooled
+
+
 # --------------------------------------------------------------------------- timeline
 
 
 def window_bounds(duration: float, window: float, hop: float) -> list[tuple[float, float]]:
-    """Windows [start, end) every ``hop`` seconds; the last one ends at the end of the file."""
-    if window <= 0 or hop <= 0:
-        raise TaggingError("--window and --hop must be positive")
-    count = max(1, math.ceil(max(duration - window, 0.0) / hop - 1e-9) + 1)
-    return [(round(i * hop, 6), round(min(i * hop + window, duration), 6)) for i in range(count)]
+    """Windows [start, end) of ``window`` seconds every ``hop`` seconds, never empty.
+
+    Every window is ``window`` long (the whole file when it is shorter): where the hop grid
+    leaves a rest at the end, one more window is placed to end exactly at the end of the file
+    (so with ``hop > window`` the end is still tagged, and no window starts at or after it).
+    """
+    if not (math.isfinite(window) and math.isfinite(hop) and window > 0 and hop > 0):
+        raise TaggingError(f"--window and --hop must be positive numbers of seconds, not {window}, {hop}")
+    if duration <= window:
+        return [(0.0, round(duration, 6))]
+    count = math.floor((duration - window) / hop + 1e-9) + 1  # windows that fit on the grid
+    bounds = [(round(i * hop, 6), round(i * hop + window, 6)) for i in range(count)]
+    if bounds[-1][1] < duration - 1e-6:
+        bounds.append((round(duration - window, 6), round(duration, 6)))
+    return bounds
 
 
 def timeline_items(
@@ -433,9 +554,12 @@ def bundle_backend(bundle: Path, spec: TaggerSpec, kind: str, device: str) -> Ba
     import torch
 
     target = _torch_device(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=DeprecationWarning)  # torch >= 2.10 says so
-        module = torch.jit.load(str(path), map_location=target).eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=DeprecationWarning)  # torch >= 2.10 says so
+            module = torch.jit.load(str(path), map_location=target).eval()
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise TaggingError(f"{path} cannot be loaded by TorchScript: {str(error)[:300]}") from None
     return torch_backend(module, target)
 
 
@@ -444,19 +568,29 @@ def _onnx_backend(path: Path, spec: TaggerSpec, device: str) -> Backend:
         import onnxruntime
     except ImportError:
         raise TaggingError(
-            "the ONNX backend needs onnxruntime: pip install 'self-verification-audio-tagging[export]'"
+            "the ONNX backend needs onnxruntime, a dependency of this package: "
+            "pip install -e . (or pip install onnxruntime)"
         ) from None
     providers = [
         p
         for p in ("CUDAExecutionProvider",)
         if device != "cpu" and p in onnxruntime.get_available_providers()
     ] + ["CPUExecutionProvider"]
-    session = onnxruntime.InferenceSession(str(path), providers=providers)
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own classes
+        raise TaggingError(f"{path} cannot be loaded by onnxruntime: {str(error)[:300]}") from None
     names = [i.name for i in session.get_inputs()]
     if names != spec.input_names:
         raise TaggingError(
             f"{path} takes inputs {names}, preprocessing.json says "
             f"{spec.input_names}: the bundle is inconsistent"
+        )
+    outputs = session.get_outputs()[0].shape
+    if len(outputs) != 2 or (isinstance(outputs[1], int) and outputs[1] != len(spec.classes)):
+        raise TaggingError(
+            f"{path} gives outputs of shape {outputs}, classes.csv lists {len(spec.classes)} "
+            "classes: the bundle is inconsistent"
         )
 
     def run(inputs: list[np.ndarray]) -> np.ndarray:
@@ -515,6 +649,12 @@ class TagOptions:
     raw_rate: int | None = None
 
 
+#: Timeline defaults, and the shortest window or hop (shorter ones would make millions of rows).
+DEFAULT_WINDOW, DEFAULT_HOP, MIN_WINDOW_SECONDS = 2.0, 1.0, 0.01
+#: The highest --raw-rate (libsndfile's WAV limit is far above any audio interface).
+MAX_RAW_RATE = 768000
+
+
 def check_options(o: TagOptions) -> None:
     """Refuse option combinations that would silently ignore something the user gave."""
     if o.bundle is not None:
@@ -548,8 +688,49 @@ def check_options(o: TagOptions) -> None:
         )
     if o.top_k < 1 or o.jobs < 1 or (o.batch_size is not None and o.batch_size < 1):
         raise TaggingError("--top-k, --jobs and --batch-size must be at least 1")
+    for flag, seconds in (("--window", o.window), ("--hop", o.hop)):
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= MIN_WINDOW_SECONDS):
+            raise TaggingError(
+                f"{flag} must be a number of seconds of at least {MIN_WINDOW_SECONDS}, not {seconds}"
+            )
+    if o.raw_rate is not None and not 1 <= o.raw_rate <= MAX_RAW_RATE:
+        raise TaggingError(
+            f"--raw-rate must be a sample rate in Hz from 1 to {MAX_RAW_RATE}, not {o.raw_rate}"
+        )
     if o.threshold is not None and not 0.0 < o.threshold <= 1.0:
         raise TaggingError("--threshold must lie in (0, 1]")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same resolved path, a link, or a hard link."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist (yet): not the same file
+        return False
+
+
+def output_paths(o: TagOptions, files: Sequence[Path]) -> tuple[Path, Path | None]:
+    """(CSV, timeline PNG or None), refused when one would replace an input (an audio file,
+    the --list file, a bundle file) or the other output; both are written atomically."""
+    plot = (o.plot or o.out.with_suffix(".png")) if o.timeline else None
+    inputs = list(files) + ([o.list_file] if o.list_file else [])
+    if o.bundle is not None:
+        inputs += [o.bundle / name for name in BUNDLE_FILES.values()]
+    if plot is not None and _same_file(o.out, plot):
+        raise TaggingError(f"--out and --plot both name {o.out}: the plot would replace the CSV; give --plot")
+    for flag, path in (("--out", o.out), ("--plot", plot)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise TaggingError(f"{flag} {path} is a folder: name a file")
+        clash = next((source for source in inputs if _same_file(path, source)), None)
+        if clash is not None:
+            raise TaggingError(
+                f"{flag} {path} is an input ({clash}): it would be overwritten; name another file"
+            )
+    return o.out, plot
 
 
 def label_threshold(o: TagOptions, spec: TaggerSpec) -> float | None:
@@ -565,11 +746,26 @@ def label_threshold(o: TagOptions, spec: TaggerSpec) -> float | None:
     return None
 
 
-def stdin_to_wav(rate: int, folder: Path) -> Path:
-    """Raw 16-bit little-endian mono PCM from standard input, as a WAV file to tag."""
-    data = np.frombuffer(sys.stdin.buffer.read(), dtype="<i2")
+def stdin_to_wav(rate: int, folder: Path, stream: BinaryIO | None = None, block: int = 1 << 20) -> Path:
+    """Raw 16-bit little-endian mono PCM from standard input, as a WAV file to tag.
+
+    Copied a block at a time (a long recording never sits in memory whole). An odd byte
+    count means the stream ended inside a sample: that last byte is dropped, with a warning.
+    """
+    stream = stream if stream is not None else sys.stdin.buffer
     target = folder / "stdin.wav"
-    sf.write(str(target), data, rate, subtype="PCM_16")
+    rest = b""
+    try:
+        with sf.SoundFile(str(target), "w", samplerate=rate, channels=1, subtype="PCM_16") as out:
+            while chunk := stream.read(block):
+                data = rest + chunk
+                whole = len(data) - len(data) % 2
+                out.write(np.frombuffer(data[:whole], dtype="<i2"))
+                rest = data[whole:]
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise TaggingError(f"cannot store standard input at --raw-rate {rate}: {error}") from None
+    if rest:
+        log.warning("standard input ended inside a 16-bit sample: its last byte is dropped")
     return target
 
 
@@ -603,6 +799,20 @@ def _default_bundle_backend() -> str:
     return "torchscript"
 
 
+def _input_files(o: TagOptions, folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """The files to tag (standard input stored in ``folder``) and {stored path: shown name}."""
+    shown, inputs = {}, []
+    for path in o.inputs:
+        if path == Path("-"):
+            path = stdin_to_wav(o.raw_rate, folder)
+            shown[str(path)] = "-"
+        inputs.append(path)
+    files = discover(inputs, o.list_file)
+    if not files:
+        raise TaggingError("nothing to tag: name files, folders or --list FILE")
+    return files, shown
+
+
 def run_tag(o: TagOptions) -> int:
     """The `tag` command: write the CSV (and timeline PNG); 1 when any item failed."""
     from .io import write_csv
@@ -611,38 +821,32 @@ def run_tag(o: TagOptions) -> int:
     spec, backend, default_batch = open_tagger(o)
     threshold = label_threshold(o, spec)
     with tempfile.TemporaryDirectory(prefix="sv_tag_stdin_") as folder:
-        shown = {}
-        inputs = []
-        for path in o.inputs:
-            if path == Path("-"):
-                path = stdin_to_wav(o.raw_rate, Path(folder))
-                shown[str(path)] = "-"
-            inputs.append(path)
-        files = discover(inputs, o.list_file)
-        if not files:
-            raise TaggingError("nothing to tag: name files, folders or --list FILE")
+        files, shown = _input_files(o, Path(folder))
+        out, plot = output_paths(o, files)
         failed: list[Prepared] = []
         if o.timeline:
-            items, failed = timeline_items(files, o.window or 2.0, o.hop or 1.0)
+            window = DEFAULT_WINDOW if o.window is None else o.window
+            items, failed = timeline_items(files, window, DEFAULT_HOP if o.hop is None else o.hop)
         else:
-            items = [Item(path) for path in files]
+            items, groups = whole_file_items(files, spec)
         prepared, probs = tag_items(items, spec, backend, o.batch_size or default_batch, o.jobs)
+    if not o.timeline:
+        prepared, probs = pool_excerpts(prepared, probs, groups)
     probs = np.concatenate([probs, np.full((len(failed), len(spec.classes)), np.nan)])
     frame = result_frame(
         prepared + failed, probs, spec.classes, o.top_k, o.all_classes, o.timeline, threshold
     )
-    if o.timeline and items:
-        timeline_plot(
-            frame.iloc[: len(items)], spec.classes, probs[: len(items)], o.plot or o.out.with_suffix(".png")
-        )
+    if plot is not None and prepared:
+        n = len(prepared)
+        timeline_plot(frame.iloc[:n], spec.classes, probs[:n], plot)
     order: dict[str, int] = {}  # rows in the files' order, as given
     for i, path in enumerate(files):
         order.setdefault(str(path), i)
     frame = frame.iloc[np.argsort(frame["fname"].map(order).to_numpy(), kind="stable")]
     frame["fname"] = frame["fname"].replace(shown)
-    write_csv(frame, o.out)
+    write_csv(frame, out)
     n_failed = int((frame["status"] != OK).sum())
-    log.info("%s: %d row(s) tagged, %d failed", o.out, len(frame) - n_failed, n_failed)
+    log.info("%s: %d row(s) tagged, %d failed", out, len(frame) - n_failed, n_failed)
     for _, row in frame[frame["status"] != OK].head(20).iterrows():
         log.warning("%s: %s (%s)", row["fname"], row["status"], row["detail"])
     return 1 if n_failed else 0
