@@ -68,6 +68,9 @@ rule validate_test:
         L.log("validate_test"),
     benchmark:
         L.benchmark("validate_test")
+    # Before the training side's preprocessing: an error in the test list stops the run
+    # before any training (Snakemake starts no new job after a failure).
+    priority: len(CHAINS) + 1
     conda:
         CONDA_ENV
     params:
