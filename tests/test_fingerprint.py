@@ -169,3 +169,22 @@ def test_digest_of_a_larger_file_reads_it_whole(tmp_path):
     cache = DigestCache(None)
     assert cache.digest(tmp_path / "a") != cache.digest(tmp_path / "b")
     assert cache.digest(tmp_path / "missing") == "missing"
+
+
+def test_link_leading_outside_the_dataset_is_not_read(tmp_path):
+    """A training clip that is a symbolic link out of the dataset (validation skips it) adds
+    its target's name, never its content; with follow_external_symlinks it is read."""
+    root = _dataset(tmp_path / "data")
+    outside = write_wav(tmp_path / "elsewhere" / "x.wav", tone(0.3, 8000, 100.0), 8000)
+    clip = root / "audio_train" / "a.wav"
+    clip.unlink()
+    clip.symlink_to(outside)
+    cache = DigestCache(None)
+    before = split_fingerprints(root, DATASET, cache)
+    assert cache.read == 3  # train.csv, b.wav and the test folder's t.wav: not the link's target
+    outside.write_bytes(outside.read_bytes()[:-2] + b"\x01\x02")
+    assert split_fingerprints(root, DATASET, DigestCache(None)) == before
+    followed = {**DATASET, "follow_external_symlinks": True}
+    first = split_fingerprints(root, followed, DigestCache(None))
+    outside.write_bytes(outside.read_bytes()[:-2] + b"\x03\x04")
+    assert split_fingerprints(root, followed, DigestCache(None))["train"] != first["train"]

@@ -50,7 +50,7 @@ import pandas as pd
 
 from .dataset_layouts import is_multi_label
 from .errors import UserError
-from .fingerprint import folder_files
+from .fingerprint import folder_files, outside_root
 from .io import read_csv_str
 from .labels import SEPARATOR, join_labels, split_labels
 
@@ -168,14 +168,6 @@ def _check_label(label: str) -> str:
             "(workflow_lib/labels.py); rename the class"
         )
     return ""
-
-
-def outside_root(path: Path, roots: tuple[Path, ...]) -> str:
-    """The target of ``path`` when it resolves outside every one of ``roots``, else ''."""
-    target = path.resolve()
-    if any(target.is_relative_to(root.resolve()) for root in roots):
-        return ""
-    return str(target)
 
 
 def _check_exists(

@@ -39,6 +39,9 @@ from .dataset_layouts import LAYOUT_KEYS, SINGLE_LABEL
 
 #: What a file that is not there (or cannot be read) contributes to a fingerprint.
 MISSING = "missing"
+#: What a symbolic link leading outside the dataset contributes (validation skips it unless
+#: dataset.follow_external_symlinks): its target's name, never its content.
+OUTSIDE = "outside the dataset: "
 _CHUNK = 1 << 20
 
 
@@ -48,6 +51,14 @@ def folder_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def outside_root(path: Path, roots: tuple[Path, ...]) -> str:
+    """The target of ``path`` when it resolves outside every one of ``roots``, else ''."""
+    target = path.resolve()
+    if any(target.is_relative_to(root.resolve()) for root in roots):
+        return ""
+    return str(target)
 
 
 def content_digest(path: Path) -> str:
@@ -128,6 +139,12 @@ def _hash(parts: Iterable[Any]) -> str:
     return hashlib.blake2b(json.dumps(list(parts)).encode(), digest_size=16).hexdigest()
 
 
+def _audio_digest(file: Path, roots: tuple[Path, ...], follow_links: bool, cache: DigestCache) -> str:
+    """An audio file's digest; a link leading outside ``roots`` is not read (as validation)."""
+    target = "" if follow_links or not file.is_file() else outside_root(file, roots)
+    return OUTSIDE + target if target else cache.digest(file)
+
+
 def _listing(root: Path, name: str, cache: DigestCache) -> list[str]:
     """A dataset file given by a config key ('' = none), with its digest."""
     return [name, cache.digest(root / name) if name else MISSING]
@@ -137,13 +154,17 @@ def fingerprint_train(root: Path, dataset: Mapping[str, Any], cache: DigestCache
     """The training split: each training listing and every file it lists, and the true-label
     side file (dataset.true_labels_csv)."""
     keys = LAYOUT_KEYS[dataset.get("layout", SINGLE_LABEL)]
+    follow = bool(dataset.get("follow_external_symlinks", False))
     parts: list[Any] = []
     for csv_key, dir_key in zip(keys[::2], keys[1::2]):
         if not dataset.get(csv_key):
             continue  # fsdkaggle2019 without a noisy part
         audio_dir = root / dataset[dir_key]
         parts.append(_listing(root, dataset[csv_key], cache))
-        parts += [[name, cache.digest(audio_dir / name)] for name in listed_names(root / dataset[csv_key])]
+        parts += [
+            [name, _audio_digest(audio_dir / name, (root, audio_dir), follow, cache)]
+            for name in listed_names(root / dataset[csv_key])
+        ]
     parts.append(_listing(root, dataset["true_labels_csv"], cache))
     return _hash(parts)
 
@@ -152,7 +173,9 @@ def fingerprint_test(root: Path, dataset: Mapping[str, Any], cache: DigestCache)
     """The test split: the test CSV (if any) and every file of the test folder."""
     folder = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else None
     files = folder_files(folder) if folder is not None else []
-    return _hash([_listing(root, dataset["test_csv"], cache), *([f.name, cache.digest(f)] for f in files)])
+    follow = bool(dataset.get("follow_external_symlinks", False))
+    digests = [[f.name, _audio_digest(f, (root, f.parent), follow, cache)] for f in files]
+    return _hash([_listing(root, dataset["test_csv"], cache), *digests])
 
 
 def split_fingerprints(
