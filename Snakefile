@@ -35,6 +35,9 @@ include: "rules/report.smk"
 include: "rules/export.smk"
 
 
+check_name_lengths()  # every rule is known: names too long for a path stop the run here
+
+
 rule all:
     default_target: True
     input:

@@ -20,6 +20,7 @@ try:
     from workflow_lib.config import (
         ConfigError,
         chain_policy,
+        compared_settings,
         check_dataset_root,
         check_run_identity,
         derive_seed,
@@ -34,7 +35,8 @@ try:
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
     from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
-    from workflow_lib.layout import TRUST_FILES, Layout, spec_files, systems_spec
+    from workflow_lib.fingerprint import DigestCache, split_fingerprints
+    from workflow_lib.layout import TRUST_FILES, Layout, overlong_values, spec_files, systems_spec
     from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
     sys.path.remove(REPO)
@@ -68,6 +70,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec) and LOCKS.is_dir() and
 
 onstart:
     record_run_identity(Path(RESULTS), RUN_IDENTITY)
+    DATASET_DIGESTS.save()
 
 
 # Chains (config keys `chains`, `run_chains`): iteration 0 + a trust policy. Every chain runs
@@ -113,16 +116,20 @@ PRESETS = METHOD["presets"]
 VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
 
 
-class ShellCommand:
-    """Text that every job's shell command starts with (``params: cli=CLI`` in each rule).
+class Unrecorded:
+    """A rule param Snakemake does not record, so changing it reruns no job.
 
-    Not a ``str`` on purpose: Snakemake records string params and reruns a job when one
-    changes; where the checkout lies is no setting of the method, so moving it must rerun
-    nothing. (Shell commands format it with ``str()``; lint wants it as a param, not a global.)
+    Snakemake records the params of builtin types (str, int, list, dict ...) with each output
+    and, by its default --rerun-triggers (which include `params`), reruns a job when one
+    differs. Any other object is left out of that record. The job still gets the value: shell
+    commands format it with ``str()``. Used for what changes where or how a job runs, never
+    what it computes: the checkout's path (CLI), the dataset root's spelling, the GPU lock
+    folder, and the run-only settings of the training and prediction jobs
+    (workflow_lib.config.RUN_ONLY_SETTINGS; the recorded part is their `compared` param).
     """
 
     def __init__(self, text):
-        self.text = text
+        self.text = str(text)
 
     def __str__(self):
         return self.text
@@ -135,7 +142,7 @@ class ShellCommand:
 # bash strict mode, `set -euo pipefail`, stays in force). It is several shell words: write
 # `{params.cli}` without the :q quoting of single values.
 # WORKFLOW_JOBS_PER_GPU: compute.jobs_per_gpu, for the GPU claim of workflow_lib/devices.py.
-CLI = ShellCommand(
+CLI = Unrecorded(
     f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"
     f" WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])} python -m workflow_lib.cli"
 )
@@ -147,23 +154,57 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+def job_settings(value):
+    """A job's settings (as_json) for its command line, unrecorded: its `compared` param
+    (compared_json) is what Snakemake records, without the run-only settings."""
+    return Unrecorded(as_json(value))
+
+
+def compared_json(value):
+    """The part of a job's settings that decides its results (config.compared_settings)."""
+    return as_json(compared_settings(value))
+
+
 def dataset_file(key):
     """A file of the dataset, relative to its root ('' if the key is empty)."""
     name = S["dataset"][key]
     return f"{DATA_ROOT}/{name}" if name else ""
 
 
-def optional_dataset_files():
-    """Further training lists, test list and true labels: inputs when present (the demo
-    always writes them)."""
-    files = [dataset_file(key) for key in (*TRAIN_LISTINGS[1:], "test_csv", "true_labels_csv")]
+def present_dataset_files(keys):
+    """The dataset files of these config keys that are set and present (the demo always
+    writes them): inputs of the validation jobs."""
+    files = [dataset_file(key) for key in keys]
     return [f for f in files if f and (DEMO or Path(f).is_file())]
+
+
+def training_listing_files():
+    """Further training lists and the true labels (the first list is validate_dataset's
+    named input)."""
+    return present_dataset_files([*TRAIN_LISTINGS[1:], "true_labels_csv"])
+
+
+def test_listing_files():
+    return present_dataset_files(["test_csv"])
+
+
+# Per-split content fingerprints of a given dataset (workflow_lib/fingerprint.py: why content
+# digests, what is and is not detected), params of the validation jobs. The demo dataset is
+# made by rule demo_dataset, so its changes reach the DAG as that job's outputs. The digest
+# cache is saved when a run starts (onstart): a dry run writes nothing.
+DATASET_DIGESTS = DigestCache(None if DEMO else Path(RESULTS) / ".cache" / "dataset_digests.json")
+DATASET_FINGERPRINTS = (
+    {"train": "(demo dataset)", "test": "(demo dataset)"}
+    if DEMO
+    else split_fingerprints(DATA_ROOT, S["dataset"], DATASET_DIGESTS)
+)
 
 
 FOLDS = list(range(METHOD["folds"]))
 ITERATIONS = list(range(METHOD["self_verification"]["iterations"] + 1))  # it0 ... itN
 COMPUTE = S["compute"]
-GPU_LOCK_DIR = COMPUTE["gpu_lock_dir"] or f"{RESULTS}/.gpu_locks"
+# Where jobs run, not what they compute: unrecorded (changing it reruns nothing).
+GPU_LOCK_DIR = Unrecorded(COMPUTE["gpu_lock_dir"] or f"{RESULTS}/.gpu_locks")
 GPUS_PER_TRAINING_JOB = gpus_per_training_job(COMPUTE)
 TRAINING_THREADS = COMPUTE["training_threads"]
 
@@ -272,3 +313,27 @@ FINAL_OUTPUTS = [
     f"{RESULTS}/report/results.html",
     *(f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()),
 ]
+
+
+def check_name_lengths():
+    """Chain and preset names are folder and file names of the layout: one too long for a
+    file name (255 bytes, less what the layout adds) stops the run at start, not at the
+    first job that writes there (after hours of training). Called once every rule is
+    defined (Snakefile): the bound comes from their output, log and benchmark patterns."""
+    patterns = [*FINAL_OUTPUTS]
+    for rule_ in workflow.rules:
+        patterns += [*map(str, rule_.output), *map(str, rule_.log)]
+        patterns += [str(rule_.benchmark)] if rule_.benchmark else []
+    values = {
+        "chain": CHAINS,
+        "preset": PRESETS,
+        "start": sorted(set(STARTS.values())),
+        "fold": [str(FOLDS[-1])],
+        "it": [str(ITERATIONS[-1])],
+        "split": SPLITS,
+        "version": [str(v) for v in VERSIONS],
+        "shard": [str(max(N_SHARDS.values()) - 1)],
+    }
+    problems = overlong_values(patterns, values, {"chain": "run_chains", "preset": "method.presets"})
+    if problems:
+        raise WorkflowError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -24,15 +24,20 @@ if DEMO:
             " --settings {params.settings:q} 2> {log}"
 
 
+# Each split is validated by its own job, so a changed test file reruns the test side only.
+# DATASET_FINGERPRINTS (rules/common.smk, workflow_lib/fingerprint.py): the content of each
+# split's listings and audio, as a recorded param: a replaced recording, a relabelled CSV with
+# an older time stamp or a new test file reruns that split's validation and what follows.
+
+
 rule validate_dataset:
     input:
-        optional_dataset_files(),
+        training_listing_files(),
         train=dataset_file(TRAIN_LISTINGS[0]),
     output:
         train=L.data("train.csv"),
-        test=L.data("test.csv"),
         classes=L.data("classes.csv"),
-        problems=L.data("problems.csv"),
+        problems=L.data("train_problems.csv"),
     log:
         L.log("validate_dataset"),
     benchmark:
@@ -41,13 +46,39 @@ rule validate_dataset:
         CONDA_ENV
     params:
         cli=CLI,
-        # The dataset root: the training list's path less the list's own (relative) parts.
-        root=lambda wildcards, input: Path(input.train).parents[
-            len(Path(S["dataset"][TRAIN_LISTINGS[0]]).parts) - 1
-        ],
+        root=Unrecorded(DATA_ROOT),
         settings=as_json(layout_settings(S["dataset"])),
         folds=METHOD["folds"],
+        fingerprint=DATASET_FINGERPRINTS["train"],
     shell:
         "{params.cli} validate --root {params.root:q} --folds {params.folds:q}"
         " --out-dir $(dirname {output.train:q})"
+        " --settings {params.settings:q} 2> {log}"
+
+
+rule validate_test:
+    input:
+        test_listing_files(),
+        classes=L.data("classes.csv"),
+        train_problems=L.data("train_problems.csv"),
+    output:
+        test=L.data("test.csv"),
+        problems=L.data("problems.csv"),
+    log:
+        L.log("validate_test"),
+    benchmark:
+        L.benchmark("validate_test")
+    # Before the training side's preprocessing: an error in the test list stops the run
+    # before any training (Snakemake starts no new job after a failure).
+    priority: len(CHAINS) + 1
+    conda:
+        CONDA_ENV
+    params:
+        cli=CLI,
+        root=Unrecorded(DATA_ROOT),
+        settings=as_json(layout_settings(S["dataset"])),
+        fingerprint=DATASET_FINGERPRINTS["test"],
+    shell:
+        "{params.cli} validate-test --root {params.root:q} --classes {input.classes:q}"
+        " --train-problems {input.train_problems:q} --out-dir $(dirname {output.test:q})"
         " --settings {params.settings:q} 2> {log}"

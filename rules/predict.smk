@@ -50,7 +50,8 @@ rule predict:
     params:
         cli=CLI,
         models=lambda wildcards: pairs(chain_models(wildcards.chain, wildcards.preset)),
-        settings=as_json(prediction_settings()),
+        settings=job_settings(prediction_settings()),
+        compared=compared_json(prediction_settings()),
         lock_dir=GPU_LOCK_DIR,
     shell:
         "{params.cli} predict --selection {input.selection} --models {params.models:q}"

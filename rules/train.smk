@@ -56,7 +56,8 @@ rule train_initial:
         gpu=GPUS_PER_TRAINING_JOB,
     params:
         cli=CLI,
-        settings=lambda wildcards: as_json(training_settings(wildcards.preset, 0)),
+        settings=lambda wildcards: job_settings(training_settings(wildcards.preset, 0)),
+        compared=lambda wildcards: compared_json(training_settings(wildcards.preset, 0)),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
     shell:
@@ -90,7 +91,8 @@ rule fine_tune:
         gpu=GPUS_PER_TRAINING_JOB,
     params:
         cli=CLI,
-        settings=lambda wildcards: as_json(training_settings(wildcards.preset, int(wildcards.it))),
+        settings=lambda wildcards: job_settings(training_settings(wildcards.preset, int(wildcards.it))),
+        compared=lambda wildcards: compared_json(training_settings(wildcards.preset, int(wildcards.it))),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
     shell:

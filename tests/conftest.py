@@ -5,6 +5,7 @@ and the one trained demo run of the session (``demo``), shared by every test tha
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,23 @@ def snakemake_command(workdir: Path, *extra: str) -> list[str]:
 
 def snakemake_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's "Job stats" table ({} when it says "Nothing to be done")."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("Job stats")), None)
+    if start is None:
+        assert "Nothing to be done" in output, output[-3000:]
+        return counts
+    for line in lines[start + 1 :]:
+        match = re.match(r"^\s*([A-Za-z_][\w]*)\s+(\d+)\s*$", line)
+        if match:
+            counts[match.group(1)] = int(match.group(2))
+            if match.group(1) == "total":
+                break
+    return counts
 
 
 def failure_report(workdir: Path, output: str) -> str:

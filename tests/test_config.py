@@ -249,3 +249,26 @@ def test_chain_policies_inherit_the_method_settings(base_config):
     assert agreement["max_per_class"] is None and "threshold" not in agreement
     demo = resolve_settings({**base_config, "run_preset": "demo"})
     assert chain_policy(demo, "self_verification")["threshold"] == 0.6
+
+
+@pytest.mark.parametrize(
+    "dotted,value",
+    [
+        ("method.self_verification.threshold", float("nan")),
+        ("chains.self_verification.max_fraction", float("nan")),
+        ("chains.label_spreading.gamma", float("nan")),
+        ("method.initial_training.lr", float("inf")),
+        ("compute.checkpoint_every.minutes", float("inf")),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_key(base_config, dotted, value):
+    """Issue 24 item 4: YAML's .nan passes every minimum/maximum of the schema; refused with
+    the key named, wherever the number is."""
+    message = _error(_with(base_config, dotted, value))
+    assert f"config key {dotted}: {value} is not a finite number" in message, message
+
+
+def test_nan_inside_a_run_preset_is_refused_as_the_resolved_key(base_config):
+    changed = copy.deepcopy(base_config)
+    changed["run_presets"]["demo"]["method"]["self_verification"]["threshold"] = float("nan")
+    assert "config key method.self_verification.threshold: nan" in _error({**changed, "run_preset": "demo"})

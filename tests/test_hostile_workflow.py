@@ -9,6 +9,7 @@ training job. The other rows are dry runs (seconds each).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from conftest import REPO, tone
+from conftest import REPO, job_counts, tone
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLASSES = {"low": 300.0, "mid": 900.0, "high": 2400.0}
@@ -122,15 +123,17 @@ def tiny_args(tmp_path: Path, root: Path, *extra: str, files: tuple[Path, ...] =
     ]
 
 
+HOSTILE_LOCK_DIR = "compute={gpu_lock_dir: 'gpu locks $(touch PWNED)'}"
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
     """The smallest full workflow on a predict-only dataset with hostile test clips."""
     tmp = tmp_path_factory.mktemp("tiny")
     root = write_tiny_dataset(tmp / "data")
     workdir = tmp / "work"
-    lock_dir = "gpu locks $(touch PWNED)"
     started = time.monotonic()
-    rc, output = snakemake(workdir, *tiny_args(tmp, root, f"compute={{gpu_lock_dir: '{lock_dir}'}}"))
+    rc, output = snakemake(workdir, *tiny_args(tmp, root, HOSTILE_LOCK_DIR))
     return {
         "rc": rc,
         "output": output,
@@ -212,6 +215,35 @@ def test_user_setting_beats_the_preset_and_invalid_values_are_refused(tmp_path):
     assert rc != 0 and "config key method.self_verification.threshold" in output, output
 
 
+def test_nan_settings_stop_the_run_at_start(tmp_path):
+    """Row '`threshold: .nan` (schema lets NaN through)', with max_fraction and gamma: the
+    dry run stops naming each key; no job ran, no traceback."""
+    root = write_tiny_dataset(tmp_path / "data")
+    nan = tmp_path / "nan.yaml"
+    nan.write_text(
+        "method: {self_verification: {threshold: .nan}}\n"
+        "chains:\n  self_verification: {max_fraction: .nan}\n  label_spreading: {gamma: .nan}\n"
+    )
+    rc, output = snakemake(tmp_path / "w", "-n", *tiny_args(tmp_path, root, files=(nan,)))
+    assert rc != 0, output
+    for key in ("method.self_verification.threshold", "chains.self_verification.max_fraction"):
+        assert f"config key {key}: nan is not a finite number" in output, output
+    assert "config key chains.label_spreading.gamma: nan" in output and "Traceback" not in output, output
+    assert not (tmp_path / "w" / "results").exists()
+
+
+def test_chain_name_too_long_for_a_file_name_stops_the_run_at_start(tmp_path):
+    """Row 'a 300-character chain name': refused by the dry run, naming run_chains and the
+    longest name the layout can hold."""
+    root = write_tiny_dataset(tmp_path / "data")
+    name = "c" * 300
+    chain = f"chains={{{name}: {{start: all, policy: paper}}}}"
+    rc, output = snakemake(tmp_path / "w", "-n", *tiny_args(tmp_path, root, chain, f"run_chains=[{name}]"))
+    assert rc != 0, output
+    assert "config key run_chains: the name 'cccc" in output and "is 300 bytes" in output, output
+    assert "use a name of at most 237 bytes" in output and "Traceback" not in output, output
+
+
 def test_results_of_another_run_or_a_mistyped_dataset_are_refused(tmp_path):
     """Rows 'run_preset=paper started in a directory holding the demo's results' and 'a
     mistyped dataset_root in a directory that already holds results'."""
@@ -247,3 +279,103 @@ def test_lock_left_by_a_killed_run_is_explained(tmp_path):
     (work / ".snakemake" / "locks" / "0.input.lock").write_text("x\n")
     _, output = snakemake(work, "-n", *tiny_args(tmp_path, root))
     assert "snakemake --unlock" in output, output
+
+
+# ------------------------------------------- change detection after the finished tiny run
+
+
+def planned_after(tiny_run: dict, settings: str = "") -> dict[str, int]:
+    """The jobs a dry run on the finished tiny run's folder plans ({}: nothing to be done);
+    ``settings``: YAML given as an extra config file (nested --config values stay strings)."""
+    assert tiny_run["rc"] == 0, tiny_run["output"][-3000:]
+    extra = tiny_run["tmp"] / "changed.yaml"
+    extra.write_text(settings or "{}\n")
+    args = tiny_args(tiny_run["tmp"], tiny_run["root"], HOSTILE_LOCK_DIR, files=(extra,))
+    rc, output = snakemake(tiny_run["workdir"], "-n", *args)
+    assert rc == 0, output
+    return {k: v for k, v in job_counts(output).items() if k != "total"}
+
+
+@contextlib.contextmanager
+def changed_file(path: Path, content: bytes | None, mtime_of: Path | None = None):
+    """``path`` holds ``content`` (None: removed) with the time stamp of ``mtime_of`` (what
+    `cp -p` and `rsync -a` keep), inside the block; then exactly as before."""
+    before = path.read_bytes() if path.exists() else None
+    stamp = path.stat() if path.exists() else None
+    try:
+        if content is None:
+            path.unlink()
+        else:
+            path.write_bytes(content)
+            reference = mtime_of.stat() if mtime_of is not None else stamp
+            if reference is not None:
+                os.utime(path, ns=(reference.st_atime_ns, reference.st_mtime_ns))
+        yield
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+            os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+
+TRAINING = {"validate_dataset", "preprocess_shard", "train_initial", "fine_tune", "self_verify"}
+
+
+def test_unchanged_dataset_and_run_only_settings_rerun_nothing(tiny_run):
+    """Row 'compute.checkpoint_every, compute.eval_batch_size or compute.compile changed
+    between runs': nothing retrains or predicts again; only the export (seconds) reruns,
+    because the bundle writes the evaluation batch into its preprocessing.json. The finished
+    run itself plans nothing (the fingerprints and unrecorded params are stable)."""
+    assert planned_after(tiny_run) == {}
+    run_only = "compute: {eval_batch_size: 3, compile: true, checkpoint_every: {epochs: 7, minutes: 2}}"
+    assert set(planned_after(tiny_run, run_only)) <= {"export_tagger", "all"}
+    assert planned_after(tiny_run, "compute: {compile: true, checkpoint_every: {epochs: 7}}") == {}
+
+
+@pytest.mark.parametrize(
+    "setting,first",
+    [
+        ("method: {self_verification: {threshold: 0.4}}", "self_verify"),
+        ("method: {nets: {vgg_gap_spec1_1: {width: 5}}}", "train_initial"),
+        ("method: {seed: 7}", "folds"),
+        ("method: {fine_tuning: {epochs: 2}}", "fine_tune"),
+    ],
+)
+def test_settings_that_change_results_still_rerun(tiny_run, setting, first):
+    """The other side of the row above: threshold, width, seed, epochs rerun their jobs."""
+    planned = planned_after(tiny_run, setting)
+    assert planned.get(first), planned
+
+
+def test_replaced_recording_reruns_the_training_side(tiny_run):
+    """Row 'an audio file replaced in place by another recording (same name)': a recording of
+    the same length (same size) copied over a training clip with its old time stamp reruns
+    the training split's validation and everything after it."""
+    clip = tiny_run["root"] / "audio_train" / "low_0.wav"
+    other = tiny_run["tmp"] / "other.wav"
+    sf.write(str(other), tone(0.4, 8000, 5000.0), 8000, subtype="PCM_16")
+    assert other.stat().st_size == clip.stat().st_size
+    with changed_file(clip, other.read_bytes()):
+        planned = planned_after(tiny_run)
+    assert set(planned) >= TRAINING, planned
+
+
+def test_relabelled_csv_with_an_older_time_stamp_reruns(tiny_run):
+    """Row 'train.csv relabelled but with an older modification time (cp -p, rsync -a)'."""
+    listing = tiny_run["root"] / "train.csv"
+    relabelled = listing.read_text().replace("mid_4.wav,mid", "mid_4.wav,high").encode()
+    with changed_file(listing, relabelled, mtime_of=tiny_run["root"] / "audio_train" / "low_0.wav"):
+        assert os.stat(listing).st_mtime_ns <= os.stat(tiny_run["results"] / "data" / "train.csv").st_mtime_ns
+        planned = planned_after(tiny_run)
+    assert set(planned) >= TRAINING, planned
+
+
+def test_new_test_file_of_a_predict_only_run_is_predicted_without_retraining(tiny_run):
+    """Row 'a new file in audio_test/ of a predict-only run': the test side reruns (validation,
+    spectrograms, prediction, submission); no training job does."""
+    test_dir = tiny_run["root"] / "audio_test"
+    with changed_file(test_dir / "t9.wav", (test_dir / "t0.wav").read_bytes(), mtime_of=test_dir / "t0.wav"):
+        planned = planned_after(tiny_run)
+    assert {"validate_test", "preprocess_shard", "predict", "fuse"} <= set(planned), planned
+    assert not {"validate_dataset", "train_initial", "fine_tune", "self_verify"} & set(planned), planned

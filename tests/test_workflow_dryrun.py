@@ -9,7 +9,6 @@ run with one readable sentence naming the key.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, job_counts
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
@@ -65,20 +64,6 @@ def dry_run(dataset_root: Path, workdir: Path, *config: str, cwd: Path):
         *config,
         cwd=cwd,
     )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse Snakemake's "Job stats" table."""
-    counts: dict[str, int] = {}
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith("Job stats"))
-    for line in lines[start + 1 :]:
-        match = re.match(r"^\s*([A-Za-z_][\w]*)\s+(\d+)\s*$", line)
-        if match:
-            counts[match.group(1)] = int(match.group(2))
-            if match.group(1) == "total":
-                break
-    return counts
 
 
 def write_fsdkaggle_listing(

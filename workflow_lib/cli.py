@@ -70,6 +70,11 @@ def demo_data(args: argparse.Namespace) -> None:
     )
 
 
+def _log_problems(problems) -> None:
+    for row in problems.rows:
+        log.warning("%s line %s: %s (%s)", row["file"], row["line"], row["problem"], row["outcome"])
+
+
 @command(
     "validate",
     arg("--root", type=Path, required=True),
@@ -78,24 +83,40 @@ def demo_data(args: argparse.Namespace) -> None:
     JSON,
 )
 def validate(args: argparse.Namespace) -> None:
-    from .dataset import class_table, validate_dataset
+    """The training split: train.csv, classes.csv and its problems (train_problems.csv)."""
+    from .dataset import class_table, validate_train
     from .io import write_csv
 
-    train, test, problems = validate_dataset(args.root, args.settings, args.folds)
-    for row in problems.rows:
-        log.warning("%s line %s: %s (%s)", row["file"], row["line"], row["problem"], row["outcome"])
-    write_csv(problems.frame(), args.out_dir / "problems.csv")
+    train, problems = validate_train(args.root, args.settings, args.folds)
+    _log_problems(problems)
+    write_csv(problems.frame(), args.out_dir / "train_problems.csv")
     classes = class_table(train)  # classes, not label sets (a multi-label clip has several)
     write_csv(classes, args.out_dir / "classes.csv")
-    write_csv(test, args.out_dir / "test.csv")
     write_csv(train, args.out_dir / "train.csv")
-    log.info(
-        "%d training clips, %d classes, %d test clips, %d problems",
-        len(train),
-        len(classes),
-        len(test),
-        len(problems.rows),
-    )
+    log.info("%d training clips, %d classes, %d problems", len(train), len(classes), len(problems.rows))
+
+
+@command(
+    "validate-test",
+    arg("--root", type=Path, required=True),
+    arg("--classes", type=Path, required=True),
+    arg("--train-problems", type=Path, required=True),
+    arg("--out-dir", type=Path, required=True),
+    JSON,
+)
+def validate_test_split(args: argparse.Namespace) -> None:
+    """The test split: test.csv, and problems.csv = the training split's problems + its own."""
+    import pandas as pd
+
+    from .dataset import validate_test
+    from .io import read_csv_str, write_csv
+
+    test, problems = validate_test(args.root, args.settings, list(read_csv_str(args.classes)["label"]))
+    _log_problems(problems)
+    every = pd.concat([read_csv_str(args.train_problems), problems.frame().astype(str)], ignore_index=True)
+    write_csv(every, args.out_dir / "problems.csv")
+    write_csv(test, args.out_dir / "test.csv")
+    log.info("%d test clips, %d problems", len(test), len(problems.rows))
 
 
 @command(

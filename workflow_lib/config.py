@@ -8,6 +8,7 @@ out-of-range value stops the run with one readable sentence instead of a traceba
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,11 +60,38 @@ def load_schema() -> dict[str, Any]:
 def validate_settings(settings: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` listing every schema violation and inconsistency."""
     validator = jsonschema.Draft202012Validator(load_schema())
-    problems = [_describe(e) for e in sorted(validator.iter_errors(settings), key=str)]
+    problems = non_finite_numbers({k: v for k, v in settings.items() if k != "run_presets"})
+    problems += [_describe(e) for e in sorted(validator.iter_errors(settings), key=str)]
     if not problems:
         problems = _cross_checks(settings)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def non_finite_numbers(tree: Any, prefix: str = "") -> list[str]:
+    """A sentence per NaN or infinite number in the settings.
+
+    YAML reads ``.nan`` and ``.inf`` as floats, and a JSON schema cannot refuse NaN: every
+    comparison with it is false, so ``minimum``/``maximum`` let it through, and a threshold
+    of NaN would then trust nothing, a max_fraction or gamma of NaN crash after the
+    iteration-0 training. (``run_presets`` is checked once merged, as the resolved settings.)
+    """
+    if isinstance(tree, Mapping):
+        items = [(f"{prefix}{key}", value) for key, value in tree.items()]
+    elif isinstance(tree, list):
+        items = [(f"{prefix.rstrip('.')}[{n}]", value) for n, value in enumerate(tree)]
+    else:
+        return []
+    problems = []
+    for key, value in items:
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(
+                f"config key {key}: {value} is not a finite number (NaN and infinity are refused; "
+                "where a key can be switched off, null does that)"
+            )
+        else:
+            problems += non_finite_numbers(value, f"{key}.")
+    return problems
 
 
 def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
@@ -245,6 +273,27 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
     if is_multi_label(settings):  # only then: single-label jobs' settings stay as they were
         job["multi_label"] = True
     return job
+
+
+#: Settings of a job that change how it runs, never what it computes (paths into the job
+#: settings of :func:`fit_settings` and of the prediction job): the checkpoint interval and
+#: torch.compile (``run``), the whole-clip evaluation batch (``fit.eval_batch_size``, the
+#: prediction job's ``batch_size``; networks in eval mode give each clip the same output in
+#: any batch). Rules pass them to the job unrecorded, so changing one retrains nothing.
+RUN_ONLY_SETTINGS: tuple[tuple[str, ...], ...] = (("run",), ("fit", "eval_batch_size"), ("batch_size",))
+
+
+def compared_settings(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The job settings less :data:`RUN_ONLY_SETTINGS`: what Snakemake records and compares
+    (a change reruns the job)."""
+    kept = copy.deepcopy(dict(job))
+    for path in RUN_ONLY_SETTINGS:
+        parent = kept
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return kept
 
 
 def is_multi_label(settings: Mapping[str, Any]) -> bool:

@@ -57,6 +57,7 @@ import pandas as pd
 
 from .dataset_layouts import is_multi_label
 from .errors import UserError
+from .fingerprint import folder_files, outside_root
 from .io import read_csv_str
 from .labels import SEPARATOR, join_labels, split_labels
 
@@ -176,14 +177,6 @@ def _check_label(label: str) -> str:
     return ""
 
 
-def outside_root(path: Path, roots: tuple[Path, ...]) -> str:
-    """The target of ``path`` when it resolves outside every one of ``roots``, else ''."""
-    target = path.resolve()
-    if any(target.is_relative_to(root.resolve()) for root in roots):
-        return ""
-    return str(target)
-
-
 def _check_exists(
     frame: pd.DataFrame, audio_dir: Path, path: Path, problems: Problems, root: Path, follow_links: bool
 ) -> pd.Series:
@@ -286,18 +279,11 @@ def _is_audio(path: Path) -> bool:
     return True
 
 
-def _folder_files(audio_dir: Path) -> list[Path]:
-    """Regular, non-hidden files of a folder, sorted by name."""
-    if not audio_dir.is_dir():
-        return []
-    return sorted(p for p in audio_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-
-
 def _unlisted_test_files(frame: pd.DataFrame, audio_dir: Path, csv_path: Path, problems: Problems) -> None:
     """Decodable audio in the test folder that the CSV does not list: an error, because it
     would silently get no prediction."""
     listed = set(frame["fname"])
-    for file in _folder_files(audio_dir):
+    for file in folder_files(audio_dir):
         if file.name not in listed and _is_audio(file):
             problems.add(
                 csv_path,
@@ -313,7 +299,7 @@ def _test_files_without_csv(audio_dir: Path, problems: Problems) -> list[str]:
     """Predict-only: every audio file of the test folder, whatever its extension. Files with
     an audio extension are kept even when undecodable (they get an empty prediction)."""
     names = []
-    for file in _folder_files(audio_dir):
+    for file in folder_files(audio_dir):
         if file.suffix.lower() in AUDIO_EXTENSIONS or _is_audio(file):
             names.append(file.name)
         else:
@@ -489,8 +475,12 @@ def _train_2019(root: Path, dataset: dict, problems: Problems, follow: bool) -> 
     return train
 
 
-def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFrame, pd.DataFrame, Problems]:
-    """Read both listings; raise :class:`DatasetError` on errors, return skips in ``Problems``."""
+def validate_train(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFrame, Problems]:
+    """The training listings (with their true labels); raise :class:`DatasetError` on errors.
+
+    Its own job (rule validate_dataset), apart from the test split's (:func:`validate_test`):
+    a changed test file then reruns the test side only, never the training.
+    """
     root = Path(root)
     problems = Problems()
     multi_label = is_multi_label(dataset)
@@ -506,13 +496,36 @@ def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFram
     problems.raise_errors()
     check_class_sizes(train, folds, train_csv, problems)
     check_verified_support(train, train_csv, problems, multi_label)
-    classes = sorted(class_members(train)["label"].unique())
-    test_csv = root / dataset["test_csv"] if dataset["test_csv"] else None
-    test_dir = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else root / "_none_"
-    test = read_test(test_csv, test_dir, classes, problems, root, follow, multi_label)
     problems.raise_errors()
     truth = root / dataset["true_labels_csv"] if dataset["true_labels_csv"] else None
-    return attach_true_labels(train, truth, multi_label), test, problems
+    return attach_true_labels(train, truth, multi_label), problems
+
+
+def validate_test(root: Path, dataset: dict, classes: list[str]) -> tuple[pd.DataFrame, Problems]:
+    """The test listing, its labels checked against the training ``classes``; raise
+    :class:`DatasetError` on errors, return skips in ``Problems``."""
+    root = Path(root)
+    problems = Problems()
+    follow = bool(dataset.get("follow_external_symlinks", False))
+    test_csv = root / dataset["test_csv"] if dataset["test_csv"] else None
+    test_dir = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else root / "_none_"
+    test = read_test(test_csv, test_dir, classes, problems, root, follow, is_multi_label(dataset))
+    problems.raise_errors()
+    return test, problems
+
+
+def class_names(train: pd.DataFrame) -> list[str]:
+    """The classes of a validated training listing, sorted (a set's labels each count)."""
+    return sorted(class_members(train)["label"].unique())
+
+
+def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFrame, pd.DataFrame, Problems]:
+    """Both splits: :func:`validate_train`, then :func:`validate_test`; skips of both in
+    ``Problems``."""
+    train, problems = validate_train(root, dataset, folds)
+    test, test_problems = validate_test(root, dataset, class_names(train))
+    problems.rows += test_problems.rows
+    return train, test, problems
 
 
 def class_table(train: pd.DataFrame) -> pd.DataFrame:

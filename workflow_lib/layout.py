@@ -20,7 +20,8 @@ many results at once (the systems table) get their file lists from :func:`system
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: Files of a trust (self-verification) folder.
@@ -170,3 +171,64 @@ def spec_files(spec: Sequence[Mapping]) -> list[str]:
     for item in spec:
         files.update([item["selection"], item["test"], *item.get("self_verify", {}).values()])
     return sorted(files)
+
+
+# --- how long a name may be ---------------------------------------------------------------
+
+#: Bytes one file-name component may hold (NAME_MAX of ext4, XFS, APFS, NTFS ...).
+NAME_MAX = 255
+#: What an atomic write (workflow_lib.io.atomic_path) adds to a file's name for its temporary
+#: file: "." + name + "." + 8 random characters + ".tmp".
+TEMP_NAME_EXTRA = len(".") + len(".") + 8 + len(".tmp")
+_WILDCARD = re.compile(r"\{\s*(\w+)\s*(?:,[^{}]*)?\}")
+
+
+def _fill(component: str, values: Mapping[str, Sequence[str]], skip: str) -> str:
+    """A pattern component with every wildcard but ``skip`` replaced by its longest value
+    (unknown wildcards by nothing) and ``skip`` removed."""
+
+    def longest(match: re.Match) -> str:
+        name = match.group(1)
+        if name == skip or name not in values or not values[name]:
+            return ""
+        return max((str(v) for v in values[name]), key=lambda v: len(v.encode()))
+
+    return _WILDCARD.sub(longest, component)
+
+
+def name_room(patterns: Iterable[str], values: Mapping[str, Sequence[str]]) -> dict[str, tuple[int, str]]:
+    """{wildcard: (bytes its value may have, the pattern component that sets the bound)}.
+
+    Each path pattern (rule outputs, logs, benchmarks: with wildcards such as ``{chain}``) is
+    split into components; a component that holds a wildcard may hold NAME_MAX bytes, less
+    its fixed text, the longest values of its other wildcards and, for the last component (a
+    file), what a temporary name adds.
+    """
+    room: dict[str, tuple[int, str]] = {}
+    for pattern in patterns:
+        components = str(pattern).split("/")
+        for depth, component in enumerate(components):
+            extra = TEMP_NAME_EXTRA if depth == len(components) - 1 else 0
+            for name in set(_WILDCARD.findall(component)):
+                left = NAME_MAX - extra - len(_fill(component, values, name).encode())
+                if name not in room or left < room[name][0]:
+                    room[name] = (left, _WILDCARD.sub(r"{\1}", component))
+    return room
+
+
+def overlong_values(
+    patterns: Iterable[str], values: Mapping[str, Sequence[str]], keys: Mapping[str, str]
+) -> list[str]:
+    """A sentence per value of a wildcard in ``keys`` (wildcard -> config key) that would not
+    fit in a file name of the layout; checked at start, before any job."""
+    problems = []
+    for name, (left, component) in sorted(name_room(patterns, values).items()):
+        for value in values.get(name, []) if name in keys else []:
+            size = len(str(value).encode())
+            if size > left:
+                problems.append(
+                    f"config key {keys[name]}: the name {str(value)[:40]!r}... is {size} bytes; file "
+                    f"names hold at most {NAME_MAX} bytes and the layout's {component!r} leaves "
+                    f"{left} for it: use a name of at most {left} bytes"
+                )
+    return problems
