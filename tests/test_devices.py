@@ -436,3 +436,17 @@ def test_workflow_passes_jobs_per_gpu_to_every_job() -> None:
     """rules/common.smk puts compute.jobs_per_gpu into every job's command ({params.cli})."""
     text = (REPO_ROOT / "rules/common.smk").read_text()
     assert " WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])} python -m workflow_lib.cli" in text
+
+
+def test_select_device_logs_where_the_job_runs(
+    lock_dir: Path, fake_cuda: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every job's log names its device (benchmarks/gpu_check.py checks the demo's jobs by it)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with caplog.at_level("INFO", logger="workflow_lib.devices"):
+        with select_device("cuda", lock_dir, cpu_threads=1, claim_timeout_s=0, jobs_per_gpu=2):
+            pass
+        select_device("cpu", lock_dir, cpu_threads=1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("job uses device cuda:0 (claimed GPU 0 of 2, slot 0 of 2)"), lines
+    assert lines[1].startswith("job uses device cpu (requested cpu"), lines
