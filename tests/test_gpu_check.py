@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -88,3 +89,27 @@ def test_network_job_devices_reads_every_network_jobs_log(tmp_path):
         "logs/self_verify/c/p_it1.log": "cuda:0",
         "logs/train/all/p_fold0_it0.log": "cuda:0",
     }
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize(
+    "torch_value, expected",
+    [
+        (
+            "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128",
+            "'torch==2.13.0' '--index-url' 'https://download.pytorch.org/whl/cu128'",
+        ),
+        ("torch>=2.4,<3", "'torch>=2.4,<3'"),  # quoted: no shell redirection
+        (None, "'torch==2.13.0'"),
+    ],
+    ids=["cuda-index", "range", "default"],
+)
+def test_make_setup_passes_torch_through_as_pip_arguments(tmp_path, torch_value, expected):
+    """README "On a GPU workstation": make setup TORCH='torch==... --index-url URL' installs a
+    CUDA build; the recipe hands pip separate arguments, not one string (a dry run: make -n)."""
+    venv = tmp_path / "venv"
+    command = ["make", "-n", f"VENV={venv}", f"{venv}/.installed"]
+    command += [f"TORCH={torch_value}"] if torch_value else []
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True)
+    assert f"{venv}/bin/pip install --quiet {expected}\n" in done.stdout
+    assert not venv.exists()
