@@ -154,15 +154,21 @@ def fold_net(sizes: dict) -> tuple[NetShape, float]:
     return NetShape(n_classes=N_CLASSES, eval_batch_size=32, **shape), job["mixup_alpha"]
 
 
+def fold_frames(sizes: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Frame counts of the fold's training and validation clips: FSDKaggle2018-like lengths
+    (evenly over 0.3-30 s, spectrogram version 1), every 4th clip held out."""
+    seconds = fsdkaggle2018_seconds(sizes["fold"]["clips"], LENGTH_ASSUMPTIONS[0])
+    n_frames = frames_of_seconds(seconds, SAMPLE_RATE, HOP_OF_VERSION[1])
+    held_out = np.arange(len(n_frames)) % FSDKAGGLE2018["folds"] == 0
+    return n_frames[~held_out], n_frames[held_out][: sizes["fold"]["valid"]]
+
+
 def fold_run(device: torch.device, sizes: dict, workdir: Path) -> dict:
     """A few epochs of one fold through training.fit: epoch, step, validation and checkpoint
     time, and the peak memory against the memory model."""
     net, alpha = fold_net(sizes)
     net = NetShape(**{**net.__dict__, "mask_bytes": dropout_mask_bytes(device, net.amp_bytes)})
-    seconds = fsdkaggle2018_seconds(sizes["fold"]["clips"], LENGTH_ASSUMPTIONS[0])
-    n_frames = frames_of_seconds(seconds, SAMPLE_RATE, HOP_OF_VERSION[1])
-    held_out = np.arange(len(n_frames)) % FSDKAGGLE2018["folds"] == 0
-    train_frames, valid_frames = n_frames[~held_out], n_frames[held_out][: sizes["fold"]["valid"]]
+    train_frames, valid_frames = fold_frames(sizes)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -170,10 +176,7 @@ def fold_run(device: torch.device, sizes: dict, workdir: Path) -> dict:
     train_bank = synthetic_bank(train_frames, net.frames, device, 1)
     valid_bank = synthetic_bank(valid_frames, net.frames, device, 2)
     rng = np.random.default_rng(0)
-    train_targets, valid_targets = (
-        rng.integers(0, N_CLASSES, len(train_frames)),
-        rng.integers(0, N_CLASSES, len(valid_frames)),
-    )
+    train_targets, valid_targets = (rng.integers(0, N_CLASSES, len(f)) for f in (train_frames, valid_frames))
     epochs = sizes["fold"]["epochs"]
     settings = FitSettings(
         epochs, 1e-3, epochs, net.batch_size, net.excerpt_frames, alpha, 0, net.eval_batch_size
@@ -209,9 +212,6 @@ def fold_run(device: torch.device, sizes: dict, workdir: Path) -> dict:
         "net": net.__dict__,
         "train_clips": len(train_frames),
         "valid_clips": len(valid_frames),
-        "bank_frames": int(
-            np.minimum(train_frames, net.frames).sum() + np.minimum(valid_frames, net.frames).sum()
-        ),
         "epochs": epochs,
         "epoch_s": epoch_s,
         "validation_s": valid_s,
