@@ -8,7 +8,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 # The PyTorch release the suite is tested with (CPU wheel here; on Linux x86_64 PyPI serves a
-# CUDA build). Another release inside pyproject.toml's bounds: make demo TORCH='torch>=2.4,<3'
+# CUDA build). Another release inside pyproject.toml's bounds: make demo TORCH='torch>=2.4,<3'.
+# TORCH is split into pip arguments (each quoted, so '<' and '>' stay), so a wheel index can
+# follow: make setup TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
 TORCH  ?= torch==2.13.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -19,7 +21,7 @@ setup: sox $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet $(foreach word,$(TORCH),'$(word)')
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 

@@ -54,6 +54,7 @@ from workflow_lib.config import fit_settings, resolve_settings  # noqa: E402
 from workflow_lib.data import ClipBank  # noqa: E402
 from workflow_lib.model import build_model, count_parameters  # noqa: E402
 from workflow_lib.training import (  # noqa: E402
+    DeviceFeatures,
     DeviceSampler,
     FitSettings,
     RunOptions,
@@ -199,8 +200,8 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
     train_flops, infer_flops = count_flops(model, fit_settings_.excerpt_frames, frames, torch.device("cpu"))
     options = RunOptions(compile=args.compile)
     forward = prepare_model(model, device, options)
-    channels_last = device.type == "cuda"
-    optimizer = make_optimizer(model, fit_settings_.lr, device)
+    features = DeviceFeatures.for_device(device)
+    optimizer = make_optimizer(model, fit_settings_.lr, device, features)
     sampler = DeviceSampler(0, device)
     rng = np.random.default_rng(0)
 
@@ -219,12 +220,12 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
             sampler,
             device,
             N_CLASSES,
-            channels_last,
+            features,
         )
     synchronize(device)
     started = time.perf_counter()
     loss, _ = _run_epoch(
-        forward, optimizer, timed_bank, targets, fit_settings_, sampler, device, N_CLASSES, channels_last
+        forward, optimizer, timed_bank, targets, fit_settings_, sampler, device, N_CLASSES, features
     )
     synchronize(device)
     train_s = time.perf_counter() - started

@@ -28,16 +28,17 @@ from workflow_lib.devices import DeviceChoice, GpuClaim, claim_gpu, select_devic
 # Child protocol on stdout: "ready", then "claimed <index> <t>" (or "error <msg>", exit 3),
 # then "released <t>". hold < 0 holds until the parent closes stdin. With go=1 the child
 # waits for a line on stdin before claiming, so the parent can start all claims at once.
+# The 6th argument is compute.jobs_per_gpu (the slots of each GPU).
 HOLDER = """
 import sys, time
 from pathlib import Path
 from workflow_lib.devices import claim_gpu
-n, lock_dir, timeout, hold, go = sys.argv[1:6]
+n, lock_dir, timeout, hold, go, slots = sys.argv[1:7]
 print("ready", flush=True)
 if go == "1":
     sys.stdin.readline()
 try:
-    claim = claim_gpu(int(n), Path(lock_dir), float(timeout), poll_s=0.02)
+    claim = claim_gpu(int(n), Path(lock_dir), float(timeout), poll_s=0.02, slots_per_device=int(slots))
 except RuntimeError as exc:
     print("error", exc, flush=True)
     sys.exit(3)
@@ -60,13 +61,13 @@ class Holders:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(
-        self, n: int, timeout: float = 5.0, hold: float = -1.0, go: bool = False
+        self, n: int, timeout: float = 5.0, hold: float = -1.0, go: bool = False, slots: int = 1
     ) -> subprocess.Popen[str]:
         path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
         env = dict(os.environ, PYTHONPATH=path)
         args = [sys.executable, "-c", HOLDER, str(n), str(self.lock_dir), str(timeout), str(hold)]
         proc = subprocess.Popen(
-            [*args, "1" if go else "0"],
+            [*args, "1" if go else "0", str(slots)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -189,6 +190,41 @@ def test_more_claimers_than_gpus_wait_their_turn(holders: Holders) -> None:
         spans.sort()
         for (_, end), (next_start, _) in zip(spans, spans[1:]):
             assert end <= next_start, f"two holders overlapped on one GPU: {spans}"
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) spans that overlap at one instant."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    held = most = 0
+    for _, change in events:  # at equal times a release (-1) sorts first
+        held += change
+        most = max(most, held)
+    return most
+
+
+def test_concurrent_jobs_never_exceed_jobs_per_gpu_holders(holders: Holders) -> None:
+    """compute.jobs_per_gpu 2 on 2 fake GPUs, 9 jobs claiming at the same moment and waiting
+    their turn: every job gets a slot, and no GPU ever has more than 2 holders at once (each
+    child reports its claim after taking the lock and its release before giving it back, so a
+    measured overlap is a real one)."""
+    procs = [holders.start(2, timeout=20, hold=0.3, go=True, slots=2) for _ in range(9)]
+    go(*procs)
+    results = [finish(proc) for proc in procs]
+    by_index: dict[int, list[tuple[float, float]]] = {}
+    for index, start, end in results:
+        by_index.setdefault(index, []).append((start, end))
+    assert set(by_index) == {0, 1}, by_index
+    assert sum(len(spans) for spans in by_index.values()) == 9
+    for index, spans in by_index.items():
+        assert most_at_once(spans) <= 2, f"GPU {index} had more than 2 holders: {sorted(spans)}"
+    # and the second slot is used: 9 claims started together, each held for 0.3 s
+    assert max(most_at_once(spans) for spans in by_index.values()) == 2
+
+
+def test_most_at_once_counts_overlaps() -> None:
+    """The overlap count the test above relies on."""
+    assert most_at_once([(0, 1), (1, 2)]) == 1
+    assert most_at_once([(0, 2), (1, 3), (1.5, 4)]) == 3
 
 
 # ---------------------------------------------------------------- claim_gpu in one process
@@ -400,3 +436,17 @@ def test_workflow_passes_jobs_per_gpu_to_every_job() -> None:
     """rules/common.smk puts compute.jobs_per_gpu into every job's command ({params.cli})."""
     text = (REPO_ROOT / "rules/common.smk").read_text()
     assert " WORKFLOW_JOBS_PER_GPU={int(S['compute']['jobs_per_gpu'])} python -m workflow_lib.cli" in text
+
+
+def test_select_device_logs_where_the_job_runs(
+    lock_dir: Path, fake_cuda: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every job's log names its device (benchmarks/gpu_check.py checks the demo's jobs by it)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with caplog.at_level("INFO", logger="workflow_lib.devices"):
+        with select_device("cuda", lock_dir, cpu_threads=1, claim_timeout_s=0, jobs_per_gpu=2):
+            pass
+        select_device("cpu", lock_dir, cpu_threads=1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("job uses device cuda:0 (claimed GPU 0 of 2, slot 0 of 2)"), lines
+    assert lines[1].startswith("job uses device cpu (requested cpu"), lines

@@ -28,6 +28,7 @@ from workflow_lib.spectrograms import fix_length
 from workflow_lib.training import (
     HISTORY_COLUMNS,
     CheckpointPolicy,
+    DeviceFeatures,
     DeviceSampler,
     FitSettings,
     RunOptions,
@@ -465,7 +466,7 @@ def test_channels_last_gives_the_same_outputs_and_steps():
     reference = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
     other = build_model(6, N_CLASSES, dropout=(0.0, 0.0))
     other.load_state_dict(reference.state_dict())
-    prepare_model(other, torch.device("cpu"), RunOptions(channels_last=True))
+    prepare_model(other, torch.device("cpu"), RunOptions(features=DeviceFeatures(channels_last=True)))
     assert other.state_dict()[next(k for k, v in other.state_dict().items() if v.dim() == 4)].is_contiguous(
         memory_format=torch.channels_last
     )
@@ -494,7 +495,7 @@ def test_channels_last_gives_the_same_outputs_and_steps():
             DeviceSampler(3, "cpu"),
             torch.device("cpu"),
             N_CLASSES,
-            channels_last,
+            DeviceFeatures(channels_last=channels_last),
         )
         losses.append(loss)
         steps.append({k: (v - before[k]).detach() for k, v in model.named_parameters()})
@@ -584,7 +585,7 @@ def test_predict_whole_feeds_a_channels_last_model_in_its_layout():
     bank, _ = band_bank(2, 256, np.random.default_rng(4))
     before = predict_whole(model, bank, batch_size=4, amp=False)
     assert not _is_channels_last(model)
-    prepare_model(model, torch.device("cpu"), RunOptions(channels_last=True))
+    prepare_model(model, torch.device("cpu"), RunOptions(features=DeviceFeatures(channels_last=True)))
     assert _is_channels_last(model)
     np.testing.assert_allclose(
         predict_whole(model, bank, batch_size=4, amp=False), before, rtol=1e-4, atol=1e-6

@@ -21,11 +21,14 @@ without paying for (or even having) torch.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+log = logging.getLogger(__name__)
 
 VALID_REQUESTS = ("auto", "cpu", "cuda")
 JOBS_PER_GPU_ENV = "WORKFLOW_JOBS_PER_GPU"
@@ -263,8 +266,12 @@ def select_device(
             "and check the driver with nvidia-smi."
         )
     if mode == "cpu":
-        return _cpu_choice(cpu_threads, "requested cpu")
-    if not has_cuda:
-        return _cpu_choice(cpu_threads, "auto: no CUDA available")
-    slots = jobs_per_gpu_from_env() if jobs_per_gpu is None else jobs_per_gpu
-    return _cuda_choice(Path(lock_dir), claim_timeout_s, slots)
+        choice = _cpu_choice(cpu_threads, "requested cpu")
+    elif not has_cuda:
+        choice = _cpu_choice(cpu_threads, "auto: no CUDA available")
+    else:
+        slots = jobs_per_gpu_from_env() if jobs_per_gpu is None else jobs_per_gpu
+        choice = _cuda_choice(Path(lock_dir), claim_timeout_s, slots)
+    # Every job that runs a network logs where it ran (benchmarks/gpu_check.py reads it).
+    log.info("job uses %s", choice.describe())
+    return choice

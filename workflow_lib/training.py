@@ -20,6 +20,11 @@ seeded ``torch.Generator`` on the training device (:class:`DeviceSampler`): on C
 makes no host-to-device copy and no synchronisation. The generator's state is checkpointed.
 On CUDA a job also enables ``cudnn.benchmark``, the channels-last layout and fused Adam;
 ``compute.compile`` adds torch.compile (off by default: not measured yet).
+
+Each of these device-dependent choices is a capability of :class:`DeviceFeatures`, derived from
+the device (:meth:`DeviceFeatures.for_device`) unless ``RunOptions.features`` sets it, so the
+tests switch the CUDA path's bf16 autocast, channels-last layout and fused Adam on for a CPU
+run (tests/test_gpu_paths.py). What cannot run without a GPU says so beside it.
 """
 
 from __future__ import annotations
@@ -106,12 +111,39 @@ def checkpoint_epochs(
 
 
 @dataclass(frozen=True)
+class DeviceFeatures:
+    """The device-dependent ways a training or inference job runs, as capabilities.
+
+    :meth:`for_device` gives the CUDA set on CUDA and none on the CPU (the default behaviour);
+    a test (or a user) can build any combination, e.g. the CUDA set on the CPU, where PyTorch
+    has bf16 autocast, the channels-last layout and fused Adam too.
+    """
+
+    amp_dtype: torch.dtype | None = None  # autocast dtype when FitSettings.amp; None: full precision
+    channels_last: bool = False
+    fused_adam: bool = False
+    cudnn_benchmark: bool = False  # a no-op off CUDA: the CPU has no cuDNN to tune
+
+    @classmethod
+    def for_device(cls, device: str | torch.device, bf16_supported: bool | None = None) -> DeviceFeatures:
+        """CUDA: bf16 autocast (float16 where bf16 is missing), channels-last, fused Adam and
+        cudnn.benchmark; elsewhere none. ``bf16_supported`` None: ask torch.cuda."""
+        if torch.device(device).type != "cuda":
+            return cls()
+        bf16 = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+        return cls(torch.bfloat16 if bf16 else torch.float16, True, True, True)
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """How a run is executed, not what it computes (so not fingerprinted)."""
 
     checkpoint: CheckpointPolicy = CheckpointPolicy()
     compile: bool = False  # torch.compile the model (compute.compile)
-    channels_last: bool | None = None  # None: on CUDA only
+    features: DeviceFeatures | None = None  # None: DeviceFeatures.for_device(the bank's device)
+
+    def features_for(self, device: str | torch.device) -> DeviceFeatures:
+        return self.features if self.features is not None else DeviceFeatures.for_device(device)
 
 
 @dataclass(frozen=True)
@@ -144,7 +176,9 @@ class DeviceSampler:
 
     Drawing batch order, excerpt starts and mixup weights where the data lives removes the
     per-step host-to-device copies (and their synchronisation) on CUDA. The stream depends
-    only on the seed and the device type, and its state is saved in checkpoints.
+    only on the seed and the device type, and its state is saved in checkpoints. The code is
+    the same on every device: on the CPU the generator is a CPU ``torch.Generator``, so the
+    tests run the CUDA path's draws, get_state and set_state there.
     """
 
     def __init__(self, seed: int, device: torch.device) -> None:
@@ -222,11 +256,12 @@ def top1_in_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (picked > 0) & (picked >= targets.max(dim=1).values - 1e-6)
 
 
-def autocast_for(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked (no loss scaling needed); full precision on CPU."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+def autocast_for(device: torch.device, amp: bool, features: DeviceFeatures | None = None):
+    """Autocast to ``features.amp_dtype`` when asked (bf16 needs no loss scaling); by default
+    (``features`` None: :meth:`DeviceFeatures.for_device`) bf16 on CUDA, full precision on CPU."""
+    dtype = (features if features is not None else DeviceFeatures.for_device(device)).amp_dtype
+    if amp and dtype is not None:
+        return torch.autocast(torch.device(device).type, dtype=dtype)
     return nullcontext()
 
 
@@ -244,7 +279,9 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _whole_outputs(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool, transform) -> torch.Tensor:
+def _whole_outputs(
+    model: nn.Module, bank: ClipBank, batch_size: int, amp: bool, transform, features: DeviceFeatures | None
+) -> torch.Tensor:
     """``transform(float32 logits)`` of every clip of ``bank`` on its whole length-fixed
     spectrogram, batched, applied on the device batch by batch (returned on the host)."""
     model.eval()
@@ -254,25 +291,36 @@ def _whole_outputs(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool,
         inputs = bank.whole(clips)
         if _is_channels_last(model):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast_for(bank.device, amp):
+        with autocast_for(bank.device, amp, features):
             logits = model(inputs)
         outputs.append(transform(logits.float()).cpu())
     n_classes = getattr(model, "n_classes", 0)
     return torch.cat(outputs) if outputs else torch.zeros((0, n_classes))
 
 
-def whole_logits(model: nn.Module, bank: ClipBank, batch_size: int, amp: bool = True) -> torch.Tensor:
+def whole_logits(
+    model: nn.Module,
+    bank: ClipBank,
+    batch_size: int,
+    amp: bool = True,
+    features: DeviceFeatures | None = None,
+) -> torch.Tensor:
     """Float32 logits of every clip of ``bank`` on its whole spectrogram (on the host)."""
-    return _whole_outputs(model, bank, batch_size, amp, lambda logits: logits)
+    return _whole_outputs(model, bank, batch_size, amp, lambda logits: logits, features)
 
 
 def predict_whole(
-    model: nn.Module, bank: ClipBank, batch_size: int, amp: bool = True, multi_label: bool = False
+    model: nn.Module,
+    bank: ClipBank,
+    batch_size: int,
+    amp: bool = True,
+    multi_label: bool = False,
+    features: DeviceFeatures | None = None,
 ) -> np.ndarray:
     """Posteriors (softmax, or per-class sigmoid when ``multi_label``: model.probabilities) of
     every clip of ``bank`` on its whole length-fixed spectrogram."""
     return _whole_outputs(
-        model, bank, batch_size, amp, lambda logits: probabilities(logits, multi_label)
+        model, bank, batch_size, amp, lambda logits: probabilities(logits, multi_label), features
     ).numpy()
 
 
@@ -283,14 +331,15 @@ def evaluate(
     batch_size: int,
     amp: bool,
     multi_label: bool = False,
+    features: DeviceFeatures | None = None,
 ) -> dict[str, float]:
     """Loss, accuracy and MAP@3 on whole clips (the verified validation clips); multi-label
     (``targets`` multi-hot): :func:`evaluate_multi_label`."""
     if multi_label:
-        return evaluate_multi_label(model, bank, targets, batch_size, amp)
+        return evaluate_multi_label(model, bank, targets, batch_size, amp, features)
     if len(bank) == 0:
         return {"valid_loss": math.nan, "valid_acc": math.nan, "valid_map3": math.nan}
-    probs = predict_whole(model, bank, batch_size, amp)
+    probs = predict_whole(model, bank, batch_size, amp, features=features)
     picked = probs[np.arange(len(targets)), targets]
     return {
         "valid_loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()),
@@ -311,13 +360,18 @@ def first_true_rank_score(scores: np.ndarray, truth: np.ndarray, k: int = 3) -> 
 
 
 def evaluate_multi_label(
-    model: nn.Module, bank: ClipBank, targets: np.ndarray, batch_size: int, amp: bool
+    model: nn.Module,
+    bank: ClipBank,
+    targets: np.ndarray,
+    batch_size: int,
+    amp: bool,
+    features: DeviceFeatures | None = None,
 ) -> dict[str, float]:
     """BCE, top-1-in-set accuracy, MAP@3 of the first true label and lwlrap on whole clips."""
     names = ["valid_loss", "valid_acc", "valid_map3", "valid_lwlrap"]
     if len(bank) == 0:
         return dict.fromkeys(names, math.nan)
-    logits = whole_logits(model, bank, batch_size, amp)
+    logits = whole_logits(model, bank, batch_size, amp, features)
     truth = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
     scores = probabilities(logits, multi_label=True).numpy()
     return {
@@ -349,6 +403,22 @@ class TrainState:
     torch_rng: torch.Tensor  # global CPU generator (dropout on CPU)
     cuda_rng: torch.Tensor | None
     fingerprint: str
+
+
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The device's global generator state (dropout draws on CUDA), or None on the CPU, whose
+    global generator is ``TrainState.torch_rng``. The CUDA branch cannot run without a GPU:
+    torch.cuda.get_rng_state initialises CUDA. The sampler's own generator is device-generic
+    (:class:`DeviceSampler`) and is checkpointed on every device."""
+    device = torch.device(device)
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def restore_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    """Inverse of :func:`device_rng_state` (a state saved on CUDA is ignored on the CPU)."""
+    device = torch.device(device)
+    if state is not None and device.type == "cuda":  # CUDA only, as device_rng_state
+        torch.cuda.set_rng_state(state, device)
 
 
 def _to_cpu(tensors: dict | None) -> dict | None:
@@ -396,9 +466,13 @@ def load_checkpoint(
     return TrainState(**saved["state"])
 
 
-def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam; the fused CUDA kernel on CUDA (one launch per step instead of one per tensor)."""
-    if torch.device(device).type == "cuda":
+def make_optimizer(
+    model: nn.Module, lr: float, device: torch.device, features: DeviceFeatures | None = None
+) -> torch.optim.Optimizer:
+    """Adam; fused when ``features.fused_adam`` (default: on CUDA, one kernel launch per step
+    instead of one per tensor; PyTorch >= 2.4 has the fused kernel on the CPU too)."""
+    fused = (features if features is not None else DeviceFeatures.for_device(device)).fused_adam
+    if fused:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     return torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -409,12 +483,13 @@ def prepare_model(model: nn.Module, device: torch.device, options: RunOptions) -
     Parameters stay those of ``model``: its state_dict is what checkpoints and best.pt hold.
     """
     device = torch.device(device)
-    channels_last = options.channels_last if options.channels_last is not None else device.type == "cuda"
+    features = options.features_for(device)
     model.to(device)
-    if channels_last:
+    if features.channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+    if features.cudnn_benchmark and device.type == "cuda":
+        # Cannot run on CPU (no cuDNN there): fixed input shapes, pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
     return torch.compile(model) if options.compile else model
 
 
@@ -427,11 +502,13 @@ def _run_epoch(
     sampler,
     device,
     n_classes,
-    channels_last=False,
+    features=DeviceFeatures(),
     weights=None,
     multi_label=False,
 ):
     """One pass over the training clips in random order; returns (mean loss, accuracy).
+
+    features: the layout and autocast of the step (:class:`DeviceFeatures`).
 
     weights: per-clip loss weights on the device (a trust policy's), or None: the plain mean.
     targets: class indices, or (multi_label) multi-hot rows trained with BCE.
@@ -452,9 +529,9 @@ def _run_epoch(
         soft = targets[clips] if multi_label else F.one_hot(targets[clips], n_classes).float()
         if settings.mixup_alpha is not None:
             inputs, soft = mixup(inputs, soft, settings.mixup_alpha, sampler)
-        if channels_last:
+        if features.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device, settings.amp):
+        with autocast_for(device, settings.amp, features):
             logits = model(inputs)
         if multi_label:
             loss = binary_cross_entropy(logits, soft, None if weights is None else weights[clips])
@@ -499,9 +576,9 @@ def fit(
     returned is also on disk. ``state.best_state`` is returned on the host.
     """
     device = train_bank.device
-    channels_last = options.channels_last if options.channels_last is not None else device.type == "cuda"
+    features = options.features_for(device)
     forward = prepare_model(model, device, options)
-    optimizer = make_optimizer(model, settings.lr, device)
+    optimizer = make_optimizer(model, settings.lr, device, features)
     sampler = DeviceSampler(settings.seed, device)
     state = load_checkpoint(checkpoint, fingerprint, model, optimizer)
     if state is None:
@@ -509,8 +586,7 @@ def fit(
     else:
         sampler.set_state(state.sampler_state)
         torch.set_rng_state(state.torch_rng)
-        if state.cuda_rng is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state.cuda_rng, device)
+        restore_device_rng_state(device, state.cuda_rng)
         if state.best_state is not None:
             state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
         log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
@@ -537,12 +613,12 @@ def fit(
             sampler,
             device,
             n_classes,
-            channels_last,
+            features,
             weights,
             multi_label,
         )
         scores = evaluate(
-            forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp, multi_label
+            forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp, multi_label, features
         )
         row = {
             "epoch": epoch + 1,
@@ -564,7 +640,7 @@ def fit(
         ):
             state.sampler_state = sampler.get_state()
             state.torch_rng = torch.get_rng_state()
-            state.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+            state.cuda_rng = device_rng_state(device)
             save_checkpoint(checkpoint, model, optimizer, state)
             last_saved, saved_at = state.epoch, time.monotonic()
         log.info(
