@@ -36,12 +36,13 @@ def _listing(root: Path, csv: str, folder: str, header: str, rows: list[str]) ->
 
 
 def validate(root: Path, dataset: dict, caplog) -> pd.DataFrame:
-    """Run the validate command as the workflow does; return problems.csv (the log in caplog)."""
+    """Run the validate command as the workflow does; return its problems (train_problems.csv,
+    which problems.csv joins with the test split's; the log in caplog)."""
     out = root / "out"
     argv = ["validate", "--root", str(root), "--folds", str(FOLDS), "--out-dir", str(out)]
     with caplog.at_level(logging.INFO):
         assert cli.main([*argv, "--settings", json.dumps(dataset)]) == 0
-    return read_csv_str(out / "problems.csv")
+    return read_csv_str(out / "train_problems.csv")
 
 
 def single_label(root: Path, verified: dict[str, int]) -> Path:
@@ -81,7 +82,7 @@ def test_label_only_among_noisy_clips_is_a_warning_and_the_log_counts_classes(tm
     [warning] = warnings_of(problems)
     assert "class 'Owl'" in warning and "only among the noisy clips" in warning
     assert warning in caplog.text
-    assert "9 training clips, 3 classes, 1 test clips" in caplog.text
+    assert "9 training clips, 3 classes, 1 problems" in caplog.text
 
 
 def _history(path: Path, losses: list[float]) -> Path:
