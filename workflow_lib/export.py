@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .bundle import BUNDLE_FILES, write_manifest
+from .choice import read_choice
 from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
@@ -102,10 +103,14 @@ def _check_checkpoint(meta: dict, preset: str, net: Mapping, classes: Sequence[s
 
 
 def run_layout(results: Path, settings: Mapping[str, Any]) -> tuple[Layout, str]:
-    """The results/ layout of a run and the chain whose models are exported (the first of
-    run_chains: the method, by default)."""
+    """The results/ layout of a run and the chain whose models are exported: the first of
+    run_chains (the method, by default), or with chain_choice: cv the chain
+    results/chosen/choice.csv names (workflow_lib/choice.py)."""
     chain = settings.get("chain", "self_verification")
-    return Layout(str(results), {chain: settings.get("start", "all")}), chain
+    layout = Layout(str(results), settings.get("starts") or {chain: settings.get("start", "all")})
+    if settings.get("chain_choice") == "cv":
+        chain = read_choice(Path(layout.chosen("choice.csv")))
+    return layout, chain
 
 
 def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, FusedTagger]:
