@@ -14,9 +14,9 @@ from workflow_lib.errors import UserError
 def systems(loss, accuracy, test, chains=("a", "b", "c"), presets=("p",)) -> pd.DataFrame:
     """A systems.csv-like table: one row per chain and preset (values repeated per preset)."""
     rows = [
-        {"preset": p, "system": c, "cv_loss": l, "cv_accuracy": a, "test_accuracy": t, "test_map3": t}
+        {"preset": p, "system": c, "cv_loss": lo, "cv_accuracy": a, "test_accuracy": t, "test_map3": t}
         for p in presets
-        for c, l, a, t in zip(chains, loss, accuracy, test)
+        for c, lo, a, t in zip(chains, loss, accuracy, test)
     ]
     return pd.DataFrame(rows)
 
@@ -87,7 +87,9 @@ def test_no_cv_scores_takes_the_first_chain_and_missing_columns_are_refused():
 
 
 def write_selection(path, rows):
-    pd.DataFrame(rows, columns=["iteration", "mean_valid_loss", "mean_valid_acc", "chosen"]).to_csv(path, index=False)
+    pd.DataFrame(rows, columns=["iteration", "mean_valid_loss", "mean_valid_acc", "chosen"]).to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -103,12 +105,21 @@ def test_choose_chain_job_writes_results_chosen(tmp_path):
     summaries = {}
     for chain in selections:
         summaries[chain] = tmp_path / f"{chain}_summary.csv"
-        pd.DataFrame({"preset": ["fusion"], "test_accuracy": [len(chain)]}).to_csv(summaries[chain], index=False)
+        pd.DataFrame({"preset": ["fusion"], "test_accuracy": [len(chain)]}).to_csv(
+            summaries[chain], index=False
+        )
     choice = choose_chain_job(selections, summaries, 0.0, tmp_path / "chosen")
     assert choice["chain"] == "second"
     written = pd.read_csv(tmp_path / "chosen/choice.csv")
     assert written.columns.tolist() == [
-        "chain", "criterion", "value", "runner_up", "runner_up_value", "margin", "tolerance", "reason"
+        "chain",
+        "criterion",
+        "value",
+        "runner_up",
+        "runner_up_value",
+        "margin",
+        "tolerance",
+        "reason",
     ]
     assert written.loc[0, "chain"] == "second" and written.loc[0, "runner_up"] == "first"
     assert written.loc[0, "margin"] == pytest.approx(0.1)
@@ -125,10 +136,11 @@ def test_the_export_reads_the_pick(tmp_path):
     run_layout (export, sv-tag --results) then names the chain of results/chosen/choice.csv."""
     import yaml
 
-    from conftest import REPO
     from workflow_lib.bundle import tagger_settings
     from workflow_lib.config import resolve_settings
     from workflow_lib.export import run_layout
+
+    from conftest import REPO
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     first = tagger_settings(resolve_settings(config | {"run_chains": ["self_verification", "verified_only"]}))
@@ -151,8 +163,9 @@ def test_the_export_reads_the_pick(tmp_path):
 def test_an_unknown_chain_choice_is_refused_naming_the_key():
     import yaml
 
-    from conftest import REPO
     from workflow_lib.config import ConfigError, resolve_settings
+
+    from conftest import REPO
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert resolve_settings(config)["chain_choice"] == "first"  # the default: the paper's method

@@ -368,7 +368,12 @@ def test_systems_table_marks_the_picked_chain(tmp_path, listing, system):
 
     write_csv(listing.assign(path=""), tmp_path / "test.csv")
     write_csv(system, tmp_path / "s.csv")
-    item = {"preset": "p", "policy": "paper", "selection": str(selection(tmp_path, 1)), "test": str(tmp_path / "s.csv")}
+    item = {
+        "preset": "p",
+        "policy": "paper",
+        "selection": str(selection(tmp_path, 1)),
+        "test": str(tmp_path / "s.csv"),
+    }
     spec = [{**item, "system": "self_verification"}, {**item, "system": "agreement"}]
     classes = _classes(tmp_path / "classes.csv")
     first, _ = systems_tables(spec, tmp_path / "test.csv", classes, multi_label=True)

@@ -138,7 +138,9 @@ def test_t_interval_by_hand():
     assert (low, high) == (pytest.approx(2 - half, abs=1e-6), pytest.approx(2 + half, abs=1e-6))
     assert all(np.isnan(t_interval(np.array([1.0]))))
     row = paired(collect(runs()), ["all_labels"]).set_index("system").loc["agreement"]
-    assert (row["ci95_low"], row["ci95_high"]) == tuple(pytest.approx(v) for v in t_interval(np.array([0.10, 0.01, 0.09])))
+    assert (row["ci95_low"], row["ci95_high"]) == tuple(
+        pytest.approx(v) for v in t_interval(np.array([0.10, 0.01, 0.09]))
+    )
 
 
 def cv_runs() -> dict[str, pd.DataFrame]:
@@ -146,7 +148,13 @@ def cv_runs() -> dict[str, pd.DataFrame]:
     table = {"r1": ((0.3, 0.2, 0.25), (0.8, 0.7, 0.9)), "r2": ((0.1, 0.2, 0.3), (0.6, 0.9, 0.5))}
     return {
         name: pd.DataFrame(
-            {"preset": "p", "system": ["a", "b", "c"], "cv_loss": loss, "cv_accuracy": 0.9, "test_accuracy": test}
+            {
+                "preset": "p",
+                "system": ["a", "b", "c"],
+                "cv_loss": loss,
+                "cv_accuracy": 0.9,
+                "test_accuracy": test,
+            }
         )
         for name, (loss, test) in table.items()
     }
@@ -190,9 +198,9 @@ def test_recompute_command_prints_and_writes_the_tables(tmp_path, capsys):
 
 def test_recompute_reproduces_the_readme_single_label_study(capsys):
     """The committed reference study: the README's means, sds and paired means come back."""
-    from conftest import REPO
-
     from workflow_lib.study import read_study, study_tables
+
+    from conftest import REPO
 
     tables = study_tables(read_study(REPO / "experiments/fsdd/reference/study_singlelabel"))
     summary = tables["study_summary.csv"].set_index("system")
@@ -202,7 +210,9 @@ def test_recompute_reproduces_the_readme_single_label_study(capsys):
     assert round(summary.loc["all_labels", "test_accuracy_std"], 3) == 0.064
     pairs = tables["study_paired.csv"].set_index(["system", "reference", "metric"])
     assert round(pairs.loc[("agreement", "all_labels", "test_accuracy"), "mean_difference"], 3) == 0.037
-    assert round(pairs.loc[("agreement", "self_verification", "test_accuracy"), "mean_difference"], 3) == 0.028
+    assert (
+        round(pairs.loc[("agreement", "self_verification", "test_accuracy"), "mean_difference"], 3) == 0.028
+    )
     assert pairs.loc[("agreement", "self_verification", "test_accuracy"), "sign_test_p"] == 0.25
     cv = tables["study_regret.csv"].query("strategy == 'cv'")
     assert set(cv["chain"]) == {"agreement"} and (cv["regret"] == 0).all()

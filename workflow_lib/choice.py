@@ -33,7 +33,16 @@ CHOICES = ("first", "cv")
 #: the verified validation clips), and the names selection.py's tables give them.
 CV_COLUMNS = {"cv_loss": "mean_valid_loss", "cv_accuracy": "mean_valid_acc", "cv_lwlrap": f"mean_{LWLRAP}"}
 #: Columns of results/chosen/choice.csv.
-CHOICE_COLUMNS = ("chain", "criterion", "value", "runner_up", "runner_up_value", "margin", "tolerance", "reason")
+CHOICE_COLUMNS = (
+    "chain",
+    "criterion",
+    "value",
+    "runner_up",
+    "runner_up_value",
+    "margin",
+    "tolerance",
+    "reason",
+)
 
 
 def chooses_by_cv(settings: Mapping) -> bool:
@@ -66,7 +75,9 @@ def pick_chain(systems: pd.DataFrame, tolerance: float = 0.0) -> tuple[dict, pd.
     else:
         row = choose(table, tolerance)
         reason = _reason(table, scores, row, tolerance, multi_label)
-    near = (scores <= np.nanmin(scores) + tolerance) if np.isfinite(scores).any() else np.zeros(len(table), bool)
+    near = (
+        (scores <= np.nanmin(scores) + tolerance) if np.isfinite(scores).any() else np.zeros(len(table), bool)
+    )
     chains = table.index.tolist()
     others = [i for i in np.argsort(np.where(np.isfinite(scores), scores, np.inf), kind="stable") if i != row]
     runner = others[0] if others else None

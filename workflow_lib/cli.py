@@ -562,7 +562,12 @@ def systems(args: argparse.Namespace) -> None:
 
 @command(
     "choose-chain",
-    arg("--spec", type=json.loads, required=True, help='{"selections": {chain: {preset: csv}}, "summaries": {chain: csv}}'),
+    arg(
+        "--spec",
+        type=json.loads,
+        required=True,
+        help='{"selections": {chain: {preset: csv}}, "summaries": {chain: csv}}',
+    ),
     arg("--tolerance", type=float, default=0.0),
     arg("--out-dir", type=Path, required=True),
 )

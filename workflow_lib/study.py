@@ -50,7 +50,13 @@ KEYS = ("repetition", "preset", "system")
 #: The chains every other one is compared with: the paper's method and trusting every label.
 REFERENCES = ("self_verification", "all_labels")
 #: Files the study writes in its folder (run_experiment.py --study, --copy-to copies them).
-STUDY_FILES = ("study_runs.csv", "study_summary.csv", "study_paired.csv", "study_regret.csv", "study_paired.png")
+STUDY_FILES = (
+    "study_runs.csv",
+    "study_summary.csv",
+    "study_paired.csv",
+    "study_regret.csv",
+    "study_paired.png",
+)
 
 
 def main_metric(long: pd.DataFrame) -> str:
@@ -262,7 +268,9 @@ def read_study(folder: Path) -> pd.DataFrame:
         if d.is_dir() and (d / "experiment.json").is_file() and (d / "systems.csv").is_file()
     }
     if not runs:
-        raise SystemExit(f"{folder}: no finished repetition (a subfolder with experiment.json and systems.csv)")
+        raise SystemExit(
+            f"{folder}: no finished repetition (a subfolder with experiment.json and systems.csv)"
+        )
     return collect(runs)
 
 
@@ -275,7 +283,9 @@ def report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
     keep = ["preset", "system", "n", *[c for c in summary.columns if c.endswith(("_mean", "_std"))]]
     paired_table = tables["study_paired.csv"].drop(columns=["preset"])
     regret_table = tables["study_regret.csv"]
-    by_repetition = regret_table.pivot_table(index="strategy", columns="repetition", values="regret", sort=False)
+    by_repetition = regret_table.pivot_table(
+        index="strategy", columns="repetition", values="regret", sort=False
+    )
     picks = regret_table[regret_table["strategy"] == "cv"][["repetition", "chain", "best_chain"]]
     parts = [
         f"{metric} per repetition:\n{per_rep.round(digits).to_string()}",
@@ -298,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="a study folder: one subfolder per repetition")
     parser.add_argument("--out", type=Path, help="write the study's files here too")
     parser.add_argument(
-        "--tolerance", type=float, default=0.0, help="the CV pick's near-tie tolerance (trust.selection_tolerance)"
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="the CV pick's near-tie tolerance (trust.selection_tolerance)",
     )
     args = parser.parse_args(argv)
     long = read_study(args.folder)
