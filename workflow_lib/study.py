@@ -169,6 +169,7 @@ def plot_paired(long: pd.DataFrame, references: Sequence[str], metric: str, out:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from .plots import save_figure
 
@@ -184,6 +185,7 @@ def plot_paired(long: pd.DataFrame, references: Sequence[str], metric: str, out:
             axis.plot([low, high], [y, y], "-", color="black", linewidth=1.5)
             axis.plot([diff.mean()] if len(diff) else [], [y] if len(diff) else [], "|", color="black", ms=14)
         axis.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        axis.xaxis.set_major_locator(MaxNLocator(6))
         axis.set_yticks(range(table.shape[1]), list(table.columns))
         axis.set_ylim(-0.6, table.shape[1] - 0.4)
         axis.invert_yaxis()
