@@ -171,3 +171,20 @@ def test_an_unknown_chain_choice_is_refused_naming_the_key():
     assert resolve_settings(config)["chain_choice"] == "first"  # the default: the paper's method
     with pytest.raises(ConfigError, match="chain_choice"):
         resolve_settings(config | {"chain_choice": "best_on_test"})
+
+
+def test_choose_chain_command_with_a_single_chain(tmp_path):
+    """The job's command line (rule choose_chain): one chain is recorded as the pick, with no
+    runner-up."""
+    import json
+
+    from workflow_lib.cli import main
+
+    selection = write_selection(tmp_path / "sel.csv", [(0, 0.4, 0.8, True)])
+    summary = tmp_path / "summary.csv"
+    pd.DataFrame({"preset": ["fusion"], "test_accuracy": [0.5]}).to_csv(summary, index=False)
+    spec = {"selections": {"only": {"p": str(selection)}}, "summaries": {"only": str(summary)}}
+    assert main(["choose-chain", "--spec", json.dumps(spec), "--out-dir", str(tmp_path / "chosen")]) == 0
+    choice = pd.read_csv(tmp_path / "chosen/choice.csv", keep_default_na=False)
+    assert choice.loc[0, "chain"] == "only" and choice.loc[0, "runner_up"] == ""
+    assert choice.loc[0, "value"] == pytest.approx(0.4)

@@ -207,6 +207,7 @@ def test_chain_choice_cv_waits_for_the_pick_only_with_several_chains(tmp_path):
     assert choice in cv_export and choice in rule_inputs(outputs["cv"], "systems")
     assert any("chains/agreement/models/" in f for f in cv_export)
     assert "results/chains/agreement/predictions/fusion_weights.csv" in cv_export
+    assert "results/chosen/summary.csv" in rule_inputs(outputs["cv"], "report_tables")
     first_export = rule_inputs(outputs["first"], "export_tagger")
     assert "choose_chain" not in job_counts(outputs["first"])
     assert not any("chains/agreement/" in f for f in first_export) and choice not in first_export

@@ -245,8 +245,11 @@ def check_exported(tagger: FusedTagger, spec: TaggerSpec, bundle: Path, toleranc
     return worst
 
 
-def model_card(spec: TaggerSpec, results: Path, dataset: str, summary: Path | None = None) -> str:
-    """A short markdown description: data, classes, models, figures of the run."""
+def model_card(
+    spec: TaggerSpec, results: Path, dataset: str, summary: Path | None = None, chain: str = ""
+) -> str:
+    """A short markdown description: data, the exported chain and how it was chosen, classes,
+    models, figures of the run."""
     lines = [
         "# Audio tagger (iterative self-verification, Dorfer & Widmer, DCASE 2018 Task 2)",
         "",
@@ -258,6 +261,7 @@ def model_card(spec: TaggerSpec, results: Path, dataset: str, summary: Path | No
         "## Data",
         "",
         f"- trained on: {dataset}",
+        *([f"- chain: {chain}"] if chain else []),
     ]
     listing = results / "data" / "train.csv"
     if listing.is_file():
@@ -348,5 +352,12 @@ def export_bundle(results: Path, settings: Mapping[str, Any], out_dir: Path) -> 
     """results/export/ of a finished run: TorchScript, ONNX, classes, settings, model card."""
     spec, tagger = run_tagger(results, settings)
     layout, chain = run_layout(Path(results), settings)
-    card = model_card(spec, Path(results), settings["dataset"], Path(layout.summary(chain)))
+    how = (
+        "picked by cross-validation (chain_choice: cv, results/chosen/choice.csv)"
+        if settings.get("chain_choice") == "cv"
+        else "the first of run_chains"
+    )
+    card = model_card(
+        spec, Path(results), settings["dataset"], Path(layout.summary(chain)), f"`{chain}`, {how}"
+    )
     return write_bundle(tagger, spec, out_dir, card)
