@@ -172,6 +172,8 @@ def test_regret_of_the_cv_pick_and_of_each_fixed_chain():
     assert summary.loc["a", "mean_regret"] == pytest.approx(0.2)  # (0.1 + 0.3) / 2
     assert summary.loc["b", "mean_regret"] == pytest.approx(0.1) and summary.loc["b", "took_best"] == 1
     assert summary.loc["c", "max_regret"] == pytest.approx(0.4)
+    unlabelled = {name: t.assign(test_accuracy=np.nan) for name, t in cv_runs().items()}
+    assert regret(collect(unlabelled)).empty and regret_summary(regret(collect(unlabelled))).empty
 
 
 def test_paired_plot_is_a_png(tmp_path):

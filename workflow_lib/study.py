@@ -206,6 +206,8 @@ def regret(long: pd.DataFrame, tolerance: float = 0.0, metric: str | None = None
     rows = []
     for repetition, table in long.groupby("repetition", sort=False):
         scores = table.groupby("system", sort=False)[metric].mean()
+        if scores.isna().all():  # no test labels in this repetition: nothing to measure
+            continue
         best = scores.idxmax()
         picked = pick_chain(table, tolerance)[0]["chain"]
         for strategy, chain in [("cv", picked), *[(c, c) for c in scores.index]]:
@@ -221,7 +223,8 @@ def regret(long: pd.DataFrame, tolerance: float = 0.0, metric: str | None = None
                     "regret": scores[best] - scores[chain],
                 }
             )
-    return pd.DataFrame(rows)
+    columns = ["repetition", "strategy", "chain", "metric", "score", "best_chain", "best_score", "regret"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def regret_summary(table: pd.DataFrame) -> pd.DataFrame:
