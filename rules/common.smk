@@ -34,6 +34,7 @@ try:
         user_settings,
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
+    from workflow_lib.choice import chooses_by_cv
     from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, split_fingerprints
     from workflow_lib.layout import TRUST_FILES, Layout, overlong_values, spec_files, systems_spec
@@ -79,6 +80,11 @@ CHAINS = S["run_chains"]
 STARTS = {chain: S["chains"][chain]["start"] for chain in CHAINS}
 L = Layout(RESULTS, STARTS)  # the results/ layout (workflow_lib/layout.py)
 EXPORT_DIR = f"{RESULTS}/export"  # the self-contained tagger (rules/export.smk)
+# chain_choice (workflow_lib/choice.py): `first` uses the first of run_chains; `cv` writes
+# results/chosen/ (rule choose_chain), and with several chains the systems table and the
+# export wait for that pick (one chain or `first`: nothing waits, the DAG is as before).
+CHOICE_OUTPUTS = [L.chosen(n) for n in ("choice.csv", "chains.csv", "summary.csv")]
+CHOSEN = {"choice": L.chosen("choice.csv")} if chooses_by_cv(S) else {}
 METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
@@ -312,6 +318,7 @@ FINAL_OUTPUTS = [
     L.systems("systems.png"),
     f"{RESULTS}/report/results.html",
     *(f"{EXPORT_DIR}/{name}" for name in BUNDLE_FILES.values()),
+    *(CHOICE_OUTPUTS if S["chain_choice"] == "cv" else []),
 ]
 
 

@@ -148,6 +148,7 @@ rule summary:
 rule systems:
     input:
         spec_files(SYSTEMS_SPEC),
+        **CHOSEN,
         test=L.data("test.csv"),
         classes=L.data("classes.csv"),
     output:
@@ -163,7 +164,37 @@ rule systems:
         spec=as_json(SYSTEMS_SPEC),
         min_share=S["trust"]["min_trusted_share"],
         multi_label=MULTI_LABEL_FLAG,
+        choice=[f"--choice={path}" for path in CHOSEN.values()],
     shell:
         "{params.cli} systems --test {input.test} --classes {input.classes}"
         " --spec {params.spec:q} --min-trusted-share {params.min_share:q} --out {output.systems}"
-        " --out-iterations {output.iterations} --out-plot {output.plot} {params.multi_label:q} 2> {log}"
+        " --out-iterations {output.iterations} --out-plot {output.plot} {params.multi_label:q}"
+        " {params.choice:q} 2> {log}"
+
+
+# chain_choice: cv (workflow_lib/choice.py): once every chain's selection and summary exist,
+# the chain with the best CV score of its chosen iterations (the verified validation clips;
+# never a test figure) is picked for the tagger and the export.
+rule choose_chain:
+    input:
+        selections=[L.selection(c, p) for c in CHAINS for p in PRESETS],
+        summaries=[L.summary(c) for c in CHAINS],
+    output:
+        CHOICE_OUTPUTS,
+    log:
+        L.log("choose_chain"),
+    conda:
+        CONDA_ENV
+    params:
+        cli=CLI,
+        spec=as_json(
+            {
+                "selections": {c: {p: L.selection(c, p) for p in PRESETS} for c in CHAINS},
+                "summaries": {c: L.summary(c) for c in CHAINS},
+            }
+        ),
+        tolerance=S["trust"]["selection_tolerance"],
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
+    shell:
+        "{params.cli} choose-chain --spec {params.spec:q} --tolerance {params.tolerance:q}"
+        " --out-dir {params.out_dir:q} 2> {log}"

@@ -3,9 +3,11 @@
 # results tables first, then the pictures in the order of the method.
 
 
+# The results page shows the summary of the chain the tagger uses: the first of run_chains,
+# or with chain_choice: cv and several chains the picked one (results/chosen/summary.csv).
 rule report_tables:
     input:
-        summary=L.summary(CHAINS[0]),
+        summary=L.chosen("summary.csv") if CHOSEN else L.summary(CHAINS[0]),
         systems=L.systems("systems.csv"),
     output:
         report(

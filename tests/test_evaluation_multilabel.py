@@ -361,6 +361,27 @@ def test_systems_table_has_test_lwlrap_and_cv_lwlrap(tmp_path, listing, system):
     assert (tmp_path / "systems.png").stat().st_size
 
 
+def test_systems_table_marks_the_picked_chain(tmp_path, listing, system):
+    """``picked``: the first chain by default (chain_choice: first), else the chain given
+    (chain_choice: cv, from results/chosen/choice.csv)."""
+    from workflow_lib.systems import systems_tables
+
+    write_csv(listing.assign(path=""), tmp_path / "test.csv")
+    write_csv(system, tmp_path / "s.csv")
+    item = {
+        "preset": "p",
+        "policy": "paper",
+        "selection": str(selection(tmp_path, 1)),
+        "test": str(tmp_path / "s.csv"),
+    }
+    spec = [{**item, "system": "self_verification"}, {**item, "system": "agreement"}]
+    classes = _classes(tmp_path / "classes.csv")
+    first, _ = systems_tables(spec, tmp_path / "test.csv", classes, multi_label=True)
+    assert first["picked"].tolist() == [True, False]
+    by_cv, _ = systems_tables(spec, tmp_path / "test.csv", classes, multi_label=True, picked="agreement")
+    assert by_cv["picked"].tolist() == [False, True]
+
+
 def test_plot_evaluation_without_a_confusion_matrix(tmp_path, listing, system):
     from workflow_lib.cli import main
 

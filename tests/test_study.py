@@ -8,7 +8,18 @@ import pandas as pd
 import pytest
 
 from workflow_lib.selection import choose, selection_table
-from workflow_lib.study import collect, paired, sign_test, summarise, wilcoxon_p
+from workflow_lib.study import (
+    collect,
+    main,
+    paired,
+    plot_paired,
+    regret,
+    regret_summary,
+    sign_test,
+    summarise,
+    t_interval,
+    wilcoxon_p,
+)
 
 
 def runs() -> dict[str, pd.DataFrame]:
@@ -110,6 +121,7 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
     driver.copy_small_files(out, ["r1", "r2", "r3"], tmp_path / "kept")
     assert (tmp_path / "kept/r1/systems.csv").is_file() and not (tmp_path / "kept/r3").exists()
     assert (tmp_path / "kept/study_summary.csv").is_file()
+    assert (tmp_path / "kept/study_paired.png").is_file() and (tmp_path / "kept/study_regret.csv").is_file()
     args = argparse.Namespace(chains=["self_verification", "all_labels"])
     overlay = driver.write_overlay(args, tmp_path / "rep", 7)
     assert yaml.safe_load(overlay.read_text()) == {
@@ -117,3 +129,92 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
         "method": {"seed": 7},
     }
     assert driver.write_overlay(argparse.Namespace(chains=None), tmp_path / "x", None) is None
+
+
+def test_t_interval_by_hand():
+    """[1, 2, 3]: mean 2, sd 1, standard error 1/sqrt(3), t(0.975, 2) = 4.302653."""
+    low, high = t_interval(np.array([1.0, 2.0, 3.0]))
+    half = 4.302653 / np.sqrt(3)
+    assert (low, high) == (pytest.approx(2 - half, abs=1e-6), pytest.approx(2 + half, abs=1e-6))
+    assert all(np.isnan(t_interval(np.array([1.0]))))
+    row = paired(collect(runs()), ["all_labels"]).set_index("system").loc["agreement"]
+    assert (row["ci95_low"], row["ci95_high"]) == tuple(
+        pytest.approx(v) for v in t_interval(np.array([0.10, 0.01, 0.09]))
+    )
+
+
+def cv_runs() -> dict[str, pd.DataFrame]:
+    """r1: CV picks b (lowest loss), c is best on test; r2: CV picks a, b is best on test."""
+    table = {"r1": ((0.3, 0.2, 0.25), (0.8, 0.7, 0.9)), "r2": ((0.1, 0.2, 0.3), (0.6, 0.9, 0.5))}
+    return {
+        name: pd.DataFrame(
+            {
+                "preset": "p",
+                "system": ["a", "b", "c"],
+                "cv_loss": loss,
+                "cv_accuracy": 0.9,
+                "test_accuracy": test,
+            }
+        )
+        for name, (loss, test) in table.items()
+    }
+
+
+def test_regret_of_the_cv_pick_and_of_each_fixed_chain():
+    table = regret(collect(cv_runs()))
+    by = table.set_index(["repetition", "strategy"])
+    assert by.loc[("r1", "cv"), "chain"] == "b" and by.loc[("r1", "cv"), "best_chain"] == "c"
+    assert by.loc[("r1", "cv"), "regret"] == pytest.approx(0.2)
+    assert by.loc[("r2", "cv"), "chain"] == "a" and by.loc[("r2", "cv"), "regret"] == pytest.approx(0.3)
+    assert by.loc[("r2", "c"), "regret"] == pytest.approx(0.4) and by.loc[("r1", "c"), "regret"] == 0
+    summary = regret_summary(table).set_index("strategy")
+    assert summary.loc["cv", "mean_regret"] == pytest.approx(0.25) and summary.loc["cv", "took_best"] == 0
+    assert summary.loc["a", "mean_regret"] == pytest.approx(0.2)  # (0.1 + 0.3) / 2
+    assert summary.loc["b", "mean_regret"] == pytest.approx(0.1) and summary.loc["b", "took_best"] == 1
+    assert summary.loc["c", "max_regret"] == pytest.approx(0.4)
+    unlabelled = {name: t.assign(test_accuracy=np.nan) for name, t in cv_runs().items()}
+    assert regret(collect(unlabelled)).empty and regret_summary(regret(collect(unlabelled))).empty
+
+
+def test_paired_plot_is_a_png(tmp_path):
+    plot_paired(collect(runs()), ["self_verification", "all_labels"], "test_accuracy", tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_recompute_command_prints_and_writes_the_tables(tmp_path, capsys):
+    """python -m workflow_lib.study FOLDER: finished repetitions only; --out writes the files."""
+    for name, table in {**runs(), "unfinished": next(iter(runs().values()))}.items():
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "systems.csv", index=False)
+        if name != "unfinished":
+            (tmp_path / name / "experiment.json").write_text("{}")
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "paired differences" in printed and "regret" in printed and "unfinished" not in printed
+    written = pd.read_csv(tmp_path / "out/study_paired.csv")
+    assert {"ci95_low", "ci95_high"} <= set(written.columns)
+    assert set(pd.read_csv(tmp_path / "out/study_runs.csv")["repetition"]) == {"r1", "r2", "r3"}
+    assert (tmp_path / "out/study_paired.png").is_file()
+
+
+def test_recompute_reproduces_the_readme_single_label_study(capsys):
+    """The committed reference study: the README's means, sds and paired means come back."""
+    from workflow_lib.study import read_study, study_tables
+
+    from conftest import REPO
+
+    tables = study_tables(read_study(REPO / "experiments/fsdd/reference/study_singlelabel"))
+    summary = tables["study_summary.csv"].set_index("system")
+    assert round(summary.loc["agreement", "test_accuracy_mean"], 3) == 0.891
+    assert round(summary.loc["agreement", "test_accuracy_std"], 3) == 0.036
+    assert round(summary.loc["self_verification", "test_accuracy_mean"], 3) == 0.863
+    assert round(summary.loc["all_labels", "test_accuracy_std"], 3) == 0.064
+    pairs = tables["study_paired.csv"].set_index(["system", "reference", "metric"])
+    assert round(pairs.loc[("agreement", "all_labels", "test_accuracy"), "mean_difference"], 3) == 0.037
+    assert (
+        round(pairs.loc[("agreement", "self_verification", "test_accuracy"), "mean_difference"], 3) == 0.028
+    )
+    assert pairs.loc[("agreement", "self_verification", "test_accuracy"), "sign_test_p"] == 0.25
+    cv = tables["study_regret.csv"].query("strategy == 'cv'")
+    assert set(cv["chain"]) == {"agreement"} and (cv["regret"] == 0).all()

@@ -178,3 +178,39 @@ def test_bad_config_on_the_command_line_is_one_readable_error(tmp_path, setting,
     assert done.returncode != 0
     assert fragment in output, output
     assert "Traceback" not in output, output
+
+
+def rule_inputs(output: str, rule: str) -> list[str]:
+    """The input files of ``rule``'s (single) job in a dry run's job listing."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"rule {rule}:")
+    line = next(x for x in lines[start + 1 : start + 4] if x.strip().startswith("input:"))
+    return line.split("input:", 1)[1].strip().split(", ")
+
+
+def test_chain_choice_cv_waits_for_the_pick_only_with_several_chains(tmp_path):
+    """chain_choice: cv with two chains: one choose_chain job, which the systems table and the
+    export wait for, and the export gets every chain's models; chain_choice: first (or cv with
+    one chain) leaves the export on the first chain's models with no extra dependency."""
+    root = write_fsdkaggle_listing(tmp_path / "data", n_train=60, n_test=10, n_classes=5)
+    two = "run_chains=[self_verification,agreement]"
+    runs = {
+        "cv": dry_run(root, tmp_path / "cv", two, "chain_choice=cv", cwd=tmp_path)[0],
+        "first": dry_run(root, tmp_path / "first", two, cwd=tmp_path)[0],
+        "alone": dry_run(root, tmp_path / "alone", "chain_choice=cv", cwd=tmp_path)[0],
+    }
+    outputs = {name: done.stdout + done.stderr for name, done in runs.items()}
+    assert all(done.returncode == 0 for done in runs.values()), outputs
+    choice = "results/chosen/choice.csv"
+    cv_export = rule_inputs(outputs["cv"], "export_tagger")
+    assert job_counts(outputs["cv"])["choose_chain"] == 1
+    assert choice in cv_export and choice in rule_inputs(outputs["cv"], "systems")
+    assert any("chains/agreement/models/" in f for f in cv_export)
+    assert "results/chains/agreement/predictions/fusion_weights.csv" in cv_export
+    assert "results/chosen/summary.csv" in rule_inputs(outputs["cv"], "report_tables")
+    first_export = rule_inputs(outputs["first"], "export_tagger")
+    assert "choose_chain" not in job_counts(outputs["first"])
+    assert not any("chains/agreement/" in f for f in first_export) and choice not in first_export
+    assert job_counts(outputs["alone"])["choose_chain"] == 1  # results/chosen/ records the one chain
+    assert choice not in rule_inputs(outputs["alone"], "export_tagger")
+    assert choice not in rule_inputs(outputs["alone"], "systems")

@@ -536,11 +536,13 @@ def report_tables(args: argparse.Namespace) -> None:
     arg("--out-iterations", type=Path, required=True),
     arg("--out-plot", type=Path, required=True),
     arg("--multi-label", action="store_true", help="lwlrap columns instead of accuracy/MAP@3 on test"),
+    arg("--choice", type=Path, help="results/chosen/choice.csv (chain_choice: cv): the picked chain"),
 )
 def systems(args: argparse.Namespace) -> None:
     """One row per chain, one per chain and iteration, and their plot."""
     import pandas as pd
 
+    from .choice import read_choice
     from .systems import systems_job
 
     table = systems_job(
@@ -552,9 +554,37 @@ def systems(args: argparse.Namespace) -> None:
         args.out_plot,
         args.min_trusted_share,
         args.multi_label,
+        read_choice(args.choice) if args.choice else None,
     )
     with pd.option_context("display.width", 200, "display.max_columns", 14):
         log.info("\n%s", table.drop(columns="description").to_string(index=False))
+
+
+@command(
+    "choose-chain",
+    arg(
+        "--spec",
+        type=json.loads,
+        required=True,
+        help='{"selections": {chain: {preset: csv}}, "summaries": {chain: csv}}',
+    ),
+    arg("--tolerance", type=float, default=0.0),
+    arg("--out-dir", type=Path, required=True),
+)
+def choose_chain(args: argparse.Namespace) -> None:
+    """chain_choice: cv: pick the chain by its verified validation clips (results/chosen/)."""
+    from .choice import choose_chain_job
+
+    choice = choose_chain_job(args.spec["selections"], args.spec["summaries"], args.tolerance, args.out_dir)
+    log.info(
+        "chain picked by cross-validation: %s (%s %.4f; runner-up %s, margin %.4f): %s",
+        choice["chain"],
+        choice["criterion"],
+        choice["value"],
+        choice["runner_up"] or "none",
+        choice["margin"],
+        choice["reason"],
+    )
 
 
 # --------------------------------------------------------------------------- using the tagger

@@ -323,6 +323,7 @@ PRESET_SECTIONS = (
     "compute",
     "chains",
     "run_chains",
+    "chain_choice",
     "trust",
 )
 

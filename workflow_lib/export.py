@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .bundle import BUNDLE_FILES, write_manifest
+from .choice import read_choice
 from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
@@ -102,10 +103,14 @@ def _check_checkpoint(meta: dict, preset: str, net: Mapping, classes: Sequence[s
 
 
 def run_layout(results: Path, settings: Mapping[str, Any]) -> tuple[Layout, str]:
-    """The results/ layout of a run and the chain whose models are exported (the first of
-    run_chains: the method, by default)."""
+    """The results/ layout of a run and the chain whose models are exported: the first of
+    run_chains (the method, by default), or with chain_choice: cv the chain
+    results/chosen/choice.csv names (workflow_lib/choice.py)."""
     chain = settings.get("chain", "self_verification")
-    return Layout(str(results), {chain: settings.get("start", "all")}), chain
+    layout = Layout(str(results), settings.get("starts") or {chain: settings.get("start", "all")})
+    if settings.get("chain_choice") == "cv":
+        chain = read_choice(Path(layout.chosen("choice.csv")))
+    return layout, chain
 
 
 def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, FusedTagger]:
@@ -240,8 +245,11 @@ def check_exported(tagger: FusedTagger, spec: TaggerSpec, bundle: Path, toleranc
     return worst
 
 
-def model_card(spec: TaggerSpec, results: Path, dataset: str, summary: Path | None = None) -> str:
-    """A short markdown description: data, classes, models, figures of the run."""
+def model_card(
+    spec: TaggerSpec, results: Path, dataset: str, summary: Path | None = None, chain: str = ""
+) -> str:
+    """A short markdown description: data, the exported chain and how it was chosen, classes,
+    models, figures of the run."""
     lines = [
         "# Audio tagger (iterative self-verification, Dorfer & Widmer, DCASE 2018 Task 2)",
         "",
@@ -253,6 +261,7 @@ def model_card(spec: TaggerSpec, results: Path, dataset: str, summary: Path | No
         "## Data",
         "",
         f"- trained on: {dataset}",
+        *([f"- chain: {chain}"] if chain else []),
     ]
     listing = results / "data" / "train.csv"
     if listing.is_file():
@@ -343,5 +352,12 @@ def export_bundle(results: Path, settings: Mapping[str, Any], out_dir: Path) -> 
     """results/export/ of a finished run: TorchScript, ONNX, classes, settings, model card."""
     spec, tagger = run_tagger(results, settings)
     layout, chain = run_layout(Path(results), settings)
-    card = model_card(spec, Path(results), settings["dataset"], Path(layout.summary(chain)))
+    how = (
+        "picked by cross-validation (chain_choice: cv, results/chosen/choice.csv)"
+        if settings.get("chain_choice") == "cv"
+        else "the first of run_chains"
+    )
+    card = model_card(
+        spec, Path(results), settings["dataset"], Path(layout.summary(chain)), f"`{chain}`, {how}"
+    )
     return write_bundle(tagger, spec, out_dir, card)

@@ -16,6 +16,7 @@ many results at once (the systems table) get their file lists from :func:`system
     results/chains/{chain}/predictions/{preset}/             test and out-of-fold posteriors
     results/chains/{chain}/{submission,summary}.csv, evaluation/, plots/
     results/systems.csv, systems_iterations.csv, systems.png every chain side by side
+    results/chosen/                                          the chain chain_choice: cv picked
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class Layout:
     def systems(self, name: str = "systems.csv") -> str:
         """systems.csv | systems_iterations.csv | systems.png."""
         return f"{self.root}/{name}"
+
+    def chosen(self, name: str = "choice.csv") -> str:
+        """choice.csv | chains.csv | summary.csv: the chain picked by chain_choice: cv."""
+        return f"{self.root}/chosen/{name}"
 
     def log(self, name: str) -> str:
         return f"{self.root}/logs/{name}.log"

@@ -7,14 +7,32 @@ models where chains share them), so the noise between repetitions cancels; the p
 two-sided: Wilcoxon signed-rank (scipy, exact for small n; zero differences dropped) and the
 sign test (binomial on wins vs losses). With few repetitions neither can be small: 5 all-same-
 sign pairs give a sign-test p of 0.0625, so say "no evidence" rather than "no difference".
+
+The interval of a mean difference is the 95 % t-interval (mean +- t(0.975, n-1) * sd / sqrt(n)),
+not a bootstrap: with the 3-10 repetitions a study has, a percentile bootstrap of the mean can
+take only a handful of distinct values and comes out too narrow, while the t-interval is honest
+about how little n = 3 says (its half-width is 4.3 standard errors there).
+
+Choosing the chain by cross-validation (workflow_lib/choice.py) is replayed per repetition on
+its systems.csv: :func:`regret` says how much test score the CV pick lost against the chain
+that was best on test, next to always taking each fixed chain. Test figures only measure the
+pick; nothing here or in the workflow chooses by them.
+
+Recompute a study's tables (and the README's numbers) from its per-repetition systems.csv
+files: ``python -m workflow_lib.study experiments/fsdd/reference/study_singlelabel``.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .choice import pick_chain
 
 #: Scores summarised when a repetition's systems.csv has them: single-label runs report test
 #: accuracy and MAP@3, multi-label runs (dataset.layout fsdkaggle2019) test lwlrap.
@@ -29,6 +47,21 @@ def present(long: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
 
 
 KEYS = ("repetition", "preset", "system")
+#: The chains every other one is compared with: the paper's method and trusting every label.
+REFERENCES = ("self_verification", "all_labels")
+#: Files the study writes in its folder (run_experiment.py --study, --copy-to copies them).
+STUDY_FILES = (
+    "study_runs.csv",
+    "study_summary.csv",
+    "study_paired.csv",
+    "study_regret.csv",
+    "study_paired.png",
+)
+
+
+def main_metric(long: pd.DataFrame) -> str:
+    """The test score a study compares first: lwlrap (multi-label) or accuracy."""
+    return "test_lwlrap" if "test_lwlrap" in long.columns else "test_accuracy"
 
 
 def collect(runs: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -75,33 +108,223 @@ def wilcoxon_p(differences: np.ndarray) -> float:
     return float(wilcoxon(nonzero).pvalue)
 
 
+def t_interval(differences: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided t-interval of the mean (n - 1 degrees of freedom); NaNs below two values."""
+    from scipy.stats import t
+
+    n = len(differences)
+    if n < 2:
+        return float("nan"), float("nan")
+    mean, error = float(differences.mean()), float(differences.std(ddof=1)) / np.sqrt(n)
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * error
+    return mean - half, mean + half
+
+
+def differences(long: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
+    """Per preset and repetition (rows) and chain (columns): the chain's score minus the
+    reference chain's in the same repetition (NaN where either is missing)."""
+    wide = long.pivot_table(index=["preset", "repetition"], columns="system", values=metric, sort=False)
+    if reference not in wide:
+        return pd.DataFrame(index=wide.index)
+    others = [c for c in wide.columns if c != reference]
+    return wide[others].sub(wide[reference], axis=0)
+
+
+def paired_row(diff: np.ndarray) -> dict:
+    """n, mean, sd, 95 % t-interval, wins/losses/ties and both p-values of some differences."""
+    low, high = t_interval(diff)
+    return {
+        "n": len(diff),
+        "mean_difference": float(diff.mean()) if len(diff) else np.nan,
+        "std_difference": float(diff.std(ddof=1)) if len(diff) > 1 else np.nan,
+        "ci95_low": low,
+        "ci95_high": high,
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+        "ties": int((diff == 0).sum()),
+        "wilcoxon_p": wilcoxon_p(diff),
+        "sign_test_p": sign_test(diff),
+    }
+
+
 def paired(long: pd.DataFrame, references: Sequence[str], metric: str = "test_accuracy") -> pd.DataFrame:
     """Per preset, chain and reference chain: chain minus reference, paired by repetition."""
-    wide = long.pivot_table(index=["preset", "repetition"], columns="system", values=metric)
     rows = []
-    for preset, table in wide.groupby(level="preset"):
-        for reference in references:
-            if reference not in table:
-                continue
-            for system in table.columns:
-                if system == reference:
-                    continue
-                both = table[[system, reference]].dropna()
-                diff = (both[system] - both[reference]).to_numpy(dtype=float)
+    for reference in references:
+        table = differences(long, reference, metric)
+        for preset, block in table.groupby(level="preset", sort=False):
+            for system in block.columns:
+                diff = block[system].dropna().to_numpy(dtype=float)
                 rows.append(
-                    {
-                        "preset": preset,
-                        "system": system,
-                        "reference": reference,
-                        "metric": metric,
-                        "n": len(diff),
-                        "mean_difference": float(diff.mean()) if len(diff) else np.nan,
-                        "std_difference": float(diff.std(ddof=1)) if len(diff) > 1 else np.nan,
-                        "wins": int((diff > 0).sum()),
-                        "losses": int((diff < 0).sum()),
-                        "ties": int((diff == 0).sum()),
-                        "wilcoxon_p": wilcoxon_p(diff),
-                        "sign_test_p": sign_test(diff),
-                    }
+                    {"preset": preset, "system": system, "reference": reference, "metric": metric}
+                    | paired_row(diff)
                 )
     return pd.DataFrame(rows)
+
+
+def plot_paired(long: pd.DataFrame, references: Sequence[str], metric: str, out: Path) -> None:
+    """One panel per reference chain, one row per chain: a dot per repetition (chain minus
+    reference), the mean (bar) and its 95 % t-interval (line); written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from .plots import save_figure
+
+    panels = [(r, differences(long, r, metric)) for r in references]
+    panels = [(r, d) for r, d in panels if d.shape[1]]
+    rows = max((d.shape[1] for _, d in panels), default=1)
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 0.6 * rows + 1.6))
+    for axis, (reference, table) in zip(np.atleast_1d(axes), panels):
+        for y, system in enumerate(table.columns):
+            diff = table[system].dropna().to_numpy(dtype=float)
+            axis.plot(diff, np.full(len(diff), y), "o", color="tab:blue", alpha=0.6)
+            low, high = t_interval(diff)
+            axis.plot([low, high], [y, y], "-", color="black", linewidth=1.5)
+            axis.plot([diff.mean()] if len(diff) else [], [y] if len(diff) else [], "|", color="black", ms=14)
+        axis.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        axis.xaxis.set_major_locator(MaxNLocator(6))
+        axis.set_yticks(range(table.shape[1]), list(table.columns))
+        axis.set_ylim(-0.6, table.shape[1] - 0.4)
+        axis.invert_yaxis()
+        n = table.notna().sum().max()
+        axis.set_xlabel(f"{metric} minus {reference} (n = {n} repetitions; line: 95 % t-interval)")
+    if not panels:
+        np.atleast_1d(axes)[0].text(0.5, 0.5, "no reference chain in the study", ha="center")
+    figure.tight_layout()
+    save_figure(figure, out)
+
+
+def regret(long: pd.DataFrame, tolerance: float = 0.0, metric: str | None = None) -> pd.DataFrame:
+    """Per repetition and strategy (``cv``: the CV pick, workflow_lib/choice.py; or a fixed
+    chain): the chain taken, its test score, the test-best chain and the regret (best minus
+    taken, >= 0). A chain's test score is its mean over presets (systems.csv has no fusion
+    row; with one preset, as in the FSDD studies, it is that preset's score)."""
+    metric = metric or main_metric(long)
+    rows = []
+    for repetition, table in long.groupby("repetition", sort=False):
+        scores = table.groupby("system", sort=False)[metric].mean()
+        if scores.isna().all():  # no test labels in this repetition: nothing to measure
+            continue
+        best = scores.idxmax()
+        picked = pick_chain(table, tolerance)[0]["chain"]
+        for strategy, chain in [("cv", picked), *[(c, c) for c in scores.index]]:
+            rows.append(
+                {
+                    "repetition": repetition,
+                    "strategy": strategy,
+                    "chain": chain,
+                    "metric": metric,
+                    "score": scores[chain],
+                    "best_chain": best,
+                    "best_score": scores[best],
+                    "regret": scores[best] - scores[chain],
+                }
+            )
+    columns = ["repetition", "strategy", "chain", "metric", "score", "best_chain", "best_score", "regret"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def regret_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: repetitions, mean and largest regret, how often it took the test-best."""
+    grouped = table.groupby("strategy", sort=False)["regret"]
+    return pd.DataFrame(
+        {
+            "n": grouped.size(),
+            "mean_regret": grouped.mean(),
+            "max_regret": grouped.max(),
+            "took_best": grouped.apply(lambda r: int((r == 0).sum())),
+        }
+    ).reset_index()
+
+
+def study_tables(long: pd.DataFrame, tolerance: float = 0.0) -> dict[str, pd.DataFrame]:
+    """The study's tables from its long table (:func:`collect`): summary, paired differences
+    (every test metric present, to each of :data:`REFERENCES`) and the regret of the CV pick."""
+    metrics = present(long, TEST_METRICS)
+    return {
+        "study_runs.csv": long,
+        "study_summary.csv": summarise(long),
+        "study_paired.csv": pd.concat([paired(long, REFERENCES, m) for m in metrics], ignore_index=True),
+        "study_regret.csv": regret(long, tolerance),
+    }
+
+
+def write_study(long: pd.DataFrame, out: Path, tolerance: float = 0.0) -> dict[str, pd.DataFrame]:
+    """Write :data:`STUDY_FILES` to ``out`` (each atomically) and return the tables."""
+    from .io import write_csv
+
+    tables = study_tables(long, tolerance)
+    for name, table in tables.items():
+        write_csv(table, Path(out) / name)
+    plot_paired(long, REFERENCES, main_metric(long), Path(out) / "study_paired.png")
+    return tables
+
+
+def read_study(folder: Path) -> pd.DataFrame:
+    """The long table of a study folder: every repetition subfolder that finished (has
+    ``experiment.json``) and holds a ``systems.csv``, in name order."""
+    folder = Path(folder)
+    runs = {
+        d.name: pd.read_csv(d / "systems.csv")
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and (d / "experiment.json").is_file() and (d / "systems.csv").is_file()
+    }
+    if not runs:
+        raise SystemExit(
+            f"{folder}: no finished repetition (a subfolder with experiment.json and systems.csv)"
+        )
+    return collect(runs)
+
+
+def report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
+    """The tables as text, the numbers the README quotes."""
+    long = tables["study_runs.csv"]
+    metric = main_metric(long)
+    per_rep = long.pivot_table(index="system", columns="repetition", values=metric, sort=False)
+    summary = tables["study_summary.csv"]
+    keep = ["preset", "system", "n", *[c for c in summary.columns if c.endswith(("_mean", "_std"))]]
+    paired_table = tables["study_paired.csv"].drop(columns=["preset"])
+    regret_table = tables["study_regret.csv"]
+    by_repetition = regret_table.pivot_table(
+        index="strategy", columns="repetition", values="regret", sort=False
+    )
+    picks = regret_table[regret_table["strategy"] == "cv"][["repetition", "chain", "best_chain"]]
+    parts = [
+        f"{metric} per repetition:\n{per_rep.round(digits).to_string()}",
+        f"per chain (mean, sd over repetitions):\n{summary[keep].round(digits).to_string(index=False)}",
+        "paired differences (chain minus reference; 95 % t-interval; two-sided p):\n"
+        + paired_table.round(digits).to_string(index=False),
+        f"CV pick per repetition (chain_choice: cv):\n{picks.to_string(index=False)}",
+        f"regret ({metric} of the test-best chain minus the strategy's):\n"
+        + by_repetition.round(digits).to_string()
+        + "\n\n"
+        + regret_summary(regret_table).round(digits).to_string(index=False),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workflow_lib.study FOLDER [--out DIR] [--tolerance T]``: recompute a study's
+    tables from its repetitions' systems.csv, print them, and write them with --out."""
+    parser = argparse.ArgumentParser(prog="python -m workflow_lib.study", description=main.__doc__)
+    parser.add_argument("folder", type=Path, help="a study folder: one subfolder per repetition")
+    parser.add_argument("--out", type=Path, help="write the study's files here too")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="the CV pick's near-tie tolerance (trust.selection_tolerance)",
+    )
+    args = parser.parse_args(argv)
+    long = read_study(args.folder)
+    tables = write_study(long, args.out, args.tolerance) if args.out else study_tables(long, args.tolerance)
+    with pd.option_context("display.width", 200, "display.max_columns", 40):
+        sys.stdout.write(report(tables))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -117,13 +117,17 @@ def systems_tables(
     classes_csv: Path,
     min_share: float = 0.0,
     multi_label: bool = False,
+    picked: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per chain and preset, one row per chain, preset and iteration).
 
     ``spec`` items (layout.systems_spec): ``system`` (the chain), ``preset``, ``policy``,
     ``description``, ``selection`` (CSV), ``test`` (posteriors CSV), ``self_verify``
-    ({iteration: per_class.csv}).
+    ({iteration: per_class.csv}). ``picked``: the chain the tagger and the export use
+    (config key chain_choice, workflow_lib/choice.py), marked in the ``picked`` column; None:
+    the first chain of ``spec`` (the first of run_chains).
     """
+    picked = picked if picked is not None else (spec[0]["system"] if spec else None)
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
     rows, per_iteration = [], []
@@ -159,6 +163,7 @@ def systems_tables(
             "system": item["system"],
             "policy": item["policy"],
             "description": item.get("description", ""),
+            "picked": item["system"] == picked,
             "iteration": iteration,
             "near_tie": bool(chosen.get("near_tie", False)),
             "cv_loss": float(chosen["mean_valid_loss"]),
@@ -311,8 +316,9 @@ def systems_job(
     out_plot: Path,
     min_share: float = 0.0,
     multi_label: bool = False,
+    picked: str | None = None,
 ) -> pd.DataFrame:
-    systems, iterations = systems_tables(spec, test_csv, classes_csv, min_share, multi_label)
+    systems, iterations = systems_tables(spec, test_csv, classes_csv, min_share, multi_label, picked)
     write_csv(systems, out_csv)
     write_csv(iterations, out_iterations)
     plot_systems(systems, iterations, out_plot, multi_label)

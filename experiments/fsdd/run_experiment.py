@@ -32,8 +32,10 @@ the label noise and the method's seed), each in ``<out>/<speaker>_s<seed>/`` as 
 repetition whose ``experiment.json`` exists is not run again, and a killed one resumes. After
 each repetition ``<out>/study_runs.csv`` (every repetition's systems rows),
 ``study_summary.csv`` (per chain: n, mean, std, min, max) and ``study_paired.csv`` (per chain:
-paired test-accuracy differences to ``self_verification`` and ``all_labels``, wins, losses,
-Wilcoxon and sign-test p-values; workflow_lib/study.py) are rewritten.
+paired test-accuracy differences to ``self_verification`` and ``all_labels``, 95 % t-interval,
+wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pick's regret) and
+``study_paired.png`` are rewritten (workflow_lib/study.py; ``python -m workflow_lib.study
+<out>`` recomputes and prints them).
 
 A killed run resumes where it stopped when started again (training checkpoints every epoch).
 """
@@ -64,7 +66,6 @@ COPIED = {
     "results/systems_iterations.csv": "systems_iterations.csv",
     "results/systems.png": "systems.png",
 }
-REFERENCES = ("self_verification", "all_labels")  # the study's paired comparisons
 #: --multi-label: the layout and the chains compared (merged after config.yaml of this folder).
 MULTI_LABEL_CONFIG = HERE / "multilabel.yaml"
 
@@ -328,29 +329,24 @@ def copy_small_files(out: Path, names: list[str], target: Path) -> None:
             if (out / name / "experiment.json").is_file() and (out / name / file).is_file():
                 (target / name).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(out / name / file, target / name / file)
-    for file in ("study_runs.csv", "study_summary.csv", "study_paired.csv"):
+    from workflow_lib.study import STUDY_FILES
+
+    for file in STUDY_FILES:
         if (out / file).is_file():
             target.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(out / file, target / file)
 
 
 def study_tables(out: Path, names: list[str]) -> None:
-    """The study's CSVs from every finished repetition (workflow_lib/study.py)."""
+    """The study's files from every finished repetition (workflow_lib/study.py STUDY_FILES)."""
     import pandas as pd
 
-    from workflow_lib.io import write_csv
-    from workflow_lib.study import TEST_METRICS, collect, paired, present, summarise
+    from workflow_lib.study import collect, write_study
 
     runs = {n: pd.read_csv(out / n / "systems.csv") for n in names if (out / n / "experiment.json").is_file()}
     if not runs:
         return
-    long = collect(runs)
-    write_csv(long, out / "study_runs.csv")
-    write_csv(summarise(long), out / "study_summary.csv")
-    write_csv(
-        pd.concat([paired(long, REFERENCES, m) for m in present(long, TEST_METRICS)], ignore_index=True),
-        out / "study_paired.csv",
-    )
+    write_study(collect(runs), out)
     print(f"study: {len(runs)} repetition(s) -> {out / 'study_summary.csv'}", file=sys.stderr)
 
 
