@@ -427,7 +427,8 @@ def build_drum_source(
     skipped = pd.concat([skipped, pd.DataFrame(unreadable, columns=SKIPPED_COLUMNS)], ignore_index=True)
     write_csv(table[LABEL_COLUMNS], out / "labels.csv")
     write_csv(skipped, out / "skipped.csv")
-    info = corpus_info(table, skipped, licences, kits_dir, max_seconds)
+    source = {"kits_dir": str(kits_dir), "kits": None if kits is None else sorted(kits)}
+    info = corpus_info(table, skipped, licences, source | {"max_seconds": float(max_seconds)})
     write_json(info, out / "corpus_info.json")
     return info
 
@@ -436,13 +437,12 @@ def corpus_info(
     table: pd.DataFrame,
     skipped: pd.DataFrame,
     licences: dict[str, str],
-    kits_dir: str | os.PathLike[str],
-    max_seconds: float,
+    source: dict[str, Any],
 ) -> dict[str, Any]:
     """Settings and counts: enough to judge at a glance which kits can be held out."""
     per_kit_class = pd.crosstab(table["group"], table["label"])
     return {
-        "source": {"kits_dir": str(kits_dir), "max_seconds": float(max_seconds)},
+        "source": source,
         "classes": [c for c in DRUM_CLASSES if c in set(table["label"])],
         "n_clips": int(len(table)),
         "n_skipped": int(len(skipped)),
