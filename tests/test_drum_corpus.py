@@ -263,3 +263,31 @@ def test_real_hydrogen_drumkits(tmp_path: Path) -> None:
     usable = [g for g, n in info["classes_per_kit"].items() if n >= 5 and info["clips_per_kit"][g] >= 10]
     assert len(usable) >= 6, info["classes_per_kit"]
     assert set(info["classes"]) <= set(dc.DRUM_CLASSES) and info["n_skipped"] > 0
+
+
+def test_driver_builds_once_and_holds_out_the_kit(kits: Path, tmp_path: Path) -> None:
+    """experiments/drums/run_experiment.py: the corpus and the repetition's dataset are built
+    once and reused when the settings match (a resumed study rebuilds nothing); the held-out
+    kit is the test set."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "drums_driver", REPO / "experiments/drums/run_experiment.py"
+    )
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    out = tmp_path / "rep"
+    args = driver.parse_args(["--kits-dir", str(kits), "--out", str(out), "--test-kit", "gamma"])
+    info = driver.build_dataset(args, out)
+    assert info["settings"]["test_groups"] == ["gamma"] and info["n_test"] == 8
+    stamps = {
+        p: p.stat().st_mtime_ns for p in (out / "source/corpus_info.json", out / "dataset/build_info.json")
+    }
+    assert driver.build_dataset(args, out) == info
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    pairs = driver.parse_args(
+        ["--kits-dir", str(kits), "--out", str(out), "--test-kit", "gamma", "--pairs", "kick:snare"]
+    )
+    assert driver.build_dataset(pairs, out)["settings"]["noise_model"] == "pairs"

@@ -133,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     out = args.out.resolve()
-    if args.study:
-        return driver.run_study(args, out, build_dataset)
-    overlay = driver.write_overlay(args, out, None)
-    if overlay is not None:
-        args.overlay = [*args.overlay, str(overlay)]
-    return driver.run_one(args, out, build_dataset)
+    try:
+        if args.study:
+            return driver.run_study(args, out, build_dataset)
+        overlay = driver.write_overlay(args, out, None)
+        if overlay is not None:
+            args.overlay = [*args.overlay, str(overlay)]
+        return driver.run_one(args, out, build_dataset)
+    except (ValueError, FileExistsError) as exc:  # a rejected corpus or setting, e.g. an unknown kit
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
