@@ -291,3 +291,26 @@ def test_driver_builds_once_and_holds_out_the_kit(kits: Path, tmp_path: Path) ->
         ["--kits-dir", str(kits), "--out", str(out), "--test-kit", "gamma", "--pairs", "kick:snare"]
     )
     assert driver.build_dataset(pairs, out)["settings"]["noise_model"] == "pairs"
+
+
+def test_the_same_recording_is_kept_once(tmp_path: Path) -> None:
+    """A gain-scaled copy of a layer in its kit and a re-encoded copy (stereo, another rate)
+    in another kit are the recording already kept: listed, not written. Another hit of the
+    same drum, merely similar, is kept."""
+    from workflow_lib.audio import to_model_rate
+
+    root = tmp_path / "drumkits"
+    _kit(root, "One", {"Kick": ["k1.wav", "k2.wav", "k3.wav"], "Snare": ["s1.wav"]}, new_format=False, seed=8)
+    _kit(root, "Two", {"Kick": ["k1.wav"], "Snare": ["s1.wav"]}, new_format=False, seed=9)
+    hit, rate = sf.read(root / "One/k1.wav", dtype="float32")
+    sf.write(root / "One/k2.wav", 0.5 * hit, rate, subtype="PCM_16")
+    other = np.random.default_rng(1).standard_normal(hit.size).astype(np.float32)
+    sf.write(root / "One/k3.wav", 0.7 * hit + 0.1 * other, rate, subtype="PCM_16")
+    faster = to_model_rate(hit, rate, 2 * rate)
+    sf.write(root / "Two/k1.wav", 0.8 * np.stack([faster, faster], axis=1), 2 * rate, subtype="PCM_16")
+    dc.build_drum_source(root, tmp_path / "src")
+    labels = pd.read_csv(tmp_path / "src/labels.csv", dtype=str)
+    assert sorted(labels["source"]) == ["One/k1.wav", "One/k3.wav", "One/s1.wav", "Two/s1.wav"]
+    skipped = pd.read_csv(tmp_path / "src/skipped.csv", dtype=str).set_index("file")
+    assert skipped.loc["k2.wav", "reason"] == "same recording as One/k1.wav (correlation 1.000)"
+    assert skipped.loc["k1.wav", "reason"].startswith("same recording as One/k1.wav (correlation 0.9")

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_lib.drum_corpus import build_drum_source  # noqa: E402
+from workflow_lib.drum_corpus import build_drum_source, source_settings  # noqa: E402
 from workflow_lib.noisy_dataset import (  # noqa: E402
     NOISE_MODELS,
     NoisyDatasetSettings,
@@ -61,7 +61,7 @@ KITS_DIR = Path("/usr/share/hydrogen/data/drumkits")
 
 def ensure_source(args: argparse.Namespace, source: Path) -> Path:
     """The labelled drum corpus in ``source``: reused when built with the same settings."""
-    wanted = {"kits_dir": str(args.kits_dir), "kits": args.kits, "max_seconds": float(args.max_seconds)}
+    wanted = source_settings(args.kits_dir, args.kits, args.max_seconds)
     info_path = source / "corpus_info.json"
     if info_path.is_file() and json.loads(info_path.read_text()).get("source") == wanted:
         print(f"reusing the drum corpus in {source}", file=sys.stderr)
@@ -119,8 +119,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.experiment_configs = [driver.HERE / "config.yaml"]
     args.multi_label = False
-    if args.kits is not None:
-        args.kits = sorted(args.kits)
     return args
 
 
