@@ -420,38 +420,58 @@ def _same_recording(print_: np.ndarray, group: str, kept: list[tuple[str, str, n
     return ""
 
 
-def _write_audio(clips: pd.DataFrame, audio_dir: Path, max_seconds: float) -> tuple[pd.DataFrame, list[dict]]:
-    """Write every clip that decodes and is not a recording already written (the same
-    recording in two kits would put a test clip's twin in training); returns the labels
-    table (with durations) and the rest as skip rows."""
-    rows, skipped = [], []
-    counters: dict[tuple[str, str], int] = {}
+def _skip_row(clip: Any, reason: str) -> dict[str, str]:
+    """A skipped.csv row for a collected clip."""
+    return {"kit": clip.kit, "instrument": clip.instrument, "file": clip.file, "reason": reason}
+
+
+def select_recordings(clips: pd.DataFrame, max_seconds: float) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """The clips that decode and are not a recording already selected (the same recording in
+    two kits would put a test clip's twin in training), first in kit order kept; the rest
+    as skip rows."""
+    keep, skipped = [], []
     kept: dict[str, list[tuple[str, str, np.ndarray]]] = {}
-    for clip in clips.itertuples(index=False):
-        source = f"{clip.kit}/{clip.file}"
+    for index, clip in enumerate(clips.itertuples(index=False)):
         try:
             samples, rate = load_clip(Path(clip.path), max_seconds)
         except ValueError as exc:
-            skipped.append(
-                {"kit": clip.kit, "instrument": clip.instrument, "file": clip.file, "reason": str(exc)}
-            )
+            skipped.append(_skip_row(clip, str(exc)))
             continue
         print_ = fingerprint(samples, rate)
         twin = _same_recording(print_, clip.group, kept.setdefault(clip.label, []))
         if twin:
-            reason = f"same recording as {twin}"
-            skipped.append(
-                {"kit": clip.kit, "instrument": clip.instrument, "file": clip.file, "reason": reason}
-            )
+            skipped.append(_skip_row(clip, f"same recording as {twin}"))
             continue
-        kept[clip.label].append((clip.group, source, print_))
+        kept[clip.label].append((clip.group, f"{clip.kit}/{clip.file}", print_))
+        keep.append(index)
+    return clips.iloc[keep].reset_index(drop=True), skipped
+
+
+def drop_rare_classes(clips: pd.DataFrame, min_kits: int) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Clips of classes found in at least ``min_kits`` kits; the others as skip rows. With a
+    kit held out per repetition, a class of two kits can be left with one kit's clips (or
+    one clip) for training: not a class the study can learn."""
+    kits_per_class = clips.groupby("label")["group"].nunique()
+    rare = clips["label"].map(kits_per_class) < min_kits
+    reason = f"class in fewer than {min_kits} kits"
+    skipped = [_skip_row(clip, reason) for clip in clips[rare].itertuples(index=False)]
+    return clips[~rare].reset_index(drop=True), skipped
+
+
+def _write_audio(clips: pd.DataFrame, audio_dir: Path, max_seconds: float) -> pd.DataFrame:
+    """Write every clip as ``<kit>-<class>-<nnn>.wav``; returns the labels table with each
+    clip's rate and duration."""
+    rows = []
+    counters: dict[tuple[str, str], int] = {}
+    for clip in clips.itertuples(index=False):
+        samples, rate = load_clip(Path(clip.path), max_seconds)
         number = counters.get((clip.group, clip.label), 0)
         counters[(clip.group, clip.label)] = number + 1
         fname = f"{clip.group}-{clip.label}-{number:03d}.wav"
         _write_clip(samples, rate, audio_dir / fname)
+        source = f"{clip.kit}/{clip.file}"
         rows.append((fname, clip.label, clip.group, clip.instrument, source, rate, samples.size / rate))
-    table = pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "sample_rate", "seconds"])
-    return table, skipped
+    return pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "sample_rate", "seconds"])
 
 
 def build_drum_source(
@@ -459,6 +479,7 @@ def build_drum_source(
     out_dir: str | os.PathLike[str],
     max_seconds: float = 1.5,
     kits: Sequence[str] | None = None,
+    min_kits: int = 3,
     *,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -470,22 +491,28 @@ def build_drum_source(
     """
     if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
         raise ValueError(f"max_seconds must be a positive number, got {max_seconds!r}")
+    if isinstance(min_kits, bool) or not isinstance(min_kits, int) or min_kits < 1:
+        raise ValueError(f"min_kits must be a positive integer, got {min_kits!r}")
     out = Path(out_dir)
     clips, skipped, licences = collect_clips(kits_dir, kits)
+    clips, duplicates = select_recordings(clips, float(max_seconds))
+    clips, rare = drop_rare_classes(clips, min_kits)
+    skipped = pd.concat(
+        [skipped, pd.DataFrame(duplicates + rare, columns=SKIPPED_COLUMNS)], ignore_index=True
+    )
     if clips.empty:
-        raise ValueError(f"no clip of the vocabulary in {kits_dir}; see the skip reasons: {skipped.head()}")
+        raise ValueError(f"no usable clip in {kits_dir}; skip reasons: {sorted(set(skipped['reason']))[:5]}")
     _prepare_audio_dir(out / "audio", overwrite)
-    table, unreadable = _write_audio(clips, out / "audio", float(max_seconds))
-    skipped = pd.concat([skipped, pd.DataFrame(unreadable, columns=SKIPPED_COLUMNS)], ignore_index=True)
+    table = _write_audio(clips, out / "audio", float(max_seconds))
     write_csv(table[LABEL_COLUMNS], out / "labels.csv")
     write_csv(skipped, out / "skipped.csv")
-    info = corpus_info(table, skipped, licences, source_settings(kits_dir, kits, max_seconds))
+    info = corpus_info(table, skipped, licences, source_settings(kits_dir, kits, max_seconds, min_kits))
     write_json(info, out / "corpus_info.json")
     return info
 
 
 def source_settings(
-    kits_dir: str | os.PathLike[str], kits: Sequence[str] | None, max_seconds: float
+    kits_dir: str | os.PathLike[str], kits: Sequence[str] | None, max_seconds: float, min_kits: int
 ) -> dict[str, Any]:
     """What decides a corpus's content, as corpus_info.json records it: a caller that finds
     the same dict there may reuse the corpus. ``rules`` changes with the builder's rules
@@ -494,6 +521,7 @@ def source_settings(
         "kits_dir": str(kits_dir),
         "kits": None if kits is None else sorted(kits),
         "max_seconds": float(max_seconds),
+        "min_kits": int(min_kits),
         "rules": CORPUS_RULES,
     }
 
@@ -542,6 +570,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (audio/, labels.csv, skipped.csv ...)")
     p.add_argument("--max-seconds", type=float, default=1.5, help="clips are cut to this length")
     p.add_argument("--kits", default=None, help="comma-separated kit folder names or slugs (default: all)")
+    p.add_argument("--min-kits", type=int, default=3, help="classes found in fewer kits are left out")
     p.add_argument("--overwrite", action="store_true", help="replace clips from an earlier build")
     return p
 
@@ -551,7 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     kits = [k.strip() for k in args.kits.split(",") if k.strip()] if args.kits else None
     try:
-        info = build_drum_source(args.kits_dir, args.out, args.max_seconds, kits, overwrite=args.overwrite)
+        info = build_drum_source(
+            args.kits_dir, args.out, args.max_seconds, kits, args.min_kits, overwrite=args.overwrite
+        )
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -61,13 +61,15 @@ KITS_DIR = Path("/usr/share/hydrogen/data/drumkits")
 
 def ensure_source(args: argparse.Namespace, source: Path) -> Path:
     """The labelled drum corpus in ``source``: reused when built with the same settings."""
-    wanted = source_settings(args.kits_dir, args.kits, args.max_seconds)
+    wanted = source_settings(args.kits_dir, args.kits, args.max_seconds, args.min_kits)
     info_path = source / "corpus_info.json"
     if info_path.is_file() and json.loads(info_path.read_text()).get("source") == wanted:
         print(f"reusing the drum corpus in {source}", file=sys.stderr)
         return source
     print(f"building the drum corpus in {source}", file=sys.stderr)
-    info = build_drum_source(args.kits_dir, source, args.max_seconds, args.kits, overwrite=True)
+    info = build_drum_source(
+        args.kits_dir, source, args.max_seconds, args.kits, args.min_kits, overwrite=True
+    )
     print(
         f"{info['n_clips']} clips, {len(info['classes'])} classes: {info['clips_per_class']}", file=sys.stderr
     )
@@ -101,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kits-dir", type=Path, default=KITS_DIR, help="folder of Hydrogen kit folders")
     p.add_argument("--kits", nargs="+", default=None, help="kit folder names or slugs to use (default: all)")
     p.add_argument("--max-seconds", type=float, default=1.5, help="clips are cut to this length")
+    p.add_argument("--min-kits", type=int, default=3, help="classes found in fewer kits are left out")
     p.add_argument("--test-kit", dest="test_group", default="the_black_pearl_1_0", help="held-out kit (slug)")
     p.add_argument("--test-kits", dest="test_groups", nargs="+", default=None, help="--study: held-out kits")
     p.add_argument(
