@@ -107,6 +107,7 @@ _HAT_STATES = (
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".aif", ".aiff"})
 MAX_XML_BYTES = 4 * 1024 * 1024  # real drumkit.xml files are < 200 kB
+MAX_NAME_CHARS = 200  # an instrument name is a few words; longer text is cut, not trusted
 FADE_SECONDS = 0.01
 #: Same-recording test: peak normalised cross-correlation of the first 4,096 samples (0.5 s)
 #: at 8 kHz, which ignores gain and a shift. Measured on the Debian kits (2017.09.19): across
@@ -238,7 +239,7 @@ def parse_drumkit(xml_path: str | os.PathLike[str]) -> DrumKit:
         raise DrumKitError(f"{path}: root element is {_local(root.tag)!r}, not 'drumkit_info'")
     instruments = tuple(
         Instrument(
-            name=_child_text(element, "name"),
+            name=_child_text(element, "name")[:MAX_NAME_CHARS],
             files=tuple((f.text or "").strip() for f in element.iter() if _local(f.tag) == "filename"),
         )
         for element in root.iter()
@@ -322,7 +323,8 @@ def _collect_instrument(kit_dir: Path, instrument: Instrument, found: _Collected
         if not path.is_file():
             found.skip(kit, instrument.name, filename, "sample file not found")
             continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
         if digest in found.seen:
             kept = found.clips[found.seen[digest]]
             found.skip(kit, instrument.name, filename, f"same audio as {kept['kit']}/{kept['file']}")
@@ -374,13 +376,15 @@ def load_clip(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
     fade-out where cut (a hard cut of a ringing cymbal would add a click, a sound of its own).
     A ValueError for an unreadable or silent file."""
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as audio:  # reads only what is kept, whatever the file's size
+            rate = int(audio.samplerate)
+            keep = max(1, int(round(max_seconds * rate)))
+            samples = audio.read(frames=keep + 1, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise ValueError(f"unreadable audio: {exc}") from exc
     mono = samples.mean(axis=1)
     if mono.size == 0 or not np.isfinite(mono).all() or float(np.abs(mono).max()) == 0.0:
         raise ValueError("empty, silent or non-finite audio")
-    keep = int(round(max_seconds * rate))
     if mono.size > keep:
         mono = mono[:keep].copy()
         fade = min(keep, max(1, int(round(FADE_SECONDS * rate))))
@@ -560,6 +564,7 @@ def corpus_info(
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Argument parser; defaults mirror build_drum_source."""
     p = argparse.ArgumentParser(
         prog="python -m workflow_lib.drum_corpus",
         description="Build a labelled drum-sample corpus (one clip per layer file, kit = group) "

@@ -98,6 +98,7 @@ def build_dataset(args: argparse.Namespace, out: Path) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """This driver's arguments plus the FSDD driver's shared ones (add_run_arguments)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default: %(default)s)")
     p.add_argument("--kits-dir", type=Path, default=KITS_DIR, help="folder of Hydrogen kit folders")
@@ -126,6 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One repetition, or the study (--study); 0 on success, 1 on a rejected setting."""
     args = parse_args(argv)
     if not args.kits_dir.is_dir():
         print(
