@@ -49,6 +49,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -107,7 +108,7 @@ def dataset_settings(args: argparse.Namespace) -> NoisyDatasetSettings | Mixture
     """The builder's settings: single-label noisy dataset, or pairs mixed (--multi-label)."""
     if args.multi_label:
         return MixtureSettings(
-            test_groups=(args.test_speaker,),
+            test_groups=(args.test_group,),
             curated_fraction=args.verified_fraction,
             noise_rate=args.noise_rate,
             public_fraction=args.public_fraction,
@@ -115,13 +116,28 @@ def dataset_settings(args: argparse.Namespace) -> NoisyDatasetSettings | Mixture
             seed=args.seed,
         )
     return NoisyDatasetSettings(
-        test_groups=(args.test_speaker,),
+        test_groups=(args.test_group,),
         verified_fraction=args.verified_fraction,
         noise_rate=args.noise_rate,
         public_fraction=args.public_fraction,
         copy_mode="symlink",
         seed=args.seed,
     )
+
+
+def reusable_build(
+    dataset: Path, settings: NoisyDatasetSettings | MixtureSettings, source: Path
+) -> dict | None:
+    """The build_info of an earlier build in ``dataset`` from ``source`` with these settings
+    (nothing to rebuild, so nothing downstream reruns), else None."""
+    info_path = dataset / "build_info.json"
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    if info["settings"] != settings.to_json() or info["source"]["audio_dir"] != str(source):
+        return None
+    print(f"reusing the dataset in {dataset}", file=sys.stderr)
+    return info
 
 
 def build_dataset(args: argparse.Namespace, out: Path) -> dict:
@@ -131,12 +147,9 @@ def build_dataset(args: argparse.Namespace, out: Path) -> dict:
     )
     settings = dataset_settings(args)
     dataset = out / "dataset"
-    info_path = dataset / "build_info.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        if info["settings"] == settings.to_json() and info["source"]["audio_dir"] == str(source):
-            print(f"reusing the dataset in {dataset}", file=sys.stderr)
-            return info
+    earlier = reusable_build(dataset, settings, source)
+    if earlier is not None:
+        return earlier
     print(f"building the dataset in {dataset}", file=sys.stderr)
     if args.multi_label:
         return build_mixture_dataset(source, dataset, settings, name_pattern=NAME_PATTERN, overwrite=True)
@@ -144,9 +157,9 @@ def build_dataset(args: argparse.Namespace, out: Path) -> dict:
 
 
 def config_files(args: argparse.Namespace) -> list[Path]:
-    """The config files of a run, in merge order."""
-    own = [HERE / "config.yaml", *([MULTI_LABEL_CONFIG] if args.multi_label else [])]
-    return [REPO / "config.yaml", *own, *(Path(o).resolve() for o in args.overlay)]
+    """The config files of a run, in merge order: the repository's, the experiment's own
+    (``args.experiment_configs``), then the ``--overlay`` files."""
+    return [REPO / "config.yaml", *args.experiment_configs, *(Path(o).resolve() for o in args.overlay)]
 
 
 def snakemake_command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -192,6 +205,43 @@ def resolved_settings(args: argparse.Namespace) -> dict:
     }
 
 
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments every corpus's driver shares (this one's and experiments/drums'): the
+    label-noise settings, the config overlays, the study's seeds and chains."""
+    p.add_argument("--verified-fraction", type=float, default=0.4)
+    p.add_argument("--noise-rate", type=float, default=0.3, help="share of unverified labels made wrong")
+    p.add_argument("--public-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=2018, help="dataset seed")
+    p.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        help="extra config file merged after the experiment's config.yaml (repeatable)",
+    )
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument(
+        "--study",
+        action="store_true",
+        help="one repetition per held-out group (speaker, kit) x --seeds, then the study tables",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="--study: seeds")
+    p.add_argument(
+        "--copy-to",
+        type=Path,
+        default=None,
+        help="--study: also copy the small result files (per repetition systems*.csv, "
+        "systems.png, experiment.json; the study CSVs) here, e.g. to commit them",
+    )
+    p.add_argument(
+        "--chains",
+        nargs="+",
+        default=None,
+        help="chains to run (default: run_chains of the experiment's config.yaml)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="build the dataset, plan, run nothing")
+    p.add_argument("snakemake_args", nargs="*", help="passed on to snakemake (after --)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -218,57 +268,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="--multi-label: mixtures each recording appears in (1: 1,250 training mixtures)",
     )
-    p.add_argument("--test-speaker", default="theo", help="held-out speaker (test set)")
-    p.add_argument("--verified-fraction", type=float, default=0.4)
-    p.add_argument("--noise-rate", type=float, default=0.3, help="share of unverified labels made wrong")
-    p.add_argument("--public-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=2018, help="dataset seed")
+    p.add_argument("--test-speaker", dest="test_group", default="theo", help="held-out speaker (test set)")
+    p.add_argument(
+        "--test-speakers", dest="test_groups", nargs="+", default=None, help="--study: held-out speakers"
+    )
     p.add_argument(
         "--takes",
         type=int,
         default=None,
         help="use only takes 0 ... N-1 of each digit and speaker (a small version)",
     )
-    p.add_argument(
-        "--overlay",
-        action="append",
-        default=[],
-        help="extra config file merged after experiments/fsdd/config.yaml (repeatable)",
-    )
-    p.add_argument("--cores", type=int, default=2)
-    p.add_argument(
-        "--study",
-        action="store_true",
-        help="one repetition per --test-speakers x --seeds, then the study tables",
-    )
-    p.add_argument("--test-speakers", nargs="+", default=None, help="--study: held-out speakers")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="--study: seeds")
-    p.add_argument(
-        "--copy-to",
-        type=Path,
-        default=None,
-        help="--study: also copy the small result files (per repetition systems*.csv, "
-        "systems.png, experiment.json; the study CSVs) here, e.g. to commit them",
-    )
-    p.add_argument(
-        "--chains",
-        nargs="+",
-        default=None,
-        help="chains to run (default: run_chains of experiments/fsdd/config.yaml)",
-    )
-    p.add_argument("--dry-run", action="store_true", help="build the dataset, plan, run nothing")
-    p.add_argument("snakemake_args", nargs="*", help="passed on to snakemake (after --)")
+    add_run_arguments(p)
     args = p.parse_args(argv)
     if args.out is None:
         args.out = HERE / ("results_multilabel" if args.multi_label else "results")
+    args.experiment_configs = [HERE / "config.yaml", *([MULTI_LABEL_CONFIG] if args.multi_label else [])]
     return args
 
 
-def run_one(args: argparse.Namespace, out: Path) -> int:
-    """One repetition into ``out``: dataset, workflow, copied tables, experiment.json."""
+#: Builds (or reuses) a repetition's dataset in ``<out>/dataset``; returns its build_info.
+DatasetBuilder = Callable[[argparse.Namespace, Path], dict]
+
+
+def run_one(args: argparse.Namespace, out: Path, build: DatasetBuilder = build_dataset) -> int:
+    """One repetition into ``out``: dataset (``build``), workflow, copied tables, experiment.json."""
     out.mkdir(parents=True, exist_ok=True)
     settings = resolved_settings(args)
-    info = build_dataset(args, out)
+    info = build(args, out)
     command = snakemake_command(args, out)
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     started = time.time()
@@ -350,14 +376,15 @@ def study_tables(out: Path, names: list[str]) -> None:
     print(f"study: {len(runs)} repetition(s) -> {out / 'study_summary.csv'}", file=sys.stderr)
 
 
-def run_study(args: argparse.Namespace, out: Path) -> int:
-    speakers = args.test_speakers or [args.test_speaker]
+def run_study(args: argparse.Namespace, out: Path, build: DatasetBuilder = build_dataset) -> int:
+    """One repetition per held-out group (``args.test_groups``) and seed, each resumable."""
+    groups = args.test_groups or [args.test_group]
     seeds = args.seeds or [args.seed]
-    names = [f"{speaker}_s{seed}" for speaker in speakers for seed in seeds]
+    names = [f"{group}_s{seed}" for group in groups for seed in seeds]
     base_overlays = list(args.overlay)
-    for speaker in speakers:
+    for group in groups:
         for seed in seeds:
-            rep = out / f"{speaker}_s{seed}"
+            rep = out / f"{group}_s{seed}"
             if (rep / "experiment.json").is_file() and not args.dry_run:
                 print(f"{rep.name}: finished earlier, kept", file=sys.stderr)
                 continue
@@ -365,12 +392,12 @@ def run_study(args: argparse.Namespace, out: Path) -> int:
             one = argparse.Namespace(
                 **{
                     **vars(args),
-                    "test_speaker": speaker,
+                    "test_group": group,
                     "seed": seed,
                     "overlay": base_overlays + ([str(overlay)] if overlay else []),
                 }
             )
-            code = run_one(one, rep)
+            code = run_one(one, rep, build)
             if code != 0:
                 print(f"{rep.name}: failed (exit {code}); rerun the same command to resume", file=sys.stderr)
                 return code
