@@ -2,7 +2,7 @@
 """The noisy-label experiment on recorded drum samples (Debian's hydrogen-drumkits), in one command.
 
     .venv/bin/python experiments/drums/run_experiment.py --test-kit the_black_pearl_1_0
-    .venv/bin/python experiments/drums/run_experiment.py --study --out /work/drums_study \
+    .venv/bin/python experiments/drums/run_experiment.py --study --out drums_study \
         --test-kits bja_pacific forzeestereo the_black_pearl_1_0 millo_multilayered2 \
         millo_multilayered3 colomboacousticdrumkit --seeds 2018
 
