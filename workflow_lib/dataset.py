@@ -536,3 +536,10 @@ def class_table(train: pd.DataFrame) -> pd.DataFrame:
     table["n_unverified"] = table["n_train"] - table["n_verified"]
     table.insert(0, "index", range(len(table)))
     return table.astype({"n_verified": int, "n_unverified": int})
+
+
+def read_classes(classes_csv: Path) -> list[str]:
+    """The class list, in index order (sorted labels of train.csv): the order of every
+    network's outputs and of every posterior table's columns."""
+    table = read_csv_str(classes_csv)
+    return list(table.sort_values("index", key=lambda s: s.astype(int))["label"])

@@ -24,13 +24,13 @@ from torch import nn
 
 from .bundle import BUNDLE_FILES, write_manifest
 from .choice import read_choice
+from .dataset import read_classes
 from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
 from .layout import Layout
-from .model import probabilities
+from .model import load_model, probabilities
 from .selection import chosen_iteration
-from .stages import load_model, read_classes
 from .tagger import TaggerSpec, TaggingError
 
 log = logging.getLogger(__name__)

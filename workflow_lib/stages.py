@@ -19,13 +19,14 @@ import torch
 
 from .audio import USABLE_STATUSES
 from .data import ClipBank
+from .dataset import read_classes
 from .devices import select_device
 from .errors import UserError
 from .folds import make_folds, split_fold
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import multi_hot, split_labels
 from .layout import Layout
-from .model import build_model
+from .model import build_model, load_model
 from .preprocess import SpectrogramStore
 from .selection import best_epoch_row
 from .training import FitSettings, RunOptions, fit, history_columns
@@ -48,12 +49,6 @@ def folds_job(manifest_csv: Path, out_csv: Path, n_folds: int, seed: int) -> pd.
     folds = make_folds(usable[["fname", "label", "verified"]].reset_index(drop=True), n_folds, seed)
     write_csv(folds, out_csv)
     return folds
-
-
-def read_classes(classes_csv: Path) -> list[str]:
-    """The class list, in index order (sorted labels of train.csv)."""
-    table = read_csv_str(classes_csv)
-    return list(table.sort_values("index", key=lambda s: s.astype(int))["label"])
 
 
 @dataclass(frozen=True)
@@ -184,15 +179,6 @@ def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str
             },
             tmp,
         )
-
-
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a saved network in evaluation mode; returns (model, metadata). Its outputs are
-    turned into probabilities with ``metadata.get("multi_label", False)``."""
-    saved = load_torch(path, rule=Layout.model_rule(path))
-    model = build_model(saved["width"], len(saved["classes"]), tuple(saved["dropout"]))
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), saved
 
 
 def run_training_job(job: TrainingJob) -> pd.DataFrame:

@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .dataset import TOTAL_ROW
+from .dataset import TOTAL_ROW, read_classes
 from .evaluation import evaluate_systems
 from .io import read_csv_str, write_csv
 from .policies import low_trust
-from .stages import read_classes
 
 SCORED_SET = "Public+Private"
 ITERATION_COLUMNS = [
