@@ -31,7 +31,7 @@ from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
 from .layout import Layout
 from .model import load_model, probabilities
 from .selection import chosen_iteration
-from .tagger import TaggerSpec, TaggingError
+from .tagger_spec import TaggerSpec, TaggingError, bundle_backend
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,6 @@ def save_onnx(tagger: FusedTagger, spec: TaggerSpec, path: Path) -> None:
 def check_exported(tagger: FusedTagger, spec: TaggerSpec, bundle: Path, tolerance: float = 1e-4) -> float:
     """Largest posterior difference of TorchScript and ONNX from the eager tagger, on random
     inputs of another length than the export's; raises when it exceeds ``tolerance``."""
-    from .tagger import bundle_backend
-
     inputs = example_inputs(spec, batch=3, frames=spec.frames + 37, seed=1)
     with torch.no_grad():
         expected = tagger(*inputs).numpy()
