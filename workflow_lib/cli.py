@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
+from .layout import Layout
 
 log = logging.getLogger("workflow_lib")
 
@@ -133,7 +134,7 @@ def preprocess_shard(args: argparse.Namespace) -> None:
     from .io import read_csv_str
     from .preprocess import shard_clips, write_shard_files
 
-    stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
+    stem = {v: Path(Layout.shard_stem(args.out_dir, v, args.split, args.shard)) for v in args.versions}
     clips = shard_clips(
         read_csv_str(args.listing),
         args.shard,

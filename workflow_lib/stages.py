@@ -25,7 +25,7 @@ from .errors import UserError
 from .folds import make_folds, split_fold
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import multi_hot, split_labels
-from .layout import Layout
+from .layout import MODEL_FILES, TRUST_FILES, Layout
 from .model import build_model, load_model
 from .preprocess import SpectrogramStore
 from .selection import best_epoch_row
@@ -198,7 +198,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
             load_torch(job.init_checkpoint, Layout.model_rule(job.init_checkpoint))["state_dict"]
         )
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    history_csv = job.out_dir / "history.csv"
+    files = {role: job.out_dir / name for role, name in MODEL_FILES.items()}
     state = fit(
         model,
         train_bank,
@@ -206,9 +206,9 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
         valid_bank,
         targets_of(valid, classes, job.multi_label),
         job.fit,
-        job.out_dir / "resume.pt",
+        files["resume"],
         fingerprint(job, train, valid),
-        on_epoch=lambda h: write_csv(h, history_csv),
+        on_epoch=lambda h: write_csv(h, files["history"]),
         options=job.options,
         train_weights=loss_weights(train),
         multi_label=job.multi_label,
@@ -217,14 +217,14 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     best = best_epoch_row(history)
     scores = {"valid_lwlrap": float(best["valid_lwlrap"])} if job.multi_label else {}
     save_model(
-        job.out_dir / "last.pt",
+        files["last"],
         {k: v.cpu() for k, v in model.state_dict().items()},
         job,
         classes,
         epoch=len(history),
     )
     save_model(
-        job.out_dir / "best.pt",
+        files["best"],
         state.best_state,
         job,
         classes,
@@ -232,8 +232,8 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
         valid_loss=state.best_loss,
         **scores,
     )
-    write_csv(history, history_csv)
-    (job.out_dir / "resume.pt").unlink(missing_ok=True)
+    write_csv(history, files["history"])
+    files["resume"].unlink(missing_ok=True)
     choice.release()
     return history
 
@@ -390,14 +390,14 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     train = read_csv_str(job.train_csv)
     truth = train.set_index("fname")["true_label"] if "true_label" in train else pd.Series(dtype=str)
     decisions = with_truth(decisions, truth, multi_label)
-    out = job.out_dir
-    write_csv(posterior_frame(judged, classes, "given_label"), out / "posteriors.csv")
-    write_csv(posterior_frame(reference, classes, "label"), out / "valid_posteriors.csv")
-    write_csv(decisions, out / "decisions.csv")
+    out = {role: job.out_dir / name for role, name in TRUST_FILES.items()}
+    write_csv(posterior_frame(judged, classes, "given_label"), out["posteriors"])
+    write_csv(posterior_frame(reference, classes, "label"), out["valid_posteriors"])
+    write_csv(decisions, out["decisions"])
     table = label_precision_table if multi_label else precision_table
-    write_csv(table(decisions, classes), out / "per_class.csv")
+    write_csv(table(decisions, classes), out["per_class"])
     training_list = new_label_list if multi_label else new_training_list
-    write_csv(training_list(folds, decisions), out / "train_list.csv")
+    write_csv(training_list(folds, decisions), out["train_list"])
     n_trusted = int(decisions["accepted"].sum())
     if low_trust(n_trusted, len(decisions), policy.name, policy.min_trusted_share):
         log.warning(
@@ -726,7 +726,7 @@ def summary_job(
     rows = []
     for preset, selection_csv in zip(presets, selections):
         tables = {
-            int(p.name[2:]): pd.read_csv(p / "per_class.csv", dtype={"label": str})
+            int(p.name[2:]): pd.read_csv(p / TRUST_FILES["per_class"], dtype={"label": str})
             for p in self_verify_dirs
             if p.parent.name == preset
         }
