@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import soundfile as sf
 
 from .dataset_layouts import is_multi_label
 from .errors import UserError
@@ -270,8 +271,6 @@ def read_train_2019(
 
 def _is_audio(path: Path) -> bool:
     """Decodable by libsndfile (the decoder the workflow uses)."""
-    import soundfile as sf
-
     try:
         sf.info(str(path))
     except Exception:  # noqa: BLE001 - any failure means "not audio we can read"

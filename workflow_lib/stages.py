@@ -11,7 +11,6 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,18 +21,41 @@ from .data import ClipBank
 from .dataset import read_classes
 from .devices import select_device
 from .errors import UserError
+from .evaluation import (
+    FUSION_CV_NOTE,
+    SCORING_SETS,
+    class_reports,
+    evaluate_systems,
+    preset_summary,
+    scored_rows,
+    test_columns,
+)
 from .folds import make_folds, split_fold
+from .fusion import (
+    apply_learned_fusion,
+    fit_learned_fusion,
+    mean_fusion,
+    probabilities,
+    probability_frame,
+    submission,
+)
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import multi_hot, split_labels
 from .layout import MODEL_FILES, TRUST_FILES, Layout
 from .model import build_model, load_model
+from .policies import NEEDS_EMBEDDINGS, Clips, Context, PolicySettings, apply_policy, low_trust
 from .preprocess import SpectrogramStore
-from .selection import best_epoch_row
-from .training import FitSettings, RunOptions, fit, history_columns
-
-if TYPE_CHECKING:  # imported where used: self-verification loads only in its own job
-    from .policies import Clips
-    from .self_verify import SelfVerifySettings
+from .selection import best_epoch_row, chosen_iteration
+from .self_verify import (
+    SelfVerifySettings,
+    judge_folds,
+    label_precision_table,
+    new_label_list,
+    new_training_list,
+    precision_table,
+    with_truth,
+)
+from .training import FitSettings, RunOptions, fit, history_columns, predict_whole
 
 log = logging.getLogger(__name__)
 
@@ -324,22 +346,6 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips (and, for calibration and label spreading,
     its verified validation clips, with another random stream), apply the chain's policy, and
     write posteriors, decisions, per-class table and the next training list."""
-    from .policies import (
-        NEEDS_EMBEDDINGS,
-        Context,
-        PolicySettings,
-        apply_policy,
-        low_trust,
-    )
-    from .self_verify import (
-        judge_folds,
-        label_precision_table,
-        new_label_list,
-        new_training_list,
-        precision_table,
-        with_truth,
-    )
-
     multi_label = job.settings.multi_label
     choice = select_device(job.device, job.lock_dir, job.threads)
     policy = PolicySettings.from_mapping(job.policy)
@@ -425,9 +431,6 @@ def write_test_posteriors(
 ) -> None:
     """Fold-averaged posteriors (softmax, or sigmoid when ``multi_label``) of every test clip on
     its whole length-fixed spectrogram."""
-    from .fusion import probability_frame
-    from .training import predict_whole
-
     store = SpectrogramStore.open(test_manifest)
     bank = ClipBank.from_store(store, list(store.manifest["fname"]), frames, device)
     probs = np.mean(
@@ -455,10 +458,6 @@ def predict_job(
     average) and out-of-fold posteriors of the verified validation clips (for the learned
     fusion). Posteriors are sigmoids when the models are multi-label (their ``multi_label``
     flag). Returns the iteration."""
-    from .fusion import probability_frame
-    from .selection import chosen_iteration
-    from .training import predict_whole
-
     iteration = chosen_iteration(selection_csv)
     paths = {k: path for (i, k), path in sorted(models.items()) if i == iteration}
     if not paths:
@@ -507,15 +506,6 @@ def fuse_job(
     ``multi_label``: sigmoid posteriors, the learned fusion fitted with binary cross-entropy
     on the multi-hot sets of the validation clips, the 2019 submission (workflow_lib/fusion.py).
     """
-    from .fusion import (
-        apply_learned_fusion,
-        fit_learned_fusion,
-        mean_fusion,
-        probabilities,
-        probability_frame,
-        submission,
-    )
-
     classes = read_classes(classes_csv)
     presets = list(test_csvs)
     tests = [pd.read_csv(test_csvs[p], dtype={"fname": str}) for p in presets]
@@ -603,8 +593,6 @@ def fusion_targets(labels: pd.Series, classes: list[str], multi_label: bool) -> 
 
     A validation label outside the classes is a clear error naming it, never a NaN target.
     """
-    from .labels import multi_hot
-
     if multi_label:
         return multi_hot(labels.fillna(""), classes)  # '' (read as NaN): an empty set
     index = {label: i for i, label in enumerate(classes)}
@@ -641,8 +629,6 @@ def evaluate_job(
     confusion tables are written with their header only. ``multi_label``: lwlrap and the
     scores at a threshold (workflow_lib/evaluation.py), per-class lwlrap, no confusion.csv.
     """
-    from .evaluation import class_reports, evaluate_systems, scored_rows
-
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
     frames = {name: pd.read_csv(path, dtype={"fname": str}) for name, path in systems.items()}
@@ -681,8 +667,6 @@ def evaluate_job(
 
 
 def _unpredicted_in_set(missing: pd.DataFrame, set_name: str) -> int:
-    from .evaluation import SCORING_SETS
-
     usages = SCORING_SETS[set_name]
     return int((missing["usage"].isin(usages) | (missing["usage"] == "")).sum())
 
@@ -716,8 +700,6 @@ def summary_job(
 ) -> pd.DataFrame:
     """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``;
     ``classes_csv`` (classes.csv) names the classes without verified clips in ``cv_note``."""
-    from .evaluation import FUSION_CV_NOTE, preset_summary, test_columns
-
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
     unvalidated = []
     if classes_csv is not None:

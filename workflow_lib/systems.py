@@ -219,6 +219,7 @@ def plot_systems(
 ) -> None:
     """Scores per chain; CV accuracy (multi-label: lwlrap) per iteration; trusted clips,
     precision and recall."""
+    # matplotlib: only the systems plot needs it
     import matplotlib
     import matplotlib.pyplot as plt
     import matplotlib.ticker

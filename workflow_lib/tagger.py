@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -29,8 +30,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import soundfile as sf
+import yaml
 
+from .audio import CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT, load_clipped, probe
 from .bundle import BUNDLE_FILES, tagger_settings
+from .config import resolve_settings
+from .io import write_csv
+from .spectrograms import V1_HOP, V2_HOP, compute_spectrogram, fix_length
 from .tagger_spec import Backend, TaggerSpec, TaggingError, bundle_backend, torch_backend, torch_device
 
 log = logging.getLogger(__name__)
@@ -60,10 +66,6 @@ FAILED_STATUS = {"skipped_missing": "missing", "skipped_undecodable": "undecodab
 
 def settings_from_config(configfile: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Resolve config.yaml with ``KEY=VALUE`` overrides (as ``snakemake --config`` takes them)."""
-    import yaml
-
-    from .config import resolve_settings
-
     if not Path(configfile).is_file():
         raise TaggingError(
             f"{configfile} not found: run from the workflow's folder or pass "
@@ -147,9 +149,6 @@ def _write_window(item: Item, folder: str) -> Path:
 
 def prepare(item: Item, spec: TaggerSpec) -> Prepared:
     """The training preprocessing of one file or window; never raises for bad audio."""
-    from .audio import load_clipped
-    from .spectrograms import compute_spectrogram, fix_length
-
     path = item.path
     if path.exists() and not os.access(path, os.R_OK):
         return Prepared(item, "unreadable", "", "permission denied")
@@ -306,8 +305,6 @@ def _checked_outputs(outputs: np.ndarray, rows: int, spec: TaggerSpec) -> np.nda
 
 def _spawn():
     """Worker processes start fresh: forking a process that holds torch's thread pools hangs."""
-    import multiprocessing
-
     return multiprocessing.get_context("spawn")
 
 
@@ -323,8 +320,6 @@ LONG_FILE_SECONDS = 60.0
 def excerpt_seconds(spec: TaggerSpec) -> float:
     """The seconds ``spec.frames`` spectrogram frames span, for the version with the shortest
     hop (version 2: 128 samples; version 1: 192): every sample of such an excerpt decides."""
-    from .spectrograms import V1_HOP, V2_HOP
-
     hop = min({1: V1_HOP, 2: V2_HOP}[v] for v in spec.versions)
     return spec.frames * hop / spec.sample_rate
 
@@ -363,8 +358,6 @@ def pool_excerpts(
     hold sound (over all tagged ones when none does: a silent recording is still tagged), and
     its ``detail`` says so; a file none of whose excerpts could be tagged keeps the first
     excerpt's status."""
-    from .audio import CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT
-
     rows, pooled = [], np.full((len(groups), probs.shape[1]), np.nan)
     for row, group in enumerate(groups):
         first = prepared[group.start]
@@ -424,8 +417,6 @@ def timeline_items(
     hop: float,
 ) -> tuple[list[Item], list[Prepared]]:
     """Window items of every readable file, and a failed row for each file that is not."""
-    from .audio import probe
-
     items, failed = [], []
     for path in files:
         if path.exists() and not os.access(path, os.R_OK):
@@ -442,6 +433,7 @@ def timeline_items(
 
 def timeline_plot(frame: pd.DataFrame, classes: Sequence[str], probs: np.ndarray, out: Path) -> None:
     """Class posteriors over time (one panel per file); windows that failed are left blank."""
+    # matplotlib: only --timeline with a plot draws
     from .plots import plt, save_figure
 
     files = list(dict.fromkeys(frame["fname"]))
@@ -628,6 +620,7 @@ def open_tagger(o: TagOptions) -> tuple[TaggerSpec, Backend, int]:
         kind = o.backend if o.backend != "auto" else _default_bundle_backend()
         log.info("bundle %s, %s backend", o.bundle, kind)
         return spec, bundle_backend(o.bundle, spec, kind, o.device), 32
+    # export imports torch: tagging with a bundle (ONNX) must not pay for it
     from .export import run_tagger
 
     settings = settings_from_config(o.configfile or Path("config.yaml"), o.config)
@@ -645,7 +638,7 @@ def open_tagger(o: TagOptions) -> tuple[TaggerSpec, Backend, int]:
 def _default_bundle_backend() -> str:
     """TorchScript when torch is installed (GPU-capable), else ONNX."""
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401 - whether torch imports is the question asked here
     except ImportError:
         return "onnx"
     return "torchscript"
@@ -667,8 +660,6 @@ def _input_files(o: TagOptions, folder: Path) -> tuple[list[Path], dict[str, str
 
 def run_tag(o: TagOptions) -> int:
     """The `tag` command: write the CSV (and timeline PNG); 1 when any item failed."""
-    from .io import write_csv
-
     check_options(o)
     spec, backend, default_batch = open_tagger(o)
     threshold = label_threshold(o, spec)

@@ -91,6 +91,7 @@ def bundle_backend(bundle: Path, spec: TaggerSpec, kind: str, device: str) -> Ba
         raise TaggingError(f"{path} is missing: the bundle has no {kind} file")
     if kind == "onnx":
         return _onnx_backend(path, spec, device)
+    # torch: not at module level, so the ONNX backend runs without it
     import torch
 
     target = torch_device(device)
@@ -105,6 +106,7 @@ def bundle_backend(bundle: Path, spec: TaggerSpec, kind: str, device: str) -> Ba
 
 def _onnx_backend(path: Path, spec: TaggerSpec, device: str) -> Backend:
     try:
+        # onnxruntime: only the ONNX backend needs it; its absence gets a clear message
         import onnxruntime
     except ImportError:
         raise TaggingError(
@@ -141,6 +143,7 @@ def _onnx_backend(path: Path, spec: TaggerSpec, device: str) -> Backend:
 
 def torch_device(device: str):
     """The torch device ``--device`` names (auto: CUDA when torch sees one)."""
+    # torch: not at module level, so the ONNX backend runs without it
     import torch
 
     if device == "auto":
@@ -152,6 +155,7 @@ def torch_device(device: str):
 
 def torch_backend(module, device) -> Backend:
     """Run a torch module (eager or TorchScript) taking one tensor per version."""
+    # torch: not at module level, so the ONNX backend runs without it
     import torch
 
     def run(inputs: list[np.ndarray]) -> np.ndarray:
