@@ -515,19 +515,7 @@ def fuse_job(
     stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes) for t in tests])
     if method == "learned":
         valids = [pd.read_csv(valid_csvs[p], dtype={"fname": str, "label": str}) for p in presets]
-        order = valids[0]["fname"]
-        valid_stack = np.stack(
-            [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
-        )
-        targets = fusion_targets(valids[0]["label"], classes, multi_label)
-        weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr, multi_label=multi_label)
-        fused = apply_learned_fusion(stack, weights, bias, multi_label)
-        table = pd.DataFrame(
-            {
-                "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
-                "value": np.concatenate([weights, bias]),
-            }
-        )
+        fused, table = _learned_fusion(stack, valids, presets, classes, steps, lr, multi_label)
     else:
         fused = mean_fusion(stack)
         table = pd.DataFrame(
@@ -540,21 +528,60 @@ def fuse_job(
     write_csv(probability_frame(fnames, fused, classes), out_probs)
     answers = submission(fnames, fused, classes, multi_label)
     if test_manifest is not None:
-        status = submission_status(read_csv_str(test_manifest), set(fnames))
-        answers = status[["fname"]].merge(answers, on="fname", how="left")
-        if not multi_label:  # 2019 format: an unpredicted clip's posteriors stay empty
-            answers = answers.fillna({"label": ""})
-        unpredicted = status[status["status"] != "predicted"]
-        if len(unpredicted):
-            log.warning(
-                "%d of %d test clip(s) could not be predicted: empty rows in the submission, reasons in %s",
-                len(unpredicted),
-                len(status),
-                out_status,
-            )
-        if out_status is not None:
-            write_csv(status, out_status)
+        answers = _every_listed_clip(answers, set(fnames), test_manifest, out_status, multi_label)
     write_csv(answers, out_submission)
+
+
+def _learned_fusion(
+    stack: np.ndarray,
+    valids: list[pd.DataFrame],
+    presets: list[str],
+    classes: list[str],
+    steps: int,
+    lr: float,
+    multi_label: bool,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """(fused test posteriors, the parameter table): weights and biases fitted on the presets'
+    out-of-fold validation posteriors (``valids``), clips none of the fold models trained on."""
+    order = valids[0]["fname"]
+    valid_stack = np.stack(
+        [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
+    )
+    targets = fusion_targets(valids[0]["label"], classes, multi_label)
+    weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr, multi_label=multi_label)
+    table = pd.DataFrame(
+        {
+            "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
+            "value": np.concatenate([weights, bias]),
+        }
+    )
+    return apply_learned_fusion(stack, weights, bias, multi_label), table
+
+
+def _every_listed_clip(
+    answers: pd.DataFrame,
+    predicted: set[str],
+    test_manifest: Path,
+    out_status: Path | None,
+    multi_label: bool,
+) -> pd.DataFrame:
+    """The submission with a row for every listed test clip, empty where it could not be
+    predicted (a challenge submission names every clip); writes why per clip to ``out_status``."""
+    status = submission_status(read_csv_str(test_manifest), predicted)
+    answers = status[["fname"]].merge(answers, on="fname", how="left")
+    if not multi_label:  # 2019 format: an unpredicted clip's posteriors stay empty
+        answers = answers.fillna({"label": ""})
+    unpredicted = status[status["status"] != "predicted"]
+    if len(unpredicted):
+        log.warning(
+            "%d of %d test clip(s) could not be predicted: empty rows in the submission, reasons in %s",
+            len(unpredicted),
+            len(status),
+            out_status,
+        )
+    if out_status is not None:
+        write_csv(status, out_status)
+    return answers
 
 
 def usable_test_clips(test_manifest: Path | None) -> pd.Series | None:
