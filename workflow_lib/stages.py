@@ -351,43 +351,7 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     policy = PolicySettings.from_mapping(job.policy)
     classes = read_classes(job.classes_csv)
     folds = read_csv_str(job.folds_csv)
-    store = SpectrogramStore.open(job.manifest_csv)
-    models = trust_models(job.model_paths, choice.device, multi_label)
-    embeddings = policy.name in NEEDS_EMBEDDINGS
-
-    def parts(verified: str) -> tuple[dict, dict]:
-        clips = {
-            k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == verified)].reset_index(
-                drop=True
-            )
-            for k in job.model_paths
-        }
-        banks = {
-            k: ClipBank.from_store(store, list(c["fname"]), job.frames, choice.device)
-            for k, c in clips.items()
-        }
-        return clips, banks
-
-    unverified, banks = parts("0")
-    judged = judge_folds(
-        models,
-        banks,
-        unverified,
-        job.settings,
-        np.random.default_rng(job.settings.seed),
-        "given_label",
-        embeddings,
-    )
-    verified, valid_banks = parts("1")
-    reference = judge_folds(
-        models,
-        valid_banks,
-        verified,
-        job.settings,
-        np.random.default_rng([job.settings.seed, 1]),
-        "label",
-        embeddings,
-    )
+    judged, reference = _judge_held_out(job, folds, choice.device, policy.name in NEEDS_EMBEDDINGS)
     for clips in (judged, reference):
         if clips.posteriors.shape[1] == 0:
             clips.posteriors = np.zeros((len(clips.table), len(classes)))
@@ -417,6 +381,40 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
         )
     choice.release()
     return decisions
+
+
+def _judge_held_out(
+    job: TrustJob, folds: pd.DataFrame, device: torch.device, embeddings: bool
+) -> tuple[Clips, Clips]:
+    """(judged, reference): every fold model's posteriors (and embeddings, for the policies
+    that need them) of its held-out unverified clips, the ones to judge, and of its held-out
+    verified clips, the reference some policies calibrate on. Each set has its own random
+    stream (``seed``, ``[seed, 1]``): judging the reference does not shift the judgement."""
+    store = SpectrogramStore.open(job.manifest_csv)
+    models = trust_models(job.model_paths, device, job.settings.multi_label)
+
+    def held_out(verified: str) -> tuple[dict[int, pd.DataFrame], dict[int, ClipBank]]:
+        clips = {
+            k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == verified)].reset_index(
+                drop=True
+            )
+            for k in job.model_paths
+        }
+        banks = {
+            k: ClipBank.from_store(store, list(c["fname"]), job.frames, device) for k, c in clips.items()
+        }
+        return clips, banks
+
+    seed = job.settings.seed
+    unverified, banks = held_out("0")
+    judged = judge_folds(
+        models, banks, unverified, job.settings, np.random.default_rng(seed), "given_label", embeddings
+    )
+    verified, valid_banks = held_out("1")
+    reference = judge_folds(
+        models, valid_banks, verified, job.settings, np.random.default_rng([seed, 1]), "label", embeddings
+    )
+    return judged, reference
 
 
 def write_test_posteriors(
