@@ -37,7 +37,14 @@ try:
     from workflow_lib.choice import chooses_by_cv
     from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, split_fingerprints
-    from workflow_lib.layout import TRUST_FILES, Layout, overlong_values, spec_files, systems_spec
+    from workflow_lib.layout import (
+        MODEL_FILES,
+        TRUST_FILES,
+        Layout,
+        overlong_values,
+        spec_files,
+        systems_spec,
+    )
     from workflow_lib.shards import listed_file_counts, resolve_shards
 finally:
     sys.path.remove(REPO)

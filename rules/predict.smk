@@ -120,7 +120,9 @@ rule summary:
     input:
         selections=lambda wildcards: [L.selection(wildcards.chain, p) for p in PRESETS],
         self_verify=lambda wildcards: [
-            L.trust_file(wildcards.chain, p, i, "per_class.csv") for p in PRESETS for i in ITERATIONS[:-1]
+            L.trust_file(wildcards.chain, p, i, TRUST_FILES["per_class"])
+            for p in PRESETS
+            for i in ITERATIONS[:-1]
         ],
         scores=L.evaluation("{chain}", "summary.csv"),
         status=L.submission_status("{chain}"),

@@ -11,7 +11,7 @@ rule self_verify:
         ],
         train=L.data("train.csv"),
     output:
-        **{name.split(".")[0]: L.trust_file("{chain}", "{preset}", "{it}", name) for name in TRUST_FILES},
+        **{role: L.trust_file("{chain}", "{preset}", "{it}", name) for role, name in TRUST_FILES.items()},
     log:
         L.log("self_verify/{chain}/{preset}_it{it}"),
     benchmark:

@@ -42,8 +42,8 @@ rule train_initial:
         unpack(training_inputs),
         train_list=L.initial_list("{start}"),
     output:
-        best=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/best.pt",
-        history=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/history.csv",
+        best=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/{MODEL_FILES['best']}",
+        history=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/{MODEL_FILES['history']}",
     log:
         L.log("train/{start}/{preset}_fold{fold}_it0"),
     benchmark:
@@ -75,8 +75,8 @@ rule fine_tune:
             wildcards.chain, wildcards.preset, wildcards.fold, int(wildcards.it) - 1
         ),
     output:
-        best=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/best.pt",
-        history=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/history.csv",
+        best=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/{MODEL_FILES['best']}",
+        history=f"{L.fine_tuned_dir('{chain}', '{preset}', '{fold}', '{it}')}/{MODEL_FILES['history']}",
     log:
         L.log("train/{chain}/{preset}_fold{fold}_it{it}"),
     benchmark:

@@ -16,9 +16,9 @@ import torch
 
 from workflow_lib.errors import UserError
 from workflow_lib.io import write_csv, write_npy
-from workflow_lib.model import build_model
+from workflow_lib.model import build_model, load_model
 from workflow_lib.preprocess import MANIFEST_COLUMNS, SpectrogramStore
-from workflow_lib.stages import evaluate_job, fuse_job, load_model
+from workflow_lib.stages import evaluate_job, fuse_job
 from workflow_lib.training import load_checkpoint
 
 CLASSES = ["a", "b"]

@@ -265,7 +265,7 @@ def test_out_of_fold_posteriors_are_kept(run):
     """posteriors.csv: every judged clip once, fname, fold, given label, one column per class
     summing to 1; the decisions' posteriors are read from it; identical for the chains that
     share iteration 0 (same models, same excerpt seed)."""
-    from workflow_lib.stages import read_classes
+    from workflow_lib.dataset import read_classes
 
     results = run["results"]
     classes = read_classes(results / "data/classes.csv")
@@ -363,9 +363,10 @@ def test_decisions_come_from_the_own_fold_models(run):
 
     from workflow_lib.config import derive_seed
     from workflow_lib.data import ClipBank
+    from workflow_lib.dataset import read_classes
+    from workflow_lib.model import load_model
     from workflow_lib.preprocess import SpectrogramStore
     from workflow_lib.self_verify import SelfVerifySettings, self_verify
-    from workflow_lib.stages import load_model, read_classes
 
     torch.set_num_threads(1)
     results = run["results"]
@@ -502,8 +503,8 @@ def test_chains_train_on_what_they_claim(run):
 def test_systems_table_matches_its_sources(run):
     """Each row's CV figure is its selection row; test scores recomputed from its posteriors;
     chains with the same start share iteration 0."""
+    from workflow_lib.dataset import read_classes
     from workflow_lib.metrics import accuracy, map_at_3
-    from workflow_lib.stages import read_classes
 
     results = run["results"]
     systems = pd.read_csv(run["out"] / "systems.csv").set_index("system")

@@ -27,7 +27,7 @@ from workflow_lib.errors import UserError
 from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.labels import multi_hot
 from workflow_lib.metrics import lwlrap, map_at_3
-from workflow_lib.model import build_model
+from workflow_lib.model import build_model, load_model
 from workflow_lib.preprocess import MANIFEST_COLUMNS, merge_manifests, write_shard
 from workflow_lib.selection import best_epoch_row, selection_table
 from workflow_lib.stages import (
@@ -35,7 +35,6 @@ from workflow_lib.stages import (
     fingerprint,
     initial_list_job,
     load_fold_models,
-    load_model,
     predict_job,
     run_training_job,
     training_sets,

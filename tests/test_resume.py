@@ -29,9 +29,10 @@ import torch
 import yaml
 
 from workflow_lib.config import fit_settings, resolve_settings
+from workflow_lib.dataset import read_classes
 from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.preprocess import MANIFEST_COLUMNS, merge_manifests, write_shard
-from workflow_lib.stages import TrainingJob, fingerprint, read_classes, training_sets
+from workflow_lib.stages import TrainingJob, fingerprint, training_sets
 from workflow_lib.training import HISTORY_COLUMNS, FitSettings
 
 from conftest import REPO

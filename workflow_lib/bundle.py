@@ -41,6 +41,7 @@ class BundleError(UserError):
 
 def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The part of the resolved workflow settings a tagger needs (JSON-able)."""
+    # numpy and pandas (choice, config): the Snakefile imports this module at start, see above
     from .choice import chooses_by_cv
     from .config import is_multi_label  # resolved settings come from there anyway
 
@@ -87,6 +88,7 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
 
 def write_manifest(folder: Path) -> None:
     """The checksum of every other bundle file, written last by the export."""
+    # numpy and pandas (io): only the export writes a manifest
     from .io import write_text
 
     names = [name for role, name in BUNDLE_FILES.items() if role != "manifest"]
@@ -135,6 +137,7 @@ def _refuse_constant(name: str) -> float:
 
 def read_bundle_settings(path: Path) -> dict[str, Any]:
     """preprocessing.json, checked field by field (schema, SoX allowlist, inputs vs versions)."""
+    # jsonschema, yaml, soundfile: only reading a bundle needs them, not the Snakefile's start
     import jsonschema
     import yaml
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .io import write_csv
 from .selection import LWLRAP, choose, criterion
 
 #: Values of the config key chain_choice.
@@ -151,8 +152,6 @@ def choose_chain_job(
     """results/chosen/: ``choice.csv`` (one row, :data:`CHOICE_COLUMNS`), ``chains.csv`` (per
     chain its CV figures, ``near_tie``, ``picked``) and ``summary.csv`` (the picked chain's
     summary.csv, copied after the pick: its test figures are reported, never compared)."""
-    from .io import write_csv
-
     choice, per_chain = pick_chain(cv_rows(selections), tolerance)
     out_dir = Path(out_dir)
     write_csv(pd.DataFrame([choice], columns=list(CHOICE_COLUMNS)), out_dir / "choice.csv")

@@ -13,8 +13,20 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from . import __version__
+from .choice import choose_chain_job, read_choice
+from .dataset import class_table, validate_test, validate_train
+from .demo import generate_demo_dataset, generate_multilabel_demo_dataset
 from .errors import UserError
+from .io import read_csv_str, write_csv
+from .layout import Layout
+from .preprocess import merge_manifests as merge_manifest_files
+from .preprocess import shard_clips, write_shard_files
+from .report_tables import results_page
+from .selection import best_epoch_row, selection_note, selection_table
+from .systems import systems_job
 
 log = logging.getLogger("workflow_lib")
 
@@ -54,8 +66,6 @@ def iteration_fold_paths(pairs: Sequence[str]) -> dict[tuple[int, int], Path]:
 
 @command("demo-data", arg("--out", type=Path, required=True), JSON)
 def demo_data(args: argparse.Namespace) -> None:
-    from .demo import generate_demo_dataset, generate_multilabel_demo_dataset
-
     settings = dict(args.settings)
     if settings.pop("multi_label", False):  # dataset.layout fsdkaggle2019: pairs of sounds
         summary = generate_multilabel_demo_dataset(args.out, settings)
@@ -84,9 +94,6 @@ def _log_problems(problems) -> None:
 )
 def validate(args: argparse.Namespace) -> None:
     """The training split: train.csv, classes.csv and its problems (train_problems.csv)."""
-    from .dataset import class_table, validate_train
-    from .io import write_csv
-
     train, problems = validate_train(args.root, args.settings, args.folds)
     _log_problems(problems)
     write_csv(problems.frame(), args.out_dir / "train_problems.csv")
@@ -106,11 +113,6 @@ def validate(args: argparse.Namespace) -> None:
 )
 def validate_test_split(args: argparse.Namespace) -> None:
     """The test split: test.csv, and problems.csv = the training split's problems + its own."""
-    import pandas as pd
-
-    from .dataset import validate_test
-    from .io import read_csv_str, write_csv
-
     test, problems = validate_test(args.root, args.settings, list(read_csv_str(args.classes)["label"]))
     _log_problems(problems)
     every = pd.concat([read_csv_str(args.train_problems), problems.frame().astype(str)], ignore_index=True)
@@ -130,10 +132,7 @@ def validate_test_split(args: argparse.Namespace) -> None:
     JSON,
 )
 def preprocess_shard(args: argparse.Namespace) -> None:
-    from .io import read_csv_str
-    from .preprocess import shard_clips, write_shard_files
-
-    stem = {v: args.out_dir / f"v{v}" / args.split / f"shard{args.shard}" for v in args.versions}
+    stem = {v: Path(Layout.shard_stem(args.out_dir, v, args.split, args.shard)) for v in args.versions}
     clips = shard_clips(
         read_csv_str(args.listing),
         args.shard,
@@ -162,9 +161,7 @@ def preprocess_shard(args: argparse.Namespace) -> None:
 
 @command("merge-manifests", arg("--out", type=Path, required=True), arg("shards", type=Path, nargs="+"))
 def merge_manifests(args: argparse.Namespace) -> None:
-    from .preprocess import merge_manifests as merge
-
-    merged = merge(args.shards, args.out)
+    merged = merge_manifest_files(args.shards, args.out)
     log.info("%s: %d files, statuses %s", args.out, len(merged), merged["status"].value_counts().to_dict())
 
 
@@ -176,6 +173,7 @@ def merge_manifests(args: argparse.Namespace) -> None:
     arg("--seed", type=int, required=True),
 )
 def folds(args: argparse.Namespace) -> None:
+    # stages imports torch: only the commands that run a job load it
     from .stages import folds_job
 
     table = folds_job(args.manifest, args.out, args.folds, args.seed)
@@ -197,7 +195,7 @@ def folds(args: argparse.Namespace) -> None:
 )
 def train(args: argparse.Namespace) -> None:
     """Train one fold model (initial training, or fine-tuning with --train-list and --init)."""
-    from .selection import best_epoch_row
+    # stages and training import torch: only the commands that run a job load it
     from .stages import TrainingJob, run_training_job
     from .training import CheckpointPolicy, FitSettings, RunOptions
 
@@ -249,6 +247,7 @@ def fold_paths(pairs: list[str]) -> dict[int, Path]:
 )
 def initial_list(args: argparse.Namespace) -> None:
     """train.csv layout naming the clips iteration 0 trains on (all, the verified, or the unverified ones)."""
+    # stages imports torch: only the commands that run a job load it
     from .stages import initial_list_job
 
     table = initial_list_job(args.folds, args.out, args.start)
@@ -268,6 +267,7 @@ def initial_list(args: argparse.Namespace) -> None:
 )
 def self_verify(args: argparse.Namespace) -> None:
     """Judge the held-out unverified clips with their fold's model; apply the chain's policy."""
+    # self_verify and stages import torch: only the commands that run a job load it
     from .self_verify import SelfVerifySettings
     from .stages import TrustJob, self_verify_job
 
@@ -322,9 +322,6 @@ def self_verify(args: argparse.Namespace) -> None:
 def select(args: argparse.Namespace) -> None:
     """Pick the iteration with the lowest mean verified validation loss (multi-label: the highest
     mean lwlrap; near-tie rule)."""
-    from .io import write_csv
-    from .selection import selection_note, selection_table
-
     table = selection_table(iteration_fold_paths(args.histories), args.tolerance)
     if selection_note(table):
         log.warning("%s (%s)", selection_note(table), args.out)
@@ -361,6 +358,7 @@ def select(args: argparse.Namespace) -> None:
 )
 def predict(args: argparse.Namespace) -> None:
     """Posteriors of the chosen iteration's fold models (test clips and out-of-fold)."""
+    # stages imports torch: only the commands that run a job load it
     from .stages import predict_job
 
     s = args.settings
@@ -396,6 +394,7 @@ def predict(args: argparse.Namespace) -> None:
 )
 def fuse(args: argparse.Namespace) -> None:
     """Fuse the presets' posteriors; write the submission."""
+    # stages imports torch: only the commands that run a job load it
     from .stages import fuse_job
 
     def pairs(items):
@@ -429,6 +428,7 @@ def fuse(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     """Accuracy and MAP@3 (multi-label: lwlrap, P/R/F1) per system and set; per-class report
     and (single-label) confusion of the fusion."""
+    # stages imports torch: only the commands that run a job load it
     from .stages import evaluate_job
 
     systems = {k: Path(v) for k, v in (item.split("=", 1) for item in args.systems)}
@@ -449,6 +449,7 @@ def evaluate(args: argparse.Namespace) -> None:
 )
 def summary(args: argparse.Namespace) -> None:
     """results/summary.csv: one row per preset, the table to compare with the paper."""
+    # stages imports torch: only the commands that run a job load it
     from .stages import summary_job
 
     table = summary_job(
@@ -474,8 +475,7 @@ def summary(args: argparse.Namespace) -> None:
 )
 def plot_training(args: argparse.Namespace) -> None:
     """Training curves and self-verified counts of one preset."""
-    import pandas as pd
-
+    # matplotlib: only the plot commands load it
     from .plots import self_verified_counts, training_curves
 
     histories: dict[int, list[Path]] = {}
@@ -499,8 +499,7 @@ def plot_training(args: argparse.Namespace) -> None:
 )
 def plot_evaluation(args: argparse.Namespace) -> None:
     """Confusion matrix (single-label) and per-class scores of the fused system."""
-    import pandas as pd
-
+    # matplotlib: only the plot commands load it
     from .plots import confusion_matrix_plot, per_class_plot
 
     if (args.confusion is None) != (args.out_confusion is None):
@@ -518,8 +517,6 @@ def plot_evaluation(args: argparse.Namespace) -> None:
 )
 def report_tables(args: argparse.Namespace) -> None:
     """The run's result tables as one HTML page, first in the Snakemake report."""
-    from .report_tables import results_page
-
     tables = [("Summary: one row per preset and the fusion", args.summary)]
     if args.systems is not None:
         tables.append(("Chains: one row per chain and preset", args.systems))
@@ -540,11 +537,6 @@ def report_tables(args: argparse.Namespace) -> None:
 )
 def systems(args: argparse.Namespace) -> None:
     """One row per chain, one per chain and iteration, and their plot."""
-    import pandas as pd
-
-    from .choice import read_choice
-    from .systems import systems_job
-
     table = systems_job(
         args.spec,
         args.test,
@@ -573,8 +565,6 @@ def systems(args: argparse.Namespace) -> None:
 )
 def choose_chain(args: argparse.Namespace) -> None:
     """chain_choice: cv: pick the chain by its verified validation clips (results/chosen/)."""
-    from .choice import choose_chain_job
-
     choice = choose_chain_job(args.spec["selections"], args.spec["summaries"], args.tolerance, args.out_dir)
     log.info(
         "chain picked by cross-validation: %s (%s %.4f; runner-up %s, margin %.4f): %s",
@@ -645,6 +635,7 @@ def choose_chain(args: argparse.Namespace) -> None:
 )
 def tag(args: argparse.Namespace) -> int:
     """Tag audio files with the trained system; exit 1 when any file could not be tagged."""
+    # the tagger's librosa and madmom: only the tag command loads them
     from .tagger import TagOptions, run_tag
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "function")}
@@ -656,6 +647,7 @@ def tag(args: argparse.Namespace) -> int:
 )
 def export(args: argparse.Namespace) -> None:
     """Write the fused tagger (TorchScript, ONNX), classes, settings and model card."""
+    # export imports torch and onnx: only the export command loads them
     from .export import export_bundle
 
     worst = export_bundle(args.results, args.settings, args.out_dir)

@@ -8,6 +8,7 @@ out-of-range value stops the run with one readable sentence instead of a traceba
 from __future__ import annotations
 
 import copy
+import json
 import math
 import zlib
 from collections.abc import Mapping
@@ -17,9 +18,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .audio import sox_effects_problems
 from .dataset_layouts import LAYOUT_KEYS, train_listing_keys
 from .dataset_layouts import is_multi_label as layout_is_multi_label
 from .errors import UserError
+from .io import write_json
+from .policies import CORRECTABLE, MULTI_LABEL_POLICIES, POLICY_PARAMETERS
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -112,8 +116,6 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
     demo = settings["demo_data"]
     if demo["min_seconds"] > demo["max_seconds"]:
         problems.append("config key demo_data.min_seconds: must not exceed demo_data.max_seconds")
-    from .audio import sox_effects_problems  # the allowlist exported bundles are checked with
-
     problems += [
         f"config key preprocessing.sox_effects: {p}"
         for p in sox_effects_problems(settings["preprocessing"]["sox_effects"])
@@ -155,8 +157,6 @@ CHAIN_COMMON_KEYS = {
 
 def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
     """Each chain sets only keys its policy reads (a setting is never silently ignored)."""
-    from .policies import CORRECTABLE, POLICY_PARAMETERS
-
     problems = []
     chains = settings["chains"]
     unknown = [c for c in settings["run_chains"] if c not in chains]
@@ -188,8 +188,6 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
 def _multi_label_chain_checks(chains: Mapping[str, Any], run: list[str]) -> list[str]:
     """In multi-label mode (dataset.layout fsdkaggle2019) a run chain's policy must judge
     labels one by one (policies.MULTI_LABEL_POLICIES); chains defined but not run are free."""
-    from .policies import MULTI_LABEL_POLICIES
-
     problems = []
     for name in run:
         policy = chains[name]["policy"]
@@ -214,8 +212,6 @@ def chain_policy(settings: Mapping[str, Any], chain: str) -> dict[str, Any]:
     (method.self_verification), so the chain ``self_verification`` is the paper's rule with the
     run preset's values.
     """
-    from .policies import POLICY_PARAMETERS
-
     spec = settings["chains"][chain]
     sv = settings["method"]["self_verification"]
     policy = {
@@ -424,8 +420,6 @@ def check_run_identity(results: Path, identity: Mapping[str, str]) -> None:
     record = Path(results) / RUN_RECORD
     if not record.is_file():
         return
-    import json
-
     earlier = json.loads(record.read_text())
     differs = [k for k in identity if earlier.get(k) != identity[k]]
     if differs:
@@ -440,8 +434,6 @@ def check_run_identity(results: Path, identity: Mapping[str, str]) -> None:
 
 def record_run_identity(results: Path, identity: Mapping[str, str]) -> None:
     """Write results/run.json (once; :func:`check_run_identity` compares later runs with it)."""
-    from .io import write_json
-
     record = Path(results) / RUN_RECORD
     if not record.is_file():
         write_json(dict(identity), record)

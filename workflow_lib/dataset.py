@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import soundfile as sf
 
 from .dataset_layouts import is_multi_label
 from .errors import UserError
@@ -270,8 +271,6 @@ def read_train_2019(
 
 def _is_audio(path: Path) -> bool:
     """Decodable by libsndfile (the decoder the workflow uses)."""
-    import soundfile as sf
-
     try:
         sf.info(str(path))
     except Exception:  # noqa: BLE001 - any failure means "not audio we can read"
@@ -536,3 +535,10 @@ def class_table(train: pd.DataFrame) -> pd.DataFrame:
     table["n_unverified"] = table["n_train"] - table["n_verified"]
     table.insert(0, "index", range(len(table)))
     return table.astype({"n_verified": int, "n_unverified": int})
+
+
+def read_classes(classes_csv: Path) -> list[str]:
+    """The class list, in index order (sorted labels of train.csv): the order of every
+    network's outputs and of every posterior table's columns."""
+    table = read_csv_str(classes_csv)
+    return list(table.sort_values("index", key=lambda s: s.astype(int))["label"])

@@ -22,6 +22,7 @@ import pandas as pd
 import soundfile as sf
 
 from .io import atomic_path, write_csv, write_json
+from .mixtures import MixtureSettings, write_mixture_dataset
 from .noisy_dataset import corrupt_labels
 
 Generator = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
@@ -197,8 +198,6 @@ def generate_multilabel_demo_dataset(out_dir: Path, settings: Mapping[str, Any])
     mixtures (curated: ``verified_fraction``; one label wrong in ``noise_rate`` of the noisy
     ones) and likewise for the test. Each source is synthesised when mixed, from its own seed.
     """
-    from .mixtures import MixtureSettings, write_mixture_dataset
-
     classes = list(SOUND_CLASSES)[: settings["n_classes"]]
     n_train, n_test = 2 * settings["train_clips_per_class"], 2 * settings["test_clips_per_class"]
     labels = np.repeat(classes, n_train + n_test)

@@ -214,7 +214,7 @@ class DeviceChoice:
 
 def _cpu_choice(cpu_threads: int, why: str) -> DeviceChoice:
     """Use the CPU with exactly the threads Snakemake gave this job (no oversubscription)."""
-    import torch
+    import torch  # here, not at module level: claim_gpu works without torch (see above)
 
     torch.set_num_threads(cpu_threads)
     return DeviceChoice("cpu", None, f"{why}, {cpu_threads} thread(s)")
@@ -222,7 +222,7 @@ def _cpu_choice(cpu_threads: int, why: str) -> DeviceChoice:
 
 def _cuda_choice(lock_dir: Path, claim_timeout_s: float, jobs_per_gpu: int) -> DeviceChoice:
     """Use the scheduler's GPU if it picked one, else claim a free slot through a lock."""
-    import torch
+    import torch  # here, not at module level: claim_gpu works without torch (see above)
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -249,7 +249,7 @@ def select_device(
     days on the CPU. On CPU, torch is limited to ``cpu_threads`` threads. ``jobs_per_gpu``:
     slots per GPU (None: from WORKFLOW_JOBS_PER_GPU, default 1).
     """
-    import torch
+    import torch  # here, not at module level: claim_gpu works without torch (see above)
 
     mode = requested.strip().lower()
     if mode not in VALID_REQUESTS:

@@ -100,6 +100,7 @@ def multi_label_class_table(truth: np.ndarray, probs: np.ndarray, classes: Seque
     """Per class: precision, recall, F1 of the labels at :data:`THRESHOLD`, support (clips
     that carry the class), lwlrap of the class (NaN without support) and ``lwlrap_weight``
     (its share of all true labels: the overall lwlrap is the weighted sum)."""
+    # scikit-learn: a 1 s import, paid only where these scores are computed
     from sklearn.metrics import precision_recall_fscore_support
 
     precision, recall, f1, support = precision_recall_fscore_support(

@@ -24,14 +24,14 @@ from torch import nn
 
 from .bundle import BUNDLE_FILES, write_manifest
 from .choice import read_choice
+from .dataset import read_classes
 from .errors import UserError
 from .fusion import fused_posteriors
 from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
 from .layout import Layout
-from .model import probabilities
+from .model import load_model, probabilities
 from .selection import chosen_iteration
-from .stages import load_model, read_classes
-from .tagger import TaggerSpec, TaggingError
+from .tagger_spec import TaggerSpec, TaggingError, bundle_backend
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,6 @@ def save_onnx(tagger: FusedTagger, spec: TaggerSpec, path: Path) -> None:
 def check_exported(tagger: FusedTagger, spec: TaggerSpec, bundle: Path, tolerance: float = 1e-4) -> float:
     """Largest posterior difference of TorchScript and ONNX from the eager tagger, on random
     inputs of another length than the export's; raises when it exceeds ``tolerance``."""
-    from .tagger import bundle_backend
-
     inputs = example_inputs(spec, batch=3, frames=spec.frames + 37, seed=1)
     with torch.no_grad():
         expected = tagger(*inputs).numpy()
@@ -258,18 +256,30 @@ def model_card(
             "workflow (docs/method.md). Tag with `sv-tag --bundle <this folder> FILES...`."
         ),
         "",
-        "## Data",
-        "",
-        f"- trained on: {dataset}",
-        *([f"- chain: {chain}"] if chain else []),
+        *_card_data(results, dataset, chain),
+        *_card_models(spec),
+        *_card_figures(summary or results / "summary.csv"),
     ]
+    return "\n".join(lines)
+
+
+def _card_data(results: Path, dataset: str, chain: str) -> list[str]:
+    """The card's data section: what the tagger was trained on (the count when the run's
+    training listing is still there)."""
+    lines = ["## Data", "", f"- trained on: {dataset}", *([f"- chain: {chain}"] if chain else [])]
     listing = results / "data" / "train.csv"
     if listing.is_file():
         train = read_csv_str(listing)
         lines.append(
             f"- training clips: {len(train)} ({int((train['verified'] == '1').sum())} manually verified)"
         )
-    lines += [
+    return lines
+
+
+def _card_models(spec: TaggerSpec) -> list[str]:
+    """The card's classes and models sections, and what goes in and comes out of the network:
+    what a user of the bundle needs to feed it."""
+    lines = [
         "",
         f"## Classes ({len(spec.classes)}, in output order)",
         "",
@@ -285,34 +295,37 @@ def model_card(
         f"{p['folds']} | {p['weight']:.4g} |"
         for p in spec.presets
     ]
+    output = (
+        "independent per-class probabilities (sigmoid; multi-label: a clip may carry any set of classes)."
+        if spec.multi_label
+        else "posteriors."
+    )
     lines += [
         "",
         (
             f"Fusion: {spec.fusion}. Input: per spectrogram version a (batch, 1, "
             f"{spec.n_bins}, time) float32 array, time length-fixed to {spec.frames} "
-            "frames (tiled, then cut) as in training; output: (batch, classes) "
-            + (
-                "independent per-class probabilities (sigmoid; multi-label: a clip may carry "
-                "any set of classes)."
-                if spec.multi_label
-                else "posteriors."
-            )
+            "frames (tiled, then cut) as in training; output: (batch, classes) " + output
         ),
         "Preprocessing settings: `preprocessing.json`.",
         "",
     ]
-    summary = summary or results / "summary.csv"
-    if summary.is_file():
-        table = pd.read_csv(summary, dtype={"preset": str})
-        lines += [
-            f"## Figures of the run ({summary.name} of the exported chain)",
-            "",
-            "CV = verified validation clips of the 4 folds; test = the labelled test set.",
-            "",
-            _markdown_table(table),
-            "",
-        ]
-    return "\n".join(lines)
+    return lines
+
+
+def _card_figures(summary: Path) -> list[str]:
+    """The card's figures section: the exported chain's summary table, when the run wrote one."""
+    if not summary.is_file():
+        return []
+    table = pd.read_csv(summary, dtype={"preset": str})
+    return [
+        f"## Figures of the run ({summary.name} of the exported chain)",
+        "",
+        "CV = verified validation clips of the 4 folds; test = the labelled test set.",
+        "",
+        _markdown_table(table),
+        "",
+    ]
 
 
 def _markdown_table(table: pd.DataFrame) -> str:

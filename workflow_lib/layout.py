@@ -25,8 +25,17 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-#: Files of a trust (self-verification) folder.
-TRUST_FILES = ("posteriors.csv", "valid_posteriors.csv", "decisions.csv", "per_class.csv", "train_list.csv")
+#: Files of a model folder (one fold model of one iteration), by role: what a training job
+#: writes there (``resume``: its checkpoint while it runs, removed when it ends).
+MODEL_FILES = {"best": "best.pt", "last": "last.pt", "history": "history.csv", "resume": "resume.pt"}
+#: Files of a trust (self-verification) folder, by role: what a self-verification job writes.
+TRUST_FILES = {
+    "posteriors": "posteriors.csv",
+    "valid_posteriors": "valid_posteriors.csv",
+    "decisions": "decisions.csv",
+    "per_class": "per_class.csv",
+    "train_list": "train_list.csv",
+}
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,14 @@ class Layout:
         return f"{self.root}/spectrograms/v{version}/{split}.csv"
 
     def spectrogram_shard(self, version: object, split: str, shard: object, ext: str) -> str:
-        """One preprocessing job's array (npy) or manifest (csv); cli preprocess-shard writes
-        ``<out-dir>/v{version}/{split}/shard{shard}.{ext}`` under results/spectrograms."""
-        return f"{self.root}/spectrograms/v{version}/{split}/shard{shard}.{ext}"
+        """One preprocessing job's array (npy) or manifest (csv)."""
+        return f"{self.shard_stem(f'{self.root}/spectrograms', version, split, shard)}.{ext}"
+
+    @staticmethod
+    def shard_stem(spectrograms_dir: object, version: object, split: str, shard: object) -> str:
+        """A shard's files without their ending, under ``spectrograms_dir`` (cli preprocess-shard
+        is given that folder as --out-dir and writes ``<stem>.npy`` and ``<stem>.csv``)."""
+        return f"{spectrograms_dir}/v{version}/{split}/shard{shard}"
 
     # iteration 0
     def initial_list(self, start: str) -> str:
@@ -84,10 +98,10 @@ class Layout:
         return "fine_tune" if folder.startswith("it") and folder[2:].isdigit() else "train_initial"
 
     def model_file(self, chain: str, preset: str, fold: object, iteration: int) -> str:
-        return f"{self.model_dir(chain, preset, fold, iteration)}/best.pt"
+        return f"{self.model_dir(chain, preset, fold, iteration)}/{MODEL_FILES['best']}"
 
     def history_file(self, chain: str, preset: str, fold: object, iteration: int) -> str:
-        return f"{self.model_dir(chain, preset, fold, iteration)}/history.csv"
+        return f"{self.model_dir(chain, preset, fold, iteration)}/{MODEL_FILES['history']}"
 
     def trust_dir(self, chain: str, preset: str, iteration: object) -> str:
         return f"{self.chain_dir(chain)}/trust/{preset}/it{iteration}"
@@ -99,7 +113,7 @@ class Layout:
         """The list iteration ``iteration + 1`` of a chain trains on (-1: iteration 0's)."""
         if int(iteration) < 0:
             return self.initial_list(self.starts[chain])
-        return self.trust_file(chain, preset, iteration, "train_list.csv")
+        return self.trust_file(chain, preset, iteration, TRUST_FILES["train_list"])
 
     def selection(self, chain: str, preset: str) -> str:
         return f"{self.chain_dir(chain)}/selection/{preset}.csv"
@@ -163,7 +177,7 @@ def systems_spec(
             "policy": policies[c],
             "selection": layout.selection(c, p),
             "test": layout.predictions(c, p),
-            "self_verify": {str(i): layout.trust_file(c, p, i, "per_class.csv") for i in judged},
+            "self_verify": {str(i): layout.trust_file(c, p, i, TRUST_FILES["per_class"]) for i in judged},
         }
         for c in chains
         for p in presets

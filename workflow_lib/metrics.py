@@ -43,6 +43,7 @@ def per_class_table(targets: np.ndarray, predicted: np.ndarray, classes: Sequenc
 
 def confusion_table(targets: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
     """Confusion matrix with true labels as rows (column ``true_label``) and predictions as columns."""
+    # scikit-learn: a 1 s import, paid only where these scores are computed
     from sklearn.metrics import confusion_matrix
 
     matrix = confusion_matrix(targets, predicted, labels=np.arange(len(classes)))

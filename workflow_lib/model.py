@@ -7,8 +7,13 @@ loss and by :func:`posteriors`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from .io import load_torch
+from .layout import Layout
 
 BN_MOMENTUM = 0.1  # docs/method.md; PyTorch's momentum has the same meaning as Lasagne's alpha
 BN_EPS = 1e-4  # Lasagne's BatchNormLayer default, which the original network used
@@ -118,3 +123,12 @@ def posteriors(model: nn.Module, spectrograms: torch.Tensor, multi_label: bool =
     """Class posteriors (:func:`probabilities` of the logits) in evaluation mode."""
     model.eval()
     return probabilities(model(spectrograms), multi_label)
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a saved network in evaluation mode; returns (model, metadata). Its outputs are
+    turned into probabilities with ``metadata.get("multi_label", False)``."""
+    saved = load_torch(path, rule=Layout.model_rule(path))
+    model = build_model(saved["width"], len(saved["classes"]), tuple(saved["dropout"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), saved

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
+from .labels import label_sets, multi_hot, split_labels
+
 log = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"
@@ -188,6 +190,7 @@ def fit_temperature(posteriors: np.ndarray, targets: np.ndarray) -> float:
     The averaged posteriors are treated as logits via their logarithm (p^(1/T), renormalised):
     T < 1 sharpens under-confident posteriors. 1.0 when there is nothing to fit on.
     """
+    # scipy.optimize: only the calibrating policies need it
     from scipy.optimize import minimize_scalar
 
     if len(targets) == 0:
@@ -268,6 +271,7 @@ def label_issues(labels: np.ndarray, posteriors: np.ndarray) -> np.ndarray:
     """cleanlab's default find_label_issues mask (True = the given label looks wrong)."""
     if len(labels) == 0:
         return np.zeros(0, bool)
+    # cleanlab (slow to import): only its own policy needs it
     from cleanlab.filter import find_label_issues
 
     probs = np.clip(posteriors, 1e-12, None)
@@ -281,6 +285,7 @@ def label_spreading(
     """Per fold, scikit-learn LabelSpreading (rbf) over unit-normalised embeddings: the fold's
     verified validation clips labelled, its judged clips unlabelled; trusted = the spread label
     equals the given one. Score = the spread distribution's mass on the trusted label."""
+    # scikit-learn (1 s import): only this policy needs it
     from sklearn.semi_supervised import LabelSpreading
 
     if reference is None or judged.embeddings is None or reference.embeddings is None:
@@ -495,8 +500,6 @@ def label_rows(judged: Clips, classes: Sequence[str], posteriors: np.ndarray) ->
     """One row per (judged clip, given label): fname, given_label (the whole set), fold,
     label, predicted_label (the set of classes whose sigmoid reaches 0.5), score (the
     label's averaged sigmoid in ``posteriors``)."""
-    from .labels import label_sets, split_labels
-
     index = {label: i for i, label in enumerate(classes)}
     given = judged.table["given_label"].to_numpy()
     clip, label = [], []
@@ -564,6 +567,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def fit_sigmoid_temperature(posteriors: np.ndarray, targets: np.ndarray) -> float:
     """Temperature T minimising the binary cross-entropy of sigmoid(logit(p) / T) against the
     0/1 targets of every (clip, class) of correctly labelled clips; 1.0 with nothing to fit."""
+    # scipy.optimize: only the calibrating policies need it
     from scipy.optimize import minimize_scalar
 
     if targets.size == 0:
@@ -590,8 +594,6 @@ def calibrated_sigmoids(
 ) -> tuple[np.ndarray, dict[int, float]]:
     """Judged sigmoids after per-fold temperature scaling fitted (BCE) on that fold's curated
     validation clips only; returns (calibrated posteriors, {fold: temperature})."""
-    from .labels import multi_hot
-
     overlap = set(judged.table["fname"]) & set(reference.table["fname"])
     if overlap:
         raise ValueError(f"calibration clips must not be judged clips: {sorted(overlap)[:3]}")
@@ -646,10 +648,9 @@ def ml_confident_learning(
 
 def multilabel_label_issues(cells: pd.Series, posteriors: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     """(n_clips, n_classes) mask: True where cleanlab finds class k wrongly annotated on clip i."""
-    from .labels import split_labels
-
     if len(cells) == 0:
         return np.zeros((0, len(classes)), bool)
+    # cleanlab (slow to import): only its own policy needs it
     from cleanlab.multilabel_classification.filter import find_multilabel_issues_per_class
 
     index = {label: i for i, label in enumerate(classes)}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 
 from .audio import (
     SKIPPED_BY_VALIDATION,
@@ -63,8 +64,6 @@ FIXED_COST_SECONDS = 0.5
 
 def audio_seconds(paths: Sequence[str]) -> np.ndarray:
     """Duration of each file from its header (soundfile.info, no decoding); 0 if unreadable."""
-    import soundfile as sf
-
     seconds = np.zeros(len(paths), dtype=np.float64)
     for i, path in enumerate(paths):
         try:

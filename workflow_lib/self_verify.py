@@ -32,6 +32,7 @@ from .policies import (  # re-exported: the decision vocabulary
     LABEL_MISMATCH,
     Clips,
     PolicySettings,
+    apply_policy,
     threshold_rule,
 )
 from .policies import decide as decide_proposal
@@ -181,8 +182,6 @@ def self_verify(
 ) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips, then decide across folds (the cap is
     global). ``policy``: default the paper's rule with ``settings``' threshold and cap."""
-    from .policies import apply_policy
-
     policy = policy or PolicySettings(
         "paper", threshold=settings.threshold, max_per_class=settings.max_per_class
     )

@@ -56,6 +56,7 @@ def spectrogram_v1_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE
 @lru_cache(maxsize=4)
 def _madmom_chain(sample_rate: int, norm: bool = True):
     """Build the madmom processor chain once per process (filterbank construction is slow)."""
+    # madmom (slow to import): only the reference implementation uses it
     from madmom.audio.filters import LogFilterbank
     from madmom.audio.signal import FramedSignalProcessor, SignalProcessor
     from madmom.audio.spectrogram import (
@@ -82,6 +83,7 @@ def spectrogram_v2_reference(samples: np.ndarray, sample_rate: int = SAMPLE_RATE
     The signal is handed over already resampled (``Signal(y, sample_rate)``), which avoids
     madmom's ffmpeg dependency for files at other sample rates (docs/method.md "Implementation notes").
     """
+    # madmom (slow to import): only the reference implementation uses it
     from madmom.audio.signal import Signal
 
     # norm=True divides by the peak: 0/0 on digital silence, so silence is left unnormalised.
@@ -184,6 +186,7 @@ def spectrogram_v1(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
 def _v2_constants(sample_rate: int) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
     """madmom's window and its 128-band log filterbank (as its processor builds them), once."""
     probe = np.random.default_rng(0).uniform(-1, 1, 4 * V2_FRAME).astype(np.float32)
+    # madmom (slow to import): only the reference implementation uses it
     from madmom.audio.signal import Signal
 
     spec = _madmom_chain(sample_rate, norm=True)(Signal(probe, sample_rate=sample_rate))

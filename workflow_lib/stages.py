@@ -11,7 +11,6 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,20 +18,44 @@ import torch
 
 from .audio import USABLE_STATUSES
 from .data import ClipBank
+from .dataset import read_classes
 from .devices import select_device
 from .errors import UserError
+from .evaluation import (
+    FUSION_CV_NOTE,
+    SCORING_SETS,
+    class_reports,
+    evaluate_systems,
+    preset_summary,
+    scored_rows,
+    test_columns,
+)
 from .folds import make_folds, split_fold
+from .fusion import (
+    apply_learned_fusion,
+    fit_learned_fusion,
+    mean_fusion,
+    probabilities,
+    probability_frame,
+    submission,
+)
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import multi_hot, split_labels
-from .layout import Layout
-from .model import build_model
+from .layout import MODEL_FILES, TRUST_FILES, Layout
+from .model import build_model, load_model
+from .policies import NEEDS_EMBEDDINGS, Clips, Context, PolicySettings, apply_policy, low_trust
 from .preprocess import SpectrogramStore
-from .selection import best_epoch_row
-from .training import FitSettings, RunOptions, fit, history_columns
-
-if TYPE_CHECKING:  # imported where used: self-verification loads only in its own job
-    from .policies import Clips
-    from .self_verify import SelfVerifySettings
+from .selection import best_epoch_row, chosen_iteration
+from .self_verify import (
+    SelfVerifySettings,
+    judge_folds,
+    label_precision_table,
+    new_label_list,
+    new_training_list,
+    precision_table,
+    with_truth,
+)
+from .training import FitSettings, RunOptions, fit, history_columns, predict_whole
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +71,6 @@ def folds_job(manifest_csv: Path, out_csv: Path, n_folds: int, seed: int) -> pd.
     folds = make_folds(usable[["fname", "label", "verified"]].reset_index(drop=True), n_folds, seed)
     write_csv(folds, out_csv)
     return folds
-
-
-def read_classes(classes_csv: Path) -> list[str]:
-    """The class list, in index order (sorted labels of train.csv)."""
-    table = read_csv_str(classes_csv)
-    return list(table.sort_values("index", key=lambda s: s.astype(int))["label"])
 
 
 @dataclass(frozen=True)
@@ -186,15 +203,6 @@ def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str
         )
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a saved network in evaluation mode; returns (model, metadata). Its outputs are
-    turned into probabilities with ``metadata.get("multi_label", False)``."""
-    saved = load_torch(path, rule=Layout.model_rule(path))
-    model = build_model(saved["width"], len(saved["classes"]), tuple(saved["dropout"]))
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), saved
-
-
 def run_training_job(job: TrainingJob) -> pd.DataFrame:
     """Train one fold model; write best.pt, last.pt and history.csv into ``job.out_dir``."""
     choice = select_device(job.device, job.lock_dir, job.threads)
@@ -212,7 +220,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
             load_torch(job.init_checkpoint, Layout.model_rule(job.init_checkpoint))["state_dict"]
         )
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    history_csv = job.out_dir / "history.csv"
+    files = {role: job.out_dir / name for role, name in MODEL_FILES.items()}
     state = fit(
         model,
         train_bank,
@@ -220,9 +228,9 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
         valid_bank,
         targets_of(valid, classes, job.multi_label),
         job.fit,
-        job.out_dir / "resume.pt",
+        files["resume"],
         fingerprint(job, train, valid),
-        on_epoch=lambda h: write_csv(h, history_csv),
+        on_epoch=lambda h: write_csv(h, files["history"]),
         options=job.options,
         train_weights=loss_weights(train),
         multi_label=job.multi_label,
@@ -231,14 +239,14 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     best = best_epoch_row(history)
     scores = {"valid_lwlrap": float(best["valid_lwlrap"])} if job.multi_label else {}
     save_model(
-        job.out_dir / "last.pt",
+        files["last"],
         {k: v.cpu() for k, v in model.state_dict().items()},
         job,
         classes,
         epoch=len(history),
     )
     save_model(
-        job.out_dir / "best.pt",
+        files["best"],
         state.best_state,
         job,
         classes,
@@ -246,8 +254,8 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
         valid_loss=state.best_loss,
         **scores,
     )
-    write_csv(history, history_csv)
-    (job.out_dir / "resume.pt").unlink(missing_ok=True)
+    write_csv(history, files["history"])
+    files["resume"].unlink(missing_ok=True)
     choice.release()
     return history
 
@@ -338,64 +346,12 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips (and, for calibration and label spreading,
     its verified validation clips, with another random stream), apply the chain's policy, and
     write posteriors, decisions, per-class table and the next training list."""
-    from .policies import (
-        NEEDS_EMBEDDINGS,
-        Context,
-        PolicySettings,
-        apply_policy,
-        low_trust,
-    )
-    from .self_verify import (
-        judge_folds,
-        label_precision_table,
-        new_label_list,
-        new_training_list,
-        precision_table,
-        with_truth,
-    )
-
     multi_label = job.settings.multi_label
     choice = select_device(job.device, job.lock_dir, job.threads)
     policy = PolicySettings.from_mapping(job.policy)
     classes = read_classes(job.classes_csv)
     folds = read_csv_str(job.folds_csv)
-    store = SpectrogramStore.open(job.manifest_csv)
-    models = trust_models(job.model_paths, choice.device, multi_label)
-    embeddings = policy.name in NEEDS_EMBEDDINGS
-
-    def parts(verified: str) -> tuple[dict, dict]:
-        clips = {
-            k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == verified)].reset_index(
-                drop=True
-            )
-            for k in job.model_paths
-        }
-        banks = {
-            k: ClipBank.from_store(store, list(c["fname"]), job.frames, choice.device)
-            for k, c in clips.items()
-        }
-        return clips, banks
-
-    unverified, banks = parts("0")
-    judged = judge_folds(
-        models,
-        banks,
-        unverified,
-        job.settings,
-        np.random.default_rng(job.settings.seed),
-        "given_label",
-        embeddings,
-    )
-    verified, valid_banks = parts("1")
-    reference = judge_folds(
-        models,
-        valid_banks,
-        verified,
-        job.settings,
-        np.random.default_rng([job.settings.seed, 1]),
-        "label",
-        embeddings,
-    )
+    judged, reference = _judge_held_out(job, folds, choice.device, policy.name in NEEDS_EMBEDDINGS)
     for clips in (judged, reference):
         if clips.posteriors.shape[1] == 0:
             clips.posteriors = np.zeros((len(clips.table), len(classes)))
@@ -404,14 +360,14 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     train = read_csv_str(job.train_csv)
     truth = train.set_index("fname")["true_label"] if "true_label" in train else pd.Series(dtype=str)
     decisions = with_truth(decisions, truth, multi_label)
-    out = job.out_dir
-    write_csv(posterior_frame(judged, classes, "given_label"), out / "posteriors.csv")
-    write_csv(posterior_frame(reference, classes, "label"), out / "valid_posteriors.csv")
-    write_csv(decisions, out / "decisions.csv")
+    out = {role: job.out_dir / name for role, name in TRUST_FILES.items()}
+    write_csv(posterior_frame(judged, classes, "given_label"), out["posteriors"])
+    write_csv(posterior_frame(reference, classes, "label"), out["valid_posteriors"])
+    write_csv(decisions, out["decisions"])
     table = label_precision_table if multi_label else precision_table
-    write_csv(table(decisions, classes), out / "per_class.csv")
+    write_csv(table(decisions, classes), out["per_class"])
     training_list = new_label_list if multi_label else new_training_list
-    write_csv(training_list(folds, decisions), out / "train_list.csv")
+    write_csv(training_list(folds, decisions), out["train_list"])
     n_trusted = int(decisions["accepted"].sum())
     if low_trust(n_trusted, len(decisions), policy.name, policy.min_trusted_share):
         log.warning(
@@ -427,6 +383,40 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     return decisions
 
 
+def _judge_held_out(
+    job: TrustJob, folds: pd.DataFrame, device: torch.device, embeddings: bool
+) -> tuple[Clips, Clips]:
+    """(judged, reference): every fold model's posteriors (and embeddings, for the policies
+    that need them) of its held-out unverified clips, the ones to judge, and of its held-out
+    verified clips, the reference some policies calibrate on. Each set has its own random
+    stream (``seed``, ``[seed, 1]``): judging the reference does not shift the judgement."""
+    store = SpectrogramStore.open(job.manifest_csv)
+    models = trust_models(job.model_paths, device, job.settings.multi_label)
+
+    def held_out(verified: str) -> tuple[dict[int, pd.DataFrame], dict[int, ClipBank]]:
+        clips = {
+            k: folds[(folds["fold"].astype(int) == k) & (folds["verified"] == verified)].reset_index(
+                drop=True
+            )
+            for k in job.model_paths
+        }
+        banks = {
+            k: ClipBank.from_store(store, list(c["fname"]), job.frames, device) for k, c in clips.items()
+        }
+        return clips, banks
+
+    seed = job.settings.seed
+    unverified, banks = held_out("0")
+    judged = judge_folds(
+        models, banks, unverified, job.settings, np.random.default_rng(seed), "given_label", embeddings
+    )
+    verified, valid_banks = held_out("1")
+    reference = judge_folds(
+        models, valid_banks, verified, job.settings, np.random.default_rng([seed, 1]), "label", embeddings
+    )
+    return judged, reference
+
+
 def write_test_posteriors(
     models: dict[int, torch.nn.Module],
     test_manifest: Path,
@@ -439,9 +429,6 @@ def write_test_posteriors(
 ) -> None:
     """Fold-averaged posteriors (softmax, or sigmoid when ``multi_label``) of every test clip on
     its whole length-fixed spectrogram."""
-    from .fusion import probability_frame
-    from .training import predict_whole
-
     store = SpectrogramStore.open(test_manifest)
     bank = ClipBank.from_store(store, list(store.manifest["fname"]), frames, device)
     probs = np.mean(
@@ -469,10 +456,6 @@ def predict_job(
     average) and out-of-fold posteriors of the verified validation clips (for the learned
     fusion). Posteriors are sigmoids when the models are multi-label (their ``multi_label``
     flag). Returns the iteration."""
-    from .fusion import probability_frame
-    from .selection import chosen_iteration
-    from .training import predict_whole
-
     iteration = chosen_iteration(selection_csv)
     paths = {k: path for (i, k), path in sorted(models.items()) if i == iteration}
     if not paths:
@@ -521,15 +504,6 @@ def fuse_job(
     ``multi_label``: sigmoid posteriors, the learned fusion fitted with binary cross-entropy
     on the multi-hot sets of the validation clips, the 2019 submission (workflow_lib/fusion.py).
     """
-    from .fusion import (
-        apply_learned_fusion,
-        fit_learned_fusion,
-        mean_fusion,
-        probabilities,
-        probability_frame,
-        submission,
-    )
-
     classes = read_classes(classes_csv)
     presets = list(test_csvs)
     tests = [pd.read_csv(test_csvs[p], dtype={"fname": str}) for p in presets]
@@ -539,19 +513,7 @@ def fuse_job(
     stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes) for t in tests])
     if method == "learned":
         valids = [pd.read_csv(valid_csvs[p], dtype={"fname": str, "label": str}) for p in presets]
-        order = valids[0]["fname"]
-        valid_stack = np.stack(
-            [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
-        )
-        targets = fusion_targets(valids[0]["label"], classes, multi_label)
-        weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr, multi_label=multi_label)
-        fused = apply_learned_fusion(stack, weights, bias, multi_label)
-        table = pd.DataFrame(
-            {
-                "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
-                "value": np.concatenate([weights, bias]),
-            }
-        )
+        fused, table = _learned_fusion(stack, valids, presets, classes, steps, lr, multi_label)
     else:
         fused = mean_fusion(stack)
         table = pd.DataFrame(
@@ -564,21 +526,60 @@ def fuse_job(
     write_csv(probability_frame(fnames, fused, classes), out_probs)
     answers = submission(fnames, fused, classes, multi_label)
     if test_manifest is not None:
-        status = submission_status(read_csv_str(test_manifest), set(fnames))
-        answers = status[["fname"]].merge(answers, on="fname", how="left")
-        if not multi_label:  # 2019 format: an unpredicted clip's posteriors stay empty
-            answers = answers.fillna({"label": ""})
-        unpredicted = status[status["status"] != "predicted"]
-        if len(unpredicted):
-            log.warning(
-                "%d of %d test clip(s) could not be predicted: empty rows in the submission, reasons in %s",
-                len(unpredicted),
-                len(status),
-                out_status,
-            )
-        if out_status is not None:
-            write_csv(status, out_status)
+        answers = _every_listed_clip(answers, set(fnames), test_manifest, out_status, multi_label)
     write_csv(answers, out_submission)
+
+
+def _learned_fusion(
+    stack: np.ndarray,
+    valids: list[pd.DataFrame],
+    presets: list[str],
+    classes: list[str],
+    steps: int,
+    lr: float,
+    multi_label: bool,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """(fused test posteriors, the parameter table): weights and biases fitted on the presets'
+    out-of-fold validation posteriors (``valids``), clips none of the fold models trained on."""
+    order = valids[0]["fname"]
+    valid_stack = np.stack(
+        [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
+    )
+    targets = fusion_targets(valids[0]["label"], classes, multi_label)
+    weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr, multi_label=multi_label)
+    table = pd.DataFrame(
+        {
+            "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
+            "value": np.concatenate([weights, bias]),
+        }
+    )
+    return apply_learned_fusion(stack, weights, bias, multi_label), table
+
+
+def _every_listed_clip(
+    answers: pd.DataFrame,
+    predicted: set[str],
+    test_manifest: Path,
+    out_status: Path | None,
+    multi_label: bool,
+) -> pd.DataFrame:
+    """The submission with a row for every listed test clip, empty where it could not be
+    predicted (a challenge submission names every clip); writes why per clip to ``out_status``."""
+    status = submission_status(read_csv_str(test_manifest), predicted)
+    answers = status[["fname"]].merge(answers, on="fname", how="left")
+    if not multi_label:  # 2019 format: an unpredicted clip's posteriors stay empty
+        answers = answers.fillna({"label": ""})
+    unpredicted = status[status["status"] != "predicted"]
+    if len(unpredicted):
+        log.warning(
+            "%d of %d test clip(s) could not be predicted: empty rows in the submission, reasons in %s",
+            len(unpredicted),
+            len(status),
+            out_status,
+        )
+    if out_status is not None:
+        write_csv(status, out_status)
+    return answers
 
 
 def usable_test_clips(test_manifest: Path | None) -> pd.Series | None:
@@ -617,8 +618,6 @@ def fusion_targets(labels: pd.Series, classes: list[str], multi_label: bool) -> 
 
     A validation label outside the classes is a clear error naming it, never a NaN target.
     """
-    from .labels import multi_hot
-
     if multi_label:
         return multi_hot(labels.fillna(""), classes)  # '' (read as NaN): an empty set
     index = {label: i for i, label in enumerate(classes)}
@@ -655,8 +654,6 @@ def evaluate_job(
     confusion tables are written with their header only. ``multi_label``: lwlrap and the
     scores at a threshold (workflow_lib/evaluation.py), per-class lwlrap, no confusion.csv.
     """
-    from .evaluation import class_reports, evaluate_systems, scored_rows
-
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
     frames = {name: pd.read_csv(path, dtype={"fname": str}) for name, path in systems.items()}
@@ -695,8 +692,6 @@ def evaluate_job(
 
 
 def _unpredicted_in_set(missing: pd.DataFrame, set_name: str) -> int:
-    from .evaluation import SCORING_SETS
-
     usages = SCORING_SETS[set_name]
     return int((missing["usage"].isin(usages) | (missing["usage"] == "")).sum())
 
@@ -730,8 +725,6 @@ def summary_job(
 ) -> pd.DataFrame:
     """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``;
     ``classes_csv`` (classes.csv) names the classes without verified clips in ``cv_note``."""
-    from .evaluation import FUSION_CV_NOTE, preset_summary, test_columns
-
     scores = pd.read_csv(scores_csv) if scores_csv is not None and scores_csv.is_file() else None
     unvalidated = []
     if classes_csv is not None:
@@ -740,7 +733,7 @@ def summary_job(
     rows = []
     for preset, selection_csv in zip(presets, selections):
         tables = {
-            int(p.name[2:]): pd.read_csv(p / "per_class.csv", dtype={"label": str})
+            int(p.name[2:]): pd.read_csv(p / TRUST_FILES["per_class"], dtype={"label": str})
             for p in self_verify_dirs
             if p.parent.name == preset
         }

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .choice import pick_chain
+from .io import write_csv
 
 #: Scores summarised when a repetition's systems.csv has them: single-label runs report test
 #: accuracy and MAP@3, multi-label runs (dataset.layout fsdkaggle2019) test lwlrap.
@@ -90,6 +91,7 @@ def summarise(long: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFr
 
 def sign_test(differences: np.ndarray) -> float:
     """Two-sided sign test p-value (zero differences dropped); 1.0 with nothing to test."""
+    # scipy.stats (slow to import): only the statistics need it
     from scipy.stats import binomtest
 
     wins, losses = int((differences > 0).sum()), int((differences < 0).sum())
@@ -100,6 +102,7 @@ def sign_test(differences: np.ndarray) -> float:
 
 def wilcoxon_p(differences: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value; NaN when every difference is zero."""
+    # scipy.stats (slow to import): only the statistics need it
     from scipy.stats import wilcoxon
 
     nonzero = differences[differences != 0]
@@ -110,6 +113,7 @@ def wilcoxon_p(differences: np.ndarray) -> float:
 
 def t_interval(differences: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Two-sided t-interval of the mean (n - 1 degrees of freedom); NaNs below two values."""
+    # scipy.stats (slow to import): only the statistics need it
     from scipy.stats import t
 
     n = len(differences)
@@ -165,9 +169,11 @@ def paired(long: pd.DataFrame, references: Sequence[str], metric: str = "test_ac
 def plot_paired(long: pd.DataFrame, references: Sequence[str], metric: str, out: Path) -> None:
     """One panel per reference chain, one row per chain: a dot per repetition (chain minus
     reference), the mean (bar) and its 95 % t-interval (line); written atomically."""
+    # matplotlib: only the plot needs it; the Agg backend is chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")
+    # pyplot after the backend is chosen
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -254,8 +260,6 @@ def study_tables(long: pd.DataFrame, tolerance: float = 0.0) -> dict[str, pd.Dat
 
 def write_study(long: pd.DataFrame, out: Path, tolerance: float = 0.0) -> dict[str, pd.DataFrame]:
     """Write :data:`STUDY_FILES` to ``out`` (each atomically) and return the tables."""
-    from .io import write_csv
-
     tables = study_tables(long, tolerance)
     for name, table in tables.items():
         write_csv(table, Path(out) / name)

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .dataset import TOTAL_ROW
+from .dataset import TOTAL_ROW, read_classes
 from .evaluation import evaluate_systems
 from .io import read_csv_str, write_csv
 from .policies import low_trust
-from .stages import read_classes
+
+if TYPE_CHECKING:  # annotations only: matplotlib is imported where a plot is drawn
+    from matplotlib.axes import Axes
 
 SCORED_SET = "Public+Private"
 ITERATION_COLUMNS = [
@@ -133,56 +136,12 @@ def systems_tables(
     rows, per_iteration = [], []
     for item in spec:
         selection = pd.read_csv(item["selection"])
-        chosen = selection.loc[selection["chosen"].astype(bool)].iloc[0]
-        iteration = int(chosen["iteration"])
         overall = _overall(item.get("self_verify") or {})
-        for _, line in selection.sort_values("iteration").iterrows():
-            judge = int(line["iteration"])
-            per_iteration.append(
-                {
-                    "preset": item["preset"],
-                    "system": item["system"],
-                    "policy": item["policy"],
-                    "iteration": judge,
-                    "chosen": bool(line["chosen"]),
-                    "near_tie": bool(line.get("near_tie", False)),
-                    "cv_accuracy": float(line["mean_valid_acc"]),
-                    "cv_map3": float(line.get("mean_valid_map3", np.nan)),
-                    "cv_loss": float(line["mean_valid_loss"]),
-                    **_cv_lwlrap(line, multi_label),
-                    **_trust_numbers(overall.get(judge), item["policy"], min_share),
-                }
-            )
-        trained_on = _trust_numbers(overall.get(iteration - 1), item["policy"], min_share)
-        flagged = [
-            str(i) for i, o in overall.items() if _trust_numbers(o, item["policy"], min_share)["low_trust"]
-        ]
-        first = next(iter(overall.values()), None)
-        row = {
-            "preset": item["preset"],
-            "system": item["system"],
-            "policy": item["policy"],
-            "description": item.get("description", ""),
-            "picked": item["system"] == picked,
-            "iteration": iteration,
-            "near_tie": bool(chosen.get("near_tie", False)),
-            "cv_loss": float(chosen["mean_valid_loss"]),
-            "cv_accuracy": float(chosen["mean_valid_acc"]),
-            "cv_map3": float(chosen.get("mean_valid_map3", np.nan)),
-            **_cv_lwlrap(chosen, multi_label),
-            **_test_scores(test, item["test"], classes, multi_label),
-            "given_label_precision": (np.nan if first is None else first.get("unverified_precision", np.nan)),
-            "trusted_clips": trained_on["trusted"] if iteration > 0 else 0,
-            "trusted_precision": trained_on["trusted_precision"] if iteration > 0 else np.nan,
-            "trusted_recall": trained_on["trusted_recall"] if iteration > 0 else np.nan,
-            "low_trust_iterations": ";".join(flagged),
-        }
-        for judge, o in overall.items():
-            numbers = _trust_numbers(o, item["policy"], min_share)
-            row[f"trusted_by_it{judge}"] = numbers["trusted"]
-            row[f"trusted_by_it{judge}_precision"] = numbers["trusted_precision"]
-            row[f"trusted_by_it{judge}_recall"] = numbers["trusted_recall"]
-        rows.append(row)
+        per_iteration += _iteration_rows(item, selection, overall, min_share, multi_label)
+        scores = _test_scores(test, item["test"], classes, multi_label)
+        rows.append(
+            _system_row(item, selection, overall, scores, item["system"] == picked, min_share, multi_label)
+        )
     systems = pd.DataFrame(rows)
     for column in [
         c for c in systems.columns if c.startswith("trusted") and not c.endswith(("precision", "recall"))
@@ -192,6 +151,75 @@ def systems_tables(
     for column in ("n_judged", "trusted", "trusted_correct"):
         iterations[column] = pd.to_numeric(iterations[column]).astype("Int64")
     return systems, iterations
+
+
+def _iteration_rows(
+    item: Mapping, selection: pd.DataFrame, overall: dict[int, pd.Series], min_share: float, multi_label: bool
+) -> list[dict]:
+    """systems_iterations.csv rows of one chain and preset: per iteration, its CV figures and
+    what its models' judgement trusted (the selection curve and the trust it rests on)."""
+    rows = []
+    for _, line in selection.sort_values("iteration").iterrows():
+        judge = int(line["iteration"])
+        rows.append(
+            {
+                "preset": item["preset"],
+                "system": item["system"],
+                "policy": item["policy"],
+                "iteration": judge,
+                "chosen": bool(line["chosen"]),
+                "near_tie": bool(line.get("near_tie", False)),
+                "cv_accuracy": float(line["mean_valid_acc"]),
+                "cv_map3": float(line.get("mean_valid_map3", np.nan)),
+                "cv_loss": float(line["mean_valid_loss"]),
+                **_cv_lwlrap(line, multi_label),
+                **_trust_numbers(overall.get(judge), item["policy"], min_share),
+            }
+        )
+    return rows
+
+
+def _system_row(
+    item: Mapping,
+    selection: pd.DataFrame,
+    overall: dict[int, pd.Series],
+    test_scores: dict,
+    picked: bool,
+    min_share: float,
+    multi_label: bool,
+) -> dict:
+    """systems.csv row of one chain and preset: the chosen iteration's CV and test figures, and
+    the trust of the list that iteration was trained on (iteration i trains on the list judged
+    by iteration i - 1), plus the trust of every judging iteration."""
+    chosen = selection.loc[selection["chosen"].astype(bool)].iloc[0]
+    iteration = int(chosen["iteration"])
+    trained_on = _trust_numbers(overall.get(iteration - 1), item["policy"], min_share)
+    numbers = {judge: _trust_numbers(o, item["policy"], min_share) for judge, o in overall.items()}
+    first = next(iter(overall.values()), None)
+    row = {
+        "preset": item["preset"],
+        "system": item["system"],
+        "policy": item["policy"],
+        "description": item.get("description", ""),
+        "picked": picked,
+        "iteration": iteration,
+        "near_tie": bool(chosen.get("near_tie", False)),
+        "cv_loss": float(chosen["mean_valid_loss"]),
+        "cv_accuracy": float(chosen["mean_valid_acc"]),
+        "cv_map3": float(chosen.get("mean_valid_map3", np.nan)),
+        **_cv_lwlrap(chosen, multi_label),
+        **test_scores,
+        "given_label_precision": (np.nan if first is None else first.get("unverified_precision", np.nan)),
+        "trusted_clips": trained_on["trusted"] if iteration > 0 else 0,
+        "trusted_precision": trained_on["trusted_precision"] if iteration > 0 else np.nan,
+        "trusted_recall": trained_on["trusted_recall"] if iteration > 0 else np.nan,
+        "low_trust_iterations": ";".join(str(i) for i, n in numbers.items() if n["low_trust"]),
+    }
+    for judge, n in numbers.items():
+        row[f"trusted_by_it{judge}"] = n["trusted"]
+        row[f"trusted_by_it{judge}_precision"] = n["trusted_precision"]
+        row[f"trusted_by_it{judge}_recall"] = n["trusted_recall"]
+    return row
 
 
 #: (column, legend) of the bars per chain, and (column, axis label) of the selection curves
@@ -220,6 +248,7 @@ def plot_systems(
 ) -> None:
     """Scores per chain; CV accuracy (multi-label: lwlrap) per iteration; trusted clips,
     precision and recall."""
+    # matplotlib: only the systems plot needs it
     import matplotlib
     import matplotlib.pyplot as plt
     import matplotlib.ticker
@@ -231,9 +260,33 @@ def plot_systems(
         f"{p}\n{s}" if several else s.replace("_", "\n") for p, s in zip(systems["preset"], systems["system"])
     ]
     figure, axes = plt.subplots(1, 3, figsize=(18, 5))
-    bars = axes[0]
-    x = np.arange(len(systems))
     plotted, (curve, curve_label) = PLOTTED[multi_label]
+    _score_bars(axes[0], systems, names, plotted)
+    curves, counts = axes[1], axes[2]
+    twin = counts.twinx()
+    _iteration_panels(curves, counts, twin, iterations, curve, several)
+    given = systems["given_label_precision"].dropna() if "given_label_precision" in systems else []
+    if len(given):
+        twin.axhline(
+            float(given.iloc[0]), color="grey", linestyle=":", linewidth=1, label="given unverified labels"
+        )
+    for ax in (curves, counts):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    _label_iteration_panels(curves, counts, twin, curve_label, multi_label)
+    figure.tight_layout()
+    save_figure(figure, out)
+
+
+#: (column, line style, legend) of the lines on the trust panel's twin axis.
+TRUST_LINES = (("trusted_precision", "-o", "precision"), ("trusted_recall", "--x", "recall"))
+
+
+def _score_bars(
+    bars: Axes, systems: pd.DataFrame, names: list[str], plotted: Sequence[tuple[str, str]]
+) -> None:
+    """The first panel: per chain a bar per score, its value written on it (the differences
+    between chains are often in the third decimal)."""
+    x = np.arange(len(systems))
     for shift, (column, label) in zip((-0.27, 0.0, 0.27), plotted):
         values = systems[column].to_numpy(dtype=float)
         bars.bar(x + shift, values, width=0.27, label=label)
@@ -249,8 +302,13 @@ def plot_systems(
     bars.legend(fontsize=7, loc="upper center", ncol=3)
     bars.set_title("chains (same folds, net and budget)")
 
-    curves, counts = axes[1], axes[2]
-    twin = counts.twinx()
+
+def _iteration_panels(
+    curves: Axes, counts: Axes, twin: Axes, iterations: pd.DataFrame, curve: str, several: bool
+) -> None:
+    """Per chain (one color): its selection curve (star: the chosen iteration) in ``curves``;
+    the clips its policy trusted per judging iteration as bars in ``counts``, their precision
+    and recall as lines on the ``twin`` axis of the same panel."""
     variants = list(iterations.groupby(["preset", "system"], sort=False))
     width = 0.8 / max(1, len(variants))
     for n, ((preset, system), table) in enumerate(variants):
@@ -270,27 +328,24 @@ def plot_systems(
             alpha=0.5,
             label=f"{label}: clips",
         )
-        twin.plot(
-            judged["iteration"],
-            judged["trusted_precision"].astype(float),
-            "-o",
-            color=color,
-            label=f"{label}: precision",
-        )
-        twin.plot(
-            judged["iteration"],
-            judged["trusted_recall"].astype(float),
-            "--x",
-            color=color,
-            label=f"{label}: recall",
-        )
-    given = systems["given_label_precision"].dropna() if "given_label_precision" in systems else []
-    if len(given):
-        twin.axhline(
-            float(given.iloc[0]), color="grey", linestyle=":", linewidth=1, label="given unverified labels"
-        )
-    for ax in (curves, counts):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        for column, style, name in (
+            ("trusted_precision", "-o", "precision"),
+            ("trusted_recall", "--x", "recall"),
+        ):
+            twin.plot(
+                judged["iteration"],
+                judged[column].astype(float),
+                style,
+                color=color,
+                label=f"{label}: {name}",
+            )
+
+
+def _label_iteration_panels(
+    curves: Axes, counts: Axes, twin: Axes, curve_label: str, multi_label: bool
+) -> None:
+    """Axis labels, titles and legends of the selection and trust panels (one legend for the
+    bars and the twin axis' lines)."""
     curves.set_xlabel("iteration (star: chosen)")
     curves.set_ylabel(curve_label)
     curves.legend(fontsize=7)
@@ -303,8 +358,6 @@ def plot_systems(
     twin_handles = twin.get_legend_handles_labels()
     counts.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=5, loc="lower left")
     counts.set_title("trusted labels")
-    figure.tight_layout()
-    save_figure(figure, out)
 
 
 def systems_job(

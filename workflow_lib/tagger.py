@@ -16,29 +16,28 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
+import yaml
 
-from .bundle import (
-    BUNDLE_FILES,
-    read_bundle_classes,
-    read_bundle_settings,
-    tagger_settings,
-    verify_manifest,
-)
-from .errors import UserError
+from .audio import CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT, load_clipped, probe
+from .bundle import BUNDLE_FILES, tagger_settings
+from .config import resolve_settings
+from .io import write_csv
+from .spectrograms import V1_HOP, V2_HOP, compute_spectrogram, fix_length
+from .tagger_spec import Backend, TaggerSpec, TaggingError, bundle_backend, torch_backend, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -64,77 +63,9 @@ AUDIO_SUFFIXES = frozenset(
 OK = "ok"
 FAILED_STATUS = {"skipped_missing": "missing", "skipped_undecodable": "undecodable", "skipped_empty": "empty"}
 
-Backend = Callable[[list[np.ndarray]], np.ndarray]
-
-
-class TaggingError(UserError):
-    """The tagger cannot start (bad options, an incomplete bundle or run)."""
-
-
-@dataclass(frozen=True)
-class TaggerSpec:
-    """Everything besides the weights that tagging needs; a bundle's preprocessing.json.
-
-    ``versions`` lists the spectrogram versions in the order of the network's inputs
-    (``spec_v{version}``); ``presets`` describes the fused models (name, spectrogram, width,
-    iteration, folds, weight) for the model card and for checks. ``multi_label``: the outputs
-    are independent per-class probabilities, and a clip is tagged with every class whose
-    probability reaches a threshold (``--threshold``).
-    """
-
-    classes: list[str]
-    sample_rate: int
-    sox_effects: list[str]
-    frames: int
-    versions: list[int]
-    fusion: str
-    presets: list[dict] = field(default_factory=list)
-    n_bins: int = 128
-    spectrograms: str = "fast"  # preprocessing.spectrograms of the run (fast | reference)
-    multi_label: bool = False  # per-class sigmoid outputs (dataset layout fsdkaggle2019)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [f"spec_v{v}" for v in self.versions]
-
-    def settings_json(self) -> dict:
-        """The JSON written to preprocessing.json (the classes go to classes.csv)."""
-        data = asdict(self)
-        data.pop("classes")
-        if not self.multi_label:  # single-label bundles are written as before
-            data.pop("multi_label")
-        data["inputs"] = [
-            {"name": name, "version": v, "shape": ["batch", 1, self.n_bins, "time"]}
-            for name, v in zip(self.input_names, self.versions)
-        ]
-        data["output"] = {"name": "posteriors", "shape": ["batch", len(self.classes)]}
-        return data
-
-    @classmethod
-    def from_bundle(cls, bundle: Path) -> TaggerSpec:
-        """The spec of an exported bundle, an untrusted folder: its checksum manifest, then
-        every field of preprocessing.json and classes.csv are checked (workflow_lib/bundle.py)."""
-        settings_path = bundle / BUNDLE_FILES["settings"]
-        classes_path = bundle / BUNDLE_FILES["classes"]
-        for path in (settings_path, classes_path):
-            if not path.is_file():
-                raise TaggingError(
-                    f"{bundle} is not a tagger bundle: {path.name} is missing "
-                    "(write one with `python -m workflow_lib.cli export`)"
-                )
-        verify_manifest(bundle)
-        data = read_bundle_settings(settings_path)
-        classes = read_bundle_classes(classes_path, data["output"]["shape"][1])
-        known = {f for f in cls.__dataclass_fields__ if f != "classes"}
-        return cls(classes=classes, **{k: v for k, v in data.items() if k in known})
-
 
 def settings_from_config(configfile: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Resolve config.yaml with ``KEY=VALUE`` overrides (as ``snakemake --config`` takes them)."""
-    import yaml
-
-    from .config import resolve_settings
-
     if not Path(configfile).is_file():
         raise TaggingError(
             f"{configfile} not found: run from the workflow's folder or pass "
@@ -218,9 +149,6 @@ def _write_window(item: Item, folder: str) -> Path:
 
 def prepare(item: Item, spec: TaggerSpec) -> Prepared:
     """The training preprocessing of one file or window; never raises for bad audio."""
-    from .audio import load_clipped
-    from .spectrograms import compute_spectrogram, fix_length
-
     path = item.path
     if path.exists() and not os.access(path, os.R_OK):
         return Prepared(item, "unreadable", "", "permission denied")
@@ -377,8 +305,6 @@ def _checked_outputs(outputs: np.ndarray, rows: int, spec: TaggerSpec) -> np.nda
 
 def _spawn():
     """Worker processes start fresh: forking a process that holds torch's thread pools hangs."""
-    import multiprocessing
-
     return multiprocessing.get_context("spawn")
 
 
@@ -394,8 +320,6 @@ LONG_FILE_SECONDS = 60.0
 def excerpt_seconds(spec: TaggerSpec) -> float:
     """The seconds ``spec.frames`` spectrogram frames span, for the version with the shortest
     hop (version 2: 128 samples; version 1: 192): every sample of such an excerpt decides."""
-    from .spectrograms import V1_HOP, V2_HOP
-
     hop = min({1: V1_HOP, 2: V2_HOP}[v] for v in spec.versions)
     return spec.frames * hop / spec.sample_rate
 
@@ -434,8 +358,6 @@ def pool_excerpts(
     hold sound (over all tagged ones when none does: a silent recording is still tagged), and
     its ``detail`` says so; a file none of whose excerpts could be tagged keeps the first
     excerpt's status."""
-    from .audio import CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT
-
     rows, pooled = [], np.full((len(groups), probs.shape[1]), np.nan)
     for row, group in enumerate(groups):
         first = prepared[group.start]
@@ -495,8 +417,6 @@ def timeline_items(
     hop: float,
 ) -> tuple[list[Item], list[Prepared]]:
     """Window items of every readable file, and a failed row for each file that is not."""
-    from .audio import probe
-
     items, failed = [], []
     for path in files:
         if path.exists() and not os.access(path, os.R_OK):
@@ -513,6 +433,7 @@ def timeline_items(
 
 def timeline_plot(frame: pd.DataFrame, classes: Sequence[str], probs: np.ndarray, out: Path) -> None:
     """Class posteriors over time (one panel per file); windows that failed are left blank."""
+    # matplotlib: only --timeline with a plot draws
     from .plots import plt, save_figure
 
     files = list(dict.fromkeys(frame["fname"]))
@@ -542,83 +463,6 @@ def timeline_plot(frame: pd.DataFrame, classes: Sequence[str], probs: np.ndarray
 
 
 # --------------------------------------------------------------------------- backends
-
-
-def bundle_backend(bundle: Path, spec: TaggerSpec, kind: str, device: str) -> Backend:
-    """The exported network: ``onnx`` (onnxruntime, no torch) or ``torchscript`` (torch)."""
-    path = bundle / BUNDLE_FILES[kind]
-    if not path.is_file():
-        raise TaggingError(f"{path} is missing: the bundle has no {kind} file")
-    if kind == "onnx":
-        return _onnx_backend(path, spec, device)
-    import torch
-
-    target = _torch_device(device)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=DeprecationWarning)  # torch >= 2.10 says so
-            module = torch.jit.load(str(path), map_location=target).eval()
-    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise TaggingError(f"{path} cannot be loaded by TorchScript: {str(error)[:300]}") from None
-    return torch_backend(module, target)
-
-
-def _onnx_backend(path: Path, spec: TaggerSpec, device: str) -> Backend:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise TaggingError(
-            "the ONNX backend needs onnxruntime, a dependency of this package: "
-            "pip install -e . (or pip install onnxruntime)"
-        ) from None
-    providers = [
-        p
-        for p in ("CUDAExecutionProvider",)
-        if device != "cpu" and p in onnxruntime.get_available_providers()
-    ] + ["CPUExecutionProvider"]
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=providers)
-    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own classes
-        raise TaggingError(f"{path} cannot be loaded by onnxruntime: {str(error)[:300]}") from None
-    names = [i.name for i in session.get_inputs()]
-    if names != spec.input_names:
-        raise TaggingError(
-            f"{path} takes inputs {names}, preprocessing.json says "
-            f"{spec.input_names}: the bundle is inconsistent"
-        )
-    outputs = session.get_outputs()[0].shape
-    if len(outputs) != 2 or (isinstance(outputs[1], int) and outputs[1] != len(spec.classes)):
-        raise TaggingError(
-            f"{path} gives outputs of shape {outputs}, classes.csv lists {len(spec.classes)} "
-            "classes: the bundle is inconsistent"
-        )
-
-    def run(inputs: list[np.ndarray]) -> np.ndarray:
-        return session.run(None, dict(zip(names, inputs)))[0]
-
-    return run
-
-
-def _torch_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TaggingError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(device)
-
-
-def torch_backend(module, device) -> Backend:
-    """Run a torch module (eager or TorchScript) taking one tensor per version."""
-    import torch
-
-    def run(inputs: list[np.ndarray]) -> np.ndarray:
-        with torch.no_grad():
-            out = module(*[torch.from_numpy(x).to(device) for x in inputs])
-        return out.float().cpu().numpy()
-
-    return run
 
 
 # --------------------------------------------------------------------------- the command
@@ -776,11 +620,12 @@ def open_tagger(o: TagOptions) -> tuple[TaggerSpec, Backend, int]:
         kind = o.backend if o.backend != "auto" else _default_bundle_backend()
         log.info("bundle %s, %s backend", o.bundle, kind)
         return spec, bundle_backend(o.bundle, spec, kind, o.device), 32
+    # export imports torch: tagging with a bundle (ONNX) must not pay for it
     from .export import run_tagger
 
     settings = settings_from_config(o.configfile or Path("config.yaml"), o.config)
     spec, module = run_tagger(o.results or Path("results"), settings)
-    device = _torch_device(o.device)
+    device = torch_device(o.device)
     log.info(
         "run %s, presets %s, on %s",
         o.results or "results",
@@ -793,7 +638,7 @@ def open_tagger(o: TagOptions) -> tuple[TaggerSpec, Backend, int]:
 def _default_bundle_backend() -> str:
     """TorchScript when torch is installed (GPU-capable), else ONNX."""
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401 - whether torch imports is the question asked here
     except ImportError:
         return "onnx"
     return "torchscript"
@@ -815,8 +660,6 @@ def _input_files(o: TagOptions, folder: Path) -> tuple[list[Path], dict[str, str
 
 def run_tag(o: TagOptions) -> int:
     """The `tag` command: write the CSV (and timeline PNG); 1 when any item failed."""
-    from .io import write_csv
-
     check_options(o)
     spec, backend, default_batch = open_tagger(o)
     threshold = label_threshold(o, spec)

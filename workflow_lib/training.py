@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -580,30 +580,13 @@ def fit(
     forward = prepare_model(model, device, options)
     optimizer = make_optimizer(model, settings.lr, device, features)
     sampler = DeviceSampler(settings.seed, device)
-    state = load_checkpoint(checkpoint, fingerprint, model, optimizer)
-    if state is None:
-        state = TrainState(0, [], math.inf, None, None, torch.get_rng_state(), None, fingerprint)
-    else:
-        sampler.set_state(state.sampler_state)
-        torch.set_rng_state(state.torch_rng)
-        restore_device_rng_state(device, state.cuda_rng)
-        if state.best_state is not None:
-            state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
-        log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
-    target_type = torch.float32 if multi_label else torch.int64
-    targets = torch.tensor(np.asarray(train_targets), dtype=target_type, device=device)
-    n_classes = int(model.n_classes)
-    weights = (
-        None
-        if train_weights is None
-        else torch.as_tensor(np.asarray(train_weights), dtype=torch.float32, device=device)
-    )
-    last_saved, saved_at = state.epoch, time.monotonic()
+    state = _start_or_resume(checkpoint, fingerprint, model, optimizer, sampler, device)
+    targets, weights = _training_tensors(train_targets, train_weights, device, multi_label)
+    saver = _Checkpoints(checkpoint, model, optimizer, sampler, device, options.checkpoint, settings.epochs)
+    saver.last_epoch = state.epoch  # a resumed run counts from its checkpoint
     for epoch in range(state.epoch, settings.epochs):
         started = time.perf_counter()
-        lr = learning_rate(epoch, settings.lr, settings.constant_epochs, settings.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = _set_learning_rate(optimizer, epoch, settings)
         train_loss, train_acc = _run_epoch(
             forward,
             optimizer,
@@ -612,7 +595,7 @@ def fit(
             settings,
             sampler,
             device,
-            n_classes,
+            int(model.n_classes),
             features,
             weights,
             multi_label,
@@ -620,42 +603,112 @@ def fit(
         scores = evaluate(
             forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp, multi_label, features
         )
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            **scores,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        no_validation = math.isnan(scores["valid_loss"])  # then the last epoch is kept
-        better = improves(state.history, row, state.best_loss, multi_label)
-        state.history.append(row)
-        if state.best_state is None or no_validation or better:
-            state.best_loss = scores["valid_loss"]
-            state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        state.epoch = epoch + 1
-        if state.epoch == settings.epochs or options.checkpoint.due(
-            state.epoch - last_saved, time.monotonic() - saved_at
-        ):
-            state.sampler_state = sampler.get_state()
-            state.torch_rng = torch.get_rng_state()
-            state.cuda_rng = device_rng_state(device)
-            save_checkpoint(checkpoint, model, optimizer, state)
-            last_saved, saved_at = state.epoch, time.monotonic()
-        log.info(
-            "epoch %d/%d lr %.2e train loss %.4f acc %.3f | valid loss %.4f acc %.3f map@3 %.3f | %.1f s",
-            epoch + 1,
-            settings.epochs,
-            lr,
-            train_loss,
-            train_acc,
-            scores["valid_loss"],
-            scores["valid_acc"],
-            scores["valid_map3"],
-            row["seconds"],
-        )
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, **scores}
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        _record_epoch(state, row, model, multi_label)
+        saver.after_epoch(state)
+        _log_epoch(row, settings.epochs)
         if on_epoch is not None:
             on_epoch(pd.DataFrame(state.history, columns=history_columns(multi_label)))
     state.best_state = _to_cpu(state.best_state)
     return state
+
+
+def _start_or_resume(
+    checkpoint: Path,
+    fingerprint: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: DeviceSampler,
+    device: torch.device,
+) -> TrainState:
+    """A fresh state, or the checkpoint's (same fingerprint) with its random streams restored,
+    so that a resumed run continues exactly as the uninterrupted one would have."""
+    state = load_checkpoint(checkpoint, fingerprint, model, optimizer)
+    if state is None:
+        return TrainState(0, [], math.inf, None, None, torch.get_rng_state(), None, fingerprint)
+    sampler.set_state(state.sampler_state)
+    torch.set_rng_state(state.torch_rng)
+    restore_device_rng_state(device, state.cuda_rng)
+    if state.best_state is not None:
+        state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
+    log.info("resuming from epoch %d (checkpoint %s)", state.epoch + 1, checkpoint)
+    return state
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, epoch: int, settings: FitSettings) -> float:
+    """The schedule's rate of ``epoch`` (:func:`learning_rate`), set on every parameter group."""
+    lr = learning_rate(epoch, settings.lr, settings.constant_epochs, settings.epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _training_tensors(
+    train_targets: np.ndarray, train_weights: np.ndarray | None, device: torch.device, multi_label: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training targets (class indices; multi-label: multi-hot floats) and the per-clip
+    loss weights on the device, once, instead of per batch."""
+    target_type = torch.float32 if multi_label else torch.int64
+    targets = torch.tensor(np.asarray(train_targets), dtype=target_type, device=device)
+    weights = (
+        None
+        if train_weights is None
+        else torch.as_tensor(np.asarray(train_weights), dtype=torch.float32, device=device)
+    )
+    return targets, weights
+
+
+def _record_epoch(state: TrainState, row: dict, model: nn.Module, multi_label: bool) -> None:
+    """Add the epoch's history row and keep the parameters when they are the best so far (or
+    when there is no validation set, the last)."""
+    no_validation = math.isnan(row["valid_loss"])  # then the last epoch is kept
+    better = improves(state.history, row, state.best_loss, multi_label)
+    state.history.append(row)
+    if state.best_state is None or no_validation or better:
+        state.best_loss = row["valid_loss"]
+        state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state.epoch = row["epoch"]
+
+
+@dataclass
+class _Checkpoints:
+    """Writes the checkpoint after an epoch when ``policy`` says it is due, and always after the
+    last epoch, with the random streams as they are then: a run resumed from it draws the same
+    batches as the uninterrupted one."""
+
+    path: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: DeviceSampler
+    device: torch.device
+    policy: CheckpointPolicy
+    epochs: int
+    last_epoch: int = 0  # the epoch and the time of the last checkpoint (or of the start)
+    last_time: float = field(default_factory=time.monotonic)
+
+    def after_epoch(self, state: TrainState) -> None:
+        if state.epoch == self.epochs or self.policy.due(
+            state.epoch - self.last_epoch, time.monotonic() - self.last_time
+        ):
+            state.sampler_state = self.sampler.get_state()
+            state.torch_rng = torch.get_rng_state()
+            state.cuda_rng = device_rng_state(self.device)
+            save_checkpoint(self.path, self.model, self.optimizer, state)
+            self.last_epoch, self.last_time = state.epoch, time.monotonic()
+
+
+def _log_epoch(row: dict, epochs: int) -> None:
+    """One line per epoch in the job's log: what a user watches while a long run trains."""
+    log.info(
+        "epoch %d/%d lr %.2e train loss %.4f acc %.3f | valid loss %.4f acc %.3f map@3 %.3f | %.1f s",
+        row["epoch"],
+        epochs,
+        row["lr"],
+        row["train_loss"],
+        row["train_acc"],
+        row["valid_loss"],
+        row["valid_acc"],
+        row["valid_map3"],
+        row["seconds"],
+    )
