@@ -39,6 +39,7 @@ from workflow_lib.stages import (
     run_training_job,
     training_sets,
 )
+from workflow_lib.task import MULTI
 from workflow_lib.training import (
     HISTORY_COLUMNS,
     MULTI_LABEL_HISTORY_COLUMNS,
@@ -335,8 +336,8 @@ def test_saved_models_are_flagged_and_kept_at_the_best_lwlrap(trained):
         assert saved["multi_label"] is True
         assert saved["epoch"] == int(best_epoch_row(history)["epoch"])
         assert saved["valid_lwlrap"] == pytest.approx(history["valid_lwlrap"].max())
-    models, multi_label = load_fold_models(trained, "cpu")
-    assert multi_label and sorted(models) == [0, 1]
+    models, task = load_fold_models(trained, "cpu")
+    assert task is MULTI and sorted(models) == [0, 1]
 
 
 def test_predict_writes_sigmoid_posteriors_of_the_chosen_iteration(store, trained, tmp_path):

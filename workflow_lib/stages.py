@@ -55,6 +55,7 @@ from .self_verify import (
     precision_table,
     with_truth,
 )
+from .task import MULTI, SINGLE, Task, task_of_saved
 from .training import FitSettings, RunOptions, fit, history_columns, predict_whole
 
 log = logging.getLogger(__name__)
@@ -268,18 +269,18 @@ def fold_models(model_paths: dict[int, Path], device: str) -> dict[int, torch.nn
     return load_fold_models(model_paths, device)[0]
 
 
-def load_fold_models(model_paths: dict[int, Path], device: str) -> tuple[dict[int, torch.nn.Module], bool]:
-    """({fold: network in evaluation mode}, multi_label) from {fold: best.pt}; the models of
-    one iteration are all single-label or all multi-label (else a UserError)."""
-    models, modes = {}, set()
+def load_fold_models(model_paths: dict[int, Path], device: str) -> tuple[dict[int, torch.nn.Module], Task]:
+    """({fold: network in evaluation mode}, the task they were trained for) from {fold: best.pt};
+    the models of one iteration are all of one task (else a UserError). No model: single-label."""
+    models, tasks = {}, set()
     for fold, path in model_paths.items():
         models[fold], saved = load_model(path, device)
-        modes.add(bool(saved.get("multi_label", False)))
-    if len(modes) > 1:
+        tasks.add(task_of_saved(saved))
+    if len(tasks) > 1:
         raise UserError(
             f"the models {sorted(map(str, model_paths.values()))} mix single- and multi-label networks"
         )
-    return models, modes == {True}
+    return models, tasks.pop() if tasks else SINGLE
 
 
 #: Iteration-0 training sets (config ``chains.*.start``).
@@ -329,15 +330,14 @@ def posterior_frame(clips: Clips, classes: list[str], label_column: str) -> pd.D
     return pd.concat([frame, pd.DataFrame(clips.posteriors, columns=classes)], axis=1)
 
 
-def trust_models(model_paths: dict[int, Path], device: str, multi_label: bool) -> dict[int, torch.nn.Module]:
-    """:func:`load_fold_models`, refusing models trained in the other mode (a softmax model
+def trust_models(model_paths: dict[int, Path], device: str, task: Task) -> dict[int, torch.nn.Module]:
+    """:func:`load_fold_models`, refusing models trained for the other task (a softmax model
     judged with sigmoids, or the reverse, would give meaningless scores)."""
-    models, trained_multi_label = load_fold_models(model_paths, device)
-    if models and trained_multi_label != multi_label:
-        mode = "multi-label" if trained_multi_label else "single-label"
+    models, trained_for = load_fold_models(model_paths, device)
+    if models and trained_for is not task:
         raise UserError(
-            f"{sorted(map(str, model_paths.values()))} hold {mode} models, but this run is "
-            f"{'multi-label' if multi_label else 'single-label'} (config dataset.layout)"
+            f"{sorted(map(str, model_paths.values()))} hold {trained_for.name} models, but this run is "
+            f"{task.name} (config dataset.layout)"
         )
     return models
 
@@ -391,7 +391,7 @@ def _judge_held_out(
     verified clips, the reference some policies calibrate on. Each set has its own random
     stream (``seed``, ``[seed, 1]``): judging the reference does not shift the judgement."""
     store = SpectrogramStore.open(job.manifest_csv)
-    models = trust_models(job.model_paths, device, job.settings.multi_label)
+    models = trust_models(job.model_paths, device, MULTI if job.settings.multi_label else SINGLE)
 
     def held_out(verified: str) -> tuple[dict[int, pd.DataFrame], dict[int, ClipBank]]:
         clips = {
@@ -463,7 +463,8 @@ def predict_job(
     choice = select_device(device, lock_dir, threads)
     classes = read_classes(classes_csv)
     folds = read_csv_str(folds_csv)
-    models_by_fold, multi_label = load_fold_models(paths, choice.device)
+    models_by_fold, task = load_fold_models(paths, choice.device)
+    multi_label = task.label_sets
     write_test_posteriors(
         models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test, multi_label
     )
