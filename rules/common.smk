@@ -26,7 +26,6 @@ try:
         derive_seed,
         fit_settings,
         gpus_per_training_job,
-        is_multi_label,
         preset_shadowed,
         record_run_identity,
         resolve_settings,
@@ -35,8 +34,9 @@ try:
     )
     from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
     from workflow_lib.choice import chooses_by_cv
-    from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
+    from workflow_lib.dataset_layouts import layout_of, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, split_fingerprints
+    from workflow_lib.job_settings import demo_data_settings, validation_settings
     from workflow_lib.layout import (
         MODEL_FILES,
         TRUST_FILES,
@@ -46,6 +46,7 @@ try:
         systems_spec,
     )
     from workflow_lib.shards import listed_file_counts, resolve_shards
+    from workflow_lib.task import task_of_settings
 finally:
     sys.path.remove(REPO)
 
@@ -96,10 +97,15 @@ METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
-# Multi-label task (dataset.layout fsdkaggle2019): label sets, sigmoid outputs, lwlrap.
-MULTI_LABEL = is_multi_label(S)
+# The task (workflow_lib/task.py): single-label, or multi-label (dataset.layout fsdkaggle2019:
+# label sets, sigmoid outputs, lwlrap). Rules ask it, they do not branch on a flag.
+TASK = task_of_settings(S)
+# Alias for the rule files not yet asking TASK (rules/predict.smk, rules/report.smk).
+MULTI_LABEL = TASK.label_sets
+# The dataset layout (workflow_lib/dataset_layouts.py): its config keys, its demo's files.
+LAYOUT = layout_of(S["dataset"])
 # Config keys of the layout's training listings (verified first): train_csv, or curated_csv
-# and noisy_csv (workflow_lib/dataset_layouts.py).
+# and noisy_csv.
 TRAIN_LISTINGS = train_listing_keys(S["dataset"])
 
 

@@ -2,12 +2,13 @@
 
 if DEMO:
 
-    # Multi-label (MULTI_LABEL): pairs of the synthetic sounds mixed, in the FSDKaggle2019
-    # layout (curated and noisy lists, workflow_lib/mixtures.py).
+    # The training listings of the layout (LAYOUT.demo_listings, verified first): train.csv,
+    # or for multi-label pairs of the synthetic sounds mixed, in the FSDKaggle2019 layout
+    # (curated and noisy lists, workflow_lib/mixtures.py).
     rule demo_dataset:
         output:
-            [L.demo_data("train_noisy.csv")] if MULTI_LABEL else [],
-            train=L.demo_data("train_curated.csv" if MULTI_LABEL else "train.csv"),
+            [L.demo_data(name) for name in LAYOUT.demo_listings[1:]],
+            train=L.demo_data(LAYOUT.demo_listings[0]),
             test=L.demo_data("test_post_competition.csv"),
             truth=L.demo_data("train_true_labels.csv"),
         log:
@@ -18,7 +19,7 @@ if DEMO:
             CONDA_ENV
         params:
             cli=CLI,
-            settings=as_json({**S["demo_data"], "multi_label": True} if MULTI_LABEL else S["demo_data"]),
+            settings=as_json(demo_data_settings(S)),
         shell:
             "{params.cli} demo-data --out $(dirname {output.train:q})"
             " --settings {params.settings:q} 2> {log}"
@@ -47,7 +48,7 @@ rule validate_dataset:
     params:
         cli=CLI,
         root=Unrecorded(DATA_ROOT),
-        settings=as_json(layout_settings(S["dataset"])),
+        settings=as_json(validation_settings(S)),
         folds=METHOD["folds"],
         fingerprint=DATASET_FINGERPRINTS["train"],
     shell:
@@ -76,7 +77,7 @@ rule validate_test:
     params:
         cli=CLI,
         root=Unrecorded(DATA_ROOT),
-        settings=as_json(layout_settings(S["dataset"])),
+        settings=as_json(validation_settings(S)),
         fingerprint=DATASET_FINGERPRINTS["test"],
     shell:
         "{params.cli} validate-test --root {params.root:q} --classes {input.classes:q}"

@@ -17,7 +17,7 @@ import yaml
 
 from workflow_lib.config import ConfigError, check_dataset_root, load_schema, resolve_settings
 from workflow_lib.dataset import DatasetError, class_table, validate_dataset
-from workflow_lib.dataset_layouts import LAYOUT_KEYS, layout_settings, train_listing_keys
+from workflow_lib.dataset_layouts import LAYOUTS, train_listing_keys
 from workflow_lib.shards import listed_file_counts
 
 from conftest import REPO
@@ -197,8 +197,8 @@ def _config(**dataset) -> dict:
 def test_schema_defaults_are_config_yaml_values():
     """The layout keys' defaults (schema) are config.yaml's: an unchanged key is 'not set'."""
     properties = load_schema()["properties"]["dataset"]["properties"]
-    for keys in LAYOUT_KEYS.values():
-        for key in keys:
+    for layout in LAYOUTS.values():
+        for key in layout.keys:
             assert properties[key]["default"] == CONFIG["dataset"][key], key
 
 
@@ -241,27 +241,6 @@ def test_dataset_root_check_and_file_counts_follow_the_layout(tmp_path):
     (root / "train_curated.csv").unlink()
     with pytest.raises(ConfigError, match="train_curated.csv"):
         check_dataset_root(settings)
-
-
-def test_validation_settings_hold_only_the_keys_the_layout_reads():
-    """Single-label: exactly the settings of before the multi-label layout (same job, no rerun)."""
-    single = layout_settings(CONFIG["dataset"])
-    assert sorted(single) == sorted(
-        [
-            "train_csv",
-            "test_csv",
-            "train_audio_dir",
-            "test_audio_dir",
-            "true_labels_csv",
-            "follow_external_symlinks",
-        ]
-    )
-    multi = layout_settings(DATASET)
-    assert (
-        multi["layout"] == "fsdkaggle2019"
-        and "train_csv" not in multi
-        and multi["noisy_csv"] == "train_noisy.csv"
-    )
 
 
 # --------------------------------------------------------------------------- the workflow plans it

@@ -27,6 +27,7 @@ from workflow_lib.errors import UserError
 from workflow_lib.folds import FOLD_COLUMNS, make_folds, split_fold
 from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.stages import folds_job
+from workflow_lib.task import MULTI, SINGLE
 
 N_FOLDS = 4
 SEED = 2018
@@ -238,7 +239,7 @@ def ml_train() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def ml_folds(ml_train) -> pd.DataFrame:
-    return make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
+    return make_folds(ml_train, N_FOLDS, SEED, task=MULTI)
 
 
 def test_multilabel_every_clip_in_one_fold_with_its_set(ml_train, ml_folds):
@@ -270,9 +271,9 @@ def test_multilabel_fold_sizes_close(ml_folds):
 
 def test_multilabel_folds_deterministic_and_order_free(ml_train, ml_folds):
     reordered = ml_train.iloc[np.random.default_rng(3).permutation(len(ml_train))].reset_index(drop=True)
-    again = make_folds(reordered, N_FOLDS, SEED, multi_label=True)
+    again = make_folds(reordered, N_FOLDS, SEED, task=MULTI)
     pd.testing.assert_frame_equal(ml_folds, again)
-    other = make_folds(ml_train, N_FOLDS, SEED + 1, multi_label=True)
+    other = make_folds(ml_train, N_FOLDS, SEED + 1, task=MULTI)
     before = ml_folds.set_index("fname")["fold"]
     changed = (other.set_index("fname")["fold"].reindex(before.index) != before).sum()
     assert changed > len(ml_train) // 4
@@ -280,7 +281,7 @@ def test_multilabel_folds_deterministic_and_order_free(ml_train, ml_folds):
 
 def test_multilabel_single_labels_are_balanced_like_the_single_label_deal(train):
     """Sets of one label: every class and flag gets floor or ceil of n / folds per fold."""
-    folds = make_folds(train, N_FOLDS, SEED, multi_label=True)
+    folds = make_folds(train, N_FOLDS, SEED, task=MULTI)
     for key, counts in label_fold_counts(folds).items():
         n = counts.sum()
         assert (counts >= math.floor(n / N_FOLDS)).all(), key
@@ -297,10 +298,10 @@ def test_multilabel_class_counts_every_clip_that_carries_it():
     ]
     train = pd.DataFrame(rows, columns=["fname", "label"]).assign(verified="1")
     with pytest.raises(UserError, match="'Bark' \\(3 clips\\)") as raised:
-        make_folds(train, N_FOLDS, SEED, multi_label=True)
+        make_folds(train, N_FOLDS, SEED, task=MULTI)
     assert "Whistle" not in str(raised.value)
     enough = pd.concat([train, pd.DataFrame({"fname": ["e.wav"], "label": ["Bark"], "verified": ["0"]})])
-    folds = make_folds(enough, N_FOLDS, SEED, multi_label=True)
+    folds = make_folds(enough, N_FOLDS, SEED, task=MULTI)
     assert sorted(folds["fname"]) == ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
 
 
@@ -309,7 +310,7 @@ def test_folds_job_deals_label_sets_by_iterative_stratification(tmp_path, ml_tra
     write_csv(manifest, tmp_path / "train.csv")
     folds_job(tmp_path / "train.csv", tmp_path / "folds.csv", N_FOLDS, SEED)  # sets: iterative
     written = read_csv_str(tmp_path / "folds.csv")
-    expected = make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
+    expected = make_folds(ml_train, N_FOLDS, SEED, task=MULTI)
     assert dict(zip(written["fname"], written["fold"].astype(int))) == dict(
         zip(expected["fname"], expected["fold"].astype(int))
     )
@@ -319,7 +320,9 @@ def test_label_sets_are_recognised_and_single_labels_keep_the_round_robin_deal(t
     from workflow_lib.folds import has_label_sets
 
     assert has_label_sets(ml_train["label"]) and not has_label_sets(train["label"])
-    pd.testing.assert_frame_equal(make_folds(train, N_FOLDS, SEED), make_folds(train, N_FOLDS, SEED, False))
     pd.testing.assert_frame_equal(
-        make_folds(ml_train, N_FOLDS, SEED), make_folds(ml_train, N_FOLDS, SEED, multi_label=True)
+        make_folds(train, N_FOLDS, SEED), make_folds(train, N_FOLDS, SEED, task=SINGLE)
+    )
+    pd.testing.assert_frame_equal(
+        make_folds(ml_train, N_FOLDS, SEED), make_folds(ml_train, N_FOLDS, SEED, task=MULTI)
     )

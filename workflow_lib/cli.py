@@ -18,7 +18,7 @@ import pandas as pd
 from . import __version__
 from .choice import choose_chain_job, read_choice
 from .dataset import class_table, validate_test, validate_train
-from .demo import generate_demo_dataset, generate_multilabel_demo_dataset
+from .demo import DemoDataJob, demo_data_job
 from .errors import UserError
 from .io import read_csv_str, write_csv
 from .layout import Layout
@@ -66,11 +66,8 @@ def iteration_fold_paths(pairs: Sequence[str]) -> dict[tuple[int, int], Path]:
 
 @command("demo-data", arg("--out", type=Path, required=True), JSON)
 def demo_data(args: argparse.Namespace) -> None:
-    settings = dict(args.settings)
-    if settings.pop("multi_label", False):  # dataset.layout fsdkaggle2019: pairs of sounds
-        summary = generate_multilabel_demo_dataset(args.out, settings)
-    else:
-        summary = generate_demo_dataset(args.out, settings)
+    """The demo dataset of the settings' task (key ``task``; absent: single-label)."""
+    summary = demo_data_job(job=DemoDataJob.from_settings(args.out, args.settings))
     log.info(
         "demo dataset: %d training clips (%d verified, %d wrong labels), %d test clips",
         summary["n_train"],

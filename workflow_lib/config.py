@@ -19,11 +19,11 @@ import jsonschema
 import yaml
 
 from .audio import sox_effects_problems
-from .dataset_layouts import LAYOUT_KEYS, train_listing_keys
-from .dataset_layouts import is_multi_label as layout_is_multi_label
+from .dataset_layouts import LAYOUTS, layout_of, train_listing_keys
 from .errors import UserError
 from .io import write_json
 from .policies import CORRECTABLE, MULTI_LABEL_POLICIES, POLICY_PARAMETERS
+from .task import task_of_settings
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -128,17 +128,17 @@ def unused_dataset_keys(settings: Mapping[str, Any], user: Mapping[str, Any] | N
     so they are an error rather than silently ignored. Set means: a value other than the
     schema's default, or given by the user (``--config``, an extra config file)."""
     dataset = settings["dataset"]
-    layout = dataset.get("layout", "fsdkaggle2018")
+    layout = layout_of(dataset)
     defaults = load_schema()["properties"]["dataset"]["properties"]
     given = (user or {}).get("dataset") or {}
     given = given if isinstance(given, Mapping) else {}
     problems = []
-    for other, keys in LAYOUT_KEYS.items():
-        for key in keys if other != layout else ():
+    for other in LAYOUTS.values():
+        for key in other.keys if other != layout else ():
             if key in given or dataset.get(key, defaults[key]["default"]) != defaults[key]["default"]:
                 problems.append(
-                    f"config key dataset.{key}: read only by dataset.layout {other}, not by {layout} "
-                    f"(which reads {', '.join(LAYOUT_KEYS[layout])}); remove it or change the layout"
+                    f"config key dataset.{key}: read only by dataset.layout {other.name}, not by "
+                    f"{layout.name} (which reads {', '.join(layout.keys)}); remove it or change the layout"
                 )
     return problems
 
@@ -293,8 +293,9 @@ def compared_settings(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_multi_label(settings: Mapping[str, Any]) -> bool:
-    """Multi-label task (label sets, sigmoid outputs, lwlrap): the FSDKaggle2019 layout."""
-    return layout_is_multi_label(settings.get("dataset", {}))
+    """Whether the run's task has label sets. Kept only for callers not yet asking the task
+    itself (``task.task_of_settings``, issue 20); new code asks the task."""
+    return task_of_settings(settings).label_sets
 
 
 def gpus_per_training_job(compute: Mapping[str, Any]) -> int:

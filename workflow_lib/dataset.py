@@ -50,17 +50,20 @@ in ``problems.csv`` and in ``submission_status.csv``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import soundfile as sf
 
-from .dataset_layouts import is_multi_label
+from .dataset_layouts import FSDKAGGLE2018, FSDKAGGLE2019, DatasetLayout, layout_of
 from .errors import UserError
 from .fingerprint import folder_files, outside_root
 from .io import read_csv_str
 from .labels import SEPARATOR, join_labels, split_labels
+from .task import SINGLE, Task, task_named
 
 TRAIN_COLUMNS = ("fname", "label", "manually_verified")
 #: Columns of a FSDKaggle2019 training listing (curated or noisy); ``labels`` holds the set.
@@ -313,15 +316,17 @@ def read_test(
     problems: Problems,
     root: Path | None = None,
     follow_links: bool = False,
-    multi_label: bool = False,
+    *,
+    layout: DatasetLayout = FSDKAGGLE2018,
 ) -> pd.DataFrame:
     """Test listing with columns fname, label ('' if unknown), usage, path.
 
     Without a CSV, every audio file in the test folder is predicted and nothing is evaluated.
     Rows whose file is missing or refused keep ``path`` empty: the submission answers them
-    with an empty prediction. ``multi_label``: the CSV's label column is ``labels`` (a set,
-    written back joined in sorted order), as in FSDKaggle2019.
+    with an empty prediction. The ``layout`` names the CSV's label column (FSDKaggle2019:
+    ``labels``), and its task how a cell is read (a label set is written back in sorted order).
     """
+    task = task_named(layout.task)
     root = root if root is not None else audio_dir.parent
     if csv_path is None or not csv_path.is_file():
         names = _test_files_without_csv(audio_dir, problems)
@@ -334,17 +339,16 @@ def read_test(
         if "fname" not in frame.columns:
             problems.add(csv_path, 1, "", f"missing column 'fname'; found {list(frame.columns)}", "error")
             return pd.DataFrame(columns=["fname", "label", "usage", "path"])
-        label_column = "labels" if multi_label else "label"
+        label_column = layout.test_label_column
         for column in (label_column, "usage"):
             if column not in frame.columns:
                 frame[column] = ""
         for extra in [c for c in frame.columns if c not in ("fname", label_column, "usage")]:
             problems.add(csv_path, 1, "", f"unknown column {extra!r} ignored", "ignored")
         frame = frame[["fname", label_column, "usage"]].rename(columns={label_column: "label"})
-        if multi_label:
-            frame["label"] = frame["label"].map(lambda cell: join_labels(split_labels(cell)))
+        frame["label"] = frame["label"].map(task.canonical)
         _check_names(frame, csv_path, problems)
-        _check_test_labels(frame, csv_path, classes, problems, multi_label)
+        _check_test_labels(frame, csv_path, classes, problems, task=task)
         _unlisted_test_files(frame, audio_dir, csv_path, problems)
         usable = _check_exists(frame, audio_dir, csv_path, problems, root, follow_links)
     frame = frame.copy()
@@ -353,7 +357,7 @@ def read_test(
 
 
 def _check_test_labels(
-    frame: pd.DataFrame, path: Path, classes: list[str], problems: Problems, multi_label: bool = False
+    frame: pd.DataFrame, path: Path, classes: list[str], problems: Problems, *, task: Task = SINGLE
 ) -> None:
     """Usage values, and every label of a scored clip known from training."""
     known = set(classes)
@@ -368,8 +372,7 @@ def _check_test_labels(
                 "error",
             )
         scored = usage in SCORED_USAGES or (usage == "" and row["label"] != "")
-        labels = (split_labels(row["label"]) or [""]) if multi_label else [row["label"]]
-        for label in labels if scored else []:
+        for label in task.scored_labels(row["label"]) if scored else []:
             if label not in known:
                 problems.add(
                     path, csv_line(index), row["fname"], f"label {label!r} never appears in training", "error"
@@ -400,43 +403,42 @@ WARNING = "warning"
 
 
 def check_verified_support(
-    train: pd.DataFrame, csv_path: Path, problems: Problems, multi_label: bool
+    train: pd.DataFrame, csv_path: Path, problems: Problems, *, layout: DatasetLayout = FSDKAGGLE2018
 ) -> None:
     """Warn (``problems.csv`` rows with outcome ``warning``) where the verified clips cannot
     support the results: validation, the CV scores and model selection use the verified
     clips only, and self-verification trusts a noisy clip only through a model validated on
     them. Without any verified clip the CV columns are empty; a class without one is missing
-    from the CV scores and self-verification cannot confirm its noisy clips.
+    from the CV scores and self-verification cannot confirm its noisy clips. The ``layout``
+    words it in its own terms (manually verified or curated clips).
     """
     if not train["verified"].astype(int).any():
-        kind = "curated (verified) clips" if multi_label else "manually verified clips (manually_verified=1)"
         problems.add(
             csv_path,
             "-",
             "",
-            f"no {kind}: there is nothing to validate on, so the CV scores are empty and model "
-            "selection cannot compare iterations (the last iteration is used)",
+            f"no {layout.verified_clips}: there is nothing to validate on, so the CV scores are "
+            "empty and model selection cannot compare iterations (the last iteration is used)",
             WARNING,
         )
         return
     table = class_table(train)
     for label in table.loc[table["n_verified"] == 0, "label"]:
-        where = "only among the noisy clips" if multi_label else "only on unverified clips"
         problems.add(
             csv_path,
             "-",
             "",
-            f"class {label!r} appears {where}: it is never validated (the CV scores leave it "
-            "out) and self-verification cannot confirm its clips",
+            f"class {label!r} appears {layout.unverified_where}: it is never validated (the CV "
+            "scores leave it out) and self-verification cannot confirm its clips",
             WARNING,
         )
 
 
 def attach_true_labels(
-    train: pd.DataFrame, true_labels_csv: Path | None, multi_label: bool = False
+    train: pd.DataFrame, true_labels_csv: Path | None, *, task: Task = SINGLE
 ) -> pd.DataFrame:
-    """Add a ``true_label`` column ('' where unknown) from an optional side CSV
-    (``multi_label``: a set, written joined in sorted order)."""
+    """Add a ``true_label`` column ('' where unknown) from an optional side CSV (label sets
+    written joined in sorted order, :meth:`Task.canonical`)."""
     train = train.copy()
     train["true_label"] = ""
     if true_labels_csv is not None and true_labels_csv.is_file():
@@ -444,12 +446,23 @@ def attach_true_labels(
         if {"fname", "true_label"} <= set(truth.columns):
             mapping = dict(zip(truth["fname"], truth["true_label"]))
             train["true_label"] = train["fname"].map(mapping).fillna("")
-    if multi_label:
-        train["true_label"] = train["true_label"].map(lambda cell: join_labels(split_labels(cell)))
+    train["true_label"] = train["true_label"].map(task.canonical)
     return train
 
 
-def _train_2019(root: Path, dataset: dict, problems: Problems, follow: bool) -> pd.DataFrame | None:
+def _train_2018(
+    root: Path, dataset: Mapping[str, Any], problems: Problems, follow: bool
+) -> pd.DataFrame | None:
+    """The one training list (train.csv: fname,label,manually_verified)."""
+    train_csv = root / dataset["train_csv"]
+    if not train_csv.is_file():
+        raise DatasetError(f"{train_csv}: training list not found (config key dataset_root={root})")
+    return read_train(train_csv, root / dataset["train_audio_dir"], problems, root, follow)
+
+
+def _train_2019(
+    root: Path, dataset: Mapping[str, Any], problems: Problems, follow: bool
+) -> pd.DataFrame | None:
     """Curated (verified) then noisy (unverified) clips; a clip listed in both is an error."""
     parts = []
     listings = (("curated_csv", "curated_audio_dir", 1), ("noisy_csv", "noisy_audio_dir", 0))
@@ -474,33 +487,39 @@ def _train_2019(root: Path, dataset: dict, problems: Problems, follow: bool) -> 
     return train
 
 
-def validate_train(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFrame, Problems]:
+#: Reads a layout's training listings into the common table (fname, label, verified, path):
+#: (dataset root, dataset settings, problems, follow external symlinks) -> table, or None when
+#: a listing could not be read (its problems are recorded).
+TrainReader = Callable[[Path, Mapping[str, Any], Problems, bool], pd.DataFrame | None]
+#: The reader of each layout of ``dataset_layouts.LAYOUTS`` (a test checks both name the same).
+TRAIN_READERS: dict[str, TrainReader] = {FSDKAGGLE2018.name: _train_2018, FSDKAGGLE2019.name: _train_2019}
+
+
+def validate_train(root: Path, dataset: Mapping[str, Any], folds: int) -> tuple[pd.DataFrame, Problems]:
     """The training listings (with their true labels); raise :class:`DatasetError` on errors.
 
     Its own job (rule validate_dataset), apart from the test split's (:func:`validate_test`):
-    a changed test file then reruns the test side only, never the training.
+    a changed test file then reruns the test side only, never the training. The layout
+    (``dataset.layout``) chooses the reader (:data:`TRAIN_READERS`); problems of the whole
+    training split are filed under its verified listing.
     """
     root = Path(root)
     problems = Problems()
-    multi_label = is_multi_label(dataset)
+    layout = layout_of(dataset)
     follow = bool(dataset.get("follow_external_symlinks", False))
-    if multi_label:
-        train_csv = root / dataset["curated_csv"]
-        train = _train_2019(root, dataset, problems, follow)
-    else:
-        train_csv = root / dataset["train_csv"]
-        if not train_csv.is_file():
-            raise DatasetError(f"{train_csv}: training list not found (config key dataset_root={root})")
-        train = read_train(train_csv, root / dataset["train_audio_dir"], problems, root, follow)
+    train_csv = root / dataset[layout.listing_keys[0]]
+    train = TRAIN_READERS[layout.name](root, dataset, problems, follow)
     problems.raise_errors()
     check_class_sizes(train, folds, train_csv, problems)
-    check_verified_support(train, train_csv, problems, multi_label)
+    check_verified_support(train, train_csv, problems, layout=layout)
     problems.raise_errors()
     truth = root / dataset["true_labels_csv"] if dataset["true_labels_csv"] else None
-    return attach_true_labels(train, truth, multi_label), problems
+    return attach_true_labels(train, truth, task=task_named(layout.task)), problems
 
 
-def validate_test(root: Path, dataset: dict, classes: list[str]) -> tuple[pd.DataFrame, Problems]:
+def validate_test(
+    root: Path, dataset: Mapping[str, Any], classes: list[str]
+) -> tuple[pd.DataFrame, Problems]:
     """The test listing, its labels checked against the training ``classes``; raise
     :class:`DatasetError` on errors, return skips in ``Problems``."""
     root = Path(root)
@@ -508,7 +527,7 @@ def validate_test(root: Path, dataset: dict, classes: list[str]) -> tuple[pd.Dat
     follow = bool(dataset.get("follow_external_symlinks", False))
     test_csv = root / dataset["test_csv"] if dataset["test_csv"] else None
     test_dir = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else root / "_none_"
-    test = read_test(test_csv, test_dir, classes, problems, root, follow, is_multi_label(dataset))
+    test = read_test(test_csv, test_dir, classes, problems, root, follow, layout=layout_of(dataset))
     problems.raise_errors()
     return test, problems
 
@@ -518,7 +537,9 @@ def class_names(train: pd.DataFrame) -> list[str]:
     return sorted(class_members(train)["label"].unique())
 
 
-def validate_dataset(root: Path, dataset: dict, folds: int) -> tuple[pd.DataFrame, pd.DataFrame, Problems]:
+def validate_dataset(
+    root: Path, dataset: Mapping[str, Any], folds: int
+) -> tuple[pd.DataFrame, pd.DataFrame, Problems]:
     """Both splits: :func:`validate_train`, then :func:`validate_test`; skips of both in
     ``Problems``."""
     train, problems = validate_train(root, dataset, folds)

@@ -1,4 +1,12 @@
-"""The dataset layouts and the config keys each reads (config ``dataset.layout``).
+"""The dataset layouts (config ``dataset.layout``): one registry entry each.
+
+A layout says which config keys name its training listings and audio folders, which task its
+labels imply, what its test CSV calls the label column, what the demo writes for it and how its
+problems are worded. How its listings are read into the common training table is a function of
+:mod:`workflow_lib.dataset` (``TRAIN_READERS``, keyed by the same names: it needs pandas).
+
+Adding a layout: one :data:`LAYOUTS` entry here, its reader in ``dataset.TRAIN_READERS``, its
+name in the schema's ``dataset.layout`` enum (a test checks they agree), tests, a line of docs.
 
 No third-party imports: the Snakefile imports this at every start (shard planning, the check
 of ``dataset_root``, the config checks), before any job runs.
@@ -7,41 +15,81 @@ of ``dataset_root``, the config checks), before any job runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-SINGLE_LABEL = "fsdkaggle2018"
-MULTI_LABEL = "fsdkaggle2019"
 
-#: Config keys (section ``dataset``) each layout reads besides the shared ones (test list and
-#: folder, true labels, symlinks): its training listings and their audio folders, in pairs
-#: (listing, folder). A key of the other layout that is set is a config error.
-LAYOUT_KEYS: dict[str, tuple[str, ...]] = {
-    SINGLE_LABEL: ("train_csv", "train_audio_dir"),
-    MULTI_LABEL: ("curated_csv", "curated_audio_dir", "noisy_csv", "noisy_audio_dir"),
-}
+@dataclass(frozen=True)
+class DatasetLayout:
+    """One dataset layout.
+
+    name: the ``dataset.layout`` value.
+    task: the task its labels imply (``workflow_lib.task.task_named``), by name so this module
+        stays free of imports.
+    keys: config keys (section ``dataset``) it reads besides the shared ones (test list and
+        folder, true labels, symlinks): its training listings and their audio folders, in pairs
+        (listing, folder), the verified listing first. A key of another layout that is set is a
+        config error.
+    test_label_column: the test CSV's label column (written back as ``label``).
+    demo_listings: the training listings the demo dataset writes, verified first (rule
+        demo_dataset's outputs).
+    verified_clips, unverified_where: problems.csv wording (no verified clip at all; a class
+        seen only among the unverified clips), in the layout's own terms.
+    """
+
+    name: str
+    task: str
+    keys: tuple[str, ...]
+    test_label_column: str
+    demo_listings: tuple[str, ...]
+    verified_clips: str
+    unverified_where: str
+
+    @property
+    def listing_keys(self) -> tuple[str, ...]:
+        """Config keys of the training listings, the verified one first."""
+        return self.keys[::2]
+
+    @property
+    def listing_folders(self) -> tuple[tuple[str, str], ...]:
+        """(listing key, audio folder key) pairs, the verified listing first."""
+        return tuple(zip(self.keys[::2], self.keys[1::2]))
 
 
-def is_multi_label(dataset: Mapping[str, Any]) -> bool:
-    """Whether the dataset settings choose the multi-label layout (label sets)."""
-    return dataset.get("layout", SINGLE_LABEL) == MULTI_LABEL
+FSDKAGGLE2018 = DatasetLayout(
+    name="fsdkaggle2018",
+    task="single-label",
+    keys=("train_csv", "train_audio_dir"),
+    test_label_column="label",
+    demo_listings=("train.csv",),
+    verified_clips="manually verified clips (manually_verified=1)",
+    unverified_where="only on unverified clips",
+)
+FSDKAGGLE2019 = DatasetLayout(
+    name="fsdkaggle2019",
+    task="multi-label",
+    keys=("curated_csv", "curated_audio_dir", "noisy_csv", "noisy_audio_dir"),
+    test_label_column="labels",
+    demo_listings=("train_curated.csv", "train_noisy.csv"),
+    verified_clips="curated (verified) clips",
+    unverified_where="only among the noisy clips",
+)
+#: Every layout, by name (the schema's ``dataset.layout`` enum is ``sorted(LAYOUTS)``).
+LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (FSDKAGGLE2018, FSDKAGGLE2019)}
+#: The layout of a config without ``dataset.layout`` (the paper's dataset).
+DEFAULT_LAYOUT = FSDKAGGLE2018.name
+
+
+def layout_of(dataset: Mapping[str, Any]) -> DatasetLayout:
+    """The layout the ``dataset`` settings choose (absent: :data:`DEFAULT_LAYOUT`); a clear
+    error for an unknown name."""
+    name = dataset.get("layout", DEFAULT_LAYOUT)
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown dataset layout {name!r}: use one of {sorted(LAYOUTS)}")
+    return LAYOUTS[name]
 
 
 def train_listing_keys(dataset: Mapping[str, Any]) -> list[str]:
-    """Config keys of the training listings the layout reads, the verified one first (the
-    noisy list of fsdkaggle2019 only when set: it may be '')."""
-    keys = LAYOUT_KEYS[dataset.get("layout", SINGLE_LABEL)][::2]
-    return [key for key in keys if dataset.get(key)]
-
-
-def layout_settings(dataset: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``dataset`` settings the chosen layout reads (the validation job's settings).
-
-    Keys of the other layout are left out, and so is ``layout`` when it is the single-label
-    default: a single-label run's settings, and so its validation job, stay exactly as they
-    were before the multi-label layout existed.
-    """
-    layout = dataset.get("layout", SINGLE_LABEL)
-    other = {key for name, keys in LAYOUT_KEYS.items() if name != layout for key in keys}
-    if layout == SINGLE_LABEL:
-        other.add("layout")
-    return {key: value for key, value in dataset.items() if key not in other}
+    """Config keys of the training listings the layout reads, the verified one first (a
+    listing that may be '', as fsdkaggle2019's noisy list, only when set)."""
+    return [key for key in layout_of(dataset).listing_keys if dataset.get(key)]

@@ -7,13 +7,15 @@ true labels kept in ``train_true_labels.csv``, and a test set with Public and Pr
 Seeded: the same settings give byte-identical files.
 
 The multi-label demo (:func:`generate_multilabel_demo_dataset`, for ``dataset.layout:
-fsdkaggle2019``) mixes pairs of these sounds with :mod:`workflow_lib.mixtures`: as many
-training and test clips as the single-label demo, each labelled with both of its classes.
+fsdkaggle2019``; :data:`GENERATORS` picks one by task) mixes pairs of these sounds with
+:mod:`workflow_lib.mixtures`: as many training and test clips as the single-label demo, each
+labelled with both of its classes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import soundfile as sf
 from .io import atomic_path, write_csv, write_json
 from .mixtures import MixtureSettings, write_mixture_dataset
 from .noisy_dataset import corrupt_labels
+from .task import MULTI, SINGLE, Task, task_named
 
 Generator = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
 
@@ -220,3 +223,35 @@ def generate_multilabel_demo_dataset(out_dir: Path, settings: Mapping[str, Any])
     return write_mixture_dataset(
         out_dir, sources, load, mixing, overwrite=True, info_name="demo_info.json", info_extra=extra
     )
+
+
+#: The demo of each task: its generator writes the layout of that task's dataset
+#: (``dataset_layouts.LAYOUTS``, ``demo_listings``).
+GENERATORS: dict[str, Callable[[Path, Mapping[str, Any]], dict[str, Any]]] = {
+    SINGLE.name: generate_demo_dataset,
+    MULTI.name: generate_multilabel_demo_dataset,
+}
+
+
+@dataclass(frozen=True)
+class DemoDataJob:
+    """The demo-data job (rule demo_dataset): where to write, the ``demo_data`` settings of
+    the synthesis, and the task whose demo to write (job settings key ``task``, absent for
+    single-label: ``job_settings.demo_data_settings``)."""
+
+    out_dir: Path
+    synthesis: Mapping[str, Any] = field(default_factory=dict)
+    task: Task = SINGLE
+
+    @classmethod
+    def from_settings(cls, out_dir: Path, settings: Mapping[str, Any]) -> DemoDataJob:
+        """The job of the rule's settings; ``task`` is no synthesis setting, so it is left out
+        of the summary (demo_info.json stays as it was before tasks existed)."""
+        synthesis = dict(settings)
+        task = task_named(synthesis.pop("task", SINGLE.name))
+        return cls(out_dir=Path(out_dir), synthesis=synthesis, task=task)
+
+
+def demo_data_job(job: DemoDataJob) -> dict[str, Any]:
+    """Write the demo dataset of the job's task; return its summary."""
+    return GENERATORS[job.task.name](job.out_dir, job.synthesis)

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .dataset_layouts import LAYOUT_KEYS, SINGLE_LABEL
+from .dataset_layouts import layout_of
 
 #: What a file that is not there (or cannot be read) contributes to a fingerprint.
 MISSING = "missing"
@@ -153,10 +153,9 @@ def _listing(root: Path, name: str, cache: DigestCache) -> list[str]:
 def fingerprint_train(root: Path, dataset: Mapping[str, Any], cache: DigestCache) -> str:
     """The training split: each training listing and every file it lists, and the true-label
     side file (dataset.true_labels_csv)."""
-    keys = LAYOUT_KEYS[dataset.get("layout", SINGLE_LABEL)]
     follow = bool(dataset.get("follow_external_symlinks", False))
     parts: list[Any] = []
-    for csv_key, dir_key in zip(keys[::2], keys[1::2]):
+    for csv_key, dir_key in layout_of(dataset).listing_folders:
         if not dataset.get(csv_key):
             continue  # fsdkaggle2019 without a noisy part
         audio_dir = root / dataset[dir_key]

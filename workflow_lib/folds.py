@@ -17,6 +17,7 @@ import pandas as pd
 
 from .errors import UserError
 from .labels import SEPARATOR, multi_hot, split_labels
+from .task import MULTI, SINGLE, Task
 
 FOLD_COLUMNS = ["fname", "label", "verified", "fold"]
 
@@ -84,10 +85,9 @@ def _neediest(
     return int(order[0])
 
 
-def _too_small(train: pd.DataFrame, n_folds: int, multi_label: bool) -> pd.Series:
+def _too_small(train: pd.DataFrame, n_folds: int, task: Task) -> pd.Series:
     """Classes (with clip counts) that have fewer clips carrying them than folds."""
-    labels = train["label"].map(split_labels).explode() if multi_label else train["label"]
-    counts = labels.value_counts()
+    counts = train["label"].map(task.labels_of).explode().value_counts()
     return counts[counts < n_folds]
 
 
@@ -98,15 +98,43 @@ def has_label_sets(labels: pd.Series) -> bool:
     return bool(labels.astype(str).str.contains(SEPARATOR, regex=False).any())
 
 
-def make_folds(train: pd.DataFrame, n_folds: int, seed: int, multi_label: bool | None = None) -> pd.DataFrame:
+def _deal_labels(shuffled: pd.DataFrame, n_folds: int, rng: np.random.Generator) -> None:
+    """Single labels: round-robin per class (:func:`stratified_assignment`), verified clips
+    first; the unverified pass continues where the verified one stopped, so sizes stay even."""
+    start = 0
+    for flag in (1, 0):
+        part = shuffled.index[shuffled["verified"].astype(int) == flag]
+        labels = shuffled.loc[part, "label"].to_numpy()
+        shuffled.loc[part, "fold"] = stratified_assignment(labels, n_folds, rng, start)
+        start = (start + len(part)) % n_folds
+
+
+def _deal_label_sets(shuffled: pd.DataFrame, n_folds: int, rng: np.random.Generator) -> None:
+    """Label sets: iterative stratification (:func:`iterative_assignment`), verified clips
+    first; the unverified pass evens out the fold sizes the verified one left."""
+    classes = sorted(shuffled["label"].map(split_labels).explode().dropna().unique())
+    sizes = np.zeros(n_folds)
+    for flag in (1, 0):
+        part = shuffled.index[shuffled["verified"].astype(int) == flag]
+        targets = multi_hot(shuffled.loc[part, "label"].tolist(), classes)
+        shuffled.loc[part, "fold"] = iterative_assignment(targets, n_folds, rng, sizes)
+        sizes += np.bincount(shuffled.loc[part, "fold"].astype(int), minlength=n_folds)
+
+
+#: How each task deals the shuffled clips over the folds (in place, column ``fold``).
+DEALERS = {SINGLE.name: _deal_labels, MULTI.name: _deal_label_sets}
+
+
+def make_folds(train: pd.DataFrame, n_folds: int, seed: int, *, task: Task | None = None) -> pd.DataFrame:
     """Assign a fold to every training clip; verified and unverified stratified separately.
 
-    ``multi_label``: ``label`` holds label sets, dealt by :func:`iterative_assignment`; None:
-    when any clip has more than one label (:func:`has_label_sets`).
+    ``task``: multi-label deals label sets by :func:`iterative_assignment`, single-label
+    round-robin per class; None: multi-label when any clip has more than one label
+    (:func:`has_label_sets`), which is how the workflow's folds job calls it.
     """
-    if multi_label is None:
-        multi_label = has_label_sets(train["label"])
-    too_small = _too_small(train, n_folds, multi_label)
+    if task is None:
+        task = MULTI if has_label_sets(train["label"]) else SINGLE
+    too_small = _too_small(train, n_folds, task)
     if len(too_small):
         raise UserError(
             f"cannot make {n_folds} stratified folds: class(es) "
@@ -119,21 +147,7 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int, multi_label: bool |
     rng = np.random.default_rng(seed)
     shuffled = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
     shuffled["fold"] = -1
-    if multi_label:
-        classes = sorted(shuffled["label"].map(split_labels).explode().dropna().unique())
-        sizes = np.zeros(n_folds)
-        for flag in (1, 0):
-            part = shuffled.index[shuffled["verified"].astype(int) == flag]
-            targets = multi_hot(shuffled.loc[part, "label"].tolist(), classes)
-            shuffled.loc[part, "fold"] = iterative_assignment(targets, n_folds, rng, sizes)
-            sizes += np.bincount(shuffled.loc[part, "fold"].astype(int), minlength=n_folds)
-        return shuffled[FOLD_COLUMNS]
-    start = 0  # the unverified pass continues where the verified one stopped: sizes stay even
-    for flag in (1, 0):
-        part = shuffled.index[shuffled["verified"].astype(int) == flag]
-        labels = shuffled.loc[part, "label"].to_numpy()
-        shuffled.loc[part, "fold"] = stratified_assignment(labels, n_folds, rng, start)
-        start = (start + len(part)) % n_folds
+    DEALERS[task.name](shuffled, n_folds, rng)
     return shuffled[FOLD_COLUMNS]
 
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .labels import multi_hot, split_labels
+from .dataset_layouts import LAYOUTS
+from .labels import join_labels, multi_hot, split_labels
 
 if TYPE_CHECKING:  # annotations only; see the module docstring
     import torch
@@ -127,6 +128,19 @@ class Task:
         earlier = [h["valid_lwlrap"] for h in history if not math.isnan(h["valid_lwlrap"])]
         return not earlier or row["valid_lwlrap"] > max(earlier)
 
+    # --- h20b: data
+
+    def canonical(self, cell: str) -> str:
+        """A ``label`` cell as the listings write it: a label set sorted and comma-joined
+        (the test CSV and the true-label side file may list it in any order); a single
+        label as given."""
+        return join_labels(split_labels(cell)) if self.label_sets else cell
+
+    def scored_labels(self, cell: str) -> list[str]:
+        """The classes a scored test cell names, each to be known from training; an empty
+        cell names the class '' (so it is reported as never seen in training)."""
+        return self.labels_of(cell) or [""]
+
 
 SINGLE = Task(
     name="single-label",
@@ -161,10 +175,11 @@ def task_of_settings(settings: Mapping[str, Any]) -> Task:
 
 
 def task_of_layout(layout: str) -> Task:
-    """The task a dataset layout implies."""
-    if layout not in BY_LAYOUT:
-        raise ValueError(f"unknown dataset layout {layout!r}: use one of {sorted(BY_LAYOUT)}")
-    return BY_LAYOUT[layout]
+    """The task a dataset layout implies (its entry of ``dataset_layouts.LAYOUTS``: a new
+    layout of an existing task needs no change here)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown dataset layout {layout!r}: use one of {sorted(LAYOUTS)}")
+    return task_named(LAYOUTS[layout].task)
 
 
 def task_of_saved(meta: Mapping[str, Any]) -> Task:
