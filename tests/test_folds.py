@@ -326,3 +326,13 @@ def test_label_sets_are_recognised_and_single_labels_keep_the_round_robin_deal(t
     pd.testing.assert_frame_equal(
         make_folds(ml_train, N_FOLDS, SEED), make_folds(ml_train, N_FOLDS, SEED, task=MULTI)
     )
+
+
+def test_folds_job_passes_a_given_task_on(tmp_path, train):
+    """A task given by keyword overrides the choice from the labels (single labels dealt as
+    label sets here)."""
+    write_csv(train.assign(status=CLIPPED, n_frames="100"), tmp_path / "train.csv")
+    folds_job(tmp_path / "train.csv", tmp_path / "folds.csv", N_FOLDS, SEED, task=MULTI)
+    written = read_csv_str(tmp_path / "folds.csv")
+    expected = make_folds(train, N_FOLDS, SEED, task=MULTI)
+    assert written["fold"].astype(int).tolist() == expected["fold"].astype(int).tolist()

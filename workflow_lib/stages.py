@@ -61,15 +61,21 @@ from .training import FitSettings, RunOptions, fit, history_columns, predict_who
 log = logging.getLogger(__name__)
 
 
-def folds_job(manifest_csv: Path, out_csv: Path, n_folds: int, seed: int) -> pd.DataFrame:
+def folds_job(
+    manifest_csv: Path, out_csv: Path, n_folds: int, seed: int, *, task: Task | None = None
+) -> pd.DataFrame:
     """Folds over the usable training clips (files skipped in preprocessing are left out);
-    label sets (multi-label) are dealt by iterative stratification (workflow_lib/folds.py)."""
+    label sets are dealt by iterative stratification (workflow_lib/folds.py). ``task`` None
+    (the workflow's rule): chosen from the labels, as folds.csv always was, so a multi-label
+    dataset whose clips each carry one label keeps its round-robin folds."""
     manifest = read_csv_str(manifest_csv)
     usable = manifest[manifest["status"].isin(USABLE_STATUSES)]
     left_out = len(manifest) - len(usable)
     if left_out:
         log.warning("%d training file(s) skipped in preprocessing are not in any fold", left_out)
-    folds = make_folds(usable[["fname", "label", "verified"]].reset_index(drop=True), n_folds, seed)
+    folds = make_folds(
+        usable[["fname", "label", "verified"]].reset_index(drop=True), n_folds, seed, task=task
+    )
     write_csv(folds, out_csv)
     return folds
 
