@@ -4,7 +4,9 @@ Two layouts (config ``dataset.layout``): FSDKaggle2018, one label per clip (``tr
 fname,label,manually_verified), and FSDKaggle2019, label sets (``train_curated.csv`` and
 ``train_noisy.csv``: fname,labels; curated = verified, noisy = unverified; test CSV
 fname,labels[,usage]). Both give the same validated listings: a clip's set is written in the
-``label`` column as in :mod:`workflow_lib.labels`.
+``label`` column as in :mod:`workflow_lib.labels`. The layouts are registered in
+:data:`workflow_lib.dataset_layouts.LAYOUTS`; each is read by its function in
+:data:`TRAIN_READERS`, and its task (:mod:`workflow_lib.task`) says how a label cell is read.
 
 Errors stop the run with the file and line named; recoverable problems become logged skips
 listed in ``results/data/problems.csv``; data that cannot support a figure of the results
