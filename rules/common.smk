@@ -33,7 +33,7 @@ try:
         run_identity,
         user_settings,
     )
-    from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
+    from workflow_lib.bundle import BUNDLE_FILES
     from workflow_lib.choice import chooses_by_cv
     from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, split_fingerprints
@@ -45,7 +45,15 @@ try:
         spec_files,
         systems_spec,
     )
+    from workflow_lib.job_settings import (
+        chain_choice_spec,
+        fusion_settings,
+        prediction_settings,
+        tagger_settings,
+        task_arguments,
+    )
     from workflow_lib.shards import listed_file_counts, resolve_shards
+    from workflow_lib.task import task_of_settings
 finally:
     sys.path.remove(REPO)
 
@@ -98,6 +106,8 @@ DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
 # Multi-label task (dataset.layout fsdkaggle2019): label sets, sigmoid outputs, lwlrap.
 MULTI_LABEL = is_multi_label(S)
+# The same as a task object (workflow_lib/task.py): which evaluation files and plots a run has.
+TASK = task_of_settings(S)
 # Config keys of the layout's training listings (verified first): train_csv, or curated_csv
 # and noisy_csv (workflow_lib/dataset_layouts.py).
 TRAIN_LISTINGS = train_listing_keys(S["dataset"])
@@ -297,14 +307,6 @@ def self_verify_settings(chain, preset, iteration):
     }
 
 
-def prediction_settings():
-    return {
-        "frames": METHOD["spectrogram_frames"],
-        "batch_size": COMPUTE["eval_batch_size"],
-        "device": COMPUTE["device"],
-    }
-
-
 SYSTEMS_SPEC = systems_spec(
     L,
     CHAINS,
@@ -320,7 +322,7 @@ FINAL_OUTPUTS = [
     *[L.submission(c) for c in CHAINS],
     *[L.summary(c) for c in CHAINS],
     *[L.plot(c, f"{p}_training_curves.png") for c in CHAINS for p in PRESETS],
-    *[L.plot(c, "per_class.png" if MULTI_LABEL else "confusion.png") for c in CHAINS],
+    *[L.plot(c, TASK.evaluation_plot) for c in CHAINS],
     L.systems("systems.csv"),
     L.systems("systems.png"),
     f"{RESULTS}/report/results.html",
