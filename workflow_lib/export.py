@@ -32,7 +32,7 @@ from .layout import Layout
 from .model import load_model
 from .selection import chosen_iteration
 from .tagger_spec import TaggerSpec, TaggingError
-from .task import SINGLE, Task, task_named, task_of_saved
+from .task import MULTI, SINGLE, Task, task_named, task_of_saved
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,15 @@ def _card_data(results: Path, dataset: str, chain: str) -> list[str]:
     return lines
 
 
+#: What the network returns, in the model card's words, per task.
+CARD_OUTPUT = {
+    SINGLE.name: "posteriors.",
+    MULTI.name: (
+        "independent per-class probabilities (sigmoid; multi-label: a clip may carry any set of classes)."
+    ),
+}
+
+
 def _card_models(spec: TaggerSpec) -> list[str]:
     """The card's classes and models sections, and what goes in and comes out of the network:
     what a user of the bundle needs to feed it."""
@@ -254,11 +263,7 @@ def _card_models(spec: TaggerSpec) -> list[str]:
         f"{p['folds']} | {p['weight']:.4g} |"
         for p in spec.presets
     ]
-    output = (
-        "independent per-class probabilities (sigmoid; multi-label: a clip may carry any set of classes)."
-        if spec.task.label_sets
-        else "posteriors."
-    )
+    output = CARD_OUTPUT[spec.task.name]
     lines += [
         "",
         (
