@@ -158,7 +158,8 @@ class Task:
     @property
     def chosen_by(self) -> str:
         """How model selection and the chain choice pick, in words (choice.csv, the log)."""
-        return f"{'highest' if self.higher_is_better else 'lowest'} mean CV {self.selection_metric[6:]}"
+        metric = self.selection_metric.removeprefix("valid_")
+        return f"{'highest' if self.higher_is_better else 'lowest'} mean CV {metric}"
 
 
 SINGLE = Task(
