@@ -32,7 +32,7 @@ try:
         run_identity,
         user_settings,
     )
-    from workflow_lib.bundle import BUNDLE_FILES, tagger_settings
+    from workflow_lib.bundle import BUNDLE_FILES
     from workflow_lib.choice import chooses_by_cv
     from workflow_lib.dataset_layouts import layout_of, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, split_fingerprints
@@ -44,6 +44,13 @@ try:
         overlong_values,
         spec_files,
         systems_spec,
+    )
+    from workflow_lib.job_settings import (
+        chain_choice_spec,
+        fusion_settings,
+        prediction_settings,
+        tagger_settings,
+        task_arguments,
     )
     from workflow_lib.shards import listed_file_counts, resolve_shards
     from workflow_lib.task import task_of_settings
@@ -303,14 +310,6 @@ def self_verify_settings(chain, preset, iteration):
     }
 
 
-def prediction_settings():
-    return {
-        "frames": METHOD["spectrogram_frames"],
-        "batch_size": COMPUTE["eval_batch_size"],
-        "device": COMPUTE["device"],
-    }
-
-
 SYSTEMS_SPEC = systems_spec(
     L,
     CHAINS,
@@ -326,7 +325,7 @@ FINAL_OUTPUTS = [
     *[L.submission(c) for c in CHAINS],
     *[L.summary(c) for c in CHAINS],
     *[L.plot(c, f"{p}_training_curves.png") for c in CHAINS for p in PRESETS],
-    *[L.plot(c, "per_class.png" if MULTI_LABEL else "confusion.png") for c in CHAINS],
+    *[L.plot(c, TASK.evaluation_plot) for c in CHAINS],
     L.systems("systems.csv"),
     L.systems("systems.png"),
     f"{RESULTS}/report/results.html",

@@ -1,10 +1,9 @@
 # Per chain: automatic model selection per preset, prediction with the chosen iteration's fold
 # models, fusion of the presets, the submission, the evaluation when the test labels are known
 # and the summary. Then one systems table for every chain.
-# Multi-label mode (dataset.layout fsdkaggle2019): the fuse settings carry "multi_label" and the
-# evaluate/summary/systems jobs get --multi-label (lwlrap; no confusion matrix).
-
-MULTI_LABEL_FLAG = ["--multi-label"] if MULTI_LABEL else []
+# The task (workflow_lib/task.py; multi-label for dataset.layout fsdkaggle2019): the fuse settings
+# carry it and the evaluate/summary/systems jobs get --task (lwlrap; no confusion matrix).
+TASK_ARGUMENTS = task_arguments(S)
 
 
 rule select_iteration:
@@ -50,8 +49,8 @@ rule predict:
     params:
         cli=CLI,
         models=lambda wildcards: pairs(chain_models(wildcards.chain, wildcards.preset)),
-        settings=job_settings(prediction_settings()),
-        compared=compared_json(prediction_settings()),
+        settings=job_settings(prediction_settings(S)),
+        compared=compared_json(prediction_settings(S)),
         lock_dir=GPU_LOCK_DIR,
     shell:
         "{params.cli} predict --selection {input.selection} --models {params.models:q}"
@@ -81,7 +80,7 @@ rule fuse:
         cli=CLI,
         tests=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.tests)],
         valids=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.valids)],
-        settings=as_json({**METHOD["fusion"], **({"multi_label": True} if MULTI_LABEL else {})}),
+        settings=as_json(fusion_settings(S)),
     shell:
         "{params.cli} fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
@@ -96,7 +95,7 @@ rule evaluate:
         presets=lambda wildcards: [L.predictions(wildcards.chain, p, "test") for p in PRESETS],
         fused=L.fused("{chain}", "fused_test.csv"),
     output:
-        **({} if MULTI_LABEL else {"confusion": L.evaluation("{chain}", "confusion.csv")}),
+        **({"confusion": L.evaluation("{chain}", "confusion.csv")} if TASK.confusion else {}),
         summary=L.evaluation("{chain}", "summary.csv"),
         per_class=L.evaluation("{chain}", "per_class.csv"),
     log:
@@ -110,10 +109,10 @@ rule evaluate:
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
-        multi_label=MULTI_LABEL_FLAG,
+        task=TASK_ARGUMENTS,
     shell:
         "{params.cli} evaluate --test {input.test} --classes {input.classes}"
-        " --systems {params.systems:q} --out-dir {params.out_dir:q} {params.multi_label:q} 2> {log}"
+        " --systems {params.systems:q} --out-dir {params.out_dir:q} {params.task:q} 2> {log}"
 
 
 rule summary:
@@ -138,13 +137,13 @@ rule summary:
         cli=CLI,
         presets=list(PRESETS),
         dirs=lambda wildcards, input: [str(Path(f).parent) for f in input.self_verify],
-        multi_label=MULTI_LABEL_FLAG,
+        task=TASK_ARGUMENTS,
     shell:
         "{params.cli} summary --presets {params.presets:q}"
         " --selections {input.selections} --self-verify-dirs {params.dirs:q}"
         " --scores {input.scores} --submission-status {input.status} --classes {input.classes}"
         " --out {output}"
-        " {params.multi_label:q} 2> {log}"
+        " {params.task:q} 2> {log}"
 
 
 rule systems:
@@ -165,12 +164,12 @@ rule systems:
         cli=CLI,
         spec=as_json(SYSTEMS_SPEC),
         min_share=S["trust"]["min_trusted_share"],
-        multi_label=MULTI_LABEL_FLAG,
+        task=TASK_ARGUMENTS,
         choice=[f"--choice={path}" for path in CHOSEN.values()],
     shell:
         "{params.cli} systems --test {input.test} --classes {input.classes}"
         " --spec {params.spec:q} --min-trusted-share {params.min_share:q} --out {output.systems}"
-        " --out-iterations {output.iterations} --out-plot {output.plot} {params.multi_label:q}"
+        " --out-iterations {output.iterations} --out-plot {output.plot} {params.task:q}"
         " {params.choice:q} 2> {log}"
 
 
@@ -190,10 +189,10 @@ rule choose_chain:
     params:
         cli=CLI,
         spec=as_json(
-            {
-                "selections": {c: {p: L.selection(c, p) for p in PRESETS} for c in CHAINS},
-                "summaries": {c: L.summary(c) for c in CHAINS},
-            }
+            chain_choice_spec(
+                {c: {p: L.selection(c, p) for p in PRESETS} for c in CHAINS},
+                {c: L.summary(c) for c in CHAINS},
+            )
         ),
         tolerance=S["trust"]["selection_tolerance"],
         out_dir=lambda wildcards, output: Path(output[0]).parent,

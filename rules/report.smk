@@ -59,17 +59,15 @@ rule plot_training:
         " --out-curves {output.curves} --out-counts {output.counts} 2> {log}"
 
 
-# Multi-label mode has no confusion matrix (several true and predicted labels per clip): the
-# per-class picture (with each class's lwlrap) is the evaluation's only plot.
+# The multi-label task has no confusion matrix (several true and predicted labels per clip,
+# TASK.confusion): the per-class picture (with each class's lwlrap) is the evaluation's only plot.
 rule plot_evaluation:
     input:
-        **({} if MULTI_LABEL else {"confusion": L.evaluation("{chain}", "confusion.csv")}),
+        **({"confusion": L.evaluation("{chain}", "confusion.csv")} if TASK.confusion else {}),
         per_class=L.evaluation("{chain}", "per_class.csv"),
     output:
         **(
-            {}
-            if MULTI_LABEL
-            else {
+            {
                 "confusion": report(
                     L.plot("{chain}", "confusion.png"),
                     caption="../report/confusion.rst",
@@ -77,6 +75,8 @@ rule plot_evaluation:
                     subcategory="{chain}",
                 )
             }
+            if TASK.confusion
+            else {}
         ),
         per_class=report(
             L.plot("{chain}", "per_class.png"),
@@ -91,7 +91,7 @@ rule plot_evaluation:
     params:
         cli=CLI,
         confusion=lambda wildcards, input, output: (
-            [] if MULTI_LABEL else ["--confusion", input.confusion, "--out-confusion", output.confusion]
+            ["--confusion", input.confusion, "--out-confusion", output.confusion] if TASK.confusion else []
         ),
     shell:
         "{params.cli} plot-evaluation {params.confusion:q}"

@@ -136,9 +136,9 @@ def test_the_export_reads_the_pick(tmp_path):
     run_layout (export, sv-tag --results) then names the chain of results/chosen/choice.csv."""
     import yaml
 
-    from workflow_lib.bundle import tagger_settings
     from workflow_lib.config import resolve_settings
     from workflow_lib.export import run_layout
+    from workflow_lib.job_settings import tagger_settings
 
     from conftest import REPO
 

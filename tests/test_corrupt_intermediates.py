@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from workflow_lib.errors import UserError
+from workflow_lib.fusion import FusionSettings
 from workflow_lib.io import write_csv, write_npy
 from workflow_lib.model import build_model, load_model
 from workflow_lib.preprocess import MANIFEST_COLUMNS, SpectrogramStore
@@ -85,8 +86,9 @@ def _fuse(tmp_path: Path, test_csvs: dict[str, Path]) -> None:
     ]
     write_csv(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest)
     fuse_job(
-        test_csvs, {}, classes, "mean", 0, 0.0, tmp_path / "fused.csv", tmp_path / "weights.csv",
+        test_csvs, {}, classes, tmp_path / "fused.csv", tmp_path / "weights.csv",
         tmp_path / "submission.csv", manifest, tmp_path / "status.csv",
+        settings=FusionSettings("mean", 0, 0.0),
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from workflow_lib.evaluation import class_reports, evaluate_systems, preset_summ
 from workflow_lib.fusion import apply_learned_fusion, fit_learned_fusion, fused_posteriors, submission
 from workflow_lib.io import write_csv
 from workflow_lib.labels import multi_hot
+from workflow_lib.task import MULTI
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -62,13 +63,13 @@ def system() -> pd.DataFrame:
 
 
 def test_scored_rows_keep_known_non_empty_sets_of_scored_usages(listing):
-    assert scored_rows(listing, CLASSES, multi_label=True)["fname"].tolist() == ["p1", "p2", "q1", "q2"]
+    assert scored_rows(listing, CLASSES, task=MULTI)["fname"].tolist() == ["p1", "p2", "q1", "q2"]
     # the single-label reading of the same cells keeps only one-label cells
     assert scored_rows(listing, CLASSES)["fname"].tolist() == ["p2", "q2"]
 
 
 def test_evaluate_systems_gives_lwlrap_and_micro_scores_at_one_half(listing, system):
-    scores = evaluate_systems(listing, {"s": system}, CLASSES, multi_label=True)
+    scores = evaluate_systems(listing, {"s": system}, CLASSES, task=MULTI)
     assert list(scores.columns) == ["system", "set", "n", "lwlrap", "precision", "recall", "f1"]
     table = scores.set_index("set")
     assert table["n"].to_dict() == {"Public": 2, "Private": 2, "Public+Private": 4}
@@ -88,8 +89,8 @@ def test_lwlrap_agrees_with_scikit_learn_weighted_by_labels_per_clip(listing):
 
     rng = np.random.default_rng(3)
     frame = posteriors({f: list(rng.random(len(CLASSES))) for f in CLIPS})
-    got = evaluate_systems(listing, {"r": frame}, CLASSES, multi_label=True)
-    rows = scored_rows(listing, CLASSES, multi_label=True)
+    got = evaluate_systems(listing, {"r": frame}, CLASSES, task=MULTI)
+    rows = scored_rows(listing, CLASSES, task=MULTI)
     truth = multi_hot(rows["label"], CLASSES)
     probs = frame.set_index("fname").loc[rows["fname"], CLASSES].to_numpy()
     expected = label_ranking_average_precision_score(truth, probs, sample_weight=truth.sum(axis=1))
@@ -97,7 +98,7 @@ def test_lwlrap_agrees_with_scikit_learn_weighted_by_labels_per_clip(listing):
 
 
 def test_per_class_table_has_lwlrap_and_weights_that_give_the_overall(listing, system):
-    table, confusion = class_reports(listing, system, CLASSES, multi_label=True)
+    table, confusion = class_reports(listing, system, CLASSES, task=MULTI)
     assert confusion is None
     table = table.set_index("label")
     assert table["support"].tolist() == [2, 2, 1, 1]
@@ -128,15 +129,15 @@ def bce(probs: np.ndarray, truth: np.ndarray) -> float:
 
 def test_learned_fusion_with_bce_upweights_the_informative_model_and_lowers_the_loss():
     stack, truth = sigmoid_stack()
-    weights, bias = fit_learned_fusion(stack, truth, steps=200, lr=0.05, multi_label=True)
+    weights, bias = fit_learned_fusion(stack, truth, steps=200, lr=0.05, task=MULTI)
     assert weights.shape == (2,) and bias.shape == (len(CLASSES),)
     assert weights[0] > 2 * abs(weights[1])
-    fused = apply_learned_fusion(stack, weights, bias, multi_label=True)
+    fused = apply_learned_fusion(stack, weights, bias, task=MULTI)
     assert ((fused > 0) & (fused < 1)).all()
     assert not np.allclose(fused.sum(axis=1), 1.0)  # per-class sigmoids, not a softmax
-    start = apply_learned_fusion(stack, np.full(2, 0.5), np.zeros(len(CLASSES)), multi_label=True)
+    start = apply_learned_fusion(stack, np.full(2, 0.5), np.zeros(len(CLASSES)), task=MULTI)
     assert bce(fused, truth) < bce(start, truth)
-    again = fit_learned_fusion(stack, truth, steps=200, lr=0.05, multi_label=True)
+    again = fit_learned_fusion(stack, truth, steps=200, lr=0.05, task=MULTI)
     np.testing.assert_array_equal(weights, again[0])
     np.testing.assert_array_equal(bias, again[1])
 
@@ -144,22 +145,22 @@ def test_learned_fusion_with_bce_upweights_the_informative_model_and_lowers_the_
 def test_multi_label_fusion_refuses_targets_of_the_wrong_shape():
     stack, truth = sigmoid_stack()
     with pytest.raises(ValueError, match="multi-hot"):
-        fit_learned_fusion(stack, truth.argmax(axis=1), steps=1, lr=0.1, multi_label=True)
+        fit_learned_fusion(stack, truth.argmax(axis=1), steps=1, lr=0.1, task=MULTI)
 
 
 def test_torch_fusion_matches_the_multi_label_fusion():
     stack, _ = sigmoid_stack(seed=1)
     weights, bias = np.array([0.8, 0.3]), np.array([0.1, -0.2, 0.0, 0.4])
     as_torch = torch.as_tensor(stack)
-    learned = fused_posteriors(as_torch, torch.as_tensor(weights), torch.as_tensor(bias), multi_label=True)
-    np.testing.assert_allclose(learned.numpy(), apply_learned_fusion(stack, weights, bias, True), atol=1e-12)
-    mean = fused_posteriors(as_torch, torch.full((2,), 0.5, dtype=torch.float64), multi_label=True)
+    learned = fused_posteriors(as_torch, torch.as_tensor(weights), torch.as_tensor(bias), task=MULTI)
+    np.testing.assert_allclose(learned.numpy(), apply_learned_fusion(stack, weights, bias, MULTI), atol=1e-12)
+    mean = fused_posteriors(as_torch, torch.full((2,), 0.5, dtype=torch.float64), task=MULTI)
     np.testing.assert_allclose(mean.numpy(), stack.mean(axis=0), atol=1e-12)
 
 
 def test_submission_in_the_2019_format_round_trips(tmp_path):
     probs = np.array([[0.9, 0.1, 0.7, 0.0], [0.2, 0.3, 0.4, 0.5]])
-    frame = submission(["x.wav", "y.wav"], probs, CLASSES, multi_label=True)
+    frame = submission(["x.wav", "y.wav"], probs, CLASSES, task=MULTI)
     assert list(frame.columns) == ["fname", *CLASSES]
     write_csv(frame, tmp_path / "s.csv")
     back = pd.read_csv(tmp_path / "s.csv")
@@ -190,19 +191,18 @@ def _fuse(tmp_path: Path, method: str) -> tuple[np.ndarray, np.ndarray]:
         {"fname": fnames, "status": ["clipped"] * 10 + ["skipped_undecodable"] * 2, "detail": ""}
     )
     write_csv(manifest, tmp_path / "manifest.csv")
+    from workflow_lib.fusion import FusionSettings
+
     fuse_job(
         tests,
         valids,
         _classes(tmp_path / "classes.csv"),
-        method,
-        50,
-        0.05,
         tmp_path / "fused.csv",
         tmp_path / "weights.csv",
         tmp_path / "submission.csv",
         tmp_path / "manifest.csv",
         tmp_path / "status.csv",
-        multi_label=True,
+        settings=FusionSettings(method, 50, 0.05, MULTI),
     )
     return stack, truth
 
@@ -223,7 +223,7 @@ def test_fuse_job_learned_fits_on_the_validation_label_sets(tmp_path):
     weights = pd.read_csv(tmp_path / "weights.csv").set_index("parameter")["value"]
     assert list(weights.index) == ["weight:p0", "weight:p1", *(f"bias:{c}" for c in CLASSES)]
     assert weights["weight:p0"] > weights["weight:p1"]
-    expected = apply_learned_fusion(stack[:, :10], weights.to_numpy()[:2], weights.to_numpy()[2:], True)
+    expected = apply_learned_fusion(stack[:, :10], weights.to_numpy()[:2], weights.to_numpy()[2:], MULTI)
     np.testing.assert_allclose(pd.read_csv(tmp_path / "fused.csv")[CLASSES].to_numpy(), expected, atol=1e-9)
 
 
@@ -243,7 +243,7 @@ def _evaluate(tmp_path: Path, listing: pd.DataFrame, system: pd.DataFrame) -> pd
         _classes(tmp_path / "classes.csv"),
         {"s": tmp_path / "s.csv", "fusion": tmp_path / "fusion.csv"},
         tmp_path / "eval",
-        multi_label=True,
+        task=MULTI,
     )
 
 
@@ -275,7 +275,7 @@ def test_predict_only_multi_label_evaluation_says_no_test_labels(tmp_path, listi
         _classes(tmp_path / "c.csv"),
         {"fusion": tmp_path / "s.csv"},
         tmp_path / "e",
-        True,
+        task=MULTI,
     )
     assert set(scores["note"]) == {"no test labels"} and set(scores["n"]) == {0}
     assert scores["lwlrap"].isna().all()
@@ -319,7 +319,7 @@ def test_summary_job_has_test_lwlrap_and_cv_lwlrap(tmp_path, listing, system):
     _evaluate(tmp_path, listing, system)
     table = summary_job(
         ["s"], [selection(tmp_path, 1)], [trust_table(tmp_path)], tmp_path / "eval" / "summary.csv",
-        tmp_path / "summary.csv", multi_label=True,
+        tmp_path / "summary.csv", task=MULTI,
     ).set_index("preset")  # fmt: skip
     assert "test_accuracy" not in table and "test_map3" not in table
     assert table.loc["s", "test_lwlrap"] == pytest.approx(4.5 / 5)
@@ -348,7 +348,7 @@ def test_systems_table_has_test_lwlrap_and_cv_lwlrap(tmp_path, listing, system):
     ]
     table = systems_job(
         spec, tmp_path / "test.csv", _classes(tmp_path / "classes.csv"), tmp_path / "systems.csv",
-        tmp_path / "iterations.csv", tmp_path / "systems.png", multi_label=True,
+        tmp_path / "iterations.csv", tmp_path / "systems.png", task=MULTI,
     )  # fmt: skip
     row = table.iloc[0]
     assert row["n_test"] == 4 and row["test_lwlrap"] == pytest.approx(LWLRAP)
@@ -376,9 +376,9 @@ def test_systems_table_marks_the_picked_chain(tmp_path, listing, system):
     }
     spec = [{**item, "system": "self_verification"}, {**item, "system": "agreement"}]
     classes = _classes(tmp_path / "classes.csv")
-    first, _ = systems_tables(spec, tmp_path / "test.csv", classes, multi_label=True)
+    first, _ = systems_tables(spec, tmp_path / "test.csv", classes, task=MULTI)
     assert first["picked"].tolist() == [True, False]
-    by_cv, _ = systems_tables(spec, tmp_path / "test.csv", classes, multi_label=True, picked="agreement")
+    by_cv, _ = systems_tables(spec, tmp_path / "test.csv", classes, task=MULTI, picked="agreement")
     assert by_cv["picked"].tolist() == [False, True]
 
 

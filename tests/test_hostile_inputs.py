@@ -285,6 +285,7 @@ def _classes(path: Path, classes: list[str]) -> Path:
 def test_every_test_clip_is_in_the_submission(tmp_path):
     """Row 'test clips that cannot be decoded': every listed clip gets a submission row (empty
     when not predicted), its status is in submission_status.csv and the summary counts it."""
+    from workflow_lib.fusion import FusionSettings
     from workflow_lib.stages import fuse_job, summary_job
 
     classes = ["cat", "dog"]
@@ -301,14 +302,12 @@ def test_every_test_clip_is_in_the_submission(tmp_path):
         {"p": test},
         {"p": test},
         _classes(tmp_path / "classes.csv", classes),
-        "mean",
-        1,
-        0.1,
         tmp_path / "fused.csv",
         tmp_path / "w.csv",
         tmp_path / "submission.csv",
         tmp_path / "manifest.csv",
         tmp_path / "status.csv",
+        settings=FusionSettings("mean", 1, 0.1),
     )
     submission = pd.read_csv(tmp_path / "submission.csv", dtype=str, keep_default_na=False)
     assert list(submission["fname"]) == ["a.wav", "b.wav", "c.wav", "d.wav"]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import yaml
 
 from workflow_lib.config import resolve_settings
 from workflow_lib.demo import GENERATORS, DemoDataJob
+from workflow_lib.fusion import FusionSettings
 from workflow_lib.job_settings import demo_data_settings, validation_settings
 from workflow_lib.task import MULTI, SINGLE
 
@@ -70,3 +72,80 @@ def test_demo_data_job_reads_the_task_back_and_keeps_it_out_of_the_synthesis(tmp
     single = DemoDataJob.from_settings(tmp_path, demo_data_settings(_resolved()))
     assert single.task is SINGLE and dict(single.synthesis) == _resolved()["demo_data"]
     assert set(GENERATORS) == {SINGLE.name, MULTI.name}
+
+
+@pytest.fixture(scope="module")
+def base_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def settings_of(config: dict, **changes) -> dict:
+    """The resolved settings of ``config`` with top-level ``changes``."""
+    return resolve_settings(copy.deepcopy(config) | changes)
+
+
+def multi_label_settings(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    config["dataset"]["layout"] = "fsdkaggle2019"
+    return resolve_settings(config)
+
+
+# --- prediction -------------------------------------------------------------------------------
+
+
+def test_prediction_settings_are_the_frames_batch_and_device(base_config):
+    from workflow_lib.job_settings import prediction_settings
+
+    s = settings_of(base_config)
+    assert prediction_settings(s) == {
+        "frames": s["method"]["spectrogram_frames"],
+        "batch_size": s["compute"]["eval_batch_size"],
+        "device": s["compute"]["device"],
+    }
+
+
+def test_fusion_settings_carry_the_task_only_when_multi_label(base_config):
+    """Single-label fuse settings are config method.fusion as before (no rerun of finished
+    runs); multi-label ones add ``task``, and the fuse command reads both back."""
+    from workflow_lib.job_settings import fusion_settings
+
+    single = fusion_settings(settings_of(base_config))
+    assert single == settings_of(base_config)["method"]["fusion"]
+    assert FusionSettings.from_json(single).task is SINGLE
+    multi = fusion_settings(multi_label_settings(base_config))
+    assert multi.pop("task") == "multi-label" and multi == single
+    parsed = FusionSettings.from_json({**multi, "task": "multi-label"})
+    assert parsed.task is MULTI and parsed.method == single["method"]
+    assert (parsed.steps, parsed.lr) == (single["learned_epochs"], single["learned_lr"])
+
+
+def test_task_arguments_name_the_task(base_config):
+    from workflow_lib.job_settings import task_arguments
+
+    assert task_arguments(settings_of(base_config)) == ["--task", "single-label"]
+    assert task_arguments(multi_label_settings(base_config)) == ["--task", "multi-label"]
+
+
+def test_tagger_settings_say_the_task_only_when_multi_label(base_config):
+    from workflow_lib.job_settings import tagger_settings
+
+    single = tagger_settings(settings_of(base_config))
+    assert "task" not in single and "multi_label" not in single
+    multi = tagger_settings(multi_label_settings(base_config))
+    assert multi.pop("task") == "multi-label"
+    assert set(multi) == set(single)
+
+
+def test_chain_choice_spec_lists_selections_and_summaries():
+    from workflow_lib.job_settings import chain_choice_spec
+
+    spec = chain_choice_spec({"a": {"p": "a/p.csv"}}, {"a": "a/summary.csv"})
+    assert spec == {"selections": {"a": {"p": "a/p.csv"}}, "summaries": {"a": "a/summary.csv"}}
+
+
+def test_the_evaluation_files_follow_the_task():
+    assert SINGLE.confusion and SINGLE.evaluation_plot == "confusion.png"
+    assert not MULTI.confusion and MULTI.evaluation_plot == "per_class.png"
+    assert SINGLE.score_columns == ("accuracy", "map3")
+    assert MULTI.test_columns == {"test_lwlrap": "lwlrap"}
+    assert SINGLE.chosen_by == "lowest mean CV loss" and MULTI.chosen_by == "highest mean CV lwlrap"

@@ -39,7 +39,7 @@ from workflow_lib.stages import (
     run_training_job,
     training_sets,
 )
-from workflow_lib.task import MULTI
+from workflow_lib.task import MULTI, SINGLE
 from workflow_lib.training import (
     HISTORY_COLUMNS,
     MULTI_LABEL_HISTORY_COLUMNS,
@@ -488,7 +488,7 @@ def multi_label_tagger() -> tuple:
 
     torch.manual_seed(5)
     members = [[build_model(2, 3, (0.0, 0.0)) for _ in range(2)]]
-    tagger = FusedTagger(members, [0], np.array([1.0]), None, multi_label=True).eval()
+    tagger = FusedTagger(members, [0], np.array([1.0]), None, MULTI).eval()
     spec = TaggerSpec(
         classes=CLASSES,
         sample_rate=32000,
@@ -497,7 +497,7 @@ def multi_label_tagger() -> tuple:
         versions=[1],
         fusion="mean",
         presets=[{"name": "p0", "spectrogram": 1, "width": 2, "iteration": 0, "folds": 2, "weight": 1.0}],
-        multi_label=True,
+        task=MULTI,
     )
     return spec, tagger
 
@@ -515,7 +515,7 @@ def test_fused_multi_label_tagger_averages_sigmoids_and_its_bundle_says_so(tmp_p
     write_bundle(tagger, spec, tmp_path, "# multi-label test tagger\n")  # checks TorchScript and ONNX
     assert json.loads((tmp_path / "preprocessing.json").read_text())["multi_label"] is True
     assert TaggerSpec.from_bundle(tmp_path) == spec
-    single = replace(spec, multi_label=False)
+    single = replace(spec, task=SINGLE)
     assert "multi_label" not in single.settings_json()  # single-label bundles as before
 
 
@@ -529,13 +529,13 @@ def test_multi_label_learned_fusion_in_the_tagger_is_the_runs_and_exports(tmp_pa
     torch.manual_seed(6)
     members = [[build_model(2, 3, (0.0, 0.0))], [build_model(2, 3, (0.0, 0.0))]]
     weights, bias = np.array([0.8, 0.4]), np.array([0.1, -0.3, 0.2])
-    tagger = FusedTagger(members, [0, 0], weights, bias, multi_label=True).eval()
+    tagger = FusedTagger(members, [0, 0], weights, bias, MULTI).eval()
     spec = replace(spec, fusion="learned")
     (x,) = example_inputs(spec, batch=3)
     with torch.no_grad():
         stack = np.stack([torch.sigmoid(m[0](x)).numpy() for m in members])
         got = tagger(x).numpy()
-    np.testing.assert_allclose(got, apply_learned_fusion(stack, weights, bias, multi_label=True), atol=1e-5)
+    np.testing.assert_allclose(got, apply_learned_fusion(stack, weights, bias, MULTI), atol=1e-5)
     assert write_bundle(tagger, spec, tmp_path, "# learned\n") <= 1e-4
 
 
@@ -567,28 +567,28 @@ def test_threshold_option_is_for_multi_label_taggers_only():
     options = TagOptions(inputs=[Path("x.wav")], out=Path("o.csv"), bundle=Path("b"))
     assert label_threshold(options, spec) == DEFAULT_THRESHOLD == 0.5
     assert label_threshold(replace(options, threshold=0.8), spec) == 0.8
-    assert label_threshold(options, replace(spec, multi_label=False)) is None
+    assert label_threshold(options, replace(spec, task=SINGLE)) is None
     with pytest.raises(TaggingError, match="--threshold applies to multi-label"):
-        label_threshold(replace(options, threshold=0.8), replace(spec, multi_label=False))
+        label_threshold(replace(options, threshold=0.8), replace(spec, task=SINGLE))
     with pytest.raises(TaggingError, match="--threshold must lie"):
         check_options(replace(options, threshold=1.5))
 
 
 def test_export_refuses_models_of_the_other_mode():
-    from workflow_lib.bundle import tagger_settings
-    from workflow_lib.export import _checked_mode
+    from workflow_lib.export import _checked_task
+    from workflow_lib.job_settings import tagger_settings
     from workflow_lib.tagger import TaggingError
 
-    assert _checked_mode({True}, {"multi_label": True}, Path("results")) is True
-    assert _checked_mode({False}, {}, Path("results")) is False
+    assert _checked_task({MULTI.name}, {"task": MULTI.name}, Path("results")) is MULTI
+    assert _checked_task({SINGLE.name}, {}, Path("results")) is SINGLE
     with pytest.raises(TaggingError, match="are multi-label, the settings say single-label"):
-        _checked_mode({True}, {}, Path("results"))
+        _checked_task({MULTI.name}, {}, Path("results"))
     with pytest.raises(TaggingError, match="a mix"):
-        _checked_mode({True, False}, {"multi_label": True}, Path("results"))
+        _checked_task({MULTI.name, SINGLE.name}, {"task": MULTI.name}, Path("results"))
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert "multi_label" not in tagger_settings(resolve_settings(config))
+    assert "task" not in tagger_settings(resolve_settings(config))
     config["dataset"]["layout"] = "fsdkaggle2019"
-    assert tagger_settings(resolve_settings(config))["multi_label"] is True
+    assert tagger_settings(resolve_settings(config))["task"] == MULTI.name
 
 
 def test_sv_tag_prints_the_label_set_of_a_multi_label_bundle(tmp_path, sox_binary):

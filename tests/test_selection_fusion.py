@@ -360,3 +360,19 @@ def test_preset_summary_of_iteration_zero_and_without_truth_or_scores():
     assert "test_accuracy" not in row0
     row2 = preset_summary("p", selection_frame(chosen=2), tables, None)
     assert row2["self_verified_clips"] == 11 and np.isnan(row2["self_verified_precision"])
+
+
+def test_selection_reads_the_task_from_the_files_columns():
+    """A history or selection table says its task: the multi-label selection metric among its
+    columns (valid_lwlrap, or mean_valid_lwlrap), which is then maximised, not minimised."""
+    from workflow_lib.selection import best_epoch_row, task_of_columns
+    from workflow_lib.task import MULTI, SINGLE
+
+    assert task_of_columns(pd.Index(["epoch", "valid_loss"])) is SINGLE
+    assert task_of_columns(pd.Index(["valid_loss", "valid_lwlrap"])) is MULTI
+    assert task_of_columns(pd.Index(["iteration", "mean_valid_lwlrap"])) is MULTI
+    history = pd.DataFrame(
+        {"epoch": [1, 2, 3], "valid_loss": [0.3, 0.1, 0.2], "valid_lwlrap": [0.5, 0.6, 0.7]}
+    )
+    assert int(best_epoch_row(history)["epoch"]) == 3
+    assert int(best_epoch_row(history.drop(columns="valid_lwlrap"))["epoch"]) == 2

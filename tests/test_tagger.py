@@ -649,3 +649,36 @@ def test_long_file_is_tagged_in_bounded_excerpts_covering_it(tmp_path, sox_binar
     assert "mean posterior of" in rows[1].detail and "without sound left out" in rows[1].detail
     assert not np.allclose(pooled[1], probs[groups[1].start])  # more than the first excerpt decides
     np.testing.assert_array_equal(pooled[0], probs[0])
+
+
+# --------------------------------------------------------------------------- export formats
+
+
+def test_every_export_format_is_a_bundle_file_and_a_tag_backend():
+    """The registry decides the bundle's network files and the tagger's --backend choices."""
+    from workflow_lib.cli import build_parser
+    from workflow_lib.export_formats import EXPORT_FORMATS
+
+    assert list(EXPORT_FORMATS) == ["torchscript", "onnx"]
+    assert all(name in BUNDLE_FILES and form.name == name for name, form in EXPORT_FORMATS.items())
+    parser = build_parser()
+    for name in ["auto", "torch", *EXPORT_FORMATS]:
+        assert parser.parse_args(["tag", "--backend", name, "x.wav"]).backend == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tag", "--backend", "tflite", "x.wav"])
+
+
+def test_a_registered_export_format_is_written_checked_and_listed(tmp_path, monkeypatch):
+    """Adding a format is one registry entry (plus its BUNDLE_FILES name): the export writes
+    it, checks it against the eager network, and the checksum manifest covers it."""
+    from workflow_lib import export_formats
+
+    spec, tagger = tiny_tagger()
+    extra = export_formats.ExportFormat(
+        "torchscript_copy", export_formats.save_torchscript, export_formats.load_torchscript
+    )
+    monkeypatch.setitem(BUNDLE_FILES, "torchscript_copy", "tagger_copy.pt")
+    monkeypatch.setitem(export_formats.EXPORT_FORMATS, "torchscript_copy", extra)
+    assert write_bundle(tagger, spec, tmp_path, "# tiny\n") <= 1e-4
+    assert (tmp_path / "tagger_copy.pt").stat().st_size
+    assert "tagger_copy.pt" in (tmp_path / BUNDLE_FILES["manifest"]).read_text()

@@ -39,41 +39,6 @@ class BundleError(UserError):
     """An exported bundle is incomplete, changed since export, or inconsistent."""
 
 
-def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the resolved workflow settings a tagger needs (JSON-able)."""
-    # numpy and pandas (choice, config): the Snakefile imports this module at start, see above
-    from .choice import chooses_by_cv
-    from .config import is_multi_label  # resolved settings come from there anyway
-
-    method, pre = settings["method"], settings["preprocessing"]
-    chains = settings["run_chains"]
-    # chain_choice: cv: the chain is read from results/chosen/choice.csv (export.run_layout)
-    by_cv = {"chain_choice": "cv", "starts": {c: settings["chains"][c]["start"] for c in chains}}
-    # multi-label (sigmoid) models: only then the key, so single-label settings stay as they were
-    return (
-        ({"multi_label": True} if is_multi_label(settings) else {})
-        | {
-            "sample_rate": pre["sample_rate"],
-            "sox_effects": list(pre["sox_effects"]),
-            "spectrograms": pre["spectrograms"],
-            "frames": method["spectrogram_frames"],
-            "folds": method["folds"],
-            "presets": list(method["presets"]),
-            "nets": {
-                p: {"spectrogram": method["nets"][p]["spectrogram"], "width": method["nets"][p]["width"]}
-                for p in method["presets"]
-            },
-            "fusion": method["fusion"]["method"],
-            "batch_size": settings["compute"]["eval_batch_size"],
-            "dataset": settings["dataset_root"] or "the synthetic demo dataset",
-            # the exported chain (the first of run_chains) and its iteration-0 start (layout.py)
-            "chain": chains[0],
-            "start": settings["chains"][chains[0]]["start"],
-        }
-        | (by_cv if chooses_by_cv(settings) else {})
-    )
-
-
 # --------------------------------------------------------------------------- the manifest
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .errors import UserError
 from .io import write_csv
-from .selection import LWLRAP, choose, criterion
+from .selection import LWLRAP, choose, criterion, task_of_columns
 
 #: Values of the config key chain_choice.
 CHOICES = ("first", "cv")
@@ -68,14 +68,14 @@ def pick_chain(systems: pd.DataFrame, tolerance: float = 0.0) -> tuple[dict, pd.
     chains in the order of the table (run_chains' order), which breaks exact ties."""
     table = cv_table(systems)
     scores = criterion(table)
-    multi_label = f"mean_{LWLRAP}" in table.columns
-    name = "cv_lwlrap" if multi_label else "cv_loss"
-    sign = -1.0 if multi_label else 1.0  # criterion() minimises; report the natural value
+    task = task_of_columns(table.columns)
+    name = "cv_" + task.selection_metric.removeprefix("valid_")
+    sign = -1.0 if task.higher_is_better else 1.0  # criterion() minimises; report the natural value
     if not np.isfinite(scores).any():
         row, reason = 0, "no chain has a CV score (no verified validation clips): the first of run_chains"
     else:
         row = choose(table, tolerance)
-        reason = _reason(table, scores, row, tolerance, multi_label)
+        reason = _reason(table, scores, row, tolerance, task.chosen_by)
     near = (
         (scores <= np.nanmin(scores) + tolerance) if np.isfinite(scores).any() else np.zeros(len(table), bool)
     )
@@ -99,9 +99,9 @@ def pick_chain(systems: pd.DataFrame, tolerance: float = 0.0) -> tuple[dict, pd.
     return choice, per_chain
 
 
-def _reason(table: pd.DataFrame, scores: np.ndarray, row: int, tolerance: float, multi_label: bool) -> str:
-    """Why ``row`` won, in words for choice.csv and the log."""
-    what = "highest mean CV lwlrap" if multi_label else "lowest mean CV loss"
+def _reason(table: pd.DataFrame, scores: np.ndarray, row: int, tolerance: float, what: str) -> str:
+    """Why ``row`` won, in words for choice.csv and the log (``what``: the task's
+    :attr:`~workflow_lib.task.Task.chosen_by`)."""
     tied = np.flatnonzero(scores <= np.nanmin(scores) + tolerance)
     if len(tied) > 1 and tolerance > 0:
         names = ", ".join(table.index[tied])

@@ -20,6 +20,7 @@ from .choice import choose_chain_job, read_choice
 from .dataset import class_table, validate_test, validate_train
 from .demo import DemoDataJob, demo_data_job
 from .errors import UserError
+from .export_formats import EXPORT_FORMATS
 from .io import read_csv_str, write_csv
 from .layout import Layout
 from .preprocess import merge_manifests as merge_manifest_files
@@ -27,6 +28,7 @@ from .preprocess import shard_clips, write_shard_files
 from .report_tables import results_page
 from .selection import best_epoch_row, selection_note, selection_table
 from .systems import systems_job
+from .task import SINGLE, TASKS, task_named
 
 log = logging.getLogger("workflow_lib")
 
@@ -49,6 +51,14 @@ def arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
 
 
 JSON = arg("--settings", type=json.loads, required=True, help="settings as a JSON object")
+#: The task of the evaluate, summary and systems jobs (job_settings.task_arguments): which
+#: scores, tables and plots they write.
+TASK = arg(
+    "--task",
+    choices=list(TASKS),
+    default=SINGLE.name,
+    help="single-label: accuracy, MAP@3, confusion; multi-label: lwlrap, per-class tables",
+)
 #: The arguments of every job that may claim a GPU (workflow_lib/devices.py): CPU threads and
 #: the folder of the GPU locks.
 DEVICE = (arg("--threads", type=int, default=1), arg("--lock-dir", type=Path, required=True))
@@ -358,7 +368,7 @@ def predict(args: argparse.Namespace) -> None:
     # stages imports torch: only the commands that run a job load it
     from .stages import predict_job
 
-    s = args.settings
+    s = args.settings  # job_settings.prediction_settings
     iteration = predict_job(
         args.selection,
         iteration_fold_paths(args.models),
@@ -368,11 +378,11 @@ def predict(args: argparse.Namespace) -> None:
         args.classes,
         args.out_test,
         args.out_valid,
-        s["frames"],
-        s["batch_size"],
-        s["device"],
-        args.threads,
-        args.lock_dir,
+        frames=s["frames"],
+        batch_size=s["batch_size"],
+        device=s["device"],
+        threads=args.threads,
+        lock_dir=args.lock_dir,
     )
     log.info("predicted with iteration %d", iteration)
 
@@ -392,25 +402,22 @@ def predict(args: argparse.Namespace) -> None:
 def fuse(args: argparse.Namespace) -> None:
     """Fuse the presets' posteriors; write the submission."""
     # stages imports torch: only the commands that run a job load it
+    from .fusion import FusionSettings
     from .stages import fuse_job
 
     def pairs(items):
         return {k: Path(v) for k, v in (item.split("=", 1) for item in items)}
 
-    s = args.settings
     fuse_job(
         pairs(args.tests),
         pairs(args.valids),
         args.classes,
-        s["method"],
-        s["learned_epochs"],
-        s["learned_lr"],
         args.out_probs,
         args.out_weights,
         args.out_submission,
         args.test_manifest,
         args.out_status,
-        s.get("multi_label", False),
+        settings=FusionSettings.from_json(args.settings),
     )
 
 
@@ -420,7 +427,7 @@ def fuse(args: argparse.Namespace) -> None:
     arg("--classes", type=Path, required=True),
     arg("--systems", nargs="+", required=True, help="name=probabilities.csv ..."),
     arg("--out-dir", type=Path, required=True),
-    arg("--multi-label", action="store_true", help="label sets: lwlrap, no confusion matrix"),
+    TASK,
 )
 def evaluate(args: argparse.Namespace) -> None:
     """Accuracy and MAP@3 (multi-label: lwlrap, P/R/F1) per system and set; per-class report
@@ -429,7 +436,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from .stages import evaluate_job
 
     systems = {k: Path(v) for k, v in (item.split("=", 1) for item in args.systems)}
-    scores = evaluate_job(args.test, args.classes, systems, args.out_dir, args.multi_label)
+    scores = evaluate_job(args.test, args.classes, systems, args.out_dir, task=task_named(args.task))
     log.info("\n%s", scores.to_string(index=False))
 
 
@@ -442,7 +449,7 @@ def evaluate(args: argparse.Namespace) -> None:
     arg("--submission-status", type=Path),
     arg("--classes", type=Path, help="classes.csv: classes without verified clips are named in cv_note"),
     arg("--out", type=Path, required=True),
-    arg("--multi-label", action="store_true", help="lwlrap columns instead of accuracy/MAP@3 on test"),
+    TASK,
 )
 def summary(args: argparse.Namespace) -> None:
     """results/summary.csv: one row per preset, the table to compare with the paper."""
@@ -456,8 +463,8 @@ def summary(args: argparse.Namespace) -> None:
         args.scores,
         args.out,
         args.submission_status,
-        args.multi_label,
         args.classes,
+        task=task_named(args.task),
     )
     log.info("\n%s", table.to_string(index=False))
 
@@ -529,7 +536,7 @@ def report_tables(args: argparse.Namespace) -> None:
     arg("--out", type=Path, required=True),
     arg("--out-iterations", type=Path, required=True),
     arg("--out-plot", type=Path, required=True),
-    arg("--multi-label", action="store_true", help="lwlrap columns instead of accuracy/MAP@3 on test"),
+    TASK,
     arg("--choice", type=Path, help="results/chosen/choice.csv (chain_choice: cv): the picked chain"),
 )
 def systems(args: argparse.Namespace) -> None:
@@ -542,8 +549,8 @@ def systems(args: argparse.Namespace) -> None:
         args.out_iterations,
         args.out_plot,
         args.min_trusted_share,
-        args.multi_label,
-        read_choice(args.choice) if args.choice else None,
+        task=task_named(args.task),
+        picked=read_choice(args.choice) if args.choice else None,
     )
     with pd.option_context("display.width", 200, "display.max_columns", 14):
         log.info("\n%s", table.drop(columns="description").to_string(index=False))
@@ -597,7 +604,7 @@ def choose_chain(args: argparse.Namespace) -> None:
     ),
     arg(
         "--backend",
-        choices=["auto", "torch", "torchscript", "onnx"],
+        choices=["auto", "torch", *EXPORT_FORMATS],
         default="auto",
         help="run: torch; bundle: torchscript or onnx (auto: torchscript when torch is installed, else onnx)",
     ),

@@ -3,16 +3,15 @@
 :class:`FusedTagger` holds the chosen iteration's fold models of every preset and fuses them
 as the run did (fold average per preset, then the mean or learned fusion of
 :func:`workflow_lib.fusion.fused_posteriors`): spectrograms in, posteriors out. The `tag`
-command runs it straight from ``results/``; :func:`export_bundle` writes it as TorchScript and
-ONNX with the class list, the preprocessing settings and a model card, so a user can tag with
-that folder alone (``tag --bundle``; the ONNX file needs onnxruntime, not torch).
+command runs it straight from ``results/``; :func:`export_bundle` writes it in every format of
+workflow_lib/export_formats.py (TorchScript, ONNX) with the class list, the preprocessing
+settings and a model card, so a user can tag with that folder alone (``tag --bundle``; the
+ONNX file needs onnxruntime, not torch).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,25 +25,26 @@ from .bundle import BUNDLE_FILES, write_manifest
 from .choice import read_choice
 from .dataset import read_classes
 from .errors import UserError
+from .export_formats import EXPORT_FORMATS, example_inputs
 from .fusion import fused_posteriors
-from .io import atomic_path, read_csv_str, write_csv, write_json, write_text
+from .io import read_csv_str, write_csv, write_json, write_text
 from .layout import Layout
-from .model import load_model, probabilities
+from .model import load_model
 from .selection import chosen_iteration
-from .tagger_spec import TaggerSpec, TaggingError, bundle_backend
+from .tagger_spec import TaggerSpec, TaggingError
+from .task import MULTI, SINGLE, Task, task_named, task_of_saved
 
 log = logging.getLogger(__name__)
-
-ONNX_OPSET = 17
 
 
 class FusedTagger(nn.Module):
     """Spectrograms (one (batch, 1, 128, time) tensor per version) -> fused posteriors.
 
-    ``members[m]`` are preset m's fold models, fed input ``inputs[m]``; their softmax outputs
-    (``multi_label``: per-class sigmoids, :func:`workflow_lib.model.probabilities`) are
+    ``members[m]`` are preset m's fold models, fed input ``inputs[m]``; their outputs under
+    the task's activation (softmax, or per-class sigmoids: :meth:`Task.activation`) are
     averaged (as ``predict`` does), then the presets are fused with ``weights`` and, for the
-    learned fusion, ``bias``.
+    learned fusion, ``bias``. The module keeps the task's name, a plain string, not the task:
+    it is traced to TorchScript and ONNX, which record tensors and plain values only.
     """
 
     def __init__(
@@ -53,23 +53,24 @@ class FusedTagger(nn.Module):
         inputs: Sequence[int],
         weights: np.ndarray,
         bias: np.ndarray | None,
-        multi_label: bool = False,
+        task: Task = SINGLE,
     ) -> None:
         super().__init__()
         self.members = nn.ModuleList(nn.ModuleList(folds) for folds in members)
         self.inputs = list(inputs)
-        self.multi_label = bool(multi_label)
+        self.task_name = task.name
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
         self.learned = bias is not None
         self.register_buffer("bias", torch.as_tensor(bias if bias is not None else [], dtype=torch.float32))
 
     def forward(self, *spectrograms: torch.Tensor) -> torch.Tensor:
+        task = task_named(self.task_name)
         per_preset = []
         for index, folds in zip(self.inputs, self.members):
             x = spectrograms[index]
-            per_preset.append(torch.stack([probabilities(m(x), self.multi_label) for m in folds]).mean(0))
+            per_preset.append(torch.stack([task.activation(m(x)) for m in folds]).mean(0))
         bias = self.bias if self.learned else None
-        return fused_posteriors(torch.stack(per_preset), self.weights, bias, self.multi_label)
+        return fused_posteriors(torch.stack(per_preset), self.weights, bias, task)
 
 
 # --------------------------------------------------------------------------- from a run
@@ -130,7 +131,7 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
         )
     classes = read_classes(needed[0])
     weights, bias = _fusion_parameters(needed[1], settings["presets"], classes, settings["fusion"])
-    members, described, modes = [], [], set()
+    members, described, tasks = [], [], set()
     versions = sorted({settings["nets"][p]["spectrogram"] for p in settings["presets"]})
     for preset, weight in zip(settings["presets"], weights):
         iteration = chosen_iteration(layout.selection(chain, preset))
@@ -141,7 +142,7 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
                 raise TaggingError(f"{path} is missing")
             model, meta = load_model(path)
             _check_checkpoint(meta, preset, settings["nets"][preset], classes, path)
-            modes.add(bool(meta.get("multi_label", False)))
+            tasks.add(task_of_saved(meta).name)
             folds.append(model)
         members.append(folds)
         described.append(
@@ -153,10 +154,10 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
                 "weight": float(weight),
             }
         )
-    multi_label = _checked_mode(modes, settings, results)
+    task = _checked_task(tasks, settings, results)
     spec = TaggerSpec(
         classes=classes,
-        multi_label=multi_label,
+        task=task,
         sample_rate=settings["sample_rate"],
         sox_effects=settings["sox_effects"],
         spectrograms=settings.get("spectrograms", "fast"),
@@ -166,21 +167,18 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
         presets=described,
     )
     inputs = [versions.index(settings["nets"][p]["spectrogram"]) for p in settings["presets"]]
-    return spec, FusedTagger(members, inputs, weights, bias, multi_label).eval()
+    return spec, FusedTagger(members, inputs, weights, bias, task).eval()
 
 
-def _checked_mode(modes: set[bool], settings: Mapping[str, Any], results: Path) -> bool:
-    """Single- or multi-label, as every exported checkpoint and the settings agree."""
-    wanted = bool(settings.get("multi_label", False))
-    if modes != {wanted}:
-        found = (
-            "a mix of single- and multi-label"
-            if len(modes) > 1
-            else ("multi" if True in modes else "single") + "-label"
-        )
+def _checked_task(tasks: set[str], settings: Mapping[str, Any], results: Path) -> Task:
+    """The task every exported checkpoint (``tasks``: their task names) and the settings
+    (their ``task``, absent: single-label) agree on."""
+    wanted = task_named(settings.get("task", SINGLE.name))
+    if tasks != {wanted.name}:
+        found = "a mix of single- and multi-label" if len(tasks) > 1 else next(iter(tasks), "none")
         raise TaggingError(
             f"the models of {results} are {found}, the settings say "
-            f"{'multi' if wanted else 'single'}-label: pass the run's settings (--configfile, --config)"
+            f"{wanted.name}: pass the run's settings (--configfile, --config)"
         )
     return wanted
 
@@ -188,56 +186,17 @@ def _checked_mode(modes: set[bool], settings: Mapping[str, Any], results: Path) 
 # --------------------------------------------------------------------------- the bundle
 
 
-def example_inputs(
-    spec: TaggerSpec, batch: int = 2, frames: int | None = None, seed: int = 0
-) -> tuple[torch.Tensor, ...]:
-    """Random spectrogram batches, one per input (for tracing and the export check)."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch, 1, spec.n_bins, frames or spec.frames)
-    return tuple(torch.rand(shape, generator=generator) * 4 for _ in spec.versions)
-
-
-def save_torchscript(tagger: FusedTagger, spec: TaggerSpec, path: Path) -> None:
-    """Traced TorchScript: the network is fully convolutional, so any time length works."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", category=DeprecationWarning)  # torch >= 2.10 says so
-        traced = torch.jit.trace(tagger.eval(), example_inputs(spec), check_trace=False)
-    with atomic_path(path) as tmp:
-        traced.save(str(tmp))
-
-
-def save_onnx(tagger: FusedTagger, spec: TaggerSpec, path: Path) -> None:
-    """ONNX with dynamic batch and time axes (the TorchScript-based exporter: no onnxscript)."""
-    axes = {name: {0: "batch", 3: f"time_{name}"} for name in spec.input_names}
-    axes["posteriors"] = {0: "batch"}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            tagger.eval(),
-            example_inputs(spec),
-            buffer,
-            dynamo=False,
-            input_names=spec.input_names,
-            output_names=["posteriors"],
-            dynamic_axes=axes,
-            opset_version=ONNX_OPSET,
-        )
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
 def check_exported(tagger: FusedTagger, spec: TaggerSpec, bundle: Path, tolerance: float = 1e-4) -> float:
-    """Largest posterior difference of TorchScript and ONNX from the eager tagger, on random
-    inputs of another length than the export's; raises when it exceeds ``tolerance``."""
+    """Largest posterior difference of every exported format (:data:`EXPORT_FORMATS`) from the
+    eager tagger, on random inputs of another length than the export's; raises when it
+    exceeds ``tolerance``."""
     inputs = example_inputs(spec, batch=3, frames=spec.frames + 37, seed=1)
     with torch.no_grad():
         expected = tagger(*inputs).numpy()
     arrays = [x.numpy() for x in inputs]
     worst = 0.0
-    for kind in ("torchscript", "onnx"):
-        got = bundle_backend(bundle, spec, kind, "cpu")(arrays)
-        worst = max(worst, float(np.abs(got - expected).max()))
+    for form in EXPORT_FORMATS.values():
+        worst = max(worst, form.check(bundle, spec, arrays, expected))
     if worst > tolerance:
         raise UserError(f"the exported tagger differs from the trained one by {worst:.2e}")
     return worst
@@ -276,6 +235,15 @@ def _card_data(results: Path, dataset: str, chain: str) -> list[str]:
     return lines
 
 
+#: What the network returns, in the model card's words, per task.
+CARD_OUTPUT = {
+    SINGLE.name: "posteriors.",
+    MULTI.name: (
+        "independent per-class probabilities (sigmoid; multi-label: a clip may carry any set of classes)."
+    ),
+}
+
+
 def _card_models(spec: TaggerSpec) -> list[str]:
     """The card's classes and models sections, and what goes in and comes out of the network:
     what a user of the bundle needs to feed it."""
@@ -295,11 +263,7 @@ def _card_models(spec: TaggerSpec) -> list[str]:
         f"{p['folds']} | {p['weight']:.4g} |"
         for p in spec.presets
     ]
-    output = (
-        "independent per-class probabilities (sigmoid; multi-label: a clip may carry any set of classes)."
-        if spec.multi_label
-        else "posteriors."
-    )
+    output = CARD_OUTPUT[spec.task.name]
     lines += [
         "",
         (
@@ -353,8 +317,8 @@ def write_bundle(tagger: FusedTagger, spec: TaggerSpec, out_dir: Path, card: str
         out_dir / BUNDLE_FILES["classes"],
     )
     write_json(spec.settings_json(), out_dir / BUNDLE_FILES["settings"])
-    save_torchscript(tagger, spec, out_dir / BUNDLE_FILES["torchscript"])
-    save_onnx(tagger, spec, out_dir / BUNDLE_FILES["onnx"])
+    for form in EXPORT_FORMATS.values():
+        form.save(tagger, spec, out_dir / BUNDLE_FILES[form.name])
     worst = check_exported(tagger, spec, out_dir)
     write_text(card, out_dir / BUNDLE_FILES["card"])
     write_manifest(out_dir)  # last: its checksums cover the files as the export left them

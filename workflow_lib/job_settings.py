@@ -10,11 +10,12 @@ No third-party imports beyond numpy/pandas: the Snakefile imports this module at
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .choice import chooses_by_cv
 from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS, layout_of
-from .task import SINGLE, task_of_settings
+from .task import SINGLE, Task, task_of_settings
 
 # --- data: dataset validation and demo data jobs ---------------------------------------------
 
@@ -51,3 +52,79 @@ def demo_data_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- prediction, fusion, evaluation, export --------------------------------------------------
+
+
+def task_entry(task: Task) -> dict[str, str]:
+    """The ``task`` key of a job's JSON settings: ``{"task": "multi-label"}``, or nothing for
+    single-label, the default every reader assumes (``task_named(s.get("task", ...))``), so
+    the settings of single-label jobs, and with them Snakemake's record of finished jobs, stay
+    as they were."""
+    return {} if task is SINGLE else {"task": task.name}
+
+
+def prediction_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The predict job's settings: the length-fixed spectrogram frames, the evaluation batch
+    size and the device (the task comes from the checkpoints, stages.load_fold_models)."""
+    return {
+        "frames": settings["method"]["spectrogram_frames"],
+        "batch_size": settings["compute"]["eval_batch_size"],
+        "device": settings["compute"]["device"],
+    }
+
+
+def fusion_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The fuse job's settings (fusion.FusionSettings.from_json): config ``method.fusion`` and
+    the task (:func:`task_entry`)."""
+    return {**settings["method"]["fusion"], **task_entry(task_of_settings(settings))}
+
+
+def task_arguments(settings: Mapping[str, Any]) -> list[str]:
+    """The ``--task`` option of the evaluate, summary and systems commands."""
+    return ["--task", task_of_settings(settings).name]
+
+
+def chain_choice_spec(
+    selections: Mapping[str, Mapping[str, str]], summaries: Mapping[str, str]
+) -> dict[str, Any]:
+    """The choose-chain job's ``--spec``: {"selections": {chain: {preset: selection CSV}},
+    "summaries": {chain: summary CSV}} (workflow_lib/choice.py reads nothing else)."""
+    return {
+        "selections": {c: dict(by_preset) for c, by_preset in selections.items()},
+        "summaries": dict(summaries),
+    }
+
+
+def tagger_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the resolved workflow settings a tagger needs (JSON-able): the export job's
+    settings, and what ``tag`` reads from a run's config."""
+    method, pre = settings["method"], settings["preprocessing"]
+    chains = settings["run_chains"]
+    # chain_choice: cv: the chain is read from results/chosen/choice.csv (export.run_layout)
+    by_cv = {"chain_choice": "cv", "starts": {c: settings["chains"][c]["start"] for c in chains}}
+    return (
+        task_entry(task_of_settings(settings))
+        | {
+            "sample_rate": pre["sample_rate"],
+            "sox_effects": list(pre["sox_effects"]),
+            "spectrograms": pre["spectrograms"],
+            "frames": method["spectrogram_frames"],
+            "folds": method["folds"],
+            "presets": list(method["presets"]),
+            "nets": _nets(method, method["presets"]),
+            "fusion": method["fusion"]["method"],
+            "batch_size": settings["compute"]["eval_batch_size"],
+            "dataset": settings["dataset_root"] or "the synthetic demo dataset",
+            # the exported chain (the first of run_chains) and its iteration-0 start (layout.py)
+            "chain": chains[0],
+            "start": settings["chains"][chains[0]]["start"],
+        }
+        | (by_cv if chooses_by_cv(settings) else {})
+    )
+
+
+def _nets(method: Mapping[str, Any], presets: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{preset: its spectrogram version and width}: what the tagger checks checkpoints against."""
+    return {
+        p: {"spectrogram": method["nets"][p]["spectrogram"], "width": method["nets"][p]["width"]}
+        for p in presets
+    }

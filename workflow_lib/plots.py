@@ -14,6 +14,19 @@ import pandas as pd  # noqa: E402
 
 from .dataset import TOTAL_ROW  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .selection import task_of_columns  # noqa: E402
+from .task import MULTI, SINGLE  # noqa: E402
+
+#: (history column, axis label) of the training-curve panels per task: the multi-label task's
+#: accuracy is the share of clips whose top label is true, and it adds a lwlrap panel.
+CURVES = {
+    SINGLE.name: (("valid_loss", "verified validation loss"), ("valid_acc", "verified validation accuracy")),
+    MULTI.name: (
+        ("valid_loss", "verified validation loss"),
+        ("valid_acc", "validation top label true"),
+        ("valid_lwlrap", "validation lwlrap"),
+    ),
+}
 
 
 def save_figure(figure: plt.Figure, path: Path) -> None:
@@ -31,8 +44,9 @@ def training_curves(histories: Mapping[int, Sequence[Path]], preset: str, out: P
     cross-entropy and their accuracy the share of clips whose top label is true.
     """
     frames_of = {i: [pd.read_csv(p) for p in histories[i]] for i in sorted(histories)}
-    multi_label = any("valid_lwlrap" in f for frames in frames_of.values() for f in frames)
-    columns = ["valid_loss", "valid_acc", *(["valid_lwlrap"] if multi_label else [])]
+    tasks = {task_of_columns(f.columns).name for frames in frames_of.values() for f in frames}
+    curves = CURVES[MULTI.name if MULTI.name in tasks else SINGLE.name]
+    columns = [column for column, _ in curves]
     figure, axes = plt.subplots(len(columns), 1, figsize=(9, 3 * len(columns)), sharex=True)
     offset = 0
     for iteration, frames in frames_of.items():
@@ -47,12 +61,9 @@ def training_curves(histories: Mapping[int, Sequence[Path]], preset: str, out: P
             for ax in axes:
                 ax.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.7)
         offset = int(epochs[-1])
-    loss_ax, acc_ax = axes[0], axes[1]
-    loss_ax.set_ylabel("verified validation loss")
-    acc_ax.set_ylabel("verified validation accuracy")
-    if multi_label:
-        acc_ax.set_ylabel("validation top label true")
-        axes[2].set_ylabel("validation lwlrap")
+    loss_ax = axes[0]
+    for ax, (_, label) in zip(axes, curves):
+        ax.set_ylabel(label)
     axes[-1].set_xlabel("epoch (iterations one after another)")
     loss_ax.set_title(f"{preset}: mean over folds, band = min..max")
     loss_ax.legend(ncol=6, fontsize=8)

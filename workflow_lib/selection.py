@@ -23,21 +23,28 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .task import MULTI, SINGLE, Task
 
 METRICS = ("valid_loss", "valid_acc", "valid_map3")
 LWLRAP = "valid_lwlrap"  # multi-label histories only
 
 
-def is_multi_label(history: pd.DataFrame) -> bool:
-    return LWLRAP in history.columns
+def task_of_columns(columns: pd.Index) -> Task:
+    """The task a history or selection table was written for: the multi-label one has its
+    selection metric (``valid_lwlrap``, or ``mean_valid_lwlrap``) among its columns. Selection
+    reads only files, so the files say which task they are."""
+    metric = MULTI.selection_metric
+    return MULTI if metric in columns or f"mean_{metric}" in columns else SINGLE
 
 
 def best_epoch_row(history: pd.DataFrame) -> pd.Series:
-    """The epoch whose parameters were kept: lowest validation loss, or (multi-label) highest
-    validation lwlrap, the first on ties; the last one when nothing was validated."""
-    column = LWLRAP if is_multi_label(history) else "valid_loss"
+    """The epoch whose parameters were kept: the best of the task's selection metric (lowest
+    validation loss, or highest validation lwlrap), the first on ties; the last one when
+    nothing was validated."""
+    task = task_of_columns(history.columns)
+    column = task.selection_metric
     if history[column].notna().any():
-        best = history[column].idxmax() if column == LWLRAP else history[column].idxmin()
+        best = history[column].idxmax() if task.higher_is_better else history[column].idxmin()
         return history.loc[best]
     return history.iloc[-1]
 
@@ -47,18 +54,19 @@ def selection_table(histories: Mapping[tuple[int, int], Path], tolerance: float 
     (within ``tolerance`` of the lowest mean loss) and ``chosen`` (see the module docstring).
     """
     rows: dict[int, dict] = {}
-    modes = set()
+    tasks = set()
     for (iteration, fold), path in sorted(histories.items()):
         history = pd.read_csv(path)
-        modes.add(is_multi_label(history))
+        task = task_of_columns(history.columns)
+        tasks.add(task.name)
         best = best_epoch_row(history)
         row = rows.setdefault(iteration, {"iteration": iteration})
         row[f"fold{fold}_best_epoch"] = int(best["epoch"])
-        for metric in metrics_of(is_multi_label(history)):
+        for metric in metrics_of(task):
             row[f"fold{fold}_{metric}"] = float(best[metric])
-    if len(modes) > 1:
+    if len(tasks) > 1:
         raise UserError("the histories mix single-label and multi-label runs (valid_lwlrap in some only)")
-    metrics = metrics_of(modes == {True})
+    metrics = metrics_of(MULTI if tasks == {MULTI.name} else SINGLE)
     table = pd.DataFrame(list(rows.values())).sort_values("iteration").reset_index(drop=True)
     for n, metric in enumerate(metrics):
         columns = [c for c in table.columns if c.endswith(f"_{metric}") and c.startswith("fold")]
@@ -72,16 +80,18 @@ def selection_table(histories: Mapping[tuple[int, int], Path], tolerance: float 
     return table
 
 
-def metrics_of(multi_label: bool) -> tuple[str, ...]:
-    return (*METRICS, LWLRAP) if multi_label else METRICS
+def metrics_of(task: Task) -> tuple[str, ...]:
+    """The validation metrics a selection table gives per fold and as means: the task's
+    history columns that are validation figures (multi-label adds ``valid_lwlrap``)."""
+    return (*METRICS, *(c for c in task.history_columns if c.startswith("valid_") and c not in METRICS))
 
 
 def criterion(table: pd.DataFrame) -> np.ndarray:
-    """What selection minimises: the mean validation loss, or (multi-label tables) minus the
-    mean validation lwlrap."""
-    if f"mean_{LWLRAP}" in table.columns:
-        return -table[f"mean_{LWLRAP}"].to_numpy(dtype=float)
-    return table["mean_valid_loss"].to_numpy(dtype=float)
+    """What selection minimises: the mean of the table's task's selection metric, negated when
+    higher is better (the mean validation loss, or minus the mean validation lwlrap)."""
+    task = task_of_columns(table.columns)
+    values = table[f"mean_{task.selection_metric}"].to_numpy(dtype=float)
+    return -values if task.higher_is_better else values
 
 
 def choose(table: pd.DataFrame, tolerance: float) -> int:
@@ -107,7 +117,7 @@ def selection_note(table: pd.DataFrame) -> str:
     """:data:`NO_VALIDATION` when no iteration has a validation score (then :func:`choose`
     takes the last iteration: the whole training budget, nothing compared), else '' (also for
     a table without the score columns, which says nothing about validation)."""
-    if not {"mean_valid_loss", f"mean_{LWLRAP}"} & set(table.columns):
+    if not {f"mean_{t.selection_metric}" for t in (SINGLE, MULTI)} & set(table.columns):
         return ""
     return "" if np.isfinite(criterion(table)).any() else NO_VALIDATION
 

@@ -23,6 +23,7 @@ from .devices import select_device
 from .errors import UserError
 from .evaluation import (
     FUSION_CV_NOTE,
+    PER_CLASS_COLUMNS,
     SCORING_SETS,
     class_reports,
     evaluate_systems,
@@ -32,12 +33,16 @@ from .evaluation import (
 )
 from .folds import make_folds, split_fold
 from .fusion import (
+    UNPREDICTED_ROW,
+    FusionSettings,
     apply_learned_fusion,
     fit_learned_fusion,
+    fusion_targets,
     mean_fusion,
     probabilities,
     probability_frame,
     submission,
+    submission_status,
 )
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import multi_hot, split_labels
@@ -431,15 +436,13 @@ def write_test_posteriors(
     batch_size: int,
     device: torch.device,
     out_csv: Path,
-    multi_label: bool = False,
+    task: Task = SINGLE,
 ) -> None:
-    """Fold-averaged posteriors (softmax, or sigmoid when ``multi_label``) of every test clip on
-    its whole length-fixed spectrogram."""
+    """Fold-averaged posteriors (the task's activation: softmax, or per-class sigmoids) of every
+    test clip on its whole length-fixed spectrogram."""
     store = SpectrogramStore.open(test_manifest)
     bank = ClipBank.from_store(store, list(store.manifest["fname"]), frames, device)
-    probs = np.mean(
-        [predict_whole(m, bank, batch_size, multi_label=multi_label) for m in models.values()], axis=0
-    )
+    probs = np.mean([_posteriors(m, bank, batch_size, task) for m in models.values()], axis=0)
     write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
 
 
@@ -460,8 +463,8 @@ def predict_job(
 ) -> int:
     """Chosen iteration's fold models ({(iteration, fold): best.pt}): test posteriors (fold
     average) and out-of-fold posteriors of the verified validation clips (for the learned
-    fusion). Posteriors are sigmoids when the models are multi-label (their ``multi_label``
-    flag). Returns the iteration."""
+    fusion). Posteriors are sigmoids when the models are multi-label (the task their checkpoints
+    say, :func:`load_fold_models`). Returns the iteration."""
     iteration = chosen_iteration(selection_csv)
     paths = {k: path for (i, k), path in sorted(models.items()) if i == iteration}
     if not paths:
@@ -470,16 +473,15 @@ def predict_job(
     classes = read_classes(classes_csv)
     folds = read_csv_str(folds_csv)
     models_by_fold, task = load_fold_models(paths, choice.device)
-    multi_label = task.label_sets
     write_test_posteriors(
-        models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test, multi_label
+        models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test, task
     )
     train_store = SpectrogramStore.open(train_manifest)
     parts = []
     for k, model in models_by_fold.items():
         valid = folds[(folds["fold"].astype(int) == k) & (folds["verified"] == "1")]
         bank = ClipBank.from_store(train_store, list(valid["fname"]), frames, choice.device)
-        probs = predict_whole(model, bank, batch_size, multi_label=multi_label)
+        probs = _posteriors(model, bank, batch_size, task)
         frame = probability_frame(valid["fname"], probs, classes)
         frame.insert(1, "label", valid["label"].to_numpy())
         frame.insert(2, "fold", k)
@@ -489,27 +491,33 @@ def predict_job(
     return iteration
 
 
+def _posteriors(model: torch.nn.Module, bank: ClipBank, batch_size: int, task: Task) -> np.ndarray:
+    """Posteriors of one model on a bank (training.predict_whole) with the task's activation:
+    the one place this module tells the training layer which task it predicts for."""
+    return predict_whole(model, bank, batch_size, multi_label=task.label_sets)
+
+
 def fuse_job(
     test_csvs: dict[str, Path],
     valid_csvs: dict[str, Path],
     classes_csv: Path,
-    method: str,
-    steps: int,
-    lr: float,
     out_probs: Path,
     out_weights: Path,
     out_submission: Path,
     test_manifest: Path | None = None,
     out_status: Path | None = None,
-    multi_label: bool = False,
+    *,
+    settings: FusionSettings,
 ) -> None:
-    """Fuse the presets (mean or learned) and write the challenge submission.
+    """Fuse the presets (``settings.method``: mean or learned) and write the challenge
+    submission.
 
     With ``test_manifest`` (any spectrogram version's test manifest: one row per listed test
     clip, usable or not) every listed clip gets a submission row, empty when it could not be
-    predicted, and ``out_status`` says why per clip (see :func:`submission_status`).
-    ``multi_label``: sigmoid posteriors, the learned fusion fitted with binary cross-entropy
-    on the multi-hot sets of the validation clips, the 2019 submission (workflow_lib/fusion.py).
+    predicted, and ``out_status`` says why per clip (see :func:`submission_status`). The task
+    (``settings.task``) decides the rest: multi-label posteriors are sigmoids, the learned
+    fusion is fitted with binary cross-entropy on the multi-hot sets of the validation clips,
+    and the submission has the 2019 format (workflow_lib/fusion.py).
     """
     classes = read_classes(classes_csv)
     presets = list(test_csvs)
@@ -518,9 +526,9 @@ def fuse_job(
     check_complete_predictions({path: (t, "predict") for path, t in zip(test_csvs.values(), tests)}, expected)
     fnames = tests[0]["fname"]
     stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes) for t in tests])
-    if method == "learned":
+    if settings.method == "learned":
         valids = [pd.read_csv(valid_csvs[p], dtype={"fname": str, "label": str}) for p in presets]
-        fused, table = _learned_fusion(stack, valids, presets, classes, steps, lr, multi_label)
+        fused, table = _learned_fusion(stack, valids, presets, classes, settings)
     else:
         fused = mean_fusion(stack)
         table = pd.DataFrame(
@@ -531,9 +539,9 @@ def fuse_job(
         )
     write_csv(table, out_weights)
     write_csv(probability_frame(fnames, fused, classes), out_probs)
-    answers = submission(fnames, fused, classes, multi_label)
+    answers = submission(fnames, fused, classes, settings.task)
     if test_manifest is not None:
-        answers = _every_listed_clip(answers, set(fnames), test_manifest, out_status, multi_label)
+        answers = _every_listed_clip(answers, set(fnames), test_manifest, out_status, settings.task)
     write_csv(answers, out_submission)
 
 
@@ -542,9 +550,7 @@ def _learned_fusion(
     valids: list[pd.DataFrame],
     presets: list[str],
     classes: list[str],
-    steps: int,
-    lr: float,
-    multi_label: bool,
+    settings: FusionSettings,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """(fused test posteriors, the parameter table): weights and biases fitted on the presets'
     out-of-fold validation posteriors (``valids``), clips none of the fold models trained on."""
@@ -552,15 +558,15 @@ def _learned_fusion(
     valid_stack = np.stack(
         [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
     )
-    targets = fusion_targets(valids[0]["label"], classes, multi_label)
-    weights, bias = fit_learned_fusion(valid_stack, targets, steps, lr, multi_label=multi_label)
+    targets = fusion_targets(valids[0]["label"], classes, settings.task)
+    weights, bias = fit_learned_fusion(valid_stack, targets, settings.steps, settings.lr, task=settings.task)
     table = pd.DataFrame(
         {
             "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
             "value": np.concatenate([weights, bias]),
         }
     )
-    return apply_learned_fusion(stack, weights, bias, multi_label), table
+    return apply_learned_fusion(stack, weights, bias, settings.task), table
 
 
 def _every_listed_clip(
@@ -568,14 +574,15 @@ def _every_listed_clip(
     predicted: set[str],
     test_manifest: Path,
     out_status: Path | None,
-    multi_label: bool,
+    task: Task,
 ) -> pd.DataFrame:
     """The submission with a row for every listed test clip, empty where it could not be
-    predicted (a challenge submission names every clip); writes why per clip to ``out_status``."""
+    predicted (a challenge submission names every clip, :data:`UNPREDICTED_ROW`); writes why
+    per clip to ``out_status``."""
     status = submission_status(read_csv_str(test_manifest), predicted)
     answers = status[["fname"]].merge(answers, on="fname", how="left")
-    if not multi_label:  # 2019 format: an unpredicted clip's posteriors stay empty
-        answers = answers.fillna({"label": ""})
+    if UNPREDICTED_ROW[task.name]:
+        answers = answers.fillna(UNPREDICTED_ROW[task.name])
     unpredicted = status[status["status"] != "predicted"]
     if len(unpredicted):
         log.warning(
@@ -620,46 +627,20 @@ def check_complete_predictions(
             )
 
 
-def fusion_targets(labels: pd.Series, classes: list[str], multi_label: bool) -> np.ndarray:
-    """Targets of the learned fusion: class indices, or multi-hot sets (multi-label).
-
-    A validation label outside the classes is a clear error naming it, never a NaN target.
-    """
-    if multi_label:
-        return multi_hot(labels.fillna(""), classes)  # '' (read as NaN): an empty set
-    index = {label: i for i, label in enumerate(classes)}
-    unknown = sorted(set(labels) - set(index))
-    if unknown:
-        raise KeyError(f"validation label(s) {unknown[:3]} are not among the {len(classes)} classes")
-    return labels.map(index).to_numpy()
-
-
-def submission_status(test_manifest: pd.DataFrame, predicted: set[str]) -> pd.DataFrame:
-    """One row per listed test clip: ``fname,status,detail``; status ``predicted`` or the
-    preprocessing status that kept the clip out (``skipped_undecodable``, ...)."""
-    done = test_manifest["fname"].isin(predicted)
-    return pd.DataFrame(
-        {
-            "fname": test_manifest["fname"].to_numpy(),
-            "status": np.where(done, "predicted", test_manifest["status"]),
-            "detail": np.where(done, "", test_manifest["detail"]),
-        }
-    )
-
-
 NO_TEST_LABELS = "no test labels"
 
 
 def evaluate_job(
-    test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path, multi_label: bool = False
+    test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path, *, task: Task = SINGLE
 ) -> pd.DataFrame:
     """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion).
 
     Scored clips that have no prediction (undecodable, missing) are counted per set in
     ``n_unpredicted`` and left out of ``n`` and the scores. Without any scored test label
     (predict-only run) every row says ``no test labels`` in ``note`` and the per-class and
-    confusion tables are written with their header only. ``multi_label``: lwlrap and the
-    scores at a threshold (workflow_lib/evaluation.py), per-class lwlrap, no confusion.csv.
+    confusion tables are written with their header only. The task decides the scores
+    (workflow_lib/evaluation.py): multi-label gives lwlrap and the scores at a threshold,
+    per-class lwlrap, and no confusion.csv (:attr:`Task.confusion`).
     """
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
@@ -667,7 +648,7 @@ def evaluate_job(
     rules = {name: "fuse" if name == "fusion" else "predict" for name in frames}
     check_complete_predictions({systems[name]: (frames[name], rules[name]) for name in frames}, None)
     predicted = set.intersection(*(set(f["fname"]) for f in frames.values()))
-    scored = scored_rows(test, classes, multi_label)
+    scored = scored_rows(test, classes, task)
     missing = scored.loc[~scored["fname"].isin(predicted)]
     if len(missing):
         log.warning(
@@ -677,25 +658,32 @@ def evaluate_job(
             list(missing["fname"][:3]),
         )
     test = test[test["fname"].isin(predicted)]
-    scores = evaluate_systems(test, frames, classes, multi_label)
+    scores = evaluate_systems(test, frames, classes, task)
     scores["n_unpredicted"] = [_unpredicted_in_set(missing, name) for name in scores["set"]]
     scores["note"] = NO_TEST_LABELS if scored.empty else ""
     write_csv(scores, out_dir / "summary.csv")
+    _write_class_reports(test, frames, classes, task, out_dir)
+    if scored.empty:
+        log.info("%s: predictions only, nothing is scored", NO_TEST_LABELS)
+    return scores
+
+
+def _write_class_reports(
+    test: pd.DataFrame, frames: dict[str, pd.DataFrame], classes: list[str], task: Task, out_dir: Path
+) -> None:
+    """per_class.csv of every system and, where the task has one, confusion.csv of the last
+    (header only without scored clips)."""
     per_class, confusion = [], pd.DataFrame(columns=["true_label", *classes])
-    for name, frame in frames.items() if not scored_rows(test, classes, multi_label).empty else ():
-        table, confusion = class_reports(test, frame, classes, multi_label)
+    for name, frame in frames.items() if not scored_rows(test, classes, task).empty else ():
+        table, confusion = class_reports(test, frame, classes, task)
         per_class.append(table.assign(system=name))
-    columns = ["system", "label", "precision", "recall", "f1", "support"]
-    columns += ["lwlrap", "lwlrap_weight"] if multi_label else []
+    columns = PER_CLASS_COLUMNS[task.name]
     write_csv(
         pd.concat(per_class, ignore_index=True)[columns] if per_class else pd.DataFrame(columns=columns),
         out_dir / "per_class.csv",
     )
-    if not multi_label:
+    if task.confusion:
         write_csv(confusion, out_dir / "confusion.csv")
-    if scored.empty:
-        log.info("%s: predictions only, nothing is scored", NO_TEST_LABELS)
-    return scores
 
 
 def _unpredicted_in_set(missing: pd.DataFrame, set_name: str) -> int:
@@ -727,8 +715,9 @@ def summary_job(
     scores_csv: Path | None,
     out_csv: Path,
     submission_status_csv: Path | None = None,
-    multi_label: bool = False,
     classes_csv: Path | None = None,
+    *,
+    task: Task = SINGLE,
 ) -> pd.DataFrame:
     """results/summary.csv (see workflow_lib.evaluation.preset_summary), plus ``test_note``;
     ``classes_csv`` (classes.csv) names the classes without verified clips in ``cv_note``."""
@@ -745,8 +734,8 @@ def summary_job(
             if p.parent.name == preset
         }
         selection = pd.read_csv(selection_csv)
-        rows.append(preset_summary(preset, selection, tables, scores, multi_label, unvalidated))
-    fused = test_columns(scores, "fusion", multi_label) if scores is not None else {}
+        rows.append(preset_summary(preset, selection, tables, scores, task, unvalidated))
+    fused = test_columns(scores, "fusion", task) if scores is not None else {}
     if fused:
         rows.append({"preset": "fusion", **fused, "cv_note": FUSION_CV_NOTE})
     table = pd.DataFrame(rows)

@@ -34,12 +34,13 @@ import pandas as pd
 
 from .choice import pick_chain
 from .io import write_csv
+from .task import MULTI, SINGLE
 
-#: Scores summarised when a repetition's systems.csv has them: single-label runs report test
-#: accuracy and MAP@3, multi-label runs (dataset.layout fsdkaggle2019) test lwlrap.
-METRICS = ("test_accuracy", "test_map3", "test_lwlrap", "cv_accuracy", "cv_loss", "cv_lwlrap")
-#: The test scores the paired comparisons are made on, where present.
-TEST_METRICS = ("test_accuracy", "test_map3", "test_lwlrap")
+#: The test scores the paired comparisons are made on, where present: every task's systems.csv
+#: test columns (single-label: test accuracy and MAP@3; multi-label: test lwlrap).
+TEST_METRICS = tuple(dict.fromkeys(column for task in (SINGLE, MULTI) for column in task.test_columns))
+#: Scores summarised when a repetition's systems.csv has them: the test scores, then the CV ones.
+METRICS = (*TEST_METRICS, "cv_accuracy", "cv_loss", "cv_lwlrap")
 
 
 def present(long: pd.DataFrame, metrics: Sequence[str]) -> list[str]:

@@ -10,9 +10,10 @@ marks iterations whose policy trusted no clip or fewer than trust.min_trusted_sh
 judged ones (policies.low_trust); ``near_tie`` that the chosen iteration won a near-tie of
 validation losses (selection.py).
 
-Multi-label mode (``multi_label``): the test columns are ``n_test`` and ``test_lwlrap`` (the
-DCASE 2019 metric on the labelled test clips) instead of test accuracy and MAP@3, both tables
-gain ``cv_lwlrap`` (the selection's ``mean_valid_lwlrap``), and the plot shows lwlrap.
+The multi-label task (:data:`workflow_lib.task.MULTI`): the test columns are ``n_test`` and
+``test_lwlrap`` (the DCASE 2019 metric on the labelled test clips) instead of test accuracy and
+MAP@3, both tables gain ``cv_lwlrap`` (the selection's ``mean_valid_lwlrap``), and the plot
+shows lwlrap.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .dataset import TOTAL_ROW, read_classes
 from .evaluation import evaluate_systems
 from .io import read_csv_str, write_csv
 from .policies import low_trust
+from .task import MULTI, SINGLE, Task
 
 if TYPE_CHECKING:  # annotations only: matplotlib is imported where a plot is drawn
     from matplotlib.axes import Axes
@@ -61,36 +63,33 @@ def _overall(paths: Mapping[str, str]) -> dict[int, pd.Series]:
     return dict(sorted(tables.items()))
 
 
-#: the test score columns of systems.csv per mode (after n_test), and evaluation's names for them
-TEST_COLUMNS = {
-    False: {"test_accuracy": "accuracy", "test_map3": "map3"},
-    True: {"test_lwlrap": "lwlrap"},
-}
-
-
-def _test_scores(test: pd.DataFrame, probs_csv: str, classes: list[str], multi_label: bool = False) -> dict:
+def _test_scores(test: pd.DataFrame, probs_csv: str, classes: list[str], task: Task = SINGLE) -> dict:
+    """systems.csv's ``n_test`` and the task's test columns (:attr:`Task.test_columns`) of one
+    posterior table; NaN scores without test labels."""
     frame = pd.read_csv(probs_csv, dtype={"fname": str})
     scored = test[test["fname"].isin(set(frame["fname"]))]
-    columns = TEST_COLUMNS[multi_label]
+    columns = task.test_columns
     if scored["label"].eq("").all():
         return {"n_test": 0, **dict.fromkeys(columns, np.nan)}
-    scores = evaluate_systems(scored, {"system": frame}, classes, multi_label)
+    scores = evaluate_systems(scored, {"system": frame}, classes, task)
     row = scores[scores["set"] == SCORED_SET].iloc[0]
     return {"n_test": int(row["n"]), **{ours: float(row[theirs]) for ours, theirs in columns.items()}}
 
 
-def iteration_columns(multi_label: bool = False) -> list[str]:
-    """The columns of systems_iterations.csv: multi-label mode adds ``cv_lwlrap`` after ``cv_loss``."""
-    if not multi_label:
-        return list(ITERATION_COLUMNS)
+#: CV columns both tables add per task after ``cv_loss`` / ``cv_map3``: {ours: the selection's}.
+EXTRA_CV = {SINGLE.name: {}, MULTI.name: {"cv_lwlrap": "mean_valid_lwlrap"}}
+
+
+def iteration_columns(task: Task = SINGLE) -> list[str]:
+    """The columns of systems_iterations.csv: the multi-label task adds ``cv_lwlrap`` after
+    ``cv_loss`` (:data:`EXTRA_CV`)."""
     at = ITERATION_COLUMNS.index("cv_loss") + 1
-    return [*ITERATION_COLUMNS[:at], "cv_lwlrap", *ITERATION_COLUMNS[at:]]
+    return [*ITERATION_COLUMNS[:at], *EXTRA_CV[task.name], *ITERATION_COLUMNS[at:]]
 
 
-def _cv_lwlrap(selection_row: pd.Series, multi_label: bool) -> dict:
-    """{"cv_lwlrap": mean validation lwlrap} in multi-label mode (NaN if the selection lacks
-    it), {} otherwise."""
-    return {"cv_lwlrap": float(selection_row.get("mean_valid_lwlrap", np.nan))} if multi_label else {}
+def _extra_cv(selection_row: pd.Series, task: Task) -> dict:
+    """The task's :data:`EXTRA_CV` figures of one selection row (NaN where it lacks them)."""
+    return {ours: float(selection_row.get(theirs, np.nan)) for ours, theirs in EXTRA_CV[task.name].items()}
 
 
 def _trust_numbers(overall: pd.Series | None, policy: str, min_share: float) -> dict:
@@ -119,7 +118,7 @@ def systems_tables(
     test_csv: Path,
     classes_csv: Path,
     min_share: float = 0.0,
-    multi_label: bool = False,
+    task: Task = SINGLE,
     picked: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per chain and preset, one row per chain, preset and iteration).
@@ -137,24 +136,22 @@ def systems_tables(
     for item in spec:
         selection = pd.read_csv(item["selection"])
         overall = _overall(item.get("self_verify") or {})
-        per_iteration += _iteration_rows(item, selection, overall, min_share, multi_label)
-        scores = _test_scores(test, item["test"], classes, multi_label)
-        rows.append(
-            _system_row(item, selection, overall, scores, item["system"] == picked, min_share, multi_label)
-        )
+        per_iteration += _iteration_rows(item, selection, overall, min_share, task)
+        scores = _test_scores(test, item["test"], classes, task)
+        rows.append(_system_row(item, selection, overall, scores, item["system"] == picked, min_share, task))
     systems = pd.DataFrame(rows)
     for column in [
         c for c in systems.columns if c.startswith("trusted") and not c.endswith(("precision", "recall"))
     ] + ["n_test"]:
         systems[column] = pd.to_numeric(systems[column]).astype("Int64")
-    iterations = pd.DataFrame(per_iteration, columns=iteration_columns(multi_label))
+    iterations = pd.DataFrame(per_iteration, columns=iteration_columns(task))
     for column in ("n_judged", "trusted", "trusted_correct"):
         iterations[column] = pd.to_numeric(iterations[column]).astype("Int64")
     return systems, iterations
 
 
 def _iteration_rows(
-    item: Mapping, selection: pd.DataFrame, overall: dict[int, pd.Series], min_share: float, multi_label: bool
+    item: Mapping, selection: pd.DataFrame, overall: dict[int, pd.Series], min_share: float, task: Task
 ) -> list[dict]:
     """systems_iterations.csv rows of one chain and preset: per iteration, its CV figures and
     what its models' judgement trusted (the selection curve and the trust it rests on)."""
@@ -172,7 +169,7 @@ def _iteration_rows(
                 "cv_accuracy": float(line["mean_valid_acc"]),
                 "cv_map3": float(line.get("mean_valid_map3", np.nan)),
                 "cv_loss": float(line["mean_valid_loss"]),
-                **_cv_lwlrap(line, multi_label),
+                **_extra_cv(line, task),
                 **_trust_numbers(overall.get(judge), item["policy"], min_share),
             }
         )
@@ -186,7 +183,7 @@ def _system_row(
     test_scores: dict,
     picked: bool,
     min_share: float,
-    multi_label: bool,
+    task: Task,
 ) -> dict:
     """systems.csv row of one chain and preset: the chosen iteration's CV and test figures, and
     the trust of the list that iteration was trained on (iteration i trains on the list judged
@@ -207,7 +204,7 @@ def _system_row(
         "cv_loss": float(chosen["mean_valid_loss"]),
         "cv_accuracy": float(chosen["mean_valid_acc"]),
         "cv_map3": float(chosen.get("mean_valid_map3", np.nan)),
-        **_cv_lwlrap(chosen, multi_label),
+        **_extra_cv(chosen, task),
         **test_scores,
         "given_label_precision": (np.nan if first is None else first.get("unverified_precision", np.nan)),
         "trusted_clips": trained_on["trusted"] if iteration > 0 else 0,
@@ -224,7 +221,7 @@ def _system_row(
 
 #: (column, legend) of the bars per chain, and (column, axis label) of the selection curves
 PLOTTED = {
-    False: (
+    SINGLE.name: (
         (
             ("cv_accuracy", "CV accuracy (verified)"),
             ("test_accuracy", "test accuracy"),
@@ -232,7 +229,7 @@ PLOTTED = {
         ),
         ("cv_accuracy", "CV accuracy, verified validation clips"),
     ),
-    True: (
+    MULTI.name: (
         (
             ("cv_lwlrap", "CV lwlrap (curated)"),
             ("test_lwlrap", "test lwlrap"),
@@ -243,11 +240,9 @@ PLOTTED = {
 }
 
 
-def plot_systems(
-    systems: pd.DataFrame, iterations: pd.DataFrame, out: Path, multi_label: bool = False
-) -> None:
+def plot_systems(systems: pd.DataFrame, iterations: pd.DataFrame, out: Path, task: Task = SINGLE) -> None:
     """Scores per chain; CV accuracy (multi-label: lwlrap) per iteration; trusted clips,
-    precision and recall."""
+    precision and recall (:data:`PLOTTED`)."""
     # matplotlib: only the systems plot needs it
     import matplotlib
     import matplotlib.pyplot as plt
@@ -260,7 +255,7 @@ def plot_systems(
         f"{p}\n{s}" if several else s.replace("_", "\n") for p, s in zip(systems["preset"], systems["system"])
     ]
     figure, axes = plt.subplots(1, 3, figsize=(18, 5))
-    plotted, (curve, curve_label) = PLOTTED[multi_label]
+    plotted, (curve, curve_label) = PLOTTED[task.name]
     _score_bars(axes[0], systems, names, plotted)
     curves, counts = axes[1], axes[2]
     twin = counts.twinx()
@@ -272,7 +267,7 @@ def plot_systems(
         )
     for ax in (curves, counts):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    _label_iteration_panels(curves, counts, twin, curve_label, multi_label)
+    _label_iteration_panels(curves, counts, twin, curve_label, task)
     figure.tight_layout()
     save_figure(figure, out)
 
@@ -341,9 +336,11 @@ def _iteration_panels(
             )
 
 
-def _label_iteration_panels(
-    curves: Axes, counts: Axes, twin: Axes, curve_label: str, multi_label: bool
-) -> None:
+#: The trust panel's count axis per task: what one trust decision is about.
+TRUSTED_AXIS = {SINGLE.name: "trusted unverified clips", MULTI.name: "trusted (clip, label) pairs"}
+
+
+def _label_iteration_panels(curves: Axes, counts: Axes, twin: Axes, curve_label: str, task: Task) -> None:
     """Axis labels, titles and legends of the selection and trust panels (one legend for the
     bars and the twin axis' lines)."""
     curves.set_xlabel("iteration (star: chosen)")
@@ -351,7 +348,7 @@ def _label_iteration_panels(
     curves.legend(fontsize=7)
     curves.set_title("model selection")
     counts.set_xlabel("trusted by the policy on the models of iteration")
-    counts.set_ylabel("trusted (clip, label) pairs" if multi_label else "trusted unverified clips")
+    counts.set_ylabel(TRUSTED_AXIS[task.name])
     twin.set_ylabel("precision (solid) / recall (dashed) of trusted labels")
     twin.set_ylim(0, 1.05)
     handles = counts.get_legend_handles_labels()
@@ -368,11 +365,13 @@ def systems_job(
     out_iterations: Path,
     out_plot: Path,
     min_share: float = 0.0,
-    multi_label: bool = False,
+    task: Task = SINGLE,
     picked: str | None = None,
 ) -> pd.DataFrame:
-    systems, iterations = systems_tables(spec, test_csv, classes_csv, min_share, multi_label, picked)
+    """systems.csv, systems_iterations.csv and systems.png of every chain (see the module
+    docstring)."""
+    systems, iterations = systems_tables(spec, test_csv, classes_csv, min_share, task, picked)
     write_csv(systems, out_csv)
     write_csv(iterations, out_iterations)
-    plot_systems(systems, iterations, out_plot, multi_label)
+    plot_systems(systems, iterations, out_plot, task)
     return systems

@@ -33,11 +33,13 @@ import soundfile as sf
 import yaml
 
 from .audio import CLIPPED, FALLBACK_CLIPPED_ALL, FALLBACK_SILENT, load_clipped, probe
-from .bundle import BUNDLE_FILES, tagger_settings
+from .bundle import BUNDLE_FILES
 from .config import resolve_settings
+from .export_formats import EXPORT_FORMATS, bundle_backend
 from .io import write_csv
+from .job_settings import tagger_settings
 from .spectrograms import V1_HOP, V2_HOP, compute_spectrogram, fix_length
-from .tagger_spec import Backend, TaggerSpec, TaggingError, bundle_backend, torch_backend, torch_device
+from .tagger_spec import Backend, TaggerSpec, TaggingError, torch_backend, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -518,9 +520,9 @@ def check_options(o: TagOptions) -> None:
             )
         if o.backend == "torch":
             raise TaggingError(
-                "--backend torch runs the run's checkpoints; a bundle has torchscript and onnx"
+                f"--backend torch runs the run's checkpoints; a bundle has {' and '.join(EXPORT_FORMATS)}"
             )
-    elif o.backend in ("torchscript", "onnx"):
+    elif o.backend in EXPORT_FORMATS:
         raise TaggingError(f"--backend {o.backend} needs --bundle DIR (an exported tagger)")
     if not o.timeline and (o.window is not None or o.hop is not None or o.plot is not None):
         raise TaggingError("--window, --hop and --plot belong to --timeline")
@@ -580,7 +582,7 @@ def output_paths(o: TagOptions, files: Sequence[Path]) -> tuple[Path, Path | Non
 def label_threshold(o: TagOptions, spec: TaggerSpec) -> float | None:
     """The multi-label tagging threshold (None: a single-label tagger, which ranks only);
     --threshold given for a single-label tagger is refused, not ignored."""
-    if spec.multi_label:
+    if spec.task.label_sets:
         return DEFAULT_THRESHOLD if o.threshold is None else o.threshold
     if o.threshold is not None:
         raise TaggingError(

@@ -141,6 +141,40 @@ class Task:
         cell names the class '' (so it is reported as never seen in training)."""
         return self.labels_of(cell) or [""]
 
+    # --- h20d: evaluation
+    @property
+    def confusion(self) -> bool:
+        """Whether the evaluation writes confusion.csv and plots confusion.png: a clip with one
+        true and one predicted class has a confusion cell, a clip with label sets has none
+        (its per-class table, with each class's lwlrap, is the evaluation's only plot)."""
+        return not self.label_sets
+
+    @property
+    def evaluation_plot(self) -> str:
+        """The evaluation plot a finished run must have (FINAL_OUTPUTS): the confusion matrix,
+        or the per-class picture where there is no confusion matrix."""
+        return "confusion.png" if self.confusion else "per_class.png"
+
+    @property
+    def score_columns(self) -> tuple[str, ...]:
+        """The score columns of an evaluation's summary.csv (after system, set, n): accuracy and
+        MAP@3 of the top class, or lwlrap (DCASE 2019) and the micro precision, recall, F1 of
+        the labels at the evaluation threshold."""
+        return ("lwlrap", "precision", "recall", "f1") if self.label_sets else ("accuracy", "map3")
+
+    @property
+    def test_columns(self) -> dict[str, str]:
+        """{results/summary.csv and systems.csv test column: the evaluation's score column}."""
+        if self.label_sets:
+            return {"test_lwlrap": "lwlrap"}
+        return {"test_accuracy": "accuracy", "test_map3": "map3"}
+
+    @property
+    def chosen_by(self) -> str:
+        """How model selection and the chain choice pick, in words (choice.csv, the log)."""
+        metric = self.selection_metric.removeprefix("valid_")
+        return f"{'highest' if self.higher_is_better else 'lowest'} mean CV {metric}"
+
 
 SINGLE = Task(
     name="single-label",
