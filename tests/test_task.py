@@ -153,9 +153,7 @@ def test_an_old_checkpoint_with_only_width_and_dropout_loads(tmp_path):
 
 def test_an_unknown_architecture_is_refused_with_its_name(tmp_path):
     model = build_model(4, len(CLASSES), (0.0, 0.0))
-    saved_model(
-        tmp_path / "best.pt", model, architecture="resnet9", architecture_args={"width": 4}, width=4
-    )
+    saved_model(tmp_path / "best.pt", model, architecture="resnet9", architecture_args={"width": 4}, width=4)
     with pytest.raises(UserError, match=r"best.pt: unknown network architecture 'resnet9'.*vgg_gap"):
         load_model(tmp_path / "best.pt")
     with pytest.raises(UserError, match="unknown network architecture 'resnet9'"):

@@ -109,8 +109,8 @@ def excerpt_posteriors(
     posteriors = torch.cat(averaged).numpy() if averaged else np.zeros((0, n_classes))
     if not embeddings:
         return posteriors
-    width = 8 * getattr(model, "width", 0)
-    return posteriors, (torch.cat(pooled).numpy() if pooled else np.zeros((0, width)))
+    size = getattr(model, "embedding_size", 0)
+    return posteriors, (torch.cat(pooled).numpy() if pooled else np.zeros((0, size)))
 
 
 def judge_folds(
