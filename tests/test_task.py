@@ -173,3 +173,28 @@ def test_forward_with_embedding_gives_forwards_logits_and_the_pooled_features():
         assert torch.equal(embedding, hidden.float().mean(dim=(2, 3)))
         assert torch.equal(logits, model.features[-2:](hidden).mean(dim=(2, 3)))
     assert embedding.shape == (3, model.embedding_size) == (3, 32)
+
+
+def test_every_task_has_a_training_objective_and_a_way_to_prepare_its_clips():
+    """The dicts keyed by task.name that pick a task's functions name every task."""
+    from workflow_lib.stages import _PREPARED
+    from workflow_lib.training import OBJECTIVES, binary_cross_entropy, evaluate_label_sets
+
+    assert set(OBJECTIVES) == set(TASKS) == set(_PREPARED)
+    assert OBJECTIVES[MULTI.name].loss is binary_cross_entropy
+    assert OBJECTIVES[MULTI.name].evaluate is evaluate_label_sets
+
+
+def test_predict_whole_applies_the_tasks_activation():
+    from workflow_lib.data import ClipBank
+    from workflow_lib.training import predict_whole, whole_logits
+
+    torch.manual_seed(3)
+    model = build_model(4, 3, (0.0, 0.0)).eval()
+    frames, n = 192, 3
+    bank = ClipBank(torch.randn(n * frames, 128), torch.arange(n) * frames, torch.full((n,), frames), frames)
+    logits = whole_logits(model, bank, 2, amp=False)
+    for task in TASKS.values():
+        np.testing.assert_array_equal(
+            predict_whole(model, bank, 2, amp=False, task=task), task.activation(logits)
+        )
