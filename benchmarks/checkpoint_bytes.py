@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from workflow_lib.config import fit_settings, resolve_settings  # noqa: E402
+from workflow_lib.config import resolve_settings  # noqa: E402
+from workflow_lib.job_settings import fit_settings  # noqa: E402
 from workflow_lib.model import build_model  # noqa: E402
 from workflow_lib.training import (  # noqa: E402
     HISTORY_COLUMNS,

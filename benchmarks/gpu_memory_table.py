@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from workflow_lib.config import fit_settings, resolve_settings  # noqa: E402
+from workflow_lib.config import resolve_settings  # noqa: E402
 from workflow_lib.gpu_memory import (  # noqa: E402
     ALLOCATOR_MARGIN,
     BOOL,
@@ -38,6 +38,7 @@ from workflow_lib.gpu_memory import (  # noqa: E402
     fsdkaggle2018_jobs,
     jobs_that_fit,
 )
+from workflow_lib.job_settings import fit_settings  # noqa: E402
 
 N_CLASSES = 41
 CARDS_GB = (16, 24, 40, 80)

@@ -50,8 +50,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from workflow_lib.config import fit_settings, resolve_settings  # noqa: E402
+from workflow_lib.config import resolve_settings  # noqa: E402
 from workflow_lib.data import ClipBank  # noqa: E402
+from workflow_lib.job_settings import fit_settings  # noqa: E402
 from workflow_lib.model import build_model, count_parameters  # noqa: E402
 from workflow_lib.training import (  # noqa: E402
     DeviceFeatures,

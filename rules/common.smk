@@ -20,11 +20,8 @@ try:
     from workflow_lib.config import (
         ConfigError,
         chain_policy,
-        compared_settings,
         check_dataset_root,
         check_run_identity,
-        derive_seed,
-        fit_settings,
         gpus_per_training_job,
         preset_shadowed,
         record_run_identity,
@@ -36,7 +33,6 @@ try:
     from workflow_lib.choice import chooses_by_cv
     from workflow_lib.dataset_layouts import layout_of, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, split_fingerprints
-    from workflow_lib.job_settings import demo_data_settings, validation_settings
     from workflow_lib.layout import (
         MODEL_FILES,
         TRUST_FILES,
@@ -47,10 +43,15 @@ try:
     )
     from workflow_lib.job_settings import (
         chain_choice_spec,
+        compared_settings,
+        demo_data_settings,
+        derive_seed,
+        fit_settings,
         fusion_settings,
         prediction_settings,
         tagger_settings,
         task_arguments,
+        validation_settings,
     )
     from workflow_lib.shards import listed_file_counts, resolve_shards
     from workflow_lib.task import task_of_settings
@@ -151,7 +152,7 @@ class Unrecorded:
     commands format it with ``str()``. Used for what changes where or how a job runs, never
     what it computes: the checkout's path (CLI), the dataset root's spelling, the GPU lock
     folder, and the run-only settings of the training and prediction jobs
-    (workflow_lib.config.RUN_ONLY_SETTINGS; the recorded part is their `compared` param).
+    (workflow_lib.job_settings.RUN_ONLY_SETTINGS; the recorded part is their `compared` param).
     """
 
     def __init__(self, text):
@@ -187,7 +188,7 @@ def job_settings(value):
 
 
 def compared_json(value):
-    """The part of a job's settings that decides its results (config.compared_settings)."""
+    """The part of a job's settings that decides its results (job_settings.compared_settings)."""
     return as_json(compared_settings(value))
 
 
@@ -263,7 +264,8 @@ def training_inputs(wildcards):
 
 
 def training_settings(preset, iteration):
-    """Settings of one training job: initial training (it0) or fine-tuning (it >= 1)."""
+    """Settings of one training job: initial training (it0) or fine-tuning (it >= 1)
+    (workflow_lib.job_settings.fit_settings)."""
     return fit_settings(S, preset, iteration)
 
 

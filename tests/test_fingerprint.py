@@ -1,5 +1,5 @@
 """Per-split dataset fingerprints (workflow_lib/fingerprint.py), the rule params that are not
-compared (workflow_lib.config.compared_settings) and the name-length bound of the layout
+compared (workflow_lib.job_settings.compared_settings) and the name-length bound of the layout
 (workflow_lib.layout.name_room): the units behind issue 24's rows on change detection."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_lib.config import compared_settings, fit_settings, resolve_settings
+from workflow_lib.config import resolve_settings
 from workflow_lib.fingerprint import DigestCache, split_fingerprints
+from workflow_lib.job_settings import compared_settings, fit_settings
 from workflow_lib.layout import NAME_MAX, TEMP_NAME_EXTRA, name_room, overlong_values
 
 from conftest import REPO, tone, write_wav

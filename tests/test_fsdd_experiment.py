@@ -361,9 +361,9 @@ def test_decisions_come_from_the_own_fold_models(run):
     posteriors exactly, swapped folds do not."""
     import torch
 
-    from workflow_lib.config import derive_seed
     from workflow_lib.data import ClipBank
     from workflow_lib.dataset import read_classes
+    from workflow_lib.job_settings import derive_seed
     from workflow_lib.model import load_model
     from workflow_lib.preprocess import SpectrogramStore
     from workflow_lib.self_verify import SelfVerifySettings, self_verify

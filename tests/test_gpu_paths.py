@@ -20,6 +20,7 @@ import torch
 
 from workflow_lib.data import ClipBank
 from workflow_lib.model import build_model
+from workflow_lib.task import MULTI, SINGLE
 from workflow_lib.training import (
     CheckpointPolicy,
     DeviceFeatures,
@@ -113,7 +114,7 @@ def train_once(tmp_path: Path, features: DeviceFeatures | None, case: dict, epoc
         "fp",
         options=RunOptions(CheckpointPolicy(epochs=1, minutes=None), features=features),
         train_weights=weights,
-        multi_label=multi,
+        task=MULTI if multi else SINGLE,
     )
     return model, state, probe
 
@@ -148,7 +149,8 @@ def test_an_epoch_on_the_cuda_path_under_bf16_autocast(tmp_path, case):
     }, "the CPU default stays full precision"
     valid_bank, valid_labels = band_bank(2, seed=2)
     valid_targets = multi_hot(valid_labels) if case.get("multi_label") else valid_labels
-    full = evaluate(model, valid_bank, valid_targets, 4, True, case.get("multi_label", False))
+    task = MULTI if case.get("multi_label") else SINGLE
+    full = evaluate(model, valid_bank, valid_targets, 4, True, task)
     assert row["valid_loss"] == pytest.approx(full["valid_loss"], rel=0.02)
     assert row["train_loss"] == pytest.approx(reference.history[-1]["train_loss"], rel=0.2)
 

@@ -21,10 +21,11 @@ import pytest
 import torch
 import yaml
 
-from workflow_lib.config import fit_settings, resolve_settings
+from workflow_lib.config import resolve_settings
 from workflow_lib.data import ClipBank
 from workflow_lib.errors import UserError
 from workflow_lib.io import read_csv_str, write_csv
+from workflow_lib.job_settings import fit_settings
 from workflow_lib.labels import multi_hot
 from workflow_lib.metrics import lwlrap, map_at_3
 from workflow_lib.model import build_model, load_model
@@ -39,10 +40,9 @@ from workflow_lib.stages import (
     run_training_job,
     training_sets,
 )
-from workflow_lib.task import MULTI, SINGLE
+from workflow_lib.task import MULTI, SINGLE, Task
 from workflow_lib.training import (
     HISTORY_COLUMNS,
-    MULTI_LABEL_HISTORY_COLUMNS,
     DeviceSampler,
     FitSettings,
     binary_cross_entropy,
@@ -57,6 +57,7 @@ from workflow_lib.training import (
 from conftest import REPO
 
 CLASSES = ["Bark", "Cowbell", "Drill"]
+ML_COLUMNS = list(MULTI.history_columns)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -160,10 +161,10 @@ def test_fit_learns_label_sets_and_keeps_the_highest_lwlrap_epoch(tmp_path):
         tmp_path / "resume.pt",
         "fp",
         on_epoch=seen.append,
-        multi_label=True,
+        task=MULTI,
     )
-    history = pd.DataFrame(state.history, columns=MULTI_LABEL_HISTORY_COLUMNS)
-    assert list(seen[-1].columns) == MULTI_LABEL_HISTORY_COLUMNS == [*HISTORY_COLUMNS, "valid_lwlrap"]
+    history = pd.DataFrame(state.history, columns=ML_COLUMNS)
+    assert list(seen[-1].columns) == ML_COLUMNS == [*HISTORY_COLUMNS, "valid_lwlrap"]
     best = best_epoch_row(history)
     assert best["valid_lwlrap"] == history["valid_lwlrap"].max()
     assert best["valid_lwlrap"] >= 0.9, history.to_string()
@@ -174,11 +175,11 @@ def test_fit_learns_label_sets_and_keeps_the_highest_lwlrap_epoch(tmp_path):
 
     rebuilt = build_model(6, 3, dropout=(0.0, 0.0))
     rebuilt.load_state_dict(state.best_state)
-    scores = evaluate(rebuilt, valid_bank, valid_targets, batch_size=5, amp=False, multi_label=True)
+    scores = evaluate(rebuilt, valid_bank, valid_targets, batch_size=5, amp=False, task=MULTI)
     assert scores["valid_lwlrap"] == pytest.approx(best["valid_lwlrap"], rel=1e-6)
     assert scores["valid_loss"] == pytest.approx(best["valid_loss"], rel=1e-5)
     assert state.best_loss == pytest.approx(best["valid_loss"], rel=1e-6)
-    probs = predict_whole(rebuilt, valid_bank, 5, amp=False, multi_label=True)
+    probs = predict_whole(rebuilt, valid_bank, 5, amp=False, task=MULTI)
     assert lwlrap(valid_targets, probs) == pytest.approx(scores["valid_lwlrap"])
     assert not np.allclose(probs.sum(axis=1), 1.0)  # sigmoids, not a softmax
 
@@ -237,7 +238,7 @@ def store(tmp_path_factory) -> dict[str, Path]:
     return {**paths, "folds": root / "folds.csv", "classes": root / "classes.csv", "root": root}
 
 
-def job_for(store: dict[str, Path], out_dir: Path, multi_label: bool = True, **changes) -> TrainingJob:
+def job_for(store: dict[str, Path], out_dir: Path, task: Task = MULTI, **changes) -> TrainingJob:
     job = TrainingJob(
         manifest_csv=store["train"],
         folds_csv=store["folds"],
@@ -252,7 +253,7 @@ def job_for(store: dict[str, Path], out_dir: Path, multi_label: bool = True, **c
         frames=256,
         device="cpu",
         lock_dir=out_dir / "locks",
-        multi_label=multi_label,
+        task=task,
     )
     return replace(job, **changes)
 
@@ -292,7 +293,7 @@ def test_fingerprint_single_label_unchanged_multi_label_follows_the_sets(store, 
     folds = read_csv_str(store["folds"])
     single = folds.assign(label=folds["label"].str.split(",").str[0])
     write_csv(single, tmp_path / "single.csv")
-    job = job_for(store, tmp_path, multi_label=False, folds_csv=tmp_path / "single.csv")
+    job = job_for(store, tmp_path, task=SINGLE, folds_csv=tmp_path / "single.csv")
     sets = training_sets(job, CLASSES)
     assert fingerprint(job, *sets) == single_label_fingerprint(job, *sets)
 
@@ -301,18 +302,16 @@ def test_fingerprint_single_label_unchanged_multi_label_follows_the_sets(store, 
     base = fingerprint(multi, train, valid)
     changed = train.assign(label=train["label"].where(train.index != 0, "Drill"))
     assert fingerprint(multi, changed, valid) != base
-    assert base != fingerprint(
-        replace(multi, multi_label=False), train.assign(target=0), valid.assign(target=0)
-    )
+    assert base != fingerprint(replace(multi, task=SINGLE), train.assign(target=0), valid.assign(target=0))
 
 
-def test_fit_settings_carry_the_flag_only_in_multi_label_mode():
+def test_fit_settings_name_the_task_only_for_label_sets():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     single = fit_settings(resolve_settings(config), "vgg_gap_spec1_1", 0)
-    assert "multi_label" not in single
+    assert "task" not in single  # the recorded settings of single-label jobs stay as they were
     config["dataset"]["layout"] = "fsdkaggle2019"
     multi = fit_settings(resolve_settings(config), "vgg_gap_spec1_1", 0)
-    assert multi.pop("multi_label") is True and multi == single
+    assert multi.pop("task") == "multi-label" and multi == single
 
 
 @pytest.fixture(scope="module")
@@ -323,8 +322,8 @@ def trained(store, tmp_path_factory) -> dict[int, Path]:
     for fold in (0, 1):
         job = job_for(store, out / f"fold{fold}", fold=fold)
         history = run_training_job(job)
-        assert list(history.columns) == MULTI_LABEL_HISTORY_COLUMNS
-        assert list(pd.read_csv(job.out_dir / "history.csv").columns) == MULTI_LABEL_HISTORY_COLUMNS
+        assert list(history.columns) == ML_COLUMNS
+        assert list(pd.read_csv(job.out_dir / "history.csv").columns) == ML_COLUMNS
         models[fold] = job.out_dir / "best.pt"
     return models
 
@@ -377,7 +376,7 @@ def test_predict_writes_sigmoid_posteriors_of_the_chosen_iteration(store, traine
 
 
 def test_train_and_select_commands_run_multi_label_from_the_rules_settings(store, tmp_path):
-    """The settings JSON of config.fit_settings (multi_label: true) reaches the training job."""
+    """The settings JSON of job_settings.fit_settings (task: multi-label) reaches the training job."""
     from workflow_lib.cli import main
 
     job = job_for(store, tmp_path)
@@ -388,7 +387,7 @@ def test_train_and_select_commands_run_multi_label_from_the_rules_settings(store
         "frames": job.frames,
         "device": "cpu",
         "run": {"checkpoint_every": None, "compile": False},
-        "multi_label": True,
+        "task": "multi-label",
     }
     out = tmp_path / "fold0"
     common = [
@@ -404,7 +403,7 @@ def test_train_and_select_commands_run_multi_label_from_the_rules_settings(store
          "--settings", json.dumps(settings)]
     )  # fmt: skip
     assert code == 0
-    assert list(pd.read_csv(out / "history.csv").columns) == MULTI_LABEL_HISTORY_COLUMNS
+    assert list(pd.read_csv(out / "history.csv").columns) == ML_COLUMNS
     assert load_model(out / "best.pt")[1]["multi_label"] is True
     code = main(
         ["select", "--histories", f"0:0={out / 'history.csv'}", "--out", str(tmp_path / "selection.csv")]

@@ -7,7 +7,7 @@ never continue from a checkpoint written with other settings or data.
 
 The inputs are built as the workflow builds them: a sharded spectrogram store
 (preprocess.write_shard + merge_manifests), folds.csv from stages.folds_job, a classes.csv, and
-the settings JSON of config.fit_settings on a resolved config, as rules/train.smk passes it.
+the settings JSON of job_settings.fit_settings on a resolved config, as rules/train.smk passes it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ import pytest
 import torch
 import yaml
 
-from workflow_lib.config import fit_settings, resolve_settings
+from workflow_lib.config import resolve_settings
 from workflow_lib.dataset import read_classes
 from workflow_lib.io import read_csv_str, write_csv
+from workflow_lib.job_settings import fit_settings
 from workflow_lib.preprocess import MANIFEST_COLUMNS, merge_manifests, write_shard
 from workflow_lib.stages import TrainingJob, fingerprint, training_sets
 from workflow_lib.training import HISTORY_COLUMNS, FitSettings

@@ -202,32 +202,20 @@ def folds(args: argparse.Namespace) -> None:
 )
 def train(args: argparse.Namespace) -> None:
     """Train one fold model (initial training, or fine-tuning with --train-list and --init)."""
-    # stages and training import torch: only the commands that run a job load it
+    # stages imports torch: only the commands that run a job load it
     from .stages import TrainingJob, run_training_job
-    from .training import CheckpointPolicy, FitSettings, RunOptions
 
-    s = args.settings
-    run = s.get("run", {})
-    job = TrainingJob(
+    job = TrainingJob.from_settings(
+        args.settings,
         manifest_csv=args.manifest,
         folds_csv=args.folds,
         classes_csv=args.classes,
         fold=args.fold,
         out_dir=args.out_dir,
-        preset=s["preset"],
-        net=s["net"],
-        fit=FitSettings(**s["fit"]),
-        frames=s["frames"],
-        device=s["device"],
         threads=args.threads,
         lock_dir=args.lock_dir,
         train_list_csv=args.train_list,
         init_checkpoint=args.init,
-        options=RunOptions(
-            CheckpointPolicy.from_settings(run.get("checkpoint_every")),
-            compile=bool(run.get("compile", False)),
-        ),
-        multi_label=bool(s.get("multi_label", False)),
     )
     history = run_training_job(job)
     best = best_epoch_row(history)
@@ -237,7 +225,7 @@ def train(args: argparse.Namespace) -> None:
         best["valid_loss"],
         best["valid_acc"],
         best["valid_map3"],
-        f", lwlrap {best['valid_lwlrap']:.4f}" if job.multi_label else "",
+        f", lwlrap {best['valid_lwlrap']:.4f}" if job.task.label_sets else "",
     )
 
 

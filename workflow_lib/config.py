@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -229,67 +228,6 @@ def chain_policy(settings: Mapping[str, Any], chain: str) -> dict[str, Any]:
         elif key == "threshold":
             policy[key] = sv["threshold"]
     return policy
-
-
-def derive_seed(base: int, *parts: object) -> int:
-    """A stable per-job seed: the same job always gets the same one, different jobs differ."""
-    return (base + zlib.crc32("/".join(map(str, parts)).encode())) % (2**31)
-
-
-def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> dict[str, Any]:
-    """Settings of one training job: initial training (iteration 0) or fine-tuning (>= 1).
-
-    Returns plain JSON-able values (the rule passes them on the command line); ``multi_label:
-    true`` is added for the multi-label layout only.
-    """
-    method, compute = settings["method"], settings["compute"]
-    net = method["nets"][preset]
-    initial = iteration == 0
-    stage = method["initial_training"] if initial else method["fine_tuning"]
-    fit = {
-        "epochs": stage["epochs"],
-        "constant_epochs": stage["constant_epochs"],
-        "lr": stage["lr"] if initial else net["finetune_lr"],
-        "batch_size": net["batch_size"],
-        "excerpt_frames": method["excerpt_frames"],
-        "mixup_alpha": net["mixup_alpha"] if initial else None,
-        "seed": derive_seed(method["seed"], preset, iteration),
-        "eval_batch_size": compute["eval_batch_size"],
-        "amp": compute["amp"],
-    }
-    dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
-    job = {
-        "preset": preset,
-        "net": {**net, "dropout": dropout},
-        "fit": fit,
-        "frames": method["spectrogram_frames"],
-        "device": compute["device"],
-        "run": {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]},
-    }
-    if is_multi_label(settings):  # only then: single-label jobs' settings stay as they were
-        job["multi_label"] = True
-    return job
-
-
-#: Settings of a job that change how it runs, never what it computes (paths into the job
-#: settings of :func:`fit_settings` and of the prediction job): the checkpoint interval and
-#: torch.compile (``run``), the whole-clip evaluation batch (``fit.eval_batch_size``, the
-#: prediction job's ``batch_size``; networks in eval mode give each clip the same output in
-#: any batch). Rules pass them to the job unrecorded, so changing one retrains nothing.
-RUN_ONLY_SETTINGS: tuple[tuple[str, ...], ...] = (("run",), ("fit", "eval_batch_size"), ("batch_size",))
-
-
-def compared_settings(job: Mapping[str, Any]) -> dict[str, Any]:
-    """The job settings less :data:`RUN_ONLY_SETTINGS`: what Snakemake records and compares
-    (a change reruns the job)."""
-    kept = copy.deepcopy(dict(job))
-    for path in RUN_ONLY_SETTINGS:
-        parent = kept
-        for key in path[:-1]:
-            parent = parent.get(key) if isinstance(parent, dict) else None
-        if isinstance(parent, dict):
-            parent.pop(path[-1], None)
-    return kept
 
 
 def is_multi_label(settings: Mapping[str, Any]) -> bool:

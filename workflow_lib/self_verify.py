@@ -72,15 +72,6 @@ class SelfVerifySettings:
     multi_label: bool = False  # per-class sigmoids and per-label decisions (fsdkaggle2019)
 
 
-def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(feature layers, classifier layers) of a VGG-GAP net: the last 1x1 convolution and its
-    batch norm classify; everything before it yields the features that are average-pooled."""
-    features = getattr(model, "features", None)
-    if not isinstance(features, nn.Sequential) or len(features) < 3:
-        raise ValueError("embeddings need a VGG-GAP model (workflow_lib.model.VggGap)")
-    return features[:-2], features[-2:]
-
-
 @torch.no_grad()
 def excerpt_posteriors(
     model: nn.Module,
@@ -99,16 +90,16 @@ def excerpt_posteriors(
     k, length = settings.excerpts, settings.excerpt_frames
     clips_per_batch = max(1, settings.batch_size // k)
     averaged, pooled = [], []
-    body, head = _split_model(model) if embeddings else (None, None)
+    if embeddings and not hasattr(model, "forward_with_embedding"):
+        raise ValueError("embeddings need a network with forward_with_embedding (workflow_lib.model)")
     for start in range(0, len(bank), clips_per_batch):
         clips = torch.arange(start, min(start + clips_per_batch, len(bank))).repeat_interleave(k)
         starts = bank.random_starts(len(clips), length, rng)
         with autocast_for(bank.device, settings.amp):
             inputs = bank.excerpts(clips, starts, length)
             if embeddings:
-                hidden = body(inputs)
-                logits = head(hidden).mean(dim=(2, 3))
-                feats = hidden.float().mean(dim=(2, 3)).double().cpu()
+                logits, feats = model.forward_with_embedding(inputs)
+                feats = feats.double().cpu()
                 pooled.append(feats.view(-1, k, feats.shape[1]).mean(dim=1))
             else:
                 logits = model(inputs)
@@ -118,8 +109,8 @@ def excerpt_posteriors(
     posteriors = torch.cat(averaged).numpy() if averaged else np.zeros((0, n_classes))
     if not embeddings:
         return posteriors
-    width = 8 * getattr(model, "width", 0)
-    return posteriors, (torch.cat(pooled).numpy() if pooled else np.zeros((0, width)))
+    size = getattr(model, "embedding_size", 0)
+    return posteriors, (torch.cat(pooled).numpy() if pooled else np.zeros((0, size)))
 
 
 def judge_folds(

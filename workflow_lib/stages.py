@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,9 +47,9 @@ from .fusion import (
     submission_status,
 )
 from .io import atomic_path, load_torch, read_csv_str, write_csv
-from .labels import multi_hot, split_labels
+from .labels import split_labels
 from .layout import MODEL_FILES, TRUST_FILES, Layout
-from .model import build_model, load_model
+from .model import architecture_metadata, build_network, load_model
 from .policies import NEEDS_EMBEDDINGS, Clips, Context, PolicySettings, apply_policy, low_trust
 from .preprocess import SpectrogramStore
 from .selection import best_epoch_row, chosen_iteration
@@ -60,8 +62,8 @@ from .self_verify import (
     precision_table,
     with_truth,
 )
-from .task import MULTI, SINGLE, Task, task_of_saved
-from .training import FitSettings, RunOptions, fit, history_columns, predict_whole
+from .task import MULTI, SINGLE, Task, task_named, task_of_saved
+from .training import CheckpointPolicy, FitSettings, RunOptions, fit, predict_whole
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +106,31 @@ class TrainingJob:
     train_list_csv: Path | None = None  # fine-tuning: the self-verified list of iteration i
     init_checkpoint: Path | None = None  # fine-tuning: the fold's iteration-i parameters
     options: RunOptions = RunOptions()  # checkpoints, compile: how, not what (not fingerprinted)
-    multi_label: bool = False  # label sets, BCE on sigmoids (dataset.layout fsdkaggle2019)
+    task: Task = SINGLE  # MULTI: label sets, BCE on sigmoids (dataset.layout fsdkaggle2019)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **where: Any) -> TrainingJob:
+        """The job of a job-settings object (``job_settings.fit_settings``, as the rules pass
+        it; without ``task``: single-label) run on ``where``: the paths, fold, threads and lock
+        folder, by keyword as this class names them."""
+        run = settings.get("run", {})
+        checkpoint = CheckpointPolicy.from_settings(run.get("checkpoint_every"))
+        options = RunOptions(checkpoint, compile=bool(run.get("compile", False)))
+        return cls(
+            preset=settings["preset"],
+            net=settings["net"],
+            fit=FitSettings(**settings["fit"]),
+            frames=settings["frames"],
+            device=settings["device"],
+            options=options,
+            task=task_named(settings.get("task", SINGLE.name)),
+            **where,
+        )
 
 
 def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training clips, verified validation clips) of the job's fold, with class indices
-    (column ``target``; multi-label: no ``target``, the label sets stay in ``label`` and
+    (column ``target``; for label sets no ``target``: the sets stay in ``label`` and
     :func:`targets_of` makes the multi-hot rows).
 
     With a training list (train.csv layout), only its ``manually_verified == 1`` clips train,
@@ -126,17 +147,19 @@ def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, p
         if "weight" in listing:
             train = train.assign(weight=train["fname"].map(listing["weight"]).astype(float))
     valid = valid[valid["verified"].astype(int) == 1]
-    if job.multi_label:
-        return _checked_sets(train, classes), _checked_sets(valid, classes)
+    prepared = _PREPARED[job.task.name]
+    return prepared(train, classes), prepared(valid, classes)
+
+
+def _with_class_index(clips: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Single-label clips with their class index (column ``target``)."""
     index = {label: i for i, label in enumerate(classes)}
-    train = train.assign(target=train["label"].map(index))
-    valid = valid.assign(target=valid["label"].map(index))
-    return train.reset_index(drop=True), valid.reset_index(drop=True)
+    return clips.assign(target=clips["label"].map(index)).reset_index(drop=True)
 
 
 def _checked_sets(clips: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Multi-label clips with their label sets checked: every label a class, no empty set
-    (a clip without a label would train as 'no class present')."""
+    """Clips with their label sets checked: every label a class, no empty set (a clip
+    without a label would train as 'no class present')."""
     known = set(classes)
     for fname, cell in zip(clips["fname"], clips["label"].fillna("")):
         labels = split_labels(cell)
@@ -147,9 +170,13 @@ def _checked_sets(clips: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return clips.reset_index(drop=True)
 
 
-def targets_of(clips: pd.DataFrame, classes: list[str], multi_label: bool) -> np.ndarray:
-    """Training targets: class indices, or multi-hot rows of the ``label`` sets."""
-    return multi_hot(clips["label"], classes) if multi_label else clips["target"].to_numpy()
+#: How :func:`training_sets` prepares a task's clips, by ``task.name``.
+_PREPARED = {SINGLE.name: _with_class_index, MULTI.name: _checked_sets}
+
+
+def targets_of(clips: pd.DataFrame, classes: list[str], task: Task) -> np.ndarray:
+    """Training targets (``task.targets``): class indices, or multi-hot rows of the ``label`` sets."""
+    return task.targets(clips, classes)
 
 
 def loss_weights(train: pd.DataFrame) -> np.ndarray | None:
@@ -170,7 +197,7 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
     """Identifies a run's settings and data; a checkpoint from another run is never resumed."""
 
     def targets(clips: pd.DataFrame) -> list:
-        if job.multi_label:  # the label-set cell
+        if job.task.label_sets:  # the label-set cell
             return clips["label"].astype(str).tolist()
         return clips["target"].astype(int).tolist()
 
@@ -181,9 +208,8 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
         "train": list(zip(train["fname"], targets(train))),
         "valid": list(zip(valid["fname"], targets(valid))),
         "init": file_digest(job.init_checkpoint),
+        **job.task.saved_marker(),  # none for single-label: its fingerprints stay as they were
     }
-    if job.multi_label:  # only when set: single-label fingerprints stay as they were
-        payload["multi_label"] = True
     weights = loss_weights(train)
     if weights is not None:
         payload["weights"] = [round(float(w), 6) for w in weights]
@@ -193,12 +219,12 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
 def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str], **extra) -> None:
     """A self-describing parameter file: enough to rebuild the network and name its outputs.
 
-    Multi-label models carry ``multi_label: True`` (absent: single-label, softmax), so whatever
-    loads one turns its logits into probabilities the way it was trained
-    (:func:`workflow_lib.model.probabilities`).
+    It carries its task's marker (``job.task.saved_marker()``; none for single-label), so
+    whatever loads one turns its logits into probabilities the way it was trained
+    (``task_of_saved``), and its network's name and arguments (``architecture``,
+    ``architecture_args``: :func:`workflow_lib.model.load_model` rebuilds it from them).
+    ``width`` and ``dropout`` stay for the readers of older models' keys.
     """
-    if job.multi_label:
-        extra = {**extra, "multi_label": True}
     with atomic_path(path) as tmp:
         torch.save(
             {
@@ -210,6 +236,8 @@ def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str
                 "spectrogram": job.net["spectrogram"],
                 "fold": job.fold,
                 **extra,
+                **job.task.saved_marker(),
+                **architecture_metadata(job.net),
             },
             tmp,
         )
@@ -226,7 +254,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     store = SpectrogramStore.open(job.manifest_csv)
     train_bank = ClipBank.from_store(store, list(train["fname"]), job.frames, choice.device)
     valid_bank = ClipBank.from_store(store, list(valid["fname"]), job.frames, choice.device)
-    model = build_model(job.net["width"], len(classes), tuple(job.net["dropout"]))
+    model = build_network(job.net, len(classes))
     if job.init_checkpoint is not None:
         model.load_state_dict(
             load_torch(job.init_checkpoint, Layout.model_rule(job.init_checkpoint))["state_dict"]
@@ -236,20 +264,20 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     state = fit(
         model,
         train_bank,
-        targets_of(train, classes, job.multi_label),
+        targets_of(train, classes, job.task),
         valid_bank,
-        targets_of(valid, classes, job.multi_label),
+        targets_of(valid, classes, job.task),
         job.fit,
         files["resume"],
         fingerprint(job, train, valid),
         on_epoch=lambda h: write_csv(h, files["history"]),
         options=job.options,
         train_weights=loss_weights(train),
-        multi_label=job.multi_label,
+        task=job.task,
     )
-    history = pd.DataFrame(state.history, columns=history_columns(job.multi_label))
+    history = pd.DataFrame(state.history, columns=list(job.task.history_columns))
     best = best_epoch_row(history)
-    scores = {"valid_lwlrap": float(best["valid_lwlrap"])} if job.multi_label else {}
+    scores = {"valid_lwlrap": float(best["valid_lwlrap"])} if job.task.label_sets else {}
     save_model(
         files["last"],
         {k: v.cpu() for k, v in model.state_dict().items()},
@@ -494,7 +522,7 @@ def predict_job(
 def _posteriors(model: torch.nn.Module, bank: ClipBank, batch_size: int, task: Task) -> np.ndarray:
     """Posteriors of one model on a bank (training.predict_whole) with the task's activation:
     the one place this module tells the training layer which task it predicts for."""
-    return predict_whole(model, bank, batch_size, multi_label=task.label_sets)
+    return predict_whole(model, bank, batch_size, task=task)
 
 
 def fuse_job(

@@ -1,9 +1,12 @@
 """The training loop: excerpts, mixup, soft-target cross-entropy, Adam, schedule, validation.
 
-Multi-label mode (``multi_label=True``, dataset layout fsdkaggle2019): the targets are multi-hot
-label sets, the loss is binary cross-entropy on per-class sigmoids (mixup mixes the multi-hot
-targets the same way), validation adds ``valid_lwlrap`` and the kept epoch is the one with the
-highest validation lwlrap (see :func:`improves`). Single-label runs are computed as before.
+The task (:class:`workflow_lib.task.Task`, passed as ``task=``) decides the targets, the
+activation, the loss, the validation scores and which epoch is kept; what is a function here
+(the losses, the two validations) is chosen by ``task.name`` from :data:`OBJECTIVES`. For
+label sets (:data:`~workflow_lib.task.MULTI`, dataset layout fsdkaggle2019) the targets are
+multi-hot rows, the loss is binary cross-entropy on per-class sigmoids (mixup mixes the
+multi-hot targets the same way), validation adds ``valid_lwlrap`` and the kept epoch is the one
+with the highest validation lwlrap (:meth:`Task.improves`).
 
 Used for both stages of docs/method.md: initial training (all clips of the fold, mixup, 500
 epochs) and fine-tuning (verified + self-verified clips, no mixup, 30 epochs).
@@ -46,29 +49,14 @@ from torch import nn
 from .data import ClipBank
 from .io import UNREADABLE_ERRORS, atomic_path, set_aside
 from .metrics import accuracy, lwlrap, map_at_3
-from .model import probabilities
+from .task import MULTI, SINGLE, Task
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "valid_loss",
-    "valid_acc",
-    "valid_map3",
-    "seconds",
-]
-
-#: Multi-label history: the same columns (losses are BCE; accuracy = top-1 label in the true
-#: set; MAP@3 = reciprocal rank of the first true label in the top 3), plus the lwlrap.
-MULTI_LABEL_HISTORY_COLUMNS = [*HISTORY_COLUMNS, "valid_lwlrap"]
-
-
-def history_columns(multi_label: bool = False) -> list[str]:
-    """The columns of history.csv in the given mode (single-label: exactly as always)."""
-    return MULTI_LABEL_HISTORY_COLUMNS if multi_label else HISTORY_COLUMNS
+#: Single-label history.csv columns (``task.history_columns`` gives each task's; with label
+#: sets the losses are BCE, accuracy = top-1 label in the true set, MAP@3 = reciprocal rank of
+#: the first true label in the top 3, plus ``valid_lwlrap``).
+HISTORY_COLUMNS = list(SINGLE.history_columns)
 
 
 CHECKPOINT_FORMAT = 2  # 1: numpy generator state (before device-side sampling)
@@ -314,14 +302,12 @@ def predict_whole(
     bank: ClipBank,
     batch_size: int,
     amp: bool = True,
-    multi_label: bool = False,
+    task: Task = SINGLE,
     features: DeviceFeatures | None = None,
 ) -> np.ndarray:
-    """Posteriors (softmax, or per-class sigmoid when ``multi_label``: model.probabilities) of
+    """Posteriors (``task.activation``: a softmax, or a sigmoid per class for label sets) of
     every clip of ``bank`` on its whole length-fixed spectrogram."""
-    return _whole_outputs(
-        model, bank, batch_size, amp, lambda logits: probabilities(logits, multi_label), features
-    ).numpy()
+    return _whole_outputs(model, bank, batch_size, amp, task.activation, features).numpy()
 
 
 def evaluate(
@@ -330,13 +316,23 @@ def evaluate(
     targets: np.ndarray,
     batch_size: int,
     amp: bool,
-    multi_label: bool = False,
+    task: Task = SINGLE,
     features: DeviceFeatures | None = None,
 ) -> dict[str, float]:
-    """Loss, accuracy and MAP@3 on whole clips (the verified validation clips); multi-label
-    (``targets`` multi-hot): :func:`evaluate_multi_label`."""
-    if multi_label:
-        return evaluate_multi_label(model, bank, targets, batch_size, amp, features)
+    """The task's validation scores on whole clips (the verified validation clips):
+    :func:`evaluate_single_label` or, ``targets`` multi-hot, :func:`evaluate_label_sets`."""
+    return OBJECTIVES[task.name].evaluate(model, bank, targets, batch_size, amp, features)
+
+
+def evaluate_single_label(
+    model: nn.Module,
+    bank: ClipBank,
+    targets: np.ndarray,
+    batch_size: int,
+    amp: bool,
+    features: DeviceFeatures | None = None,
+) -> dict[str, float]:
+    """Loss, accuracy and MAP@3 of class-index ``targets`` on whole clips."""
     if len(bank) == 0:
         return {"valid_loss": math.nan, "valid_acc": math.nan, "valid_map3": math.nan}
     probs = predict_whole(model, bank, batch_size, amp, features=features)
@@ -359,7 +355,7 @@ def first_true_rank_score(scores: np.ndarray, truth: np.ndarray, k: int = 3) -> 
     return float((1.0 / first).mean())
 
 
-def evaluate_multi_label(
+def evaluate_label_sets(
     model: nn.Module,
     bank: ClipBank,
     targets: np.ndarray,
@@ -367,13 +363,14 @@ def evaluate_multi_label(
     amp: bool,
     features: DeviceFeatures | None = None,
 ) -> dict[str, float]:
-    """BCE, top-1-in-set accuracy, MAP@3 of the first true label and lwlrap on whole clips."""
+    """BCE, top-1-in-set accuracy, MAP@3 of the first true label and lwlrap of multi-hot
+    ``targets`` on whole clips."""
     names = ["valid_loss", "valid_acc", "valid_map3", "valid_lwlrap"]
     if len(bank) == 0:
         return dict.fromkeys(names, math.nan)
     logits = whole_logits(model, bank, batch_size, amp, features)
     truth = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
-    scores = probabilities(logits, multi_label=True).numpy()
+    scores = MULTI.activation(logits).numpy()
     return {
         "valid_loss": float(binary_cross_entropy(logits, truth)),
         "valid_acc": float(top1_in_target(logits, truth).numpy().mean()),  # float64, as single-label
@@ -382,13 +379,46 @@ def evaluate_multi_label(
     }
 
 
-def improves(history: list[dict], row: dict, best_loss: float, multi_label: bool) -> bool:
-    """Whether epoch ``row`` beats the kept one: lower validation loss (single-label) or higher
-    validation lwlrap than every earlier epoch (multi-label; the first epoch on ties)."""
-    if not multi_label:
-        return row["valid_loss"] < best_loss
-    earlier = [h["valid_lwlrap"] for h in history if not math.isnan(h["valid_lwlrap"])]
-    return not earlier or row["valid_lwlrap"] > max(earlier)
+def cross_entropy_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The single-label training loss: :func:`soft_cross_entropy`, or with per-clip ``weights``
+    :func:`weighted_cross_entropy` (None keeps the plain mean, bit for bit)."""
+    if weights is None:
+        return soft_cross_entropy(logits, targets)
+    return weighted_cross_entropy(logits, targets, weights)
+
+
+def argmax_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Single-label training accuracy count: the top-scored class is the (dominant) target."""
+    return (logits.argmax(1) == targets.argmax(1)).sum()
+
+
+def top1_in_set_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Label-set training accuracy count: :func:`top1_in_target`, in float32 logits."""
+    return top1_in_target(logits.float(), targets).sum()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What training optimises and reports for one task: functions, not values, so they live
+    here and not on :class:`~workflow_lib.task.Task` (which imports no torch at its top).
+
+    loss: (logits, soft targets, per-clip weights or None) -> the batch's loss.
+    hits: (detached logits, soft targets) -> the batch's count of correct top-1 classes.
+    evaluate: :func:`evaluate`'s validation on whole clips.
+    """
+
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    hits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Callable[..., dict[str, float]]
+
+
+#: Each task's objective, by ``task.name``.
+OBJECTIVES: dict[str, Objective] = {
+    SINGLE.name: Objective(cross_entropy_loss, argmax_hits, evaluate_single_label),
+    MULTI.name: Objective(binary_cross_entropy, top1_in_set_hits, evaluate_label_sets),
+}
 
 
 @dataclass
@@ -494,29 +524,30 @@ def prepare_model(model: nn.Module, device: torch.device, options: RunOptions) -
 
 
 def _run_epoch(
-    model,
-    optimizer,
-    bank,
-    targets,
-    settings,
-    sampler,
-    device,
-    n_classes,
-    features=DeviceFeatures(),
-    weights=None,
-    multi_label=False,
-):
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    bank: ClipBank,
+    targets: torch.Tensor,
+    settings: FitSettings,
+    sampler: DeviceSampler,
+    device: torch.device,
+    n_classes: int,
+    features: DeviceFeatures = DeviceFeatures(),
+    weights: torch.Tensor | None = None,
+    task: Task = SINGLE,
+) -> tuple[float, float]:
     """One pass over the training clips in random order; returns (mean loss, accuracy).
 
     features: the layout and autocast of the step (:class:`DeviceFeatures`).
-
     weights: per-clip loss weights on the device (a trust policy's), or None: the plain mean.
-    targets: class indices, or (multi_label) multi-hot rows trained with BCE.
+    targets: ``task.target_tensor`` rows; the loss and the accuracy are the task's
+    (:data:`OBJECTIVES`).
 
     Every tensor of a step is made on the device: no host copy, no synchronisation until the
     epoch's totals are read at the end.
     """
     model.train()
+    objective = OBJECTIVES[task.name]
     order = sampler.permutation(len(bank))
     batches = [order[i : i + settings.batch_size] for i in range(0, len(bank), settings.batch_size)]
     batches = [b for b in batches if len(b) >= 2]  # batch norm and mixup need two examples
@@ -526,27 +557,19 @@ def _run_epoch(
     high = bank.frames - settings.excerpt_frames + 1
     for clips in batches:
         inputs = bank.excerpts(clips, sampler.starts(len(clips), high), settings.excerpt_frames)
-        soft = targets[clips] if multi_label else F.one_hot(targets[clips], n_classes).float()
+        soft = task.soft_targets(targets[clips], n_classes)
         if settings.mixup_alpha is not None:
             inputs, soft = mixup(inputs, soft, settings.mixup_alpha, sampler)
         if features.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, settings.amp, features):
             logits = model(inputs)
-        if multi_label:
-            loss = binary_cross_entropy(logits, soft, None if weights is None else weights[clips])
-        elif weights is None:
-            loss = soft_cross_entropy(logits, soft)
-        else:
-            loss = weighted_cross_entropy(logits, soft, weights[clips])
+        loss = objective.loss(logits, soft, None if weights is None else weights[clips])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += loss.detach() * len(clips)
-        if multi_label:
-            correct += top1_in_target(logits.detach().float(), soft).sum()
-        else:
-            correct += (logits.detach().argmax(1) == soft.argmax(1)).sum()
+        correct += objective.hits(logits.detach(), soft)
         seen += len(clips)
     seen = max(seen, 1)
     return float(total_loss) / seen, float(correct) / seen
@@ -564,13 +587,14 @@ def fit(
     on_epoch: Callable[[pd.DataFrame], None] | None = None,
     options: RunOptions = RunOptions(),
     train_weights: np.ndarray | None = None,
-    multi_label: bool = False,
+    task: Task = SINGLE,
 ) -> TrainState:
-    """Train, validating after every epoch; keep the parameters of the lowest validation loss
-    (multi-label: of the highest validation lwlrap).
+    """Train, validating after every epoch; keep the parameters of the best epoch
+    (``task.improves``: the lowest validation loss, or for label sets the highest lwlrap).
 
     train_weights: per-clip loss weights (the ``weighted`` trust policy), None: unweighted.
-    multi_label: targets are multi-hot (n_clips, n_classes) matrices; BCE on sigmoids.
+    task: what the targets are (``task.targets``: class indices or multi-hot rows) and so the
+    loss, the validation scores and the history's columns.
 
     Checkpoints follow ``options.checkpoint``; the last epoch always writes one, so the state
     returned is also on disk. ``state.best_state`` is returned on the host.
@@ -581,37 +605,72 @@ def fit(
     optimizer = make_optimizer(model, settings.lr, device, features)
     sampler = DeviceSampler(settings.seed, device)
     state = _start_or_resume(checkpoint, fingerprint, model, optimizer, sampler, device)
-    targets, weights = _training_tensors(train_targets, train_weights, device, multi_label)
+    targets, weights = _training_tensors(train_targets, train_weights, device, task)
     saver = _Checkpoints(checkpoint, model, optimizer, sampler, device, options.checkpoint, settings.epochs)
     saver.last_epoch = state.epoch  # a resumed run counts from its checkpoint
+    run = _Run(forward, optimizer, sampler, device, int(model.n_classes), features, settings, task)
     for epoch in range(state.epoch, settings.epochs):
-        started = time.perf_counter()
-        lr = _set_learning_rate(optimizer, epoch, settings)
-        train_loss, train_acc = _run_epoch(
-            forward,
-            optimizer,
-            train_bank,
-            targets,
-            settings,
-            sampler,
-            device,
-            int(model.n_classes),
-            features,
-            weights,
-            multi_label,
-        )
-        scores = evaluate(
-            forward, valid_bank, valid_targets, settings.eval_batch_size, settings.amp, multi_label, features
-        )
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, **scores}
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        _record_epoch(state, row, model, multi_label)
+        row = run.epoch(epoch, train_bank, targets, weights, valid_bank, valid_targets)
+        _record_epoch(state, row, model, task)
         saver.after_epoch(state)
         _log_epoch(row, settings.epochs)
         if on_epoch is not None:
-            on_epoch(pd.DataFrame(state.history, columns=history_columns(multi_label)))
+            on_epoch(pd.DataFrame(state.history, columns=list(task.history_columns)))
     state.best_state = _to_cpu(state.best_state)
     return state
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every epoch of one :func:`fit` call shares, so an epoch is one short call."""
+
+    forward: nn.Module  # the module to call (compiled or not)
+    optimizer: torch.optim.Optimizer
+    sampler: DeviceSampler
+    device: torch.device
+    n_classes: int
+    features: DeviceFeatures
+    settings: FitSettings
+    task: Task
+
+    def epoch(
+        self,
+        epoch: int,
+        train_bank: ClipBank,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None,
+        valid_bank: ClipBank,
+        valid_targets: np.ndarray,
+    ) -> dict:
+        """Train epoch ``epoch`` (from 0), then validate: its history row."""
+        started = time.perf_counter()
+        settings = self.settings
+        lr = _set_learning_rate(self.optimizer, epoch, settings)
+        train_loss, train_acc = _run_epoch(
+            self.forward,
+            self.optimizer,
+            train_bank,
+            targets,
+            settings,
+            self.sampler,
+            self.device,
+            self.n_classes,
+            self.features,
+            weights,
+            self.task,
+        )
+        scores = evaluate(
+            self.forward,
+            valid_bank,
+            valid_targets,
+            settings.eval_batch_size,
+            settings.amp,
+            self.task,
+            self.features,
+        )
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, **scores}
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        return row
 
 
 def _start_or_resume(
@@ -645,12 +704,11 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, epoch: int, settings: F
 
 
 def _training_tensors(
-    train_targets: np.ndarray, train_weights: np.ndarray | None, device: torch.device, multi_label: bool
+    train_targets: np.ndarray, train_weights: np.ndarray | None, device: torch.device, task: Task
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The training targets (class indices; multi-label: multi-hot floats) and the per-clip
-    loss weights on the device, once, instead of per batch."""
-    target_type = torch.float32 if multi_label else torch.int64
-    targets = torch.tensor(np.asarray(train_targets), dtype=target_type, device=device)
+    """The training targets (``task.target_tensor``: class indices or multi-hot floats) and the
+    per-clip loss weights on the device, once, instead of per batch."""
+    targets = task.target_tensor(train_targets, device)
     weights = (
         None
         if train_weights is None
@@ -659,11 +717,11 @@ def _training_tensors(
     return targets, weights
 
 
-def _record_epoch(state: TrainState, row: dict, model: nn.Module, multi_label: bool) -> None:
-    """Add the epoch's history row and keep the parameters when they are the best so far (or
-    when there is no validation set, the last)."""
+def _record_epoch(state: TrainState, row: dict, model: nn.Module, task: Task) -> None:
+    """Add the epoch's history row and keep the parameters when they are the best so far
+    (``task.improves``), or when there is no validation set, the last."""
     no_validation = math.isnan(row["valid_loss"])  # then the last epoch is kept
-    better = improves(state.history, row, state.best_loss, multi_label)
+    better = task.improves(state.history, row, state.best_loss)
     state.history.append(row)
     if state.best_state is None or no_validation or better:
         state.best_loss = row["valid_loss"]
