@@ -19,11 +19,9 @@ try:
     from workflow_lib import __version__ as VERSION
     from workflow_lib.config import (
         ConfigError,
-        chain_policy,
         compared_settings,
         check_dataset_root,
         check_run_identity,
-        derive_seed,
         fit_settings,
         gpus_per_training_job,
         is_multi_label,
@@ -37,6 +35,7 @@ try:
     from workflow_lib.choice import chooses_by_cv
     from workflow_lib.dataset_layouts import layout_settings, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, split_fingerprints
+    from workflow_lib.job_settings import trust_settings
     from workflow_lib.layout import (
         MODEL_FILES,
         TRUST_FILES,
@@ -271,30 +270,8 @@ def chain_histories(wildcards):
 
 
 def self_verify_settings(chain, preset, iteration):
-    """Settings of one trust job: K excerpts, seed, the chain's trust policy, and (only in
-    multi-label mode) ``multi_label``.
-
-    The seed does not depend on the chain, so every chain judges the same excerpts.
-    """
-    sv = METHOD["self_verification"]
-    judging = {
-        "excerpts": sv["excerpts"],
-        "threshold": sv["threshold"],
-        "max_per_class": sv["max_per_class"],
-        "excerpt_frames": METHOD["excerpt_frames"],
-        "seed": derive_seed(METHOD["seed"], "self_verify", preset, iteration),
-        "amp": COMPUTE["amp"],
-    }
-    if MULTI_LABEL:  # per-class sigmoids, decisions per (clip, label); absent = single-label
-        judging["multi_label"] = True
-    return {
-        "self_verify": judging,
-        "policy": chain_policy(S, chain),
-        "iteration": iteration,
-        "iterations": len(ITERATIONS) - 1,
-        "frames": METHOD["spectrogram_frames"],
-        "device": COMPUTE["device"],
-    }
+    """Settings of one trust job (workflow_lib.job_settings.trust_settings)."""
+    return trust_settings(S, chain, preset, iteration)
 
 
 def prediction_settings():

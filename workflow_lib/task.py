@@ -127,6 +127,14 @@ class Task:
         earlier = [h["valid_lwlrap"] for h in history if not math.isnan(h["valid_lwlrap"])]
         return not earlier or row["valid_lwlrap"] > max(earlier)
 
+    # --- h20c: trust
+    @property
+    def corrects_labels(self) -> bool:
+        """Whether a trust policy may trust a refused clip under its predicted class
+        (correct_labels): a clip's one label can be replaced; a label set keeps a subset of its
+        given labels and none is replaced."""
+        return not self.label_sets
+
 
 SINGLE = Task(
     name="single-label",
