@@ -552,12 +552,17 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.where(norm > 0, norm, 1.0)
 
 
-def _given_labels(
-    judged: Clips, classes: Sequence[str], candidate: bool, weighted: bool, reason: str = ""
+def given_labels(
+    judged: Clips,
+    classes: Sequence[str],
+    candidate: bool | np.ndarray,
+    weighted: bool = False,
+    reason: str | np.ndarray = "",
 ) -> Proposal:
-    """Every judged clip under its given label, scored by p(given label): all candidates or
-    none, loss weight p(given label) (``weighted``) or 1. The policies that decide nothing per
-    clip are this with their settings."""
+    """Every judged clip under its given label, scored by p(given label): all candidates, none,
+    or those ``candidate`` marks (with ``reason`` per refusal); loss weight p(given label)
+    (``weighted``) or 1. The policies that decide nothing per clip are this with their
+    settings, and a new single-label policy that only picks clips can be too."""
     base = _base(judged, classes, judged.posteriors)
     return base.assign(
         candidate=candidate,
@@ -576,21 +581,21 @@ def weighted(
     """Every clip kept, its loss weighted by the out-of-fold posterior of its given label
     (the 3rd-place system of DCASE 2018 Task 2 down-weighted unverified clips instead of
     dropping them). A cap keeps the heaviest clips of each class."""
-    return _given_labels(judged, classes, candidate=True, weighted=True)
+    return given_labels(judged, classes, candidate=True, weighted=True)
 
 
 def trust_all(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """Every given label trusted (the all_labels chain: fine-tuning on every clip as labelled)."""
-    return _given_labels(judged, classes, candidate=True, weighted=False)
+    return given_labels(judged, classes, candidate=True, weighted=False)
 
 
 def trust_none(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """No unverified clip trusted (the verified_only chain)."""
-    return _given_labels(judged, classes, candidate=False, weighted=False, reason=NOT_TRUSTED)
+    return given_labels(judged, classes, candidate=False, weighted=False, reason=NOT_TRUSTED)
 
 
 # --------------------------------------------------------------------------- caps and decisions
