@@ -188,6 +188,27 @@ def test_without_the_toy_module_the_policy_is_unknown(base_config):
         resolve_settings(with_chain(base_config, {"start": "all", "policy": "every_other"}))
 
 
+def test_the_schema_takes_the_policy_names_and_keys_from_the_registry():
+    """What schemas/config.schema.yaml spelt out before the registry, now derived from it."""
+    chain = load_schema()["properties"]["chains"]["additionalProperties"]["properties"]
+    assert chain["policy"]["enum"] == list(REGISTRY) == [
+        "paper", "calibrated", "confident_learning", "agreement", "scheduled_threshold",
+        "label_spreading", "weighted", "all", "none",
+    ]  # fmt: skip
+    assert chain["threshold"] == {
+        "oneOf": [{"type": "null"}, {"$ref": "#/$defs/fraction"}],
+        "description": "paper, calibrated: posterior threshold (null: off); absent: "
+        "method.self_verification.threshold",
+    }
+    assert chain["alpha"] == {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "exclusiveMaximum": 1,
+        "description": "label_spreading: clamping factor",
+    }
+    assert {"start", "max_per_class", "correct_labels", "description"} <= set(chain)  # the file's own
+
+
 # --- the registry's own checks --------------------------------------------------------------
 
 
