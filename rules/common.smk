@@ -19,7 +19,6 @@ try:
     from workflow_lib import __version__ as VERSION
     from workflow_lib.config import (
         ConfigError,
-        chain_policy,
         check_dataset_root,
         check_run_identity,
         gpus_per_training_job,
@@ -51,6 +50,7 @@ try:
         prediction_settings,
         tagger_settings,
         task_arguments,
+        trust_settings,
         validation_settings,
     )
     from workflow_lib.shards import listed_file_counts, resolve_shards
@@ -108,8 +108,6 @@ SPLITS = ["train", "test"]
 # The task (workflow_lib/task.py): single-label, or multi-label (dataset.layout fsdkaggle2019:
 # label sets, sigmoid outputs, lwlrap). Rules ask it, they do not branch on a flag.
 TASK = task_of_settings(S)
-# Alias for the rule files not yet asking TASK (rules/predict.smk, rules/report.smk).
-MULTI_LABEL = TASK.label_sets
 # The dataset layout (workflow_lib/dataset_layouts.py): its config keys, its demo's files.
 LAYOUT = layout_of(S["dataset"])
 # Config keys of the layout's training listings (verified first): train_csv, or curated_csv
@@ -286,30 +284,8 @@ def chain_histories(wildcards):
 
 
 def self_verify_settings(chain, preset, iteration):
-    """Settings of one trust job: K excerpts, seed, the chain's trust policy, and (only in
-    multi-label mode) ``multi_label``.
-
-    The seed does not depend on the chain, so every chain judges the same excerpts.
-    """
-    sv = METHOD["self_verification"]
-    judging = {
-        "excerpts": sv["excerpts"],
-        "threshold": sv["threshold"],
-        "max_per_class": sv["max_per_class"],
-        "excerpt_frames": METHOD["excerpt_frames"],
-        "seed": derive_seed(METHOD["seed"], "self_verify", preset, iteration),
-        "amp": COMPUTE["amp"],
-    }
-    if MULTI_LABEL:  # per-class sigmoids, decisions per (clip, label); absent = single-label
-        judging["multi_label"] = True
-    return {
-        "self_verify": judging,
-        "policy": chain_policy(S, chain),
-        "iteration": iteration,
-        "iterations": len(ITERATIONS) - 1,
-        "frames": METHOD["spectrogram_frames"],
-        "device": COMPUTE["device"],
-    }
+    """Settings of one trust job (workflow_lib.job_settings.trust_settings)."""
+    return trust_settings(S, chain, preset, iteration)
 
 
 SYSTEMS_SPEC = systems_spec(

@@ -240,7 +240,7 @@ def test_scheduled_threshold_needs_both_ends(base_config):
 
 
 def test_chain_policies_inherit_the_method_settings(base_config):
-    from workflow_lib.config import chain_policy
+    from workflow_lib.job_settings import chain_policy
 
     s = resolve_settings(_with(base_config, "run_chains", ["self_verification", "agreement"]))
     assert chain_policy(s, "self_verification")["threshold"] == 0.95

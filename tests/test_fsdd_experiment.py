@@ -147,7 +147,8 @@ def _merged(*files: Path) -> dict:
 def test_experiment_settings_resolve_and_default_run_is_unchanged():
     """config.yaml alone: the method's chain only; with the overlay: the fsdd preset, the former
     baselines as chains, and the paper's values under top-level `method` untouched."""
-    from workflow_lib.config import chain_policy, resolve_settings
+    from workflow_lib.config import resolve_settings
+    from workflow_lib.job_settings import chain_policy
 
     base = resolve_settings(_merged(REPO / "config.yaml"))
     assert base["run_chains"] == ["self_verification"]
@@ -365,17 +366,17 @@ def test_decisions_come_from_the_own_fold_models(run):
     from workflow_lib.dataset import read_classes
     from workflow_lib.job_settings import derive_seed
     from workflow_lib.model import load_model
+    from workflow_lib.policies import PolicySettings
     from workflow_lib.preprocess import SpectrogramStore
-    from workflow_lib.self_verify import SelfVerifySettings, self_verify
+    from workflow_lib.self_verify import TrustSettings, self_verify
 
     torch.set_num_threads(1)
     results = run["results"]
     method = run["experiment"]["settings"]["method"]
     sv = method["self_verification"]
-    settings = SelfVerifySettings(
+    settings = TrustSettings(
         excerpts=sv["excerpts"],
-        threshold=sv["threshold"],
-        max_per_class=sv["max_per_class"],
+        policy=PolicySettings.of("paper", threshold=sv["threshold"], max_per_class=sv["max_per_class"]),
         excerpt_frames=method["excerpt_frames"],
         seed=derive_seed(method["seed"], "self_verify", PRESET, 0),
     )

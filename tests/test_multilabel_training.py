@@ -616,8 +616,10 @@ def test_warm_up_chain_trains_noisy_then_fine_tunes_on_curated_and_trusted_label
     """start: noisy -> per-label self-verification (paper policy) -> fine-tuning from the
     warm-up parameters on the curated clips and the trusted label subsets -> lwlrap selection
     and sigmoid prediction: the multi-label chain through the job functions."""
-    from workflow_lib.self_verify import SelfVerifySettings
+    from workflow_lib.policies import PolicySettings
+    from workflow_lib.self_verify import TrustSettings
     from workflow_lib.stages import TrustJob, self_verify_job
+    from workflow_lib.task import MULTI
 
     initial_list_job(store["folds"], tmp_path / "it0_list.csv", "noisy")
     it0, it1, histories = {}, {}, {}
@@ -631,16 +633,22 @@ def test_warm_up_chain_trains_noisy_then_fine_tunes_on_curated_and_trusted_label
     write_csv(folds[["fname", "label", "verified"]], tmp_path / "train.csv")
     decisions = self_verify_job(
         TrustJob(
-            it0,
-            store["train"],
-            store["folds"],
-            store["classes"],
-            tmp_path / "train.csv",
-            tmp_path / "trust",
-            SelfVerifySettings(2, 0.3, None, 192, seed=0, amp=False, multi_label=True),
-            {"name": "paper", "threshold": 0.3, "max_per_class": 2},
-            frames=256,
-            device="cpu",
+            model_paths=it0,
+            manifest_csv=store["train"],
+            folds_csv=store["folds"],
+            classes_csv=store["classes"],
+            train_csv=tmp_path / "train.csv",
+            out_dir=tmp_path / "trust",
+            settings=TrustSettings(
+                task=MULTI,
+                excerpts=2,
+                excerpt_frames=192,
+                seed=0,
+                amp=False,
+                policy=PolicySettings.of("paper", threshold=0.3, max_per_class=2),
+                frames=256,
+                device="cpu",
+            ),
             lock_dir=tmp_path / "locks",
         )
     )

@@ -28,6 +28,7 @@ from workflow_lib.policies import (
     class_caps,
     fit_temperature,
     low_trust,
+    policy_named,
     scheduled_value,
 )
 
@@ -95,7 +96,9 @@ def test_paper_policy_reproduces_the_earlier_decisions_exactly(threshold, cap, s
     # a few exact ties of posteriors, so the file-name tie break is exercised
     judged.posteriors[:40:4] = judged.posteriors[1:41:4]
     judged.table.loc[:40:4, "given_label"] = judged.table.loc[1:41:4, "given_label"].to_numpy()
-    new = apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=threshold, max_per_class=cap))
+    new = apply_policy(
+        judged, None, CLASSES, PolicySettings.of("paper", threshold=threshold, max_per_class=cap)
+    )
     base = new[["fname", "given_label", "fold", "predicted_label", "p_given", "p_max"]]
     old = old_decide(base, threshold, cap)
     assert (new["reason"].to_numpy() == old["reason"].to_numpy()).all()
@@ -109,7 +112,7 @@ def test_paper_policy_reproduces_the_earlier_decisions_exactly(threshold, cap, s
 
 def test_agreement_is_the_paper_rule_without_threshold_or_cap():
     judged = random_clips(200, 5)
-    out = apply_policy(judged, None, CLASSES, PolicySettings("agreement"))
+    out = apply_policy(judged, None, CLASSES, PolicySettings.of("agreement"))
     match = out["given_label"] == out["predicted_label"]
     assert (out["accepted"] == match).all()
     assert set(out.loc[~match, "reason"]) == {LABEL_MISMATCH}
@@ -121,12 +124,12 @@ def test_scheduled_threshold_moves_linearly():
     assert scheduled_value(0.9, 0.5, Context(2, 3)) == pytest.approx(0.5)
     assert scheduled_value(0.9, 0.5, Context(0, 1)) == pytest.approx(0.9)
     judged = random_clips(300, 3)
-    settings = PolicySettings("scheduled_threshold", threshold_start=0.9, threshold_end=0.5)
+    settings = PolicySettings.of("scheduled_threshold", threshold_start=0.9, threshold_end=0.5)
     counts = [
         apply_policy(judged, None, CLASSES, settings, Context(i, 3))["accepted"].sum() for i in range(3)
     ]
     paper = [
-        apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=t))["accepted"].sum()
+        apply_policy(judged, None, CLASSES, PolicySettings.of("paper", threshold=t))["accepted"].sum()
         for t in (0.9, 0.7, 0.5)
     ]
     assert counts == paper and counts[0] < counts[1] < counts[2]
@@ -142,7 +145,7 @@ def test_fraction_cap_per_class_and_absolute_cap_together():
     assert class_caps(labels, CLASSES, 2, 0.5) == {"a": 2, "b": 1, "c": 0, "d": 0}
     assert class_caps(labels, CLASSES, None, None)["a"] == float("inf")
     judged = random_clips(400, 7, sharp=6.0)
-    out = apply_policy(judged, None, CLASSES, PolicySettings("agreement", max_fraction=0.25))
+    out = apply_policy(judged, None, CLASSES, PolicySettings.of("agreement", max_fraction=0.25))
     counts = judged.table["given_label"].value_counts()
     for label, group in out.groupby("given_label"):
         assert group["accepted"].sum() <= int(0.25 * counts[label])
@@ -154,12 +157,12 @@ def test_fraction_cap_per_class_and_absolute_cap_together():
 
 def test_correct_labels_trusts_confident_contradictions_under_the_predicted_label():
     judged = random_clips(300, 11, sharp=5.0)
-    off = apply_policy(judged, None, CLASSES, PolicySettings("paper", threshold=0.8))
+    off = apply_policy(judged, None, CLASSES, PolicySettings.of("paper", threshold=0.8))
     on = apply_policy(
         judged,
         None,
         CLASSES,
-        PolicySettings("paper", threshold=0.8, correct_labels=True, correct_threshold=0.9),
+        PolicySettings.of("paper", threshold=0.8, correct_labels=True, correct_threshold=0.9),
     )
     fixed = on[on["reason"] == CORRECTED]
     assert len(fixed) > 0 and fixed["accepted"].all()
@@ -220,8 +223,8 @@ def test_calibrated_policy_trusts_more_under_confident_clips_at_the_same_thresho
     judged.posteriors = apply_temperature(judged.posteriors, 2.5)
     reference = reference_clips(400, 8, sharp=2.5)
     reference.posteriors = apply_temperature(reference.posteriors, 2.5)
-    paper = apply_policy(judged, reference, CLASSES, PolicySettings("paper", threshold=0.9))
-    cal = apply_policy(judged, reference, CLASSES, PolicySettings("calibrated", threshold=0.9))
+    paper = apply_policy(judged, reference, CLASSES, PolicySettings.of("paper", threshold=0.9))
+    cal = apply_policy(judged, reference, CLASSES, PolicySettings.of("calibrated", threshold=0.9))
     assert cal["accepted"].sum() > 2 * max(1, paper["accepted"].sum())
     # calibration keeps the argmax: only clips whose argmax is the given label are trusted
     assert (cal.loc[cal["accepted"], "given_label"] == cal.loc[cal["accepted"], "predicted_label"]).all()
@@ -236,7 +239,7 @@ def test_confident_learning_agrees_with_a_direct_cleanlab_call():
     judged = random_clips(400, 6, sharp=2.0)
     labels = judged.table["given_label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     flagged = find_label_issues(labels=labels, pred_probs=judged.posteriors)
-    out = apply_policy(judged, None, CLASSES, PolicySettings("confident_learning"))
+    out = apply_policy(judged, None, CLASSES, PolicySettings.of("confident_learning"))
     assert (out["accepted"].to_numpy() == ~flagged).all()
     assert set(out.loc[~out["accepted"], "reason"]) == {FLAGGED}
     assert 0 < flagged.sum() < len(flagged)
@@ -248,7 +251,7 @@ def test_confident_learning_agrees_with_a_direct_cleanlab_call():
 def test_label_spreading_trusts_clips_whose_spread_label_is_the_given_one():
     judged = random_clips(200, 9)
     reference = reference_clips(120, 10)
-    out = apply_policy(judged, reference, CLASSES, PolicySettings("label_spreading", gamma=5.0))
+    out = apply_policy(judged, reference, CLASSES, PolicySettings.of("label_spreading", gamma=5.0))
     true = np.array(CLASSES)[judged.extra["true"]]
     right = out["given_label"].to_numpy() == true
     # the embeddings cluster by true class: correct given labels are kept, wrong ones refused
@@ -257,30 +260,35 @@ def test_label_spreading_trusts_clips_whose_spread_label_is_the_given_one():
     assert set(out.loc[~out["accepted"], "reason"]) <= {SPREAD_DISAGREES}
     # the spread labels depend on the reference labels, not on the judged posteriors
     shuffled = Clips(judged.table, np.roll(judged.posteriors, 1, axis=1), judged.embeddings)
-    again = apply_policy(shuffled, reference, CLASSES, PolicySettings("label_spreading", gamma=5.0))
+    again = apply_policy(shuffled, reference, CLASSES, PolicySettings.of("label_spreading", gamma=5.0))
     assert (again["accepted"] == out["accepted"]).all()
 
 
 def test_weighted_keeps_every_clip_with_its_given_label_posterior_as_weight():
     judged = random_clips(100, 12)
-    out = apply_policy(judged, None, CLASSES, PolicySettings("weighted"))
+    out = apply_policy(judged, None, CLASSES, PolicySettings.of("weighted"))
     assert out["accepted"].all()
     np.testing.assert_allclose(out["weight"], out["p_given"])
-    capped = apply_policy(judged, None, CLASSES, PolicySettings("weighted", max_per_class=3))
+    capped = apply_policy(judged, None, CLASSES, PolicySettings.of("weighted", max_per_class=3))
     assert capped.groupby("given_label")["accepted"].sum().max() == 3
 
 
 def test_all_and_none():
     judged = random_clips(50, 13)
-    assert apply_policy(judged, None, CLASSES, PolicySettings("all"))["accepted"].all()
-    none = apply_policy(judged, None, CLASSES, PolicySettings("none"))
+    assert apply_policy(judged, None, CLASSES, PolicySettings.of("all"))["accepted"].all()
+    none = apply_policy(judged, None, CLASSES, PolicySettings.of("none"))
     assert not none["accepted"].any() and set(none["reason"]) == {NOT_TRUSTED}
+
+
+def paper_threshold(name: str, threshold: float) -> dict[str, float]:
+    """``threshold`` for the policies that read one (another policy refuses the key)."""
+    return {"threshold": threshold} if "threshold" in policy_named(name).keys else {}
 
 
 def test_empty_judged_set():
     empty = Clips(pd.DataFrame({"fname": [], "fold": [], "given_label": []}), np.zeros((0, 4)))
     for name in ("paper", "agreement", "confident_learning", "weighted", "all", "none"):
-        out = apply_policy(empty, None, CLASSES, PolicySettings(name, threshold=0.5))
+        out = apply_policy(empty, None, CLASSES, PolicySettings.of(name, **paper_threshold(name, 0.5)))
         assert len(out) == 0 and not out["accepted"].any()
 
 
@@ -295,7 +303,9 @@ def test_low_trust_flag():
 def test_accepted_reasons_are_consistent():
     judged = random_clips(200, 14)
     for name in ("paper", "agreement", "confident_learning", "weighted", "all", "none"):
-        out = apply_policy(judged, None, CLASSES, PolicySettings(name, threshold=0.5, max_per_class=10))
+        out = apply_policy(
+            judged, None, CLASSES, PolicySettings.of(name, max_per_class=10, **paper_threshold(name, 0.5))
+        )
         assert (out["accepted"] == out["reason"].isin([ACCEPTED, CORRECTED])).all(), name
 
 
@@ -330,15 +340,15 @@ def test_embeddings_are_the_pooled_last_feature_layer_of_the_same_excerpts():
 
     from workflow_lib.data import ClipBank
     from workflow_lib.model import build_model
-    from workflow_lib.self_verify import SelfVerifySettings, excerpt_posteriors
+    from workflow_lib.self_verify import TrustSettings, excerpt_posteriors
 
     torch.manual_seed(0)
     model = build_model(4, 3, (0.0, 0.0)).eval()
     frames, n = 200, 3
     data = torch.randn(n * frames, 128)
     bank = ClipBank(data, torch.arange(n) * frames, torch.full((n,), frames), frames)
-    settings = SelfVerifySettings(
-        excerpts=2, threshold=None, max_per_class=None, excerpt_frames=192, seed=0, amp=False
+    settings = TrustSettings(
+        excerpts=2, excerpt_frames=192, seed=0, amp=False, policy=PolicySettings.of("paper", threshold=None)
     )
     plain = excerpt_posteriors(model, bank, settings, np.random.default_rng(5))
     probs, feats = excerpt_posteriors(model, bank, settings, np.random.default_rng(5), embeddings=True)

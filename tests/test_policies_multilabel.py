@@ -27,9 +27,9 @@ from workflow_lib.policies import (
     ACCEPTED,
     BELOW_THRESHOLD,
     CLASS_CAP,
+    COMMON_KEYS,
     FLAGGED,
     LABEL_DECISION_COLUMNS,
-    MULTI_LABEL_POLICIES,
     NOT_PREDICTED,
     NOT_TRUSTED,
     Clips,
@@ -40,15 +40,18 @@ from workflow_lib.policies import (
     calibrated_sigmoids,
     fit_sigmoid_temperature,
     multilabel_label_issues,
+    names_for,
+    policy_named,
 )
 from workflow_lib.self_verify import (
-    SelfVerifySettings,
+    TrustSettings,
     excerpt_posteriors,
     label_precision_table,
     new_label_list,
     self_verify,
     with_truth,
 )
+from workflow_lib.task import MULTI, SINGLE
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -62,14 +65,15 @@ def clips(rows: list[tuple[str, int, str, list[float]]]) -> Clips:
 
 
 def policy(name: str, **values) -> PolicySettings:
-    return PolicySettings(name, **{"max_per_class": None, **values})
+    own = {k: v for k, v in values.items() if k in policy_named(name).keys or k in COMMON_KEYS}
+    return PolicySettings.of(name, **{"max_per_class": None, **own})
 
 
 def decided(
     judged: Clips, name: str, context: Context | None = None, reference=None, **values
 ) -> pd.DataFrame:
     context = context or Context()
-    return apply_policy(judged, reference, CLASSES, policy(name, **values), context, multi_label=True)
+    return apply_policy(judged, reference, CLASSES, policy(name, **values), context, task=MULTI)
 
 
 def by_pair(decisions: pd.DataFrame, column: str) -> dict[tuple[str, str], object]:
@@ -201,7 +205,7 @@ def test_a_single_label_only_policy_is_refused_by_name(name):
 
 
 def test_single_label_mode_is_untouched_by_the_flag():
-    """multi_label=False (the default) still gives one row per clip under the argmax rule."""
+    """The single-label task (the default) still gives one row per clip under the argmax rule."""
     table = pd.DataFrame({"fname": ["u.wav", "v.wav"], "fold": [0, 1], "given_label": ["a", "b"]})
     posteriors = np.array([[0.7, 0.1, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1]])
     out = apply_policy(Clips(table, posteriors), None, CLASSES, policy("paper", threshold=0.5))
@@ -370,14 +374,14 @@ def hand_decisions() -> pd.DataFrame:
     ]
     table = pd.DataFrame(rows, columns=["fname", "given_label", "label", "accepted"])
     truth = pd.Series({"x.wav": "a,b", "y.wav": "a,c", "z.wav": "b", "cur.wav": "d"})
-    return with_truth(table.assign(weight=np.where(table["accepted"], 1.0, 0.0)), truth, multi_label=True)
+    return with_truth(table.assign(weight=np.where(table["accepted"], 1.0, 0.0)), truth, MULTI)
 
 
 def test_with_truth_marks_each_label_against_the_true_set(hand_decisions):
     assert list(hand_decisions["correct"]) == [1, 1, 1, 0, 1, 0]
     assert list(hand_decisions["true_label"]) == ["a,b", "a,b", "a,c", "a,c", "b", "b"]
     partial = with_truth(
-        hand_decisions.drop(columns=["true_label", "correct"]), pd.Series({"x.wav": "a"}), True
+        hand_decisions.drop(columns=["true_label", "correct"]), pd.Series({"x.wav": "a"}), MULTI
     )
     assert "correct" not in partial and "true_label" not in partial  # unknown for y and z
 
@@ -448,16 +452,16 @@ class ConstantNet(torch.nn.Module):
         return self.logits[ids]
 
 
-def settings(**values) -> SelfVerifySettings:
+def settings(**values) -> TrustSettings:
     base = {
+        "task": MULTI,
         "excerpts": 3,
-        "threshold": 0.7,
-        "max_per_class": None,
+        "policy": PolicySettings.of("paper", threshold=0.7, max_per_class=None),
         "excerpt_frames": 6,
         "seed": 1,
         "amp": False,
     }
-    return SelfVerifySettings(**{**base, **values})
+    return TrustSettings(**{**base, **values})
 
 
 def bank(ids: list[int]):
@@ -472,9 +476,9 @@ def bank(ids: list[int]):
 def test_excerpt_posteriors_are_sigmoids_in_multi_label_mode():
     logits = np.array([[2.0, -1.0, 0.5], [-3.0, 4.0, 0.0]])
     net = ConstantNet(logits)
-    multi = excerpt_posteriors(net, bank([0, 1]), settings(multi_label=True), np.random.default_rng(0))
+    multi = excerpt_posteriors(net, bank([0, 1]), settings(), np.random.default_rng(0))
     np.testing.assert_allclose(multi, 1 / (1 + np.exp(-logits)), atol=1e-6)
-    single = excerpt_posteriors(net, bank([0, 1]), settings(), np.random.default_rng(0))
+    single = excerpt_posteriors(net, bank([0, 1]), settings(task=SINGLE), np.random.default_rng(0))
     np.testing.assert_allclose(single.sum(axis=1), 1.0, atol=1e-6)
 
 
@@ -487,7 +491,7 @@ def test_self_verify_judges_each_label_with_its_fold_model():
         1: pd.DataFrame({"fname": ["g0.wav"], "label": ["a,c"], "fold": ["1"]}),
     }
     banks = {0: bank([0, 1]), 1: bank([0])}
-    out = self_verify(models, banks, unverified, CLASSES, settings(multi_label=True))
+    out = self_verify(models, banks, unverified, CLASSES, settings())
     assert list(out.columns) == LABEL_DECISION_COLUMNS
     accepted = by_pair(out, "accepted")
     assert accepted == {
@@ -570,16 +574,19 @@ def trust_job(tmp: Path, manifest: Path, models: dict, name: str = "agreement", 
     from workflow_lib.stages import TrustJob
 
     return TrustJob(
-        models,
-        manifest,
-        tmp / "folds.csv",
-        tmp / "classes.csv",
-        tmp / "train.csv",
-        tmp / "out",
-        settings(multi_label=True, excerpt_frames=192, excerpts=2),
-        {"name": name, "max_per_class": None, **policy_values},
-        frames=200,
-        device="cpu",
+        model_paths=models,
+        manifest_csv=manifest,
+        folds_csv=tmp / "folds.csv",
+        classes_csv=tmp / "classes.csv",
+        train_csv=tmp / "train.csv",
+        out_dir=tmp / "out",
+        settings=settings(
+            excerpt_frames=192,
+            excerpts=2,
+            policy=PolicySettings.of(name, max_per_class=None, **policy_values),
+            frames=200,
+            device="cpu",
+        ),
         lock_dir=tmp / "locks",
     )
 
@@ -665,12 +672,12 @@ def test_config_refuses_label_correction_in_multi_label_mode(base_config):
 
 
 def test_config_accepts_every_multi_label_policy(base_config):
-    run = [c for c, spec in base_config["chains"].items() if spec["policy"] in MULTI_LABEL_POLICIES]
-    assert {base_config["chains"][c]["policy"] for c in run} == set(MULTI_LABEL_POLICIES)
+    run = [c for c, spec in base_config["chains"].items() if spec["policy"] in names_for(MULTI)]
+    assert {base_config["chains"][c]["policy"] for c in run} == set(names_for(MULTI))
     resolve_settings(multi_label_config(base_config, {}, run))
 
 
-@pytest.mark.parametrize("name", sorted(MULTI_LABEL_POLICIES))
+@pytest.mark.parametrize("name", names_for(MULTI))
 def test_no_judged_clip_gives_empty_decisions_and_an_unchanged_list(name):
     """A run where no fold holds a noisy clip: empty decisions, the curated list as it was."""
     empty = Clips(pd.DataFrame({"fname": [], "fold": [], "given_label": []}), np.zeros((0, len(CLASSES))))
@@ -678,5 +685,5 @@ def test_no_judged_clip_gives_empty_decisions_and_an_unchanged_list(name):
     out = decided(empty, name, reference=reference, threshold=0.5, threshold_start=0.5, threshold_end=0.9)
     assert list(out.columns) == LABEL_DECISION_COLUMNS and len(out) == 0
     folds = pd.DataFrame({"fname": ["v.wav", "n.wav"], "label": ["a", "a,b"], "verified": ["1", "0"]})
-    listing = new_label_list(folds, with_truth(out, pd.Series({"n.wav": "a"}), True))
+    listing = new_label_list(folds, with_truth(out, pd.Series({"n.wav": "a"}), MULTI))
     assert list(listing["manually_verified"]) == [1, 0] and list(listing["label"]) == ["a", "a,b"]

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from workflow_lib.data import ClipBank
+from workflow_lib.policies import PolicySettings
 from workflow_lib.self_verify import (
     ACCEPTED,
     BELOW_THRESHOLD,
     CLASS_CAP,
     DECISION_COLUMNS,
     LABEL_MISMATCH,
-    SelfVerifySettings,
+    TrustSettings,
     decide,
     excerpt_posteriors,
     new_training_list,
@@ -118,18 +119,18 @@ class FakeFoldModel(nn.Module):
         return logits
 
 
-def sv_settings(**overrides) -> SelfVerifySettings:
+def sv_settings(threshold: float | None = 0.95, max_per_class: int | None = 40, **overrides) -> TrustSettings:
+    """The judging settings, and the paper's rule with ``threshold`` and ``max_per_class``."""
     values = {
         "excerpts": 5,
-        "threshold": 0.95,
-        "max_per_class": 40,
         "excerpt_frames": 8,
         "seed": 7,
         "batch_size": 1000,
         "amp": False,
+        "policy": PolicySettings.of("paper", threshold=threshold, max_per_class=max_per_class),
     }
     values.update(overrides)
-    return SelfVerifySettings(**values)
+    return TrustSettings(**values)
 
 
 # --- decide(): the three conditions --------------------------------------------------------

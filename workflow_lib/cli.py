@@ -263,36 +263,30 @@ def initial_list(args: argparse.Namespace) -> None:
 def self_verify(args: argparse.Namespace) -> None:
     """Judge the held-out unverified clips with their fold's model; apply the chain's policy."""
     # self_verify and stages import torch: only the commands that run a job load it
-    from .self_verify import SelfVerifySettings
+    from .self_verify import TrustSettings
     from .stages import TrustJob, self_verify_job
 
-    s = args.settings
     job = TrustJob(
-        fold_paths(args.models),
-        args.manifest,
-        args.folds,
-        args.classes,
-        args.train,
-        args.out_dir,
-        SelfVerifySettings(**s["self_verify"]),
-        s["policy"],
-        s.get("iteration", 0),
-        s.get("iterations", 1),
-        s["frames"],
-        s["device"],
-        args.threads,
-        args.lock_dir,
+        model_paths=fold_paths(args.models),
+        manifest_csv=args.manifest,
+        folds_csv=args.folds,
+        classes_csv=args.classes,
+        train_csv=args.train,
+        out_dir=args.out_dir,
+        settings=TrustSettings.from_json(args.settings),
+        threads=args.threads,
+        lock_dir=args.lock_dir,
     )
     decisions = self_verify_job(job)
     log.info(
         "policy %s trusted %d of %d unverified %s; reasons %s",
-        s["policy"]["name"],
+        job.settings.policy.name,
         int(decisions["accepted"].sum()),
         len(decisions),
-        "labels" if job.settings.multi_label else "clips",
+        job.settings.task.trust_unit,
         decisions["reason"].value_counts().to_dict(),
     )
-    if "correct" in decisions:  # multi-label: one row per (clip, given label)
+    if "correct" in decisions:  # label sets: one row per (clip, given label)
         accepted = decisions[decisions["accepted"]]
         log.info(
             "precision of trusted labels %.4f (given noisy labels: %.4f)",

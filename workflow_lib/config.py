@@ -21,8 +21,8 @@ from .audio import sox_effects_problems
 from .dataset_layouts import LAYOUTS, layout_of, train_listing_keys
 from .errors import UserError
 from .io import write_json
-from .policies import CORRECTABLE, MULTI_LABEL_POLICIES, POLICY_PARAMETERS
-from .task import task_of_settings
+from .policies import REGISTRY, chain_schema_properties, names_for
+from .task import TASKS, Task, task_of_settings
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -55,9 +55,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema() -> dict[str, Any]:
-    """The JSON schema of config.yaml, read from ``schemas/``."""
+    """The JSON schema of config.yaml, read from ``schemas/``, with the trust policies' part of
+    a chain (the policy names and each policy's keys) added from the registry
+    (policies.chain_schema_properties): a new policy needs no schema edit."""
     with open(SCHEMA_PATH) as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    schema["properties"]["chains"]["additionalProperties"]["properties"].update(chain_schema_properties())
+    return schema
 
 
 def validate_settings(settings: Mapping[str, Any]) -> None:
@@ -155,7 +159,9 @@ CHAIN_COMMON_KEYS = {
 
 
 def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
-    """Each chain sets only keys its policy reads (a setting is never silently ignored)."""
+    """Each chain sets only keys its policy reads (a setting is never silently ignored), the
+    keys it needs, and correct_labels only with a policy that can refuse a clip for its label;
+    the policies of the run's chains have a function for the run's task."""
     problems = []
     chains = settings["chains"]
     unknown = [c for c in settings["run_chains"] if c not in chains]
@@ -164,76 +170,46 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
             f"config key run_chains: {unknown} not defined under chains (defined: {sorted(chains)})"
         )
     for name, chain in chains.items():
-        policy = chain["policy"]
-        stray = sorted(set(chain) - CHAIN_COMMON_KEYS - POLICY_PARAMETERS[policy])
+        policy = REGISTRY[chain["policy"]]  # the schema's enum is the registry's names
+        stray = sorted(set(chain) - CHAIN_COMMON_KEYS - set(policy.keys))
         if stray:
-            problems.append(f"config key chains.{name}: policy {policy} does not read {stray}")
-        if policy == "scheduled_threshold" and not {"threshold_start", "threshold_end"} <= set(chain):
+            problems.append(f"config key chains.{name}: policy {policy.name} does not read {stray}")
+        if not set(policy.required) <= set(chain):
+            problems.append(f"config key chains.{name}: {policy.name} needs {' and '.join(policy.required)}")
+        if chain.get("correct_labels") and not policy.correctable:
             problems.append(
-                f"config key chains.{name}: scheduled_threshold needs threshold_start and threshold_end"
-            )
-        if chain.get("correct_labels") and policy not in CORRECTABLE:
-            problems.append(
-                f"config key chains.{name}.correct_labels: policy {policy} never "
+                f"config key chains.{name}.correct_labels: policy {policy.name} never "
                 "refuses a clip for its label, so it cannot correct one"
             )
         if "correct_threshold" in chain and not chain.get("correct_labels"):
             problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
-    if is_multi_label(settings):
-        problems += _multi_label_chain_checks(chains, [c for c in settings["run_chains"] if c in chains])
-    return problems
+    run = [c for c in settings["run_chains"] if c in chains]
+    return problems + _task_chain_checks(chains, run, task_of_settings(settings))
 
 
-def _multi_label_chain_checks(chains: Mapping[str, Any], run: list[str]) -> list[str]:
-    """In multi-label mode (dataset.layout fsdkaggle2019) a run chain's policy must judge
-    labels one by one (policies.MULTI_LABEL_POLICIES); chains defined but not run are free."""
+#: The tasks whose decisions may replace a refused label by the predicted one (correct_labels).
+CORRECTING_TASKS = [name for name, task in TASKS.items() if task.corrects_labels]
+
+
+def _task_chain_checks(chains: Mapping[str, Any], run: list[str], task: Task) -> list[str]:
+    """A run chain's policy must have a function for the run's task (the multi-label task
+    judges labels one by one), and correct_labels only where the task can replace a label;
+    chains defined but not run are free."""
     problems = []
     for name in run:
-        policy = chains[name]["policy"]
-        if policy not in MULTI_LABEL_POLICIES:
+        policy = REGISTRY[chains[name]["policy"]]
+        if task.name not in policy.functions:
             problems.append(
-                f"config key chains.{name}.policy: {policy} is single-label only and cannot judge "
-                f"the labels of a multi-label clip (dataset.layout fsdkaggle2019); one of "
-                f"{sorted(MULTI_LABEL_POLICIES)}, or leave the chain out of run_chains"
+                f"config key chains.{name}.policy: {policy.name} is {', '.join(policy.task_names)} "
+                f"only and cannot judge the {task.trust_unit} of a {task.name} run (dataset.layout "
+                f"{task.layout}); one of {names_for(task)}, or leave the chain out of run_chains"
             )
-        if chains[name].get("correct_labels"):
+        if chains[name].get("correct_labels") and not task.corrects_labels:
             problems.append(
-                f"config key chains.{name}.correct_labels: single-label only (a multi-label clip "
-                "keeps a subset of its given labels, none is replaced)"
+                f"config key chains.{name}.correct_labels: {', '.join(CORRECTING_TASKS)} only (a "
+                f"{task.name} clip keeps a subset of its given labels, none is replaced)"
             )
     return problems
-
-
-def chain_policy(settings: Mapping[str, Any], chain: str) -> dict[str, Any]:
-    """The resolved trust-policy settings of one chain (workflow_lib.policies.PolicySettings).
-
-    Absent ``threshold`` (policies that read one) and ``max_per_class`` are the method's
-    (method.self_verification), so the chain ``self_verification`` is the paper's rule with the
-    run preset's values.
-    """
-    spec = settings["chains"][chain]
-    sv = settings["method"]["self_verification"]
-    policy = {
-        "name": spec["policy"],
-        "max_per_class": spec.get("max_per_class", sv["max_per_class"]),
-        "max_fraction": spec.get("max_fraction"),
-        "correct_labels": spec.get("correct_labels", False),
-        "min_trusted_share": settings["trust"]["min_trusted_share"],
-    }
-    if "correct_threshold" in spec:
-        policy["correct_threshold"] = spec["correct_threshold"]
-    for key in POLICY_PARAMETERS[spec["policy"]]:
-        if key in spec:
-            policy[key] = spec[key]
-        elif key == "threshold":
-            policy[key] = sv["threshold"]
-    return policy
-
-
-def is_multi_label(settings: Mapping[str, Any]) -> bool:
-    """Whether the run's task has label sets. Kept only for callers not yet asking the task
-    itself (``task.task_of_settings``, issue 20); new code asks the task."""
-    return task_of_settings(settings).label_sets
 
 
 def gpus_per_training_job(compute: Mapping[str, Any]) -> int:

@@ -19,11 +19,18 @@ judged clips, highest score first, ties by file name) and optional label correct
 ``paper`` is the paper's rule (docs/method.md "Self-verification"); it reproduces the
 decisions of the workflow's earlier ``self_verify.decide`` exactly (tests/test_policies.py).
 
-Multi-label mode (``apply_policy(..., multi_label=True)``, docs/method.md "Multi-label mode"):
-the posteriors are per-class sigmoids and every given label of a clip is judged on its own
-(:data:`MULTI_LABEL_POLICIES`), one proposal row per (clip, given label); the caps rank the
-pairs of each class (:func:`decide_labels`). Policies that decide for a whole clip
-(label_spreading, weighted) have no multi-label version; config.py refuses them.
+One registry (:data:`REGISTRY`, :func:`register_policy`) holds everything about a policy: its
+function per task, its own parameters (a dataclass whose fields carry each config key's JSON
+schema and a line of documentation), and its flags (correctable, needs the reference clips,
+needs embeddings). The config schema's policy names and keys, the config checks and the job
+settings are derived from it, so a new policy is one ``register_policy`` call (a module of
+its own may make it; tests/toy_policy.py does).
+
+Label sets (the multi-label task, ``apply_policy(..., task=MULTI)``, docs/method.md
+"Multi-label mode"): the posteriors are per-class sigmoids and every given label of a clip is
+judged on its own, one proposal row per (clip, given label); the caps rank the pairs of each
+class (:func:`decide_labels`). Policies that decide for a whole clip (label_spreading,
+weighted) register no multi-label function; the config check refuses them there.
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .labels import label_sets, multi_hot, split_labels
+from .task import MULTI, SINGLE, TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +73,109 @@ DECISION_COLUMNS = [
 ]
 
 
-@dataclass(frozen=True)
+# --------------------------------------------------------------------------- parameters, settings
+
+
+def parameter(
+    *, doc: str, schema: Mapping[str, Any], default: Any = MISSING, method_default: str = ""
+) -> Any:
+    """A policy parameter: a dataclass field whose metadata the registry reads. ``schema``: the
+    JSON schema of its config key (chains.NAME.KEY; ``#/$defs/...`` refers to
+    schemas/config.schema.yaml); ``doc``: what it means, for the schema's description;
+    ``method_default``: the method.self_verification key whose value a chain that leaves the
+    parameter out gets (paper's threshold: the run preset's)."""
+    metadata = {"doc": doc, "schema": dict(schema), "method_default": method_default}
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+FRACTION = {"$ref": "#/$defs/fraction"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoParameters:
+    """A policy that reads no setting of its own (only the caps every policy takes)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThresholdParameters:
+    """The paper's rule and its calibrated variant: one posterior threshold."""
+
+    threshold: float | None = parameter(
+        default=None,
+        doc="posterior threshold (null: off); absent: method.self_verification.threshold",
+        schema={"oneOf": [{"type": "null"}, FRACTION]},
+        method_default="threshold",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleParameters:
+    """A threshold moving linearly over the judging iterations (both ends required)."""
+
+    threshold_start: float = parameter(doc="at the first judging iteration", schema=FRACTION)
+    threshold_end: float = parameter(doc="at the last judging iteration", schema=FRACTION)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpreadingParameters:
+    """scikit-learn LabelSpreading's two settings (rbf kernel on unit-norm features)."""
+
+    gamma: float = parameter(
+        default=20.0, doc="rbf kernel width", schema={"type": "number", "exclusiveMinimum": 0}
+    )
+    alpha: float = parameter(
+        default=0.2,
+        doc="clamping factor",
+        schema={"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class PolicySettings:
-    """One chain's trust policy, resolved (config.chain_settings fills the defaults)."""
+    """One chain's trust policy, resolved (job_settings.chain_policy fills the defaults): its
+    name, its own parameters (the registry's dataclass of that policy) and the settings every
+    policy takes (caps, label correction, the low-trust warning). Build it with :meth:`of` or
+    :meth:`from_mapping`, which check the keys against the registry."""
 
     name: str
-    threshold: float | None = None  # paper, calibrated: None = off
-    threshold_start: float | None = None  # scheduled_threshold: at the first judging iteration
-    threshold_end: float | None = None  # ... and at the last one (linear in between)
+    parameters: Any = None  # the policy's parameter dataclass; None: its defaults
     max_per_class: int | None = None  # absolute cap per trusted class; None = no cap
     max_fraction: float | None = None  # cap as a share of the class's judged clips
     correct_labels: bool = False  # trust a confidently contradicted clip as predicted
     correct_threshold: float = 0.9  # ... when the alternative label's score reaches this
-    gamma: float = 20.0  # label_spreading: rbf kernel width (unit-norm features)
-    alpha: float = 0.2  # label_spreading: clamping factor
     min_trusted_share: float = 0.0  # warn below this share of judged clips trusted
 
+    def __post_init__(self) -> None:
+        if self.parameters is None:  # frozen: set once, here, from the registry's defaults
+            object.__setattr__(self, "parameters", policy_named(self.name).parameters())
+
     @classmethod
-    def from_mapping(cls, values: Mapping) -> PolicySettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def of(cls, name: str, **values: Any) -> PolicySettings:
+        """The settings of policy ``name``: its own keys and the common ones, by keyword."""
+        return cls.from_mapping({"name": name, **values})
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PolicySettings:
+        """From the job settings' ``policy`` mapping; a key the policy does not read is an error
+        (a setting is never silently ignored)."""
+        policy = policy_named(values["name"])
+        own = set(policy.keys)
+        stray = sorted(set(values) - own - COMMON_KEYS - {"name"})
+        if stray:
+            raise ValueError(f"trust policy {policy.name!r} does not read {stray}")
+        return cls(
+            name=policy.name,
+            parameters=policy.parameters(**{k: v for k, v in values.items() if k in own}),
+            **{k: v for k, v in values.items() if k in COMMON_KEYS},
+        )
+
+
+#: The settings every policy takes (caps, correction, warning): :class:`PolicySettings`' own.
+COMMON_KEYS = frozenset(f.name for f in fields(PolicySettings)) - {"name", "parameters"}
+#: Chain keys that are no policy parameter (config chains.NAME): a parameter may not use them.
+RESERVED_KEYS = COMMON_KEYS | {"name", "start", "policy", "description"}
 
 
 @dataclass
@@ -149,6 +241,140 @@ def threshold_rule(base: pd.DataFrame, threshold: float | None) -> Proposal:
     )
 
 
+# --------------------------------------------------------------------------- the registry
+
+PolicyFunction = Callable[[Clips, Clips | None, Sequence[str], PolicySettings, Context], Proposal]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything about one trust policy; :func:`register_policy` makes it.
+
+    functions: {task name: the function that proposes for that task}; a task without one
+    cannot run the policy (config refuses it there).
+    parameters: the dataclass of its own settings (:func:`parameter` fields).
+    correctable: it can refuse a clip for its label, so correct_labels may trust the predicted one.
+    needs_reference: it reads the verified validation clips' posteriors (``reference``).
+    needs_embeddings: it reads the fold models' pooled features too.
+    meant_to_trust: False for the baseline that trusts nothing (no low-trust warning then).
+    summary: what it trusts, in a line (docs/configuration.md "Trust policies").
+    """
+
+    name: str
+    functions: Mapping[str, PolicyFunction]
+    parameters: type = NoParameters
+    correctable: bool = False
+    needs_reference: bool = False
+    needs_embeddings: bool = False
+    meant_to_trust: bool = True
+    summary: str = ""
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Its own config keys, in the dataclass's order."""
+        return tuple(f.name for f in fields(self.parameters))
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Its keys without a default: a chain must set them."""
+        return tuple(f.name for f in fields(self.parameters) if f.default is MISSING)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks it has a function for, in :data:`task.TASKS` order."""
+        return tuple(name for name in TASKS if name in self.functions)
+
+    def function(self, task: Task) -> PolicyFunction:
+        """Its function for ``task``; a ValueError naming the policies that task can run."""
+        if task.name not in self.functions:
+            raise ValueError(
+                f"trust policy {self.name!r} is {', '.join(self.task_names)} only; for the "
+                f"{task.name} task one of {names_for(task)}"
+            )
+        return self.functions[task.name]
+
+    def method_defaults(self) -> dict[str, str]:
+        """{parameter: the method.self_verification key it defaults to}."""
+        return {
+            f.name: f.metadata["method_default"]
+            for f in fields(self.parameters)
+            if f.metadata["method_default"]
+        }
+
+
+#: Every trust policy by name, in registration order (the built-in ones: the end of this module).
+REGISTRY: dict[str, Policy] = {}
+
+
+def register_policy(
+    name: str,
+    functions: Mapping[Task, PolicyFunction],
+    parameters: type = NoParameters,
+    **flags: Any,
+) -> Policy:
+    """Add trust policy ``name``: ``functions`` {task: function} (a task left out cannot run it),
+    ``parameters`` its settings' dataclass, ``flags`` the other :class:`Policy` fields
+    (correctable, needs_reference, needs_embeddings, meant_to_trust, summary). Checked here, so
+    a bad entry fails at import, not in a job: a new name, a frozen keyword-only dataclass of
+    :func:`parameter` fields, no reserved key, and a key another policy also reads means the
+    same (one schema and description in the config)."""
+    if name in REGISTRY:
+        raise ValueError(f"trust policy {name!r} is already registered")
+    if not name.isidentifier() or not functions:
+        raise ValueError(f"trust policy {name!r}: a name like a Python identifier and at least one task")
+    if not is_dataclass(parameters) or any("schema" not in f.metadata for f in fields(parameters)):
+        raise ValueError(f"trust policy {name!r}: parameters must be a dataclass of parameter() fields")
+    clash = sorted({f.name for f in fields(parameters)} & RESERVED_KEYS)
+    if clash:
+        raise ValueError(f"trust policy {name!r}: {clash} are chain keys of every policy")
+    for key, spec in parameter_specs().items():
+        mine = next((f for f in fields(parameters) if f.name == key), None)
+        if mine is not None and (mine.metadata["schema"], mine.metadata["doc"]) != (
+            spec["schema"],
+            spec["doc"],
+        ):
+            raise ValueError(f"trust policy {name!r}: {key} differs from the {key} of {spec['policies']}")
+    policy = Policy(name, {task.name: f for task, f in functions.items()}, parameters, **flags)
+    REGISTRY[name] = policy
+    return policy
+
+
+def policy_named(name: str) -> Policy:
+    """The registered policy ``name``; a ValueError listing the known ones otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown trust policy {name!r}; one of {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def names_for(task: Task) -> list[str]:
+    """The policies ``task`` can run, sorted."""
+    return sorted(name for name, policy in REGISTRY.items() if task.name in policy.functions)
+
+
+def parameter_specs() -> dict[str, dict[str, Any]]:
+    """{key: {schema, doc, policies}} over every registered policy's parameters."""
+    specs: dict[str, dict[str, Any]] = {}
+    for policy in REGISTRY.values():
+        for f in fields(policy.parameters):
+            spec = specs.setdefault(
+                f.name, {"schema": f.metadata["schema"], "doc": f.metadata["doc"], "policies": []}
+            )
+            spec["policies"].append(policy.name)
+    return specs
+
+
+def chain_schema_properties() -> dict[str, dict[str, Any]]:
+    """The registry's part of a chain's JSON schema (config.load_schema adds it): ``policy``
+    one of the registered names, and each parameter key with its schema and a description
+    naming the policies that read it."""
+    properties: dict[str, dict[str, Any]] = {
+        "policy": {"enum": list(REGISTRY), "description": "the trust policy (workflow_lib/policies.py)"}
+    }
+    for key, spec in parameter_specs().items():
+        properties[key] = {**spec["schema"], "description": f"{', '.join(spec['policies'])}: {spec['doc']}"}
+    return properties
+
+
 # --------------------------------------------------------------------------- the policies
 
 
@@ -156,7 +382,7 @@ def paper(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """The paper: argmax = given label and averaged posterior >= threshold (None: off)."""
-    return threshold_rule(_base(judged, classes, judged.posteriors), settings.threshold)
+    return threshold_rule(_base(judged, classes, judged.posteriors), settings.parameters.threshold)
 
 
 def agreement(
@@ -173,7 +399,7 @@ def scheduled_threshold(
     iteration) to threshold_end (last one)."""
     return threshold_rule(
         _base(judged, classes, judged.posteriors),
-        scheduled_value(settings.threshold_start, settings.threshold_end, context),
+        scheduled_value(settings.parameters.threshold_start, settings.parameters.threshold_end, context),
     )
 
 
@@ -246,7 +472,7 @@ def calibrated(
     posteriors, temperatures = calibrated_posteriors(judged, reference, classes)
     log.info("temperatures per fold: %s", {k: round(t, 4) for k, t in temperatures.items()})
     judged.extra["temperatures"] = temperatures
-    return threshold_rule(_base(judged, classes, posteriors), settings.threshold)
+    return threshold_rule(_base(judged, classes, posteriors), settings.parameters.threshold)
 
 
 def confident_learning(
@@ -301,9 +527,9 @@ def label_spreading(
             continue
         features = _unit(np.concatenate([reference.embeddings[ref], judged.embeddings[rows]]))
         labels = np.concatenate([targets[ref], np.full(len(rows), -1)])
-        model = LabelSpreading(kernel="rbf", gamma=settings.gamma, alpha=settings.alpha, max_iter=100).fit(
-            features, labels
-        )
+        model = LabelSpreading(
+            kernel="rbf", gamma=settings.parameters.gamma, alpha=settings.parameters.alpha, max_iter=100
+        ).fit(features, labels)
         distribution = model.label_distributions_[len(ref) :]
         mass[np.ix_(rows, model.classes_)] = np.nan_to_num(distribution)
         spread[rows] = model.classes_[np.nan_to_num(distribution).argmax(axis=1)]
@@ -326,12 +552,17 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.where(norm > 0, norm, 1.0)
 
 
-def _given_labels(
-    judged: Clips, classes: Sequence[str], candidate: bool, weighted: bool, reason: str = ""
+def given_labels(
+    judged: Clips,
+    classes: Sequence[str],
+    candidate: bool | np.ndarray,
+    weighted: bool = False,
+    reason: str | np.ndarray = "",
 ) -> Proposal:
-    """Every judged clip under its given label, scored by p(given label): all candidates or
-    none, loss weight p(given label) (``weighted``) or 1. The policies that decide nothing per
-    clip are this with their settings."""
+    """Every judged clip under its given label, scored by p(given label): all candidates, none,
+    or those ``candidate`` marks (with ``reason`` per refusal); loss weight p(given label)
+    (``weighted``) or 1. The policies that decide nothing per clip are this with their
+    settings, and a new single-label policy that only picks clips can be too."""
     base = _base(judged, classes, judged.posteriors)
     return base.assign(
         candidate=candidate,
@@ -350,58 +581,21 @@ def weighted(
     """Every clip kept, its loss weighted by the out-of-fold posterior of its given label
     (the 3rd-place system of DCASE 2018 Task 2 down-weighted unverified clips instead of
     dropping them). A cap keeps the heaviest clips of each class."""
-    return _given_labels(judged, classes, candidate=True, weighted=True)
+    return given_labels(judged, classes, candidate=True, weighted=True)
 
 
 def trust_all(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """Every given label trusted (the all_labels chain: fine-tuning on every clip as labelled)."""
-    return _given_labels(judged, classes, candidate=True, weighted=False)
+    return given_labels(judged, classes, candidate=True, weighted=False)
 
 
 def trust_none(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """No unverified clip trusted (the verified_only chain)."""
-    return _given_labels(judged, classes, candidate=False, weighted=False, reason=NOT_TRUSTED)
-
-
-POLICIES: dict[str, Callable[..., Proposal]] = {
-    "paper": paper,
-    "calibrated": calibrated,
-    "confident_learning": confident_learning,
-    "agreement": agreement,
-    "scheduled_threshold": scheduled_threshold,
-    "label_spreading": label_spreading,
-    "weighted": weighted,
-    "all": trust_all,
-    "none": trust_none,
-}
-#: Which settings each policy reads (config.py rejects a chain that sets any other).
-POLICY_PARAMETERS: dict[str, set[str]] = {
-    "paper": {"threshold"},
-    "calibrated": {"threshold"},
-    "confident_learning": set(),
-    "agreement": set(),
-    "scheduled_threshold": {"threshold_start", "threshold_end"},
-    "label_spreading": {"gamma", "alpha"},
-    "weighted": set(),
-    "all": set(),
-    "none": set(),
-}
-#: Policies that can refuse a clip for its label, and so may correct it (correct_labels).
-CORRECTABLE = {
-    "paper",
-    "calibrated",
-    "confident_learning",
-    "agreement",
-    "scheduled_threshold",
-    "label_spreading",
-}
-#: Policies whose decisions need the verified validation clips' posteriors / embeddings.
-NEEDS_REFERENCE = {"calibrated", "label_spreading"}
-NEEDS_EMBEDDINGS = {"label_spreading"}
+    return given_labels(judged, classes, candidate=False, weighted=False, reason=NOT_TRUSTED)
 
 
 # --------------------------------------------------------------------------- caps and decisions
@@ -447,30 +641,6 @@ def decide(proposal: Proposal, classes: Sequence[str], settings: PolicySettings)
     out["accepted"] = out["reason"].isin([ACCEPTED, CORRECTED])
     out["weight"] = np.where(out["accepted"], out["weight"].astype(float), 0.0)
     return out[[c for c in DECISION_COLUMNS if c in out.columns]]
-
-
-def apply_policy(
-    judged: Clips,
-    reference: Clips | None,
-    classes: Sequence[str],
-    settings: PolicySettings,
-    context: Context = Context(),
-    multi_label: bool = False,
-) -> pd.DataFrame:
-    """The decisions of ``settings.name`` on ``judged`` (see the module docstring); with
-    ``multi_label`` one row per (clip, given label) (:data:`LABEL_DECISION_COLUMNS`)."""
-    if multi_label:
-        if settings.name not in MULTI_LABEL_POLICIES:
-            raise ValueError(
-                f"trust policy {settings.name!r} is single-label only; in multi-label mode one of "
-                f"{sorted(MULTI_LABEL_POLICIES)}"
-            )
-        proposal = MULTI_LABEL_POLICIES[settings.name](judged, reference, classes, settings, context)
-        return decide_labels(proposal, classes, settings)
-    if settings.name not in POLICIES:
-        raise ValueError(f"unknown trust policy {settings.name!r}; one of {sorted(POLICIES)}")
-    proposal = POLICIES[settings.name](judged, reference, classes, settings, context)
-    return decide(proposal, classes, settings)
 
 
 # --------------------------------------------------------------------------- multi-label mode
@@ -540,7 +710,7 @@ def ml_paper(
 ) -> Proposal:
     """A given label is trusted when its K-excerpt averaged sigmoid reaches the threshold
     (threshold None: when it is in the predicted set, as ``agreement``)."""
-    threshold = PREDICTED_AT if settings.threshold is None else settings.threshold
+    threshold = PREDICTED_AT if settings.parameters.threshold is None else settings.parameters.threshold
     return label_threshold_rule(label_rows(judged, classes, judged.posteriors), threshold)
 
 
@@ -555,7 +725,9 @@ def ml_scheduled_threshold(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """``paper`` per label with the threshold moving from threshold_start to threshold_end."""
-    threshold = scheduled_value(settings.threshold_start, settings.threshold_end, context)
+    threshold = scheduled_value(
+        settings.parameters.threshold_start, settings.parameters.threshold_end, context
+    )
     return label_threshold_rule(label_rows(judged, classes, judged.posteriors), threshold)
 
 
@@ -616,7 +788,7 @@ def ml_calibrated(
     posteriors, temperatures = calibrated_sigmoids(judged, reference, classes)
     log.info("temperatures per fold: %s", {k: round(t, 4) for k, t in temperatures.items()})
     judged.extra["temperatures"] = temperatures
-    threshold = PREDICTED_AT if settings.threshold is None else settings.threshold
+    threshold = PREDICTED_AT if settings.parameters.threshold is None else settings.parameters.threshold
     return label_threshold_rule(label_rows(judged, classes, posteriors), threshold)
 
 
@@ -662,17 +834,6 @@ def multilabel_label_issues(cells: pd.Series, posteriors: np.ndarray, classes: S
     return mask.T if isinstance(per_class, list) else mask
 
 
-MULTI_LABEL_POLICIES: dict[str, Callable[..., Proposal]] = {
-    "paper": ml_paper,
-    "calibrated": ml_calibrated,
-    "agreement": ml_agreement,
-    "scheduled_threshold": ml_scheduled_threshold,
-    "confident_learning": ml_confident_learning,
-    "all": ml_trust_all,
-    "none": ml_trust_none,
-}
-
-
 def decide_labels(proposal: Proposal, classes: Sequence[str], settings: PolicySettings) -> pd.DataFrame:
     """The per-class caps over (clip, label) rows: within each class the highest scores win,
     ties by file name; the fraction cap counts the class's judged labels."""
@@ -693,7 +854,92 @@ def decide_labels(proposal: Proposal, classes: Sequence[str], settings: PolicySe
 
 def low_trust(n_trusted: int, n_judged: int, policy: str, min_share: float) -> bool:
     """True when a policy that is meant to trust clips trusted none, or fewer than min_share of
-    the judged clips (the iteration then fine-tunes on little more than the verified clips)."""
-    if policy == "none" or n_judged == 0:
+    the judged clips (the iteration then fine-tunes on little more than the verified clips).
+    A name this process has not registered counts as meant to trust."""
+    meant = REGISTRY[policy].meant_to_trust if policy in REGISTRY else True
+    if not meant or n_judged == 0:
         return False
     return n_trusted == 0 or n_trusted < min_share * n_judged
+
+
+#: The caps (and correction) per task: one row per clip, or per (clip, given label).
+DECIDERS: dict[str, Callable[[Proposal, Sequence[str], PolicySettings], pd.DataFrame]] = {
+    SINGLE.name: decide,
+    MULTI.name: decide_labels,
+}
+#: The columns of the decisions per task (decisions.csv, before the true labels).
+DECISIONS_OF: dict[str, list[str]] = {SINGLE.name: DECISION_COLUMNS, MULTI.name: LABEL_DECISION_COLUMNS}
+
+
+def apply_policy(
+    judged: Clips,
+    reference: Clips | None,
+    classes: Sequence[str],
+    settings: PolicySettings,
+    context: Context = Context(),
+    task: Task = SINGLE,
+) -> pd.DataFrame:
+    """The decisions of ``settings.name`` on ``judged`` for ``task`` (see the module
+    docstring): the policy's function for the task proposes, the task's decider caps
+    (:data:`DECISIONS_OF` gives the columns)."""
+    propose = policy_named(settings.name).function(task)
+    return DECIDERS[task.name](propose(judged, reference, classes, settings, context), classes, settings)
+
+
+# --------------------------------------------------------------------------- the built-in policies
+
+register_policy(
+    "paper",
+    {SINGLE: paper, MULTI: ml_paper},
+    ThresholdParameters,
+    correctable=True,
+    summary="argmax = given label and averaged posterior >= threshold (the paper)",
+)
+register_policy(
+    "calibrated",
+    {SINGLE: calibrated, MULTI: ml_calibrated},
+    ThresholdParameters,
+    correctable=True,
+    needs_reference=True,
+    summary="paper after per-fold temperature scaling on the fold's verified validation clips",
+)
+register_policy(
+    "confident_learning",
+    {SINGLE: confident_learning, MULTI: ml_confident_learning},
+    correctable=True,
+    summary="every label cleanlab does not flag",
+)
+register_policy(
+    "agreement",
+    {SINGLE: agreement, MULTI: ml_agreement},
+    correctable=True,
+    summary="argmax = given label (multi-label: the label is in the predicted set)",
+)
+register_policy(
+    "scheduled_threshold",
+    {SINGLE: scheduled_threshold, MULTI: ml_scheduled_threshold},
+    ScheduleParameters,
+    correctable=True,
+    summary="paper with a threshold moving linearly over the judging iterations",
+)
+register_policy(
+    "label_spreading",
+    {SINGLE: label_spreading},
+    SpreadingParameters,
+    correctable=True,
+    needs_reference=True,
+    needs_embeddings=True,
+    summary="scikit-learn LabelSpreading per fold over the fold model's pooled features",
+)
+register_policy(
+    "weighted",
+    {SINGLE: weighted},
+    summary="every clip, its loss weighted by the posterior of its given label",
+)
+register_policy("all", {SINGLE: trust_all, MULTI: ml_trust_all}, summary="every given label")
+register_policy(
+    "none",
+    {SINGLE: trust_none, MULTI: ml_trust_none},
+    meant_to_trust=False,
+    summary="no unverified clip (label)",
+)

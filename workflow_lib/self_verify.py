@@ -11,8 +11,10 @@ iteration, never accumulated.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,6 @@ from torch import nn
 from .data import ClipBank
 from .dataset import TOTAL_ROW
 from .labels import join_labels, split_labels
-from .model import probabilities
 from .policies import (  # re-exported: the decision vocabulary
     ACCEPTED,
     BELOW_THRESHOLD,
@@ -31,11 +32,13 @@ from .policies import (  # re-exported: the decision vocabulary
     DECISION_COLUMNS,
     LABEL_MISMATCH,
     Clips,
+    Context,
     PolicySettings,
     apply_policy,
     threshold_rule,
 )
 from .policies import decide as decide_proposal
+from .task import MULTI, SINGLE, Task, task_named
 from .training import autocast_for
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ __all__ = [
     "CORRECTED",
     "DECISION_COLUMNS",
     "LABEL_MISMATCH",
-    "SelfVerifySettings",
+    "TrustSettings",
     "decide",
     "excerpt_posteriors",
     "judge_folds",
@@ -60,28 +63,51 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class SelfVerifySettings:
+@dataclass(frozen=True, kw_only=True)
+class TrustSettings:
+    """One trust job's settings, typed: job_settings.trust_settings' keys, built once from its
+    JSON (:meth:`from_json`) and passed by keyword. Everything the judging and the policy read,
+    and nothing twice (the policy's threshold and caps live in ``policy`` only)."""
+
+    task: Task = SINGLE  # softmax and a decision per clip, or sigmoids and one per given label
     excerpts: int  # K
-    threshold: float | None  # the paper policy's (None: off, the authors' script)
-    max_per_class: int | None
     excerpt_frames: int
     seed: int
-    batch_size: int = 256  # excerpts per forward pass
     amp: bool = True
-    multi_label: bool = False  # per-class sigmoids and per-label decisions (fsdkaggle2019)
+    batch_size: int = 256  # excerpts per forward pass (not a job setting: the default)
+    policy: PolicySettings
+    iteration: int = 0  # the judging iteration (its fold models judge)
+    iterations: int = 1  # judging iterations in the chain
+    frames: int = 400  # spectrogram frames of a stored clip
+    device: str = "auto"
+
+    @property
+    def context(self) -> Context:
+        """Where in the chain the policy runs."""
+        return Context(self.iteration, self.iterations)
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, Any]) -> TrustSettings:
+        """From the job settings (names for the task and the policy, a mapping for the policy)."""
+        return cls(
+            **{
+                **values,
+                "task": task_named(values["task"]),
+                "policy": PolicySettings.from_mapping(values["policy"]),
+            }
+        )
 
 
 @torch.no_grad()
 def excerpt_posteriors(
     model: nn.Module,
     bank: ClipBank,
-    settings: SelfVerifySettings,
+    settings: TrustSettings,
     rng: np.random.Generator,
     embeddings: bool = False,
 ):
     """Average of the posteriors of K random excerpts per clip: (n_clips, n_classes), float64
-    (softmax, or per-class sigmoids with ``settings.multi_label``).
+    (the task's activation: a softmax, or per-class sigmoids).
 
     embeddings=True: also the average over the same excerpts of the globally pooled output of
     the last feature layer, (n_clips, features); the posteriors are the same numbers.
@@ -103,7 +129,7 @@ def excerpt_posteriors(
                 pooled.append(feats.view(-1, k, feats.shape[1]).mean(dim=1))
             else:
                 logits = model(inputs)
-        probs = probabilities(logits, settings.multi_label).double().cpu()
+        probs = settings.task.activation(logits).double().cpu()
         averaged.append(probs.view(-1, k, probs.shape[1]).mean(dim=1))
     n_classes = getattr(model, "n_classes", 0)
     posteriors = torch.cat(averaged).numpy() if averaged else np.zeros((0, n_classes))
@@ -117,7 +143,7 @@ def judge_folds(
     models: dict[int, nn.Module],
     banks: dict[int, ClipBank],
     clips: dict[int, pd.DataFrame],
-    settings: SelfVerifySettings,
+    settings: TrustSettings,
     rng: np.random.Generator,
     label_column: str,
     embeddings: bool = False,
@@ -159,7 +185,7 @@ def decide(judged: pd.DataFrame, threshold: float | None, max_per_class: int | N
     classes = sorted(set(judged["given_label"]) | set(judged["predicted_label"]))
     proposal = threshold_rule(judged, threshold)
     return decide_proposal(
-        proposal, classes, PolicySettings("paper", threshold=threshold, max_per_class=max_per_class)
+        proposal, classes, PolicySettings.of("paper", threshold=threshold, max_per_class=max_per_class)
     )
 
 
@@ -168,20 +194,16 @@ def self_verify(
     banks: dict[int, ClipBank],
     unverified: dict[int, pd.DataFrame],
     classes: list[str],
-    settings: SelfVerifySettings,
-    policy: PolicySettings | None = None,
+    settings: TrustSettings,
 ) -> pd.DataFrame:
-    """Judge every fold's held-out unverified clips, then decide across folds (the cap is
-    global). ``policy``: default the paper's rule with ``settings``' threshold and cap."""
-    policy = policy or PolicySettings(
-        "paper", threshold=settings.threshold, max_per_class=settings.max_per_class
-    )
+    """Judge every fold's held-out unverified clips, then decide across folds with
+    ``settings.policy`` (the cap is global)."""
     judged = judge_folds(
         models, banks, unverified, settings, np.random.default_rng(settings.seed), "given_label"
     )
     if len(judged.posteriors) == 0:
         judged.posteriors = np.zeros((0, len(classes)))
-    return apply_policy(judged, None, classes, policy, multi_label=settings.multi_label)
+    return apply_policy(judged, None, classes, settings.policy, settings.context, settings.task)
 
 
 def new_training_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
@@ -231,23 +253,26 @@ def precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-# --- multi-label mode: decisions per (clip, given label) ------------------------------------
-
-
-def with_truth(decisions: pd.DataFrame, truth: pd.Series, multi_label: bool = False) -> pd.DataFrame:
+def with_truth(decisions: pd.DataFrame, truth: pd.Series, task: Task = SINGLE) -> pd.DataFrame:
     """Adds ``true_label`` (the clip's true label, or set) when it is known for every judged
-    clip, and in multi-label mode ``correct`` (1 when the judged label is in the true set)."""
+    clip, and what the task's tables count as right (label sets: ``correct``)."""
     if not len(decisions) or not len(truth):
         return decisions
     known = decisions["fname"].map(truth)
     if known.isna().any() or (known == "").any():
         return decisions
-    out = decisions.assign(true_label=known)
-    if multi_label:
-        out["correct"] = [
-            int(label in split_labels(true)) for label, true in zip(out["label"], out["true_label"])
-        ]
-    return out
+    return TABLES[task.name].mark(decisions.assign(true_label=known))
+
+
+# --- label sets (the multi-label task): decisions per (clip, given label) --------------------
+
+
+def label_in_truth(decisions: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``correct``: 1 when the judged label is in the clip's true set."""
+    correct = [
+        int(label in split_labels(true)) for label, true in zip(decisions["label"], decisions["true_label"])
+    ]
+    return decisions.assign(correct=correct)
 
 
 def new_label_list(folds: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
@@ -317,3 +342,18 @@ def read_decisions(path: Path) -> pd.DataFrame:
     )
     table["accepted"] = table["accepted"].astype(bool)
     return table
+
+
+@dataclass(frozen=True)
+class TaskTables:
+    """What turns one task's decisions into the trust job's tables, selected by task name."""
+
+    mark: Callable[[pd.DataFrame], pd.DataFrame]  # decisions with true labels: what is right
+    precision: Callable[[pd.DataFrame, list[str]], pd.DataFrame]  # per_class.csv
+    training_list: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]  # the next train_list.csv
+
+
+TABLES: dict[str, TaskTables] = {
+    SINGLE.name: TaskTables(lambda decisions: decisions, precision_table, new_training_list),
+    MULTI.name: TaskTables(label_in_truth, label_precision_table, new_label_list),
+}

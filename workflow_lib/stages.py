@@ -50,18 +50,10 @@ from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import split_labels
 from .layout import MODEL_FILES, TRUST_FILES, Layout
 from .model import architecture_metadata, build_network, load_model
-from .policies import NEEDS_EMBEDDINGS, Clips, Context, PolicySettings, apply_policy, low_trust
+from .policies import Clips, apply_policy, low_trust, policy_named
 from .preprocess import SpectrogramStore
 from .selection import best_epoch_row, chosen_iteration
-from .self_verify import (
-    SelfVerifySettings,
-    judge_folds,
-    label_precision_table,
-    new_label_list,
-    new_training_list,
-    precision_table,
-    with_truth,
-)
+from .self_verify import TABLES, TrustSettings, judge_folds, with_truth
 from .task import MULTI, SINGLE, Task, task_named, task_of_saved
 from .training import CheckpointPolicy, FitSettings, RunOptions, fit, predict_whole
 
@@ -343,9 +335,10 @@ def initial_list_job(folds_csv: Path, out_csv: Path, start: str) -> pd.DataFrame
     return table
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrustJob:
-    """One iteration of one chain: its fold models judge, its policy decides."""
+    """One iteration of one chain: its fold models judge, its policy decides. The files it
+    reads and writes, where it runs, and its one settings object (by keyword)."""
 
     model_paths: dict[int, Path]
     manifest_csv: Path
@@ -353,12 +346,7 @@ class TrustJob:
     classes_csv: Path
     train_csv: Path
     out_dir: Path
-    settings: SelfVerifySettings
-    policy: dict
-    iteration: int = 0
-    iterations: int = 1
-    frames: int = 400
-    device: str = "auto"
+    settings: TrustSettings
     threads: int = 1
     lock_dir: Path = Path(".gpu_locks")
 
@@ -385,28 +373,46 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
     """Judge every fold's held-out unverified clips (and, for calibration and label spreading,
     its verified validation clips, with another random stream), apply the chain's policy, and
     write posteriors, decisions, per-class table and the next training list."""
-    multi_label = job.settings.multi_label
-    choice = select_device(job.device, job.lock_dir, job.threads)
-    policy = PolicySettings.from_mapping(job.policy)
+    settings = job.settings
+    choice = select_device(settings.device, job.lock_dir, job.threads)
     classes = read_classes(job.classes_csv)
     folds = read_csv_str(job.folds_csv)
-    judged, reference = _judge_held_out(job, folds, choice.device, policy.name in NEEDS_EMBEDDINGS)
+    embeddings = policy_named(settings.policy.name).needs_embeddings
+    judged, reference = _judge_held_out(job, folds, choice.device, embeddings)
     for clips in (judged, reference):
         if clips.posteriors.shape[1] == 0:
             clips.posteriors = np.zeros((len(clips.table), len(classes)))
-    context = Context(job.iteration, job.iterations)
-    decisions = apply_policy(judged, reference, classes, policy, context, multi_label)
+    decisions = apply_policy(judged, reference, classes, settings.policy, settings.context, settings.task)
     train = read_csv_str(job.train_csv)
     truth = train.set_index("fname")["true_label"] if "true_label" in train else pd.Series(dtype=str)
-    decisions = with_truth(decisions, truth, multi_label)
+    decisions = with_truth(decisions, truth, settings.task)
+    _write_trust_files(job, classes, folds, (judged, reference), decisions)
+    _warn_low_trust(settings, decisions)
+    choice.release()
+    return decisions
+
+
+def _write_trust_files(
+    job: TrustJob,
+    classes: list[str],
+    folds: pd.DataFrame,
+    judged: tuple[Clips, Clips],
+    decisions: pd.DataFrame,
+) -> None:
+    """posteriors.csv (judged) and valid_posteriors.csv (reference), decisions.csv, the
+    per-class table and the next training list, as the task makes them."""
     out = {role: job.out_dir / name for role, name in TRUST_FILES.items()}
-    write_csv(posterior_frame(judged, classes, "given_label"), out["posteriors"])
-    write_csv(posterior_frame(reference, classes, "label"), out["valid_posteriors"])
+    tables = TABLES[job.settings.task.name]
+    write_csv(posterior_frame(judged[0], classes, "given_label"), out["posteriors"])
+    write_csv(posterior_frame(judged[1], classes, "label"), out["valid_posteriors"])
     write_csv(decisions, out["decisions"])
-    table = label_precision_table if multi_label else precision_table
-    write_csv(table(decisions, classes), out["per_class"])
-    training_list = new_label_list if multi_label else new_training_list
-    write_csv(training_list(folds, decisions), out["train_list"])
+    write_csv(tables.precision(decisions, classes), out["per_class"])
+    write_csv(tables.training_list(folds, decisions), out["train_list"])
+
+
+def _warn_low_trust(settings: TrustSettings, decisions: pd.DataFrame) -> None:
+    """A WARNING when the policy trusted none, or few, of what it judged (policies.low_trust)."""
+    policy = settings.policy
     n_trusted = int(decisions["accepted"].sum())
     if low_trust(n_trusted, len(decisions), policy.name, policy.min_trusted_share):
         log.warning(
@@ -415,11 +421,9 @@ def self_verify_job(job: TrustJob) -> pd.DataFrame:
             policy.name,
             n_trusted,
             len(decisions),
-            "labels" if multi_label else "clips",
-            job.iteration,
+            settings.task.trust_unit,
+            settings.iteration,
         )
-    choice.release()
-    return decisions
 
 
 def _judge_held_out(
@@ -430,7 +434,8 @@ def _judge_held_out(
     verified clips, the reference some policies calibrate on. Each set has its own random
     stream (``seed``, ``[seed, 1]``): judging the reference does not shift the judgement."""
     store = SpectrogramStore.open(job.manifest_csv)
-    models = trust_models(job.model_paths, device, MULTI if job.settings.multi_label else SINGLE)
+    settings = job.settings
+    models = trust_models(job.model_paths, device, settings.task)
 
     def held_out(verified: str) -> tuple[dict[int, pd.DataFrame], dict[int, ClipBank]]:
         clips = {
@@ -440,18 +445,18 @@ def _judge_held_out(
             for k in job.model_paths
         }
         banks = {
-            k: ClipBank.from_store(store, list(c["fname"]), job.frames, device) for k, c in clips.items()
+            k: ClipBank.from_store(store, list(c["fname"]), settings.frames, device) for k, c in clips.items()
         }
         return clips, banks
 
-    seed = job.settings.seed
+    seed = settings.seed
     unverified, banks = held_out("0")
     judged = judge_folds(
-        models, banks, unverified, job.settings, np.random.default_rng(seed), "given_label", embeddings
+        models, banks, unverified, settings, np.random.default_rng(seed), "given_label", embeddings
     )
     verified, valid_banks = held_out("1")
     reference = judge_folds(
-        models, valid_banks, verified, job.settings, np.random.default_rng([seed, 1]), "label", embeddings
+        models, valid_banks, verified, settings, np.random.default_rng([seed, 1]), "label", embeddings
     )
     return judged, reference
 

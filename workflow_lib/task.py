@@ -175,6 +175,14 @@ class Task:
         metric = self.selection_metric.removeprefix("valid_")
         return f"{'highest' if self.higher_is_better else 'lowest'} mean CV {metric}"
 
+    # --- h20c: trust
+    @property
+    def corrects_labels(self) -> bool:
+        """Whether a trust policy may trust a refused clip under its predicted class
+        (correct_labels): a clip's one label can be replaced; a label set keeps a subset of its
+        given labels and none is replaced."""
+        return not self.label_sets
+
 
 SINGLE = Task(
     name="single-label",

@@ -23,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from workflow_lib.policies import Clips, PolicySettings, apply_policy  # noqa: E402
 
 SETTINGS = {
-    "paper 0.9, cap 40 (the method here)": PolicySettings("paper", threshold=0.9, max_per_class=40),
-    "paper 0.9, no cap": PolicySettings("paper", threshold=0.9),
-    "paper no threshold, cap 40 (authors' script)": PolicySettings("paper", max_per_class=40),
-    "calibrated 0.9, cap 40": PolicySettings("calibrated", threshold=0.9, max_per_class=40),
-    "calibrated 0.9, no cap": PolicySettings("calibrated", threshold=0.9),
-    "agreement, no cap": PolicySettings("agreement"),
-    "confident_learning, no cap": PolicySettings("confident_learning"),
+    "paper 0.9, cap 40 (the method here)": PolicySettings.of("paper", threshold=0.9, max_per_class=40),
+    "paper 0.9, no cap": PolicySettings.of("paper", threshold=0.9),
+    "paper no threshold, cap 40 (authors' script)": PolicySettings.of("paper", max_per_class=40),
+    "calibrated 0.9, cap 40": PolicySettings.of("calibrated", threshold=0.9, max_per_class=40),
+    "calibrated 0.9, no cap": PolicySettings.of("calibrated", threshold=0.9),
+    "agreement, no cap": PolicySettings.of("agreement"),
+    "confident_learning, no cap": PolicySettings.of("confident_learning"),
 }
 
 
