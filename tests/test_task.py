@@ -198,3 +198,34 @@ def test_predict_whole_applies_the_tasks_activation():
         np.testing.assert_array_equal(
             predict_whole(model, bank, 2, amp=False, task=task), task.activation(logits)
         )
+
+
+def test_the_schema_offers_exactly_the_registered_networks():
+    """A preset names its network (``method.nets.<preset>.architecture``): the config schema's
+    choice is the registry's, so a registered network is selectable and nothing else is."""
+    import yaml
+
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    assert sorted(schema["$defs"]["net"]["properties"]["architecture"]["enum"]) == sorted(NETWORKS)
+
+
+def test_a_preset_naming_its_network_resolves_and_builds_it():
+    import copy
+
+    import yaml
+
+    from workflow_lib.config import resolve_settings
+    from workflow_lib.job_settings import fit_settings
+    from workflow_lib.model import build_network
+
+    from conftest import REPO
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    preset = config["method"]["presets"][0]
+    config = copy.deepcopy(config)
+    config["method"]["nets"][preset]["architecture"] = "vgg_gap"
+    job = fit_settings(resolve_settings(config), preset, 0)
+    assert job["net"]["architecture"] == "vgg_gap"
+    assert build_network(job["net"], 5).n_classes == 5
