@@ -5,4 +5,4 @@ Plain importable functions; the Snakemake rules in ``rules/`` only wire them tog
 
 #: The one place the version is written: pyproject.toml reads it (``[tool.setuptools.dynamic]``),
 #: every CLI step logs it, and the Snakemake report shows it. Changes per version: CHANGELOG.md.
-__version__ = "0.4.0"
+__version__ = "0.5.0"
