@@ -183,8 +183,27 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
             )
         if "correct_threshold" in chain and not chain.get("correct_labels"):
             problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
+        problems += _ceiling_checks(name, chain, settings["method"]["self_verification"]["threshold"])
     run = [c for c in settings["run_chains"] if c in chains]
     return problems + _task_chain_checks(chains, run, task_of_settings(settings))
+
+
+def _ceiling_checks(name: str, chain: Mapping[str, Any], method_threshold: float | None) -> list[str]:
+    """threshold_ceiling must lie above every threshold the chain applies (its own, the
+    method's when it leaves ``threshold`` out, or both ends of a schedule): a ceiling at or below
+    the threshold would trust nothing, a mistake better caught at start than after training."""
+    ceiling = chain.get("threshold_ceiling")
+    if ceiling is None:
+        return []
+    keys = [k for k in ("threshold", "threshold_start", "threshold_end") if k in chain]
+    thresholds = {k: chain[k] for k in keys} or {"method.self_verification.threshold": method_threshold}
+    low = {k: v for k, v in thresholds.items() if v is not None and ceiling <= v}
+    if not low:
+        return []
+    return [
+        f"config key chains.{name}.threshold_ceiling: {ceiling} must be above the threshold "
+        f"({', '.join(f'{k} {v}' for k, v in low.items())}), or no clip could be trusted"
+    ]
 
 
 #: The tasks whose decisions may replace a refused label by the predicted one (correct_labels).

@@ -53,6 +53,7 @@ ACCEPTED = "accepted"
 CORRECTED = "accepted_corrected"  # trusted under the predicted label (correct_labels)
 LABEL_MISMATCH = "label_mismatch"  # the given label is not the argmax
 BELOW_THRESHOLD = "below_threshold"  # argmax, but its (calibrated) posterior is too low
+ABOVE_CEILING = "above_ceiling"  # confident beyond threshold_ceiling: teaches nothing new
 CLASS_CAP = "class_cap"  # would pass, but the class already reached its cap
 FLAGGED = "flagged_label_issue"  # confident learning flags the given label
 SPREAD_DISAGREES = "spread_disagrees"  # label spreading assigns another label
@@ -93,6 +94,19 @@ def parameter(
 FRACTION = {"$ref": "#/$defs/fraction"}
 
 
+def ceiling_parameter() -> Any:
+    """``threshold_ceiling``, one definition for every threshold policy (the registry refuses a
+    shared key whose schema or doc differs). A clip (label) whose averaged posterior of its
+    given label is above it is refused (``above_ceiling``): as in the NTU DCASE 2018 system's
+    scheduled threshold with a lower and an upper bound, a clip the model is already sure of
+    teaches the next fine-tuning nothing new. None (the default): no ceiling."""
+    return parameter(
+        default=None,
+        doc="refuse a clip (label) whose averaged posterior is above this (null or absent: no ceiling)",
+        schema={"oneOf": [{"type": "null"}, FRACTION]},
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class NoParameters:
     """A policy that reads no setting of its own (only the caps every policy takes)."""
@@ -108,6 +122,7 @@ class ThresholdParameters:
         schema={"oneOf": [{"type": "null"}, FRACTION]},
         method_default="threshold",
     )
+    threshold_ceiling: float | None = ceiling_parameter()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +131,7 @@ class ScheduleParameters:
 
     threshold_start: float = parameter(doc="at the first judging iteration", schema=FRACTION)
     threshold_end: float = parameter(doc="at the last judging iteration", schema=FRACTION)
+    threshold_ceiling: float | None = ceiling_parameter()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,14 +240,18 @@ def _base(judged: Clips, classes: Sequence[str], posteriors: np.ndarray) -> pd.D
     )
 
 
-def threshold_rule(base: pd.DataFrame, threshold: float | None) -> Proposal:
+def threshold_rule(base: pd.DataFrame, threshold: float | None, ceiling: float | None = None) -> Proposal:
     """The paper's first two conditions (docs/method.md "Self-verification"): argmax = given
-    label, posterior >= threshold."""
+    label, posterior >= threshold; with a ``ceiling``, also posterior <= ceiling (a refused
+    clip above it keeps alt_score -inf: its label is right, so it is never corrected)."""
     match = base["given_label"] == base["predicted_label"]
     confident = match if threshold is None else match & (base["p_given"] >= threshold)
-    reason = np.where(~match, LABEL_MISMATCH, np.where(~confident, BELOW_THRESHOLD, ""))
+    above = confident & (base["p_given"] > ceiling) if ceiling is not None else confident & False
+    reason = np.where(
+        ~match, LABEL_MISMATCH, np.where(~confident, BELOW_THRESHOLD, np.where(above, ABOVE_CEILING, ""))
+    )
     return base.assign(
-        candidate=confident.to_numpy(),
+        candidate=(confident & ~above).to_numpy(),
         score=base["p_given"],
         trusted_label=base["given_label"],
         weight=1.0,
@@ -382,7 +402,10 @@ def paper(
     judged: Clips, reference: Clips | None, classes: Sequence[str], settings: PolicySettings, context: Context
 ) -> Proposal:
     """The paper: argmax = given label and averaged posterior >= threshold (None: off)."""
-    return threshold_rule(_base(judged, classes, judged.posteriors), settings.parameters.threshold)
+    parameters = settings.parameters
+    return threshold_rule(
+        _base(judged, classes, judged.posteriors), parameters.threshold, parameters.threshold_ceiling
+    )
 
 
 def agreement(
@@ -397,9 +420,11 @@ def scheduled_threshold(
 ) -> Proposal:
     """The paper's rule with a threshold moving linearly from threshold_start (first judging
     iteration) to threshold_end (last one)."""
+    parameters = settings.parameters
     return threshold_rule(
         _base(judged, classes, judged.posteriors),
-        scheduled_value(settings.parameters.threshold_start, settings.parameters.threshold_end, context),
+        scheduled_value(parameters.threshold_start, parameters.threshold_end, context),
+        parameters.threshold_ceiling,
     )
 
 
@@ -472,7 +497,10 @@ def calibrated(
     posteriors, temperatures = calibrated_posteriors(judged, reference, classes)
     log.info("temperatures per fold: %s", {k: round(t, 4) for k, t in temperatures.items()})
     judged.extra["temperatures"] = temperatures
-    return threshold_rule(_base(judged, classes, posteriors), settings.parameters.threshold)
+    parameters = settings.parameters
+    return threshold_rule(
+        _base(judged, classes, posteriors), parameters.threshold, parameters.threshold_ceiling
+    )
 
 
 def confident_learning(
@@ -696,13 +724,17 @@ def label_rows(judged: Clips, classes: Sequence[str], posteriors: np.ndarray) ->
     )
 
 
-def label_threshold_rule(rows: pd.DataFrame, threshold: float) -> Proposal:
-    """A given label is a candidate when its averaged sigmoid reaches ``threshold``; a refusal
-    says whether the label was outside the predicted set (< 0.5) or only below the threshold."""
+def label_threshold_rule(rows: pd.DataFrame, threshold: float, ceiling: float | None = None) -> Proposal:
+    """A given label is a candidate when its averaged sigmoid reaches ``threshold`` (and, with
+    a ``ceiling``, is not above it); a refusal says whether the label was outside the
+    predicted set (< 0.5), only below the threshold, or above the ceiling."""
     confident = rows["score"] >= threshold
     predicted = rows["score"] >= PREDICTED_AT
-    reason = np.where(confident, "", np.where(~predicted, NOT_PREDICTED, BELOW_THRESHOLD))
-    return rows.assign(candidate=confident.to_numpy(), weight=1.0, reason=reason)
+    above = confident & (rows["score"] > ceiling) if ceiling is not None else confident & False
+    reason = np.where(
+        above, ABOVE_CEILING, np.where(confident, "", np.where(~predicted, NOT_PREDICTED, BELOW_THRESHOLD))
+    )
+    return rows.assign(candidate=(confident & ~above).to_numpy(), weight=1.0, reason=reason)
 
 
 def ml_paper(
@@ -711,7 +743,9 @@ def ml_paper(
     """A given label is trusted when its K-excerpt averaged sigmoid reaches the threshold
     (threshold None: when it is in the predicted set, as ``agreement``)."""
     threshold = PREDICTED_AT if settings.parameters.threshold is None else settings.parameters.threshold
-    return label_threshold_rule(label_rows(judged, classes, judged.posteriors), threshold)
+    return label_threshold_rule(
+        label_rows(judged, classes, judged.posteriors), threshold, settings.parameters.threshold_ceiling
+    )
 
 
 def ml_agreement(
@@ -728,7 +762,9 @@ def ml_scheduled_threshold(
     threshold = scheduled_value(
         settings.parameters.threshold_start, settings.parameters.threshold_end, context
     )
-    return label_threshold_rule(label_rows(judged, classes, judged.posteriors), threshold)
+    return label_threshold_rule(
+        label_rows(judged, classes, judged.posteriors), threshold, settings.parameters.threshold_ceiling
+    )
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -789,7 +825,9 @@ def ml_calibrated(
     log.info("temperatures per fold: %s", {k: round(t, 4) for k, t in temperatures.items()})
     judged.extra["temperatures"] = temperatures
     threshold = PREDICTED_AT if settings.parameters.threshold is None else settings.parameters.threshold
-    return label_threshold_rule(label_rows(judged, classes, posteriors), threshold)
+    return label_threshold_rule(
+        label_rows(judged, classes, posteriors), threshold, settings.parameters.threshold_ceiling
+    )
 
 
 def ml_trust_all(
