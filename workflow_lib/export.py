@@ -1,7 +1,7 @@
 """The trained system as one network, and its export to a self-contained folder.
 
 :class:`FusedTagger` holds the chosen iteration's fold models of every preset and fuses them
-as the run did (fold average per preset, then the mean or learned fusion of
+as the run did (fold average per preset, then the run's fusion (fusion.FUSIONS) of
 :func:`workflow_lib.fusion.fused_posteriors`): spectrograms in, posteriors out. The `tag`
 command runs it straight from ``results/``; :func:`export_bundle` writes it in every format of
 workflow_lib/export_formats.py (TorchScript, ONNX) with the class list, the preprocessing
@@ -26,7 +26,7 @@ from .choice import read_choice
 from .dataset import read_classes
 from .errors import UserError
 from .export_formats import EXPORT_FORMATS, example_inputs
-from .fusion import fused_posteriors
+from .fusion import fused_posteriors, read_parameter_table
 from .io import read_csv_str, write_csv, write_json, write_text
 from .layout import Layout
 from .model import load_model
@@ -42,7 +42,8 @@ class FusedTagger(nn.Module):
 
     ``members[m]`` are preset m's fold models, fed input ``inputs[m]``; their outputs under
     the task's activation (softmax, or per-class sigmoids: :meth:`Task.activation`) are
-    averaged (as ``predict`` does), then the presets are fused with ``weights`` and, for the
+    averaged (as ``predict`` does), then the presets are fused by ``fusion`` (a
+    fusion.FUSIONS name) with ``weights`` (per preset, or per preset and class) and, for the
     learned fusion, ``bias``. The module keeps the task's name, a plain string, not the task:
     it is traced to TorchScript and ONNX, which record tensors and plain values only.
     """
@@ -54,11 +55,14 @@ class FusedTagger(nn.Module):
         weights: np.ndarray,
         bias: np.ndarray | None,
         task: Task = SINGLE,
+        fusion: str | None = None,
     ) -> None:
         super().__init__()
         self.members = nn.ModuleList(nn.ModuleList(folds) for folds in members)
         self.inputs = list(inputs)
         self.task_name = task.name
+        # a fusion.FUSIONS name, a plain string like the task's; None: learned with a bias, else mean
+        self.fusion = fusion or ("mean" if bias is None else "learned")
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
         self.learned = bias is not None
         self.register_buffer("bias", torch.as_tensor(bias if bias is not None else [], dtype=torch.float32))
@@ -70,7 +74,7 @@ class FusedTagger(nn.Module):
             x = spectrograms[index]
             per_preset.append(torch.stack([task.activation(m(x)) for m in folds]).mean(0))
         bias = self.bias if self.learned else None
-        return fused_posteriors(torch.stack(per_preset), self.weights, bias, task)
+        return fused_posteriors(torch.stack(per_preset), self.weights, bias, task, self.fusion)
 
 
 # --------------------------------------------------------------------------- from a run
@@ -79,17 +83,17 @@ class FusedTagger(nn.Module):
 def _fusion_parameters(
     weights_csv: Path, presets: Sequence[str], classes: Sequence[str], method: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Weights (and, learned, biases) as fuse_job wrote them to fusion_weights.csv."""
-    table = read_csv_str(weights_csv).set_index("parameter")["value"].astype(float)
-    learned = any(name.startswith("bias:") for name in table.index)
-    if learned != (method == "learned"):
+    """Weights (and, learned, biases) as fuse_job wrote them to fusion_weights.csv; the fusion
+    the table holds must be the settings' ``method``."""
+    try:
+        found, fitted = read_parameter_table(read_csv_str(weights_csv), presets, classes)
+    except ValueError as error:
+        raise TaggingError(f"{weights_csv}: {error}: pass the run's --config") from error
+    if found != method:
         raise TaggingError(
-            f"{weights_csv} holds a {'learned' if learned else 'mean'} fusion, "
-            f"the settings say {method!r}: pass the run's --config"
+            f"{weights_csv} holds a {found} fusion, the settings say {method!r}: pass the run's --config"
         )
-    weights = np.array([table[f"weight:{p}"] for p in presets])
-    bias = np.array([table[f"bias:{c}"] for c in classes]) if learned else None
-    return weights, bias
+    return fitted.weights, fitted.bias
 
 
 def _check_checkpoint(meta: dict, preset: str, net: Mapping, classes: Sequence[str], path: Path) -> None:
@@ -151,7 +155,7 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
                 **settings["nets"][preset],
                 "iteration": iteration,
                 "folds": len(folds),
-                "weight": float(weight),
+                "weight": float(np.mean(weight)),  # per-class weights: their mean over the classes
             }
         )
     task = _checked_task(tasks, settings, results)
@@ -167,7 +171,7 @@ def run_tagger(results: Path, settings: Mapping[str, Any]) -> tuple[TaggerSpec, 
         presets=described,
     )
     inputs = [versions.index(settings["nets"][p]["spectrogram"]) for p in settings["presets"]]
-    return spec, FusedTagger(members, inputs, weights, bias, task).eval()
+    return spec, FusedTagger(members, inputs, weights, bias, task, settings["fusion"]).eval()
 
 
 def _checked_task(tasks: set[str], settings: Mapping[str, Any], results: Path) -> Task:

@@ -37,10 +37,9 @@ from .folds import make_folds, split_fold
 from .fusion import (
     UNPREDICTED_ROW,
     FusionSettings,
-    apply_learned_fusion,
-    fit_learned_fusion,
-    fusion_targets,
-    mean_fusion,
+    Validation,
+    fusion_named,
+    parameter_table,
     probabilities,
     probability_frame,
     submission,
@@ -542,8 +541,9 @@ def fuse_job(
     *,
     settings: FusionSettings,
 ) -> None:
-    """Fuse the presets (``settings.method``: mean or learned) and write the challenge
-    submission.
+    """Fuse the presets (``settings.method``: a fusion.FUSIONS name; the fitted ones learn from
+    the validation posteriors ``valid_csvs``, read only for them) and write the fused
+    posteriors, the fusion's parameters (``out_weights``) and the challenge submission.
 
     With ``test_manifest`` (any spectrogram version's test manifest: one row per listed test
     clip, usable or not) every listed clip gets a submission row, empty when it could not be
@@ -559,18 +559,11 @@ def fuse_job(
     check_complete_predictions({path: (t, "predict") for path, t in zip(test_csvs.values(), tests)}, expected)
     fnames = tests[0]["fname"]
     stack = np.stack([probabilities(t.set_index("fname").loc[fnames].reset_index(), classes) for t in tests])
-    if settings.method == "learned":
-        valids = [pd.read_csv(valid_csvs[p], dtype={"fname": str, "label": str}) for p in presets]
-        fused, table = _learned_fusion(stack, valids, presets, classes, settings)
-    else:
-        fused = mean_fusion(stack)
-        table = pd.DataFrame(
-            {
-                "parameter": [f"weight:{p}" for p in presets],
-                "value": np.full(len(presets), 1.0 / len(presets)),
-            }
-        )
-    write_csv(table, out_weights)
+    fusion = fusion_named(settings.method)
+    validation = _validation(valid_csvs, presets, classes) if fusion.reads_validation else None
+    fitted = fusion.fit(validation, len(presets), classes, settings)
+    fused = fusion.apply(stack, fitted, settings.task)
+    write_csv(parameter_table(fusion, fitted, presets, classes), out_weights)
     write_csv(probability_frame(fnames, fused, classes), out_probs)
     answers = submission(fnames, fused, classes, settings.task)
     if test_manifest is not None:
@@ -578,28 +571,15 @@ def fuse_job(
     write_csv(answers, out_submission)
 
 
-def _learned_fusion(
-    stack: np.ndarray,
-    valids: list[pd.DataFrame],
-    presets: list[str],
-    classes: list[str],
-    settings: FusionSettings,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """(fused test posteriors, the parameter table): weights and biases fitted on the presets'
-    out-of-fold validation posteriors (``valids``), clips none of the fold models trained on."""
+def _validation(valid_csvs: dict[str, Path], presets: list[str], classes: list[str]) -> Validation:
+    """The presets' out-of-fold posteriors of the verified validation clips, in the first
+    preset's clip order: clips none of the fold models trained on (never a test clip)."""
+    valids = [pd.read_csv(valid_csvs[p], dtype={"fname": str, "label": str}) for p in presets]
     order = valids[0]["fname"]
     valid_stack = np.stack(
         [probabilities(v.set_index("fname").loc[order].reset_index(), classes) for v in valids]
     )
-    targets = fusion_targets(valids[0]["label"], classes, settings.task)
-    weights, bias = fit_learned_fusion(valid_stack, targets, settings.steps, settings.lr, task=settings.task)
-    table = pd.DataFrame(
-        {
-            "parameter": [f"weight:{p}" for p in presets] + [f"bias:{c}" for c in classes],
-            "value": np.concatenate([weights, bias]),
-        }
-    )
-    return apply_learned_fusion(stack, weights, bias, settings.task), table
+    return Validation(valid_stack, valids[0]["label"])
 
 
 def _every_listed_clip(
