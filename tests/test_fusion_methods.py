@@ -34,6 +34,8 @@ def test_the_schema_enum_is_the_registry():
     schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
     fusion = schema["properties"]["method"]["properties"]["fusion"]["properties"]["method"]
     assert fusion["enum"] == list(FUSIONS)
+    bundle = yaml.safe_load((REPO / "schemas" / "bundle_preprocessing.schema.yaml").read_text())
+    assert bundle["properties"]["fusion"]["enum"] == list(FUSIONS)
     assert yaml.safe_load((REPO / "config.yaml").read_text())["method"]["fusion"]["method"] == "mean"
     with pytest.raises(ValueError, match="unknown fusion method 'median'"):
         fusion_named("median")
@@ -188,3 +190,37 @@ def test_the_tagger_refuses_a_weights_file_of_another_fusion(tmp_path):
         _fusion_parameters(out / "weights.csv", ["p0", "p1"], CLASSES, "mean")
     weights, bias = _fusion_parameters(out / "weights.csv", ["p0", "p1"], CLASSES, "geometric")
     assert weights.tolist() == [0.5, 0.5] and bias is None
+
+
+@pytest.mark.parametrize("method", ["geometric", "per_class"])
+def test_an_exported_bundle_fuses_as_the_eager_tagger(tmp_path, method):
+    """TorchScript and ONNX of a tagger with the new fusions equal the eager network, and the
+    eager network equals the numpy fusion of its presets' fold-averaged posteriors."""
+    import dataclasses
+
+    import onnxruntime
+    from test_tagger import tiny_tagger
+
+    from workflow_lib.export import FusedTagger, example_inputs, write_bundle
+    from workflow_lib.fusion import FusionParameters
+
+    spec, learned = tiny_tagger()
+    weights = np.array([[0.2, 0.5, 0.9], [0.8, 0.5, 0.1]]) if method == "per_class" else np.full(2, 0.5)
+    tagger = FusedTagger([list(f) for f in learned.members], [0, 1], weights, None, SINGLE, method).eval()
+    spec = dataclasses.replace(spec, fusion=method)
+    write_bundle(tagger, spec, tmp_path, "# test\n")
+    inputs = example_inputs(spec, batch=3)
+    with torch.no_grad():
+        eager = tagger(*inputs).numpy()
+        per_preset = [
+            np.mean([torch.softmax(m(inputs[i]), 1).numpy() for m in folds], axis=0)
+            for i, folds in zip([0, 1], tagger.members)
+        ]
+        scripted = torch.jit.load(str(tmp_path / "tagger.pt"))(*inputs).numpy()
+    expected = FUSIONS[method].apply(
+        np.stack(per_preset).astype(np.float64), FusionParameters(weights), SINGLE
+    )
+    np.testing.assert_allclose(eager, expected, atol=1e-5)
+    session = onnxruntime.InferenceSession(str(tmp_path / "tagger.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"spec_v1": inputs[0].numpy(), "spec_v2": inputs[1].numpy()})[0]
+    assert np.abs(scripted - eager).max() <= 1e-5 and np.abs(onnx_out - eager).max() <= 1e-4
