@@ -365,6 +365,7 @@ def predict(args: argparse.Namespace) -> None:
         device=s["device"],
         threads=args.threads,
         lock_dir=args.lock_dir,
+        tta_shifts=s.get("tta_shifts", 0),
     )
     log.info("predicted with iteration %d", iteration)
 

@@ -181,12 +181,15 @@ def task_entry(task: Task) -> dict[str, str]:
 
 def prediction_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The predict job's settings: the length-fixed spectrogram frames, the evaluation batch
-    size and the device (the task comes from the checkpoints, stages.load_fold_models)."""
+    size and the device (the task comes from the checkpoints, stages.load_fold_models), and
+    ``tta_shifts`` only when test-time augmentation is on (method.tta_shifts > 0): with it off
+    the settings, and Snakemake's record of finished predict jobs, stay as they were."""
+    shifts = settings["method"].get("tta_shifts", 0)
     return {
         "frames": settings["method"]["spectrogram_frames"],
         "batch_size": settings["compute"]["eval_batch_size"],
         "device": settings["compute"]["device"],
-    }
+    } | ({"tta_shifts": shifts} if shifts else {})
 
 
 def fusion_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

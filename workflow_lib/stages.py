@@ -469,12 +469,13 @@ def write_test_posteriors(
     device: torch.device,
     out_csv: Path,
     task: Task = SINGLE,
+    tta_shifts: int = 0,
 ) -> None:
     """Fold-averaged posteriors (the task's activation: softmax, or per-class sigmoids) of every
-    test clip on its whole length-fixed spectrogram."""
+    test clip on its whole length-fixed spectrogram (``tta_shifts``: :func:`_posteriors`)."""
     store = SpectrogramStore.open(test_manifest)
     bank = ClipBank.from_store(store, list(store.manifest["fname"]), frames, device)
-    probs = np.mean([_posteriors(m, bank, batch_size, task) for m in models.values()], axis=0)
+    probs = np.mean([_posteriors(m, bank, batch_size, task, tta_shifts) for m in models.values()], axis=0)
     write_csv(probability_frame(store.manifest["fname"], probs, classes), out_csv)
 
 
@@ -492,11 +493,14 @@ def predict_job(
     device: str = "auto",
     threads: int = 1,
     lock_dir: Path = Path(".gpu_locks"),
+    tta_shifts: int = 0,
 ) -> int:
     """Chosen iteration's fold models ({(iteration, fold): best.pt}): test posteriors (fold
-    average) and out-of-fold posteriors of the verified validation clips (for the learned
-    fusion). Posteriors are sigmoids when the models are multi-label (the task their checkpoints
-    say, :func:`load_fold_models`). Returns the iteration."""
+    average) and out-of-fold posteriors of the verified validation clips (for the fitted
+    fusions). Posteriors are sigmoids when the models are multi-label (the task their checkpoints
+    say, :func:`load_fold_models`). ``tta_shifts`` > 0: both averaged over that many circularly
+    time-shifted copies too (the validation clips as the test clips, so a fusion fitted on them
+    sees posteriors like those it fuses). Returns the iteration."""
     iteration = chosen_iteration(selection_csv)
     paths = {k: path for (i, k), path in sorted(models.items()) if i == iteration}
     if not paths:
@@ -506,14 +510,14 @@ def predict_job(
     folds = read_csv_str(folds_csv)
     models_by_fold, task = load_fold_models(paths, choice.device)
     write_test_posteriors(
-        models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test, task
+        models_by_fold, test_manifest, classes, frames, batch_size, choice.device, out_test, task, tta_shifts
     )
     train_store = SpectrogramStore.open(train_manifest)
     parts = []
     for k, model in models_by_fold.items():
         valid = folds[(folds["fold"].astype(int) == k) & (folds["verified"] == "1")]
         bank = ClipBank.from_store(train_store, list(valid["fname"]), frames, choice.device)
-        probs = _posteriors(model, bank, batch_size, task)
+        probs = _posteriors(model, bank, batch_size, task, tta_shifts)
         frame = probability_frame(valid["fname"], probs, classes)
         frame.insert(1, "label", valid["label"].to_numpy())
         frame.insert(2, "fold", k)
@@ -523,10 +527,13 @@ def predict_job(
     return iteration
 
 
-def _posteriors(model: torch.nn.Module, bank: ClipBank, batch_size: int, task: Task) -> np.ndarray:
+def _posteriors(
+    model: torch.nn.Module, bank: ClipBank, batch_size: int, task: Task, tta_shifts: int = 0
+) -> np.ndarray:
     """Posteriors of one model on a bank (training.predict_whole) with the task's activation:
-    the one place this module tells the training layer which task it predicts for."""
-    return predict_whole(model, bank, batch_size, task=task)
+    the one place this module tells the training layer which task it predicts for; with
+    ``tta_shifts`` > 0 averaged over circularly time-shifted copies (test-time augmentation)."""
+    return predict_whole(model, bank, batch_size, task=task, shifts=tta_shifts)
 
 
 def fuse_job(

@@ -266,22 +266,44 @@ def _is_channels_last(model: nn.Module) -> bool:
     )
 
 
+def tta_offsets(frames: int, shifts: int) -> list[int]:
+    """Circular time shifts of test-time augmentation: the unshifted spectrogram and ``shifts``
+    copies rolled by k * frames / (shifts + 1), k = 1 ... shifts (evenly spread over the clip,
+    so no two copies coincide while shifts < frames)."""
+    return [round(k * frames / (shifts + 1)) for k in range(shifts + 1)]
+
+
 @torch.no_grad()
 def _whole_outputs(
-    model: nn.Module, bank: ClipBank, batch_size: int, amp: bool, transform, features: DeviceFeatures | None
+    model: nn.Module,
+    bank: ClipBank,
+    batch_size: int,
+    amp: bool,
+    transform,
+    features: DeviceFeatures | None,
+    shifts: int = 0,
 ) -> torch.Tensor:
     """``transform(float32 logits)`` of every clip of ``bank`` on its whole length-fixed
-    spectrogram, batched, applied on the device batch by batch (returned on the host)."""
+    spectrogram, batched, applied on the device batch by batch (returned on the host). With
+    ``shifts`` > 0 (test-time augmentation): the average of the outputs of the spectrogram and
+    its ``shifts`` circularly time-shifted copies (:func:`tta_offsets`); 0 runs the code of
+    before, so the posteriors stay bit for bit the same."""
     model.eval()
     outputs = []
     for start in range(0, len(bank), batch_size):
         clips = torch.arange(start, min(start + batch_size, len(bank)))
-        inputs = bank.whole(clips)
-        if _is_channels_last(model):
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast_for(bank.device, amp, features):
-            logits = model(inputs)
-        outputs.append(transform(logits.float()).cpu())
+        whole = bank.whole(clips)
+        copies = (
+            [whole] if shifts == 0 else [whole.roll(k, dims=-1) for k in tta_offsets(whole.shape[-1], shifts)]
+        )
+        per_copy = []
+        for inputs in copies:
+            if _is_channels_last(model):
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast_for(bank.device, amp, features):
+                logits = model(inputs)
+            per_copy.append(transform(logits.float()).cpu())
+        outputs.append(per_copy[0] if shifts == 0 else torch.stack(per_copy).mean(0))
     n_classes = getattr(model, "n_classes", 0)
     return torch.cat(outputs) if outputs else torch.zeros((0, n_classes))
 
@@ -304,10 +326,13 @@ def predict_whole(
     amp: bool = True,
     task: Task = SINGLE,
     features: DeviceFeatures | None = None,
+    shifts: int = 0,
 ) -> np.ndarray:
     """Posteriors (``task.activation``: a softmax, or a sigmoid per class for label sets) of
-    every clip of ``bank`` on its whole length-fixed spectrogram."""
-    return _whole_outputs(model, bank, batch_size, amp, task.activation, features).numpy()
+    every clip of ``bank`` on its whole length-fixed spectrogram; ``shifts`` > 0: averaged
+    with that many circularly time-shifted copies (test-time augmentation, the predict job's
+    ``tta_shifts``)."""
+    return _whole_outputs(model, bank, batch_size, amp, task.activation, features, shifts).numpy()
 
 
 def evaluate(
