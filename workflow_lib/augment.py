@@ -89,28 +89,30 @@ def augment(inputs: torch.Tensor, settings: AugmentSettings, sampler: Draws) -> 
     (roll, noise, time masks, frequency masks: see the module docstring); ``inputs`` is left
     as it is, so a caller can draw two augmentations of the same excerpts."""
     _check_fits(inputs, settings)
-    flat = inputs.float().flatten(1)
-    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    std, mean = torch.std_mean(inputs.float().flatten(1), dim=1, correction=0)
     out = inputs
     if settings.roll:
         out = roll_time(out, sampler.integers(inputs.shape[-1], (len(inputs),)))
-    if settings.noise_std > 0:
-        std = flat.std(dim=1, correction=0).view(-1, 1, 1, 1).to(inputs.dtype)
-        out = out + settings.noise_std * std * sampler.normal(tuple(inputs.shape), inputs.dtype)
-    return torch.where(_masked(inputs, settings, sampler), mean.to(inputs.dtype), out)
+    if settings.noise_std > 0:  # in place on the fresh noise: one full-size temporary
+        noise = sampler.normal(tuple(inputs.shape), inputs.dtype)
+        out = noise.mul_((settings.noise_std * std).view(-1, 1, 1, 1).to(inputs.dtype)).add_(out)
+    masked = _masked(inputs, settings, sampler)
+    if masked is None:
+        return out if out is not inputs else inputs.clone()
+    return torch.where(masked, mean.view(-1, 1, 1, 1).to(inputs.dtype), out)
 
 
-def _masked(inputs: torch.Tensor, settings: AugmentSettings, sampler: Draws) -> torch.Tensor:
+def _masked(inputs: torch.Tensor, settings: AugmentSettings, sampler: Draws) -> torch.Tensor | None:
     """The union of the time and frequency masks, broadcastable to ``inputs`` (time first, so
-    the stream of draws is fixed by the settings)."""
+    the stream of draws is fixed by the settings); None when there are no masks."""
     count, bins, frames = len(inputs), inputs.shape[-2], inputs.shape[-1]
-    masked = torch.zeros((count, 1, 1, 1), dtype=torch.bool, device=inputs.device)
+    masked = None
     if settings.time_masks > 0 and settings.time_mask_width > 0:
         bands = band_mask(sampler, count, settings.time_masks, settings.time_mask_width, frames)
-        masked = masked | bands[:, None, None, :]
+        masked = bands[:, None, None, :]
     if settings.freq_masks > 0 and settings.freq_mask_width > 0:
         bands = band_mask(sampler, count, settings.freq_masks, settings.freq_mask_width, bins)
-        masked = masked | bands[:, None, :, None]
+        masked = bands[:, None, :, None] if masked is None else masked | bands[:, None, :, None]
     return masked
 
 
