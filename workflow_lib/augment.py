@@ -64,10 +64,14 @@ class AugmentSettings:
     roll: bool = False
 
     @property
+    def masks(self) -> bool:
+        """True when there is a mask to draw (it needs a count and a width)."""
+        return self.time_masks * self.time_mask_width + self.freq_masks * self.freq_mask_width > 0
+
+    @property
     def active(self) -> bool:
-        """True when a step changes anything (a mask needs a count and a width)."""
-        masks = self.time_masks * self.time_mask_width + self.freq_masks * self.freq_mask_width
-        return masks > 0 or self.noise_std > 0 or self.roll
+        """True when a step changes anything."""
+        return self.masks or self.noise_std > 0 or self.roll
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +93,7 @@ def augment(inputs: torch.Tensor, settings: AugmentSettings, sampler: Draws) -> 
     (roll, noise, time masks, frequency masks: see the module docstring); ``inputs`` is left
     as it is, so a caller can draw two augmentations of the same excerpts."""
     _check_fits(inputs, settings)
-    std, mean = torch.std_mean(inputs.float().flatten(1), dim=1, correction=0)
+    std, mean = _moments(inputs, settings.noise_std > 0, settings.masks)
     out = inputs
     if settings.roll:
         out = roll_time(out, sampler.integers(inputs.shape[-1], (len(inputs),)))
@@ -100,6 +104,17 @@ def augment(inputs: torch.Tensor, settings: AugmentSettings, sampler: Draws) -> 
     if masked is None:
         return out if out is not inputs else inputs.clone()
     return torch.where(masked, mean.view(-1, 1, 1, 1).to(inputs.dtype), out)
+
+
+def _moments(inputs: torch.Tensor, std: bool, mean: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(standard deviation, mean) of each example over its bins and frames, each only when
+    asked (a pass over the batch costs as much as a mask)."""
+    flat = inputs.float().flatten(1)
+    if std and mean:
+        return torch.std_mean(flat, dim=1, correction=0)
+    if std:
+        return flat.std(dim=1, correction=0), None
+    return None, flat.mean(dim=1) if mean else None
 
 
 def _masked(inputs: torch.Tensor, settings: AugmentSettings, sampler: Draws) -> torch.Tensor | None:
