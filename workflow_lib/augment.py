@@ -32,7 +32,7 @@ come last, so a masked band is exactly that constant, without noise.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
@@ -78,13 +78,10 @@ class AugmentSettings:
 
     @classmethod
     def from_mapping(cls, value: AugmentSettings | dict[str, Any] | None) -> AugmentSettings | None:
-        """From a job's ``fit.augment`` (or the config's mapping, whose ``fine_tuning`` key is
-        ignored here); None when absent or inactive, so "off" has one representation."""
-        if value is None or isinstance(value, AugmentSettings):
-            settings = value
-        else:
-            known = {f.name for f in fields(cls)}
-            settings = cls(**{k: v for k, v in value.items() if k in known})
+        """From a job's ``fit.augment`` (``job_settings.augment_settings``: the keys of
+        :data:`AUGMENT_KEYS`; an unknown key is an error, not ignored); None when absent or
+        inactive, so "off" has one representation."""
+        settings = cls(**value) if isinstance(value, dict) else value
         return settings if settings is not None and settings.active else None
 
 
