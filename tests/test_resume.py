@@ -46,8 +46,9 @@ CLIPS_PER_CLASS = 20
 FOLD = 0
 
 
-def settings_for(epochs: int = EPOCHS) -> dict:
-    """The settings JSON the rule would pass, from config.yaml with small-run overrides."""
+def settings_for(epochs: int = EPOCHS, augment: dict | None = None) -> dict:
+    """The settings JSON the rule would pass, from config.yaml with small-run overrides
+    (``augment``: the preset's ``augment`` mapping, docs/method.md "Beyond the paper", "Augmentation")."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["run_preset"] = "demo"
     demo = config["run_presets"]["demo"]
@@ -55,6 +56,8 @@ def settings_for(epochs: int = EPOCHS) -> dict:
         {"spectrogram_frames": 256, "excerpt_frames": 192, "dropout": {"conv": 0.05, "head": 0.1}}
     )
     demo["method"]["nets"][PRESET] = {"width": 8, "batch_size": 10}
+    if augment is not None:
+        demo["method"]["nets"][PRESET]["augment"] = augment
     demo["method"]["initial_training"] = {"epochs": epochs, "constant_epochs": 3}
     demo.setdefault("compute", {})["device"] = "cpu"
     return fit_settings(resolve_settings(config), PRESET, 0)
@@ -188,8 +191,13 @@ def history_of(out_dir: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def killed_and_resumed(inputs, tmp_path_factory) -> dict:
     """Start a run, SIGKILL it once >= KILL_AFTER epochs are checkpointed, rerun the same command."""
-    out_dir = tmp_path_factory.mktemp("killed")
-    command = train_command(inputs, out_dir, settings_for())
+    return kill_and_resume(inputs, tmp_path_factory.mktemp("killed"), settings_for())
+
+
+def kill_and_resume(inputs: dict[str, Path], out_dir: Path, settings: dict) -> dict:
+    """The train command of ``settings`` SIGKILLed once >= KILL_AFTER epochs are checkpointed,
+    then rerun unchanged to the end."""
+    command = train_command(inputs, out_dir, settings)
     resume = out_dir / "resume.pt"
     log = out_dir.parent / f"{out_dir.name}_first.log"
     with open(log, "w") as handle:
@@ -281,6 +289,41 @@ def test_resumed_run_equals_uninterrupted_run(killed_and_resumed, uninterrupted)
                 assert torch.allclose(tensor, other, rtol=1e-4, atol=1e-5), (name, key)
             else:
                 assert torch.equal(tensor, other), (name, key)
+
+
+AUGMENT = {
+    "time_masks": 2,
+    "time_mask_width": 30,
+    "freq_masks": 1,
+    "freq_mask_width": 20,
+    "noise_std": 0.2,
+    "roll": True,
+}
+
+
+def test_killed_run_with_augmentation_equals_the_uninterrupted_run(inputs, uninterrupted, tmp_path):
+    """With augmentation on (its draws from the checkpointed sampler), SIGKILL + rerun ends
+    exactly as the uninterrupted run with augmentation; which differs from the run without."""
+    settings = settings_for(augment=AUGMENT)
+    assert settings["fit"]["augment"] == AUGMENT
+    (tmp_path / "killed").mkdir()
+    resumed = kill_and_resume(inputs, tmp_path / "killed", settings)
+    assert f"resuming from epoch {resumed['killed_at'] + 1} " in resumed["log"]
+    straight_dir = tmp_path / "straight"
+    run_to_end(train_command(inputs, straight_dir, settings), tmp_path / "straight.log")
+    columns = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    a, b = history_of(resumed["out_dir"])[columns], history_of(straight_dir)[columns]
+    np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-5)
+    plain = history_of(uninterrupted)[columns].to_numpy(float)
+    assert not np.allclose(b.to_numpy(float), plain, atol=1e-4), "augmentation changed the run"
+    for name in ("best.pt", "last.pt"):
+        x = torch.load(resumed["out_dir"] / name, map_location="cpu", weights_only=False)["state_dict"]
+        y = torch.load(straight_dir / name, map_location="cpu", weights_only=False)["state_dict"]
+        for key, tensor in x.items():
+            if tensor.is_floating_point():
+                assert torch.allclose(tensor, y[key], rtol=1e-4, atol=1e-5), (name, key)
+            else:
+                assert torch.equal(tensor, y[key]), (name, key)
 
 
 def test_checkpoint_from_other_settings_is_ignored(killed_and_resumed, inputs, tmp_path):

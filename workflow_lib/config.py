@@ -113,6 +113,7 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
         )
     if method["excerpt_frames"] > method["spectrogram_frames"]:
         problems.append("config key method.excerpt_frames: must not exceed method.spectrogram_frames")
+    problems += augment_problems(method)
     for stage in ("initial_training", "fine_tuning"):
         if method[stage]["constant_epochs"] > method[stage]["epochs"]:
             problems.append(f"config key method.{stage}.constant_epochs: must not exceed epochs")
@@ -124,6 +125,27 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
         for p in sox_effects_problems(settings["preprocessing"]["sox_effects"])
     ]
     return problems + _chain_checks(settings) + unused_dataset_keys(settings)
+
+
+def augment_problems(method: Mapping[str, Any]) -> list[str]:
+    """A sentence per net preset whose ``augment`` cannot apply: a time mask wider than the
+    training excerpt, or masks without a width (or a width without masks' count: harmless,
+    accepted). The schema bounds the frequency width by the 128 bins."""
+    problems = []
+    for preset, net in method["nets"].items():
+        augment, key = net.get("augment") or {}, f"config key method.nets.{preset}.augment"
+        if augment.get("time_mask_width", 0) > method["excerpt_frames"]:
+            problems.append(
+                f"{key}.time_mask_width: {augment['time_mask_width']} frames exceeds the training "
+                f"excerpt (method.excerpt_frames: {method['excerpt_frames']})"
+            )
+        for axis in ("time", "freq"):
+            if augment.get(f"{axis}_masks", 0) > 0 and augment.get(f"{axis}_mask_width", 0) == 0:
+                problems.append(
+                    f"{key}.{axis}_masks: {augment[f'{axis}_masks']} masks of width 0 change nothing "
+                    f"(set {axis}_mask_width, or {axis}_masks: 0)"
+                )
+    return problems
 
 
 def unused_dataset_keys(settings: Mapping[str, Any], user: Mapping[str, Any] | None = None) -> list[str]:

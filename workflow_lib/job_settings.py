@@ -79,7 +79,11 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
         "eval_batch_size": compute["eval_batch_size"],
         "amp": compute["amp"],
     }
+    augment = augment_settings(net.get("augment"), initial)
+    if augment is not None:  # only when on: every other job's settings stay as they were
+        fit["augment"] = augment
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
+    net = {key: value for key, value in net.items() if key != "augment"}  # a fit setting
     job = {
         "preset": preset,
         "net": {**net, "dropout": dropout},
@@ -90,6 +94,30 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
     }
     task = task_of_settings(settings)
     return job if task is SINGLE else {**job, "task": task.name}
+
+
+#: The keys of ``method.nets.<preset>.augment`` a training job reads (augment.AUGMENT_KEYS;
+#: this module imports no torch), with their "off" values.
+AUGMENT_OFF: dict[str, Any] = {
+    "time_masks": 0,
+    "time_mask_width": 0,
+    "freq_masks": 0,
+    "freq_mask_width": 0,
+    "noise_std": 0.0,
+    "roll": False,
+}
+
+
+def augment_settings(augment: Mapping[str, Any] | None, initial: bool) -> dict[str, Any] | None:
+    """A training job's ``fit.augment`` from a preset's ``augment`` mapping: every key
+    (absent ones off), or None when it is absent, all off, or the job fine-tunes and the
+    mapping's ``fine_tuning`` is not true (the default: like the paper's mixup, augmentation
+    belongs to initial training; fine-tuning adapts the network to cleaner labels)."""
+    if augment is None or not (initial or augment.get("fine_tuning", False)):
+        return None
+    resolved = {key: augment.get(key, off) for key, off in AUGMENT_OFF.items()}
+    masks = any(resolved[f"{axis}_masks"] and resolved[f"{axis}_mask_width"] for axis in ("time", "freq"))
+    return resolved if masks or resolved["noise_std"] > 0 or resolved["roll"] else None
 
 
 #: Settings of a job that change how it runs, never what it computes (paths into the job

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
         return clips["target"].astype(int).tolist()
 
     payload = {
-        "fit": asdict(job.fit),
+        "fit": job.fit.record(),
         "net": job.net,
         "frames": job.frames,
         "train": list(zip(train["fname"], targets(train))),

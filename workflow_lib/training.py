@@ -18,9 +18,11 @@ parameters), written atomically, so a killed job resumes from its last checkpoin
 the same result as an uninterrupted run. Between checkpoints the best parameters stay on the
 training device (no copy to the host per improved epoch).
 
-Randomness of a training step (batch order, excerpt starts, mixup weights) comes from one
-seeded ``torch.Generator`` on the training device (:class:`DeviceSampler`): on CUDA a step
-makes no host-to-device copy and no synchronisation. The generator's state is checkpointed.
+Randomness of a training step (batch order, excerpt starts, augmentation, mixup weights)
+comes from one seeded ``torch.Generator`` on the training device (:class:`DeviceSampler`): on
+CUDA a step makes no host-to-device copy and no synchronisation. The generator's state is
+checkpointed. Augmentation (:mod:`workflow_lib.augment`, ``FitSettings.augment``) is not the
+paper's and is off unless a net preset sets it.
 On CUDA a job also enables ``cudnn.benchmark``, the channels-last layout and fused Adam;
 ``compute.compile`` adds torch.compile (off by default: not measured yet).
 
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import AugmentSettings, augment
 from .data import ClipBank
 from .io import UNREADABLE_ERRORS, atomic_path, set_aside
 from .metrics import accuracy, lwlrap, map_at_3
@@ -147,6 +150,21 @@ class FitSettings:
     seed: int
     eval_batch_size: int = 32
     amp: bool = True
+    augment: AugmentSettings | None = None  # None: off (the paper); workflow_lib/augment.py
+
+    def __post_init__(self) -> None:
+        """A job's JSON gives ``augment`` as a mapping; keep one typed, hashable value, and
+        None for "off" however it was written (all zero, or absent)."""
+        object.__setattr__(self, "augment", AugmentSettings.from_mapping(self.augment))
+
+    def record(self) -> dict:
+        """The settings as JSON-able values, for the run's fingerprint; ``augment`` only when
+        on, so the fingerprints of runs without augmentation stay those written before it
+        existed (their checkpoints still resume)."""
+        fields = asdict(self)
+        if self.augment is None:
+            fields.pop("augment")
+        return fields
 
 
 def learning_rate(epoch: int, base_lr: float, constant_epochs: int, total_epochs: int) -> float:
@@ -162,8 +180,9 @@ def learning_rate(epoch: int, base_lr: float, constant_epochs: int, total_epochs
 class DeviceSampler:
     """The training step's random draws, from one seeded torch.Generator on the device.
 
-    Drawing batch order, excerpt starts and mixup weights where the data lives removes the
-    per-step host-to-device copies (and their synchronisation) on CUDA. The stream depends
+    Drawing batch order, excerpt starts, mixup weights and the augmentation's draws
+    (:mod:`workflow_lib.augment`) where the data lives removes the per-step host-to-device
+    copies (and their synchronisation) on CUDA. The stream depends
     only on the seed and the device type, and its state is saved in checkpoints. The code is
     the same on every device: on the CPU the generator is a CPU ``torch.Generator``, so the
     tests run the CUDA path's draws, get_state and set_state there.
@@ -190,6 +209,21 @@ class DeviceSampler:
         """
         concentration = torch.full((count, 2), float(alpha), dtype=torch.float64, device=self.device)
         return torch._sample_dirichlet(concentration, generator=self.generator)[:, 0].float()
+
+    def integers(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Uniform integers 0 ... high - 1 of ``shape`` (augmentation: roll shifts, mask widths)."""
+        return torch.randint(0, int(high), shape, generator=self.generator, device=self.device)
+
+    def below(self, high: torch.Tensor) -> torch.Tensor:
+        """Per element, a uniform integer 0 ... high - 1 (``high`` >= 1, a tensor on the device):
+        a mask's start where its own width fits. floor(u * high) of a float64 uniform, clamped
+        (float rounding could reach ``high`` itself)."""
+        u = torch.rand(high.shape, generator=self.generator, device=self.device, dtype=torch.float64)
+        return torch.minimum((u * high).floor().long(), high - 1)
+
+    def normal(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal draws of ``shape`` (augmentation: additive noise)."""
+        return torch.randn(shape, generator=self.generator, device=self.device, dtype=dtype)
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -582,6 +616,8 @@ def _run_epoch(
     high = bank.frames - settings.excerpt_frames + 1
     for clips in batches:
         inputs = bank.excerpts(clips, sampler.starts(len(clips), high), settings.excerpt_frames)
+        if settings.augment is not None:  # before mixup: each clip augmented on its own
+            inputs = augment(inputs, settings.augment, sampler)
         soft = task.soft_targets(targets[clips], n_classes)
         if settings.mixup_alpha is not None:
             inputs, soft = mixup(inputs, soft, settings.mixup_alpha, sampler)
