@@ -261,10 +261,10 @@ def training_inputs(wildcards):
     }
 
 
-def training_settings(preset, iteration):
-    """Settings of one training job: initial training (it0) or fine-tuning (it >= 1)
-    (workflow_lib.job_settings.fit_settings)."""
-    return fit_settings(S, preset, iteration)
+def training_settings(preset, iteration, chain=None):
+    """Settings of one training job: initial training (it0) or fine-tuning (it >= 1, of
+    ``chain``: its consistency option) (workflow_lib.job_settings.fit_settings)."""
+    return fit_settings(S, preset, iteration, chain)
 
 
 def chain_models(chain, preset, iterations=ITERATIONS):

@@ -91,8 +91,12 @@ rule fine_tune:
         gpu=GPUS_PER_TRAINING_JOB,
     params:
         cli=CLI,
-        settings=lambda wildcards: job_settings(training_settings(wildcards.preset, int(wildcards.it))),
-        compared=lambda wildcards: compared_json(training_settings(wildcards.preset, int(wildcards.it))),
+        settings=lambda wildcards: job_settings(
+            training_settings(wildcards.preset, int(wildcards.it), wildcards.chain)
+        ),
+        compared=lambda wildcards: compared_json(
+            training_settings(wildcards.preset, int(wildcards.it), wildcards.chain)
+        ),
         out_dir=lambda wildcards, output: Path(output.best).parent,
         lock_dir=GPU_LOCK_DIR,
     shell:

@@ -177,6 +177,7 @@ CHAIN_COMMON_KEYS = {
     "correct_labels",
     "correct_threshold",
     "description",
+    "consistency",  # fine-tuning's consistency training (workflow_lib/consistency.py)
 }
 
 
@@ -206,8 +207,21 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
         if "correct_threshold" in chain and not chain.get("correct_labels"):
             problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
         problems += _ceiling_checks(name, chain, settings["method"]["self_verification"]["threshold"])
+        problems += _consistency_checks(name, chain, settings["method"]["excerpt_frames"])
     run = [c for c in settings["run_chains"] if c in chains]
     return problems + _task_chain_checks(chains, run, task_of_settings(settings))
+
+
+def _consistency_checks(name: str, chain: Mapping[str, Any], excerpt_frames: int) -> list[str]:
+    """A chain's ``consistency.augment`` time masks must fit the training excerpt (the schema
+    bounds the frequency width by the 128 bins), as a net preset's ``augment``."""
+    width = (chain.get("consistency") or {}).get("augment", {}).get("time_mask_width", 0)
+    if width <= excerpt_frames:
+        return []
+    return [
+        f"config key chains.{name}.consistency.augment.time_mask_width: {width} frames exceeds "
+        f"the training excerpt (method.excerpt_frames: {excerpt_frames})"
+    ]
 
 
 def _ceiling_checks(name: str, chain: Mapping[str, Any], method_threshold: float | None) -> list[str]:

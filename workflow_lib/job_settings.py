@@ -56,8 +56,14 @@ def derive_seed(base: int, *parts: object) -> int:
     return (base + zlib.crc32("/".join(map(str, parts)).encode())) % (2**31)
 
 
-def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> dict[str, Any]:
+def fit_settings(
+    settings: Mapping[str, Any], preset: str, iteration: int, chain: str | None = None
+) -> dict[str, Any]:
     """Settings of one training job: initial training (iteration 0) or fine-tuning (>= 1).
+
+    ``chain``: the fine-tuning job's chain, whose ``consistency`` option (if set) adds
+    ``fit.consistency`` (:func:`consistency_settings`); iteration-0 jobs are shared by the
+    chains with the same start, so the option never applies there.
 
     Returns plain JSON-able values (the rule passes them on the command line, the train command
     turns them into a ``stages.TrainingJob``). ``task`` names the task for label sets only:
@@ -82,6 +88,9 @@ def fit_settings(settings: Mapping[str, Any], preset: str, iteration: int) -> di
     augment = augment_settings(net.get("augment"), initial)
     if augment is not None:  # only when on: every other job's settings stay as they were
         fit["augment"] = augment
+    spec = settings["chains"].get(chain, {}) if chain is not None and not initial else {}
+    if "consistency" in spec:  # likewise only when the chain sets it
+        fit["consistency"] = consistency_settings(spec["consistency"])
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
     net = {key: value for key, value in net.items() if key != "augment"}  # a fit setting
     job = {
@@ -118,6 +127,23 @@ def augment_settings(augment: Mapping[str, Any] | None, initial: bool) -> dict[s
     resolved = {key: augment.get(key, off) for key, off in AUGMENT_OFF.items()}
     masks = any(resolved[f"{axis}_masks"] and resolved[f"{axis}_mask_width"] for axis in ("time", "freq"))
     return resolved if masks or resolved["noise_std"] > 0 or resolved["roll"] else None
+
+
+#: The defaults of ``chains.<name>.consistency`` (besides ``weight``, which it must set).
+CONSISTENCY_DEFAULTS: dict[str, Any] = {"rampup_epochs": 0, "unlabelled": True}
+
+
+def consistency_settings(consistency: Mapping[str, Any]) -> dict[str, Any]:
+    """A fine-tuning job's ``fit.consistency`` from a chain's ``consistency`` mapping: every key
+    resolved (``augment``: every key of :data:`AUGMENT_OFF`, absent ones off, so with no
+    augmentation the two views differ by dropout only), the keys of
+    workflow_lib.consistency.ConsistencySettings."""
+    augment = consistency.get("augment", {})
+    return {
+        "weight": consistency["weight"],
+        **{key: consistency.get(key, default) for key, default in CONSISTENCY_DEFAULTS.items()},
+        "augment": {key: augment.get(key, off) for key, off in AUGMENT_OFF.items()},
+    }
 
 
 #: Settings of a job that change how it runs, never what it computes (paths into the job

@@ -191,7 +191,7 @@ class PolicySettings:
 #: The settings every policy takes (caps, correction, warning): :class:`PolicySettings`' own.
 COMMON_KEYS = frozenset(f.name for f in fields(PolicySettings)) - {"name", "parameters"}
 #: Chain keys that are no policy parameter (config chains.NAME): a parameter may not use them.
-RESERVED_KEYS = COMMON_KEYS | {"name", "start", "policy", "description"}
+RESERVED_KEYS = COMMON_KEYS | {"name", "start", "policy", "description", "consistency"}
 
 
 @dataclass

@@ -142,6 +142,22 @@ def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, p
     return prepared(train, classes), prepared(valid, classes)
 
 
+def unlabelled_clips(job: TrainingJob) -> list[str]:
+    """The unlabelled clips of a fine-tuning job with consistency training
+    (``job.fit.consistency.unlabelled``): the fold's training-part unverified clips that the
+    chain's training list does not trust (``manually_verified`` not 1). Never a validation
+    clip (they are the fold's own, judged only by the other folds' models) nor another fold's.
+    Empty when the option is off or the job has no training list (iteration 0)."""
+    settings = job.fit.consistency
+    if settings is None or not settings.unlabelled or job.train_list_csv is None:
+        return []
+    train, _ = split_fold(read_csv_str(job.folds_csv), job.fold)
+    listing = read_csv_str(job.train_list_csv)
+    untrusted = set(listing.loc[listing["manually_verified"] != "1", "fname"])
+    unverified = train[train["verified"].astype(int) != 1]
+    return [f for f in unverified["fname"] if f in untrusted]
+
+
 def _with_class_index(clips: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Single-label clips with their class index (column ``target``)."""
     index = {label: i for i, label in enumerate(classes)}
@@ -184,8 +200,11 @@ def file_digest(path: Path | None) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> str:
-    """Identifies a run's settings and data; a checkpoint from another run is never resumed."""
+def fingerprint(
+    job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame, unlabelled: list[str] | None = None
+) -> str:
+    """Identifies a run's settings and data; a checkpoint from another run is never resumed.
+    ``unlabelled`` (consistency training's clips) only when not empty: other runs keep theirs."""
 
     def targets(clips: pd.DataFrame) -> list:
         if job.task.label_sets:  # the label-set cell
@@ -201,6 +220,8 @@ def fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> s
         "init": file_digest(job.init_checkpoint),
         **job.task.saved_marker(),  # none for single-label: its fingerprints stay as they were
     }
+    if unlabelled:
+        payload["unlabelled"] = list(unlabelled)
     weights = loss_weights(train)
     if weights is not None:
         payload["weights"] = [round(float(w), 6) for w in weights]
@@ -234,6 +255,17 @@ def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str
         )
 
 
+def _unlabelled_bank(
+    job: TrainingJob, store: SpectrogramStore, device: torch.device
+) -> tuple[list[str], ClipBank | None]:
+    """Consistency training's unlabelled clips (:func:`unlabelled_clips`) and their bank on
+    the training device (None when there are none)."""
+    unlabelled = unlabelled_clips(job)
+    if job.fit.consistency is not None:
+        log.info("consistency training: %d unlabelled clips", len(unlabelled))
+    return unlabelled, ClipBank.from_store(store, unlabelled, job.frames, device) if unlabelled else None
+
+
 def run_training_job(job: TrainingJob) -> pd.DataFrame:
     """Train one fold model; write best.pt, last.pt and history.csv into ``job.out_dir``."""
     choice = select_device(job.device, job.lock_dir, job.threads)
@@ -245,6 +277,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     store = SpectrogramStore.open(job.manifest_csv)
     train_bank = ClipBank.from_store(store, list(train["fname"]), job.frames, choice.device)
     valid_bank = ClipBank.from_store(store, list(valid["fname"]), job.frames, choice.device)
+    unlabelled, extra = _unlabelled_bank(job, store, choice.device)
     model = build_network(job.net, len(classes))
     if job.init_checkpoint is not None:
         model.load_state_dict(
@@ -260,11 +293,12 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
         targets_of(valid, classes, job.task),
         job.fit,
         files["resume"],
-        fingerprint(job, train, valid),
+        fingerprint(job, train, valid, unlabelled),
         on_epoch=lambda h: write_csv(h, files["history"]),
         options=job.options,
         train_weights=loss_weights(train),
         task=job.task,
+        unlabelled_bank=extra,
     )
     history = pd.DataFrame(state.history, columns=list(job.task.history_columns))
     best = best_epoch_row(history)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentSettings, augment
+from .consistency import ConsistencySettings, consistency_loss, rampup
 from .data import ClipBank
 from .io import UNREADABLE_ERRORS, atomic_path, set_aside
 from .metrics import accuracy, lwlrap, map_at_3
@@ -151,19 +152,22 @@ class FitSettings:
     eval_batch_size: int = 32
     amp: bool = True
     augment: AugmentSettings | None = None  # None: off (the paper); workflow_lib/augment.py
+    consistency: ConsistencySettings | None = None  # None: off; workflow_lib/consistency.py
 
     def __post_init__(self) -> None:
-        """A job's JSON gives ``augment`` as a mapping; keep one typed, hashable value, and
-        None for "off" however it was written (all zero, or absent)."""
+        """A job's JSON gives ``augment`` and ``consistency`` as mappings; keep typed, hashable
+        values, and None for "off" however it was written (all zero, or absent)."""
         object.__setattr__(self, "augment", AugmentSettings.from_mapping(self.augment))
+        object.__setattr__(self, "consistency", ConsistencySettings.from_mapping(self.consistency))
 
     def record(self) -> dict:
-        """The settings as JSON-able values, for the run's fingerprint; ``augment`` only when
-        on, so the fingerprints of runs without augmentation stay those written before it
-        existed (their checkpoints still resume)."""
+        """The settings as JSON-able values, for the run's fingerprint; ``augment`` and
+        ``consistency`` only when on, so the fingerprints of runs without them stay those
+        written before they existed (their checkpoints still resume)."""
         fields = asdict(self)
-        if self.augment is None:
-            fields.pop("augment")
+        for optional in ("augment", "consistency"):
+            if fields[optional] is None:
+                fields.pop(optional)
         return fields
 
 
@@ -582,6 +586,52 @@ def prepare_model(model: nn.Module, device: torch.device, options: RunOptions) -
     return torch.compile(model) if options.compile else model
 
 
+@dataclass(frozen=True)
+class _Unlabelled:
+    """What an epoch's consistency term needs besides the batch: the epoch (from 0, its
+    ramp-up) and the bank of unlabelled clips (None or empty: labelled excerpts only)."""
+
+    epoch: int
+    bank: ClipBank | None = None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one training step of :func:`_run_epoch` shares with :func:`_consistency_loss`."""
+
+    model: nn.Module
+    sampler: DeviceSampler
+    device: torch.device
+    features: DeviceFeatures
+    settings: FitSettings
+    task: Task
+
+
+def _consistency_loss(step: _Step, labelled: torch.Tensor, unlabelled: _Unlabelled) -> torch.Tensor:
+    """The consistency term of a step (``settings.consistency``, workflow_lib/consistency.py):
+    weight * rampup(epoch) * the mean squared difference between the task's activations
+    (softmax or sigmoids) on two independent augmentations of the batch's excerpts, as cut
+    before the supervised augmentation, plus, with ``unlabelled``, as many excerpts of
+    unlabelled clips drawn uniformly with replacement (one per labelled excerpt: the balance
+    stays fixed however many clips the policy left untrusted). Both views go through the
+    network in one forward pass, so batch norm normalises them alike."""
+    settings = step.settings.consistency
+    frames = step.settings.excerpt_frames
+    inputs, bank = labelled, unlabelled.bank
+    if settings.unlabelled and bank is not None and len(bank) > 0:
+        count = len(labelled)
+        picked = step.sampler.integers(len(bank), (count,))
+        extra = bank.excerpts(picked, step.sampler.starts(count, bank.frames - frames + 1), frames)
+        inputs = torch.cat([labelled, extra])
+    views = torch.cat([augment(inputs, settings.augment, step.sampler) for _ in range(2)])
+    if step.features.channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+    with autocast_for(step.device, step.settings.amp, step.features):
+        logits = step.model(views)
+    first, second = step.task.activation(logits.float()).chunk(2)
+    return consistency_loss(first, second, settings.weight * rampup(unlabelled.epoch, settings.rampup_epochs))
+
+
 def _run_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -594,6 +644,7 @@ def _run_epoch(
     features: DeviceFeatures = DeviceFeatures(),
     weights: torch.Tensor | None = None,
     task: Task = SINGLE,
+    unlabelled: _Unlabelled | None = None,
 ) -> tuple[float, float]:
     """One pass over the training clips in random order; returns (mean loss, accuracy).
 
@@ -601,6 +652,8 @@ def _run_epoch(
     weights: per-clip loss weights on the device (a trust policy's), or None: the plain mean.
     targets: ``task.target_tensor`` rows; the loss and the accuracy are the task's
     (:data:`OBJECTIVES`).
+    unlabelled: with ``settings.consistency``, the epoch and the unlabelled clips of the
+    consistency term (:func:`_consistency_loss`; the returned loss is the supervised one).
 
     Every tensor of a step is made on the device: no host copy, no synchronisation until the
     epoch's totals are read at the end.
@@ -615,7 +668,7 @@ def _run_epoch(
     seen = 0
     high = bank.frames - settings.excerpt_frames + 1
     for clips in batches:
-        inputs = bank.excerpts(clips, sampler.starts(len(clips), high), settings.excerpt_frames)
+        inputs = raw = bank.excerpts(clips, sampler.starts(len(clips), high), settings.excerpt_frames)
         if settings.augment is not None:  # before mixup: each clip augmented on its own
             inputs = augment(inputs, settings.augment, sampler)
         soft = task.soft_targets(targets[clips], n_classes)
@@ -626,8 +679,12 @@ def _run_epoch(
         with autocast_for(device, settings.amp, features):
             logits = model(inputs)
         loss = objective.loss(logits, soft, None if weights is None else weights[clips])
+        total = loss
+        if settings.consistency is not None:
+            step = _Step(model, sampler, device, features, settings, task)
+            total = loss + _consistency_loss(step, raw, unlabelled or _Unlabelled(0))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         optimizer.step()
         total_loss += loss.detach() * len(clips)
         correct += objective.hits(logits.detach(), soft)
@@ -649,6 +706,7 @@ def fit(
     options: RunOptions = RunOptions(),
     train_weights: np.ndarray | None = None,
     task: Task = SINGLE,
+    unlabelled_bank: ClipBank | None = None,
 ) -> TrainState:
     """Train, validating after every epoch; keep the parameters of the best epoch
     (``task.improves``: the lowest validation loss, or for label sets the highest lwlrap).
@@ -656,6 +714,8 @@ def fit(
     train_weights: per-clip loss weights (the ``weighted`` trust policy), None: unweighted.
     task: what the targets are (``task.targets``: class indices or multi-hot rows) and so the
     loss, the validation scores and the history's columns.
+    unlabelled_bank: with ``settings.consistency``, the clips of its unlabelled excerpts
+    (``stages.unlabelled_clips``); None: labelled excerpts only.
 
     Checkpoints follow ``options.checkpoint``; the last epoch always writes one, so the state
     returned is also on disk. ``state.best_state`` is returned on the host.
@@ -669,7 +729,8 @@ def fit(
     targets, weights = _training_tensors(train_targets, train_weights, device, task)
     saver = _Checkpoints(checkpoint, model, optimizer, sampler, device, options.checkpoint, settings.epochs)
     saver.last_epoch = state.epoch  # a resumed run counts from its checkpoint
-    run = _Run(forward, optimizer, sampler, device, int(model.n_classes), features, settings, task)
+    classes = int(model.n_classes)
+    run = _Run(forward, optimizer, sampler, device, classes, features, settings, task, unlabelled_bank)
     for epoch in range(state.epoch, settings.epochs):
         row = run.epoch(epoch, train_bank, targets, weights, valid_bank, valid_targets)
         _record_epoch(state, row, model, task)
@@ -693,6 +754,7 @@ class _Run:
     features: DeviceFeatures
     settings: FitSettings
     task: Task
+    unlabelled: ClipBank | None = None  # the consistency term's unlabelled clips
 
     def epoch(
         self,
@@ -719,6 +781,7 @@ class _Run:
             self.features,
             weights,
             self.task,
+            _Unlabelled(epoch, self.unlabelled),
         )
         scores = evaluate(
             self.forward,
