@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_multilabel_training import CLASSES, job_for, store  # noqa: F401 (a fixture)
 from test_training import N_CLASSES, band_bank
 
 from workflow_lib.config import ConfigError, resolve_settings
 from workflow_lib.consistency import ConsistencySettings, consistency_loss, rampup
+from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.job_settings import AUGMENT_OFF, fit_settings
 from workflow_lib.model import build_model
-from workflow_lib.stages import TrainingJob, unlabelled_clips
+from workflow_lib.stages import TrainingJob, fingerprint, run_training_job, training_sets, unlabelled_clips
 from workflow_lib.task import MULTI, SINGLE
 from workflow_lib.training import CheckpointPolicy, FitSettings, RunOptions, fit
 
@@ -221,3 +224,25 @@ def test_config_accepts_consistency_and_the_example_chain():
 def test_config_refuses_bad_consistency_naming_the_key(consistency, fragment):
     message = _error(_config(consistency))
     assert f"config key chains.warmup.{fragment}" in message, message
+
+
+def test_a_fine_tuning_job_trains_with_its_unlabelled_clips(store, tmp_path):
+    """run_training_job, multi-label, with a training list trusting every other unverified
+    clip: the unlabelled clips are the fold's untrusted unverified training clips, they enter
+    the fingerprint (the plain job's stays as it was), and the job trains through them."""
+    folds = read_csv_str(store["folds"])
+    noisy = folds["verified"] == "0"
+    untrusted = noisy & (np.arange(len(folds)) % 8 == 3)
+    listing = folds[["fname", "label"]].assign(manually_verified=np.where(untrusted, "0", "1"))
+    write_csv(listing, tmp_path / "train_list.csv")
+    plain = job_for(store, tmp_path / "plain", train_list_csv=tmp_path / "train_list.csv")
+    plain = replace(plain, fit=replace(plain.fit, mixup_alpha=None))
+    job = replace(plain, out_dir=tmp_path / "on", fit=replace(plain.fit, consistency=ON))
+    expected = folds.loc[untrusted & (folds["fold"] != "0"), "fname"].tolist()
+    assert expected and unlabelled_clips(job) == expected
+    assert set(expected).isdisjoint(folds.loc[folds["fold"] == "0", "fname"])
+    train, valid = training_sets(job, CLASSES)
+    assert fingerprint(plain, train, valid) == fingerprint(plain, train, valid, [])
+    assert fingerprint(job, train, valid, expected) != fingerprint(job, train, valid)
+    history = run_training_job(job)
+    assert len(history) == job.fit.epochs and np.isfinite(history["train_loss"]).all()
