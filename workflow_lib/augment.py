@@ -3,7 +3,8 @@
 Not part of the paper's method (docs/method.md "Beyond the paper", "Augmentation"): the paper
 used mixup only. A net preset switches it on with ``method.nets.<preset>.augment``; the
 training step (:func:`workflow_lib.training._run_epoch`) calls :func:`augment` on each batch of
-excerpts, before mixup, and so can the later consistency training (two draws of one excerpt).
+excerpts, before mixup, and so does consistency training (:mod:`workflow_lib.consistency`:
+two draws of one excerpt).
 
 Every random number is drawn from the training step's seeded generator
 (:class:`workflow_lib.training.DeviceSampler`, whose state is checkpointed), so a run is

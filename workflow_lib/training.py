@@ -22,7 +22,9 @@ Randomness of a training step (batch order, excerpt starts, augmentation, mixup 
 comes from one seeded ``torch.Generator`` on the training device (:class:`DeviceSampler`): on
 CUDA a step makes no host-to-device copy and no synchronisation. The generator's state is
 checkpointed. Augmentation (:mod:`workflow_lib.augment`, ``FitSettings.augment``) is not the
-paper's and is off unless a net preset sets it.
+paper's and is off unless a net preset sets it; nor is consistency training
+(:mod:`workflow_lib.consistency`, ``FitSettings.consistency``, :func:`_consistency_loss`), off
+unless a chain sets it for its fine-tuning jobs.
 On CUDA a job also enables ``cudnn.benchmark``, the channels-last layout and fused Adam;
 ``compute.compile`` adds torch.compile (off by default: not measured yet).
 
