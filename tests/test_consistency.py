@@ -246,3 +246,35 @@ def test_a_fine_tuning_job_trains_with_its_unlabelled_clips(store, tmp_path):
     assert fingerprint(job, train, valid, expected) != fingerprint(job, train, valid)
     history = run_training_job(job)
     assert len(history) == job.fit.epochs and np.isfinite(history["train_loss"]).all()
+
+
+def test_consistency_runs_on_the_cuda_path_on_the_cpu(tmp_path):
+    """bf16 autocast, channels-last and fused Adam (the CUDA set, switched on for a CPU run):
+    the consistency step trains with finite losses, deterministically."""
+    from test_gpu_paths import CUDA_PATH_ON_CPU
+
+    def run(name: str) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        torch.manual_seed(0)
+        train_bank, train_targets = band_bank(4, 256, rng)
+        valid_bank, valid_targets = band_bank(2, 256, rng)
+        extra, _ = band_bank(2, 256, rng)
+        settings = FitSettings(
+            epochs=2,
+            lr=3e-3,
+            constant_epochs=1,
+            batch_size=6,
+            excerpt_frames=192,
+            mixup_alpha=None,
+            seed=5,
+            amp=True,
+            consistency=ON,
+        )
+        options = RunOptions(CheckpointPolicy(epochs=1, minutes=None), features=CUDA_PATH_ON_CPU)
+        model = build_model(4, N_CLASSES, dropout=(0.1, 0.2))
+        args = (train_bank, train_targets, valid_bank, valid_targets, settings, tmp_path / name, "fp")
+        return _scores(fit(model, *args, options=options, unlabelled_bank=extra))
+
+    first = run("a.pt")
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(first, run("b.pt"))
