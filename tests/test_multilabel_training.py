@@ -279,7 +279,8 @@ def test_training_sets_keep_label_sets_and_a_lists_trusted_subsets(store, tmp_pa
 def single_label_fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame) -> str:
     """The fingerprint as it was before multi-label mode (what single-label runs must keep)."""
     payload = {
-        "fit": asdict(job.fit),
+        # FitSettings as it was then: without the optional fields added later, off here
+        "fit": {k: v for k, v in asdict(job.fit).items() if k not in ("augment", "consistency")},
         "net": job.net,
         "frames": job.frames,
         "train": list(zip(train["fname"], train["target"].astype(int).tolist())),
