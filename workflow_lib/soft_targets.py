@@ -1,0 +1,90 @@
+"""Soft relabelling of training targets (issue 22, item 2): the pure target arithmetic.
+
+Not part of the paper's method. After daisukelab's FSDKaggle2019 solution, which softened
+targets with class co-occurrence probabilities and found it acted as a regulariser "like
+mixup", a fine-tuning job could replace a clip's hard target ``t`` by
+
+    (1 - strength) * t + strength * S(t)
+
+This module holds only that arithmetic, as pure numpy functions, so it can be checked by
+hand; it is not yet wired into any chain option, job setting or training step (see the
+report of branch h22b): every existing job is unchanged.
+
+``S`` is:
+
+* multi-label (:func:`cooccurrence`, :func:`multilabel_soft_targets`): with ``P(j | i)`` the
+  fraction of the verified training clips labelled ``i`` that are also labelled ``j``
+  (``P(i | i) = 1``; a class no verified clip carries has the row ``e_i``, i.e. no spread),
+  ``S(t) = sum_i t_i P(. | i) / sum_i t_i``: the mean of its labels' co-occurrence rows,
+  each value in [0, 1]. Normalising by the number of labels (rather than summing) keeps
+  every value a probability without clipping, and a clip's own labels keep S = 1, so a hard
+  label stays at exactly 1 and an absent class rises to at most ``strength``. A clip with no
+  label keeps its all-zero row.
+* single-label (:func:`prior_smoothing`): uniform label smoothing towards the class prior
+  ``p`` of the verified training clips, ``S(c) = p``; rows still sum to 1 and the true class
+  keeps at least ``1 - strength``. (The confusion-structure analogue of the issue, from other
+  folds' validation posteriors, is not built.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_strength(strength: float) -> None:
+    """A strength outside [0, 1] would give negative or over-one targets; refuse it early."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"soft relabelling strength must be in [0, 1], got {strength}")
+
+
+def cooccurrence(verified: np.ndarray) -> np.ndarray:
+    """``P(j | i)`` (row ``i``, column ``j``) from the multi-hot rows of verified clips.
+
+    Why the verified clips only: unverified labels are the noise being corrected, so they
+    must not shape the correction. A class with no verified clip gets the identity row,
+    which leaves its clips' targets unchanged rather than inventing co-occurrences."""
+    labels = np.asarray(verified, dtype=np.float64)
+    if labels.ndim != 2:
+        raise ValueError(f"verified labels must be a 2-D multi-hot array, got shape {labels.shape}")
+    counts = labels.T @ labels  # counts[i, j]: clips labelled both i and j
+    per_class = np.diag(counts).copy()
+    n_classes = labels.shape[1]
+    table = np.eye(n_classes)
+    seen = per_class > 0
+    table[seen] = counts[seen] / per_class[seen, None]
+    return table
+
+
+def multilabel_soft_targets(targets: np.ndarray, table: np.ndarray, strength: float) -> np.ndarray:
+    """``(1 - strength) * t + strength * S(t)`` for multi-hot rows ``targets``, with
+    ``S(t)`` the mean of the co-occurrence rows (``table``, :func:`cooccurrence`) of the
+    row's labels. Values stay in [0, 1] and labelled classes stay at 1 (see the module
+    docstring); label-free rows stay zero."""
+    _check_strength(strength)
+    hard = np.asarray(targets, dtype=np.float64)
+    n_labels = hard.sum(axis=1, keepdims=True)
+    spread = np.divide(hard @ table, n_labels, out=np.zeros_like(hard), where=n_labels > 0)
+    return (1.0 - strength) * hard + strength * spread
+
+
+def class_prior(verified: np.ndarray, n_classes: int) -> np.ndarray:
+    """The class frequencies of the verified clips' single labels (class indices); uniform
+    when there is none, so smoothing never divides by zero."""
+    indices = np.asarray(verified, dtype=np.int64)
+    if indices.size == 0:
+        return np.full(n_classes, 1.0 / n_classes)
+    counts = np.bincount(indices, minlength=n_classes).astype(np.float64)
+    return counts / counts.sum()
+
+
+def prior_smoothing(labels: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
+    """Single-label soft targets: ``(1 - strength) * one_hot(label) + strength * prior``.
+
+    Rows sum to 1 (``prior`` does), so :func:`workflow_lib.training.soft_cross_entropy`
+    takes them as they are; the true class keeps at least ``1 - strength``."""
+    _check_strength(strength)
+    weights = np.asarray(prior, dtype=np.float64)
+    if not np.isclose(weights.sum(), 1.0) or (weights < 0).any():
+        raise ValueError("the class prior must be a probability vector")
+    hard = np.eye(weights.size)[np.asarray(labels, dtype=np.int64)]
+    return (1.0 - strength) * hard + strength * weights[None, :]
