@@ -280,7 +280,9 @@ def single_label_fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.Da
     """The fingerprint as it was before multi-label mode (what single-label runs must keep)."""
     payload = {
         # FitSettings as it was then: without the optional fields added later, off here
-        "fit": {k: v for k, v in asdict(job.fit).items() if k not in ("augment", "consistency")},
+        "fit": {
+            k: v for k, v in asdict(job.fit).items() if k not in ("augment", "consistency", "soft_relabel")
+        },
         "net": job.net,
         "frames": job.frames,
         "train": list(zip(train["fname"], train["target"].astype(int).tolist())),

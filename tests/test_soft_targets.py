@@ -8,10 +8,32 @@ strengths outside [0, 1] are refused.
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import copy
+from dataclasses import replace
 
-from workflow_lib.soft_targets import class_prior, cooccurrence, multilabel_soft_targets, prior_smoothing
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from test_training import N_CLASSES, band_bank
+
+from workflow_lib.config import ConfigError, resolve_settings
+from workflow_lib.job_settings import fit_settings
+from workflow_lib.model import build_model
+from workflow_lib.soft_targets import (
+    SoftRelabelSettings,
+    class_prior,
+    cooccurrence,
+    multilabel_soft_targets,
+    prior_smoothing,
+    soften,
+)
+from workflow_lib.stages import TrainingJob, training_sets, training_targets
+from workflow_lib.task import MULTI, SINGLE
+from workflow_lib.training import CheckpointPolicy, FitSettings, RunOptions, fit
+
+from conftest import REPO
 
 #: Four verified clips over three classes (class 2 never verified).
 VERIFIED = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
@@ -63,3 +85,157 @@ def test_strength_out_of_range_refused(strength: float) -> None:
         prior_smoothing(np.array([0]), np.array([1.0]), strength)
     with pytest.raises(ValueError, match="strength must be in"):
         multilabel_soft_targets(VERIFIED, cooccurrence(VERIFIED), strength)
+
+
+# --- the chain option: settings, schema, training targets, a fit ----------------------------
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+PRESET = "vgg_gap_spec1_1"
+
+
+def _config(soft_relabel=None) -> dict:
+    config = copy.deepcopy(CONFIG)
+    config["run_preset"] = "paper"
+    if soft_relabel is not None:
+        config["chains"]["warmup"]["soft_relabel"] = soft_relabel
+    return config
+
+
+def test_soften_rows_single_and_multi() -> None:
+    """Only the chosen rows change; S from the verified rows only."""
+    labels = np.array([0, 0, 1, 1])
+    verified = np.array([True, True, True, False])
+    soft = soften(labels, verified, ~verified, 0.3, 3)
+    np.testing.assert_array_equal(soft[:3], np.eye(3)[[0, 0, 1]])
+    np.testing.assert_allclose(soft[3], 0.7 * np.eye(3)[1] + 0.3 * np.array([2 / 3, 1 / 3, 0.0]), rtol=1e-6)
+    assert soft.dtype == np.float32
+    rows = np.eye(3, dtype=np.float32)[labels]
+    multi = soften(rows, verified, np.ones(4, bool), 0.3, 3)
+    np.testing.assert_allclose(multi, rows)  # single labels never co-occur: nothing spreads
+
+
+def test_fit_settings_are_unchanged_without_the_key() -> None:
+    """Every chain of config.yaml: the settings of before; with the key only the chain's
+    fine-tuning jobs get ``fit.soft_relabel``, and records without it keep their fingerprint."""
+    plain = resolve_settings(_config())
+    on = resolve_settings(_config({"strength": 0.1}))
+    assert fit_settings(plain, PRESET, 0, "soft_relabel") == fit_settings(plain, PRESET, 0)
+    example = fit_settings(plain, PRESET, 1, "soft_relabel")["fit"]["soft_relabel"]
+    assert example == {"strength": 0.1, "verified": False}
+    for chain in plain["chains"]:
+        if "soft_relabel" in CONFIG["chains"][chain]:
+            continue
+        for iteration in (0, 1, 2):
+            assert "soft_relabel" not in fit_settings(plain, PRESET, iteration, chain)["fit"]
+            if chain != "warmup":
+                assert fit_settings(on, PRESET, iteration, chain) == fit_settings(
+                    plain, PRESET, iteration, chain
+                )
+    assert fit_settings(on, PRESET, 0, "warmup") == fit_settings(plain, PRESET, 0)
+    tuned = fit_settings(on, PRESET, 1, "warmup")
+    assert tuned["fit"]["soft_relabel"] == {"strength": 0.1, "verified": False}
+    assert FitSettings(**tuned["fit"]).soft_relabel == SoftRelabelSettings(strength=0.1)
+    assert "soft_relabel" in FitSettings(**tuned["fit"]).record()
+    assert "soft_relabel" not in FitSettings(**fit_settings(plain, PRESET, 1, "warmup")["fit"]).record()
+
+
+@pytest.mark.parametrize(
+    "value,fragment",
+    [
+        ({"verified": True}, "soft_relabel"),
+        ({"strength": 0}, "soft_relabel.strength"),
+        ({"strength": 1.5}, "soft_relabel.strength"),
+        ({"strength": 0.1, "verified": "no"}, "soft_relabel.verified"),
+        ({"strength": 0.1, "partner": 1}, "soft_relabel"),
+    ],
+)
+def test_config_refuses_bad_soft_relabel_naming_the_key(value, fragment) -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve_settings(_config(value))
+    assert f"config key chains.warmup.{fragment}" in str(raised.value), str(raised.value)
+
+
+def test_config_accepts_soft_relabel() -> None:
+    settings = resolve_settings(_config({"strength": 0.2, "verified": True}))
+    assert settings["chains"]["warmup"]["soft_relabel"] == {"strength": 0.2, "verified": True}
+
+
+def _fit(tmp_path, name, task, soft, epochs=3, kill_after=None):
+    """The band problem of tests/test_training.py fine-tuned on soft targets, seed 5,
+    checkpoints every 2 epochs; ``kill_after``: stop as a kill."""
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    train_bank, labels = band_bank(4, 256, rng)
+    valid_bank, valid_targets = band_bank(2, 256, rng)
+    if task is MULTI:
+        labels, valid_targets = (np.eye(N_CLASSES, dtype=np.float32)[t] for t in (labels, valid_targets))
+    verified = np.arange(len(labels)) % 2 == 0
+    if task is MULTI:  # verified clips carry a second label, so classes co-occur
+        labels = np.clip(labels + verified[:, None] * np.roll(labels, 1, axis=1), 0, 1)
+    targets = soften(labels, verified, ~verified, 0.3, N_CLASSES) if soft else labels
+    model = build_model(4, N_CLASSES, dropout=(0.1, 0.2))
+    fit_ = {"epochs": epochs, "lr": 3e-3, "constant_epochs": 2, "batch_size": 6, "excerpt_frames": 192}
+    settings = FitSettings(**fit_, mixup_alpha=None, seed=5, soft_relabel={"strength": 0.3} if soft else None)
+
+    def on_epoch(history):
+        if kill_after is not None and len(history) == kill_after:
+            raise KeyboardInterrupt
+
+    options = RunOptions(CheckpointPolicy(epochs=2, minutes=None))
+    args = (train_bank, targets, valid_bank, valid_targets, settings, tmp_path / name, "fp")
+    return fit(model, *args, on_epoch=on_epoch, options=options, task=task)
+
+
+def _scores(state) -> np.ndarray:
+    return pd.DataFrame(state.history)[["train_loss", "train_acc", "valid_loss", "valid_acc"]].to_numpy(float)
+
+
+@pytest.mark.parametrize("task", [SINGLE, MULTI], ids=lambda t: t.name)
+def test_fit_with_soft_targets_is_deterministic_and_resumes_exactly(tmp_path, task) -> None:
+    torch.set_num_threads(1)
+    first = _fit(tmp_path, "a.pt", task, True)
+    np.testing.assert_array_equal(_scores(first), _scores(_fit(tmp_path, "b.pt", task, True)))
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, "killed.pt", task, True, epochs=4, kill_after=3)
+    resumed = _fit(tmp_path, "killed.pt", task, True, epochs=4)
+    straight = _fit(tmp_path, "straight.pt", task, True, epochs=4)
+    np.testing.assert_allclose(_scores(resumed), _scores(straight), rtol=0, atol=1e-6)
+    assert not np.allclose(_scores(first), _scores(_fit(tmp_path, "hard.pt", task, False)))
+
+
+def test_training_targets_soften_trusted_unverified_clips_from_verified_training_clips(tmp_path) -> None:
+    """Fold 1 trains on v0, v2 (verified, classes a, b) and the trusted unverified u1 (a);
+    validation clips (v1 of class c) never shape S: the prior is (1/2, 1/2, 0)."""
+    folds = pd.DataFrame(
+        {
+            "fname": ["v0", "v2", "u1", "v1", "u2"],
+            "label": ["a", "b", "a", "c", "c"],
+            "verified": ["1", "1", "0", "1", "0"],
+            "fold": ["0", "0", "0", "1", "1"],
+        }
+    )
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    folds[["fname", "label"]].assign(manually_verified="1").to_csv(tmp_path / "train.csv", index=False)
+    fit_ = {"epochs": 1, "lr": 1e-3, "constant_epochs": 1, "batch_size": 4, "excerpt_frames": 8}
+    settings = FitSettings(**fit_, mixup_alpha=None, seed=1, soft_relabel={"strength": 0.2})
+    job = TrainingJob(
+        manifest_csv=None,
+        folds_csv=tmp_path / "folds.csv",
+        classes_csv=None,
+        fold=1,
+        out_dir=tmp_path,
+        preset=PRESET,
+        net={},
+        fit=settings,
+        frames=16,
+        train_list_csv=tmp_path / "train.csv",
+    )
+    classes = ["a", "b", "c"]
+    train, valid = training_sets(job, classes)
+    assert set(train["fname"]).isdisjoint(valid["fname"])
+    soft = training_targets(job, train, classes)
+    rows = dict(zip(train["fname"], soft))
+    np.testing.assert_array_equal(rows["v0"], [1, 0, 0])
+    np.testing.assert_allclose(rows["u1"], [0.8 + 0.1, 0.1, 0.0], rtol=1e-6)
+    plain = replace(job, fit=replace(settings, soft_relabel=None))
+    np.testing.assert_array_equal(training_targets(plain, train, classes), train["target"].to_numpy())

@@ -178,6 +178,7 @@ CHAIN_COMMON_KEYS = {
     "correct_threshold",
     "description",
     "consistency",  # fine-tuning's consistency training (workflow_lib/consistency.py)
+    "soft_relabel",  # fine-tuning's soft relabelling (workflow_lib/soft_targets.py)
 }
 
 

@@ -91,6 +91,11 @@ def fit_settings(
     spec = settings["chains"].get(chain, {}) if chain is not None and not initial else {}
     if "consistency" in spec:  # likewise only when the chain sets it
         fit["consistency"] = consistency_settings(spec["consistency"])
+    if "soft_relabel" in spec:  # likewise: soft relabelling (workflow_lib/soft_targets.py)
+        fit["soft_relabel"] = {
+            "strength": spec["soft_relabel"]["strength"],
+            "verified": spec["soft_relabel"].get("verified", False),
+        }
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
     net = {key: value for key, value in net.items() if key != "augment"}  # a fit setting
     job = {

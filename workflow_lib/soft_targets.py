@@ -7,8 +7,9 @@ mixup", a fine-tuning job could replace a clip's hard target ``t`` by
     (1 - strength) * t + strength * S(t)
 
 This module holds only that arithmetic, as pure numpy functions, so it can be checked by
-hand; it is not yet wired into any chain option, job setting or training step (see the
-report of branch h22b): every existing job is unchanged.
+hand; :func:`soften` applies it to a fine-tuning job's training clips (chain option
+``soft_relabel``, job setting ``fit.soft_relabel``, applied in
+``workflow_lib.stages.training_targets``). Off unless a chain sets it.
 
 ``S`` is:
 
@@ -28,7 +29,23 @@ report of branch h22b): every existing job is unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftRelabelSettings:
+    """A fine-tuning job's ``fit.soft_relabel`` (config ``chains.<name>.soft_relabel``)."""
+
+    strength: float  # weight of S(t) in the soft target
+    verified: bool = False  # also soften the verified clips' targets (default: trusted unverified only)
+
+    @classmethod
+    def from_mapping(cls, value: SoftRelabelSettings | dict[str, Any] | None) -> SoftRelabelSettings | None:
+        """From a job's ``fit.soft_relabel``; None when absent (off)."""
+        return cls(**value) if isinstance(value, dict) else value
 
 
 def _check_strength(strength: float) -> None:
@@ -88,3 +105,22 @@ def prior_smoothing(labels: np.ndarray, prior: np.ndarray, strength: float) -> n
         raise ValueError("the class prior must be a probability vector")
     hard = np.eye(weights.size)[np.asarray(labels, dtype=np.int64)]
     return (1.0 - strength) * hard + strength * weights[None, :]
+
+
+def soften(
+    targets: np.ndarray, verified: np.ndarray, soften_rows: np.ndarray, strength: float, n_classes: int
+) -> np.ndarray:
+    """A training set's soft target rows: ``targets`` (class indices, or multi-hot rows),
+    ``verified`` (bool per clip: which clips estimate S), ``soften_rows`` (bool per clip:
+    which rows are softened; the others stay hard, as float rows). Why S comes from the
+    verified training clips only: they are the fold's clean labels, and validation clips never
+    shape training targets (no leak into the fold's model selection)."""
+    hard = np.asarray(targets)
+    verified, soften_rows = np.asarray(verified, dtype=bool), np.asarray(soften_rows, dtype=bool)
+    if hard.ndim == 2:
+        rows = hard.astype(np.float64)
+        soft = multilabel_soft_targets(rows, cooccurrence(rows[verified]), strength)
+    else:
+        rows = np.eye(n_classes)[hard.astype(np.int64)]
+        soft = prior_smoothing(hard, class_prior(hard[verified], n_classes), strength)
+    return np.where(soften_rows[:, None], soft, rows).astype(np.float32)

@@ -53,6 +53,7 @@ from .policies import Clips, apply_policy, low_trust, policy_named
 from .preprocess import SpectrogramStore
 from .selection import best_epoch_row, chosen_iteration
 from .self_verify import TABLES, TrustSettings, judge_folds, with_truth
+from .soft_targets import soften
 from .task import MULTI, SINGLE, Task, task_named, task_of_saved
 from .training import CheckpointPolicy, FitSettings, RunOptions, fit, predict_whole
 
@@ -186,6 +187,20 @@ def targets_of(clips: pd.DataFrame, classes: list[str], task: Task) -> np.ndarra
     return task.targets(clips, classes)
 
 
+def training_targets(job: TrainingJob, train: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """The training clips' targets (:func:`targets_of`); with ``job.fit.soft_relabel``, soft
+    rows (:func:`workflow_lib.soft_targets.soften`): S estimated on the fold's verified
+    training clips, applied to the trusted unverified clips (and the verified ones when
+    ``verified``). Without the option the hard targets, exactly as before."""
+    targets = targets_of(train, classes, job.task)
+    settings = job.fit.soft_relabel
+    if settings is None:
+        return targets
+    verified = train["verified"].astype(int).to_numpy() == 1
+    rows = np.ones_like(verified) if settings.verified else ~verified
+    return soften(targets, verified, rows, settings.strength, len(classes))
+
+
 def loss_weights(train: pd.DataFrame) -> np.ndarray | None:
     """Per-clip loss weights of a training set, or None when every weight is 1 (the plain mean
     loss, bit for bit)."""
@@ -288,7 +303,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     state = fit(
         model,
         train_bank,
-        targets_of(train, classes, job.task),
+        training_targets(job, train, classes),
         valid_bank,
         targets_of(valid, classes, job.task),
         job.fit,

@@ -102,17 +102,21 @@ class Task:
         return clips["target"].to_numpy()
 
     def target_tensor(self, targets: np.ndarray, device: Any) -> torch.Tensor:
-        """The targets on ``device``: int64 class indices or float32 multi-hot rows."""
+        """The targets on ``device``: int64 class indices, or float32 rows (multi-hot, or the
+        soft rows of soft relabelling, workflow_lib/soft_targets.py, for either task)."""
         import torch  # deliberate lazy import: see the module docstring
 
-        dtype = torch.float32 if self.label_sets else torch.int64
+        rows = self.label_sets or np.asarray(targets).ndim == 2
+        dtype = torch.float32 if rows else torch.int64
         return torch.tensor(np.asarray(targets), dtype=dtype, device=device)
 
     def soft_targets(self, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
-        """Float rows mixup can mix: one-hot rows of class indices, multi-hot rows as they are."""
+        """Float rows mixup can mix: one-hot rows of class indices; multi-hot or soft rows
+        (soft relabelling) as they are."""
         import torch.nn.functional as F  # deliberate lazy import: see the module docstring
 
-        return targets if self.label_sets else F.one_hot(targets, n_classes).float()
+        rows = self.label_sets or targets.dim() == 2
+        return targets if rows else F.one_hot(targets, n_classes).float()
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities from logits, as float32: a softmax over the classes, or an

@@ -55,6 +55,7 @@ from .consistency import ConsistencySettings, consistency_loss, rampup
 from .data import ClipBank
 from .io import UNREADABLE_ERRORS, atomic_path, set_aside
 from .metrics import accuracy, lwlrap, map_at_3
+from .soft_targets import SoftRelabelSettings
 from .task import MULTI, SINGLE, Task
 
 log = logging.getLogger(__name__)
@@ -155,19 +156,21 @@ class FitSettings:
     amp: bool = True
     augment: AugmentSettings | None = None  # None: off (the paper); workflow_lib/augment.py
     consistency: ConsistencySettings | None = None  # None: off; workflow_lib/consistency.py
+    soft_relabel: SoftRelabelSettings | None = None  # None: off; workflow_lib/soft_targets.py
 
     def __post_init__(self) -> None:
         """A job's JSON gives ``augment`` and ``consistency`` as mappings; keep typed, hashable
         values, and None for "off" however it was written (all zero, or absent)."""
         object.__setattr__(self, "augment", AugmentSettings.from_mapping(self.augment))
         object.__setattr__(self, "consistency", ConsistencySettings.from_mapping(self.consistency))
+        object.__setattr__(self, "soft_relabel", SoftRelabelSettings.from_mapping(self.soft_relabel))
 
     def record(self) -> dict:
         """The settings as JSON-able values, for the run's fingerprint; ``augment`` and
         ``consistency`` only when on, so the fingerprints of runs without them stay those
         written before they existed (their checkpoints still resume)."""
         fields = asdict(self)
-        for optional in ("augment", "consistency"):
+        for optional in ("augment", "consistency", "soft_relabel"):
             if fields[optional] is None:
                 fields.pop(optional)
         return fields
