@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_multilabel_training import CLASSES, job_for, store  # noqa: F401 (a fixture)
 from test_training import N_CLASSES, band_bank
 
 from workflow_lib.config import ConfigError, resolve_settings
+from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.job_settings import fit_settings
 from workflow_lib.model import build_model
 from workflow_lib.soft_targets import (
@@ -29,7 +31,7 @@ from workflow_lib.soft_targets import (
     prior_smoothing,
     soften,
 )
-from workflow_lib.stages import TrainingJob, training_sets, training_targets
+from workflow_lib.stages import TrainingJob, fingerprint, run_training_job, training_sets, training_targets
 from workflow_lib.task import MULTI, SINGLE
 from workflow_lib.training import CheckpointPolicy, FitSettings, RunOptions, fit
 
@@ -239,3 +241,19 @@ def test_training_targets_soften_trusted_unverified_clips_from_verified_training
     np.testing.assert_allclose(rows["u1"], [0.8 + 0.1, 0.1, 0.0], rtol=1e-6)
     plain = replace(job, fit=replace(settings, soft_relabel=None))
     np.testing.assert_array_equal(training_targets(plain, train, classes), train["target"].to_numpy())
+
+
+def test_a_fine_tuning_job_trains_on_soft_targets(store, tmp_path) -> None:
+    """run_training_job, multi-label, soft relabelling on: its fingerprint differs from the
+    plain job's (whose stays as it was) and it trains through the soft rows."""
+    folds = read_csv_str(store["folds"])
+    write_csv(folds[["fname", "label"]].assign(manually_verified="1"), tmp_path / "train_list.csv")
+    plain = job_for(store, tmp_path / "plain", train_list_csv=tmp_path / "train_list.csv")
+    plain = replace(plain, fit=replace(plain.fit, mixup_alpha=None))
+    job = replace(plain, out_dir=tmp_path / "on", fit=replace(plain.fit, soft_relabel={"strength": 0.1}))
+    train, valid = training_sets(job, CLASSES)
+    assert fingerprint(job, train, valid) != fingerprint(plain, train, valid)
+    soft = training_targets(job, train, CLASSES)
+    assert soft.shape == (len(train), len(CLASSES)) and (soft >= 0).all() and (soft <= 1).all()
+    history = run_training_job(job)
+    assert len(history) == job.fit.epochs and np.isfinite(history["train_loss"]).all()
