@@ -21,7 +21,7 @@ from .audio import sox_effects_problems
 from .dataset_layouts import LAYOUTS, layout_of, train_listing_keys
 from .errors import UserError
 from .io import write_json
-from .policies import REGISTRY, chain_schema_properties, names_for
+from .policies import CHAIN_KEYS, REGISTRY, chain_schema_properties, names_for
 from .task import TASKS, Task, task_of_settings
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -168,20 +168,6 @@ def unused_dataset_keys(settings: Mapping[str, Any], user: Mapping[str, Any] | N
     return problems
 
 
-#: Keys every chain may set, whatever its policy.
-CHAIN_COMMON_KEYS = {
-    "start",
-    "policy",
-    "max_per_class",
-    "max_fraction",
-    "correct_labels",
-    "correct_threshold",
-    "description",
-    "consistency",  # fine-tuning's consistency training (workflow_lib/consistency.py)
-    "soft_relabel",  # fine-tuning's soft relabelling (workflow_lib/soft_targets.py)
-}
-
-
 def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
     """Each chain sets only keys its policy reads (a setting is never silently ignored), the
     keys it needs, and correct_labels only with a policy that can refuse a clip for its label;
@@ -195,7 +181,7 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
         )
     for name, chain in chains.items():
         policy = REGISTRY[chain["policy"]]  # the schema's enum is the registry's names
-        stray = sorted(set(chain) - CHAIN_COMMON_KEYS - set(policy.keys))
+        stray = sorted(set(chain) - CHAIN_KEYS - set(policy.keys))
         if stray:
             problems.append(f"config key chains.{name}: policy {policy.name} does not read {stray}")
         if not set(policy.required) <= set(chain):

@@ -190,8 +190,23 @@ class PolicySettings:
 
 #: The settings every policy takes (caps, correction, warning): :class:`PolicySettings`' own.
 COMMON_KEYS = frozenset(f.name for f in fields(PolicySettings)) - {"name", "parameters"}
-#: Chain keys that are no policy parameter (config chains.NAME): a parameter may not use them.
-RESERVED_KEYS = COMMON_KEYS | {"name", "start", "policy", "description", "consistency"}
+#: Keys every chain may set whatever its policy (config chains.NAME): its start, policy and
+#: description, the caps and correction, and the fine-tuning options of the chain.
+CHAIN_KEYS = frozenset(
+    {
+        "start",
+        "policy",
+        "description",
+        "max_per_class",
+        "max_fraction",
+        "correct_labels",
+        "correct_threshold",
+        "consistency",  # fine-tuning's consistency training (workflow_lib/consistency.py)
+        "soft_relabel",  # fine-tuning's soft relabelling (workflow_lib/soft_targets.py)
+    }
+)
+#: Keys that are no policy parameter: a parameter may not use them.
+RESERVED_KEYS = COMMON_KEYS | CHAIN_KEYS | {"name"}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .dataset_layouts import LAYOUTS
+from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS
 from .labels import join_labels, multi_hot, split_labels
 
 if TYPE_CHECKING:  # annotations only; see the module docstring
@@ -205,7 +205,6 @@ MULTI = Task(
     higher_is_better=True,
 )
 TASKS: dict[str, Task] = {task.name: task for task in (SINGLE, MULTI)}
-BY_LAYOUT: dict[str, Task] = {task.layout: task for task in (SINGLE, MULTI)}
 
 
 def task_named(name: str) -> Task:
@@ -217,7 +216,7 @@ def task_named(name: str) -> Task:
 
 def task_of_settings(settings: Mapping[str, Any]) -> Task:
     """The task of a resolved config (its ``dataset.layout``; absent: single-label)."""
-    return task_of_layout(settings.get("dataset", {}).get("layout", SINGLE.layout))
+    return task_of_layout(settings.get("dataset", {}).get("layout", DEFAULT_LAYOUT))
 
 
 def task_of_layout(layout: str) -> Task:
