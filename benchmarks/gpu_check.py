@@ -1,6 +1,7 @@
 """The first command on a GPU machine: does the CUDA path run, how fast, how much memory.
 
     python benchmarks/gpu_check.py [--out gpu_check.json] [--dag run|dry-run|skip] [--compile]
+        [--steps matmul,throughput,fold,paper_run,startup,demo_dag] [--jobs-per-gpu 2]
 
 One run (at most about 8 minutes on one GPU; the sizes below are chosen for it) writes one JSON
 and prints a table of:
@@ -15,9 +16,15 @@ and prints a table of:
    clips, lengths spread over 0.3-30 s): step time, epoch time, checkpoint time, peak memory
    (torch.cuda.max_memory_allocated) against the memory model of workflow_lib/gpu_memory.py;
 5. the whole paper run's GPU-hours estimated from the schedule's FLOP count and (3)'s rates;
-6. the demo DAG end to end with ``compute.jobs_per_gpu: 2`` and ``--resources gpu=2`` (one GPU x
-   two slots: Snakemake's gpu resource counts slots, README "On a GPU workstation"): wall time,
-   and the device each network job's log names (every one must be a GPU).
+6. a network job's start-up in fresh processes (benchmarks/gpu_startup.py: import, CUDA
+   context, first training step with cudnn.benchmark on and off);
+7. the demo DAG end to end with ``compute.jobs_per_gpu`` (``--jobs-per-gpu``, default 2) and
+   ``--resources gpu=<slots>`` (Snakemake's gpu resource counts slots, README "On a GPU
+   workstation"): wall time, and the device each network job's log names (every one must be a
+   GPU).
+
+The JSON is rewritten after every step, so a lease that ends mid-run keeps the figures so far;
+``--steps`` runs a subset (with the steps it needs).
 
 Without a GPU it runs the same steps in a reduced form on the CPU (tiny batches, a tiny fold,
 the demo DAG with one preset and two epochs), and says so: no figure of that form is a GPU
@@ -27,6 +34,7 @@ figure. tests/test_gpu_check.py runs the CPU form with ``--dag dry-run``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -224,6 +232,20 @@ def fold_run(device: torch.device, sizes: dict, workdir: Path) -> dict:
     }
 
 
+def startup(device: torch.device) -> list[dict]:
+    """A network job's start-up in fresh processes (benchmarks/gpu_startup.py), cudnn.benchmark
+    on (what the training path does on CUDA) and off."""
+    rows = []
+    for setting in ("on", "off") if device.type == "cuda" else ("on",):
+        command = [sys.executable, str(REPO / "benchmarks" / "gpu_startup.py"), "--cudnn-benchmark", setting]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            rows.append({"cudnn_benchmark": setting == "on", "failed": done.stderr[-2000:]})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def paper_run_flops(row: dict, method: dict) -> dict:
     """One preset's FLOPs in the paper's schedule (4 folds): initial training and fine-tuning
     (training excerpts, and whole-clip validation after every epoch), self-verification
@@ -275,9 +297,9 @@ def network_job_devices(results: Path) -> dict[str, str]:
     return devices
 
 
-def dag_overrides(gpu: bool) -> dict:
-    """compute.jobs_per_gpu 2 (and the device); the CPU form: one preset, two epochs."""
-    overrides: dict = {"compute": {"jobs_per_gpu": 2, "device": "cuda" if gpu else "cpu"}}
+def dag_overrides(gpu: bool, jobs_per_gpu: int) -> dict:
+    """compute.jobs_per_gpu (and the device); the CPU form: one preset, two epochs."""
+    overrides: dict = {"compute": {"jobs_per_gpu": jobs_per_gpu, "device": "cuda" if gpu else "cpu"}}
     if not gpu:
         overrides["method"] = {"presets": ["vgg_gap_spec1_1"]}
         overrides["run_presets"] = {
@@ -292,20 +314,25 @@ def dag_overrides(gpu: bool) -> dict:
     return overrides
 
 
-def demo_dag(mode: str, gpu: bool, workdir: Path, timeout_s: float) -> dict:
-    """The demo workflow with jobs_per_gpu 2 on one GPU (--resources gpu=2: 1 GPU x 2 slots)."""
+def demo_dag(mode: str, gpu: bool, workdir: Path, timeout_s: float, jobs_per_gpu: int = 2) -> dict:
+    """The demo workflow with ``jobs_per_gpu`` slots on one GPU (--resources gpu=<slots>: Snakemake's
+    gpu resource counts slots)."""
     if mode == "skip":
         return {"status": "skipped", "reason": "--dag skip"}
     workdir.mkdir(parents=True, exist_ok=True)
     overrides = workdir / "gpu_check_overrides.yaml"
-    overrides.write_text(yaml.safe_dump(dag_overrides(gpu)))
+    overrides.write_text(yaml.safe_dump(dag_overrides(gpu, jobs_per_gpu)))
     bin_dir = Path(sys.executable).parent
+    # `python -m snakemake`, not the console script beside the interpreter: on a GPU image whose
+    # packages were installed with `pip --target`, that script is not next to python.
     command = [
-        str(bin_dir / "snakemake"),
+        sys.executable,
+        "-m",
+        "snakemake",
         "--cores",
-        str(min(os.cpu_count() or 1, 8)),
+        str(max(os.cpu_count() or 1, jobs_per_gpu)),
         "--resources",
-        "gpu=2",
+        f"gpu={jobs_per_gpu}",
     ]
     command += [
         "--snakefile",
@@ -320,9 +347,18 @@ def demo_dag(mode: str, gpu: bool, workdir: Path, timeout_s: float) -> dict:
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {"status": "timed out", "timeout_s": timeout_s, "command": " ".join(command)}
+        devices = network_job_devices(workdir / "results")
+        return {
+            "status": "timed out",
+            "timeout_s": timeout_s,
+            "jobs_per_gpu": jobs_per_gpu,
+            "command": " ".join(command),
+            "network_jobs_started": len(devices),
+            "devices": devices,
+        }
     wall = time.perf_counter() - started
     result = {"status": mode, "rc": done.returncode, "wall_s": wall, "command": " ".join(command)}
+    result["jobs_per_gpu"] = jobs_per_gpu
     if done.returncode != 0:
         return result | {"status": "failed", "output_tail": (done.stdout + done.stderr)[-3000:]}
     if mode == "dry-run":
@@ -337,12 +373,7 @@ def demo_dag(mode: str, gpu: bool, workdir: Path, timeout_s: float) -> dict:
     }
 
 
-def print_report(report: dict) -> None:
-    """The JSON's figures as a table."""
-    env = report["environment"]
-    print(f"device: {env['device']} (torch {env['torch']}, CUDA {env['cuda']}, bf16 {env['bf16_supported']})")
-    if not env["gpu_found"]:
-        print("NO GPU FOUND: the reduced CPU form ran (tiny sizes); none of these figures is a GPU figure.")
+def print_throughput(report: dict) -> None:
     mm = report["matmul"]
     print(f"matmul {mm['size']}^2 {mm['dtype']}: {mm['gflops']:.0f} GFLOP/s (the yardstick below)")
     print(f"{'preset':<16} {'batch':>5} {'excerpts/s':>10} {'GFLOP/s':>9} {'of matmul':>9} {'clips/s':>8}")
@@ -351,37 +382,100 @@ def print_report(report: dict) -> None:
             f"{r['preset']:<16} {r['batch']:>5} {r['excerpts_per_s']:>10.1f} {r['train_gflops']:>9.0f} "
             f"{100 * r['train_share_of_matmul']:>8.1f}% {r['clips_per_s']:>8.1f}"
         )
-    f = report["fold"]
+
+
+def print_fold(f: dict) -> None:
     peak = f"{f['peak_allocated_bytes'] / 2**30:.2f} GiB" if f["peak_allocated_bytes"] else "n/a (CPU)"
     print(
         f"fold ({f['preset']}, {f['train_clips']} + {f['valid_clips']} clips, {f['epochs']} epochs): epochs "
         f"{', '.join(f'{s:.1f}' for s in f['epoch_s'])} s, step {1000 * f['step_s']:.1f} ms, validation "
         f"{f['validation_s']:.1f} s, checkpoint {', '.join(f'{s:.2f}' for s in f['checkpoint_s'])} s; "
-        f"peak {peak}, "
-        f"modelled {f['modelled_bytes'] / 2**30:.2f} GiB"
+        f"peak {peak}, modelled {f['modelled_bytes'] / 2**30:.2f} GiB"
     )
-    e = report["paper_run"]
-    print(f"paper run: {e['eflop']:.2f} EFLOP -> {e['device_hours']:.1f} h on this device at the rates above")
-    dag = report["demo_dag"]
-    print(
-        f"demo DAG (jobs_per_gpu 2): {dag['status']}"
-        + (f", {dag['wall_s']:.0f} s" if "wall_s" in dag else "")
-    )
-    if "all_on_expected_device" in dag:
+
+
+def print_startup(rows: list[dict]) -> None:
+    for r in rows:
+        if "failed" in r:
+            print(f"start-up (cudnn.benchmark {r['cudnn_benchmark']}): FAILED {r['failed'][-300:]}")
+            continue
         print(
-            f"  {dag['network_jobs']} network jobs, all on the expected device: "
-            f"{dag['all_on_expected_device']}"
+            f"start-up of a demo job (cudnn.benchmark {r['cudnn_benchmark']}): "
+            f"import {r['import_torch_s']:.1f} s, context {r['context_s']:.1f} s, "
+            f"first step {r['first_step_s']:.2f} s (next {1000 * r['next_step_s']:.1f} ms), "
+            f"first eval {r['first_eval_batch_s']:.2f} s, "
+            f"other-size eval {r['other_size_eval_batch_s']:.2f} s"
         )
 
 
-def main() -> int:
+def print_dag(dag: dict) -> None:
+    slots = f"jobs_per_gpu {dag['jobs_per_gpu']}" if "jobs_per_gpu" in dag else "demo DAG"
+    print(f"demo DAG ({slots}): {dag['status']}" + (f", {dag['wall_s']:.0f} s" if "wall_s" in dag else ""))
+    if "devices" in dag:
+        on_gpu = sum(d.startswith("cuda") for d in dag["devices"].values())
+        print(f"  {len(dag['devices'])} network jobs logged, {on_gpu} of them on a CUDA device")
+
+
+def print_report(report: dict) -> None:
+    """The JSON's figures as a table (the steps that ran)."""
+    env = report["environment"]
+    print(f"device: {env['device']} (torch {env['torch']}, CUDA {env['cuda']}, bf16 {env['bf16_supported']})")
+    if not env["gpu_found"]:
+        print("NO GPU FOUND: the reduced CPU form ran (tiny sizes); none of these figures is a GPU figure.")
+    if "throughput" in report:
+        print_throughput(report)
+    if "fold" in report:
+        print_fold(report["fold"])
+    if "paper_run" in report:
+        e = report["paper_run"]
+        hours = e["device_hours"]
+        print(f"paper run: {e['eflop']:.2f} EFLOP -> {hours:.1f} h on this device at the rates above")
+    if "startup" in report:
+        print_startup(report["startup"])
+    if "demo_dag" in report:
+        print_dag(report["demo_dag"])
+
+
+#: The steps in order, and the steps each needs before it.
+STEPS = {
+    "matmul": (),
+    "throughput": ("matmul",),
+    "fold": (),
+    "paper_run": ("throughput",),
+    "startup": (),
+    "demo_dag": (),
+}
+
+
+def chosen_steps(names: str) -> list[str]:
+    """The steps of ``--steps`` (comma-separated), in run order, with what each needs."""
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    unknown = wanted - set(STEPS)
+    if unknown:
+        raise SystemExit(f"--steps: unknown step(s) {sorted(unknown)}; the steps are {list(STEPS)}")
+    for name in list(wanted):
+        wanted |= set(STEPS[name]) | {n for need in STEPS[name] for n in STEPS[need]}
+    return [name for name in STEPS if name in wanted]
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON to write")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {list(STEPS)}")
     parser.add_argument("--dag", choices=["run", "dry-run", "skip"], default="run", help="the demo DAG step")
     parser.add_argument("--dag-timeout", type=float, default=300.0, help="seconds for the demo DAG")
+    parser.add_argument("--jobs-per-gpu", type=int, default=2, help="compute.jobs_per_gpu of the demo DAG")
     parser.add_argument("--workdir", type=Path, help="where the fold and the demo run (default: a temp dir)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the throughput nets")
     args = parser.parse_args()
+    if args.jobs_per_gpu < 1:
+        parser.error("--jobs-per-gpu must be at least 1")
+    args.steps = chosen_steps(args.steps)
+    return args
+
+
+def main() -> int:
+    args = parse_arguments()
     gpu = torch.cuda.is_available()
     device = torch.device("cuda:0" if gpu else "cpu")
     sizes = SIZES["gpu" if gpu else "cpu"]
@@ -393,16 +487,27 @@ def main() -> int:
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "environment": environment(device),
         }
-        report["matmul"] = matmul_rate(device, **sizes["matmul"])
-        report["throughput"] = preset_throughput(device, sizes, report["matmul"]["gflops"], args.compile)
-        report["fold"] = fold_run(device, sizes, workdir)
-        report["paper_run"] = paper_run_estimate(report["throughput"])
-        report["demo_dag"] = demo_dag(args.dag, gpu, workdir / "demo", args.dag_timeout)
+        steps = {
+            "matmul": lambda: matmul_rate(device, **sizes["matmul"]),
+            "throughput": lambda: preset_throughput(device, sizes, report["matmul"]["gflops"], args.compile),
+            "fold": lambda: fold_run(device, sizes, workdir),
+            "paper_run": lambda: paper_run_estimate(report["throughput"]),
+            "startup": lambda: startup(device),
+            "demo_dag": lambda: demo_dag(
+                args.dag, gpu, workdir / "demo", args.dag_timeout, args.jobs_per_gpu
+            ),
+        }
+        finished: list[str] = []
+        for name in args.steps:
+            report[name] = steps[name]()
+            finished.append(name)
+            # Written after every step: a lease that ends mid-run still leaves the figures so far.
+            write_json(report | {"finished_steps": finished}, args.out)
     report["total_s"] = time.perf_counter() - started
-    write_json(report, args.out)
+    write_json(report | {"finished_steps": finished}, args.out)
     print_report(report)
     print(f"total {report['total_s']:.0f} s; JSON: {args.out}")
-    return 0 if report["demo_dag"]["status"] not in ("failed", "timed out") else 1
+    return 0 if report.get("demo_dag", {}).get("status") not in ("failed", "timed out") else 1
 
 
 if __name__ == "__main__":

@@ -57,6 +57,24 @@ def test_cpu_form_says_no_gpu_and_measures_every_step(cpu_report):
     assert fold["peak_allocated_bytes"] is None  # no CUDA allocator to ask
     assert report["paper_run"]["device_hours"] > 0
     assert report["demo_dag"]["status"] == "dry-run" and report["demo_dag"]["jobs"] > 10
+    assert report["demo_dag"]["jobs_per_gpu"] == 2
+    assert report["finished_steps"] == list(gpu_check.STEPS)
+    (startup,) = report["startup"]  # on the CPU one run (cudnn.benchmark is a no-op there)
+    assert startup["device"] == "cpu" and startup["first_step_s"] > 0 and startup["next_step_s"] > 0
+    assert "start-up of a demo job" in printed
+
+
+def test_steps_subset_adds_what_each_step_needs_and_refuses_unknown_names():
+    assert gpu_check.chosen_steps("paper_run") == ["matmul", "throughput", "paper_run"]
+    assert gpu_check.chosen_steps("demo_dag, startup") == ["startup", "demo_dag"]
+    with pytest.raises(SystemExit, match="unknown step"):
+        gpu_check.chosen_steps("fold,warp_drive")
+
+
+def test_dag_overrides_carry_the_slots_asked_for():
+    assert gpu_check.dag_overrides(True, 12)["compute"] == {"jobs_per_gpu": 12, "device": "cuda"}
+    cpu = gpu_check.dag_overrides(False, 2)
+    assert cpu["compute"]["device"] == "cpu" and cpu["method"] == {"presets": ["vgg_gap_spec1_1"]}
 
 
 def test_paper_run_flops_follow_the_schedule():
