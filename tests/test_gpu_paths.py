@@ -269,6 +269,9 @@ def test_features_are_derived_from_the_device_and_fused_adam_follows_them():
     assert DeviceFeatures.for_device("cuda", bf16_supported=False).amp_dtype == torch.float16
     assert RunOptions().features_for("cpu") == DeviceFeatures()
     assert RunOptions(features=cuda).features_for("cpu") is cuda
+    # compute.cudnn_benchmark false: the CUDA set less the tuning, every other feature kept
+    untuned = RunOptions(features=cuda, cudnn_benchmark=False).features_for("cuda")
+    assert untuned == replace(cuda, cudnn_benchmark=False)
     model = build_model(4, N_CLASSES)
     assert not make_optimizer(model, 1e-3, torch.device("cpu")).defaults.get("fused")
     fused = make_optimizer(model, 1e-3, torch.device("cpu"), replace(DeviceFeatures(), fused_adam=True))

@@ -187,7 +187,11 @@ def test_fit_settings_of_initial_training_and_fine_tuning(config):
     assert tuned["fit"]["lr"] == net["finetune_lr"]
     assert tuned["fit"]["epochs"] == method["fine_tuning"]["epochs"]
     assert initial["fit"]["seed"] == derive_seed(method["seed"], PRESET, 0) != tuned["fit"]["seed"]
-    assert initial["run"] == {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]}
+    assert initial["run"] == {
+        "checkpoint_every": compute["checkpoint_every"],
+        "compile": compute["compile"],
+        "cudnn_benchmark": compute["cudnn_benchmark"],
+    }
     json.dumps(initial)  # the rule passes it on the command line
 
 
@@ -232,6 +236,9 @@ def test_the_training_job_is_built_from_the_settings_by_keyword(config, tmp_path
     job = TrainingJob.from_settings(single, **where)
     assert job.task is SINGLE and job.fit == FitSettings(**single["fit"]) and job.fold == 1
     assert job.options.checkpoint == CheckpointPolicy.from_settings(single["run"]["checkpoint_every"])
+    assert job.options.cudnn_benchmark is single["run"]["cudnn_benchmark"] is False  # the demo's
+    paper = json.loads(json.dumps(fit_settings(resolved_paper(config), PRESET, 1)))
+    assert TrainingJob.from_settings(paper, **where).options.cudnn_benchmark is True
     assert job.net == single["net"] and job.train_list_csv is None
     multi = json.loads(json.dumps(fit_settings(resolved(config, layout="fsdkaggle2019"), PRESET, 0)))
     assert TrainingJob.from_settings(multi, **where).task is MULTI

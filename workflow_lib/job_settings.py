@@ -104,7 +104,11 @@ def fit_settings(
         "fit": fit,
         "frames": method["spectrogram_frames"],
         "device": compute["device"],
-        "run": {"checkpoint_every": compute["checkpoint_every"], "compile": compute["compile"]},
+        "run": {
+            "checkpoint_every": compute["checkpoint_every"],
+            "compile": compute["compile"],
+            "cudnn_benchmark": compute["cudnn_benchmark"],
+        },
     }
     task = task_of_settings(settings)
     return job if task is SINGLE else {**job, "task": task.name}

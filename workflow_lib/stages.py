@@ -107,7 +107,11 @@ class TrainingJob:
         folder, by keyword as this class names them."""
         run = settings.get("run", {})
         checkpoint = CheckpointPolicy.from_settings(run.get("checkpoint_every"))
-        options = RunOptions(checkpoint, compile=bool(run.get("compile", False)))
+        options = RunOptions(
+            checkpoint,
+            compile=bool(run.get("compile", False)),
+            cudnn_benchmark=bool(run.get("cudnn_benchmark", True)),
+        )
         return cls(
             preset=settings["preset"],
             net=settings["net"],
