@@ -463,7 +463,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON to write")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {list(STEPS)}")
     parser.add_argument("--dag", choices=["run", "dry-run", "skip"], default="run", help="the demo DAG step")
-    parser.add_argument("--dag-timeout", type=float, default=300.0, help="seconds for the demo DAG")
+    parser.add_argument("--dag-timeout", type=float, default=400.0, help="seconds for the demo DAG")
     parser.add_argument("--jobs-per-gpu", type=int, default=2, help="compute.jobs_per_gpu of the demo DAG")
     parser.add_argument("--workdir", type=Path, help="where the fold and the demo run (default: a temp dir)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the throughput nets")
