@@ -351,10 +351,27 @@ def _label_iteration_panels(curves: Axes, counts: Axes, twin: Axes, curve_label:
     counts.set_ylabel(TRUSTED_AXIS[task.name])
     twin.set_ylabel("precision (solid) / recall (dashed) of trusted labels")
     twin.set_ylim(0, 1.05)
-    handles = counts.get_legend_handles_labels()
-    twin_handles = twin.get_legend_handles_labels()
-    counts.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=5, loc="lower left")
-    counts.set_title("trusted labels")
+    counts.legend(
+        handles=_style_key(twin), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4
+    )
+    counts.set_title("trusted labels (colours: the chains of the middle panel)")
+
+
+def _style_key(twin: Axes) -> list:
+    """The trust panel's legend: what each mark means, in grey (the colours are the chains, named
+    once in the selection panel's legend). A legend entry per chain and mark drew 3-4 entries per
+    chain over the bars."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    key = [
+        Patch(color="grey", alpha=0.5, label="trusted clips (bars)"),
+        Line2D([], [], color="grey", marker="o", linestyle="-", label="precision"),
+        Line2D([], [], color="grey", marker="x", linestyle="--", label="recall"),
+    ]
+    if any(line.get_linestyle() == ":" for line in twin.get_lines()):
+        key.append(Line2D([], [], color="grey", linestyle=":", label="precision of the given labels"))
+    return key
 
 
 def systems_job(
