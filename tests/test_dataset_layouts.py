@@ -24,9 +24,10 @@ def test_every_layout_has_a_reader_and_a_known_task():
         assert task_of_layout(name).name == layout.task
 
 
-def test_every_task_names_a_layout_of_its_own():
+def test_every_task_has_a_layout_and_the_schema_enum_is_the_registry():
     for task in TASKS.values():
-        assert LAYOUTS[task.layout].task == task.name
+        assert task.layouts and all(LAYOUTS[name].task == task.name for name in task.layouts)
+    assert load_schema()["properties"]["dataset"]["properties"]["layout"]["enum"] == sorted(LAYOUTS)
 
 
 def test_keys_pair_listings_with_folders_and_every_config_key_exists():

@@ -57,10 +57,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def load_schema() -> dict[str, Any]:
     """The JSON schema of config.yaml, read from ``schemas/``, with the trust policies' part of
     a chain (the policy names and each policy's keys) added from the registry
-    (policies.chain_schema_properties): a new policy needs no schema edit."""
+    (policies.chain_schema_properties) and the dataset layouts from ``dataset_layouts.LAYOUTS``:
+    a new policy or layout needs no schema edit."""
     with open(SCHEMA_PATH) as handle:
         schema = yaml.safe_load(handle)
     schema["properties"]["chains"]["additionalProperties"]["properties"].update(chain_schema_properties())
+    schema["properties"]["dataset"]["properties"]["layout"]["enum"] = sorted(LAYOUTS)
     return schema
 
 
@@ -244,7 +246,8 @@ def _task_chain_checks(chains: Mapping[str, Any], run: list[str], task: Task) ->
             problems.append(
                 f"config key chains.{name}.policy: {policy.name} is {', '.join(policy.task_names)} "
                 f"only and cannot judge the {task.trust_unit} of a {task.name} run (dataset.layout "
-                f"{task.layout}); one of {names_for(task)}, or leave the chain out of run_chains"
+                f"{' or '.join(task.layouts)}); one of {names_for(task)}, or leave the chain out of "
+                "run_chains"
             )
         if chains[name].get("correct_labels") and not task.corrects_labels:
             problems.append(

@@ -58,7 +58,6 @@ class Task:
     instance: modules compare tasks by identity of ``name``.
 
     name: ``single-label`` or ``multi-label`` (CLI ``--task``, job settings ``task``).
-    layout: the dataset layout (config ``dataset.layout``) that implies this task.
     trust_unit: what one trust decision is about, in words ("clips" or "labels").
     history_columns: history.csv's columns (multi-label adds ``valid_lwlrap``).
     selection_metric: the validation column best epochs and iterations are chosen by.
@@ -66,11 +65,16 @@ class Task:
     """
 
     name: str
-    layout: str
     trust_unit: str
     history_columns: tuple[str, ...]
     selection_metric: str
     higher_is_better: bool
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The dataset layouts (config ``dataset.layout``) that imply this task: read from
+        ``dataset_layouts.LAYOUTS``, the one place a layout names its task."""
+        return tuple(name for name, layout in LAYOUTS.items() if layout.task == self.name)
 
     @property
     def label_sets(self) -> bool:
@@ -190,7 +194,6 @@ class Task:
 
 SINGLE = Task(
     name="single-label",
-    layout="fsdkaggle2018",
     trust_unit="clips",
     history_columns=HISTORY_COLUMNS,
     selection_metric="valid_loss",
@@ -198,7 +201,6 @@ SINGLE = Task(
 )
 MULTI = Task(
     name="multi-label",
-    layout="fsdkaggle2019",
     trust_unit="labels",
     history_columns=(*HISTORY_COLUMNS, "valid_lwlrap"),
     selection_metric="valid_lwlrap",
