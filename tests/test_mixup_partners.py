@@ -25,6 +25,7 @@ import torch
 import yaml
 from test_multilabel_training import CLASSES, job_for, single_label_fingerprint, store  # noqa: F401
 from test_training import N_CLASSES, band_bank
+from test_workflow_dryrun import run_snakemake, write_fsdkaggle_listing
 
 import workflow_lib.training as training
 from workflow_lib.config import ConfigError, resolve_settings
@@ -408,3 +409,32 @@ def test_config_refuses_mixup_in_a_run_chain_without_fine_tuning():
     resolve_settings(config)  # defined, not run: nothing to refuse
     config["run_chains"] = ["self_verification", "extra"]
     assert "config key chains.extra.mixup: acts in fine-tuning only" in _error(config)
+
+
+def test_the_fine_tune_rule_passes_the_chains_option_to_its_jobs_only(tmp_path):
+    """A dry run of the method and mixup_noisy: every fine-tuning job of mixup_noisy (and only
+    those) gets mixup with the preset's alpha and unverified partners; the method's fine-tuning
+    jobs keep mixup off."""
+    root = write_fsdkaggle_listing(tmp_path / "data", n_train=60, n_test=10, n_classes=5)
+    done, _ = run_snakemake(
+        *("-n", "-p", "--cores", "2", "--snakefile", str(REPO / "Snakefile")),
+        *("--directory", str(tmp_path / "work"), "--configfile", str(REPO / "config.yaml")),
+        *("--config", "run_preset=paper", f"dataset_root={root}"),
+        "run_chains=[self_verification,mixup_noisy]",
+        cwd=tmp_path,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    commands = [line for line in output.splitlines() if "workflow_lib.cli train " in line]
+    tuned = {
+        chain: [c for c in commands if f"chains/{chain}/models/" in c]
+        for chain in ("self_verification", "mixup_noisy")
+    }
+    iterations = CONFIG["method"]["self_verification"]["iterations"]
+    per_chain = len(CONFIG["method"]["presets"]) * CONFIG["method"]["folds"] * iterations
+    assert len(tuned["mixup_noisy"]) == len(tuned["self_verification"]) == per_chain
+    assert all('"mixup_partners": "unverified"' in c for c in tuned["mixup_noisy"])
+    narrow = [c for c in tuned["mixup_noisy"] if "/vgg_gap_spec1_1/" in c]
+    assert narrow and all('"mixup_alpha": 0.2, "mixup_partners"' in c for c in narrow)
+    assert not any("mixup_partners" in c for c in commands if c not in tuned["mixup_noisy"])
+    assert all('"mixup_alpha": null' in c for c in tuned["self_verification"])

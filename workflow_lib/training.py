@@ -24,7 +24,9 @@ CUDA a step makes no host-to-device copy and no synchronisation. The generator's
 checkpointed. Augmentation (:mod:`workflow_lib.augment`, ``FitSettings.augment``) is not the
 paper's and is off unless a net preset sets it; nor is consistency training
 (:mod:`workflow_lib.consistency`, ``FitSettings.consistency``, :func:`_consistency_loss`), off
-unless a chain sets it for its fine-tuning jobs.
+unless a chain sets it for its fine-tuning jobs; nor are mixup in fine-tuning and mixup partners
+drawn from other clips than the batch's (chain option ``mixup``, ``FitSettings.mixup_partners``,
+:class:`MixupPartners`: the fold's unverified training clips under their given labels).
 On CUDA a job also enables ``cudnn.benchmark``, the channels-last layout and fused Adam;
 ``compute.compile`` adds torch.compile (off by default: not measured yet).
 
