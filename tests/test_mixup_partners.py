@@ -171,7 +171,7 @@ def test_the_training_step_mixes_only_with_partners_from_the_bank(task, monkeypa
 # ---------------------------------------------------------------- a fit: seed and resume
 
 
-def _fit(tmp_path, name, task, partners=True, epochs=3, kill_after=None):
+def _fit(tmp_path, name, task, partners=True, epochs=3, kill_after=None, features=None):
     """The band problem of tests/test_training.py fine-tuned with mixup (alpha 0.3), seed 5,
     checkpoints every 2 epochs; partners: a third band bank with its targets (else the batch)."""
     rng = np.random.default_rng(0)
@@ -199,7 +199,7 @@ def _fit(tmp_path, name, task, partners=True, epochs=3, kill_after=None):
         if kill_after is not None and len(history) == kill_after:
             raise KeyboardInterrupt
 
-    options = RunOptions(CheckpointPolicy(epochs=2, minutes=None))
+    options = RunOptions(CheckpointPolicy(epochs=2, minutes=None), features=features)
     args = (train_bank, train_targets, valid_bank, valid_targets, settings, tmp_path / name, "fp")
     bank = MixupPartners(extra, extra_targets) if partners else None
     return fit(model, *args, on_epoch=on_epoch, options=options, task=task, mixup_partners=bank)
@@ -220,6 +220,18 @@ def test_fit_with_partners_is_deterministic_and_resumes_exactly(tmp_path, task):
     np.testing.assert_array_equal(_scores(resumed), _scores(straight))
     in_batch = _fit(tmp_path, "batch.pt", task, partners=False)
     assert not np.allclose(_scores(first), _scores(in_batch))
+
+
+def test_partners_train_on_the_cuda_path_on_the_cpu(tmp_path):
+    """bf16 autocast, channels-last and fused Adam (the CUDA set, switched on for a CPU run):
+    a fit with unverified partners has finite losses and is deterministic."""
+    from test_gpu_paths import CUDA_PATH_ON_CPU  # deliberate: only this test needs it
+
+    first = _scores(_fit(tmp_path, "a.pt", MULTI, epochs=2, features=CUDA_PATH_ON_CPU))
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(
+        first, _scores(_fit(tmp_path, "b.pt", MULTI, epochs=2, features=CUDA_PATH_ON_CPU))
+    )
 
 
 def test_fit_refuses_partners_without_a_bank_and_a_bank_without_partners(tmp_path):
