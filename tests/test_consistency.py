@@ -121,7 +121,7 @@ def test_fit_settings_are_unchanged_without_the_key():
     plain = resolve_settings(_config())
     on = resolve_settings(_config({"weight": 1.0, "augment": VIEWS}))
     for chain in plain["chains"]:
-        options = {"consistency", "soft_relabel"}  # fine-tuning options: their own tests
+        options = {"consistency", "soft_relabel", "mixup"}  # fine-tuning options: their own tests
         if options & set(CONFIG["chains"][chain]) or chain == "warmup":
             continue
         for iteration in (0, 1, 2):

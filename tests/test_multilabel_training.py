@@ -281,7 +281,9 @@ def single_label_fingerprint(job: TrainingJob, train: pd.DataFrame, valid: pd.Da
     payload = {
         # FitSettings as it was then: without the optional fields added later, off here
         "fit": {
-            k: v for k, v in asdict(job.fit).items() if k not in ("augment", "consistency", "soft_relabel")
+            k: v
+            for k, v in asdict(job.fit).items()
+            if k not in ("augment", "consistency", "soft_relabel", "mixup_partners")
         },
         "net": job.net,
         "frames": job.frames,

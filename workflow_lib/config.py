@@ -198,7 +198,21 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
         problems += _ceiling_checks(name, chain, settings["method"]["self_verification"]["threshold"])
         problems += _consistency_checks(name, chain, settings["method"]["excerpt_frames"])
     run = [c for c in settings["run_chains"] if c in chains]
+    iterations = settings["method"]["self_verification"]["iterations"]
+    problems += [problem for c in run for problem in _mixup_checks(c, chains[c], iterations)]
     return problems + _task_chain_checks(chains, run, task_of_settings(settings))
+
+
+def _mixup_checks(name: str, chain: Mapping[str, Any], iterations: int) -> list[str]:
+    """A run chain's ``mixup`` acts in its fine-tuning jobs only (iteration-0 jobs are shared
+    by the chains with the same start): with no fine-tuning iteration it would change nothing,
+    so it is refused rather than ignored."""
+    if "mixup" not in chain or iterations > 0:
+        return []
+    return [
+        f"config key chains.{name}.mixup: acts in fine-tuning only, and "
+        "method.self_verification.iterations is 0 (no fine-tuning job); remove it or run iterations"
+    ]
 
 
 def _consistency_checks(name: str, chain: Mapping[str, Any], excerpt_frames: int) -> list[str]:

@@ -62,8 +62,9 @@ def fit_settings(
     """Settings of one training job: initial training (iteration 0) or fine-tuning (>= 1).
 
     ``chain``: the fine-tuning job's chain, whose ``consistency`` option (if set) adds
-    ``fit.consistency`` (:func:`consistency_settings`); iteration-0 jobs are shared by the
-    chains with the same start, so the option never applies there.
+    ``fit.consistency`` (:func:`consistency_settings`), ``soft_relabel`` ``fit.soft_relabel``
+    and ``mixup`` a mixup alpha (:func:`mixup_settings`); iteration-0 jobs are shared by the
+    chains with the same start, so these options never apply there.
 
     Returns plain JSON-able values (the rule passes them on the command line, the train command
     turns them into a ``stages.TrainingJob``). ``task`` names the task for label sets only:
@@ -96,6 +97,8 @@ def fit_settings(
             "strength": spec["soft_relabel"]["strength"],
             "verified": spec["soft_relabel"].get("verified", False),
         }
+    if "mixup" in spec:  # likewise: mixup in fine-tuning, partners from the batch or elsewhere
+        fit.update(mixup_settings(spec["mixup"], net["mixup_alpha"]))
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
     net = {key: value for key, value in net.items() if key != "augment"}  # a fit setting
     job = {
@@ -153,6 +156,16 @@ def consistency_settings(consistency: Mapping[str, Any]) -> dict[str, Any]:
         **{key: consistency.get(key, default) for key, default in CONSISTENCY_DEFAULTS.items()},
         "augment": {key: augment.get(key, off) for key, off in AUGMENT_OFF.items()},
     }
+
+
+def mixup_settings(mixup: Mapping[str, Any], preset_alpha: float) -> dict[str, Any]:
+    """A fine-tuning job's mixup keys from a chain's ``mixup`` mapping: ``mixup_alpha`` (the
+    chain's ``alpha``, absent: the preset's own, ``method.nets.<preset>.mixup_alpha``) and,
+    for partners other than the batch, ``mixup_partners`` (``batch`` adds no key, so such a
+    job's settings are those of in-batch mixup however it was written)."""
+    partners = mixup.get("partners", "batch")
+    extra = {} if partners == "batch" else {"mixup_partners": partners}
+    return {"mixup_alpha": mixup.get("alpha", preset_alpha), **extra}
 
 
 #: Settings of a job that change how it runs, never what it computes (paths into the job

@@ -55,7 +55,7 @@ from .selection import best_epoch_row, chosen_iteration
 from .self_verify import TABLES, TrustSettings, judge_folds, with_truth
 from .soft_targets import soften
 from .task import MULTI, SINGLE, Task, task_named, task_of_saved
-from .training import CheckpointPolicy, FitSettings, RunOptions, fit, predict_whole
+from .training import CheckpointPolicy, FitSettings, MixupPartners, RunOptions, fit, predict_whole
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,25 @@ def unlabelled_clips(job: TrainingJob) -> list[str]:
     return [f for f in unverified["fname"] if f in untrusted]
 
 
+def mixup_partner_clips(job: TrainingJob, classes: list[str]) -> pd.DataFrame:
+    """The clips mixup draws partners from in a job with ``job.fit.mixup_partners``
+    ``unverified``: every unverified clip of the fold's training part, trusted or not, with its
+    given label (folds.csv: the noisy label, never a policy's correction or subset), prepared
+    as :func:`training_sets` prepares training clips. Never a validation clip nor another
+    fold's. Empty when the option is off; a UserError when it is on and there is none (the
+    setting would change nothing)."""
+    if job.fit.mixup_partners is None:
+        return pd.DataFrame(columns=["fname", "label", "verified", "fold"])
+    train, _ = split_fold(read_csv_str(job.folds_csv), job.fold)
+    unverified = train[train["verified"].astype(int) != 1]
+    if unverified.empty:
+        raise UserError(
+            f"mixup partners {job.fit.mixup_partners}: fold {job.fold}'s training part has no "
+            "unverified clip to mix with; use partners: batch or a dataset with unverified clips"
+        )
+    return _PREPARED[job.task.name](unverified, classes)
+
+
 def _with_class_index(clips: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Single-label clips with their class index (column ``target``)."""
     index = {label: i for i, label in enumerate(classes)}
@@ -220,10 +239,16 @@ def file_digest(path: Path | None) -> str:
 
 
 def fingerprint(
-    job: TrainingJob, train: pd.DataFrame, valid: pd.DataFrame, unlabelled: list[str] | None = None
+    job: TrainingJob,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    unlabelled: list[str] | None = None,
+    partners: pd.DataFrame | None = None,
 ) -> str:
     """Identifies a run's settings and data; a checkpoint from another run is never resumed.
-    ``unlabelled`` (consistency training's clips) only when not empty: other runs keep theirs."""
+    ``unlabelled`` (consistency training's clips) and ``partners`` (mixup's partner clips,
+    :func:`mixup_partner_clips`, with their targets) only when not empty: other runs keep
+    theirs."""
 
     def targets(clips: pd.DataFrame) -> list:
         if job.task.label_sets:  # the label-set cell
@@ -241,6 +266,8 @@ def fingerprint(
     }
     if unlabelled:
         payload["unlabelled"] = list(unlabelled)
+    if partners is not None and len(partners):
+        payload["mixup_partners"] = list(zip(partners["fname"], targets(partners)))
     weights = loss_weights(train)
     if weights is not None:
         payload["weights"] = [round(float(w), 6) for w in weights]
@@ -274,6 +301,15 @@ def save_model(path: Path, state_dict: dict, job: TrainingJob, classes: list[str
         )
 
 
+def _bank_or_none(
+    job: TrainingJob, store: SpectrogramStore, fnames: list[str], device: torch.device
+) -> ClipBank | None:
+    """The clips' bank on the training device, None when there are none: the extra banks of
+    fine-tuning options (consistency's unlabelled clips, mixup's partners) load as the
+    training clips do."""
+    return ClipBank.from_store(store, fnames, job.frames, device) if fnames else None
+
+
 def _unlabelled_bank(
     job: TrainingJob, store: SpectrogramStore, device: torch.device
 ) -> tuple[list[str], ClipBank | None]:
@@ -282,7 +318,20 @@ def _unlabelled_bank(
     unlabelled = unlabelled_clips(job)
     if job.fit.consistency is not None:
         log.info("consistency training: %d unlabelled clips", len(unlabelled))
-    return unlabelled, ClipBank.from_store(store, unlabelled, job.frames, device) if unlabelled else None
+    return unlabelled, _bank_or_none(job, store, unlabelled, device)
+
+
+def _partner_bank(
+    job: TrainingJob, store: SpectrogramStore, device: torch.device, classes: list[str]
+) -> tuple[pd.DataFrame, MixupPartners | None]:
+    """Mixup's partner clips (:func:`mixup_partner_clips`) and, when the option is on, their
+    bank on the training device with their given labels as targets (``task.targets``)."""
+    clips = mixup_partner_clips(job, classes)
+    if job.fit.mixup_partners is None:
+        return clips, None
+    log.info("mixup partners: %d unverified clips", len(clips))
+    bank = _bank_or_none(job, store, list(clips["fname"]), device)
+    return clips, MixupPartners(bank, targets_of(clips, classes, job.task))
 
 
 def run_training_job(job: TrainingJob) -> pd.DataFrame:
@@ -297,6 +346,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     train_bank = ClipBank.from_store(store, list(train["fname"]), job.frames, choice.device)
     valid_bank = ClipBank.from_store(store, list(valid["fname"]), job.frames, choice.device)
     unlabelled, extra = _unlabelled_bank(job, store, choice.device)
+    partner_clips, partners = _partner_bank(job, store, choice.device, classes)
     model = build_network(job.net, len(classes))
     if job.init_checkpoint is not None:
         model.load_state_dict(
@@ -312,12 +362,13 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
         targets_of(valid, classes, job.task),
         job.fit,
         files["resume"],
-        fingerprint(job, train, valid, unlabelled),
+        fingerprint(job, train, valid, unlabelled, partner_clips),
         on_epoch=lambda h: write_csv(h, files["history"]),
         options=job.options,
         train_weights=loss_weights(train),
         task=job.task,
         unlabelled_bank=extra,
+        mixup_partners=partners,
     )
     history = pd.DataFrame(state.history, columns=list(job.task.history_columns))
     best = best_epoch_row(history)

@@ -24,7 +24,9 @@ CUDA a step makes no host-to-device copy and no synchronisation. The generator's
 checkpointed. Augmentation (:mod:`workflow_lib.augment`, ``FitSettings.augment``) is not the
 paper's and is off unless a net preset sets it; nor is consistency training
 (:mod:`workflow_lib.consistency`, ``FitSettings.consistency``, :func:`_consistency_loss`), off
-unless a chain sets it for its fine-tuning jobs.
+unless a chain sets it for its fine-tuning jobs; nor are mixup in fine-tuning and mixup partners
+drawn from other clips than the batch's (chain option ``mixup``, ``FitSettings.mixup_partners``,
+:class:`MixupPartners`: the fold's unverified training clips under their given labels).
 On CUDA a job also enables ``cudnn.benchmark``, the channels-last layout and fused Adam;
 ``compute.compile`` adds torch.compile (off by default: not measured yet).
 
@@ -161,6 +163,7 @@ class FitSettings:
     augment: AugmentSettings | None = None  # None: off (the paper); workflow_lib/augment.py
     consistency: ConsistencySettings | None = None  # None: off; workflow_lib/consistency.py
     soft_relabel: SoftRelabelSettings | None = None  # None: off; workflow_lib/soft_targets.py
+    mixup_partners: str | None = None  # None (or "batch"): the reversed batch; see MIXUP_PARTNERS
 
     def __post_init__(self) -> None:
         """A job's JSON gives ``augment`` and ``consistency`` as mappings; keep typed, hashable
@@ -168,16 +171,83 @@ class FitSettings:
         object.__setattr__(self, "augment", AugmentSettings.from_mapping(self.augment))
         object.__setattr__(self, "consistency", ConsistencySettings.from_mapping(self.consistency))
         object.__setattr__(self, "soft_relabel", SoftRelabelSettings.from_mapping(self.soft_relabel))
+        object.__setattr__(self, "mixup_partners", _checked_partners(self.mixup_partners, self.mixup_alpha))
 
     def record(self) -> dict:
         """The settings as JSON-able values, for the run's fingerprint; ``augment`` and
         ``consistency`` only when on, so the fingerprints of runs without them stay those
         written before they existed (their checkpoints still resume)."""
         fields = asdict(self)
-        for optional in ("augment", "consistency", "soft_relabel"):
+        for optional in ("augment", "consistency", "soft_relabel", "mixup_partners"):
             if fields[optional] is None:
                 fields.pop(optional)
         return fields
+
+
+#: Where mixup draws each excerpt's partner (chain option ``mixup.partners``): ``batch``, the
+#: batch in reverse order (the paper; ``FitSettings.mixup_partners`` None), or ``unverified``,
+#: a bank of the fold's training-part unverified clips with their given labels
+#: (:class:`MixupPartners`).
+MIXUP_PARTNERS = ("batch", "unverified")
+
+
+def _checked_partners(partners: str | None, alpha: float | None) -> str | None:
+    """``FitSettings.mixup_partners`` normalised (``batch`` -> None, so a job that names the
+    default keeps the fingerprint of one that does not); an unknown name, or partners without a
+    mixup alpha (a setting that would change nothing), is refused rather than ignored."""
+    if partners is None or partners == "batch":
+        return None
+    if partners not in MIXUP_PARTNERS:
+        raise ValueError(f"unknown mixup partners {partners!r}: use one of {list(MIXUP_PARTNERS)}")
+    if alpha is None:
+        raise ValueError(f"mixup partners {partners!r} need a mixup alpha (mixup is off in this job)")
+    return partners
+
+
+@dataclass(frozen=True)
+class MixupPartners:
+    """The clips mixup draws its partners from (``FitSettings.mixup_partners`` ``unverified``):
+    their bank and their targets in the task's form (``task.targets``: class indices or
+    multi-hot rows), one per clip of the bank."""
+
+    bank: ClipBank
+    targets: np.ndarray
+
+    def __post_init__(self) -> None:
+        """An empty bank has no partner to draw, and targets that do not match the bank would
+        pair clips with other clips' labels: both are refused here."""
+        if len(self.bank) == 0:
+            raise ValueError("the mixup partners' bank is empty")
+        if len(self.targets) != len(self.bank):
+            raise ValueError(f"{len(self.targets)} partner targets for {len(self.bank)} partner clips")
+
+
+@dataclass(frozen=True)
+class _Partners:
+    """:class:`MixupPartners` on the training device: the bank and its float target rows
+    (``task.soft_targets``), made once per job instead of once per batch."""
+
+    bank: ClipBank
+    rows: torch.Tensor
+
+    @classmethod
+    def of(cls, partners: MixupPartners | None, task: Task, n_classes: int) -> _Partners | None:
+        if partners is None:
+            return None
+        targets = task.target_tensor(partners.targets, partners.bank.device)
+        return cls(partners.bank, task.soft_targets(targets, n_classes))
+
+    def draw(
+        self, count: int, settings: FitSettings, sampler: DeviceSampler
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` partners drawn uniformly with replacement, each a random excerpt
+        (augmented as the batch is, before mixup), and their target rows."""
+        picked = sampler.integers(len(self.bank), (count,))
+        frames = settings.excerpt_frames
+        inputs = self.bank.excerpts(picked, sampler.starts(count, self.bank.frames - frames + 1), frames)
+        if settings.augment is not None:
+            inputs = augment(inputs, settings.augment, sampler)
+        return inputs, self.rows[picked.to(self.rows.device)]
 
 
 def learning_rate(epoch: int, base_lr: float, constant_epochs: int, total_epochs: int) -> float:
@@ -250,11 +320,16 @@ def mixup(
     targets: torch.Tensor,
     alpha: float,
     sampler: DeviceSampler,
+    partners: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix each example with the batch in reverse order; lambda ~ Beta(alpha, alpha) per sample."""
+    """Mix each example with its partner; lambda ~ Beta(alpha, alpha) per sample, inputs and
+    targets with the same weight. The partners are the batch in reverse order (the paper), or
+    ``partners``: (inputs, target rows) of the same length, e.g. unverified clips
+    (:class:`MixupPartners`)."""
     lam = sampler.beta(alpha, len(inputs)).to(inputs.device)
-    mixed = lam.view(-1, 1, 1, 1) * inputs + (1 - lam).view(-1, 1, 1, 1) * inputs.flip(0)
-    mixed_targets = lam[:, None] * targets + (1 - lam[:, None]) * targets.flip(0)
+    other, other_targets = (inputs.flip(0), targets.flip(0)) if partners is None else partners
+    mixed = lam.view(-1, 1, 1, 1) * inputs + (1 - lam).view(-1, 1, 1, 1) * other
+    mixed_targets = lam[:, None] * targets + (1 - lam[:, None]) * other_targets
     return mixed, mixed_targets
 
 
@@ -641,6 +716,14 @@ def _consistency_loss(step: _Step, labelled: torch.Tensor, unlabelled: _Unlabell
     return consistency_loss(first, second, settings.weight * rampup(unlabelled.epoch, settings.rampup_epochs))
 
 
+def _batches(sampler: DeviceSampler, n_clips: int, batch_size: int) -> list[torch.Tensor]:
+    """The epoch's clips in random order, cut into batches; a last batch of one clip is left
+    out (batch norm and mixup need two examples)."""
+    order = sampler.permutation(n_clips)
+    batches = [order[i : i + batch_size] for i in range(0, n_clips, batch_size)]
+    return [b for b in batches if len(b) >= 2]
+
+
 def _run_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -654,6 +737,7 @@ def _run_epoch(
     weights: torch.Tensor | None = None,
     task: Task = SINGLE,
     unlabelled: _Unlabelled | None = None,
+    partners: _Partners | None = None,
 ) -> tuple[float, float]:
     """One pass over the training clips in random order; returns (mean loss, accuracy).
 
@@ -663,26 +747,24 @@ def _run_epoch(
     (:data:`OBJECTIVES`).
     unlabelled: with ``settings.consistency``, the epoch and the unlabelled clips of the
     consistency term (:func:`_consistency_loss`; the returned loss is the supervised one).
+    partners: with ``settings.mixup_partners``, the clips mixup draws partners from.
 
     Every tensor of a step is made on the device: no host copy, no synchronisation until the
     epoch's totals are read at the end.
     """
     model.train()
     objective = OBJECTIVES[task.name]
-    order = sampler.permutation(len(bank))
-    batches = [order[i : i + settings.batch_size] for i in range(0, len(bank), settings.batch_size)]
-    batches = [b for b in batches if len(b) >= 2]  # batch norm and mixup need two examples
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
+    total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     seen = 0
     high = bank.frames - settings.excerpt_frames + 1
-    for clips in batches:
+    for clips in _batches(sampler, len(bank), settings.batch_size):
         inputs = raw = bank.excerpts(clips, sampler.starts(len(clips), high), settings.excerpt_frames)
         if settings.augment is not None:  # before mixup: each clip augmented on its own
             inputs = augment(inputs, settings.augment, sampler)
         soft = task.soft_targets(targets[clips], n_classes)
         if settings.mixup_alpha is not None:
-            inputs, soft = mixup(inputs, soft, settings.mixup_alpha, sampler)
+            other = None if partners is None else partners.draw(len(clips), settings, sampler)
+            inputs, soft = mixup(inputs, soft, settings.mixup_alpha, sampler, other)
         if features.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, settings.amp, features):
@@ -716,6 +798,7 @@ def fit(
     train_weights: np.ndarray | None = None,
     task: Task = SINGLE,
     unlabelled_bank: ClipBank | None = None,
+    mixup_partners: MixupPartners | None = None,
 ) -> TrainState:
     """Train, validating after every epoch; keep the parameters of the best epoch
     (``task.improves``: the lowest validation loss, or for label sets the highest lwlrap).
@@ -725,10 +808,15 @@ def fit(
     loss, the validation scores and the history's columns.
     unlabelled_bank: with ``settings.consistency``, the clips of its unlabelled excerpts
     (``stages.unlabelled_clips``); None: labelled excerpts only.
+    mixup_partners: with ``settings.mixup_partners``, the clips mixup draws each excerpt's
+    partner from (``stages.mixup_partner_clips``); required then, refused otherwise.
 
     Checkpoints follow ``options.checkpoint``; the last epoch always writes one, so the state
     returned is also on disk. ``state.best_state`` is returned on the host.
     """
+    if (settings.mixup_partners is None) != (mixup_partners is None):
+        given = "no" if mixup_partners is None else "a"
+        raise ValueError(f"mixup partners {settings.mixup_partners!r} with {given} partner bank")
     device = train_bank.device
     features = options.features_for(device)
     forward = prepare_model(model, device, options)
@@ -739,7 +827,10 @@ def fit(
     saver = _Checkpoints(checkpoint, model, optimizer, sampler, device, options.checkpoint, settings.epochs)
     saver.last_epoch = state.epoch  # a resumed run counts from its checkpoint
     classes = int(model.n_classes)
-    run = _Run(forward, optimizer, sampler, device, classes, features, settings, task, unlabelled_bank)
+    partners = _Partners.of(mixup_partners, task, classes)
+    run = _Run(
+        forward, optimizer, sampler, device, classes, features, settings, task, unlabelled_bank, partners
+    )
     for epoch in range(state.epoch, settings.epochs):
         row = run.epoch(epoch, train_bank, targets, weights, valid_bank, valid_targets)
         _record_epoch(state, row, model, task)
@@ -764,6 +855,7 @@ class _Run:
     settings: FitSettings
     task: Task
     unlabelled: ClipBank | None = None  # the consistency term's unlabelled clips
+    partners: _Partners | None = None  # mixup's partners (FitSettings.mixup_partners)
 
     def epoch(
         self,
@@ -791,6 +883,7 @@ class _Run:
             weights,
             self.task,
             _Unlabelled(epoch, self.unlabelled),
+            self.partners,
         )
         scores = evaluate(
             self.forward,
