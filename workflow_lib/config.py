@@ -124,7 +124,40 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
         f"config key preprocessing.sox_effects: {p}"
         for p in sox_effects_problems(settings["preprocessing"]["sox_effects"])
     ]
+    problems += waveform_problems(settings["preprocessing"].get("waveform_augmentation") or {})
     return problems + _chain_checks(settings) + unused_dataset_keys(settings)
+
+
+def waveform_problems(augmentation: Mapping[str, Any]) -> list[str]:
+    """A sentence per ``preprocessing.waveform_augmentation`` range given upside down, and
+    for every other key set while ``copies`` is 0 (it would change nothing: a setting the user
+    gives is never silently ignored)."""
+    key = "config key preprocessing.waveform_augmentation"
+    problems = [
+        f"{key}.{name}: {augmentation[name]} has its lowest value above its highest"
+        for name in ("time_stretch", "gain_db", "snr_db")
+        if name in augmentation and augmentation[name][0] > augmentation[name][1]
+    ]
+    if augmentation.get("copies", 0) == 0:
+        idle = sorted(set(augmentation) - {"copies"})
+        if idle:
+            problems.append(f"{key}: {idle} set but copies is 0 (off); set copies >= 1, or remove them")
+    return problems
+
+
+def check_noise_dir(settings: Mapping[str, Any]) -> None:
+    """A named noise folder (preprocessing.waveform_augmentation.noise_dir) must exist and
+    hold files, checked at start; the noise_files job checks each file
+    (workflow_lib/waveform_augment.py)."""
+    augmentation = settings["preprocessing"].get("waveform_augmentation") or {}
+    folder = augmentation.get("noise_dir", "")
+    if not folder or augmentation.get("copies", 0) == 0:
+        return
+    key = "config key preprocessing.waveform_augmentation.noise_dir"
+    if not Path(folder).is_dir():
+        raise ConfigError(f"{key}: {folder} is not a folder")
+    if not any(p.is_file() for p in Path(folder).rglob("*") if not p.name.startswith(".")):
+        raise ConfigError(f"{key}: {folder} holds no files (background-noise recordings expected)")
 
 
 def augment_problems(method: Mapping[str, Any]) -> list[str]:
