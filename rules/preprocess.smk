@@ -81,7 +81,9 @@ if WAVEFORM:
             listing=L.data("train.csv"),
             noise=[L.data("noise_files.csv")] if NOISE_DIR else [],
         output:
-            arrays=expand(L.spectrogram_shard("{version}", COPIES_SPLIT, "{{shard}}", "npy"), version=VERSIONS),
+            arrays=expand(
+                L.spectrogram_shard("{version}", COPIES_SPLIT, "{{shard}}", "npy"), version=VERSIONS
+            ),
             manifests=expand(
                 L.spectrogram_shard("{version}", COPIES_SPLIT, "{{shard}}", "csv"), version=VERSIONS
             ),

@@ -21,6 +21,7 @@ from .audio import sox_effects_problems
 from .dataset_layouts import LAYOUTS, layout_of, train_listing_keys
 from .errors import UserError
 from .io import write_json
+from .job_settings import WAVEFORM_AUGMENTATION_DEFAULTS
 from .policies import CHAIN_KEYS, REGISTRY, chain_schema_properties, names_for
 from .task import TASKS, Task, task_of_settings
 
@@ -142,7 +143,20 @@ def waveform_problems(augmentation: Mapping[str, Any]) -> list[str]:
         idle = sorted(set(augmentation) - {"copies"})
         if idle:
             problems.append(f"{key}: {idle} set but copies is 0 (off); set copies >= 1, or remove them")
+    elif _no_step(augmentation):
+        problems.append(f"{key}: every step is off, so the copies would equal their clips")
     return problems
+
+
+def _no_step(augmentation: Mapping[str, Any]) -> bool:
+    """Whether no step of a waveform augmentation is on (absent keys take their defaults)."""
+    resolved = {**WAVEFORM_AUGMENTATION_DEFAULTS, **augmentation}
+    return (
+        list(resolved["time_stretch"]) == [1, 1]
+        and resolved["shift"] == 0
+        and list(resolved["gain_db"]) == [0, 0]
+        and not resolved["noise_dir"]
+    )
 
 
 def check_noise_dir(settings: Mapping[str, Any]) -> None:

@@ -213,13 +213,15 @@ def _consume(
 
 
 def gather_shard(
-    clips: Iterable[tuple[dict, dict[int, np.ndarray]]], versions: Sequence[int]
+    clips: Iterable[tuple[dict, dict[int, np.ndarray]]],
+    versions: Sequence[int],
+    columns: Sequence[str] = tuple(MANIFEST_COLUMNS),
 ) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
     """The shard in memory (``clips`` from :func:`shard_clips`): per version its (frames, 128)
     array and its manifest. For inspection and tests; the job streams (:func:`write_shard_files`).
     """
     blocks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
-    manifests = _consume(clips, {v: blocks[v].append for v in versions})
+    manifests = _consume(clips, {v: blocks[v].append for v in versions}, columns)
     empty = np.zeros((0, N_BINS), dtype=np.float32)
     return {v: np.concatenate([empty, *blocks[v]]) for v in versions}, manifests
 

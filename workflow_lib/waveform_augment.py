@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,9 @@ COPY_COLUMNS = [*MANIFEST_COLUMNS, "source", "copy", "augmentation"]
 #: data/noise_files.csv: every file under the noise folder and whether it is used.
 NOISE_COLUMNS = ["file", "status", "seconds", "detail"]
 USABLE_NOISE = "usable"
+#: Parameters audiomentations draws that change nothing here: whether a step applies (each
+#: always does) and the absolute noise level (the noise is mixed at a relative level, snr_db).
+UNRECORDED_PARAMETERS = frozenset({"should_apply", "rms_db"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,12 +193,14 @@ def augment_samples(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One copy of a clip's samples, and the parameters drawn for it (for its manifest row;
     the noise file relative to ``noise_dir``)."""
-    with _seeded(seed):
+    with _seeded(seed), warnings.catch_warnings():
+        # a noise file at another rate is resampled, as it should be: not a warning per copy
+        warnings.filterwarnings("ignore", message=".*had to be resampled", category=UserWarning)
         out = transform(samples=np.asarray(samples, dtype=np.float32), sample_rate=sample_rate)
     drawn: dict[str, Any] = {}
     for step in transform.transforms:
         for key, value in step.parameters.items():
-            if key == "should_apply":
+            if key in UNRECORDED_PARAMETERS:
                 continue
             if key == "noise_file_path":
                 value = os.path.relpath(value, noise_dir) if noise_dir else value
