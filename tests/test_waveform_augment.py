@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import subprocess
 import sys
 from dataclasses import replace
@@ -28,7 +29,7 @@ from workflow_lib.preprocess import (
     shard_clips,
     write_shard_files,
 )
-from workflow_lib.stages import TrainingJob, fingerprint, training_sets, with_copies
+from workflow_lib.stages import TrainingJob, fingerprint, run_training_job, training_sets, with_copies
 from workflow_lib.training import FitSettings
 from workflow_lib.waveform_augment import (
     COPY_COLUMNS,
@@ -221,7 +222,6 @@ def stored(clips, tmp_path_factory) -> dict[str, Path]:
     merge_manifests([stem.with_suffix(".csv")], root / f"v1/{COPIES_SPLIT}.csv")
     folds = clips[["fname", "label", "verified"]].assign(fold=[0, 1] * 4)
     write_csv(folds, root / "folds.csv")
-    write_csv(pd.DataFrame({"label": ["c0", "c1"], "n_verified": [2, 2]}), root / "classes.csv")
     return {"manifest": root / "v1/train.csv", "folds": root / "folds.csv", "root": root}
 
 
@@ -233,7 +233,7 @@ def test_copies_stay_in_their_source_fold_and_take_its_trust(stored, tmp_path):
     listing.loc[listing["fname"] == "clip1.wav", "manually_verified"] = "0"  # not trusted
     listing.loc[listing["fname"] == "clip3.wav", "label"] = "c0"  # corrected by a policy
     write_csv(listing, tmp_path / "list.csv")
-    (tmp_path / "classes.csv").write_text("label,n_verified\nc0,2\nc1,2\n")
+    (tmp_path / "classes.csv").write_text("index,label,n_verified\n0,c0,2\n1,c1,2\n")
     job = _job(tmp_path, stored["manifest"], stored["folds"], {"copies": 2})
     job = replace(job, train_list_csv=tmp_path / "list.csv")
     train, valid = training_sets(job, ["c0", "c1"])
@@ -346,3 +346,16 @@ def test_off_plans_the_same_jobs_with_the_same_commands(tmp_path, preset):
     assert any(" copy-shard " in line for line in on)
     trained = [line for line in on if "workflow_lib.cli train " in line]
     assert trained and all('"copies": {' in line for line in trained)
+
+
+def test_a_training_job_trains_on_the_copies_end_to_end(stored, tmp_path, caplog):
+    """run_training_job on synthetic clips and their copies: the log names the copies added,
+    the model trains (finite losses) and validates on the original clips of its fold only."""
+    (tmp_path / "classes.csv").write_text("index,label,n_verified\n0,c0,2\n1,c1,2\n")
+    job = _job(tmp_path, stored["manifest"], stored["folds"], {"copies": 2})
+    job = replace(job, frames=256, fit=replace(job.fit, excerpt_frames=192, epochs=2))
+    with caplog.at_level(logging.INFO, logger="workflow_lib.stages"):
+        history = run_training_job(job)
+    assert "waveform augmentation: 8 copies of 4 of the 4 training clips added (12 rows)" in caplog.text
+    assert "4 training clips, 2 verified validation clips" in caplog.text
+    assert len(history) == 2 and np.isfinite(history[["train_loss", "valid_loss"]].to_numpy()).all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,8 @@ def check_noise_dir(settings: Mapping[str, Any]) -> None:
     key = "config key preprocessing.waveform_augmentation.noise_dir"
     if not Path(folder).is_dir():
         raise ConfigError(f"{key}: {folder} is not a folder")
-    if not any(p.is_file() for p in Path(folder).rglob("*") if not p.name.startswith(".")):
+    walked = os.walk(folder, followlinks=False)  # a linked folder is never entered (a loop, or outside)
+    if not any(not name.startswith(".") for _, _, files in walked for name in files):
         raise ConfigError(f"{key}: {folder} holds no files (background-noise recordings expected)")
 
 
