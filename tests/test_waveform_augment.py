@@ -306,6 +306,8 @@ def test_off_changes_no_job_setting(preset):
         ({"copies": 1, "shift": 2}, "shift"),
         ({"copies": 1, "colour": "red"}, "colour"),
         ({"copies": 1, "time_stretch": [1, 1], "shift": 0, "gain_db": [0, 0]}, "every step is off"),
+        ({"copies": 1, "snr_db": [0, 10]}, "snr_db: set without noise_dir"),
+        ({"copies": 1, "shift": 0, "rollover": False}, "rollover: set with shift 0"),
     ],
 )
 def test_config_refuses_bad_settings_naming_the_key(augmentation, fragment):
@@ -359,3 +361,23 @@ def test_a_training_job_trains_on_the_copies_end_to_end(stored, tmp_path, caplog
     assert "waveform augmentation: 8 copies of 4 of the 4 training clips added (12 rows)" in caplog.text
     assert "4 training clips, 2 verified validation clips" in caplog.text
     assert len(history) == 2 and np.isfinite(history[["train_loss", "valid_loss"]].to_numpy()).all()
+
+
+def test_a_clip_too_short_to_augment_is_left_out_with_a_warning(clips, noise_dir, caplog):
+    """A one-sample clip (what SoX can leave of a click) gets no copy; the others do."""
+    from workflow_lib import waveform_augment
+
+    real = waveform_augment.clipped_shard
+
+    def with_a_click(*args, **kwargs):
+        for row, clip in real(*args, **kwargs):
+            if row["fname"] == "clip0.wav":
+                clip = replace(clip, samples=clip.samples[:1])
+            yield row, clip
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(waveform_augment, "clipped_shard", with_a_click)
+        noise = usable_noise(noise_table(noise_dir), noise_dir)
+        _, manifests = _copies(clips, _aug(str(noise_dir), copies=1), noise, versions=(1,))
+    assert "clip0.wav" not in set(manifests[1]["source"]) and len(manifests[1]) == len(clips) - 1
+    assert "no copy 0 of clip0.wav" in caplog.text

@@ -146,6 +146,11 @@ def waveform_problems(augmentation: Mapping[str, Any]) -> list[str]:
             problems.append(f"{key}: {idle} set but copies is 0 (off); set copies >= 1, or remove them")
     elif _no_step(augmentation):
         problems.append(f"{key}: every step is off, so the copies would equal their clips")
+    resolved = {**WAVEFORM_AUGMENTATION_DEFAULTS, **augmentation}
+    if "snr_db" in augmentation and not resolved["noise_dir"]:
+        problems.append(f"{key}.snr_db: set without noise_dir, so no noise is mixed in; name a noise folder")
+    if "rollover" in augmentation and resolved["shift"] == 0:
+        problems.append(f"{key}.rollover: set with shift 0, so nothing is shifted; set shift > 0")
     return problems
 
 

@@ -212,6 +212,7 @@ def augment_samples(
 
 
 def _numeric(value: Any) -> bool:
+    """Whether a drawn parameter is a number (rounded in the manifest) rather than a name."""
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
@@ -227,7 +228,8 @@ def copy_clips(
     """The copies of the shard's clips, one after another: per copy its manifest row
     (:data:`COPY_COLUMNS`) and per version its (frames, 128) spectrogram, as
     :func:`workflow_lib.preprocess.shard_clips` yields the originals. A clip preprocessing
-    skips gets no copies."""
+    skips gets no copies, and a copy audiomentations cannot make (a clip of one sample) is
+    left out; both are logged."""
     check_copy_names(listing["fname"], aug.copies)
     transform = build_transform(aug, noise)
     rate = preprocessing["sample_rate"]
@@ -237,9 +239,13 @@ def copy_clips(
             log.warning("no copies of %s: %s (%s)", row["fname"], clip.status, clip.detail)
             continue
         for k in range(aug.copies):
-            samples, drawn = augment_samples(
-                transform, clip.samples, rate, copy_seed(aug.seed, row["fname"], k), aug.noise_dir
-            )
+            try:
+                samples, drawn = augment_samples(
+                    transform, clip.samples, rate, copy_seed(aug.seed, row["fname"], k), aug.noise_dir
+                )
+            except ValueError as error:  # e.g. a clip SoX cut to a single sample
+                log.warning("no copy %d of %s: %s", k, row["fname"], error)
+                continue
             copy = LoadedClip(clip.status, samples, clip.seconds_before_clipping, len(samples) / rate)
             copy_row = {
                 **manifest_row(row, copy, shard),
