@@ -20,6 +20,7 @@ try:
     from workflow_lib.config import (
         ConfigError,
         check_dataset_root,
+        check_noise_dir,
         check_run_identity,
         gpus_per_training_job,
         preset_shadowed,
@@ -31,8 +32,9 @@ try:
     from workflow_lib.bundle import BUNDLE_FILES
     from workflow_lib.choice import chooses_by_cv
     from workflow_lib.dataset_layouts import layout_of, train_listing_keys
-    from workflow_lib.fingerprint import DigestCache, split_fingerprints
+    from workflow_lib.fingerprint import DigestCache, folder_fingerprint, split_fingerprints
     from workflow_lib.layout import (
+        COPIES_SPLIT,
         MODEL_FILES,
         TRUST_FILES,
         Layout,
@@ -48,10 +50,12 @@ try:
         fit_settings,
         fusion_settings,
         prediction_settings,
+        preprocessing_settings,
         tagger_settings,
         task_arguments,
         trust_settings,
         validation_settings,
+        waveform_augmentation_settings,
     )
     from workflow_lib.shards import listed_file_counts, resolve_shards
     from workflow_lib.task import task_of_settings
@@ -69,6 +73,7 @@ USER_SETTINGS = user_settings(
 try:
     S = resolve_settings(config, USER_SETTINGS)
     check_dataset_root(S)
+    check_noise_dir(S)
     RUN_IDENTITY = run_identity(S)
     check_run_identity(Path(RESULTS), RUN_IDENTITY)
 except ConfigError as error:
@@ -134,11 +139,17 @@ N_SHARDS = {
 
 
 def shards_of(split):
-    return list(range(N_SHARDS[split]))
+    """The shard numbers of a split; the waveform copies are sharded as the training clips."""
+    return list(range(N_SHARDS["train" if split == COPIES_SPLIT else split]))
 
 
 PRESETS = METHOD["presets"]
 VERSIONS = sorted({METHOD["nets"][p]["spectrogram"] for p in PRESETS})
+# Waveform augmentation (preprocessing.waveform_augmentation, workflow_lib/waveform_augment.py):
+# the copy jobs' settings, None when off (then no rule of the copies exists and the DAG is as
+# without the option). NOISE_DIR: its noise folder, "" without noise.
+WAVEFORM = waveform_augmentation_settings(S)
+NOISE_DIR = WAVEFORM["noise_dir"] if WAVEFORM else ""
 
 
 class Unrecorded:
@@ -259,6 +270,13 @@ def training_inputs(wildcards):
         "folds": L.folds,
         "classes": L.data("classes.csv"),
     }
+
+
+def copies_input(wildcards):
+    """The training jobs' waveform copies of the preset's version (the job finds them beside
+    its manifest, spectrograms/v{version}/train_copies.csv); none when off."""
+    version = METHOD["nets"][wildcards.preset]["spectrogram"]
+    return {"copies": L.spectrograms(version, COPIES_SPLIT)} if WAVEFORM else {}
 
 
 def training_settings(preset, iteration, chain=None):

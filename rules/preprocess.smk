@@ -23,7 +23,7 @@ rule preprocess_shard:
         shards=lambda wildcards: N_SHARDS[wildcards.split],
         versions=list(str(v) for v in VERSIONS),
         out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
-        settings=as_json(S["preprocessing"]),
+        settings=as_json(preprocessing_settings(S)),
     shell:
         "{params.cli} preprocess-shard --listing {input.listing}"
         " --split {wildcards.split} --shard {wildcards.shard} --shards {params.shards:q}"
@@ -45,10 +45,65 @@ rule spectrogram_manifest:
         L.log("spectrogram_manifest/v{version}_{split}"),
     wildcard_constraints:
         version=r"\d",
-        split="train|test",
+        split=f"train|test|{COPIES_SPLIT}",
     conda:
         CONDA_ENV
     params:
         cli=CLI,
     shell:
         "{params.cli} merge-manifests --out {output} {input} 2> {log}"
+
+
+# Waveform augmentation (preprocessing.waveform_augmentation; workflow_lib/waveform_augment.py):
+# copies of the training clips, made from their SoX-clipped audio and stored like them, per
+# version, in the split train_copies (sharded as the training clips). Only when copies >= 1.
+if WAVEFORM:
+
+    if NOISE_DIR:
+
+        # Every file under the noise folder checked once: usable, or why it is skipped.
+        rule noise_files:
+            output:
+                L.data("noise_files.csv"),
+            log:
+                L.log("noise_files"),
+            conda:
+                CONDA_ENV
+            params:
+                cli=CLI,
+                noise_dir=NOISE_DIR,
+                fingerprint=folder_fingerprint(NOISE_DIR, DATASET_DIGESTS),
+            shell:
+                "{params.cli} noise-files --noise-dir {params.noise_dir:q} --out {output} 2> {log}"
+
+    rule copy_shard:
+        input:
+            listing=L.data("train.csv"),
+            noise=[L.data("noise_files.csv")] if NOISE_DIR else [],
+        output:
+            arrays=expand(
+                L.spectrogram_shard("{version}", COPIES_SPLIT, "{{shard}}", "npy"), version=VERSIONS
+            ),
+            manifests=expand(
+                L.spectrogram_shard("{version}", COPIES_SPLIT, "{{shard}}", "csv"), version=VERSIONS
+            ),
+        log:
+            L.log("copy_shard/shard{shard}"),
+        benchmark:
+            L.benchmark("copy_shard/shard{shard}")
+        wildcard_constraints:
+            shard=r"\d+",
+        conda:
+            CONDA_ENV
+        params:
+            cli=CLI,
+            shards=N_SHARDS["train"],
+            versions=list(str(v) for v in VERSIONS),
+            out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
+            settings=as_json({"preprocessing": preprocessing_settings(S), "augmentation": WAVEFORM}),
+            noise=lambda wildcards, input: Unrecorded(f"--noise {input.noise}" if NOISE_DIR else ""),
+        shell:
+            "{params.cli} copy-shard --listing {input.listing} {params.noise}"
+            " --shard {wildcards.shard} --shards {params.shards:q}"
+            " --versions {params.versions:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
+            " 2> {log}"

@@ -40,6 +40,7 @@ rule initial_list:
 rule train_initial:
     input:
         unpack(training_inputs),
+        unpack(copies_input),
         train_list=L.initial_list("{start}"),
     output:
         best=f"{L.initial_dir('{start}', '{preset}', '{fold}')}/{MODEL_FILES['best']}",
@@ -70,6 +71,7 @@ rule train_initial:
 rule fine_tune:
     input:
         unpack(training_inputs),
+        unpack(copies_input),
         train_list=lambda wildcards: L.train_list(wildcards.chain, wildcards.preset, int(wildcards.it) - 1),
         init=lambda wildcards: L.model_file(
             wildcards.chain, wildcards.preset, wildcards.fold, int(wildcards.it) - 1

@@ -22,7 +22,7 @@ from .demo import DemoDataJob, demo_data_job
 from .errors import UserError
 from .export_formats import EXPORT_FORMATS
 from .io import read_csv_str, write_csv
-from .layout import Layout
+from .layout import COPIES_SPLIT, Layout
 from .preprocess import merge_manifests as merge_manifest_files
 from .preprocess import shard_clips, write_shard_files
 from .report_tables import results_page
@@ -164,6 +164,59 @@ def preprocess_shard(args: argparse.Namespace) -> None:
         len(first),
         first["status"].value_counts().to_dict(),
     )
+
+
+@command("noise-files", arg("--noise-dir", type=Path, required=True), arg("--out", type=Path, required=True))
+def noise_files(args: argparse.Namespace) -> None:
+    """data/noise_files.csv: every file under the noise folder, usable or why it is skipped."""
+    # audiomentations (through waveform_augment) loads librosa: only the copy jobs need it
+    from .waveform_augment import USABLE_NOISE, noise_table
+
+    table = noise_table(args.noise_dir)
+    write_csv(table, args.out)
+    skipped = table[table["status"] != USABLE_NOISE]
+    for _, row in skipped.iterrows():
+        log.warning("noise file %s skipped: %s (%s)", row["file"], row["status"], row["detail"])
+    log.info("%d of %d noise files usable", len(table) - len(skipped), len(table))
+
+
+@command(
+    "copy-shard",
+    arg("--listing", type=Path, required=True),
+    arg("--noise", type=Path),
+    arg("--shard", type=int, required=True),
+    arg("--shards", type=int, required=True),
+    arg("--versions", type=int, nargs="+", required=True),
+    arg("--out-dir", type=Path, required=True),
+    JSON,
+)
+def copy_shard(args: argparse.Namespace) -> None:
+    """The waveform copies of one shard of the training clips (workflow_lib/waveform_augment.py)."""
+    # audiomentations loads librosa: only the copy jobs need it
+    from .waveform_augment import COPY_COLUMNS, WaveformAugmentation, copy_clips, usable_noise
+
+    aug = WaveformAugmentation.from_settings(args.settings["augmentation"])
+    if aug.noise and args.noise is None:
+        raise UserError("copy-shard: the settings name a noise folder; give its table with --noise")
+    noise = usable_noise(read_csv_str(args.noise), Path(aug.noise_dir)) if aug.noise else []
+    stem = {v: Path(Layout.shard_stem(args.out_dir, v, COPIES_SPLIT, args.shard)) for v in args.versions}
+    clips = copy_clips(
+        read_csv_str(args.listing),
+        args.shard,
+        args.shards,
+        args.versions,
+        args.settings["preprocessing"],
+        aug,
+        noise,
+    )
+    manifests = write_shard_files(
+        clips,
+        args.versions,
+        {v: p.with_suffix(".npy") for v, p in stem.items()},
+        {v: p.with_suffix(".csv") for v, p in stem.items()},
+        COPY_COLUMNS,
+    )
+    log.info("shard %d/%d: %d waveform copies", args.shard, args.shards, len(manifests[args.versions[0]]))
 
 
 @command("merge-manifests", arg("--out", type=Path, required=True), arg("shards", type=Path, nargs="+"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .audio import sox_effects_problems
 from .dataset_layouts import LAYOUTS, layout_of, train_listing_keys
 from .errors import UserError
 from .io import write_json
+from .job_settings import WAVEFORM_AUGMENTATION_DEFAULTS
 from .policies import CHAIN_KEYS, REGISTRY, chain_schema_properties, names_for
 from .task import TASKS, Task, task_of_settings
 
@@ -126,7 +128,59 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
         f"config key preprocessing.sox_effects: {p}"
         for p in sox_effects_problems(settings["preprocessing"]["sox_effects"])
     ]
+    problems += waveform_problems(settings["preprocessing"].get("waveform_augmentation") or {})
     return problems + _chain_checks(settings) + unused_dataset_keys(settings)
+
+
+def waveform_problems(augmentation: Mapping[str, Any]) -> list[str]:
+    """A sentence per ``preprocessing.waveform_augmentation`` range given upside down, and
+    for every other key set while ``copies`` is 0 (it would change nothing: a setting the user
+    gives is never silently ignored)."""
+    key = "config key preprocessing.waveform_augmentation"
+    problems = [
+        f"{key}.{name}: {augmentation[name]} has its lowest value above its highest"
+        for name in ("time_stretch", "gain_db", "snr_db")
+        if name in augmentation and augmentation[name][0] > augmentation[name][1]
+    ]
+    if augmentation.get("copies", 0) == 0:
+        idle = sorted(set(augmentation) - {"copies"})
+        if idle:
+            problems.append(f"{key}: {idle} set but copies is 0 (off); set copies >= 1, or remove them")
+    elif _no_step(augmentation):
+        problems.append(f"{key}: every step is off, so the copies would equal their clips")
+    resolved = {**WAVEFORM_AUGMENTATION_DEFAULTS, **augmentation}
+    if "snr_db" in augmentation and not resolved["noise_dir"]:
+        problems.append(f"{key}.snr_db: set without noise_dir, so no noise is mixed in; name a noise folder")
+    if "rollover" in augmentation and resolved["shift"] == 0:
+        problems.append(f"{key}.rollover: set with shift 0, so nothing is shifted; set shift > 0")
+    return problems
+
+
+def _no_step(augmentation: Mapping[str, Any]) -> bool:
+    """Whether no step of a waveform augmentation is on (absent keys take their defaults)."""
+    resolved = {**WAVEFORM_AUGMENTATION_DEFAULTS, **augmentation}
+    return (
+        list(resolved["time_stretch"]) == [1, 1]
+        and resolved["shift"] == 0
+        and list(resolved["gain_db"]) == [0, 0]
+        and not resolved["noise_dir"]
+    )
+
+
+def check_noise_dir(settings: Mapping[str, Any]) -> None:
+    """A named noise folder (preprocessing.waveform_augmentation.noise_dir) must exist and
+    hold files, checked at start; the noise_files job checks each file
+    (workflow_lib/waveform_augment.py)."""
+    augmentation = settings["preprocessing"].get("waveform_augmentation") or {}
+    folder = augmentation.get("noise_dir", "")
+    if not folder or augmentation.get("copies", 0) == 0:
+        return
+    key = "config key preprocessing.waveform_augmentation.noise_dir"
+    if not Path(folder).is_dir():
+        raise ConfigError(f"{key}: {folder} is not a folder")
+    walked = os.walk(folder, followlinks=False)  # a linked folder is never entered (a loop, or outside)
+    if not any(not name.startswith(".") for _, _, files in walked for name in files):
+        raise ConfigError(f"{key}: {folder} holds no files (background-noise recordings expected)")
 
 
 def augment_problems(method: Mapping[str, Any]) -> list[str]:

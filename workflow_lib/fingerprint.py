@@ -186,3 +186,18 @@ def split_fingerprints(
         "train": fingerprint_train(Path(root), dataset, cache),
         "test": fingerprint_test(Path(root), dataset, cache),
     }
+
+
+def folder_fingerprint(folder: str | os.PathLike[str], cache: DigestCache) -> str:
+    """Every non-hidden file under a folder (the background-noise recordings of waveform
+    augmentation), by relative name and content digest. Linked folders are not entered, and a
+    link leading outside the folder contributes its target's name, never its content (the
+    noise job skips it). A recording added, removed or replaced changes the fingerprint."""
+    root = Path(folder)
+    parts: list[Any] = []
+    for base, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(base) / name
+            parts.append([str(path.relative_to(root)), _audio_digest(path, (root,), False, cache)])
+    return _hash(parts)

@@ -48,6 +48,40 @@ def demo_data_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {**settings["demo_data"], **extra}
 
 
+# --- preprocessing: the spectrogram shards and the waveform copies ----------------------------
+
+#: ``preprocessing.waveform_augmentation`` keys with their defaults (workflow_lib/waveform_augment.py);
+#: ``copies: 0`` is off.
+WAVEFORM_AUGMENTATION_DEFAULTS: dict[str, Any] = {
+    "copies": 0,
+    "time_stretch": [0.8, 1.0],
+    "shift": 0.5,
+    "rollover": True,
+    "gain_db": [-6.0, 6.0],
+    "noise_dir": "",
+    "snr_db": [3.0, 30.0],
+}
+
+
+def preprocessing_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocess_shard jobs' settings: ``preprocessing`` less ``waveform_augmentation``
+    (the copies have jobs of their own), so the originals' jobs, and Snakemake's record of
+    them, are the same with augmentation on or off and turning it on recomputes no original."""
+    return {k: v for k, v in settings["preprocessing"].items() if k != "waveform_augmentation"}
+
+
+def waveform_augmentation_settings(settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The copy jobs' settings (waveform_augment.WaveformAugmentation): every key resolved and
+    the copies' base seed, derived from ``method.seed``; None when off (absent or copies 0)."""
+    given = settings["preprocessing"].get("waveform_augmentation") or {}
+    resolved = {**WAVEFORM_AUGMENTATION_DEFAULTS, **given}
+    if resolved["copies"] == 0:
+        return None
+    ranges = {k: [float(v) for v in resolved[k]] for k in ("time_stretch", "gain_db", "snr_db")}
+    seed = derive_seed(settings["method"]["seed"], "waveform_augmentation")
+    return {**resolved, **ranges, "shift": float(resolved["shift"]), "seed": seed}
+
+
 # --- training: initial training and fine-tuning jobs -----------------------------------------
 
 
@@ -113,6 +147,9 @@ def fit_settings(
             "cudnn_benchmark": compute["cudnn_benchmark"],
         },
     }
+    waveform = waveform_augmentation_settings(settings)
+    if waveform is not None:  # only when on: the job trains on the copies too (stages.with_copies)
+        job["copies"] = waveform
     task = task_of_settings(settings)
     return job if task is SINGLE else {**job, "task": task.name}
 

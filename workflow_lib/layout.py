@@ -5,6 +5,7 @@ with wildcard names such as ``"{chain}"`` they return the patterns), and the job
 many results at once (the systems table) get their file lists from :func:`systems_spec`.
 
     results/data/, spectrograms/, folds.csv                 shared by every chain
+    results/spectrograms/v{version}/train_copies.csv         waveform copies (when on)
     results/initial/{start}/train_list.csv                   what iteration 0 trains on
     results/initial/{start}/{preset}/fold{k}/                iteration-0 models, shared by the
                                                               chains with the same start
@@ -36,6 +37,9 @@ TRUST_FILES = {
     "per_class": "per_class.csv",
     "train_list": "train_list.csv",
 }
+#: The "split" of the training clips' waveform copies (preprocessing.waveform_augmentation):
+#: spectrograms/v{version}/train_copies.csv and its shards.
+COPIES_SPLIT = "train_copies"
 
 
 @dataclass(frozen=True)

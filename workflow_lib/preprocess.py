@@ -107,7 +107,7 @@ def shard_of(
     return listing[shard_assignment(costs, n_shards) == shard]
 
 
-def _manifest_row(row: pd.Series, clip, shard: int) -> dict:
+def manifest_row(row: pd.Series, clip, shard: int) -> dict:
     return {
         "fname": row["fname"],
         "label": row.get("label", ""),
@@ -137,6 +137,20 @@ def shard_clips(
     ``implementation``: "fast" (default) or "reference" spectrograms (workflow_lib.spectrograms).
     One file at a time, so a consumer can write each clip out before the next is computed.
     """
+    for row, clip in clipped_shard(listing, shard, n_shards, sample_rate, sox_effects):
+        yield (
+            manifest_row(row, clip, shard),
+            clip_spectrograms(clip, row, versions, sample_rate, implementation),
+        )
+
+
+def clipped_shard(
+    listing: pd.DataFrame, shard: int, n_shards: int, sample_rate: int, sox_effects: Sequence[str]
+) -> Iterator[tuple[pd.Series, LoadedClip]]:
+    """The shard's rows with their SoX-clipped audio, one file at a time: what
+    :func:`shard_clips` turns into spectrograms, and what waveform augmentation
+    (workflow_lib/waveform_augment.py) makes its copies from, so both start from the same audio.
+    """
     require_sox()
     check_sox_effects(tuple(sox_effects))
     with tempfile.TemporaryDirectory(prefix="sox_clip_") as workdir:  # one for the whole shard
@@ -145,13 +159,10 @@ def shard_clips(
                 clip = load_clipped(Path(row["path"]), sample_rate, tuple(sox_effects), workdir=Path(workdir))
             else:  # a test row validation kept without a file (missing or refused symlink)
                 clip = LoadedClip(SKIPPED_BY_VALIDATION, None, 0.0, 0.0, "see data/problems.csv")
-            yield (
-                _manifest_row(row, clip, shard),
-                _spectrograms(clip, row, versions, sample_rate, implementation),
-            )
+            yield row, clip
 
 
-def _spectrograms(
+def clip_spectrograms(
     clip: LoadedClip, row: pd.Series, versions: Sequence[int], sample_rate: int, implementation: str
 ) -> dict[int, np.ndarray]:
     """Per version the clip's (frames, 128) spectrogram; (0, 128) for a skipped clip."""
@@ -170,11 +181,13 @@ def _spectrograms(
     }
 
 
-def _manifests(rows: list[dict], frames: dict[int, list[int]]) -> dict[int, pd.DataFrame]:
+def _manifests(
+    rows: list[dict], frames: dict[int, list[int]], columns: Sequence[str] = tuple(MANIFEST_COLUMNS)
+) -> dict[int, pd.DataFrame]:
     """Per version: the rows with each clip's frame count and its offset in the shard array."""
     manifests = {}
     for version, counts in frames.items():
-        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        manifest = pd.DataFrame(rows, columns=list(columns))
         n_frames = np.asarray(counts, dtype=np.int64)
         manifest["n_frames"] = n_frames
         manifest["offset"] = (np.cumsum(n_frames) - n_frames).astype(np.int64)
@@ -183,9 +196,12 @@ def _manifests(rows: list[dict], frames: dict[int, list[int]]) -> dict[int, pd.D
 
 
 def _consume(
-    clips: Iterable[tuple[dict, dict[int, np.ndarray]]], sinks: dict[int, Callable[[np.ndarray], None]]
+    clips: Iterable[tuple[dict, dict[int, np.ndarray]]],
+    sinks: dict[int, Callable[[np.ndarray], None]],
+    columns: Sequence[str] = tuple(MANIFEST_COLUMNS),
 ) -> dict[int, pd.DataFrame]:
-    """Hand each clip's spectrogram of each version to that version's sink; the manifests."""
+    """Hand each clip's spectrogram of each version to that version's sink; the manifests
+    (``columns``: the manifest's columns, waveform copies add theirs)."""
     rows: list[dict] = []
     frames: dict[int, list[int]] = {v: [] for v in sinks}
     for row, spectrograms in clips:
@@ -193,17 +209,19 @@ def _consume(
         for version, sink in sinks.items():
             sink(spectrograms[version])
             frames[version].append(len(spectrograms[version]))
-    return _manifests(rows, frames)
+    return _manifests(rows, frames, columns)
 
 
 def gather_shard(
-    clips: Iterable[tuple[dict, dict[int, np.ndarray]]], versions: Sequence[int]
+    clips: Iterable[tuple[dict, dict[int, np.ndarray]]],
+    versions: Sequence[int],
+    columns: Sequence[str] = tuple(MANIFEST_COLUMNS),
 ) -> tuple[dict[int, np.ndarray], dict[int, pd.DataFrame]]:
     """The shard in memory (``clips`` from :func:`shard_clips`): per version its (frames, 128)
     array and its manifest. For inspection and tests; the job streams (:func:`write_shard_files`).
     """
     blocks: dict[int, list[np.ndarray]] = {v: [] for v in versions}
-    manifests = _consume(clips, {v: blocks[v].append for v in versions})
+    manifests = _consume(clips, {v: blocks[v].append for v in versions}, columns)
     empty = np.zeros((0, N_BINS), dtype=np.float32)
     return {v: np.concatenate([empty, *blocks[v]]) for v in versions}, manifests
 
@@ -213,6 +231,7 @@ def write_shard_files(
     versions: Sequence[int],
     array_paths: dict[int, Path],
     manifest_paths: dict[int, Path],
+    columns: Sequence[str] = tuple(MANIFEST_COLUMNS),
 ) -> dict[int, pd.DataFrame]:
     """What the ``preprocess_shard`` job does with :func:`shard_clips`: each clip's
     spectrograms are appended to the version's array file as soon as they are computed, so
@@ -222,7 +241,7 @@ def write_shard_files(
     """
     with contextlib.ExitStack() as stack:
         sinks = {v: stack.enter_context(npy_row_writer(array_paths[v], N_BINS)) for v in versions}
-        manifests = _consume(clips, sinks)
+        manifests = _consume(clips, sinks, columns)
     for version, manifest in manifests.items():
         write_csv(manifest, manifest_paths[version])
     return manifests
@@ -297,3 +316,18 @@ class SpectrogramStore:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+
+def joined_store(first: SpectrogramStore, second: SpectrogramStore) -> SpectrogramStore:
+    """One store over two (the training clips and their waveform copies,
+    workflow_lib/waveform_augment.py), so a training job builds one clip bank from both:
+    ``second``'s shards are renumbered after ``first``'s. A name in both is an error (a copy
+    named like a clip would silently train on the wrong audio)."""
+    shared = set(first.manifest["fname"]) & set(second.manifest["fname"])
+    if shared:
+        raise ValueError(f"{len(shared)} clip name(s) are in both stores, e.g. {sorted(shared)[:3]}")
+    step = max(first.shard_arrays, default=-1) + 1
+    moved = second.manifest.assign(shard=second.manifest["shard"] + step)
+    manifest = pd.concat([first.manifest, moved], ignore_index=True)
+    arrays = {**first.shard_arrays, **{shard + step: a for shard, a in second.shard_arrays.items()}}
+    return SpectrogramStore(manifest, arrays)

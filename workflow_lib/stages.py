@@ -47,10 +47,10 @@ from .fusion import (
 )
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import split_labels
-from .layout import MODEL_FILES, TRUST_FILES, Layout
+from .layout import COPIES_SPLIT, MODEL_FILES, TRUST_FILES, Layout
 from .model import architecture_metadata, build_network, load_model
 from .policies import Clips, apply_policy, low_trust, policy_named
-from .preprocess import SpectrogramStore
+from .preprocess import SpectrogramStore, joined_store
 from .selection import best_epoch_row, chosen_iteration
 from .self_verify import TABLES, TrustSettings, judge_folds, with_truth
 from .soft_targets import soften
@@ -99,6 +99,7 @@ class TrainingJob:
     init_checkpoint: Path | None = None  # fine-tuning: the fold's iteration-i parameters
     options: RunOptions = RunOptions()  # checkpoints, compile: how, not what (not fingerprinted)
     task: Task = SINGLE  # MULTI: label sets, BCE on sigmoids (dataset.layout fsdkaggle2019)
+    copies: dict | None = None  # waveform augmentation's settings: train on the copies too
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], **where: Any) -> TrainingJob:
@@ -120,8 +121,14 @@ class TrainingJob:
             device=settings["device"],
             options=options,
             task=task_named(settings.get("task", SINGLE.name)),
+            copies=settings.get("copies"),
             **where,
         )
+
+    @property
+    def copies_csv(self) -> Path | None:
+        """The waveform copies' manifest, beside the training clips' (when on)."""
+        return None if self.copies is None else self.manifest_csv.with_name(f"{COPIES_SPLIT}.csv")
 
 
 def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -232,6 +239,30 @@ def loss_weights(train: pd.DataFrame) -> np.ndarray | None:
     return train["weight"].to_numpy(dtype=np.float32)
 
 
+def with_copies(
+    job: TrainingJob, train: pd.DataFrame, store: SpectrogramStore
+) -> tuple[pd.DataFrame, SpectrogramStore]:
+    """The training clips and their waveform copies (workflow_lib/waveform_augment.py), and
+    one store holding both; unchanged when the option is off. Only the copies of the clips
+    this job trains on are added, each with its source's row (label, verified, weight: its
+    trust decision), so a copy never trains where its source does not: never in its source's
+    validation fold, never as an untrusted clip."""
+    if job.copies_csv is None:
+        return train, store
+    copies = SpectrogramStore.open(job.copies_csv)
+    rows = copies.manifest[copies.manifest["source"].isin(set(train["fname"]))]
+    added = train.set_index("fname").loc[rows["source"]].reset_index()
+    added["fname"] = rows["fname"].to_numpy()
+    log.info(
+        "waveform augmentation: %d copies of %d of the %d training clips added (%d rows)",
+        len(added),
+        rows["source"].nunique(),
+        len(train),
+        len(train) + len(added),
+    )
+    return pd.concat([train, added], ignore_index=True), joined_store(store, copies)
+
+
 def file_digest(path: Path | None) -> str:
     if path is None:
         return ""
@@ -268,6 +299,8 @@ def fingerprint(
         payload["unlabelled"] = list(unlabelled)
     if partners is not None and len(partners):
         payload["mixup_partners"] = list(zip(partners["fname"], targets(partners)))
+    if job.copies is not None:  # waveform augmentation: how the copies were made
+        payload["copies"] = job.copies
     weights = loss_weights(train)
     if weights is not None:
         payload["weights"] = [round(float(w), 6) for w in weights]
@@ -343,7 +376,8 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     train, valid = training_sets(job, classes)
     log.info("%d training clips, %d verified validation clips", len(train), len(valid))
     store = SpectrogramStore.open(job.manifest_csv)
-    train_bank = ClipBank.from_store(store, list(train["fname"]), job.frames, choice.device)
+    train, train_store = with_copies(job, train, store)
+    train_bank = ClipBank.from_store(train_store, list(train["fname"]), job.frames, choice.device)
     valid_bank = ClipBank.from_store(store, list(valid["fname"]), job.frames, choice.device)
     unlabelled, extra = _unlabelled_bank(job, store, choice.device)
     partner_clips, partners = _partner_bank(job, store, choice.device, classes)
