@@ -124,15 +124,7 @@ def fit_settings(
     if augment is not None:  # only when on: every other job's settings stay as they were
         fit["augment"] = augment
     spec = settings["chains"].get(chain, {}) if chain is not None and not initial else {}
-    if "consistency" in spec:  # likewise only when the chain sets it
-        fit["consistency"] = consistency_settings(spec["consistency"])
-    if "soft_relabel" in spec:  # likewise: soft relabelling (workflow_lib/soft_targets.py)
-        fit["soft_relabel"] = {
-            "strength": spec["soft_relabel"]["strength"],
-            "verified": spec["soft_relabel"].get("verified", False),
-        }
-    if "mixup" in spec:  # likewise: mixup in fine-tuning, partners from the batch or elsewhere
-        fit.update(mixup_settings(spec["mixup"], net["mixup_alpha"]))
+    fit.update(chain_fit_options(spec, net["mixup_alpha"]))
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
     net = {key: value for key, value in net.items() if key != "augment"}  # a fit setting
     job = {
@@ -152,6 +144,22 @@ def fit_settings(
         job["copies"] = waveform
     task = task_of_settings(settings)
     return job if task is SINGLE else {**job, "task": task.name}
+
+
+def chain_fit_options(spec: Mapping[str, Any], net_mixup_alpha: float | None) -> dict[str, Any]:
+    """The fit settings a chain's fine-tuning options add (``chains.<name>``), each only when
+    the chain sets it, so every other job's settings and record stay as they were."""
+    options: dict[str, Any] = {}
+    if "consistency" in spec:
+        options["consistency"] = consistency_settings(spec["consistency"])
+    if "soft_relabel" in spec:  # soft relabelling (workflow_lib/soft_targets.py)
+        options["soft_relabel"] = {
+            "strength": spec["soft_relabel"]["strength"],
+            "verified": spec["soft_relabel"].get("verified", False),
+        }
+    if "mixup" in spec:  # mixup in fine-tuning, partners from the batch or elsewhere
+        options.update(mixup_settings(spec["mixup"], net_mixup_alpha))
+    return options
 
 
 #: The keys of ``method.nets.<preset>.augment`` a training job reads (augment.AUGMENT_KEYS;

@@ -361,6 +361,7 @@ def _style_key(twin: Axes) -> list:
     """The trust panel's legend: what each mark means, in grey (the colours are the chains, named
     once in the selection panel's legend). A legend entry per chain and mark drew 3-4 entries per
     chain over the bars."""
+    # matplotlib: only the systems plot needs it
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
