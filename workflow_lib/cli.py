@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import __version__
 from .choice import choose_chain_job, read_choice
-from .dataset import class_table, validate_test, validate_train
+from .dataset import class_table, validate_pool, validate_test, validate_train
 from .demo import DemoDataJob, demo_data_job
 from .errors import UserError
 from .export_formats import EXPORT_FORMATS
@@ -114,18 +114,48 @@ def validate(args: argparse.Namespace) -> None:
     "validate-test",
     arg("--root", type=Path, required=True),
     arg("--classes", type=Path, required=True),
-    arg("--train-problems", type=Path, required=True),
+    arg(
+        "--train-problems",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="train_problems.csv (and, with the unlabelled pool, pool_problems.csv)",
+    ),
     arg("--out-dir", type=Path, required=True),
     JSON,
 )
 def validate_test_split(args: argparse.Namespace) -> None:
-    """The test split: test.csv, and problems.csv = the training split's problems + its own."""
+    """The test split: test.csv, and problems.csv = the training split's problems (and the
+    pool's) + its own."""
     test, problems = validate_test(args.root, args.settings, list(read_csv_str(args.classes)["label"]))
     _log_problems(problems)
-    every = pd.concat([read_csv_str(args.train_problems), problems.frame().astype(str)], ignore_index=True)
+    earlier = [read_csv_str(path) for path in args.train_problems]
+    every = pd.concat([*earlier, problems.frame().astype(str)], ignore_index=True)
     write_csv(every, args.out_dir / "problems.csv")
     write_csv(test, args.out_dir / "test.csv")
     log.info("%d test clips, %d problems", len(test), len(problems.rows))
+
+
+@command(
+    "validate-pool",
+    arg("--root", type=Path, required=True),
+    arg("--train", type=Path, required=True, help="the validated train.csv (pool names must differ)"),
+    arg("--out-dir", type=Path, required=True),
+    JSON,
+)
+def validate_pool_split(args: argparse.Namespace) -> None:
+    """The unlabelled pool: pool.csv and its problems (pool_problems.csv)."""
+    training = set(read_csv_str(args.train)["fname"])
+    pool, problems = validate_pool(args.root, args.settings, training)
+    _log_problems(problems)
+    write_csv(problems.frame(), args.out_dir / "pool_problems.csv")
+    write_csv(pool, args.out_dir / "pool.csv")
+    log.info(
+        "%d pool clips (%d usable), %d problems",
+        len(pool),
+        int((pool["path"] != "").sum()),
+        len(problems.rows),
+    )
 
 
 @command(
@@ -300,6 +330,43 @@ def self_verify(args: argparse.Namespace) -> None:
             (accepted["trusted_label"] == accepted["true_label"]).mean() if len(accepted) else float("nan"),
             (decisions["given_label"] == decisions["true_label"]).mean(),
         )
+
+
+@command(
+    "judge-pool",
+    arg("--models", nargs="+", required=True, help="fold=best.pt ..."),
+    arg("--manifest", type=Path, required=True, help="the pool's spectrogram manifest"),
+    arg("--pool", type=Path, required=True, help="the validated pool.csv"),
+    arg("--classes", type=Path, required=True),
+    arg("--out-dir", type=Path, required=True),
+    *DEVICE,
+    JSON,
+)
+def judge_pool(args: argparse.Namespace) -> None:
+    """Judge the unlabelled pool by the mean of the fold models; apply the chain's policy."""
+    # self_verify and stages import torch: only the commands that run a job load it
+    from .self_verify import TrustSettings
+    from .stages import PoolJob, pool_job
+
+    job = PoolJob(
+        model_paths=fold_paths(args.models),
+        pool_manifest_csv=args.manifest,
+        pool_csv=args.pool,
+        classes_csv=args.classes,
+        out_dir=args.out_dir,
+        settings=TrustSettings.from_json(args.settings),
+        threads=args.threads,
+        lock_dir=args.lock_dir,
+    )
+    decisions = pool_job(job)
+    log.info(
+        "policy %s trusted %d of %d pool %s; reasons %s",
+        job.settings.policy.name,
+        int(decisions["accepted"].sum()),
+        len(decisions),
+        job.settings.task.trust_unit,
+        decisions["reason"].value_counts().to_dict(),
+    )
 
 
 @command(

@@ -124,7 +124,42 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
         f"config key preprocessing.sox_effects: {p}"
         for p in sox_effects_problems(settings["preprocessing"]["sox_effects"])
     ]
-    return problems + _chain_checks(settings) + unused_dataset_keys(settings)
+    return problems + _chain_checks(settings) + unused_dataset_keys(settings) + pool_problems(settings)
+
+
+def pool_problems(settings: Mapping[str, Any]) -> list[str]:
+    """The unlabelled pool is used by the run's chains with ``pool: true`` and only there: a
+    pool no run chain uses, or such a chain without a pool, is an error (never silently
+    ignored); the demo has no pool; a pool chain's policy must judge a clip from its
+    posteriors alone (the pool's are a mean over the folds, with no fold's reference clips)."""
+    dataset, chains = settings["dataset"], settings["chains"]
+    users = [c for c in settings["run_chains"] if chains.get(c, {}).get("pool", False)]
+    problems = []
+    if dataset.get("unlabelled_true_labels_csv") and not dataset.get("unlabelled_audio_dir"):
+        problems.append(
+            "config key dataset.unlabelled_true_labels_csv: set only with dataset.unlabelled_audio_dir"
+        )
+    if dataset.get("unlabelled_audio_dir") and not users:
+        problems.append(
+            "config key dataset.unlabelled_audio_dir: no chain of run_chains sets pool: true, so "
+            "nothing would use the pool (add such a chain, e.g. pseudo_labels, or unset it)"
+        )
+    if dataset.get("unlabelled_audio_dir") and not settings["dataset_root"]:
+        problems.append(
+            "config key dataset.unlabelled_audio_dir: the demo dataset has no pool (set dataset_root)"
+        )
+    for name in users:
+        if not dataset.get("unlabelled_audio_dir"):
+            problems.append(
+                f"config key chains.{name}.pool: needs dataset.unlabelled_audio_dir (the pool's folder)"
+            )
+        policy = REGISTRY[chains[name]["policy"]]
+        if policy.needs_reference or policy.needs_embeddings:
+            problems.append(
+                f"config key chains.{name}.pool: policy {policy.name} reads each fold's reference "
+                "clips, and pool clips are judged by the mean of every fold model; use another policy"
+            )
+    return problems
 
 
 def augment_problems(method: Mapping[str, Any]) -> list[str]:

@@ -78,6 +78,11 @@ FSDKAGGLE2019 = DatasetLayout(
 LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (FSDKAGGLE2018, FSDKAGGLE2019)}
 #: The layout of a config without ``dataset.layout`` (the paper's dataset).
 DEFAULT_LAYOUT = FSDKAGGLE2018.name
+#: Config keys (section ``dataset``) of the unlabelled pool, shared by every layout and read
+#: by the pool's own validation job only (rule validate_pool), never by the training and test
+#: validation jobs: with the pool off (``unlabelled_audio_dir`` empty) their settings, and so
+#: their recorded params, stay as they were before the pool existed.
+POOL_KEYS = ("unlabelled_audio_dir", "unlabelled_true_labels_csv")
 
 
 def layout_of(dataset: Mapping[str, Any]) -> DatasetLayout:
@@ -93,3 +98,8 @@ def train_listing_keys(dataset: Mapping[str, Any]) -> list[str]:
     """Config keys of the training listings the layout reads, the verified one first (a
     listing that may be '', as fsdkaggle2019's noisy list, only when set)."""
     return [key for key in layout_of(dataset).listing_keys if dataset.get(key)]
+
+
+def has_pool(dataset: Mapping[str, Any]) -> bool:
+    """Whether the settings name an unlabelled pool (``dataset.unlabelled_audio_dir`` set)."""
+    return bool(dataset.get("unlabelled_audio_dir"))

@@ -177,12 +177,26 @@ def fingerprint_test(root: Path, dataset: Mapping[str, Any], cache: DigestCache)
     return _hash([_listing(root, dataset["test_csv"], cache), *digests])
 
 
+def fingerprint_pool(root: Path, dataset: Mapping[str, Any], cache: DigestCache) -> str:
+    """The unlabelled pool: every file of its folder (dataset.unlabelled_audio_dir, relative
+    to ``root`` or absolute) and its true-label side file, if any."""
+    folder = root / dataset["unlabelled_audio_dir"]
+    follow = bool(dataset.get("follow_external_symlinks", False))
+    digests = [[f.name, _audio_digest(f, (root, folder), follow, cache)] for f in folder_files(folder)]
+    return _hash([_listing(root, dataset.get("unlabelled_true_labels_csv", ""), cache), *digests])
+
+
 def split_fingerprints(
     root: str | os.PathLike[str], dataset: Mapping[str, Any], cache: DigestCache
 ) -> dict[str, str]:
-    """{'train': ..., 'test': ...} of a dataset in ``root``. The caller saves ``cache`` when
-    the run starts (a dry run writes nothing)."""
+    """{'train': ..., 'test': ...} of a dataset in ``root``, and 'pool' when the settings name
+    an unlabelled pool. The caller saves ``cache`` when the run starts (a dry run writes
+    nothing)."""
+    pool = (
+        {"pool": fingerprint_pool(Path(root), dataset, cache)} if dataset.get("unlabelled_audio_dir") else {}
+    )
     return {
         "train": fingerprint_train(Path(root), dataset, cache),
         "test": fingerprint_test(Path(root), dataset, cache),
+        **pool,
     }

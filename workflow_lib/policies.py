@@ -203,6 +203,7 @@ CHAIN_KEYS = frozenset(
         "correct_threshold",
         "consistency",  # fine-tuning's consistency training (workflow_lib/consistency.py)
         "soft_relabel",  # fine-tuning's soft relabelling (workflow_lib/soft_targets.py)
+        "pool",  # the unlabelled pool joins the fine-tuning (workflow_lib/pool.py)
     }
 )
 #: Keys that are no policy parameter: a parameter may not use them.

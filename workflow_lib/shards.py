@@ -59,4 +59,8 @@ def listed_file_counts(settings: dict, data_root: str | Path | None) -> dict[str
         folder = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else None
         test = len(list(folder.glob("*.wav"))) if folder is not None and folder.is_dir() else 0
     train = sum(rows(dataset[key]) or 0 for key in train_listing_keys(dataset))
-    return {"train": train, "test": test}
+    counts = {"train": train, "test": test}
+    if dataset.get("unlabelled_audio_dir"):  # the unlabelled pool: every file of its folder
+        folder = root / dataset["unlabelled_audio_dir"]
+        counts["pool"] = sum(1 for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+    return counts

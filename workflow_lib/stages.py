@@ -47,9 +47,11 @@ from .fusion import (
 )
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import split_labels
-from .layout import MODEL_FILES, TRUST_FILES, Layout
+from .layout import MODEL_FILES, POOL_FILES, TRUST_FILES, Layout
 from .model import architecture_metadata, build_network, load_model
 from .policies import Clips, apply_policy, low_trust, policy_named
+from .pool import decide_pool, mean_fold_posteriors, pool_clips, pool_list
+from .pool import posterior_table as pool_posterior_table
 from .preprocess import SpectrogramStore
 from .selection import best_epoch_row, chosen_iteration
 from .self_verify import TABLES, TrustSettings, judge_folds, with_truth
@@ -99,6 +101,9 @@ class TrainingJob:
     init_checkpoint: Path | None = None  # fine-tuning: the fold's iteration-i parameters
     options: RunOptions = RunOptions()  # checkpoints, compile: how, not what (not fingerprinted)
     task: Task = SINGLE  # MULTI: label sets, BCE on sigmoids (dataset.layout fsdkaggle2019)
+    # a pool chain's fine-tuning: the trusted pool clips (pool_list.csv) and their spectrograms
+    pool_list_csv: Path | None = None
+    pool_manifest_csv: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], **where: Any) -> TrainingJob:
@@ -108,6 +113,13 @@ class TrainingJob:
         run = settings.get("run", {})
         checkpoint = CheckpointPolicy.from_settings(run.get("checkpoint_every"))
         options = RunOptions(checkpoint, compile=bool(run.get("compile", False)))
+        pool = settings.get("pool") or {}
+        if pool:
+            where = {
+                **where,
+                "pool_list_csv": Path(pool["list"]),
+                "pool_manifest_csv": Path(pool["manifest"]),
+            }
         return cls(
             preset=settings["preset"],
             net=settings["net"],
@@ -139,8 +151,28 @@ def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, p
         if "weight" in listing:
             train = train.assign(weight=train["fname"].map(listing["weight"]).astype(float))
     valid = valid[valid["verified"].astype(int) == 1]
+    if job.pool_list_csv is not None:  # after the fold's clips; never in validation
+        own = train.assign(pool=False, weight=train.get("weight", 1.0))
+        train = pd.concat([own, trusted_pool(job.pool_list_csv)], ignore_index=True)
     prepared = _PREPARED[job.task.name]
     return prepared(train, classes), prepared(valid, classes)
+
+
+def trusted_pool(pool_list_csv: Path) -> pd.DataFrame:
+    """The unlabelled pool's clips a pool chain's fine-tuning adds (pool_list.csv), as training
+    rows: their trusted label (set) and weight, ``verified`` 0 (trusted, not verified, as the
+    self-verified clips), no fold, ``pool`` True (their spectrograms are in the pool's store)."""
+    listing = read_csv_str(pool_list_csv)
+    return pd.DataFrame(
+        {
+            "fname": listing["fname"],
+            "label": listing["label"],
+            "verified": "0",
+            "fold": "-1",
+            "weight": listing["weight"].astype(float),
+            "pool": True,
+        }
+    )
 
 
 def unlabelled_clips(job: TrainingJob) -> list[str]:
@@ -281,6 +313,23 @@ def _unlabelled_bank(
     return unlabelled, ClipBank.from_store(store, unlabelled, job.frames, device) if unlabelled else None
 
 
+def training_bank(
+    job: TrainingJob, store: SpectrogramStore, train: pd.DataFrame, device: torch.device
+) -> ClipBank:
+    """The training clips' spectrograms in ``train``'s order: the fold's clips from the
+    training store, then (a pool chain's fine-tuning) the trusted pool clips from the pool's."""
+    if job.pool_manifest_csv is None or "pool" not in train:
+        return ClipBank.from_store(store, list(train["fname"]), job.frames, device)
+    pool = train["pool"].astype(bool).to_numpy()
+    own = ClipBank.from_store(store, list(train.loc[~pool, "fname"]), job.frames, device)
+    if not pool.any():
+        return own
+    pool_store = SpectrogramStore.open(job.pool_manifest_csv)
+    return ClipBank.concat(
+        [own, ClipBank.from_store(pool_store, list(train.loc[pool, "fname"]), job.frames, device)]
+    )
+
+
 def run_training_job(job: TrainingJob) -> pd.DataFrame:
     """Train one fold model; write best.pt, last.pt and history.csv into ``job.out_dir``."""
     choice = select_device(job.device, job.lock_dir, job.threads)
@@ -290,7 +339,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     train, valid = training_sets(job, classes)
     log.info("%d training clips, %d verified validation clips", len(train), len(valid))
     store = SpectrogramStore.open(job.manifest_csv)
-    train_bank = ClipBank.from_store(store, list(train["fname"]), job.frames, choice.device)
+    train_bank = training_bank(job, store, train, choice.device)
     valid_bank = ClipBank.from_store(store, list(valid["fname"]), job.frames, choice.device)
     unlabelled, extra = _unlabelled_bank(job, store, choice.device)
     model = build_network(job.net, len(classes))
@@ -456,6 +505,48 @@ def _write_trust_files(
     write_csv(decisions, out["decisions"])
     write_csv(tables.precision(decisions, classes), out["per_class"])
     write_csv(tables.training_list(folds, decisions), out["train_list"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolJob:
+    """The unlabelled pool judged by one chain's fold models of one iteration (rule
+    judge_pool): the files it reads and writes, where it runs, its one settings object."""
+
+    model_paths: dict[int, Path]
+    pool_manifest_csv: Path
+    pool_csv: Path  # the validated listing (its true_label, when known, for measuring only)
+    classes_csv: Path
+    out_dir: Path
+    settings: TrustSettings
+    threads: int = 1
+    lock_dir: Path = Path(".gpu_locks")
+
+
+def pool_job(job: PoolJob) -> pd.DataFrame:
+    """Judge every usable pool clip by the mean of the fold models, let the chain's policy
+    decide (workflow_lib/pool.py), and write pool_posteriors.csv, pool_decisions.csv,
+    pool_per_class.csv (precision and recall when the pool's true labels are known) and
+    pool_list.csv (what the next fine-tuning adds)."""
+    settings = job.settings
+    choice = select_device(settings.device, job.lock_dir, job.threads)
+    classes = read_classes(job.classes_csv)
+    store = SpectrogramStore.open(job.pool_manifest_csv)
+    fnames = list(store.manifest["fname"])
+    bank = ClipBank.from_store(store, fnames, settings.frames, choice.device)
+    models = trust_models(job.model_paths, choice.device, settings.task)
+    posteriors = mean_fold_posteriors(models, bank, settings)
+    if posteriors.shape[1] == 0:
+        posteriors = np.zeros((len(fnames), len(classes)))
+    decisions = decide_pool(pool_clips(fnames, posteriors, classes, settings.task), classes, settings)
+    listing = read_csv_str(job.pool_csv)
+    decisions = with_truth(decisions, listing.set_index("fname")["true_label"], settings.task)
+    out = {role: job.out_dir / name for role, name in POOL_FILES.items()}
+    write_csv(pool_posterior_table(fnames, posteriors, classes, settings.task), out["posteriors"])
+    write_csv(decisions, out["decisions"])
+    write_csv(TABLES[settings.task.name].precision(decisions, classes), out["per_class"])
+    write_csv(pool_list(decisions, settings.task), out["pool_list"])
+    choice.release()
+    return decisions
 
 
 def _warn_low_trust(settings: TrustSettings, decisions: pd.DataFrame) -> None:

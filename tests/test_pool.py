@@ -1,0 +1,422 @@
+"""The unlabelled pool (workflow_lib/pool.py, issue 22 item 1; docs/method.md "Beyond the paper").
+
+What is checked: the pool is validated like untrusted training audio (non-audio ignored, a
+link leading outside refused, a name clash with a training clip skipped, a missing folder or
+true-label file an error); pool clips are proposed under their predicted label (set) and the
+chain's policy decides with its caps, exactly as for unverified clips; the fold models' mean
+judges them, deterministically for a seed; precision and recall against known true labels;
+the trusted pool clips join the training part of a fine-tuning job and never its validation
+part; the config refuses a pool no run chain uses, a pool chain without a pool and pool chains
+whose policy needs each fold's reference clips; with the pool off every job setting is that of
+a config written before the pool existed.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from test_multilabel_training import CLASSES as ML_CLASSES
+from test_multilabel_training import job_for, store, trained  # noqa: F401 (fixtures)
+from test_self_verify import FakeFoldModel, bank_from_arrays, sv_settings
+from test_workflow_dryrun import dry_run, rule_inputs, run_snakemake, write_fsdkaggle_listing
+
+from workflow_lib.config import ConfigError, resolve_settings
+from workflow_lib.data import ClipBank
+from workflow_lib.dataset import DatasetError, validate_pool
+from workflow_lib.dataset_layouts import POOL_KEYS
+from workflow_lib.io import read_csv_str, write_csv
+from workflow_lib.job_settings import (
+    fit_settings,
+    pool_trust_settings,
+    pool_validation_settings,
+    trust_settings,
+    validation_settings,
+    with_pool,
+)
+from workflow_lib.layout import POOL_FILES
+from workflow_lib.policies import ACCEPTED, BELOW_THRESHOLD, CLASS_CAP, PolicySettings
+from workflow_lib.pool import (
+    POOL_FOLD,
+    decide_pool,
+    mean_fold_posteriors,
+    pool_clips,
+    pool_list,
+    predicted_labels,
+)
+from workflow_lib.preprocess import SpectrogramStore
+from workflow_lib.self_verify import TABLES, TrustSettings, excerpt_posteriors, with_truth
+from workflow_lib.stages import PoolJob, fingerprint, pool_job, run_training_job, training_bank, training_sets
+from workflow_lib.task import MULTI, SINGLE
+
+from conftest import REPO, job_counts, write_wav
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+CLASSES = ["a", "b", "c"]
+
+# --------------------------------------------------------------- proposals and decisions
+
+
+def test_pool_clips_are_proposed_under_their_predicted_label():
+    posteriors = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])
+    judged = pool_clips(["p0", "p1", "p2"], posteriors, CLASSES, SINGLE)
+    assert list(judged.table["given_label"]) == ["a", "c", "b"]
+    assert set(judged.table["fold"]) == {POOL_FOLD}
+    sets = np.array([[0.9, 0.6, 0.1], [0.1, 0.2, 0.3], [0.2, 0.1, 0.7]])
+    multi = pool_clips(["p0", "p1", "p2"], sets, CLASSES, MULTI)
+    # p1 has no class at 0.5 or above: nothing to judge, left out
+    assert list(multi.table["fname"]) == ["p0", "p2"]
+    assert list(multi.table["given_label"]) == ["a,b", "c"]
+    np.testing.assert_array_equal(multi.posteriors, sets[[0, 2]])
+    assert predicted_labels(sets, CLASSES, MULTI) == ["a,b", "", "c"]
+
+
+def _settings(policy: str, task=SINGLE, **values) -> TrustSettings:
+    return sv_settings(task=task, policy=PolicySettings.of(policy, **values))
+
+
+def test_the_chains_policy_decides_with_its_threshold_and_cap():
+    """paper with threshold 0.6 and a cap of 1 per class: p3 (0.55) is below the threshold;
+    of p0 (0.9) and p1 (0.8), both class a, the cap keeps the higher; p2 is trusted as c."""
+    posteriors = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.25, 0.55, 0.2]])
+    judged = pool_clips(["p0", "p1", "p2", "p3"], posteriors, CLASSES, SINGLE)
+    decisions = decide_pool(judged, CLASSES, _settings("paper", threshold=0.6, max_per_class=1))
+    reasons = dict(zip(decisions["fname"], decisions["reason"]))
+    assert reasons == {"p0": ACCEPTED, "p1": CLASS_CAP, "p2": ACCEPTED, "p3": BELOW_THRESHOLD}
+    listed = pool_list(decisions, SINGLE)
+    assert list(listed["fname"]) == ["p0", "p2"] and list(listed["label"]) == ["a", "c"]
+    assert list(listed["weight"]) == [1.0, 1.0]
+    none = decide_pool(judged, CLASSES, _settings("none"))
+    assert not none["accepted"].any() and pool_list(none, SINGLE).empty
+    weighted = pool_list(decide_pool(judged, CLASSES, _settings("weighted", max_per_class=None)), SINGLE)
+    np.testing.assert_allclose(weighted["weight"], [0.9, 0.8, 0.7, 0.55])
+
+
+def test_label_sets_keep_the_trusted_subset_of_the_predicted_set():
+    sets = np.array([[0.95, 0.6, 0.1], [0.1, 0.2, 0.3], [0.2, 0.1, 0.97]])
+    judged = pool_clips(["p0", "p1", "p2"], sets, CLASSES, MULTI)
+    decisions = decide_pool(
+        judged, CLASSES, _settings("paper", task=MULTI, threshold=0.9, max_per_class=None)
+    )
+    assert len(decisions) == 3  # (p0, a), (p0, b), (p2, c)
+    listed = pool_list(decisions, MULTI)
+    assert dict(zip(listed["fname"], listed["label"])) == {"p0": "a", "p2": "c"}
+
+
+def test_precision_and_recall_of_the_pool_decisions_against_true_labels():
+    """p0 (a, true a) and p2 (c, true b) trusted, p3 (b, true b) below the threshold:
+    precision 1/2; recall: of the two correctly predicted clips (p0, p3) one was trusted."""
+    posteriors = np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.1, 0.2, 0.7], [0.25, 0.55, 0.2]])
+    judged = pool_clips(["p0", "p1", "p2", "p3"], posteriors, CLASSES, SINGLE)
+    decisions = decide_pool(judged, CLASSES, _settings("paper", threshold=0.6, max_per_class=None))
+    truth = pd.Series({"p0": "a", "p1": "c", "p2": "b", "p3": "b"})
+    table = TABLES[SINGLE.name].precision(with_truth(decisions, truth, SINGLE), CLASSES)
+    total = table[table["label"] == "__all__"].iloc[0]
+    assert total["n_accepted"] == 2 and total["precision"] == pytest.approx(0.5)
+    assert total["n_correct"] == 2 and total["recall"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------- judging by the fold models' mean
+
+
+def test_the_fold_models_mean_judges_every_pool_clip_on_the_same_excerpts():
+    arrays = [np.full((128, 40), float(i)) for i in range(5)]
+    bank = bank_from_arrays(arrays, 40)
+    models = {k: FakeFoldModel(k, 3) for k in range(3)}
+    settings = sv_settings()
+    mean = mean_fold_posteriors(models, bank, settings)
+    each = [
+        excerpt_posteriors(FakeFoldModel(k, 3), bank, settings, np.random.default_rng(settings.seed))
+        for k in range(3)
+    ]
+    np.testing.assert_allclose(mean, np.mean(each, axis=0))
+    # every fold model saw every pool clip (none of them trained on one), K times each
+    assert all(sorted(set(m.seen)) == [0, 1, 2, 3, 4] for m in models.values())
+    assert all(len(m.seen) == 5 * settings.excerpts for m in models.values())
+    np.testing.assert_array_equal(mean, mean_fold_posteriors(models, bank, settings))
+
+
+def test_pool_trust_settings_have_their_own_seed_and_the_chains_policy():
+    settings = _resolved_pool()
+    pool = pool_trust_settings(settings, "pseudo_labels", "vgg_gap_spec1_1", 2)
+    trust = trust_settings(settings, "pseudo_labels", "vgg_gap_spec1_1", 2)
+    assert pool["seed"] != trust["seed"]
+    assert {k: v for k, v in pool.items() if k != "seed"} == {k: v for k, v in trust.items() if k != "seed"}
+    TrustSettings.from_json(pool)  # the job's one settings object
+
+
+# --------------------------------------------------------------- validation of the pool folder
+
+
+def test_the_pool_is_validated_like_untrusted_audio(tmp_path):
+    root = tmp_path / "data"
+    pool = root / "pool"
+    for name in ("p0.wav", "p1.wav", "clash.wav"):
+        write_wav(pool / name, np.zeros(800, dtype=np.float32) + 0.1, 8000)
+    (pool / "notes.txt").write_text("not audio")
+    outside = tmp_path / "elsewhere.wav"
+    write_wav(outside, np.zeros(800, dtype=np.float32) + 0.1, 8000)
+    (pool / "link.wav").symlink_to(outside)
+    pd.DataFrame({"fname": ["p0.wav"], "true_label": ["a"]}).to_csv(root / "truth.csv", index=False)
+    dataset = {
+        "layout": "fsdkaggle2018",
+        "unlabelled_audio_dir": "pool",
+        "unlabelled_true_labels_csv": "truth.csv",
+    }
+    listing, problems = validate_pool(root, dataset, {"clash.wav"})
+    paths = dict(zip(listing["fname"], listing["path"]))
+    assert set(paths) == {"clash.wav", "link.wav", "p0.wav", "p1.wav"}
+    assert paths["clash.wav"] == "" and paths["link.wav"] == "" and paths["p0.wav"].endswith("pool/p0.wav")
+    assert dict(zip(listing["fname"], listing["true_label"]))["p0.wav"] == "a"
+    assert (listing["label"] == "").all() and (listing["verified"] == "").all()
+    outcomes = {row["fname"]: row["outcome"] for row in problems.rows}
+    assert outcomes == {"notes.txt": "ignored", "link.wav": "skipped", "clash.wav": "skipped"}
+    with pytest.raises(DatasetError, match="does not exist"):
+        validate_pool(root, {**dataset, "unlabelled_audio_dir": "nowhere"}, set())
+    with pytest.raises(DatasetError, match="not found"):
+        validate_pool(root, {**dataset, "unlabelled_true_labels_csv": "missing.csv"}, set())
+    (root / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no audio"):
+        validate_pool(root, {**dataset, "unlabelled_audio_dir": "empty"}, set())
+
+
+# --------------------------------------------------------------- config and settings
+
+
+def _config(**dataset) -> dict:
+    config = copy.deepcopy(CONFIG)
+    config["dataset"].update(dataset)
+    config["dataset_root"] = "/data/somewhere"
+    return config
+
+
+def _resolved_pool() -> dict:
+    config = _config(unlabelled_audio_dir="pool")
+    config["run_chains"] = ["self_verification", "pseudo_labels"]
+    return resolve_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "chains", "fragment"),
+    [
+        ({"unlabelled_audio_dir": "pool"}, ["self_verification"], "no chain of run_chains sets pool: true"),
+        ({}, ["pseudo_labels"], "chains.pseudo_labels.pool: needs dataset.unlabelled_audio_dir"),
+        (
+            {"unlabelled_true_labels_csv": "t.csv"},
+            ["self_verification"],
+            "set only with dataset.unlabelled_audio_dir",
+        ),
+    ],
+)
+def test_config_refuses_a_pool_nothing_uses_and_a_pool_chain_without_a_pool(dataset, chains, fragment):
+    config = _config(**dataset)
+    config["run_chains"] = chains
+    with pytest.raises(ConfigError, match=fragment):
+        resolve_settings(config)
+
+
+def test_config_refuses_policies_that_need_a_fold_and_the_demo_pool():
+    config = _config(unlabelled_audio_dir="pool")
+    config["chains"]["pseudo_labels"]["policy"] = "calibrated"
+    config["run_chains"] = ["pseudo_labels"]
+    with pytest.raises(ConfigError, match="policy calibrated reads each fold's reference"):
+        resolve_settings(config)
+    demo = _config(unlabelled_audio_dir="pool")
+    demo["dataset_root"], demo["run_chains"] = "", ["pseudo_labels"]
+    with pytest.raises(ConfigError, match="the demo dataset has no pool"):
+        resolve_settings(demo)
+
+
+def test_with_the_pool_off_every_setting_is_that_of_a_config_without_the_pool():
+    """A config written before the pool existed (no pool keys, no pseudo_labels chain) and
+    today's default give the same job settings: the validation jobs do not carry the pool keys,
+    and a pool chain's fit and trust settings differ from the plain chain's only by with_pool."""
+    old = copy.deepcopy(CONFIG)
+    for key in POOL_KEYS:
+        del old["dataset"][key]
+    del old["chains"]["pseudo_labels"]
+    before, now = resolve_settings(old), resolve_settings(copy.deepcopy(CONFIG))
+    assert validation_settings(before) == validation_settings(now)
+    assert not set(POOL_KEYS) & set(validation_settings(now))
+    for preset in now["method"]["presets"]:
+        for iteration in (0, 1):
+            assert fit_settings(before, preset, iteration, "self_verification") == fit_settings(
+                now, preset, iteration, "self_verification"
+            )
+    pooled = _resolved_pool()
+    job = fit_settings(pooled, "vgg_gap_spec1_1", 1, "pseudo_labels")
+    assert job == fit_settings(pooled, "vgg_gap_spec1_1", 1, "self_verification")
+    assert with_pool(job, "l.csv", "m.csv")["pool"] == {"list": "l.csv", "manifest": "m.csv"}
+    assert pool_validation_settings(pooled) == {
+        "unlabelled_audio_dir": "pool",
+        "unlabelled_true_labels_csv": "",
+        "follow_external_symlinks": False,
+    }
+
+
+# --------------------------------------------------------------- the banks
+
+
+def test_concatenated_banks_keep_each_clips_frames():
+    first = bank_from_arrays([np.full((128, 30), 1.0), np.full((128, 20), 2.0)], 40)
+    second = bank_from_arrays([np.full((128, 25), 3.0)], 40)
+    both = ClipBank.concat([first, second])
+    assert len(both) == 3 and both.lengths.tolist() == [30, 20, 25]
+    whole = both.whole(torch.arange(3))
+    assert [float(whole[i].mean()) for i in range(3)] == [1.0, 2.0, 3.0]
+
+
+# --------------------------------------------------------------- the jobs on a tiny store
+
+
+def test_the_pool_job_writes_decisions_with_precision_and_a_list(store, trained, tmp_path):  # noqa: F811
+    """Multi-label fold models judge the test clips of the tiny store as a pool whose true sets
+    are known: every output is written, the decisions are measured against the true sets, the
+    list holds trusted subsets of the predicted sets, and a rerun gives the same files."""
+    manifest = read_csv_str(store["test"])
+    listing = manifest[["fname"]].assign(label="", verified="", path="x", true_label=manifest["label"])
+    write_csv(listing, tmp_path / "pool.csv")
+    settings = sv_settings(task=MULTI, excerpt_frames=192, frames=256, device="cpu")
+    settings = TrustSettings(
+        **{**settings.__dict__, "policy": PolicySettings.of("agreement", max_per_class=None)}
+    )
+    outputs = []
+    for run in ("first", "second"):
+        job = PoolJob(
+            model_paths=trained,
+            pool_manifest_csv=store["test"],
+            pool_csv=tmp_path / "pool.csv",
+            classes_csv=store["classes"],
+            out_dir=tmp_path / run,
+            settings=settings,
+            lock_dir=tmp_path / "locks",
+        )
+        (tmp_path / run).mkdir()
+        decisions = pool_job(job)
+        outputs.append({name: (tmp_path / run / name).read_text() for name in POOL_FILES.values()})
+    assert outputs[0] == outputs[1]
+    assert "correct" in decisions and "true_recall" in read_csv_str(
+        tmp_path / "first" / POOL_FILES["per_class"]
+    )
+    posteriors = read_csv_str(tmp_path / "first" / POOL_FILES["posteriors"])
+    assert list(posteriors["fname"]) == list(manifest["fname"])
+    listed = read_csv_str(tmp_path / "first" / POOL_FILES["pool_list"])
+    predicted = dict(zip(posteriors["fname"], posteriors["predicted_label"]))
+    for fname, cell in zip(listed["fname"], listed["label"]):
+        assert set(cell.split(",")) <= set(predicted[fname].split(","))
+
+
+def test_trusted_pool_clips_join_training_never_validation(store, tmp_path):  # noqa: F811
+    """A pool chain's fine-tuning: the pool list's clips train (from the pool's store, under
+    their trusted sets) and are in no validation set; the fingerprint follows them; the job
+    trains. Without the pool the training set and fingerprint are the plain job's."""
+    folds = read_csv_str(store["folds"])
+    write_csv(folds[["fname", "label"]].assign(manually_verified="1", weight=1.0), tmp_path / "list.csv")
+    pool = read_csv_str(store["test"]).iloc[:3]
+    write_csv(pool[["fname", "label"]].assign(weight=1.0), tmp_path / "pool_list.csv")
+    plain = job_for(store, tmp_path / "plain", train_list_csv=tmp_path / "list.csv")
+    job = job_for(
+        store,
+        tmp_path / "pool",
+        train_list_csv=tmp_path / "list.csv",
+        pool_list_csv=tmp_path / "pool_list.csv",
+        pool_manifest_csv=store["test"],
+    )
+    train, valid = training_sets(job, ML_CLASSES)
+    plain_train, plain_valid = training_sets(plain, ML_CLASSES)
+    assert list(train["fname"]) == [*plain_train["fname"], *pool["fname"]]
+    assert list(valid["fname"]) == list(plain_valid["fname"])
+    assert not set(pool["fname"]) & set(valid["fname"])
+    assert fingerprint(job, train, valid) != fingerprint(plain, plain_train, plain_valid)
+    bank = training_bank(job, SpectrogramStore.open(store["train"]), train, "cpu")
+    pool_store = SpectrogramStore.open(store["test"])
+    last = bank.whole(torch.tensor([len(train) - 1]))[0, 0].numpy()
+    expected = ClipBank.from_store(pool_store, [pool["fname"].iloc[-1]], job.frames).whole(torch.tensor([0]))
+    np.testing.assert_array_equal(last, expected[0, 0].numpy())
+    history = run_training_job(job)
+    assert len(history) == job.fit.epochs and np.isfinite(history["train_loss"]).all()
+
+
+# --------------------------------------------------------------- the DAG (dry runs)
+
+
+def _repository_copy(where: Path) -> Path:
+    """The workflow's files in ``where`` (config.yaml there is the default config, so a
+    rewritten one is not a user setting)."""
+    where.mkdir(parents=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, where / name)
+    for name in ("rules", "workflow_lib", "schemas", "report", "envs"):
+        shutil.copytree(REPO / name, where / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+def _planned_jobs(repo: Path, root: Path, workdir: Path, *config: str) -> tuple[list[str], str]:
+    """Every job of a dry run with its shell command, as sorted text blocks (time stamps and
+    job ids and reasons (sets, in any order) left out), and the whole output."""
+    done, _ = run_snakemake(
+        "-n", "-p", "--cores", "4", "--snakefile", str(repo / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(repo / "config.yaml"), "--config", "run_preset=paper",
+        f"dataset_root={root}", *config, cwd=repo,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    blocks = [
+        "\n".join(line for line in block.splitlines() if not re.match(r"^\s*(\[|jobid:|reason:)", line))
+        for block in output.split("\n\n")
+        if "rule " in block
+    ]
+    return sorted(blocks), output
+
+
+def test_with_the_pool_off_the_dag_is_that_of_a_config_without_the_pool(tmp_path):
+    """config.yaml as it was before the pool (its keys and the pseudo_labels chain removed) and
+    today's plan the same jobs with the same commands and settings."""
+    repo = _repository_copy(tmp_path / "repo")
+    root = write_fsdkaggle_listing(tmp_path / "data", n_train=60, n_test=10, n_classes=5)
+    now, _ = _planned_jobs(repo, root, tmp_path / "now")
+    text = (repo / "config.yaml").read_text()
+    old = yaml.safe_load(text)
+    for key in POOL_KEYS:
+        del old["dataset"][key]
+    del old["chains"]["pseudo_labels"]
+    (repo / "config.yaml").write_text(yaml.safe_dump(old))
+    before, _ = _planned_jobs(repo, root, tmp_path / "before")
+    assert now == before
+    words = ("pool.csv", "pool_problems.csv", "pool_list.csv", "judge-pool", "validate-pool")
+    assert not any(word in block for block in now for word in words)
+
+
+def test_the_pool_is_planned_for_pool_chains_only(tmp_path):
+    """With a pool and the chains self_verification and pseudo_labels: one pool validation
+    (whose problems reach problems.csv), the pool's spectrograms, a judge_pool job per preset
+    and judged iteration of pseudo_labels only, and only its fine-tuning reads the pool."""
+    root = write_fsdkaggle_listing(tmp_path / "data", n_train=60, n_test=10, n_classes=5)
+    for i in range(3):
+        write_wav(root / "pool" / f"p{i}.wav", np.zeros(800, dtype=np.float32) + 0.1, 8000)
+    done, _ = dry_run(
+        root,
+        tmp_path / "work",
+        "dataset={'unlabelled_audio_dir': 'pool'}",
+        "run_chains=[self_verification,pseudo_labels]",
+        cwd=tmp_path,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    counts = job_counts(output)
+    presets, iterations = CONFIG["method"]["presets"], CONFIG["method"]["self_verification"]["iterations"]
+    assert counts["validate_pool"] == 1 and counts["judge_pool"] == len(presets) * iterations
+    assert "results/data/pool_problems.csv" in rule_inputs(output, "validate_test")
+    jobs = output.split("\n\n")
+    judged = [block for block in jobs if "rule judge_pool:" in block]
+    assert all("chain=pseudo_labels" in block for block in judged)
+    tuned = [block for block in jobs if "rule fine_tune:" in block]
+    assert all(("pool_list.csv" in block) == ("chain=pseudo_labels" in block) for block in tuned)
+    assert any("results/spectrograms/v1/pool.csv" in block for block in tuned)
