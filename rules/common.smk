@@ -43,11 +43,13 @@ try:
     )
     from workflow_lib.job_settings import (
         chain_choice_spec,
+        chain_evaluation_arguments,
+        chain_fusion_settings,
+        chain_note,
         compared_settings,
         demo_data_settings,
         derive_seed,
         fit_settings,
-        fusion_settings,
         pool_trust_settings,
         pool_validation_settings,
         prediction_settings,
@@ -321,7 +323,8 @@ SYSTEMS_SPEC = systems_spec(
     CHAINS,
     PRESETS,
     ITERATIONS,
-    {c: S["chains"][c].get("description", "") for c in CHAINS},
+    # a transductive chain's description says so (chain_note; other chains: as given)
+    {c: "; ".join(filter(None, [S["chains"][c].get("description", ""), chain_note(S, c)])) for c in CHAINS},
     {c: S["chains"][c]["policy"] for c in CHAINS},
 )
 

@@ -31,10 +31,15 @@ from test_workflow_dryrun import dry_run, rule_inputs, run_snakemake, write_fsdk
 from workflow_lib.config import ConfigError, resolve_settings
 from workflow_lib.data import ClipBank
 from workflow_lib.dataset import DatasetError, validate_pool
-from workflow_lib.dataset_layouts import POOL_KEYS
+from workflow_lib.dataset_layouts import POOL_KEYS, TRANSDUCTIVE_NOTE
+from workflow_lib.fusion import FusionSettings
 from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.job_settings import (
+    chain_evaluation_arguments,
+    chain_fusion_settings,
+    chain_note,
     fit_settings,
+    fusion_settings,
     pool_trust_settings,
     pool_validation_settings,
     trust_settings,
@@ -51,9 +56,19 @@ from workflow_lib.pool import (
     pool_list,
     predicted_labels,
 )
-from workflow_lib.preprocess import SpectrogramStore
+from workflow_lib.preprocess import MANIFEST_COLUMNS, SpectrogramStore
 from workflow_lib.self_verify import TABLES, TrustSettings, excerpt_posteriors, with_truth
-from workflow_lib.stages import PoolJob, fingerprint, pool_job, run_training_job, training_bank, training_sets
+from workflow_lib.stages import (
+    PoolJob,
+    evaluate_job,
+    fingerprint,
+    fuse_job,
+    pool_job,
+    run_training_job,
+    training_bank,
+    training_sets,
+)
+from workflow_lib.stages import test_note as summary_test_note
 from workflow_lib.task import MULTI, SINGLE
 
 from conftest import REPO, job_counts, write_wav
@@ -257,6 +272,8 @@ def test_with_the_pool_off_every_setting_is_that_of_a_config_without_the_pool():
     assert pool_validation_settings(pooled) == {
         "unlabelled_audio_dir": "pool",
         "unlabelled_true_labels_csv": "",
+        "unlabelled_test_audio": False,
+        "layout": "fsdkaggle2018",
         "follow_external_symlinks": False,
     }
 
@@ -420,3 +437,111 @@ def test_the_pool_is_planned_for_pool_chains_only(tmp_path):
     tuned = [block for block in jobs if "rule fine_tune:" in block]
     assert all(("pool_list.csv" in block) == ("chain=pseudo_labels" in block) for block in tuned)
     assert any("results/spectrograms/v1/pool.csv" in block for block in tuned)
+
+
+# --------------------------------------------------------------- transductive: the test audio as the pool
+
+
+def _transductive(**dataset) -> dict:
+    config = _config(unlabelled_test_audio=True, **dataset)
+    config["run_chains"] = ["self_verification", "pseudo_labels"]
+    return config
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fragment"),
+    [
+        (
+            {"unlabelled_audio_dir": "pool"},
+            "dataset.unlabelled_audio_dir: not with dataset.unlabelled_test_audio",
+        ),
+        ({"unlabelled_true_labels_csv": "t.csv"}, "dataset.unlabelled_true_labels_csv: not with"),
+        ({"test_audio_dir": ""}, "needs dataset.test_audio_dir"),
+    ],
+)
+def test_config_refuses_test_labels_or_a_second_folder_for_a_transductive_pool(dataset, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        resolve_settings(_transductive(**dataset))
+    unused = _transductive()
+    unused["run_chains"] = ["self_verification"]
+    with pytest.raises(ConfigError, match="dataset.unlabelled_test_audio: no chain of run_chains"):
+        resolve_settings(unused)
+
+
+def test_a_transductive_pool_is_the_test_folder_and_never_reads_the_test_csv(tmp_path):
+    """The pool's validation settings name the test folder, not the test CSV; with the test
+    CSV gone the pool is still every audio file of the test folder, without any label."""
+    settings = resolve_settings(_transductive())
+    pool_settings = pool_validation_settings(settings)
+    assert pool_settings["test_audio_dir"] == "audio_test" and "test_csv" not in pool_settings
+    root = tmp_path / "data"
+    for name in ("t0.wav", "t1.wav"):
+        write_wav(root / "audio_test" / name, np.zeros(800, dtype=np.float32) + 0.1, 8000)
+    listing, _ = validate_pool(root, pool_settings, set())
+    assert list(listing["fname"]) == ["t0.wav", "t1.wav"]
+    assert (listing[["label", "verified", "true_label"]] == "").all().all()
+
+
+def test_every_table_of_a_transductive_chain_says_so(tmp_path):
+    """The evaluation's note, the summary's test_note and the submission status's note carry
+    the transductive note; only the pool chains get it (job settings), others as before."""
+    settings = resolve_settings(_transductive())
+    assert chain_note(settings, "pseudo_labels") == TRANSDUCTIVE_NOTE
+    assert chain_note(settings, "self_verification") == ""
+    assert chain_fusion_settings(settings, "self_verification") == fusion_settings(settings)
+    assert chain_fusion_settings(settings, "pseudo_labels")["note"] == TRANSDUCTIVE_NOTE
+    assert chain_evaluation_arguments(settings, "pseudo_labels")[-2:] == ["--note", TRANSDUCTIVE_NOTE]
+    names = [f"t{i}.wav" for i in range(4)]
+    write_csv(
+        pd.DataFrame({"fname": names, "label": ["a", "b", "b", "b"], "usage": "Public"}),
+        tmp_path / "test.csv",
+    )
+    write_csv(pd.DataFrame({"index": [0, 1], "label": ["a", "b"]}), tmp_path / "classes.csv")
+    probs = pd.DataFrame({"fname": names, "a": 0.8, "b": 0.2})
+    write_csv(probs, tmp_path / "p1.csv")
+    write_csv(probs, tmp_path / "fused.csv")
+    systems = {"p1": tmp_path / "p1.csv", "fusion": tmp_path / "fused.csv"}
+    scores = evaluate_job(
+        tmp_path / "test.csv", tmp_path / "classes.csv", systems, tmp_path, note=TRANSDUCTIVE_NOTE
+    )
+    assert (scores["note"] == TRANSDUCTIVE_NOTE).all()
+    assert summary_test_note(scores, None) == TRANSDUCTIVE_NOTE
+    plain = evaluate_job(tmp_path / "test.csv", tmp_path / "classes.csv", systems, tmp_path / "plain")
+    assert (plain["note"] == "").all() and summary_test_note(plain, None) == ""
+    manifest = tmp_path / "manifest.csv"
+    rows = [dict.fromkeys(MANIFEST_COLUMNS, "") | {"fname": name, "status": "clipped"} for name in names]
+    write_csv(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest)
+    fuse_job(
+        {"p1": tmp_path / "p1.csv"}, {}, tmp_path / "classes.csv", tmp_path / "f.csv", tmp_path / "w.csv",
+        tmp_path / "submission.csv", manifest, tmp_path / "status.csv",
+        settings=FusionSettings("mean", 0, 0.0, note=TRANSDUCTIVE_NOTE),
+    )  # fmt: skip
+    assert (read_csv_str(tmp_path / "status.csv")["note"] == TRANSDUCTIVE_NOTE).all()
+
+
+def test_a_transductive_pools_jobs_read_no_test_listing(tmp_path):
+    """Dry run with the test audio as the pool: the pool's validation and judging jobs read
+    neither the test CSV, nor results/data/test.csv, nor the test manifest (all hold test
+    labels); the pool chain's evaluation says transductive."""
+    root = write_fsdkaggle_listing(tmp_path / "data", n_train=60, n_test=10, n_classes=5)
+    for i in range(3):
+        write_wav(root / "audio_test" / f"t{i:07x}.wav", np.zeros(800, dtype=np.float32) + 0.1, 8000)
+    extra = tmp_path / "transductive.yaml"
+    extra.write_text(
+        "dataset: {unlabelled_test_audio: true}\nrun_chains: [self_verification, pseudo_labels]\n"
+    )
+    done, _ = run_snakemake(
+        "-n", "-p", "--cores", "4", "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(tmp_path / "work"),
+        "--configfile", str(REPO / "config.yaml"), str(extra), "--config", "run_preset=paper",
+        f"dataset_root={root}", cwd=tmp_path,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    pool_jobs = [b for b in output.split("\n\n") if "rule validate_pool:" in b or "rule judge_pool:" in b]
+    assert pool_jobs and job_counts(output)["judge_pool"] > 0
+    for block in pool_jobs:
+        for forbidden in ("test_post_competition.csv", "results/data/test.csv", "/test.csv"):
+            assert forbidden not in block
+    evaluations = [b for b in output.split("\n\n") if "rule evaluate:" in b]
+    assert all(("transductive" in b) == ("chain=pseudo_labels" in b) for b in evaluations)

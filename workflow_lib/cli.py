@@ -478,6 +478,7 @@ def fuse(args: argparse.Namespace) -> None:
     arg("--systems", nargs="+", required=True, help="name=probabilities.csv ..."),
     arg("--out-dir", type=Path, required=True),
     TASK,
+    arg("--note", default="", help="said in every row's note (a transductive chain's)"),
 )
 def evaluate(args: argparse.Namespace) -> None:
     """Accuracy and MAP@3 (multi-label: lwlrap, P/R/F1) per system and set; per-class report
@@ -486,7 +487,9 @@ def evaluate(args: argparse.Namespace) -> None:
     from .stages import evaluate_job
 
     systems = {k: Path(v) for k, v in (item.split("=", 1) for item in args.systems)}
-    scores = evaluate_job(args.test, args.classes, systems, args.out_dir, task=task_named(args.task))
+    scores = evaluate_job(
+        args.test, args.classes, systems, args.out_dir, task=task_named(args.task), note=args.note
+    )
     log.info("\n%s", scores.to_string(index=False))
 
 

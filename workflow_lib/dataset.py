@@ -64,7 +64,7 @@ from typing import Any
 import pandas as pd
 import soundfile as sf
 
-from .dataset_layouts import FSDKAGGLE2018, FSDKAGGLE2019, DatasetLayout, layout_of
+from .dataset_layouts import FSDKAGGLE2018, FSDKAGGLE2019, DatasetLayout, layout_of, pool_audio_dir
 from .errors import UserError
 from .fingerprint import folder_files, outside_root
 from .io import read_csv_str
@@ -576,9 +576,10 @@ def read_classes(classes_csv: Path) -> list[str]:
 
 
 def pool_folder(root: Path, dataset: Mapping[str, Any]) -> Path:
-    """The pool's folder: ``unlabelled_audio_dir`` relative to the dataset root (an absolute
-    path stays as given)."""
-    return Path(root) / dataset["unlabelled_audio_dir"]
+    """The pool's folder (``dataset_layouts.pool_audio_dir``: ``unlabelled_audio_dir``, or the
+    test audio folder when transductive) relative to the dataset root (an absolute path stays
+    as given)."""
+    return Path(root) / pool_audio_dir(dataset)
 
 
 def validate_pool(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .choice import chooses_by_cv
-from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS, POOL_KEYS, layout_of
+from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS, POOL_KEYS, TRANSDUCTIVE_NOTE, layout_of, transductive
 from .policies import policy_named
 from .task import SINGLE, Task, task_of_settings
 
@@ -41,12 +41,17 @@ def validation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pool_validation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The pool's validation job's settings (rule validate_pool): the pool keys and the
-    symlink rule the training audio is validated with (the pool is untrusted input too)."""
+    """The pool's validation job's settings (rule validate_pool): the pool keys, the symlink
+    rule the training audio is validated with (the pool is untrusted input too), the layout
+    (how a true label set is written) and, when the pool is the test audio, its folder (never
+    the test CSV: its labels are not read for the pool)."""
     dataset = settings["dataset"]
+    pool = {key: dataset[key] for key in POOL_KEYS if key in dataset}
     return {
-        **{key: dataset.get(key, "") for key in POOL_KEYS},
+        **pool,
+        "layout": layout_of(dataset).name,
         "follow_external_symlinks": bool(dataset.get("follow_external_symlinks", False)),
+        **({"test_audio_dir": dataset["test_audio_dir"]} if pool.get("unlabelled_test_audio") else {}),
     }
 
 
@@ -289,6 +294,25 @@ def fusion_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The fuse job's settings (fusion.FusionSettings.from_json): config ``method.fusion`` and
     the task (:func:`task_entry`)."""
     return {**settings["method"]["fusion"], **task_entry(task_of_settings(settings))}
+
+
+def chain_note(settings: Mapping[str, Any], chain: str) -> str:
+    """What every table of ``chain`` must say about its test figures: the transductive note
+    when the test audio was its pool (dataset.unlabelled_test_audio and ``pool: true``), else
+    '' (and no job setting changes)."""
+    return TRANSDUCTIVE_NOTE if transductive(settings["dataset"]) and uses_pool(settings, chain) else ""
+
+
+def chain_fusion_settings(settings: Mapping[str, Any], chain: str) -> dict[str, Any]:
+    """:func:`fusion_settings` of ``chain``'s fuse job, with its ``note`` only when it has one."""
+    note = chain_note(settings, chain)
+    return fusion_settings(settings) | ({"note": note} if note else {})
+
+
+def chain_evaluation_arguments(settings: Mapping[str, Any], chain: str) -> list[str]:
+    """:func:`task_arguments` of ``chain``'s evaluate job, with ``--note`` only when it has one."""
+    note = chain_note(settings, chain)
+    return task_arguments(settings) + (["--note", note] if note else [])
 
 
 def task_arguments(settings: Mapping[str, Any]) -> list[str]:

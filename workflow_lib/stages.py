@@ -21,6 +21,7 @@ import torch
 from .audio import USABLE_STATUSES
 from .data import ClipBank
 from .dataset import read_classes
+from .dataset_layouts import TRANSDUCTIVE_NOTE
 from .devices import select_device
 from .errors import UserError
 from .evaluation import (
@@ -321,6 +322,7 @@ def training_bank(
     if job.pool_manifest_csv is None or "pool" not in train:
         return ClipBank.from_store(store, list(train["fname"]), job.frames, device)
     pool = train["pool"].astype(bool).to_numpy()
+    log.info("unlabelled pool: %d trusted pool clips join the training clips", int(pool.sum()))
     own = ClipBank.from_store(store, list(train.loc[~pool, "fname"]), job.frames, device)
     if not pool.any():
         return own
@@ -714,7 +716,9 @@ def fuse_job(
     write_csv(probability_frame(fnames, fused, classes), out_probs)
     answers = submission(fnames, fused, classes, settings.task)
     if test_manifest is not None:
-        answers = _every_listed_clip(answers, set(fnames), test_manifest, out_status, settings.task)
+        answers = _every_listed_clip(
+            answers, set(fnames), test_manifest, out_status, settings.task, settings.note
+        )
     write_csv(answers, out_submission)
 
 
@@ -735,12 +739,15 @@ def _every_listed_clip(
     test_manifest: Path,
     out_status: Path | None,
     task: Task,
+    note: str = "",
 ) -> pd.DataFrame:
     """The submission with a row for every listed test clip, empty where it could not be
     predicted (a challenge submission names every clip, :data:`UNPREDICTED_ROW`); writes why
-    per clip to ``out_status``."""
+    per clip to ``out_status`` (with ``note``, a column saying it on every row)."""
     status = submission_status(read_csv_str(test_manifest), predicted)
     answers = status[["fname"]].merge(answers, on="fname", how="left")
+    if note:
+        status = status.assign(note=note)
     if UNPREDICTED_ROW[task.name]:
         answers = answers.fillna(UNPREDICTED_ROW[task.name])
     unpredicted = status[status["status"] != "predicted"]
@@ -791,7 +798,13 @@ NO_TEST_LABELS = "no test labels"
 
 
 def evaluate_job(
-    test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path, *, task: Task = SINGLE
+    test_csv: Path,
+    classes_csv: Path,
+    systems: dict[str, Path],
+    out_dir: Path,
+    *,
+    task: Task = SINGLE,
+    note: str = "",
 ) -> pd.DataFrame:
     """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion).
 
@@ -800,7 +813,8 @@ def evaluate_job(
     (predict-only run) every row says ``no test labels`` in ``note`` and the per-class and
     confusion tables are written with their header only. The task decides the scores
     (workflow_lib/evaluation.py): multi-label gives lwlrap and the scores at a threshold,
-    per-class lwlrap, and no confusion.csv (:attr:`Task.confusion`).
+    per-class lwlrap, and no confusion.csv (:attr:`Task.confusion`). ``note``: said in every
+    row's ``note`` too (a transductive chain's, dataset_layouts.TRANSDUCTIVE_NOTE).
     """
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
@@ -820,7 +834,7 @@ def evaluate_job(
     test = test[test["fname"].isin(predicted)]
     scores = evaluate_systems(test, frames, classes, task)
     scores["n_unpredicted"] = [_unpredicted_in_set(missing, name) for name in scores["set"]]
-    scores["note"] = NO_TEST_LABELS if scored.empty else ""
+    scores["note"] = "; ".join(n for n in (NO_TEST_LABELS if scored.empty else "", note) if n)
     write_csv(scores, out_dir / "summary.csv")
     _write_class_reports(test, frames, classes, task, out_dir)
     if scored.empty:
@@ -852,11 +866,16 @@ def _unpredicted_in_set(missing: pd.DataFrame, set_name: str) -> int:
 
 
 def test_note(scores: pd.DataFrame | None, status_csv: Path | None) -> str:
-    """The ``test_note`` of results/summary.csv: 'no test labels' and/or how many test clips
-    got an empty prediction ('' when every clip was predicted and scored)."""
+    """The ``test_note`` of results/summary.csv: 'no test labels', the transductive note
+    (when the evaluation says it) and/or how many test clips got an empty prediction ('' when
+    every clip was predicted and scored)."""
     notes = []
-    if scores is None or ("note" in scores and (scores["note"] == NO_TEST_LABELS).any()):
+    cells = scores["note"] if scores is not None and "note" in scores else []
+    said = {part for cell in cells if isinstance(cell, str) for part in cell.split("; ")}
+    if scores is None or NO_TEST_LABELS in said:
         notes.append(NO_TEST_LABELS)
+    if TRANSDUCTIVE_NOTE in said:
+        notes.append(TRANSDUCTIVE_NOTE)
     if status_csv is not None and Path(status_csv).is_file():
         status = read_csv_str(status_csv)
         bad = int((status["status"] != "predicted").sum())
