@@ -14,6 +14,7 @@ a config written before the pool existed.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 import yaml
 from test_multilabel_training import CLASSES as ML_CLASSES
 from test_multilabel_training import job_for, store, trained  # noqa: F401 (fixtures)
+from test_noisy_dataset import PATTERN, _build, _make_corpus
 from test_self_verify import FakeFoldModel, bank_from_arrays, sv_settings
 from test_workflow_dryrun import dry_run, rule_inputs, run_snakemake, write_fsdkaggle_listing
 
@@ -47,6 +49,7 @@ from workflow_lib.job_settings import (
     with_pool,
 )
 from workflow_lib.layout import POOL_FILES
+from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset
 from workflow_lib.policies import ACCEPTED, BELOW_THRESHOLD, CLASS_CAP, PolicySettings
 from workflow_lib.pool import (
     POOL_FOLD,
@@ -545,3 +548,43 @@ def test_a_transductive_pools_jobs_read_no_test_listing(tmp_path):
             assert forbidden not in block
     evaluations = [b for b in output.split("\n\n") if "rule evaluate:" in b]
     assert all(("transductive" in b) == ("chain=pseudo_labels" in b) for b in evaluations)
+
+
+# --------------------------------------------------------------- the study's pool: held-back training clips
+
+
+def test_the_noisy_dataset_builder_holds_back_an_unlabelled_pool(tmp_path):
+    """pool_fraction 0.25 of 40 training clips (4 classes x 2 speakers x 5 takes): 10 clips,
+    within one of a quarter of each class, in audio_unlabelled/ only, their clean labels in
+    unlabelled_true_labels.csv; the test split is the pool-less build's; the folder passes the
+    pool validation with every clip usable and its true label attached."""
+    corpus = _make_corpus(tmp_path / "wavs")
+    plain, pooled = tmp_path / "plain", tmp_path / "pooled"
+    info0 = _build(corpus, plain, test_groups=["carol"])
+    info = _build(corpus, pooled, test_groups=["carol"], pool_fraction=0.25)
+    assert "pool_fraction" not in info0["settings"] and "n_pool" not in info0
+    assert not (plain / "audio_unlabelled").exists() and not (plain / "unlabelled_true_labels.csv").exists()
+    truth = read_csv_str(pooled / "unlabelled_true_labels.csv")
+    train = read_csv_str(pooled / "train.csv")
+    assert info["n_pool"] == len(truth) == 10 and info["n_train"] == 30
+    assert sorted(os.listdir(pooled / "audio_unlabelled")) == sorted(truth["fname"])
+    assert not set(truth["fname"]) & set(train["fname"])
+    assert (truth["true_label"] == truth["fname"].str.split("_").str[0]).all()
+    assert all(abs(n - 2.5) <= 1 for n in truth["true_label"].value_counts())
+    assert (pooled / "test_post_competition.csv").read_bytes() == (
+        plain / "test_post_competition.csv"
+    ).read_bytes()
+    dataset = {
+        "unlabelled_audio_dir": "audio_unlabelled",
+        "unlabelled_true_labels_csv": "unlabelled_true_labels.csv",
+    }
+    listing, problems = validate_pool(pooled, dataset, set(train["fname"]))
+    assert (listing["path"] != "").all() and not problems.rows
+    assert dict(zip(listing["fname"], listing["true_label"])) == dict(
+        zip(truth["fname"], truth["true_label"])
+    )
+    # a pool-less rebuild over it (overwrite) must not leave the old pool to be taken for its own
+    build_noisy_dataset(
+        corpus, pooled, NoisyDatasetSettings(test_groups=["carol"]), name_pattern=PATTERN, overwrite=True
+    )
+    assert not (pooled / "audio_unlabelled").exists() and not (pooled / "unlabelled_true_labels.csv").exists()
