@@ -141,6 +141,16 @@ def test_precision_and_recall_of_the_pool_decisions_against_true_labels():
     assert total["n_correct"] == 2 and total["recall"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("task", [SINGLE, MULTI])
+def test_a_pool_with_no_usable_clip_decides_nothing(task):
+    """Every pool file undecodable (no spectrogram): empty decisions, list and tables."""
+    judged = pool_clips([], np.zeros((0, 3)), CLASSES, task)
+    decisions = decide_pool(judged, CLASSES, _settings("paper", task=task, threshold=0.5))
+    assert decisions.empty and pool_list(decisions, task).empty
+    total = TABLES[task.name].precision(decisions, CLASSES).iloc[-1]
+    assert (total["n_unverified"], total["n_accepted"]) == (0, 0)
+
+
 # --------------------------------------------------------------- judging by the fold models' mean
 
 
