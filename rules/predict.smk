@@ -126,6 +126,13 @@ rule summary:
         scores=L.evaluation("{chain}", "summary.csv"),
         status=L.submission_status("{chain}"),
         classes=L.data("classes.csv"),
+        # a pool chain's pool tables, read beside the trust tables (other chains: none)
+        pool=lambda wildcards: [
+            L.trust_file(wildcards.chain, p, i, POOL_FILES["per_class"])
+            for p in PRESETS
+            for i in ITERATIONS[:-1]
+            if wildcards.chain in POOL_CHAINS
+        ],
     output:
         L.summary("{chain}"),
     log:

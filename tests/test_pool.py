@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_data_support import _history
 from test_multilabel_training import CLASSES as ML_CLASSES
 from test_multilabel_training import job_for, store, trained  # noqa: F401 (fixtures)
 from test_noisy_dataset import PATTERN, _build, _make_corpus
@@ -60,6 +61,7 @@ from workflow_lib.pool import (
     predicted_labels,
 )
 from workflow_lib.preprocess import MANIFEST_COLUMNS, SpectrogramStore
+from workflow_lib.selection import selection_table
 from workflow_lib.self_verify import TABLES, TrustSettings, excerpt_posteriors, with_truth
 from workflow_lib.stages import (
     PoolJob,
@@ -68,6 +70,7 @@ from workflow_lib.stages import (
     fuse_job,
     pool_job,
     run_training_job,
+    summary_job,
     training_bank,
     training_sets,
 )
@@ -388,6 +391,15 @@ def _repository_copy(where: Path) -> Path:
     return where
 
 
+def job_blocks(output: str) -> list[str]:
+    """A dry run's jobs, one text block each: from a ``rule NAME:`` line to the next one (the
+    job listing's blank lines and time stamps are not reliable separators)."""
+    lines = output.split("\n")
+    starts = [i for i, line in enumerate(lines) if re.match(r"^(local)?rule \w+:$", line)]
+    ends = [*starts[1:], len(lines)]
+    return ["\n".join(lines[a:b]) for a, b in zip(starts, ends)]
+
+
 def _planned_jobs(repo: Path, root: Path, workdir: Path, *config: str) -> tuple[list[str], str]:
     """Every job of a dry run with its shell command, as sorted text blocks (time stamps and
     job ids and reasons (sets, in any order) left out), and the whole output."""
@@ -400,8 +412,7 @@ def _planned_jobs(repo: Path, root: Path, workdir: Path, *config: str) -> tuple[
     assert done.returncode == 0, output[-3000:]
     blocks = [
         "\n".join(line for line in block.splitlines() if not re.match(r"^\s*(\[|jobid:|reason:)", line))
-        for block in output.split("\n\n")
-        if "rule " in block
+        for block in job_blocks(output)
     ]
     return sorted(blocks), output
 
@@ -444,12 +455,18 @@ def test_the_pool_is_planned_for_pool_chains_only(tmp_path):
     presets, iterations = CONFIG["method"]["presets"], CONFIG["method"]["self_verification"]["iterations"]
     assert counts["validate_pool"] == 1 and counts["judge_pool"] == len(presets) * iterations
     assert "results/data/pool_problems.csv" in rule_inputs(output, "validate_test")
-    jobs = output.split("\n\n")
-    judged = [block for block in jobs if "rule judge_pool:" in block]
+    jobs = job_blocks(output)
+    judged = [block for block in jobs if block.startswith("rule judge_pool:")]
+    assert len(judged) == len(presets) * iterations
     assert all("chain=pseudo_labels" in block for block in judged)
-    tuned = [block for block in jobs if "rule fine_tune:" in block]
+    tuned = [block for block in jobs if block.startswith("rule fine_tune:")]
+    assert len(tuned) == 2 * len(presets) * CONFIG["method"]["folds"] * iterations
+    assert sum("chain=pseudo_labels" in block for block in tuned) == len(tuned) // 2
     assert all(("pool_list.csv" in block) == ("chain=pseudo_labels" in block) for block in tuned)
     assert any("results/spectrograms/v1/pool.csv" in block for block in tuned)
+    summaries = [block for block in jobs if block.startswith("rule summary:")]
+    assert len(summaries) == 2
+    assert all(("pool_per_class.csv" in block) == ("chains/pseudo_labels/" in block) for block in summaries)
 
 
 # --------------------------------------------------------------- transductive: the test audio as the pool
@@ -551,13 +568,14 @@ def test_a_transductive_pools_jobs_read_no_test_listing(tmp_path):
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    pool_jobs = [b for b in output.split("\n\n") if "rule validate_pool:" in b or "rule judge_pool:" in b]
+    pool_jobs = [b for b in job_blocks(output) if b.startswith(("rule validate_pool:", "rule judge_pool:"))]
     assert pool_jobs and job_counts(output)["judge_pool"] > 0
     for block in pool_jobs:
         for forbidden in ("test_post_competition.csv", "results/data/test.csv", "/test.csv"):
             assert forbidden not in block
-    evaluations = [b for b in output.split("\n\n") if "rule evaluate:" in b]
-    assert all(("transductive" in b) == ("chain=pseudo_labels" in b) for b in evaluations)
+    evaluations = [b for b in job_blocks(output) if b.startswith("rule evaluate:")]
+    assert len(evaluations) == 2
+    assert all(("--note 'transductive:" in b) == ("chain=pseudo_labels" in b) for b in evaluations)
 
 
 # --------------------------------------------------------------- the study's pool: held-back training clips
@@ -598,3 +616,25 @@ def test_the_noisy_dataset_builder_holds_back_an_unlabelled_pool(tmp_path):
         corpus, pooled, NoisyDatasetSettings(test_groups=["carol"]), name_pattern=PATTERN, overwrite=True
     )
     assert not (pooled / "audio_unlabelled").exists() and not (pooled / "unlabelled_true_labels.csv").exists()
+
+
+def test_the_chain_summary_counts_the_trusted_pool_clips_of_the_chosen_iteration(tmp_path):
+    """Iteration 1 is chosen (lower validation loss), so the pool clips it was fine-tuned on are
+    the iteration-0 pool decisions: 3 trusted, precision 2/3; a chain without pool tables keeps
+    the summary's columns as they were."""
+    histories = {
+        (i, k): _history(tmp_path / f"h{i}{k}.csv", [1.0 - i / 10]) for i in range(2) for k in range(2)
+    }
+    write_csv(selection_table(histories), tmp_path / "selection.csv")
+    trust = tmp_path / "trust" / "p" / "it0"
+    trust.mkdir(parents=True)
+    per_class = pd.DataFrame({"label": ["a", "__all__"], "n_unverified": [4, 4], "n_accepted": [1, 1]})
+    write_csv(per_class, trust / "per_class.csv")
+    plain = summary_job(["p"], [tmp_path / "selection.csv"], [trust], None, tmp_path / "plain.csv")
+    assert not any(column.startswith("pool_") for column in plain.columns)
+    pool = pd.DataFrame({"label": ["__all__"], "n_unverified": [5], "n_accepted": [3], "precision": [2 / 3]})
+    write_csv(pool, trust / POOL_FILES["per_class"])
+    table = summary_job(["p"], [tmp_path / "selection.csv"], [trust], None, tmp_path / "pool.csv")
+    row = table.set_index("preset").loc["p"]
+    assert row["chosen_iteration"] == 1 and row["self_verified_clips"] == 1
+    assert row["pool_trusted_clips"] == 3 and row["pool_trusted_precision"] == pytest.approx(2 / 3)

@@ -30,6 +30,7 @@ from .evaluation import (
     SCORING_SETS,
     class_reports,
     evaluate_systems,
+    pool_summary,
     preset_summary,
     scored_rows,
     test_columns,
@@ -913,13 +914,25 @@ def summary_job(
             if p.parent.name == preset
         }
         selection = pd.read_csv(selection_csv)
-        rows.append(preset_summary(preset, selection, tables, scores, task, unvalidated))
+        row = preset_summary(preset, selection, tables, scores, task, unvalidated)
+        rows.append(row | pool_summary(_pool_tables(self_verify_dirs, preset), selection))
     fused = test_columns(scores, "fusion", task) if scores is not None else {}
     if fused:
         rows.append({"preset": "fusion", **fused, "cv_note": FUSION_CV_NOTE})
     table = pd.DataFrame(rows)
     table["test_note"] = test_note(scores, submission_status_csv)
-    for column in ("chosen_iteration", "self_verified_clips"):
-        table[column] = table[column].astype("Int64")  # integers, blank for the fusion row
+    for column in ("chosen_iteration", "self_verified_clips", "pool_trusted_clips"):
+        if column in table:  # integers, blank for the fusion row
+            table[column] = table[column].astype("Int64")
     write_csv(table, out_csv)
     return table
+
+
+def _pool_tables(self_verify_dirs: list[Path], preset: str) -> dict[int, pd.DataFrame]:
+    """{iteration: pool_per_class.csv} of a pool chain's trust folders (rule summary lists
+    them as inputs for pool chains only; other chains' folders hold none)."""
+    return {
+        int(p.name[2:]): pd.read_csv(p / POOL_FILES["per_class"], dtype={"label": str})
+        for p in self_verify_dirs
+        if p.parent.name == preset and (p / POOL_FILES["per_class"]).is_file()
+    }
