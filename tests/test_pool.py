@@ -14,6 +14,7 @@ a config written before the pool existed.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import re
 import shutil
@@ -638,3 +639,47 @@ def test_the_chain_summary_counts_the_trusted_pool_clips_of_the_chosen_iteration
     row = table.set_index("preset").loc["p"]
     assert row["chosen_iteration"] == 1 and row["self_verified_clips"] == 1
     assert row["pool_trusted_clips"] == 3 and row["pool_trusted_precision"] == pytest.approx(2 / 3)
+
+
+def _fsdd_driver():
+    """experiments/fsdd/run_experiment.py, imported by path (as experiments/drums does)."""
+    spec = importlib.util.spec_from_file_location(
+        "fsdd_driver_for_pool", REPO / "experiments/fsdd/run_experiment.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_fsdd_driver_passes_a_pool_to_the_builder_and_the_run(tmp_path, capsys):
+    """--pool-fraction reaches the builder and the repetition's overlay names the pool (so the
+    run's config check then wants a pool chain); without it the builder's settings and the
+    overlay are as before, so an earlier build is reused; with --multi-label it is refused."""
+    driver = _fsdd_driver()
+    plain = driver.parse_args(["--fsdd", str(tmp_path), "--chains", "self_verification"])
+    assert "pool_fraction" not in driver.dataset_settings(plain).to_json()
+    assert "dataset" not in yaml.safe_load(driver.write_overlay(plain, tmp_path / "plain", None).read_text())
+    pooled = driver.parse_args(
+        ["--fsdd", str(tmp_path), "--pool-fraction", "0.25", "--chains", "self_verification", "pseudo_labels"]
+    )
+    assert driver.dataset_settings(pooled).pool_fraction == 0.25
+    overlay = yaml.safe_load(driver.write_overlay(pooled, tmp_path / "pooled", 7).read_text())
+    assert overlay["dataset"] == {
+        "unlabelled_audio_dir": "audio_unlabelled",
+        "unlabelled_true_labels_csv": "unlabelled_true_labels.csv",
+    }
+    assert overlay["run_chains"] == ["self_verification", "pseudo_labels"]
+    refused = [
+        "--fsdd",
+        str(tmp_path),
+        "--pool-fraction",
+        "0.25",
+        "--multi-label",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert driver.main(refused) == 1
+    unused = ["--fsdd", str(tmp_path), "--pool-fraction", "0.25", "--out", str(tmp_path / "u"), "--dry-run"]
+    assert driver.main(unused) == 1  # refused by the config check, before any dataset is built
+    assert "no chain of run_chains sets pool: true" in capsys.readouterr().err
+    assert not (tmp_path / "u" / "dataset").exists()
