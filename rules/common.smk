@@ -31,11 +31,12 @@ try:
     )
     from workflow_lib.bundle import BUNDLE_FILES
     from workflow_lib.choice import chooses_by_cv
-    from workflow_lib.dataset_layouts import layout_of, train_listing_keys
+    from workflow_lib.dataset_layouts import has_pool, layout_of, train_listing_keys
     from workflow_lib.fingerprint import DigestCache, folder_fingerprint, split_fingerprints
     from workflow_lib.layout import (
         COPIES_SPLIT,
         MODEL_FILES,
+        POOL_FILES,
         TRUST_FILES,
         Layout,
         overlong_values,
@@ -44,18 +45,24 @@ try:
     )
     from workflow_lib.job_settings import (
         chain_choice_spec,
+        chain_evaluation_arguments,
+        chain_fusion_settings,
+        chain_note,
         compared_settings,
         demo_data_settings,
         derive_seed,
         fit_settings,
-        fusion_settings,
+        pool_trust_settings,
+        pool_validation_settings,
         prediction_settings,
         preprocessing_settings,
         tagger_settings,
         task_arguments,
         trust_settings,
+        uses_pool,
         validation_settings,
         waveform_augmentation_settings,
+        with_pool,
     )
     from workflow_lib.shards import listed_file_counts, resolve_shards
     from workflow_lib.task import task_of_settings
@@ -110,6 +117,12 @@ METHOD = S["method"]
 DEMO = not S["dataset_root"]
 DATA_ROOT = L.demo_data() if DEMO else S["dataset_root"]
 SPLITS = ["train", "test"]
+# The unlabelled pool (dataset.unlabelled_audio_dir, workflow_lib/pool.py): validated and
+# preprocessed as a split of its own, judged and trained on by the chains with `pool: true`
+# only. Off (the default): no pool rule, no pool input, every job as before.
+POOL = has_pool(S["dataset"])
+POOL_CHAINS = [chain for chain in CHAINS if uses_pool(S, chain)]
+PREPROCESSED_SPLITS = SPLITS + (["pool"] if POOL else [])
 # The task (workflow_lib/task.py): single-label, or multi-label (dataset.layout fsdkaggle2019:
 # label sets, sigmoid outputs, lwlrap). Rules ask it, they do not branch on a flag.
 TASK = task_of_settings(S)
@@ -281,8 +294,25 @@ def copies_input(wildcards):
 
 def training_settings(preset, iteration, chain=None):
     """Settings of one training job: initial training (it0) or fine-tuning (it >= 1, of
-    ``chain``: its consistency option) (workflow_lib.job_settings.fit_settings)."""
-    return fit_settings(S, preset, iteration, chain)
+    ``chain``: its consistency option; a pool chain's: the pool clips its previous iteration
+    trusted) (workflow_lib.job_settings.fit_settings, with_pool)."""
+    job = fit_settings(S, preset, iteration, chain)
+    if chain not in POOL_CHAINS or iteration == 0:
+        return job
+    version = METHOD["nets"][preset]["spectrogram"]
+    return with_pool(job, L.pool_list(chain, preset, iteration - 1), L.spectrograms(version, "pool"))
+
+
+def pool_inputs(wildcards):
+    """A pool chain's fine-tuning also reads the pool clips the previous iteration trusted and
+    the pool's spectrograms (other chains: nothing)."""
+    if wildcards.chain not in POOL_CHAINS:
+        return {}
+    version = METHOD["nets"][wildcards.preset]["spectrogram"]
+    return {
+        "pool_list": L.pool_list(wildcards.chain, wildcards.preset, int(wildcards.it) - 1),
+        "pool_manifest": L.spectrograms(version, "pool"),
+    }
 
 
 def chain_models(chain, preset, iterations=ITERATIONS):
@@ -311,7 +341,8 @@ SYSTEMS_SPEC = systems_spec(
     CHAINS,
     PRESETS,
     ITERATIONS,
-    {c: S["chains"][c].get("description", "") for c in CHAINS},
+    # a transductive chain's description says so (chain_note; other chains: as given)
+    {c: "; ".join(filter(None, [S["chains"][c].get("description", ""), chain_note(S, c)])) for c in CHAINS},
     {c: S["chains"][c]["policy"] for c in CHAINS},
 )
 
@@ -345,7 +376,7 @@ def check_name_lengths():
         "start": sorted(set(STARTS.values())),
         "fold": [str(FOLDS[-1])],
         "it": [str(ITERATIONS[-1])],
-        "split": SPLITS,
+        "split": PREPROCESSED_SPLITS,
         "version": [str(v) for v in VERSIONS],
         "shard": [str(max(N_SHARDS.values()) - 1)],
     }

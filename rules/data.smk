@@ -61,7 +61,8 @@ rule validate_test:
     input:
         test_listing_files(),
         classes=L.data("classes.csv"),
-        train_problems=L.data("train_problems.csv"),
+        # the unlabelled pool's problems too, when there is a pool (problems.csv lists both)
+        train_problems=[L.data("train_problems.csv"), *([L.data("pool_problems.csv")] if POOL else [])],
     output:
         test=L.data("test.csv"),
         problems=L.data("problems.csv"),
@@ -83,3 +84,31 @@ rule validate_test:
         "{params.cli} validate-test --root {params.root:q} --classes {input.classes:q}"
         " --train-problems {input.train_problems:q} --out-dir $(dirname {output.test:q})"
         " --settings {params.settings:q} 2> {log}"
+
+
+if POOL:
+
+    # The unlabelled pool (dataset.unlabelled_audio_dir): every audio file of its folder,
+    # validated like the training audio (dataset.validate_pool); its skips reach problems.csv
+    # through validate_test. Its own fingerprint: a changed pool reruns the pool side only.
+    rule validate_pool:
+        input:
+            present_dataset_files(["unlabelled_true_labels_csv"]),
+            train=L.data("train.csv"),
+        output:
+            pool=L.data("pool.csv"),
+            problems=L.data("pool_problems.csv"),
+        log:
+            L.log("validate_pool"),
+        benchmark:
+            L.benchmark("validate_pool")
+        conda:
+            CONDA_ENV
+        params:
+            cli=CLI,
+            root=Unrecorded(DATA_ROOT),
+            settings=as_json(pool_validation_settings(S)),
+            fingerprint=DATASET_FINGERPRINTS["pool"],
+        shell:
+            "{params.cli} validate-pool --root {params.root:q} --train {input.train:q}"
+            " --out-dir $(dirname {output.pool:q}) --settings {params.settings:q} 2> {log}"

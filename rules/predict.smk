@@ -80,7 +80,7 @@ rule fuse:
         cli=CLI,
         tests=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.tests)],
         valids=lambda wildcards, input: [f"{p}={f}" for p, f in zip(PRESETS, input.valids)],
-        settings=as_json(fusion_settings(S)),
+        settings=lambda wildcards: as_json(chain_fusion_settings(S, wildcards.chain)),
     shell:
         "{params.cli} fuse --tests {params.tests:q} --valids {params.valids:q}"
         " --classes {input.classes} --out-probs {output.probs} --out-weights {output.weights}"
@@ -109,7 +109,7 @@ rule evaluate:
             [f"{p}={f}" for p, f in zip(PRESETS, input.presets)] + [f"fusion={input.fused}"]
         ),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
-        task=TASK_ARGUMENTS,
+        task=lambda wildcards: chain_evaluation_arguments(S, wildcards.chain),
     shell:
         "{params.cli} evaluate --test {input.test} --classes {input.classes}"
         " --systems {params.systems:q} --out-dir {params.out_dir:q} {params.task:q} 2> {log}"
@@ -126,6 +126,13 @@ rule summary:
         scores=L.evaluation("{chain}", "summary.csv"),
         status=L.submission_status("{chain}"),
         classes=L.data("classes.csv"),
+        # a pool chain's pool tables, read beside the trust tables (other chains: none)
+        pool=lambda wildcards: [
+            L.trust_file(wildcards.chain, p, i, POOL_FILES["per_class"])
+            for p in PRESETS
+            for i in ITERATIONS[:-1]
+            if wildcards.chain in POOL_CHAINS
+        ],
     output:
         L.summary("{chain}"),
     log:

@@ -14,7 +14,7 @@ rule preprocess_shard:
     benchmark:
         L.benchmark("preprocess/{split}_shard{shard}")
     wildcard_constraints:
-        split="train|test",
+        split="|".join(PREPROCESSED_SPLITS),
         shard=r"\d+",
     conda:
         CONDA_ENV
@@ -45,7 +45,7 @@ rule spectrogram_manifest:
         L.log("spectrogram_manifest/v{version}_{split}"),
     wildcard_constraints:
         version=r"\d",
-        split=f"train|test|{COPIES_SPLIT}",
+        split="|".join([*PREPROCESSED_SPLITS, COPIES_SPLIT]),
     conda:
         CONDA_ENV
     params:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import __version__
 from .choice import choose_chain_job, read_choice
-from .dataset import class_table, validate_test, validate_train
+from .dataset import class_table, validate_pool, validate_test, validate_train
 from .demo import DemoDataJob, demo_data_job
 from .errors import UserError
 from .export_formats import EXPORT_FORMATS
@@ -114,18 +114,48 @@ def validate(args: argparse.Namespace) -> None:
     "validate-test",
     arg("--root", type=Path, required=True),
     arg("--classes", type=Path, required=True),
-    arg("--train-problems", type=Path, required=True),
+    arg(
+        "--train-problems",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="train_problems.csv (and, with the unlabelled pool, pool_problems.csv)",
+    ),
     arg("--out-dir", type=Path, required=True),
     JSON,
 )
 def validate_test_split(args: argparse.Namespace) -> None:
-    """The test split: test.csv, and problems.csv = the training split's problems + its own."""
+    """The test split: test.csv, and problems.csv = the training split's problems (and the
+    pool's) + its own."""
     test, problems = validate_test(args.root, args.settings, list(read_csv_str(args.classes)["label"]))
     _log_problems(problems)
-    every = pd.concat([read_csv_str(args.train_problems), problems.frame().astype(str)], ignore_index=True)
+    earlier = [read_csv_str(path) for path in args.train_problems]
+    every = pd.concat([*earlier, problems.frame().astype(str)], ignore_index=True)
     write_csv(every, args.out_dir / "problems.csv")
     write_csv(test, args.out_dir / "test.csv")
     log.info("%d test clips, %d problems", len(test), len(problems.rows))
+
+
+@command(
+    "validate-pool",
+    arg("--root", type=Path, required=True),
+    arg("--train", type=Path, required=True, help="the validated train.csv (pool names must differ)"),
+    arg("--out-dir", type=Path, required=True),
+    JSON,
+)
+def validate_pool_split(args: argparse.Namespace) -> None:
+    """The unlabelled pool: pool.csv and its problems (pool_problems.csv)."""
+    training = set(read_csv_str(args.train)["fname"])
+    pool, problems = validate_pool(args.root, args.settings, training)
+    _log_problems(problems)
+    write_csv(problems.frame(), args.out_dir / "pool_problems.csv")
+    write_csv(pool, args.out_dir / "pool.csv")
+    log.info(
+        "%d pool clips (%d usable), %d problems",
+        len(pool),
+        int((pool["path"] != "").sum()),
+        len(problems.rows),
+    )
 
 
 @command(
@@ -356,6 +386,43 @@ def self_verify(args: argparse.Namespace) -> None:
 
 
 @command(
+    "judge-pool",
+    arg("--models", nargs="+", required=True, help="fold=best.pt ..."),
+    arg("--manifest", type=Path, required=True, help="the pool's spectrogram manifest"),
+    arg("--pool", type=Path, required=True, help="the validated pool.csv"),
+    arg("--classes", type=Path, required=True),
+    arg("--out-dir", type=Path, required=True),
+    *DEVICE,
+    JSON,
+)
+def judge_pool(args: argparse.Namespace) -> None:
+    """Judge the unlabelled pool by the mean of the fold models; apply the chain's policy."""
+    # self_verify and stages import torch: only the commands that run a job load it
+    from .self_verify import TrustSettings
+    from .stages import PoolJob, pool_job
+
+    job = PoolJob(
+        model_paths=fold_paths(args.models),
+        pool_manifest_csv=args.manifest,
+        pool_csv=args.pool,
+        classes_csv=args.classes,
+        out_dir=args.out_dir,
+        settings=TrustSettings.from_json(args.settings),
+        threads=args.threads,
+        lock_dir=args.lock_dir,
+    )
+    decisions = pool_job(job)
+    log.info(
+        "policy %s trusted %d of %d pool %s; reasons %s",
+        job.settings.policy.name,
+        int(decisions["accepted"].sum()),
+        len(decisions),
+        job.settings.task.trust_unit,
+        decisions["reason"].value_counts().to_dict(),
+    )
+
+
+@command(
     "select",
     arg("--histories", nargs="+", required=True, help="iteration:fold=history.csv ..."),
     arg("--tolerance", type=float, default=0.0, help="near-tie validation-loss difference"),
@@ -464,6 +531,7 @@ def fuse(args: argparse.Namespace) -> None:
     arg("--systems", nargs="+", required=True, help="name=probabilities.csv ..."),
     arg("--out-dir", type=Path, required=True),
     TASK,
+    arg("--note", default="", help="said in every row's note (a transductive chain's)"),
 )
 def evaluate(args: argparse.Namespace) -> None:
     """Accuracy and MAP@3 (multi-label: lwlrap, P/R/F1) per system and set; per-class report
@@ -472,7 +540,9 @@ def evaluate(args: argparse.Namespace) -> None:
     from .stages import evaluate_job
 
     systems = {k: Path(v) for k, v in (item.split("=", 1) for item in args.systems)}
-    scores = evaluate_job(args.test, args.classes, systems, args.out_dir, task=task_named(args.task))
+    scores = evaluate_job(
+        args.test, args.classes, systems, args.out_dir, task=task_named(args.task), note=args.note
+    )
     log.info("\n%s", scores.to_string(index=False))
 
 

@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from .audio import sox_effects_problems
-from .dataset_layouts import LAYOUTS, layout_of, train_listing_keys
+from .dataset_layouts import LAYOUTS, has_pool, layout_of, train_listing_keys, transductive
 from .errors import UserError
 from .io import write_json
 from .job_settings import WAVEFORM_AUGMENTATION_DEFAULTS
@@ -129,7 +129,61 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
         for p in sox_effects_problems(settings["preprocessing"]["sox_effects"])
     ]
     problems += waveform_problems(settings["preprocessing"].get("waveform_augmentation") or {})
-    return problems + _chain_checks(settings) + unused_dataset_keys(settings)
+    return problems + _chain_checks(settings) + unused_dataset_keys(settings) + pool_problems(settings)
+
+
+def _transductive_problems(dataset: Mapping[str, Any]) -> list[str]:
+    """The test audio as the pool excludes another pool folder and any true labels of the
+    pool (they would be test labels, which a transductive run never reads), and needs a test
+    folder."""
+    if not transductive(dataset):
+        return []
+    problems = [
+        f"config key dataset.{key}: not with dataset.unlabelled_test_audio: true (the pool is then "
+        "the test audio, whose labels are never read for it)"
+        for key in ("unlabelled_audio_dir", "unlabelled_true_labels_csv")
+        if dataset.get(key)
+    ]
+    if not dataset.get("test_audio_dir"):
+        problems.append(
+            "config key dataset.unlabelled_test_audio: needs dataset.test_audio_dir (the test audio)"
+        )
+    return problems
+
+
+def pool_problems(settings: Mapping[str, Any]) -> list[str]:
+    """The unlabelled pool is used by the run's chains with ``pool: true`` and only there: a
+    pool no run chain uses, or such a chain without a pool, is an error (never silently
+    ignored); the demo has no pool; a pool chain's policy must judge a clip from its
+    posteriors alone (the pool's are a mean over the folds, with no fold's reference clips)."""
+    dataset, chains = settings["dataset"], settings["chains"]
+    users = [c for c in settings["run_chains"] if chains.get(c, {}).get("pool", False)]
+    key = "unlabelled_test_audio" if transductive(dataset) else "unlabelled_audio_dir"
+    problems = _transductive_problems(dataset)
+    if dataset.get("unlabelled_true_labels_csv") and not dataset.get("unlabelled_audio_dir"):
+        problems.append(
+            "config key dataset.unlabelled_true_labels_csv: set only with dataset.unlabelled_audio_dir"
+        )
+    if has_pool(dataset) and not users:
+        problems.append(
+            f"config key dataset.{key}: no chain of run_chains sets pool: true, so "
+            "nothing would use the pool (add such a chain, e.g. pseudo_labels, or unset it)"
+        )
+    if has_pool(dataset) and not settings["dataset_root"]:
+        problems.append(f"config key dataset.{key}: the demo dataset has no pool (set dataset_root)")
+    for name in users:
+        if not has_pool(dataset):
+            problems.append(
+                f"config key chains.{name}.pool: needs dataset.unlabelled_audio_dir (the pool's "
+                "folder) or dataset.unlabelled_test_audio: true"
+            )
+        policy = REGISTRY[chains[name]["policy"]]
+        if policy.needs_reference or policy.needs_embeddings:
+            problems.append(
+                f"config key chains.{name}.pool: policy {policy.name} reads each fold's reference "
+                "clips, and pool clips are judged by the mean of every fold model; use another policy"
+            )
+    return problems
 
 
 def waveform_problems(augmentation: Mapping[str, Any]) -> list[str]:

@@ -60,6 +60,22 @@ class ClipBank:
             frames,
         )
 
+    @classmethod
+    def concat(cls, banks: Sequence[ClipBank]) -> ClipBank:
+        """One bank holding the clips of ``banks`` in order (a fold's training clips, then the
+        trusted clips of the unlabelled pool, which live in another store): their frames one
+        after another, offsets shifted accordingly; all on the first bank's device."""
+        shift, offsets = 0, []
+        for bank in banks:
+            offsets.append(bank.offsets + shift)
+            shift += int(bank.frames_major.shape[0])
+        return cls(
+            torch.cat([bank.frames_major for bank in banks]),
+            torch.cat(offsets),
+            torch.cat([bank.lengths for bank in banks]),
+            banks[0].frames,
+        )
+
     def __len__(self) -> int:
         return len(self.offsets)
 

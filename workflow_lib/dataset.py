@@ -32,6 +32,10 @@ fname in both curated and noisy (2019 layout)  error       two label sets for on
 decodable test audio not listed in the CSV     error       it would silently get no prediction
 extra (unknown) column                         ignored     FSDKaggle ships extras
 non-audio file in the test folder (no CSV)     ignored     notes, checksums
+ or in the unlabelled pool's folder
+pool file named like a training clip           skipped     one name, one clip (the pool's
+                                                           decisions and lists are by name)
+pool folder missing or without audio           error       a chain asked for the pool
 listed audio file does not exist               skipped     a partial download must not stop
 symlink leading outside the dataset root       skipped     unless dataset.follow_external_
                                                            symlinks: a link to /etc/passwd
@@ -60,7 +64,7 @@ from typing import Any
 import pandas as pd
 import soundfile as sf
 
-from .dataset_layouts import FSDKAGGLE2018, FSDKAGGLE2019, DatasetLayout, layout_of
+from .dataset_layouts import FSDKAGGLE2018, FSDKAGGLE2019, DatasetLayout, layout_of, pool_audio_dir
 from .errors import UserError
 from .fingerprint import folder_files, outside_root
 from .io import read_csv_str
@@ -299,15 +303,16 @@ def _unlisted_test_files(frame: pd.DataFrame, audio_dir: Path, csv_path: Path, p
             )
 
 
-def _test_files_without_csv(audio_dir: Path, problems: Problems) -> list[str]:
+def _test_files_without_csv(audio_dir: Path, problems: Problems, unused: str = "not predicted") -> list[str]:
     """Predict-only: every audio file of the test folder, whatever its extension. Files with
-    an audio extension are kept even when undecodable (they get an empty prediction)."""
+    an audio extension are kept even when undecodable (they get an empty prediction).
+    ``unused``: what happens to a non-audio file, in problems.csv's words."""
     names = []
     for file in folder_files(audio_dir):
         if file.suffix.lower() in AUDIO_EXTENSIONS or _is_audio(file):
             names.append(file.name)
         else:
-            problems.add(audio_dir, "-", file.name, "not an audio file; not predicted", "ignored")
+            problems.add(audio_dir, "-", file.name, f"not an audio file; {unused}", "ignored")
     return names
 
 
@@ -565,3 +570,61 @@ def read_classes(classes_csv: Path) -> list[str]:
     network's outputs and of every posterior table's columns."""
     table = read_csv_str(classes_csv)
     return list(table.sort_values("index", key=lambda s: s.astype(int))["label"])
+
+
+# --- the unlabelled pool (dataset.unlabelled_audio_dir; docs/method.md "Beyond the paper") ----
+
+
+def pool_folder(root: Path, dataset: Mapping[str, Any]) -> Path:
+    """The pool's folder (``dataset_layouts.pool_audio_dir``: ``unlabelled_audio_dir``, or the
+    test audio folder when transductive) relative to the dataset root (an absolute path stays
+    as given)."""
+    return Path(root) / pool_audio_dir(dataset)
+
+
+def validate_pool(
+    root: Path, dataset: Mapping[str, Any], training_names: set[str]
+) -> tuple[pd.DataFrame, Problems]:
+    """The pool listing: fname, label and verified empty (no label is known), path ('' for a
+    refused file), true_label (from ``unlabelled_true_labels_csv``, '' where unknown, for
+    measuring only). Every audio file of the folder, as a test folder without a CSV, through
+    the same checks (non-audio files ignored, links leading outside refused unless
+    follow_external_symlinks); a file named like a training clip is skipped. Errors (no
+    folder, no audio) raise :class:`DatasetError`."""
+    root, problems = Path(root), Problems()
+    folder = pool_folder(root, dataset)
+    if not folder.is_dir():
+        raise DatasetError(
+            f"{folder}: the unlabelled pool's folder (dataset.unlabelled_audio_dir) does not exist"
+        )
+    follow = bool(dataset.get("follow_external_symlinks", False))
+    names = _test_files_without_csv(folder, problems, "not in the pool")
+    if not names:
+        raise DatasetError(
+            f"{folder}: the unlabelled pool (dataset.unlabelled_audio_dir) holds no audio file"
+        )
+    frame = pd.DataFrame({"fname": names, "label": "", "verified": ""}, dtype=str)
+    usable = _check_exists(frame, folder, folder, problems, root, follow)
+    for index in frame.index[frame["fname"].isin(training_names)]:
+        problems.add(
+            folder, "-", frame.at[index, "fname"], "named like a training clip; not in the pool", "skipped"
+        )
+        usable[index] = False
+    frame["path"] = [str(folder / name) if ok else "" for name, ok in zip(frame["fname"], usable)]
+    task = task_named(layout_of(dataset).task)
+    return attach_true_labels(frame, _pool_truth(root, dataset), task=task), problems
+
+
+def _pool_truth(root: Path, dataset: Mapping[str, Any]) -> Path | None:
+    """The pool's true-label CSV, or None when not set; set but missing or without the
+    columns fname,true_label is an error (a setting the user gives is never ignored)."""
+    name = dataset.get("unlabelled_true_labels_csv", "")
+    if not name:
+        return None
+    path = root / name
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset.unlabelled_true_labels_csv not found")
+    columns = set(read_csv_str(path).columns)
+    if not {"fname", "true_label"} <= columns:
+        raise DatasetError(f"{path}: needs the columns fname,true_label; found {sorted(columns)}")
+    return path

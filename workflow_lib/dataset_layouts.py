@@ -78,6 +78,17 @@ FSDKAGGLE2019 = DatasetLayout(
 LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (FSDKAGGLE2018, FSDKAGGLE2019)}
 #: The layout of a config without ``dataset.layout`` (the paper's dataset).
 DEFAULT_LAYOUT = FSDKAGGLE2018.name
+#: Config keys (section ``dataset``) of the unlabelled pool, shared by every layout and read
+#: by the pool's own validation job only (rule validate_pool), never by the training and test
+#: validation jobs: with the pool off (``unlabelled_audio_dir`` empty) their settings, and so
+#: their recorded params, stay as they were before the pool existed.
+POOL_KEYS = ("unlabelled_audio_dir", "unlabelled_true_labels_csv", "unlabelled_test_audio")
+#: What every table of a transductive chain says (``dataset.unlabelled_test_audio``: the test
+#: audio was its pool): the evaluation's ``note``, the summary's ``test_note``, the submission
+#: status's ``note`` and the systems table's description.
+TRANSDUCTIVE_NOTE = (
+    "transductive: the test audio was this chain's unlabelled pool (test labels never read for it)"
+)
 
 
 def layout_of(dataset: Mapping[str, Any]) -> DatasetLayout:
@@ -93,3 +104,23 @@ def train_listing_keys(dataset: Mapping[str, Any]) -> list[str]:
     """Config keys of the training listings the layout reads, the verified one first (a
     listing that may be '', as fsdkaggle2019's noisy list, only when set)."""
     return [key for key in layout_of(dataset).listing_keys if dataset.get(key)]
+
+
+def has_pool(dataset: Mapping[str, Any]) -> bool:
+    """Whether the settings name an unlabelled pool (``dataset.unlabelled_audio_dir`` set, or
+    the test audio as the pool: ``dataset.unlabelled_test_audio``)."""
+    return bool(pool_audio_dir(dataset))
+
+
+def pool_audio_dir(dataset: Mapping[str, Any]) -> str:
+    """The pool's folder as the settings give it (relative to the dataset root, or absolute):
+    the test audio folder when ``unlabelled_test_audio`` (transductive), else
+    ``unlabelled_audio_dir`` ('' when there is no pool). The one place that decides it."""
+    if dataset.get("unlabelled_test_audio", False):
+        return str(dataset.get("test_audio_dir", ""))
+    return str(dataset.get("unlabelled_audio_dir", ""))
+
+
+def transductive(dataset: Mapping[str, Any]) -> bool:
+    """Whether the pool is the test audio (``dataset.unlabelled_test_audio``)."""
+    return bool(dataset.get("unlabelled_test_audio", False))

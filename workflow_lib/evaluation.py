@@ -174,6 +174,24 @@ def cv_note(selection: pd.DataFrame, unvalidated: Sequence[str] = ()) -> str:
     return "; ".join(note for note in notes if note)
 
 
+def pool_summary(pool_tables: Mapping[int, pd.DataFrame], selection: pd.DataFrame) -> dict:
+    """A pool chain's columns of results/summary.csv (workflow_lib/pool.py): like
+    ``self_verified_clips`` and ``self_verified_precision``, the pool clips (labels) the chosen
+    iteration was fine-tuned on and their precision (with the pool's true labels); 0 and empty
+    for iteration 0. {} for a chain without a pool (its summary keeps its columns)."""
+    if not pool_tables:
+        return {}
+    chosen = int(selection.loc[selection["chosen"].astype(bool)].iloc[0]["iteration"])
+    table = pool_tables.get(chosen - 1)
+    if table is None:
+        return {"pool_trusted_clips": 0, "pool_trusted_precision": np.nan}
+    overall = table.loc[table["label"] == TOTAL_ROW].iloc[0]
+    return {
+        "pool_trusted_clips": int(overall["n_accepted"]),
+        "pool_trusted_precision": overall.get("precision", np.nan),
+    }
+
+
 def preset_summary(
     preset: str,
     selection: pd.DataFrame,

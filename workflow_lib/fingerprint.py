@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .dataset_layouts import layout_of
+from .dataset_layouts import has_pool, layout_of, pool_audio_dir
 
 #: What a file that is not there (or cannot be read) contributes to a fingerprint.
 MISSING = "missing"
@@ -177,14 +177,27 @@ def fingerprint_test(root: Path, dataset: Mapping[str, Any], cache: DigestCache)
     return _hash([_listing(root, dataset["test_csv"], cache), *digests])
 
 
+def fingerprint_pool(root: Path, dataset: Mapping[str, Any], cache: DigestCache) -> str:
+    """The unlabelled pool: every file of its folder (dataset.unlabelled_audio_dir, or the
+    test audio folder when transductive; relative to ``root`` or absolute) and its true-label
+    side file, if any."""
+    folder = root / pool_audio_dir(dataset)
+    follow = bool(dataset.get("follow_external_symlinks", False))
+    digests = [[f.name, _audio_digest(f, (root, folder), follow, cache)] for f in folder_files(folder)]
+    return _hash([_listing(root, dataset.get("unlabelled_true_labels_csv", ""), cache), *digests])
+
+
 def split_fingerprints(
     root: str | os.PathLike[str], dataset: Mapping[str, Any], cache: DigestCache
 ) -> dict[str, str]:
-    """{'train': ..., 'test': ...} of a dataset in ``root``. The caller saves ``cache`` when
-    the run starts (a dry run writes nothing)."""
+    """{'train': ..., 'test': ...} of a dataset in ``root``, and 'pool' when the settings name
+    an unlabelled pool. The caller saves ``cache`` when the run starts (a dry run writes
+    nothing)."""
+    pool = {"pool": fingerprint_pool(Path(root), dataset, cache)} if has_pool(dataset) else {}
     return {
         "train": fingerprint_train(Path(root), dataset, cache),
         "test": fingerprint_test(Path(root), dataset, cache),
+        **pool,
     }
 
 

@@ -50,6 +50,7 @@ class FusionSettings:
     steps: int = 0
     lr: float = 0.0
     task: Task = SINGLE
+    note: str = ""  # said in submission_status.csv's ``note`` column (a transductive chain's)
 
     @classmethod
     def from_json(cls, settings: Mapping[str, Any]) -> FusionSettings:
@@ -59,6 +60,7 @@ class FusionSettings:
             steps=settings["learned_epochs"],
             lr=settings["learned_lr"],
             task=task_named(settings.get("task", SINGLE.name)),
+            note=settings.get("note", ""),
         )
 
 

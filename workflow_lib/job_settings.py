@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .choice import chooses_by_cv
-from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS, layout_of
+from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS, POOL_KEYS, TRANSDUCTIVE_NOTE, layout_of, transductive
 from .policies import policy_named
 from .task import SINGLE, Task, task_of_settings
 
@@ -34,9 +34,25 @@ def validation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     dataset = settings["dataset"]
     layout = layout_of(dataset)
     other = {key for name, entry in LAYOUTS.items() if name != layout.name for key in entry.keys}
+    other.update(POOL_KEYS)  # the pool's own job reads them (pool_validation_settings)
     if layout.name == DEFAULT_LAYOUT:
         other.add("layout")
     return {key: value for key, value in dataset.items() if key not in other}
+
+
+def pool_validation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The pool's validation job's settings (rule validate_pool): the pool keys, the symlink
+    rule the training audio is validated with (the pool is untrusted input too), the layout
+    (how a true label set is written) and, when the pool is the test audio, its folder (never
+    the test CSV: its labels are not read for the pool)."""
+    dataset = settings["dataset"]
+    pool = {key: dataset[key] for key in POOL_KEYS if key in dataset}
+    return {
+        **pool,
+        "layout": layout_of(dataset).name,
+        "follow_external_symlinks": bool(dataset.get("follow_external_symlinks", False)),
+        **({"test_audio_dir": dataset["test_audio_dir"]} if pool.get("unlabelled_test_audio") else {}),
+    }
 
 
 def demo_data_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -289,6 +305,29 @@ def trust_settings(settings: Mapping[str, Any], chain: str, preset: str, iterati
     }
 
 
+def uses_pool(settings: Mapping[str, Any], chain: str) -> bool:
+    """Whether ``chain`` judges and trains on the unlabelled pool (``chains.<name>.pool``; the
+    config check requires dataset.unlabelled_audio_dir with it)."""
+    return bool(settings["chains"][chain].get("pool", False))
+
+
+def pool_trust_settings(
+    settings: Mapping[str, Any], chain: str, preset: str, iteration: int
+) -> dict[str, Any]:
+    """Settings of one pool judging job (rule judge_pool): :func:`trust_settings` (the chain's
+    policy, caps and K-excerpt judging) with a seed of its own, so judging the pool never
+    shifts the excerpts of the unverified clips' judgement."""
+    trust = trust_settings(settings, chain, preset, iteration)
+    return {**trust, "seed": derive_seed(settings["method"]["seed"], "pool", preset, iteration)}
+
+
+def with_pool(job: Mapping[str, Any], pool_list: str, pool_manifest: str) -> dict[str, Any]:
+    """A pool chain's fine-tuning job settings (:func:`fit_settings`) plus ``pool``: the
+    trusted pool clips of the previous iteration and the pool's spectrogram manifest. Only
+    pool chains get the key, so every other job's settings stay as they were."""
+    return {**job, "pool": {"list": pool_list, "manifest": pool_manifest}}
+
+
 # --- prediction, fusion, evaluation, export --------------------------------------------------
 
 
@@ -317,6 +356,25 @@ def fusion_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The fuse job's settings (fusion.FusionSettings.from_json): config ``method.fusion`` and
     the task (:func:`task_entry`)."""
     return {**settings["method"]["fusion"], **task_entry(task_of_settings(settings))}
+
+
+def chain_note(settings: Mapping[str, Any], chain: str) -> str:
+    """What every table of ``chain`` must say about its test figures: the transductive note
+    when the test audio was its pool (dataset.unlabelled_test_audio and ``pool: true``), else
+    '' (and no job setting changes)."""
+    return TRANSDUCTIVE_NOTE if transductive(settings["dataset"]) and uses_pool(settings, chain) else ""
+
+
+def chain_fusion_settings(settings: Mapping[str, Any], chain: str) -> dict[str, Any]:
+    """:func:`fusion_settings` of ``chain``'s fuse job, with its ``note`` only when it has one."""
+    note = chain_note(settings, chain)
+    return fusion_settings(settings) | ({"note": note} if note else {})
+
+
+def chain_evaluation_arguments(settings: Mapping[str, Any], chain: str) -> list[str]:
+    """:func:`task_arguments` of ``chain``'s evaluate job, with ``--note`` only when it has one."""
+    note = chain_note(settings, chain)
+    return task_arguments(settings) + (["--note", note] if note else [])
 
 
 def task_arguments(settings: Mapping[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ many results at once (the systems table) get their file lists from :func:`system
     results/chains/{chain}/trust/{preset}/it{i}/             posteriors and decisions of the
                                                               iteration-i models; train_list.csv
                                                               is what iteration i+1 trains on
+                                                              (pool chains: pool_*.csv beside)
     results/chains/{chain}/selection/{preset}.csv            model selection
     results/chains/{chain}/predictions/{preset}/             test and out-of-fold posteriors
     results/chains/{chain}/{submission,summary}.csv, evaluation/, plots/
@@ -40,6 +41,16 @@ TRUST_FILES = {
 #: The "split" of the training clips' waveform copies (preprocessing.waveform_augmentation):
 #: spectrograms/v{version}/train_copies.csv and its shards.
 COPIES_SPLIT = "train_copies"
+
+#: Files the unlabelled pool's judging job writes into the same trust folder (rule judge_pool;
+#: only chains with ``pool: true``): the fold-mean posteriors, the policy's decisions, their
+#: per-class counts and the pool clips iteration i+1 adds (workflow_lib/pool.py).
+POOL_FILES = {
+    "posteriors": "pool_posteriors.csv",
+    "decisions": "pool_decisions.csv",
+    "per_class": "pool_per_class.csv",
+    "pool_list": "pool_list.csv",
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,10 @@ class Layout:
         if int(iteration) < 0:
             return self.initial_list(self.starts[chain])
         return self.trust_file(chain, preset, iteration, TRUST_FILES["train_list"])
+
+    def pool_list(self, chain: str, preset: str, iteration: int) -> str:
+        """The unlabelled pool's clips iteration ``iteration + 1`` of a pool chain adds."""
+        return self.trust_file(chain, preset, iteration, POOL_FILES["pool_list"])
 
     def selection(self, chain: str, preset: str) -> str:
         return f"{self.chain_dir(chain)}/selection/{preset}.csv"

@@ -13,6 +13,13 @@ Output (``<out>``), matching what the rest of the workflow reads for FSDKaggle20
     train_true_labels.csv      fname,true_label
     build_info.json            settings used and counts
 
+With ``pool_fraction`` > 0 (CLI ``--pool-fraction``) a stratified share of the training clips
+is held back without its labels, an unlabelled pool for ``dataset.unlabelled_audio_dir``::
+
+    audio_unlabelled/*.wav      the pool (not in train.csv)
+    unlabelled_true_labels.csv  fname,true_label: for dataset.unlabelled_true_labels_csv
+                                (measuring the pool decisions only)
+
 Every random step draws from its own child of ``SeedSequence(seed)``, so changing e.g. the
 public fraction does not reshuffle which training labels get corrupted.
 
@@ -84,6 +91,11 @@ class NoisyDatasetSettings:
     seed: int = 2018
     """Root seed of every random choice; same seed + same input -> byte-identical CSVs."""
 
+    pool_fraction: float = 0.0
+    """Share of the training clips per class held back as an unlabelled pool (labels withheld;
+    audio_unlabelled/, true labels in unlabelled_true_labels.csv), drawn before the verified
+    and noisy clips are chosen among the rest. 0: no pool, the build exactly as before."""
+
     def __post_init__(self) -> None:
         """Normalise containers (so the frozen object is safe to share) and reject bad values
         early, before any file is touched."""
@@ -91,7 +103,7 @@ class NoisyDatasetSettings:
         object.__setattr__(self, "test_groups", tuple(str(g) for g in groups))
         if self.pairs is not None:
             object.__setattr__(self, "pairs", {str(k): str(v) for k, v in self.pairs.items()})
-        for name in ("test_fraction", "public_fraction", "verified_fraction", "noise_rate"):
+        for name in ("test_fraction", "public_fraction", "verified_fraction", "noise_rate", "pool_fraction"):
             _check_fraction(name, getattr(self, name))
         if self.noise_model not in NOISE_MODELS:
             raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
@@ -109,6 +121,8 @@ class NoisyDatasetSettings:
         data = dataclasses.asdict(self)
         data["test_groups"] = list(self.test_groups)
         data["seed"] = int(self.seed)
+        if not self.pool_fraction:  # builds without a pool record what they recorded before
+            del data["pool_fraction"]
         return data
 
 
@@ -327,15 +341,24 @@ def _check_train_classes(classes: list[str], train_labels: pd.Series) -> None:
         raise ValueError(f"class(es) {empty} have no training clips left after the test split")
 
 
-def _assign(clips: pd.DataFrame, settings: NoisyDatasetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decide split, usage, verification and noisy labels; returns (train, test) frames."""
-    split_ss, public_ss, verified_ss, noise_ss = np.random.SeedSequence(int(settings.seed)).spawn(4)
+def _assign(
+    clips: pd.DataFrame, settings: NoisyDatasetSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Decide split, pool, usage, verification and noisy labels; returns (train, test, pool)
+    frames (pool: fname, true_label; empty without ``pool_fraction``). The pool's stream is
+    the fifth child of the seed, so the first four (and a build without a pool) are as before."""
+    split_ss, public_ss, verified_ss, noise_ss, pool_ss = np.random.SeedSequence(int(settings.seed)).spawn(5)
     is_test = holdout_mask(
         clips, settings.test_groups, settings.test_fraction, np.random.default_rng(split_ss)
     )
     classes = sorted(clips["label"].unique())
     train = clips.loc[~is_test, ["fname", "label"]].reset_index(drop=True)
     test = clips.loc[is_test, ["fname", "label"]].reset_index(drop=True)
+    in_pool = _stratified_mask(
+        train["label"].to_numpy(), settings.pool_fraction, np.random.default_rng(pool_ss)
+    )
+    pool = train[in_pool].rename(columns={"label": "true_label"}).reset_index(drop=True)
+    train = train[~in_pool].reset_index(drop=True)
     _check_train_classes(classes, train["label"])
 
     public = _stratified_mask(
@@ -357,7 +380,7 @@ def _assign(clips: pd.DataFrame, settings: NoisyDatasetSettings) -> tuple[pd.Dat
         settings.noise_model,
         settings.pairs,
     )
-    return train, test
+    return train, test, pool
 
 
 # --------------------------------------------------------------------------- writing
@@ -374,6 +397,16 @@ def _prepare_audio_dir(path: Path, overwrite: bool) -> None:
         if entry.is_dir() and not entry.is_symlink():
             raise FileExistsError(f"refusing to delete directory {entry} while overwriting")
         entry.unlink()
+
+
+def _clear_stale_pool(out_path: Path, overwrite: bool) -> None:
+    """A build without a pool must not leave an earlier build's pool beside it (it would be
+    taken for this build's): refused as stale audio unless ``overwrite``, then removed."""
+    folder = out_path / "audio_unlabelled"
+    if folder.is_dir():
+        _prepare_audio_dir(folder, overwrite)
+        folder.rmdir()
+    (out_path / "unlabelled_true_labels.csv").unlink(missing_ok=True)
 
 
 def _place_file(src: Path, dst: Path, mode: str) -> None:
@@ -415,16 +448,27 @@ def build_noisy_dataset(
     """
     audio_path, out_path = Path(audio_dir), Path(out_dir)
     clips = read_labels(audio_path, labels_csv=labels_csv, name_pattern=name_pattern)
-    train, test = _assign(clips, settings)
+    train, test, pool = _assign(clips, settings)
 
-    for split, frame in (("audio_train", train), ("audio_test", test)):
+    splits = (
+        ("audio_train", train),
+        ("audio_test", test),
+        *((("audio_unlabelled", pool),) if len(pool) else ()),
+    )
+    for split, frame in splits:
         _prepare_audio_dir(out_path / split, overwrite)
         _place_audio(audio_path, frame["fname"].tolist(), out_path / split, settings.copy_mode)
+    if len(pool):  # the unlabelled pool's true labels, for measuring only
+        write_csv(pool[["fname", "true_label"]], out_path / "unlabelled_true_labels.csv")
+    else:
+        _clear_stale_pool(out_path, overwrite)
 
     write_csv(train[["fname", "label", "manually_verified"]], out_path / "train.csv")
     write_csv(test[["fname", "label", "usage"]], out_path / "test_post_competition.csv")
     write_csv(train[["fname", "true_label"]], out_path / "train_true_labels.csv")
     info = _build_info(audio_path, labels_csv, name_pattern, settings, clips, train, test)
+    if len(pool):
+        info["n_pool"] = int(len(pool))
     write_json(info, out_path / "build_info.json")
     return info
 
@@ -516,6 +560,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--public-fraction", type=float, default=d.public_fraction)
     p.add_argument("--copy-mode", choices=COPY_MODES, default=d.copy_mode)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--pool-fraction",
+        type=float,
+        default=d.pool_fraction,
+        help="share of training clips per class held back unlabelled (audio_unlabelled/); 0: none",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace clips from an earlier build")
     return p
 
@@ -534,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pairs=args.pairs,
             copy_mode=args.copy_mode,
             seed=args.seed,
+            pool_fraction=args.pool_fraction,
         )
         info = build_noisy_dataset(
             args.audio_dir,

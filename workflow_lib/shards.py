@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .dataset_layouts import train_listing_keys
+from .dataset_layouts import has_pool, pool_audio_dir, train_listing_keys
 
 #: ``shards: auto`` never makes a shard smaller than this (each job pays imports and set-up).
 MIN_FILES_PER_SHARD = 25
@@ -59,4 +59,8 @@ def listed_file_counts(settings: dict, data_root: str | Path | None) -> dict[str
         folder = root / dataset["test_audio_dir"] if dataset["test_audio_dir"] else None
         test = len(list(folder.glob("*.wav"))) if folder is not None and folder.is_dir() else 0
     train = sum(rows(dataset[key]) or 0 for key in train_listing_keys(dataset))
-    return {"train": train, "test": test}
+    counts = {"train": train, "test": test}
+    if has_pool(dataset):  # the unlabelled pool: every file of its folder
+        folder = root / pool_audio_dir(dataset)
+        counts["pool"] = sum(1 for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+    return counts

@@ -21,6 +21,7 @@ import torch
 from .audio import USABLE_STATUSES
 from .data import ClipBank
 from .dataset import read_classes
+from .dataset_layouts import TRANSDUCTIVE_NOTE
 from .devices import select_device
 from .errors import UserError
 from .evaluation import (
@@ -29,6 +30,7 @@ from .evaluation import (
     SCORING_SETS,
     class_reports,
     evaluate_systems,
+    pool_summary,
     preset_summary,
     scored_rows,
     test_columns,
@@ -47,9 +49,11 @@ from .fusion import (
 )
 from .io import atomic_path, load_torch, read_csv_str, write_csv
 from .labels import split_labels
-from .layout import COPIES_SPLIT, MODEL_FILES, TRUST_FILES, Layout
+from .layout import COPIES_SPLIT, MODEL_FILES, POOL_FILES, TRUST_FILES, Layout
 from .model import architecture_metadata, build_network, load_model
 from .policies import Clips, apply_policy, low_trust, policy_named
+from .pool import decide_pool, mean_fold_posteriors, pool_clips, pool_list
+from .pool import posterior_table as pool_posterior_table
 from .preprocess import SpectrogramStore, joined_store
 from .selection import best_epoch_row, chosen_iteration
 from .self_verify import TABLES, TrustSettings, judge_folds, with_truth
@@ -100,6 +104,9 @@ class TrainingJob:
     options: RunOptions = RunOptions()  # checkpoints, compile: how, not what (not fingerprinted)
     task: Task = SINGLE  # MULTI: label sets, BCE on sigmoids (dataset.layout fsdkaggle2019)
     copies: dict | None = None  # waveform augmentation's settings: train on the copies too
+    # a pool chain's fine-tuning: the trusted pool clips (pool_list.csv) and their spectrograms
+    pool_list_csv: Path | None = None
+    pool_manifest_csv: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], **where: Any) -> TrainingJob:
@@ -113,6 +120,13 @@ class TrainingJob:
             compile=bool(run.get("compile", False)),
             cudnn_benchmark=bool(run.get("cudnn_benchmark", True)),
         )
+        pool = settings.get("pool") or {}
+        if pool:
+            where = {
+                **where,
+                "pool_list_csv": Path(pool["list"]),
+                "pool_manifest_csv": Path(pool["manifest"]),
+            }
         return cls(
             preset=settings["preset"],
             net=settings["net"],
@@ -150,8 +164,28 @@ def training_sets(job: TrainingJob, classes: list[str]) -> tuple[pd.DataFrame, p
         if "weight" in listing:
             train = train.assign(weight=train["fname"].map(listing["weight"]).astype(float))
     valid = valid[valid["verified"].astype(int) == 1]
+    if job.pool_list_csv is not None:  # after the fold's clips; never in validation
+        own = train.assign(pool=False, weight=train.get("weight", 1.0))
+        train = pd.concat([own, trusted_pool(job.pool_list_csv)], ignore_index=True)
     prepared = _PREPARED[job.task.name]
     return prepared(train, classes), prepared(valid, classes)
+
+
+def trusted_pool(pool_list_csv: Path) -> pd.DataFrame:
+    """The unlabelled pool's clips a pool chain's fine-tuning adds (pool_list.csv), as training
+    rows: their trusted label (set) and weight, ``verified`` 0 (trusted, not verified, as the
+    self-verified clips), no fold, ``pool`` True (their spectrograms are in the pool's store)."""
+    listing = read_csv_str(pool_list_csv)
+    return pd.DataFrame(
+        {
+            "fname": listing["fname"],
+            "label": listing["label"],
+            "verified": "0",
+            "fold": "-1",
+            "weight": listing["weight"].astype(float),
+            "pool": True,
+        }
+    )
 
 
 def unlabelled_clips(job: TrainingJob) -> list[str]:
@@ -260,7 +294,11 @@ def with_copies(
         len(train),
         len(train) + len(added),
     )
-    return pd.concat([train, added], ignore_index=True), joined_store(store, copies)
+    joined = pd.concat([train, added], ignore_index=True)
+    if "pool" in joined:  # pool clips last: training_bank reads the rest, then the pool's store
+        in_pool = joined["pool"].fillna(False).astype(bool)
+        joined = pd.concat([joined[~in_pool], joined[in_pool]], ignore_index=True)
+    return joined, joined_store(store, copies)
 
 
 def file_digest(path: Path | None) -> str:
@@ -367,6 +405,24 @@ def _partner_bank(
     return clips, MixupPartners(bank, targets_of(clips, classes, job.task))
 
 
+def training_bank(
+    job: TrainingJob, store: SpectrogramStore, train: pd.DataFrame, device: torch.device
+) -> ClipBank:
+    """The training clips' spectrograms in ``train``'s order: the fold's clips from the
+    training store, then (a pool chain's fine-tuning) the trusted pool clips from the pool's."""
+    if job.pool_manifest_csv is None or "pool" not in train:
+        return ClipBank.from_store(store, list(train["fname"]), job.frames, device)
+    pool = train["pool"].astype(bool).to_numpy()
+    log.info("unlabelled pool: %d trusted pool clips join the training clips", int(pool.sum()))
+    own = ClipBank.from_store(store, list(train.loc[~pool, "fname"]), job.frames, device)
+    if not pool.any():
+        return own
+    pool_store = SpectrogramStore.open(job.pool_manifest_csv)
+    return ClipBank.concat(
+        [own, ClipBank.from_store(pool_store, list(train.loc[pool, "fname"]), job.frames, device)]
+    )
+
+
 def run_training_job(job: TrainingJob) -> pd.DataFrame:
     """Train one fold model; write best.pt, last.pt and history.csv into ``job.out_dir``."""
     choice = select_device(job.device, job.lock_dir, job.threads)
@@ -377,7 +433,7 @@ def run_training_job(job: TrainingJob) -> pd.DataFrame:
     log.info("%d training clips, %d verified validation clips", len(train), len(valid))
     store = SpectrogramStore.open(job.manifest_csv)
     train, train_store = with_copies(job, train, store)
-    train_bank = ClipBank.from_store(train_store, list(train["fname"]), job.frames, choice.device)
+    train_bank = training_bank(job, train_store, train, choice.device)
     valid_bank = ClipBank.from_store(store, list(valid["fname"]), job.frames, choice.device)
     unlabelled, extra = _unlabelled_bank(job, store, choice.device)
     partner_clips, partners = _partner_bank(job, store, choice.device, classes)
@@ -547,6 +603,48 @@ def _write_trust_files(
     write_csv(tables.training_list(folds, decisions), out["train_list"])
 
 
+@dataclass(frozen=True, kw_only=True)
+class PoolJob:
+    """The unlabelled pool judged by one chain's fold models of one iteration (rule
+    judge_pool): the files it reads and writes, where it runs, its one settings object."""
+
+    model_paths: dict[int, Path]
+    pool_manifest_csv: Path
+    pool_csv: Path  # the validated listing (its true_label, when known, for measuring only)
+    classes_csv: Path
+    out_dir: Path
+    settings: TrustSettings
+    threads: int = 1
+    lock_dir: Path = Path(".gpu_locks")
+
+
+def pool_job(job: PoolJob) -> pd.DataFrame:
+    """Judge every usable pool clip by the mean of the fold models, let the chain's policy
+    decide (workflow_lib/pool.py), and write pool_posteriors.csv, pool_decisions.csv,
+    pool_per_class.csv (precision and recall when the pool's true labels are known) and
+    pool_list.csv (what the next fine-tuning adds)."""
+    settings = job.settings
+    choice = select_device(settings.device, job.lock_dir, job.threads)
+    classes = read_classes(job.classes_csv)
+    store = SpectrogramStore.open(job.pool_manifest_csv)
+    fnames = list(store.manifest["fname"])
+    bank = ClipBank.from_store(store, fnames, settings.frames, choice.device)
+    models = trust_models(job.model_paths, choice.device, settings.task)
+    posteriors = mean_fold_posteriors(models, bank, settings)
+    if posteriors.shape[1] == 0:
+        posteriors = np.zeros((len(fnames), len(classes)))
+    decisions = decide_pool(pool_clips(fnames, posteriors, classes, settings.task), classes, settings)
+    listing = read_csv_str(job.pool_csv)
+    decisions = with_truth(decisions, listing.set_index("fname")["true_label"], settings.task)
+    out = {role: job.out_dir / name for role, name in POOL_FILES.items()}
+    write_csv(pool_posterior_table(fnames, posteriors, classes, settings.task), out["posteriors"])
+    write_csv(decisions, out["decisions"])
+    write_csv(TABLES[settings.task.name].precision(decisions, classes), out["per_class"])
+    write_csv(pool_list(decisions, settings.task), out["pool_list"])
+    choice.release()
+    return decisions
+
+
 def _warn_low_trust(settings: TrustSettings, decisions: pd.DataFrame) -> None:
     """A WARNING when the policy trusted none, or few, of what it judged (policies.low_trust)."""
     policy = settings.policy
@@ -712,7 +810,9 @@ def fuse_job(
     write_csv(probability_frame(fnames, fused, classes), out_probs)
     answers = submission(fnames, fused, classes, settings.task)
     if test_manifest is not None:
-        answers = _every_listed_clip(answers, set(fnames), test_manifest, out_status, settings.task)
+        answers = _every_listed_clip(
+            answers, set(fnames), test_manifest, out_status, settings.task, settings.note
+        )
     write_csv(answers, out_submission)
 
 
@@ -733,12 +833,15 @@ def _every_listed_clip(
     test_manifest: Path,
     out_status: Path | None,
     task: Task,
+    note: str = "",
 ) -> pd.DataFrame:
     """The submission with a row for every listed test clip, empty where it could not be
     predicted (a challenge submission names every clip, :data:`UNPREDICTED_ROW`); writes why
-    per clip to ``out_status``."""
+    per clip to ``out_status`` (with ``note``, a column saying it on every row)."""
     status = submission_status(read_csv_str(test_manifest), predicted)
     answers = status[["fname"]].merge(answers, on="fname", how="left")
+    if note:
+        status = status.assign(note=note)
     if UNPREDICTED_ROW[task.name]:
         answers = answers.fillna(UNPREDICTED_ROW[task.name])
     unpredicted = status[status["status"] != "predicted"]
@@ -789,7 +892,13 @@ NO_TEST_LABELS = "no test labels"
 
 
 def evaluate_job(
-    test_csv: Path, classes_csv: Path, systems: dict[str, Path], out_dir: Path, *, task: Task = SINGLE
+    test_csv: Path,
+    classes_csv: Path,
+    systems: dict[str, Path],
+    out_dir: Path,
+    *,
+    task: Task = SINGLE,
+    note: str = "",
 ) -> pd.DataFrame:
     """summary.csv for every system; per_class.csv and confusion.csv of the last (the fusion).
 
@@ -798,7 +907,8 @@ def evaluate_job(
     (predict-only run) every row says ``no test labels`` in ``note`` and the per-class and
     confusion tables are written with their header only. The task decides the scores
     (workflow_lib/evaluation.py): multi-label gives lwlrap and the scores at a threshold,
-    per-class lwlrap, and no confusion.csv (:attr:`Task.confusion`).
+    per-class lwlrap, and no confusion.csv (:attr:`Task.confusion`). ``note``: said in every
+    row's ``note`` too (a transductive chain's, dataset_layouts.TRANSDUCTIVE_NOTE).
     """
     classes = read_classes(classes_csv)
     test = read_csv_str(test_csv)
@@ -818,7 +928,7 @@ def evaluate_job(
     test = test[test["fname"].isin(predicted)]
     scores = evaluate_systems(test, frames, classes, task)
     scores["n_unpredicted"] = [_unpredicted_in_set(missing, name) for name in scores["set"]]
-    scores["note"] = NO_TEST_LABELS if scored.empty else ""
+    scores["note"] = "; ".join(n for n in (NO_TEST_LABELS if scored.empty else "", note) if n)
     write_csv(scores, out_dir / "summary.csv")
     _write_class_reports(test, frames, classes, task, out_dir)
     if scored.empty:
@@ -850,11 +960,16 @@ def _unpredicted_in_set(missing: pd.DataFrame, set_name: str) -> int:
 
 
 def test_note(scores: pd.DataFrame | None, status_csv: Path | None) -> str:
-    """The ``test_note`` of results/summary.csv: 'no test labels' and/or how many test clips
-    got an empty prediction ('' when every clip was predicted and scored)."""
+    """The ``test_note`` of results/summary.csv: 'no test labels', the transductive note
+    (when the evaluation says it) and/or how many test clips got an empty prediction ('' when
+    every clip was predicted and scored)."""
     notes = []
-    if scores is None or ("note" in scores and (scores["note"] == NO_TEST_LABELS).any()):
+    cells = scores["note"] if scores is not None and "note" in scores else []
+    said = {part for cell in cells if isinstance(cell, str) for part in cell.split("; ")}
+    if scores is None or NO_TEST_LABELS in said:
         notes.append(NO_TEST_LABELS)
+    if TRANSDUCTIVE_NOTE in said:
+        notes.append(TRANSDUCTIVE_NOTE)
     if status_csv is not None and Path(status_csv).is_file():
         status = read_csv_str(status_csv)
         bad = int((status["status"] != "predicted").sum())
@@ -892,13 +1007,25 @@ def summary_job(
             if p.parent.name == preset
         }
         selection = pd.read_csv(selection_csv)
-        rows.append(preset_summary(preset, selection, tables, scores, task, unvalidated))
+        row = preset_summary(preset, selection, tables, scores, task, unvalidated)
+        rows.append(row | pool_summary(_pool_tables(self_verify_dirs, preset), selection))
     fused = test_columns(scores, "fusion", task) if scores is not None else {}
     if fused:
         rows.append({"preset": "fusion", **fused, "cv_note": FUSION_CV_NOTE})
     table = pd.DataFrame(rows)
     table["test_note"] = test_note(scores, submission_status_csv)
-    for column in ("chosen_iteration", "self_verified_clips"):
-        table[column] = table[column].astype("Int64")  # integers, blank for the fusion row
+    for column in ("chosen_iteration", "self_verified_clips", "pool_trusted_clips"):
+        if column in table:  # integers, blank for the fusion row
+            table[column] = table[column].astype("Int64")
     write_csv(table, out_csv)
     return table
+
+
+def _pool_tables(self_verify_dirs: list[Path], preset: str) -> dict[int, pd.DataFrame]:
+    """{iteration: pool_per_class.csv} of a pool chain's trust folders (rule summary lists
+    them as inputs for pool chains only; other chains' folders hold none)."""
+    return {
+        int(p.name[2:]): pd.read_csv(p / POOL_FILES["per_class"], dtype={"label": str})
+        for p in self_verify_dirs
+        if p.parent.name == preset and (p / POOL_FILES["per_class"]).is_file()
+    }

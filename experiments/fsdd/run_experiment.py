@@ -37,6 +37,12 @@ wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pic
 ``study_paired.png`` are rewritten (workflow_lib/study.py; ``python -m workflow_lib.study
 <out>`` recomputes and prints them).
 
+``--pool-fraction F`` (single-label): the builder also holds back a share F of each digit's
+training clips without their labels, and the run gets them as its unlabelled pool
+(``dataset.unlabelled_audio_dir``, their true labels for measuring only); name a chain that
+uses it, e.g. ``--chains self_verification pseudo_labels`` (docs/method.md "Beyond the paper",
+"An unlabelled pool").
+
 A killed run resumes where it stopped when started again (training checkpoints every epoch).
 """
 
@@ -56,6 +62,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from workflow_lib.config import ConfigError  # noqa: E402
 from workflow_lib.mixtures import MixtureSettings, build_mixture_dataset  # noqa: E402
 from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset  # noqa: E402
 
@@ -122,6 +129,7 @@ def dataset_settings(args: argparse.Namespace) -> NoisyDatasetSettings | Mixture
         public_fraction=args.public_fraction,
         copy_mode="symlink",
         seed=args.seed,
+        pool_fraction=args.pool_fraction,
     )
 
 
@@ -278,6 +286,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="use only takes 0 ... N-1 of each digit and speaker (a small version)",
     )
+    p.add_argument(
+        "--pool-fraction",
+        type=float,
+        default=0.0,
+        help="single-label: share of each digit's training clips held back without labels as the "
+        "unlabelled pool (dataset.unlabelled_audio_dir); needs a chain with pool: true, e.g. "
+        "--chains self_verification pseudo_labels (default 0: no pool)",
+    )
     add_run_arguments(p)
     args = p.parse_args(argv)
     if args.out is None:
@@ -316,6 +332,7 @@ def run_one(args: argparse.Namespace, out: Path, build: DatasetBuilder = build_d
                 "n_corrupted",
                 "n_wrong_labels",
                 "n_test",
+                "n_pool",
                 "classes",
                 "settings",
             )
@@ -332,7 +349,8 @@ def run_one(args: argparse.Namespace, out: Path, build: DatasetBuilder = build_d
 
 
 def write_overlay(args: argparse.Namespace, out: Path, seed: int | None) -> Path | None:
-    """Settings of a repetition beyond the config files: the chains and the method's seed."""
+    """Settings of a repetition beyond the config files: the chains, the method's seed and,
+    with --pool-fraction, the pool the builder held back."""
     import yaml
 
     extra: dict = {}
@@ -340,6 +358,11 @@ def write_overlay(args: argparse.Namespace, out: Path, seed: int | None) -> Path
         extra["run_chains"] = list(args.chains)
     if seed is not None:
         extra["method"] = {"seed": seed}
+    if getattr(args, "pool_fraction", 0.0) > 0:  # the builder's held-back clips are the pool
+        extra["dataset"] = {
+            "unlabelled_audio_dir": "audio_unlabelled",
+            "unlabelled_true_labels_csv": "unlabelled_true_labels.csv",
+        }
     if not extra:
         return None
     out.mkdir(parents=True, exist_ok=True)
@@ -418,13 +441,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.fsdd.is_dir():
         print(f"error: FSDD recordings not found at {args.fsdd} (--fsdd)", file=sys.stderr)
         return 1
+    if args.pool_fraction and args.multi_label:
+        print(
+            "error: --pool-fraction: the mixture builder (--multi-label) holds back no pool", file=sys.stderr
+        )
+        return 1
     out = args.out.resolve()
-    if args.study:
-        return run_study(args, out)
-    overlay = write_overlay(args, out, None)
-    if overlay is not None:
-        args.overlay = [*args.overlay, str(overlay)]
-    return run_one(args, out)
+    try:
+        if args.study:
+            return run_study(args, out)
+        overlay = write_overlay(args, out, None)
+        if overlay is not None:
+            args.overlay = [*args.overlay, str(overlay)]
+        return run_one(args, out)
+    except ConfigError as exc:  # e.g. --pool-fraction without a chain that uses the pool
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
