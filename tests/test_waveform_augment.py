@@ -252,6 +252,13 @@ def test_copies_stay_in_their_source_fold_and_take_its_trust(stored, tmp_path):
     plain = replace(job, copies=None)
     assert with_copies(plain, train, store) == (train, store)
     assert fingerprint(job, both, valid) != fingerprint(plain, train, valid)
+    # a pool chain's fine-tuning: trusted pool rows (no copies of their own) stay last, the
+    # order stages.training_bank reads (the training store, then the pool's)
+    pool_row = train.iloc[[0]].assign(fname="pool_clip.wav")
+    with_pool = pd.concat([train.assign(pool=False), pool_row.assign(pool=True)], ignore_index=True)
+    ordered, _ = with_copies(job, with_pool, store)
+    assert ordered["fname"].iloc[-1] == "pool_clip.wav" and ordered["pool"].sum() == 1
+    assert len(ordered) == len(with_pool) + 2 * len(train)
 
 
 def _config(augmentation: dict | None) -> dict:
