@@ -101,9 +101,9 @@ if WAVEFORM:
             versions=list(str(v) for v in VERSIONS),
             out_dir=lambda wildcards, output: Path(output.arrays[0]).parents[2],
             settings=as_json({"preprocessing": preprocessing_settings(S), "augmentation": WAVEFORM}),
-            noise=lambda wildcards, input: Unrecorded(f"--noise {input.noise}" if NOISE_DIR else ""),
+            noise=lambda wildcards, input: Unrecorded(input.noise[0] if NOISE_DIR else ""),
         shell:
-            "{params.cli} copy-shard --listing {input.listing} {params.noise}"
+            "{params.cli} copy-shard --listing {input.listing} --noise={params.noise:q}"
             " --shard {wildcards.shard} --shards {params.shards:q}"
             " --versions {params.versions:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
             " 2> {log}"

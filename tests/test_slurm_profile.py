@@ -27,7 +27,7 @@ from slurm.helpers import (  # noqa: F401  (slurm_cluster is a fixture)
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = ("train_initial", "fine_tune", "self_verify", "predict")
+GPU_RULES = ("train_initial", "fine_tune", "self_verify", "predict", "judge_pool")
 REPO = Path(__file__).resolve().parents[1]
 
 # Three rules, one depending on the other two; each writes the SLURM job id it ran under.

@@ -48,7 +48,9 @@ pytestmark = pytest.mark.slurm
 OVERLAY = REPO / "tests" / "slurm" / "demo_small.yaml"
 # profiles/slurm asks for a GPU for the method's GPU rules; the documented override for a
 # GPU-less cluster (README "On a SLURM cluster")
-GPU_OFF = ["--set-resources", "train_initial:gpu=0", "fine_tune:gpu=0", "self_verify:gpu=0", "predict:gpu=0"]
+GPU_OFF = ["--set-resources"] + [
+    f"{rule}:gpu=0" for rule in ("train_initial", "fine_tune", "self_verify", "predict", "judge_pool")
+]
 # keep the plugin's per-job logs (it deletes those of successful jobs by default)
 KEEP_LOGS = ["--slurm-keep-successful-logs"]
 LOCAL_CORES = 2

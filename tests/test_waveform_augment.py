@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from workflow_lib.cli import build_parser
 from workflow_lib.config import ConfigError, check_noise_dir, resolve_settings
 from workflow_lib.errors import UserError
 from workflow_lib.io import read_csv_str, write_csv
@@ -352,7 +354,13 @@ def test_off_plans_the_same_jobs_with_the_same_commands(tmp_path, preset):
     assert planned["default"] == planned["without"] and len(planned["default"]) > 20
     assert not any("copy-shard" in line or "train_copies" in line for line in planned["default"])
     on = _planned_commands(_config({"copies": 1}), tmp_path / "on", preset)
-    assert any(" copy-shard " in line for line in on)
+    copy_jobs = [line for line in on if " copy-shard " in line]
+    assert copy_jobs
+    # the planned command parses as the CLI reads it; without a noise folder --noise '' is None
+    for line in copy_jobs:
+        words = shlex.split(line.split(" 2> ")[0])
+        args = build_parser().parse_args(words[words.index("workflow_lib.cli") + 1 :])
+        assert args.command == "copy-shard" and args.noise is None
     trained = [line for line in on if "workflow_lib.cli train " in line]
     assert trained and all('"copies": {' in line for line in trained)
 

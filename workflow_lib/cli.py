@@ -64,6 +64,11 @@ TASK = arg(
 DEVICE = (arg("--threads", type=int, default=1), arg("--lock-dir", type=Path, required=True))
 
 
+def path_or_none(text: str) -> Path | None:
+    """An optional path argument a rule always passes: "" means absent (Path("") would be ".")."""
+    return Path(text) if text else None
+
+
 def iteration_fold_paths(pairs: Sequence[str]) -> dict[tuple[int, int], Path]:
     """``iteration:fold=path`` arguments -> {(iteration, fold): path}."""
     paths = {}
@@ -213,7 +218,7 @@ def noise_files(args: argparse.Namespace) -> None:
 @command(
     "copy-shard",
     arg("--listing", type=Path, required=True),
-    arg("--noise", type=Path),
+    arg("--noise", type=path_or_none, help="the noise_files.csv table; empty: no noise folder"),
     arg("--shard", type=int, required=True),
     arg("--shards", type=int, required=True),
     arg("--versions", type=int, nargs="+", required=True),
