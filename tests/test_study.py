@@ -3,6 +3,9 @@ numbers."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -129,6 +132,47 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
         "method": {"seed": 7},
     }
     assert driver.write_overlay(argparse.Namespace(chains=None), tmp_path / "x", None) is None
+
+
+def _driver_module():
+    import importlib.util
+
+    from conftest import REPO
+
+    path = REPO / "experiments/fsdd/run_experiment.py"
+    spec = importlib.util.spec_from_file_location("run_experiment", path)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    return driver
+
+
+def test_a_killed_repetition_resumes_past_its_stale_snakemake_lock(tmp_path):
+    """A study killed mid-repetition leaves Snakemake's lock; rerunning the driver must resume,
+    not fail on "Directory cannot be locked". Under the driver's own flock the lock is stale
+    and is removed; a second driver on the same repetition is refused instead."""
+    import subprocess
+    import sys
+
+    driver = _driver_module()
+    out, work = tmp_path / "rep", tmp_path / "rep" / "work"
+    work.mkdir(parents=True)
+    (tmp_path / "Snakefile").write_text('rule all:\n    output: "done.txt"\n    shell: "touch {output}"\n')
+    command = [driver.snakemake_binary(), "--snakefile", str(tmp_path / "Snakefile")]
+    command += ["--directory", str(work), "--cores", "1"]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    locks = work / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("done.txt\n")  # as a killed run leaves it
+    refused = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "lock" in (refused.stdout + refused.stderr).lower()
+    with driver.repetition_lock(out):
+        with pytest.raises(SystemExit, match="another driver is running"), driver.repetition_lock(out):
+            pass
+        driver.clear_stale_snakemake_lock(command + ["-n"], out, env)
+    assert not locks.exists() or not any(locks.iterdir())
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    assert (work / "done.txt").is_file()
+    driver.clear_stale_snakemake_lock(command, out, env)  # no lock: nothing to do
 
 
 def test_t_interval_by_hand():

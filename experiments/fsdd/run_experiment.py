@@ -49,6 +49,8 @@ A killed run resumes where it stopped when started again (training checkpoints e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -306,15 +308,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 DatasetBuilder = Callable[[argparse.Namespace, Path], dict]
 
 
+@contextlib.contextmanager
+def repetition_lock(out: Path):
+    """Hold ``<out>/driver.lock`` (an exclusive flock, freed by the kernel when the process dies)
+    while a driver runs the repetition in ``out``: a second driver there stops with a message
+    instead of racing the first, and the holder knows no other driver runs there."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "driver.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another driver is running the repetition in {out}; wait for it") from None
+        yield
+
+
+def clear_stale_snakemake_lock(command: list[str], out: Path, env: dict) -> None:
+    """A killed repetition (a study cut off at a session's end) leaves Snakemake's lock in
+    ``<out>/work/.snakemake/locks``, and every rerun would refuse to start. Called under
+    :func:`repetition_lock`, so no other driver runs there: the lock is stale and
+    ``snakemake --unlock`` removes it (resumption as promised by "rerun to resume")."""
+    locks = out / "work" / ".snakemake" / "locks"
+    if not (locks.is_dir() and any(locks.iterdir())):
+        return
+    print(f"removing a stale Snakemake lock in {out / 'work'}", file=sys.stderr, flush=True)
+    unlock = [word for word in command if word != "-n"] + ["--unlock"]
+    subprocess.run(unlock, env=env, check=True, capture_output=True)
+
+
 def run_one(args: argparse.Namespace, out: Path, build: DatasetBuilder = build_dataset) -> int:
     """One repetition into ``out``: dataset (``build``), workflow, copied tables, experiment.json."""
-    out.mkdir(parents=True, exist_ok=True)
+    with repetition_lock(out):
+        return _run_one_locked(args, out, build)
+
+
+def _run_one_locked(args: argparse.Namespace, out: Path, build: DatasetBuilder) -> int:
     settings = resolved_settings(args)
     info = build(args, out)
     command = snakemake_command(args, out)
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     started = time.time()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    clear_stale_snakemake_lock(command, out, env)
     done = subprocess.run(command, env=env)
     seconds = time.time() - started
     if done.returncode != 0 or args.dry_run:
