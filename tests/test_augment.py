@@ -338,3 +338,65 @@ def test_time_mask_width_is_checked_against_the_run_presets_excerpt():
     augment = {"time_masks": 1, "time_mask_width": 200}
     resolve_settings(_config(augment))
     assert "method.excerpt_frames: 192" in _error(_config(augment, run_preset="demo"))
+
+
+# --------------------------------------------------------------------------- a chain's own
+
+
+def test_a_chains_augment_acts_in_its_fine_tuning_only():
+    """chains.<name>.augment: the chain's fine-tuning jobs augment (every key resolved), its
+    iteration 0 is the method's (shared), every other chain's jobs are as before; all keys off
+    in a chain removes the presets' fine-tuning augmentation from that chain only."""
+    config = _config()
+    config["chains"]["mine"] = {
+        "start": "all",
+        "policy": "paper",
+        "augment": {"noise_std": 0.2, "roll": True},
+    }
+    settings = resolve_settings(config)
+    plain = resolve_settings(_config())
+    tuned = fit_settings(settings, PRESET, 1, chain="mine")
+    assert tuned["fit"]["augment"] == {**AUGMENT_OFF, "noise_std": 0.2, "roll": True}
+    assert fit_settings(settings, PRESET, 0, chain="mine") == fit_settings(plain, PRESET, 0)
+    method = fit_settings(settings, PRESET, 1, chain="self_verification")
+    assert method == fit_settings(plain, PRESET, 1, chain="self_verification")
+    assert "augment" not in method["fit"]
+    job = TrainingJob.from_settings(
+        tuned, manifest_csv=None, folds_csv=None, classes_csv=None, fold=0, out_dir=None
+    )
+    assert job.fit.augment == AugmentSettings(noise_std=0.2, roll=True)
+    # the presets augment fine-tuning; a chain with every key off does not
+    config = _config({"noise_std": 0.3, "fine_tuning": True})
+    config["chains"]["mine"] = {
+        "start": "all",
+        "policy": "paper",
+        "augment": {"time_masks": 0, "roll": False},
+    }
+    both = resolve_settings(config)
+    assert fit_settings(both, PRESET, 1, chain="self_verification")["fit"]["augment"]["noise_std"] == 0.3
+    assert "augment" not in fit_settings(both, PRESET, 1, chain="mine")["fit"]
+    assert CONFIG["chains"]["augmented"]["augment"] and "augmented" not in CONFIG["run_chains"]
+
+
+@pytest.mark.parametrize(
+    "augment,iterations,fragment",
+    [
+        ({"time_stretch": 0.1}, 3, "chains.mine.augment: Unevaluated properties are not allowed"),
+        ({"fine_tuning": True}, 3, "chains.mine.augment: Unevaluated properties are not allowed"),
+        ({"noise_std": -1}, 3, "chains.mine.augment.noise_std"),
+        (
+            {"time_masks": 1, "time_mask_width": 385},
+            3,
+            "chains.mine.augment.time_mask_width: 385 frames exceeds",
+        ),
+        ({"freq_masks": 1}, 3, "chains.mine.augment.freq_masks: 1 masks of width 0"),
+        ({"roll": True}, 0, "chains.mine.augment: acts in fine-tuning only"),
+    ],
+)
+def test_config_refuses_a_bad_chain_augment_naming_the_key(augment, iterations, fragment):
+    config = _config()
+    config["chains"]["mine"] = {"start": "all", "policy": "paper", "augment": augment}
+    config["run_chains"] = ["self_verification", "mine"]
+    config["method"]["self_verification"]["iterations"] = iterations
+    message = _error(config)
+    assert f"config key {fragment}" in message, message

@@ -22,7 +22,7 @@ import yaml
 from test_multilabel_training import CLASSES, job_for, store  # noqa: F401 (a fixture)
 from test_training import N_CLASSES, band_bank
 
-from workflow_lib.config import ConfigError, resolve_settings
+from workflow_lib.config import FINE_TUNING_ONLY_KEYS, ConfigError, resolve_settings
 from workflow_lib.consistency import ConsistencySettings, consistency_loss, rampup
 from workflow_lib.io import read_csv_str, write_csv
 from workflow_lib.job_settings import AUGMENT_OFF, fit_settings
@@ -121,8 +121,8 @@ def test_fit_settings_are_unchanged_without_the_key():
     plain = resolve_settings(_config())
     on = resolve_settings(_config({"weight": 1.0, "augment": VIEWS}))
     for chain in plain["chains"]:
-        options = {"consistency", "soft_relabel", "mixup"}  # fine-tuning options: their own tests
-        if options & set(CONFIG["chains"][chain]) or chain == "warmup":
+        # fine-tuning options: their own tests
+        if set(FINE_TUNING_ONLY_KEYS) & set(CONFIG["chains"][chain]) or chain == "warmup":
             continue
         for iteration in (0, 1, 2):
             before = fit_settings(plain, PRESET, iteration)

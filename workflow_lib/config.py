@@ -117,7 +117,7 @@ def _cross_checks(settings: Mapping[str, Any]) -> list[str]:
         )
     if method["excerpt_frames"] > method["spectrogram_frames"]:
         problems.append("config key method.excerpt_frames: must not exceed method.spectrogram_frames")
-    problems += augment_problems(method)
+    problems += augment_problems(settings)
     for stage in ("initial_training", "fine_tuning"):
         if method[stage]["constant_epochs"] > method[stage]["epochs"]:
             problems.append(f"config key method.{stage}.constant_epochs: must not exceed epochs")
@@ -237,24 +237,39 @@ def check_noise_dir(settings: Mapping[str, Any]) -> None:
         raise ConfigError(f"{key}: {folder} holds no files (background-noise recordings expected)")
 
 
-def augment_problems(method: Mapping[str, Any]) -> list[str]:
-    """A sentence per net preset whose ``augment`` cannot apply: a time mask wider than the
-    training excerpt, or masks without a width (or a width without masks' count: harmless,
-    accepted). The schema bounds the frequency width by the 128 bins."""
+def augment_problems(settings: Mapping[str, Any]) -> list[str]:
+    """A sentence per spectrogram augmentation that cannot apply (a net preset's ``augment``, a
+    chain's ``augment`` and its ``consistency.augment``): a time mask wider than the training
+    excerpt, or masks without a width (a width without masks' count is harmless, accepted).
+    The schema bounds the frequency width by the 128 bins."""
+    method, chains = settings["method"], settings["chains"]
+    found = [(f"method.nets.{preset}.augment", net.get("augment")) for preset, net in method["nets"].items()]
+    found += [(f"chains.{name}.augment", spec.get("augment")) for name, spec in chains.items()]
+    found += [
+        (f"chains.{name}.consistency.augment", spec["consistency"].get("augment"))
+        for name, spec in chains.items()
+        if "consistency" in spec
+    ]
+    return [
+        problem
+        for key, augment in found
+        for problem in _augment_problems(f"config key {key}", augment or {}, method)
+    ]
+
+
+def _augment_problems(key: str, augment: Mapping[str, Any], method: Mapping[str, Any]) -> list[str]:
     problems = []
-    for preset, net in method["nets"].items():
-        augment, key = net.get("augment") or {}, f"config key method.nets.{preset}.augment"
-        if augment.get("time_mask_width", 0) > method["excerpt_frames"]:
+    if augment.get("time_mask_width", 0) > method["excerpt_frames"]:
+        problems.append(
+            f"{key}.time_mask_width: {augment['time_mask_width']} frames exceeds the training "
+            f"excerpt (method.excerpt_frames: {method['excerpt_frames']})"
+        )
+    for axis in ("time", "freq"):
+        if augment.get(f"{axis}_masks", 0) > 0 and augment.get(f"{axis}_mask_width", 0) == 0:
             problems.append(
-                f"{key}.time_mask_width: {augment['time_mask_width']} frames exceeds the training "
-                f"excerpt (method.excerpt_frames: {method['excerpt_frames']})"
+                f"{key}.{axis}_masks: {augment[f'{axis}_masks']} masks of width 0 change nothing "
+                f"(set {axis}_mask_width, or {axis}_masks: 0)"
             )
-        for axis in ("time", "freq"):
-            if augment.get(f"{axis}_masks", 0) > 0 and augment.get(f"{axis}_mask_width", 0) == 0:
-                problems.append(
-                    f"{key}.{axis}_masks: {augment[f'{axis}_masks']} masks of width 0 change nothing "
-                    f"(set {axis}_mask_width, or {axis}_masks: 0)"
-                )
     return problems
 
 
@@ -304,34 +319,27 @@ def _chain_checks(settings: Mapping[str, Any]) -> list[str]:
         if "correct_threshold" in chain and not chain.get("correct_labels"):
             problems.append(f"config key chains.{name}.correct_threshold: set only with correct_labels: true")
         problems += _ceiling_checks(name, chain, settings["method"]["self_verification"]["threshold"])
-        problems += _consistency_checks(name, chain, settings["method"]["excerpt_frames"])
     run = [c for c in settings["run_chains"] if c in chains]
     iterations = settings["method"]["self_verification"]["iterations"]
-    problems += [problem for c in run for problem in _mixup_checks(c, chains[c], iterations)]
+    problems += [problem for c in run for problem in _fine_tuning_checks(c, chains[c], iterations)]
     return problems + _task_chain_checks(chains, run, task_of_settings(settings))
 
 
-def _mixup_checks(name: str, chain: Mapping[str, Any], iterations: int) -> list[str]:
-    """A run chain's ``mixup`` acts in its fine-tuning jobs only (iteration-0 jobs are shared
-    by the chains with the same start): with no fine-tuning iteration it would change nothing,
-    so it is refused rather than ignored."""
-    if "mixup" not in chain or iterations > 0:
+#: The chain keys that act in fine-tuning only (job_settings.chain_fit_options): iteration-0
+#: jobs are shared by the chains with the same start.
+FINE_TUNING_ONLY_KEYS = ("consistency", "soft_relabel", "mixup", "augment")
+
+
+def _fine_tuning_checks(name: str, chain: Mapping[str, Any], iterations: int) -> list[str]:
+    """A run chain's fine-tuning options with no fine-tuning iteration would change nothing,
+    so they are refused rather than ignored."""
+    if iterations > 0:
         return []
     return [
-        f"config key chains.{name}.mixup: acts in fine-tuning only, and "
+        f"config key chains.{name}.{key}: acts in fine-tuning only, and "
         "method.self_verification.iterations is 0 (no fine-tuning job); remove it or run iterations"
-    ]
-
-
-def _consistency_checks(name: str, chain: Mapping[str, Any], excerpt_frames: int) -> list[str]:
-    """A chain's ``consistency.augment`` time masks must fit the training excerpt (the schema
-    bounds the frequency width by the 128 bins), as a net preset's ``augment``."""
-    width = (chain.get("consistency") or {}).get("augment", {}).get("time_mask_width", 0)
-    if width <= excerpt_frames:
-        return []
-    return [
-        f"config key chains.{name}.consistency.augment.time_mask_width: {width} frames exceeds "
-        f"the training excerpt (method.excerpt_frames: {excerpt_frames})"
+        for key in FINE_TUNING_ONLY_KEYS
+        if key in chain
     ]
 
 

@@ -141,6 +141,8 @@ def fit_settings(
         fit["augment"] = augment
     spec = settings["chains"].get(chain, {}) if chain is not None and not initial else {}
     fit.update(chain_fit_options(spec, net["mixup_alpha"]))
+    if "augment" in fit and fit["augment"] is None:  # the chain's augment is all off: none
+        del fit["augment"]
     dropout = [method["dropout"]["conv"], method["dropout"]["head"]]
     net = {key: value for key, value in net.items() if key != "augment"}  # a fit setting
     job = {
@@ -175,6 +177,8 @@ def chain_fit_options(spec: Mapping[str, Any], net_mixup_alpha: float | None) ->
         }
     if "mixup" in spec:  # mixup in fine-tuning, partners from the batch or elsewhere
         options.update(mixup_settings(spec["mixup"], net_mixup_alpha))
+    if "augment" in spec:  # in place of the preset's fine-tuning augmentation; None: all off
+        options["augment"] = augment_settings({**spec["augment"], "fine_tuning": True}, initial=False)
     return options
 
 

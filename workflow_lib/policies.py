@@ -204,6 +204,7 @@ CHAIN_KEYS = frozenset(
         "consistency",  # fine-tuning's consistency training (workflow_lib/consistency.py)
         "soft_relabel",  # fine-tuning's soft relabelling (workflow_lib/soft_targets.py)
         "mixup",  # fine-tuning's mixup and its partners (workflow_lib/training.py MIXUP_PARTNERS)
+        "augment",  # fine-tuning's spectrogram augmentation (workflow_lib/augment.py)
         "pool",  # the unlabelled pool joins the fine-tuning (workflow_lib/pool.py)
     }
 )
