@@ -48,6 +48,47 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): the machine's cores are shared, and two
+    contended threads crawl. torch is imported here, only by the modules that ask."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+#: A tiny fine-tuning schedule for the hand-made jobs of :func:`fold_one_job`.
+TINY_FIT = {"epochs": 1, "lr": 1e-3, "constant_epochs": 1, "batch_size": 4, "excerpt_frames": 8, "seed": 1}
+
+
+def fold_one_job(tmp_path: Path, folds: pd.DataFrame, listing: pd.DataFrame | None, fit):
+    """The training job of fold 1 over a hand-made ``folds.csv`` (columns fname, label,
+    verified, fold) and training list (fname, label, manually_verified; None: none), both
+    written to ``tmp_path``; no spectrograms, for the tests of which clips and targets a job
+    trains on. ``fit``: its ``training.FitSettings``."""
+    from workflow_lib.stages import TrainingJob
+
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    if listing is not None:
+        listing.to_csv(tmp_path / "train.csv", index=False)
+    return TrainingJob(
+        manifest_csv=None,
+        folds_csv=tmp_path / "folds.csv",
+        classes_csv=None,
+        fold=1,
+        out_dir=tmp_path,
+        preset="vgg_gap_spec1_1",
+        net={},
+        fit=fit,
+        frames=16,
+        train_list_csv=None if listing is None else tmp_path / "train.csv",
+    )
+
+
 @pytest.fixture(scope="session")
 def fsdd_files() -> list[Path]:
     """A fixed, varied selection of real FSDD recordings (8 kHz speech); skip when absent."""

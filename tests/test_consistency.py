@@ -31,7 +31,7 @@ from workflow_lib.stages import TrainingJob, fingerprint, run_training_job, trai
 from workflow_lib.task import MULTI, SINGLE
 from workflow_lib.training import CheckpointPolicy, FitSettings, RunOptions, fit
 
-from conftest import REPO
+from conftest import REPO, TINY_FIT, fold_one_job
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 PRESET = "vgg_gap_spec1_1"
@@ -39,13 +39,7 @@ VIEWS = {"time_masks": 2, "time_mask_width": 20, "freq_masks": 2, "freq_mask_wid
 ON = {"weight": 2.0, "rampup_epochs": 2, "unlabelled": True, "augment": {**AUGMENT_OFF, **VIEWS}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_loss_is_zero_for_identical_outputs_and_its_gradient_is_documented():
@@ -79,23 +73,9 @@ def _job(tmp_path: Path, consistency=ON, train_list=True) -> TrainingJob:
             "fold": ["0", "0", "0", "1", "1", "1"],
         }
     )
-    folds.to_csv(tmp_path / "folds.csv", index=False)
     listing = folds[["fname", "label"]].assign(manually_verified=["1", "0", "1", "1", "0", "0"])
-    listing.to_csv(tmp_path / "train.csv", index=False)
-    fit_ = {"epochs": 1, "lr": 1e-3, "constant_epochs": 1, "batch_size": 4, "excerpt_frames": 8}
-    settings = FitSettings(**fit_, mixup_alpha=None, seed=1, consistency=consistency)
-    return TrainingJob(
-        manifest_csv=None,
-        folds_csv=tmp_path / "folds.csv",
-        classes_csv=None,
-        fold=1,
-        out_dir=tmp_path,
-        preset=PRESET,
-        net={},
-        fit=settings,
-        frames=16,
-        train_list_csv=tmp_path / "train.csv" if train_list else None,
-    )
+    settings = FitSettings(**{**TINY_FIT, "mixup_alpha": None, "consistency": consistency})
+    return fold_one_job(tmp_path, folds, listing if train_list else None, settings)
 
 
 def test_unlabelled_clips_are_the_folds_untrusted_unverified_training_clips(tmp_path):

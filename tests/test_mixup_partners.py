@@ -52,20 +52,13 @@ from workflow_lib.training import (
     mixup,
 )
 
-from conftest import REPO
+from conftest import REPO, TINY_FIT, fold_one_job
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 PRESET = "vgg_gap_spec1_1"
-FIT = {"epochs": 1, "lr": 1e-3, "constant_epochs": 1, "batch_size": 4, "excerpt_frames": 8, "seed": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- the mixing itself
@@ -124,7 +117,7 @@ def test_a_drawn_partner_is_a_bank_clip_with_its_own_target(task):
     values = [100.0 + k for k in range(5)]
     targets = partner_targets(task, 5)
     partners = training._Partners.of(MixupPartners(constant_bank(values), targets), task, N_CLASSES)
-    settings = FitSettings(**FIT, mixup_alpha=0.3, mixup_partners="unverified")
+    settings = FitSettings(**TINY_FIT, mixup_alpha=0.3, mixup_partners="unverified")
     inputs, rows = partners.draw(200, settings, DeviceSampler(4, "cpu"))
     assert inputs.shape == (200, 1, 128, 8)
     flat = inputs.flatten(1)
@@ -151,7 +144,9 @@ def test_the_training_step_mixes_only_with_partners_from_the_bank(task, monkeypa
     own = task.target_tensor(partner_targets(task, 6), "cpu")
     targets = task.target_tensor(partner_targets(task, 4), "cpu")
     bank = MixupPartners(constant_bank([100.0 + k for k in range(4)], frames=256), partner_targets(task, 4))
-    settings = FitSettings(**{**FIT, "excerpt_frames": 192}, mixup_alpha=0.3, mixup_partners="unverified")
+    settings = FitSettings(
+        **{**TINY_FIT, "excerpt_frames": 192}, mixup_alpha=0.3, mixup_partners="unverified"
+    )
     model = build_model(2, N_CLASSES, dropout=(0.0, 0.0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     args = (settings, DeviceSampler(2, "cpu"), torch.device("cpu"), N_CLASSES)
@@ -238,10 +233,10 @@ def test_fit_refuses_partners_without_a_bank_and_a_bank_without_partners(tmp_pat
     rng = np.random.default_rng(0)
     bank, targets = band_bank(2, 64, rng)
     model = build_model(2, N_CLASSES)
-    on = FitSettings(**FIT, mixup_alpha=0.3, mixup_partners="unverified")
+    on = FitSettings(**TINY_FIT, mixup_alpha=0.3, mixup_partners="unverified")
     with pytest.raises(ValueError, match="'unverified' with no partner bank"):
         fit(model, bank, targets, bank, targets, on, tmp_path / "a.pt", "fp")
-    off = FitSettings(**FIT, mixup_alpha=0.3)
+    off = FitSettings(**TINY_FIT, mixup_alpha=0.3)
     with pytest.raises(ValueError, match="None with a partner bank"):
         fit(
             model,
@@ -262,15 +257,15 @@ def test_fit_refuses_partners_without_a_bank_and_a_bank_without_partners(tmp_pat
 
 
 def test_fit_settings_record_is_unchanged_without_partners():
-    default = FitSettings(**FIT, mixup_alpha=0.3)
+    default = FitSettings(**TINY_FIT, mixup_alpha=0.3)
     assert "mixup_partners" not in default.record()
-    assert FitSettings(**FIT, mixup_alpha=0.3, mixup_partners="batch") == default
-    on = FitSettings(**FIT, mixup_alpha=0.3, mixup_partners="unverified")
+    assert FitSettings(**TINY_FIT, mixup_alpha=0.3, mixup_partners="batch") == default
+    on = FitSettings(**TINY_FIT, mixup_alpha=0.3, mixup_partners="unverified")
     assert on.record() == {**default.record(), "mixup_partners": "unverified"}
     with pytest.raises(ValueError, match="need a mixup alpha"):
-        FitSettings(**FIT, mixup_alpha=None, mixup_partners="unverified")
+        FitSettings(**TINY_FIT, mixup_alpha=None, mixup_partners="unverified")
     with pytest.raises(ValueError, match="unknown mixup partners 'pool'"):
-        FitSettings(**FIT, mixup_alpha=0.3, mixup_partners="pool")
+        FitSettings(**TINY_FIT, mixup_alpha=0.3, mixup_partners="pool")
 
 
 def _config(mixup=None, chain="extra", run_preset="paper") -> dict:
@@ -328,22 +323,10 @@ def _job(tmp_path: Path, partners="unverified", verified=("1", "0", "0", "1", "0
             "fold": ["0", "0", "0", "1", "1", "1"],
         }
     )
-    folds.to_csv(tmp_path / "folds.csv", index=False)
     listing = folds[["fname", "label"]].assign(manually_verified=["1", "0", "1", "1", "0", "0"])
     listing.loc[listing["fname"] == "u1", "label"] = "a"
-    listing.to_csv(tmp_path / "train.csv", index=False)
-    return TrainingJob(
-        manifest_csv=None,
-        folds_csv=tmp_path / "folds.csv",
-        classes_csv=None,
-        fold=1,
-        out_dir=tmp_path,
-        preset=PRESET,
-        net={},
-        fit=FitSettings(**FIT, mixup_alpha=0.3, mixup_partners=partners),
-        frames=16,
-        train_list_csv=tmp_path / "train.csv",
-    )
+    fit = FitSettings(**{**TINY_FIT, "mixup_alpha": 0.3, "mixup_partners": partners})
+    return fold_one_job(tmp_path, folds, listing, fit)
 
 
 def test_partner_clips_are_the_folds_unverified_training_clips_under_their_given_labels(tmp_path):

@@ -60,12 +60,7 @@ CLASSES = ["Bark", "Cowbell", "Drill"]
 ML_COLUMNS = list(MULTI.history_columns)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- loss, mixup, metrics

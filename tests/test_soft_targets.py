@@ -31,11 +31,11 @@ from workflow_lib.soft_targets import (
     prior_smoothing,
     soften,
 )
-from workflow_lib.stages import TrainingJob, fingerprint, run_training_job, training_sets, training_targets
+from workflow_lib.stages import fingerprint, run_training_job, training_sets, training_targets
 from workflow_lib.task import MULTI, SINGLE
 from workflow_lib.training import CheckpointPolicy, FitSettings, RunOptions, fit
 
-from conftest import REPO
+from conftest import REPO, TINY_FIT, fold_one_job
 
 #: Four verified clips over three classes (class 2 never verified).
 VERIFIED = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
@@ -216,22 +216,9 @@ def test_training_targets_soften_trusted_unverified_clips_from_verified_training
             "fold": ["0", "0", "0", "1", "1"],
         }
     )
-    folds.to_csv(tmp_path / "folds.csv", index=False)
-    folds[["fname", "label"]].assign(manually_verified="1").to_csv(tmp_path / "train.csv", index=False)
-    fit_ = {"epochs": 1, "lr": 1e-3, "constant_epochs": 1, "batch_size": 4, "excerpt_frames": 8}
-    settings = FitSettings(**fit_, mixup_alpha=None, seed=1, soft_relabel={"strength": 0.2})
-    job = TrainingJob(
-        manifest_csv=None,
-        folds_csv=tmp_path / "folds.csv",
-        classes_csv=None,
-        fold=1,
-        out_dir=tmp_path,
-        preset=PRESET,
-        net={},
-        fit=settings,
-        frames=16,
-        train_list_csv=tmp_path / "train.csv",
-    )
+    listing = folds[["fname", "label"]].assign(manually_verified="1")
+    settings = FitSettings(**{**TINY_FIT, "mixup_alpha": None, "soft_relabel": {"strength": 0.2}})
+    job = fold_one_job(tmp_path, folds, listing, settings)
     classes = ["a", "b", "c"]
     train, valid = training_sets(job, classes)
     assert set(train["fname"]).isdisjoint(valid["fname"])

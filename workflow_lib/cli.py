@@ -366,14 +366,7 @@ def self_verify(args: argparse.Namespace) -> None:
         lock_dir=args.lock_dir,
     )
     decisions = self_verify_job(job)
-    log.info(
-        "policy %s trusted %d of %d unverified %s; reasons %s",
-        job.settings.policy.name,
-        int(decisions["accepted"].sum()),
-        len(decisions),
-        job.settings.task.trust_unit,
-        decisions["reason"].value_counts().to_dict(),
-    )
+    _log_trusted(decisions, job.settings, "unverified")
     if "correct" in decisions:  # label sets: one row per (clip, given label)
         accepted = decisions[decisions["accepted"]]
         log.info(
@@ -388,6 +381,20 @@ def self_verify(args: argparse.Namespace) -> None:
             (accepted["trusted_label"] == accepted["true_label"]).mean() if len(accepted) else float("nan"),
             (decisions["given_label"] == decisions["true_label"]).mean(),
         )
+
+
+def _log_trusted(decisions: pd.DataFrame, settings, judged: str) -> None:
+    """One log line of a trust job: how many of the judged clips (or labels) the policy
+    trusted, and the reasons of every decision."""
+    log.info(
+        "policy %s trusted %d of %d %s %s; reasons %s",
+        settings.policy.name,
+        int(decisions["accepted"].sum()),
+        len(decisions),
+        judged,
+        settings.task.trust_unit,
+        decisions["reason"].value_counts().to_dict(),
+    )
 
 
 @command(
@@ -417,14 +424,7 @@ def judge_pool(args: argparse.Namespace) -> None:
         lock_dir=args.lock_dir,
     )
     decisions = pool_job(job)
-    log.info(
-        "policy %s trusted %d of %d pool %s; reasons %s",
-        job.settings.policy.name,
-        int(decisions["accepted"].sum()),
-        len(decisions),
-        job.settings.task.trust_unit,
-        decisions["reason"].value_counts().to_dict(),
-    )
+    _log_trusted(decisions, job.settings, "pool")
 
 
 @command(
