@@ -3,7 +3,8 @@
 What is checked: the co-occurrence table against a hand computation; multi-label soft targets
 stay in [0, 1], keep labelled classes at 1 and agree with a hand computation; single-label soft
 targets sum to 1 and keep the true class at >= 1 - strength; strength 0 is the identity;
-strengths outside [0, 1] are refused.
+strengths outside [0, 1] are refused. Smoothing towards the confusion rows (``towards:
+confusion``): the rows against a hand computation, an unseen class one-hot, rows summing to 1.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from workflow_lib.model import build_model
 from workflow_lib.soft_targets import (
     SoftRelabelSettings,
     class_prior,
+    confusion_rows,
+    confusion_smoothing,
     cooccurrence,
     multilabel_soft_targets,
     prior_smoothing,
@@ -87,6 +90,60 @@ def test_strength_out_of_range_refused(strength: float) -> None:
         prior_smoothing(np.array([0]), np.array([1.0]), strength)
     with pytest.raises(ValueError, match="strength must be in"):
         multilabel_soft_targets(VERIFIED, cooccurrence(VERIFIED), strength)
+
+
+#: Three out-of-fold posterior rows over three classes: two clips of class 0, one of class 1,
+#: none of class 2.
+CONFUSED_LABELS = np.array([0, 0, 1])
+CONFUSED_POSTERIORS = np.array([[0.8, 0.2, 0.0], [0.6, 0.3, 0.1], [0.1, 0.9, 0.0]])
+
+
+def test_confusion_rows_match_hand_computation() -> None:
+    """Row 0: mean of (0.8, 0.2, 0) and (0.6, 0.3, 0.1); row 1: its one clip; class 2 has no
+    clip, so no spread (e_2)."""
+    table = confusion_rows(CONFUSED_LABELS, CONFUSED_POSTERIORS, 3)
+    np.testing.assert_allclose(table, [[0.7, 0.25, 0.05], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])
+    # rounded posteriors (a CSV's) are renormalised: rows still sum to 1
+    rounded = confusion_rows(np.array([0]), np.array([[0.333, 0.333, 0.333]]), 3)
+    np.testing.assert_allclose(rounded[0], [1 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(rounded.sum(axis=1), 1.0)
+
+
+def test_confusion_smoothing_hand_values_and_rows_sum_to_one() -> None:
+    table = confusion_rows(CONFUSED_LABELS, CONFUSED_POSTERIORS, 3)
+    soft = confusion_smoothing(np.array([0, 2, 1]), table, 0.2)
+    np.testing.assert_allclose(soft[0], [0.8 + 0.2 * 0.7, 0.2 * 0.25, 0.2 * 0.05])
+    np.testing.assert_allclose(soft[1], [0.0, 0.0, 1.0])  # unseen class: one-hot
+    np.testing.assert_allclose(soft[2], [0.02, 0.98, 0.0])
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0)
+    rng = np.random.default_rng(1)
+    posteriors = rng.dirichlet(np.ones(5), size=40)
+    labels = rng.integers(0, 4, size=40)  # class 4 never a true class
+    for strength in (0.0, 0.3, 1.0):
+        soft = confusion_smoothing(labels, confusion_rows(labels, posteriors, 5), strength)
+        np.testing.assert_allclose(soft.sum(axis=1), 1.0)
+        assert (soft[np.arange(40), labels] >= 1 - strength - 1e-12).all()
+
+
+@pytest.mark.parametrize(
+    "posteriors,message",
+    [
+        (np.array([[0.5, np.nan, 0.5]]), "finite and non-negative"),
+        (np.array([[1.5, -0.5, 0.0]]), "finite and non-negative"),
+        (np.array([[0.5, 0.5]]), "shape"),
+        (np.array([[0.0, 0.0, 0.0]]), "all-zero"),
+    ],
+)
+def test_confusion_rows_refuse_bad_posteriors(posteriors, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        confusion_rows(np.array([0]), posteriors, 3)
+
+
+def test_confusion_smoothing_refuses_a_table_that_is_not_row_stochastic() -> None:
+    with pytest.raises(ValueError, match="probability vector"):
+        confusion_smoothing(np.array([0]), np.array([[0.5, 0.4], [0.0, 1.0]]), 0.1)
+    with pytest.raises(ValueError, match="single-label only"):
+        soften(VERIFIED, np.ones(4, bool), np.ones(4, bool), 0.1, 3, confusion=np.eye(3))
 
 
 # --- the chain option: settings, schema, training targets, a fit ----------------------------

@@ -181,6 +181,8 @@ class FitSettings:
         for optional in ("augment", "consistency", "soft_relabel", "mixup_partners"):
             if fields[optional] is None:
                 fields.pop(optional)
+        if self.soft_relabel is not None:  # its default ``towards`` left out, as before it existed
+            fields["soft_relabel"] = self.soft_relabel.record()
         return fields
 
 
