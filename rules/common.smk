@@ -56,6 +56,7 @@ try:
         pool_validation_settings,
         prediction_settings,
         preprocessing_settings,
+        smooths_towards_confusion,
         tagger_settings,
         task_arguments,
         trust_settings,
@@ -63,6 +64,7 @@ try:
         validation_settings,
         waveform_augmentation_settings,
         with_pool,
+        with_valid_posteriors,
     )
     from workflow_lib.shards import listed_file_counts, resolve_shards
     from workflow_lib.task import task_of_settings
@@ -122,6 +124,8 @@ SPLITS = ["train", "test"]
 # only. Off (the default): no pool rule, no pool input, every job as before.
 POOL = has_pool(S["dataset"])
 POOL_CHAINS = [chain for chain in CHAINS if uses_pool(S, chain)]
+# Chains whose fine-tuning smooths towards the confusion rows (soft_relabel.towards: confusion).
+CONFUSION_CHAINS = [chain for chain in CHAINS if smooths_towards_confusion(S, chain)]
 PREPROCESSED_SPLITS = SPLITS + (["pool"] if POOL else [])
 # The task (workflow_lib/task.py): single-label, or multi-label (dataset.layout fsdkaggle2019:
 # label sets, sigmoid outputs, lwlrap). Rules ask it, they do not branch on a flag.
@@ -295,12 +299,27 @@ def copies_input(wildcards):
 def training_settings(preset, iteration, chain=None):
     """Settings of one training job: initial training (it0) or fine-tuning (it >= 1, of
     ``chain``: its consistency option; a pool chain's: the pool clips its previous iteration
-    trusted) (workflow_lib.job_settings.fit_settings, with_pool)."""
+    trusted; a chain smoothing towards the confusion rows: its previous iteration's
+    valid_posteriors.csv) (workflow_lib.job_settings.fit_settings, with_pool,
+    with_valid_posteriors)."""
     job = fit_settings(S, preset, iteration, chain)
-    if chain not in POOL_CHAINS or iteration == 0:
+    if iteration == 0:
+        return job
+    if chain in CONFUSION_CHAINS:
+        job = with_valid_posteriors(job, L.valid_posteriors(chain, preset, iteration - 1))
+    if chain not in POOL_CHAINS:
         return job
     version = METHOD["nets"][preset]["spectrogram"]
     return with_pool(job, L.pool_list(chain, preset, iteration - 1), L.spectrograms(version, "pool"))
+
+
+def valid_posteriors_input(wildcards):
+    """A fine-tuning job smoothing towards the confusion rows also reads the previous
+    iteration's out-of-fold posteriors of the verified clips (other chains: nothing)."""
+    if wildcards.chain not in CONFUSION_CHAINS:
+        return {}
+    it = int(wildcards.it) - 1
+    return {"valid_posteriors": L.valid_posteriors(wildcards.chain, wildcards.preset, it)}
 
 
 def pool_inputs(wildcards):

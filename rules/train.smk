@@ -73,6 +73,7 @@ rule fine_tune:
         unpack(training_inputs),
         unpack(copies_input),
         unpack(pool_inputs),
+        unpack(valid_posteriors_input),
         train_list=lambda wildcards: L.train_list(wildcards.chain, wildcards.preset, int(wildcards.it) - 1),
         init=lambda wildcards: L.model_file(
             wildcards.chain, wildcards.preset, wildcards.fold, int(wildcards.it) - 1

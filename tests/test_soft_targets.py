@@ -4,13 +4,19 @@ What is checked: the co-occurrence table against a hand computation; multi-label
 stay in [0, 1], keep labelled classes at 1 and agree with a hand computation; single-label soft
 targets sum to 1 and keep the true class at >= 1 - strength; strength 0 is the identity;
 strengths outside [0, 1] are refused. Smoothing towards the confusion rows (``towards:
-confusion``): the rows against a hand computation, an unseen class one-hot, rows summing to 1.
+confusion``): the rows against a hand computation, an unseen class one-hot, rows summing to 1;
+a fine-tuning job takes them from the other folds' verified clips only, fails without the
+posteriors file or with a bad one, and only that chain's jobs read the file (dry run).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,8 +27,9 @@ from test_multilabel_training import CLASSES, job_for, store  # noqa: F401 (a fi
 from test_training import N_CLASSES, band_bank
 
 from workflow_lib.config import ConfigError, resolve_settings
+from workflow_lib.errors import UserError
 from workflow_lib.io import read_csv_str, write_csv
-from workflow_lib.job_settings import fit_settings
+from workflow_lib.job_settings import chain_fit_options, fit_settings
 from workflow_lib.model import build_model
 from workflow_lib.soft_targets import (
     SoftRelabelSettings,
@@ -34,7 +41,14 @@ from workflow_lib.soft_targets import (
     prior_smoothing,
     soften,
 )
-from workflow_lib.stages import fingerprint, run_training_job, training_sets, training_targets
+from workflow_lib.stages import (
+    TrainingJob,
+    confusion_table,
+    fingerprint,
+    run_training_job,
+    training_sets,
+    training_targets,
+)
 from workflow_lib.task import MULTI, SINGLE
 from workflow_lib.training import CheckpointPolicy, FitSettings, RunOptions, fit
 
@@ -180,7 +194,7 @@ def test_fit_settings_are_unchanged_without_the_key() -> None:
     on = resolve_settings(_config({"strength": 0.1}))
     assert fit_settings(plain, PRESET, 0, "soft_relabel") == fit_settings(plain, PRESET, 0)
     example = fit_settings(plain, PRESET, 1, "soft_relabel")["fit"]["soft_relabel"]
-    assert example == {"strength": 0.1, "verified": False}
+    assert example == {"strength": 0.1, "verified": False, "towards": "confusion"}
     for chain in plain["chains"]:
         if "soft_relabel" in CONFIG["chains"][chain]:
             continue
@@ -301,3 +315,213 @@ def test_a_fine_tuning_job_trains_on_soft_targets(store, tmp_path) -> None:
     assert soft.shape == (len(train), len(CLASSES)) and (soft >= 0).all() and (soft <= 1).all()
     history = run_training_job(job)
     assert len(history) == job.fit.epochs and np.isfinite(history["train_loss"]).all()
+
+
+# --- towards: confusion in a fine-tuning job -------------------------------------------------
+
+#: Fold 1's job trains on fold 0: verified v0, v3 (a), v2 (b); trusted unverified u1 (a),
+#: u2 (b), u4 (c). v1 (a) is fold 1's own verified validation clip.
+CONFUSION_FOLDS = pd.DataFrame(
+    {
+        "fname": ["v0", "v3", "v2", "u1", "u2", "u4", "v1"],
+        "label": ["a", "a", "b", "a", "b", "c", "a"],
+        "verified": ["1", "1", "1", "0", "0", "0", "1"],
+        "fold": ["0", "0", "0", "0", "0", "0", "1"],
+    }
+)
+#: Out-of-fold posteriors of every verified clip (self_verify's valid_posteriors.csv); v1's row
+#: would pull class a towards c if fold 1's own validation clip leaked into its targets.
+CONFUSION_POSTERIORS = pd.DataFrame(
+    {
+        "fname": ["v0", "v3", "v2", "v1"],
+        "fold": ["0", "0", "0", "1"],
+        "label": ["a", "a", "b", "a"],
+        "a": [0.6, 0.8, 0.1, 0.0],
+        "b": [0.4, 0.0, 0.9, 0.0],
+        "c": [0.0, 0.2, 0.0, 1.0],
+    }
+)
+CONFUSION_CLASSES = ["a", "b", "c"]
+
+
+def _confusion_job(tmp_path, posteriors: pd.DataFrame | None = CONFUSION_POSTERIORS) -> TrainingJob:
+    """Fold 1's fine-tuning job over :data:`CONFUSION_FOLDS`, every clip trusted, strength 0.2
+    towards the confusion rows of ``posteriors`` (written to valid_posteriors.csv; None: no file)."""
+    listing = CONFUSION_FOLDS[["fname", "label"]].assign(manually_verified="1")
+    relabel = {"strength": 0.2, "towards": "confusion"}
+    job = fold_one_job(
+        tmp_path,
+        CONFUSION_FOLDS,
+        listing,
+        FitSettings(**{**TINY_FIT, "mixup_alpha": None, "soft_relabel": relabel}),
+    )
+    if posteriors is None:
+        return job
+    posteriors.to_csv(tmp_path / "valid_posteriors.csv", index=False)
+    return replace(job, valid_posteriors_csv=tmp_path / "valid_posteriors.csv")
+
+
+def test_confusion_rows_come_from_the_other_folds_verified_clips_only(tmp_path) -> None:
+    """Row a: mean of v0 and v3 = (0.7, 0.2, 0.1), v1 (fold 1's own) left out; row b: v2's;
+    row c: no verified training clip, so one-hot."""
+    job = _confusion_job(tmp_path)
+    expected = np.array([[0.7, 0.2, 0.1], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(confusion_table(job, CONFUSION_CLASSES), expected)
+    train, valid = training_sets(job, CONFUSION_CLASSES)
+    assert list(valid["fname"]) == ["v1"]
+    rows = dict(zip(train["fname"], training_targets(job, train, CONFUSION_CLASSES)))
+    np.testing.assert_allclose(rows["u1"], [0.8 + 0.2 * 0.7, 0.2 * 0.2, 0.2 * 0.1], rtol=1e-6)
+    np.testing.assert_allclose(rows["u2"], [0.02, 0.98, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(rows["u4"], [0, 0, 1])
+    np.testing.assert_array_equal(rows["v0"], [1, 0, 0])  # verified: false keeps them hard
+    np.testing.assert_allclose(np.stack(list(rows.values())).sum(axis=1), 1.0, rtol=1e-6)
+    # fold 0's job takes v1 only: its row a is v1's posterior
+    fold0 = replace(job, fold=0)
+    np.testing.assert_allclose(confusion_table(fold0, CONFUSION_CLASSES)[0], [0.0, 0.0, 1.0])
+
+
+def test_the_posteriors_file_is_part_of_the_fingerprint(tmp_path) -> None:
+    job = _confusion_job(tmp_path)
+    train, valid = training_sets(job, CONFUSION_CLASSES)
+    before = fingerprint(job, train, valid)
+    CONFUSION_POSTERIORS.assign(a=[0.5, 0.8, 0.1, 0.0], b=[0.5, 0.0, 0.9, 0.0]).to_csv(
+        job.valid_posteriors_csv, index=False
+    )
+    assert fingerprint(job, train, valid) != before
+
+
+def test_a_confusion_job_without_its_posteriors_fails_clearly(tmp_path) -> None:
+    job = _confusion_job(tmp_path, None)
+    train, _ = training_sets(job, CONFUSION_CLASSES)
+    with pytest.raises(UserError, match="towards: confusion needs the previous iteration's valid_posteriors"):
+        training_targets(job, train, CONFUSION_CLASSES)
+    gone = replace(job, valid_posteriors_csv=tmp_path / "gone.csv")
+    with pytest.raises(UserError, match=r"gone\.csv is missing: the self_verify job"):
+        training_targets(gone, train, CONFUSION_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (CONFUSION_POSTERIORS.drop(columns="fold"), r"required column\(s\) \['fold'\] missing"),
+        (CONFUSION_POSTERIORS.drop(columns="c"), r"missing: \['c'\]"),
+        (CONFUSION_POSTERIORS.assign(d=0.0), r"unknown: \['d'\]"),
+        (CONFUSION_POSTERIORS[["fname", "fold", "label", "b", "a", "c"]], "or order"),
+        (CONFUSION_POSTERIORS.assign(a=[0.6, np.nan, 0.1, 0.0]), "not a finite non-negative number"),
+        (CONFUSION_POSTERIORS.assign(a=["0.6", "x", "0.1", "0"]), "not a finite non-negative number"),
+        (CONFUSION_POSTERIORS.assign(a=[0.6, np.inf, 0.1, 0.0]), "not a finite non-negative number"),
+        (
+            CONFUSION_POSTERIORS.assign(fname=["v0", "v3", "v2", "stranger"]),
+            "clip stranger is not in folds.csv",
+        ),
+        (CONFUSION_POSTERIORS.assign(fold=["0", "0", "1", "1"]), "clip v2: its fold differs"),
+        (CONFUSION_POSTERIORS.assign(label=["a", "b", "b", "a"]), "clip v3: its label differs"),
+        (CONFUSION_POSTERIORS.assign(fname=["v0", "v0", "v2", "v1"]), "clip v0 appears twice"),
+        (CONFUSION_POSTERIORS.assign(fname=["v0", "v3", "u2", "v1"]), "not verified"),
+    ],
+)
+def test_a_bad_posteriors_file_is_refused_naming_the_problem(tmp_path, bad, message) -> None:
+    job = _confusion_job(tmp_path, bad)
+    train, _ = training_sets(job, CONFUSION_CLASSES)
+    with pytest.raises(UserError, match=message) as raised:
+        training_targets(job, train, CONFUSION_CLASSES)
+    assert "valid_posteriors.csv" in str(raised.value)
+
+
+def test_towards_confusion_is_refused_for_a_multi_label_job(tmp_path) -> None:
+    job = replace(_confusion_job(tmp_path), task=MULTI)
+    with pytest.raises(UserError, match="single-label only"):
+        confusion_table(job, CONFUSION_CLASSES)
+
+
+# --- towards: settings record, config, the rule's input --------------------------------------
+
+
+def test_the_settings_record_is_unchanged_without_towards_or_with_the_prior() -> None:
+    """Without the key, or naming the default, the job settings and the fit record are those
+    of before the key existed, byte for byte; confusion adds the key."""
+    before = {"strength": 0.1, "verified": False}
+    for spec in ({"strength": 0.1}, {"strength": 0.1, "towards": "prior"}):
+        options = chain_fit_options({"soft_relabel": spec}, None)
+        assert json.dumps(options, sort_keys=True) == json.dumps({"soft_relabel": before}, sort_keys=True)
+        record = FitSettings(**{**TINY_FIT, "mixup_alpha": None, **options}).record()
+        assert record["soft_relabel"] == before
+    confusion = chain_fit_options({"soft_relabel": {"strength": 0.1, "towards": "confusion"}}, None)
+    assert confusion["soft_relabel"]["towards"] == "confusion"
+    assert FitSettings(**{**TINY_FIT, "mixup_alpha": None, **confusion}).record()["soft_relabel"] == {
+        **before,
+        "towards": "confusion",
+    }
+    with pytest.raises(ValueError, match="towards 'posterior'"):
+        SoftRelabelSettings(strength=0.1, towards="posterior")
+
+
+def test_training_job_takes_the_posteriors_path_from_its_settings() -> None:
+    settings = fit_settings(resolve_settings(_config()), PRESET, 1, "soft_relabel")
+    where = {"manifest_csv": None, "folds_csv": None, "classes_csv": None, "fold": 0, "out_dir": None}
+    assert TrainingJob.from_settings(settings, **where).valid_posteriors_csv is None
+    job = TrainingJob.from_settings({**settings, "valid_posteriors": "x/valid_posteriors.csv"}, **where)
+    assert job.valid_posteriors_csv == Path("x/valid_posteriors.csv")
+    assert job.fit.soft_relabel.towards == "confusion"
+
+
+def _multi_label(config: dict, run: list[str]) -> dict:
+    config["dataset"]["layout"] = "fsdkaggle2019"
+    config["run_chains"] = run
+    return config
+
+
+def test_config_refuses_confusion_in_multi_label_mode_naming_the_key() -> None:
+    key = r"chains\.soft_relabel\.soft_relabel\.towards"
+    with pytest.raises(ConfigError, match=rf"{key}: confusion is single-label"):
+        resolve_settings(_multi_label(_config(), ["self_verification", "soft_relabel"]))
+    resolve_settings(_multi_label(_config(), ["self_verification"]))  # defined, not run: free
+    prior = _config()
+    prior["chains"]["soft_relabel"]["soft_relabel"]["towards"] = "prior"
+    resolve_settings(_multi_label(prior, ["self_verification", "soft_relabel"]))
+    single = _config()
+    single["run_chains"] = ["self_verification", "soft_relabel"]
+    resolve_settings(single)
+
+
+def test_config_refuses_an_unknown_towards_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve_settings(_config({"strength": 0.1, "towards": "posterior"}))
+    assert "config key chains.warmup.soft_relabel.towards" in str(raised.value), str(raised.value)
+
+
+def _fine_tune_jobs(workdir: Path, run_chains: list[str]) -> list[dict]:
+    """The fine_tune jobs of a dry run of the demo dataset: wildcards, input files, command."""
+    workdir.mkdir(parents=True)
+    config = {**copy.deepcopy(CONFIG), "run_chains": run_chains}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), "-n", "-p", "--cores", "2"]
+        + ["--snakefile", str(REPO / "Snakefile"), "--config", "run_preset=demo"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = []
+    for block in done.stdout.split("rule fine_tune:")[1:]:
+        lines = [line.strip() for line in block.strip("\n").split("\n\n")[0].splitlines()]
+        field = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines if ": " in line}
+        wildcards = dict(pair.split("=") for pair in field["wildcards"].split(", "))
+        jobs.append({**wildcards, "input": field["input"].split(", "), "command": field["Shell command"]})
+    return jobs
+
+
+def test_a_dry_run_gives_the_posteriors_to_the_confusion_chain_only(tmp_path) -> None:
+    jobs = _fine_tune_jobs(tmp_path / "run", ["self_verification", "soft_relabel"])
+    assert {job["chain"] for job in jobs} == {"self_verification", "soft_relabel"}
+    for job in jobs:
+        posteriors = [f for f in job["input"] if f.endswith("valid_posteriors.csv")]
+        if job["chain"] == "self_verification":
+            assert not posteriors and "valid_posteriors" not in job["command"], job
+            continue
+        trust = f"results/chains/soft_relabel/trust/{job['preset']}"
+        previous = f"{trust}/it{int(job['it']) - 1}/valid_posteriors.csv"
+        assert posteriors == [previous], job
+        assert f'"valid_posteriors": "{previous}"' in job["command"], job

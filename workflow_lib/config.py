@@ -367,8 +367,9 @@ CORRECTING_TASKS = [name for name, task in TASKS.items() if task.corrects_labels
 
 def _task_chain_checks(chains: Mapping[str, Any], run: list[str], task: Task) -> list[str]:
     """A run chain's policy must have a function for the run's task (the multi-label task
-    judges labels one by one), and correct_labels only where the task can replace a label;
-    chains defined but not run are free."""
+    judges labels one by one), correct_labels only where the task can replace a label, and
+    soft relabelling towards the confusion rows only where a clip has one true class; chains
+    defined but not run are free."""
     problems = []
     for name in run:
         policy = REGISTRY[chains[name]["policy"]]
@@ -383,6 +384,12 @@ def _task_chain_checks(chains: Mapping[str, Any], run: list[str], task: Task) ->
             problems.append(
                 f"config key chains.{name}.correct_labels: {', '.join(CORRECTING_TASKS)} only (a "
                 f"{task.name} clip keeps a subset of its given labels, none is replaced)"
+            )
+        if chains[name].get("soft_relabel", {}).get("towards") == "confusion" and task.label_sets:
+            problems.append(
+                f"config key chains.{name}.soft_relabel.towards: confusion is single-label only (a "
+                f"{task.name} run softens towards the class co-occurrence rows); leave it out or "
+                "set prior, or leave the chain out of run_chains"
             )
     return problems
 

@@ -18,6 +18,7 @@ from typing import Any
 from .choice import chooses_by_cv
 from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS, POOL_KEYS, TRANSDUCTIVE_NOTE, layout_of, transductive
 from .policies import policy_named
+from .soft_targets import DEFAULT_TOWARDS
 from .task import SINGLE, Task, task_of_settings
 
 # --- data: dataset validation and demo data jobs ---------------------------------------------
@@ -175,6 +176,9 @@ def chain_fit_options(spec: Mapping[str, Any], net_mixup_alpha: float | None) ->
             "strength": spec["soft_relabel"]["strength"],
             "verified": spec["soft_relabel"].get("verified", False),
         }
+        towards = spec["soft_relabel"].get("towards", DEFAULT_TOWARDS)
+        if towards != DEFAULT_TOWARDS:  # the prior, named or not, keeps the record of before
+            options["soft_relabel"]["towards"] = towards
     if "mixup" in spec:  # mixup in fine-tuning, partners from the batch or elsewhere
         options.update(mixup_settings(spec["mixup"], net_mixup_alpha))
     if "augment" in spec:  # in place of the preset's fine-tuning augmentation; None: all off
@@ -313,6 +317,21 @@ def uses_pool(settings: Mapping[str, Any], chain: str) -> bool:
     """Whether ``chain`` judges and trains on the unlabelled pool (``chains.<name>.pool``; the
     config check requires dataset.unlabelled_audio_dir with it)."""
     return bool(settings["chains"][chain].get("pool", False))
+
+
+def smooths_towards_confusion(settings: Mapping[str, Any], chain: str) -> bool:
+    """Whether ``chain``'s fine-tuning smooths its targets towards the confusion rows of the
+    previous iteration's out-of-fold posteriors (``chains.<name>.soft_relabel.towards``), so
+    its jobs read that iteration's ``valid_posteriors.csv``."""
+    return settings["chains"][chain].get("soft_relabel", {}).get("towards") == "confusion"
+
+
+def with_valid_posteriors(job: Mapping[str, Any], valid_posteriors: str) -> dict[str, Any]:
+    """A fine-tuning job's settings (:func:`fit_settings`) plus ``valid_posteriors``: the file
+    its confusion rows come from. Only the chains of :func:`smooths_towards_confusion` get the
+    key (as only pool chains get ``pool``), so every other job's settings, and the command line
+    of the rule, stay as they were."""
+    return {**job, "valid_posteriors": valid_posteriors}
 
 
 def pool_trust_settings(

@@ -130,6 +130,11 @@ class Layout:
             return self.initial_list(self.starts[chain])
         return self.trust_file(chain, preset, iteration, TRUST_FILES["train_list"])
 
+    def valid_posteriors(self, chain: str, preset: str, iteration: object) -> str:
+        """The out-of-fold posteriors of the verified clips by a chain's iteration-``iteration``
+        fold models (what soft relabelling ``towards: confusion`` of iteration + 1 reads)."""
+        return self.trust_file(chain, preset, iteration, TRUST_FILES["valid_posteriors"])
+
     def pool_list(self, chain: str, preset: str, iteration: int) -> str:
         """The unlabelled pool's clips iteration ``iteration + 1`` of a pool chain adds."""
         return self.trust_file(chain, preset, iteration, POOL_FILES["pool_list"])

@@ -57,7 +57,7 @@ from .pool import posterior_table as pool_posterior_table
 from .preprocess import SpectrogramStore, joined_store
 from .selection import best_epoch_row, chosen_iteration
 from .self_verify import TABLES, TrustSettings, judge_folds, with_truth
-from .soft_targets import soften
+from .soft_targets import confusion_rows, soften
 from .task import MULTI, SINGLE, Task, task_named, task_of_saved
 from .training import CheckpointPolicy, FitSettings, MixupPartners, RunOptions, fit, predict_whole
 
@@ -107,6 +107,8 @@ class TrainingJob:
     # a pool chain's fine-tuning: the trusted pool clips (pool_list.csv) and their spectrograms
     pool_list_csv: Path | None = None
     pool_manifest_csv: Path | None = None
+    # soft relabelling towards the confusion rows: the previous iteration's valid_posteriors.csv
+    valid_posteriors_csv: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], **where: Any) -> TrainingJob:
@@ -127,6 +129,8 @@ class TrainingJob:
                 "pool_list_csv": Path(pool["list"]),
                 "pool_manifest_csv": Path(pool["manifest"]),
             }
+        if settings.get("valid_posteriors"):
+            where = {**where, "valid_posteriors_csv": Path(settings["valid_posteriors"])}
         return cls(
             preset=settings["preset"],
             net=settings["net"],
@@ -262,7 +266,90 @@ def training_targets(job: TrainingJob, train: pd.DataFrame, classes: list[str]) 
         return targets
     verified = train["verified"].astype(int).to_numpy() == 1
     rows = np.ones_like(verified) if settings.verified else ~verified
-    return soften(targets, verified, rows, settings.strength, len(classes))
+    confusion = confusion_table(job, classes) if settings.towards == "confusion" else None
+    return soften(targets, verified, rows, settings.strength, len(classes), confusion)
+
+
+def confusion_table(job: TrainingJob, classes: list[str]) -> np.ndarray:
+    """The confusion rows single-label soft relabelling ``towards: confusion`` smooths towards
+    (:func:`workflow_lib.soft_targets.confusion_rows`): from the out-of-fold posteriors of the
+    verified clips of the other folds only, i.e. this fold's verified training clips. The
+    fold's own validation clips never shape its training targets (no leak into its model
+    selection). No posteriors file is an error, never a silent fall-back to the prior."""
+    if job.task.label_sets:
+        raise UserError(
+            "soft relabelling towards: confusion is single-label only (multi-label: co-occurrence)"
+        )
+    if job.valid_posteriors_csv is None:
+        raise UserError(
+            "soft relabelling towards: confusion needs the previous iteration's valid_posteriors.csv "
+            "(the rule fine_tune passes it as the job setting valid_posteriors), and this job has none"
+        )
+    frame = checked_valid_posteriors(job.valid_posteriors_csv, read_csv_str(job.folds_csv), classes)
+    training = frame[frame["fold"].astype(int) != job.fold]
+    labels = training["label"].map({label: i for i, label in enumerate(classes)}).to_numpy()
+    log.info(
+        "soft relabelling towards the confusion rows of %d verified training clips (%s)",
+        len(training),
+        job.valid_posteriors_csv,
+    )
+    return confusion_rows(labels, training[classes].to_numpy(dtype=np.float64), len(classes))
+
+
+#: The columns of valid_posteriors.csv before the class columns (:func:`posterior_frame`).
+POSTERIOR_KEYS = ["fname", "fold", "label"]
+
+
+def checked_valid_posteriors(path: Path, folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """valid_posteriors.csv, checked as untrusted input, with float class columns: its key
+    columns, then exactly the classes; finite, non-negative values; every clip once, a verified
+    clip of folds.csv with the same fold and label there (a file of other folds would let a
+    fold's own validation clips shape its targets). Each problem is a UserError naming it."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} is missing: the self_verify job of the previous iteration writes it")
+    frame = read_csv_str(path)
+    problem = _posterior_columns_problem(list(frame.columns), classes)
+    if problem is None:
+        values = frame[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all() or (values < 0).any():
+            problem = "a class column holds a value that is not a finite non-negative number"
+        else:
+            frame[classes] = values
+            problem = _posterior_clips_problem(frame, folds)
+    if problem is not None:
+        raise UserError(f"{path}: {problem}; rerun the self_verify job that writes it")
+    return frame
+
+
+def _posterior_columns_problem(columns: list[str], classes: list[str]) -> str | None:
+    """What is wrong with valid_posteriors.csv's header, or None."""
+    missing = [c for c in POSTERIOR_KEYS if c not in columns]
+    if missing:
+        return f"required column(s) {missing} missing"
+    found = [c for c in columns if c not in POSTERIOR_KEYS]
+    if found != classes:
+        unknown = sorted(set(found) - set(classes))
+        absent = sorted(set(classes) - set(found))
+        return f"class columns differ from classes.csv (unknown: {unknown}, missing: {absent}, or order)"
+    return None
+
+
+def _posterior_clips_problem(frame: pd.DataFrame, folds: pd.DataFrame) -> str | None:
+    """What is wrong with valid_posteriors.csv's clips against folds.csv, or None."""
+    if frame["fname"].duplicated().any():
+        return f"clip {frame.loc[frame['fname'].duplicated(), 'fname'].iloc[0]} appears twice"
+    known = folds.set_index("fname")
+    absent = frame.loc[~frame["fname"].isin(known.index), "fname"]
+    if len(absent):
+        return f"clip {absent.iloc[0]} is not in folds.csv"
+    rows = known.loc[frame["fname"]]
+    for column, want in (("fold", rows["fold"]), ("label", rows["label"])):
+        differs = frame[column].to_numpy() != want.to_numpy()
+        if differs.any():
+            return f"clip {frame['fname'][differs].iloc[0]}: its {column} differs from folds.csv's"
+    if (rows["verified"].astype(int) != 1).any():
+        return "a clip is not verified in folds.csv (the file holds verified clips only)"
+    return None
 
 
 def loss_weights(train: pd.DataFrame) -> np.ndarray | None:
@@ -339,6 +426,8 @@ def fingerprint(
         payload["mixup_partners"] = list(zip(partners["fname"], targets(partners)))
     if job.copies is not None:  # waveform augmentation: how the copies were made
         payload["copies"] = job.copies
+    if job.valid_posteriors_csv is not None:  # the confusion rows' source shapes the targets
+        payload["valid_posteriors"] = file_digest(job.valid_posteriors_csv)
     weights = loss_weights(train)
     if weights is not None:
         payload["weights"] = [round(float(w), 6) for w in weights]
