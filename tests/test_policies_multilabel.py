@@ -673,8 +673,8 @@ def test_config_refuses_label_correction_in_multi_label_mode(base_config):
 
 def test_config_accepts_every_multi_label_policy(base_config):
     # chains with `pool: true` (pseudo_labels) need a pool, which the demo has not
-    # (tests/test_pool.py), and soft relabelling towards the confusion rows is single-label
-    # (tests/test_soft_targets.py); each of their policies is also the policy of another chain
+    # (tests/test_pool.py), and soft relabelling towards the confusion rows (soft_confusion) is
+    # single-label (tests/test_soft_targets.py); each of their policies is also another chain's
     chains = base_config["chains"]
     run = [
         c

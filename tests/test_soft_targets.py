@@ -194,7 +194,9 @@ def test_fit_settings_are_unchanged_without_the_key() -> None:
     on = resolve_settings(_config({"strength": 0.1}))
     assert fit_settings(plain, PRESET, 0, "soft_relabel") == fit_settings(plain, PRESET, 0)
     example = fit_settings(plain, PRESET, 1, "soft_relabel")["fit"]["soft_relabel"]
-    assert example == {"strength": 0.1, "verified": False, "towards": "confusion"}
+    assert example == {"strength": 0.1, "verified": False}
+    confusion = fit_settings(plain, PRESET, 1, "soft_confusion")["fit"]["soft_relabel"]
+    assert confusion == {"strength": 0.1, "verified": False, "towards": "confusion"}
     for chain in plain["chains"]:
         if "soft_relabel" in CONFIG["chains"][chain]:
             continue
@@ -457,7 +459,7 @@ def test_the_settings_record_is_unchanged_without_towards_or_with_the_prior() ->
 
 
 def test_training_job_takes_the_posteriors_path_from_its_settings() -> None:
-    settings = fit_settings(resolve_settings(_config()), PRESET, 1, "soft_relabel")
+    settings = fit_settings(resolve_settings(_config()), PRESET, 1, "soft_confusion")
     where = {"manifest_csv": None, "folds_csv": None, "classes_csv": None, "fold": 0, "out_dir": None}
     assert TrainingJob.from_settings(settings, **where).valid_posteriors_csv is None
     job = TrainingJob.from_settings({**settings, "valid_posteriors": "x/valid_posteriors.csv"}, **where)
@@ -472,15 +474,14 @@ def _multi_label(config: dict, run: list[str]) -> dict:
 
 
 def test_config_refuses_confusion_in_multi_label_mode_naming_the_key() -> None:
-    key = r"chains\.soft_relabel\.soft_relabel\.towards"
+    key = r"chains\.soft_confusion\.soft_relabel\.towards"
     with pytest.raises(ConfigError, match=rf"{key}: confusion is single-label"):
-        resolve_settings(_multi_label(_config(), ["self_verification", "soft_relabel"]))
+        resolve_settings(_multi_label(_config(), ["self_verification", "soft_confusion"]))
     resolve_settings(_multi_label(_config(), ["self_verification"]))  # defined, not run: free
-    prior = _config()
-    prior["chains"]["soft_relabel"]["soft_relabel"]["towards"] = "prior"
-    resolve_settings(_multi_label(prior, ["self_verification", "soft_relabel"]))
+    # the chain soft_relabel (towards the prior: co-occurrence rows) runs in both modes
+    resolve_settings(_multi_label(_config(), ["self_verification", "soft_relabel"]))
     single = _config()
-    single["run_chains"] = ["self_verification", "soft_relabel"]
+    single["run_chains"] = ["self_verification", "soft_relabel", "soft_confusion"]
     resolve_settings(single)
 
 
@@ -514,14 +515,14 @@ def _fine_tune_jobs(workdir: Path, run_chains: list[str]) -> list[dict]:
 
 
 def test_a_dry_run_gives_the_posteriors_to_the_confusion_chain_only(tmp_path) -> None:
-    jobs = _fine_tune_jobs(tmp_path / "run", ["self_verification", "soft_relabel"])
-    assert {job["chain"] for job in jobs} == {"self_verification", "soft_relabel"}
+    jobs = _fine_tune_jobs(tmp_path / "run", ["self_verification", "soft_relabel", "soft_confusion"])
+    assert {job["chain"] for job in jobs} == {"self_verification", "soft_relabel", "soft_confusion"}
     for job in jobs:
         posteriors = [f for f in job["input"] if f.endswith("valid_posteriors.csv")]
-        if job["chain"] == "self_verification":
+        if job["chain"] != "soft_confusion":
             assert not posteriors and "valid_posteriors" not in job["command"], job
             continue
-        trust = f"results/chains/soft_relabel/trust/{job['preset']}"
+        trust = f"results/chains/soft_confusion/trust/{job['preset']}"
         previous = f"{trust}/it{int(job['it']) - 1}/valid_posteriors.csv"
         assert posteriors == [previous], job
         assert f'"valid_posteriors": "{previous}"' in job["command"], job
