@@ -262,3 +262,38 @@ def test_recompute_reproduces_the_readme_single_label_study(capsys):
     assert pairs.loc[("agreement", "self_verification", "test_accuracy"), "sign_test_p"] == 0.25
     cv = tables["study_regret.csv"].query("strategy == 'cv'")
     assert set(cv["chain"]) == {"agreement"} and (cv["regret"] == 0).all()
+
+
+def test_iteration0_confidence_by_hand(tmp_path, capsys):
+    """experiments/fsdd/iteration0_confidence.py on a hand-made run: four correctly labelled
+    clips (posteriors 0.5, 0.91, 0.96, 0.8), one wrong one trusted; two folds' histories."""
+    import importlib.util
+
+    from conftest import REPO
+
+    path = REPO / "experiments/fsdd/iteration0_confidence.py"
+    spec = importlib.util.spec_from_file_location("iteration0_confidence", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    trust = tmp_path / "results/chains/self_verification/trust/p/it0"
+    trust.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "given_label": ["a", "a", "b", "b", "c"],
+            "true_label": ["a", "a", "b", "b", "a"],
+            "trusted_label": ["a", "a", "b", "b", "c"],
+            "p_given": [0.5, 0.91, 0.96, 0.8, 0.97],
+            "accepted": [False, True, True, False, True],
+        }
+    ).to_csv(trust / "decisions.csv", index=False)
+    for fold, (acc, loss) in enumerate([(0.9, 0.3), (0.8, 0.5)]):
+        history = tmp_path / f"results/initial/all/p/fold{fold}"
+        history.mkdir(parents=True)
+        pd.DataFrame({"valid_acc": [0.1, acc], "valid_loss": [2.0, loss]}).to_csv(history / "history.csv")
+    row = script.confidence_row(tmp_path, "self_verification", "p", folds=2)
+    assert row["correct"] == 4 and row["reach_0.9"] == 0.5 and row["reach_0.95"] == 0.25
+    assert row["median_p"] == pytest.approx(0.855) and row["trusted"] == 3
+    assert row["precision"] == pytest.approx(2 / 3) and row["recall"] == 0.5
+    assert row["cv_acc"] == pytest.approx(0.85) and row["cv_loss"] == pytest.approx(0.4)
+    script.main([f"mine={tmp_path}", "--preset", "p", "--folds", "2"])
+    assert "mine" in capsys.readouterr().out
