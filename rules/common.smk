@@ -125,7 +125,7 @@ SPLITS = ["train", "test"]
 POOL = has_pool(S["dataset"])
 POOL_CHAINS = [chain for chain in CHAINS if uses_pool(S, chain)]
 # Chains whose fine-tuning smooths towards the confusion rows (soft_relabel.towards: confusion).
-CONFUSION_CHAINS = [chain for chain in CHAINS if smooths_towards_confusion(S, chain)]
+CONFUSION_CHAINS = [chain for chain in CHAINS if smooths_towards_confusion(S["chains"][chain])]
 PREPROCESSED_SPLITS = SPLITS + (["pool"] if POOL else [])
 # The task (workflow_lib/task.py): single-label, or multi-label (dataset.layout fsdkaggle2019:
 # label sets, sigmoid outputs, lwlrap). Rules ask it, they do not branch on a flag.

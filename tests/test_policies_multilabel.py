@@ -22,6 +22,7 @@ import yaml
 
 from workflow_lib.config import ConfigError, resolve_settings
 from workflow_lib.dataset import TOTAL_ROW
+from workflow_lib.job_settings import smooths_towards_confusion
 from workflow_lib.labels import split_labels
 from workflow_lib.policies import (
     ACCEPTED,
@@ -679,9 +680,7 @@ def test_config_accepts_every_multi_label_policy(base_config):
     run = [
         c
         for c, spec in chains.items()
-        if spec["policy"] in names_for(MULTI)
-        and not spec.get("pool")
-        and spec.get("soft_relabel", {}).get("towards") != "confusion"
+        if spec["policy"] in names_for(MULTI) and not spec.get("pool") and not smooths_towards_confusion(spec)
     ]
     assert {chains[c]["policy"] for c in run} == set(names_for(MULTI))
     resolve_settings(multi_label_config(base_config, {}, run))

@@ -22,7 +22,7 @@ from .audio import sox_effects_problems
 from .dataset_layouts import LAYOUTS, has_pool, layout_of, train_listing_keys, transductive
 from .errors import UserError
 from .io import write_json
-from .job_settings import WAVEFORM_AUGMENTATION_DEFAULTS
+from .job_settings import WAVEFORM_AUGMENTATION_DEFAULTS, smooths_towards_confusion
 from .policies import CHAIN_KEYS, REGISTRY, chain_schema_properties, names_for
 from .task import TASKS, Task, task_of_settings
 
@@ -385,7 +385,7 @@ def _task_chain_checks(chains: Mapping[str, Any], run: list[str], task: Task) ->
                 f"config key chains.{name}.correct_labels: {', '.join(CORRECTING_TASKS)} only (a "
                 f"{task.name} clip keeps a subset of its given labels, none is replaced)"
             )
-        if chains[name].get("soft_relabel", {}).get("towards") == "confusion" and task.label_sets:
+        if smooths_towards_confusion(chains[name]) and task.label_sets:
             problems.append(
                 f"config key chains.{name}.soft_relabel.towards: confusion is single-label only (a "
                 f"{task.name} run softens towards the class co-occurrence rows); leave it out or "

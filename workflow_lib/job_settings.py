@@ -18,7 +18,7 @@ from typing import Any
 from .choice import chooses_by_cv
 from .dataset_layouts import DEFAULT_LAYOUT, LAYOUTS, POOL_KEYS, TRANSDUCTIVE_NOTE, layout_of, transductive
 from .policies import policy_named
-from .soft_targets import DEFAULT_TOWARDS
+from .soft_targets import SoftRelabelSettings
 from .task import SINGLE, Task, task_of_settings
 
 # --- data: dataset validation and demo data jobs ---------------------------------------------
@@ -172,13 +172,9 @@ def chain_fit_options(spec: Mapping[str, Any], net_mixup_alpha: float | None) ->
     if "consistency" in spec:
         options["consistency"] = consistency_settings(spec["consistency"])
     if "soft_relabel" in spec:  # soft relabelling (workflow_lib/soft_targets.py)
-        options["soft_relabel"] = {
-            "strength": spec["soft_relabel"]["strength"],
-            "verified": spec["soft_relabel"].get("verified", False),
-        }
-        towards = spec["soft_relabel"].get("towards", DEFAULT_TOWARDS)
-        if towards != DEFAULT_TOWARDS:  # the prior, named or not, keeps the record of before
-            options["soft_relabel"]["towards"] = towards
+        # the record of the fit settings: the default towards (the prior), named or not, is left
+        # out, so the jobs keep the record they had before the key existed
+        options["soft_relabel"] = SoftRelabelSettings(**spec["soft_relabel"]).record()
     if "mixup" in spec:  # mixup in fine-tuning, partners from the batch or elsewhere
         options.update(mixup_settings(spec["mixup"], net_mixup_alpha))
     if "augment" in spec:  # in place of the preset's fine-tuning augmentation; None: all off
@@ -319,11 +315,11 @@ def uses_pool(settings: Mapping[str, Any], chain: str) -> bool:
     return bool(settings["chains"][chain].get("pool", False))
 
 
-def smooths_towards_confusion(settings: Mapping[str, Any], chain: str) -> bool:
-    """Whether ``chain``'s fine-tuning smooths its targets towards the confusion rows of the
-    previous iteration's out-of-fold posteriors (``chains.<name>.soft_relabel.towards``), so
-    its jobs read that iteration's ``valid_posteriors.csv``."""
-    return settings["chains"][chain].get("soft_relabel", {}).get("towards") == "confusion"
+def smooths_towards_confusion(chain: Mapping[str, Any]) -> bool:
+    """Whether a chain (``chains.<name>``) smooths its fine-tuning targets towards the confusion
+    rows of the previous iteration's out-of-fold posteriors (``soft_relabel.towards``), so its
+    jobs read that iteration's ``valid_posteriors.csv`` and it runs in single-label mode only."""
+    return chain.get("soft_relabel", {}).get("towards") == "confusion"
 
 
 def with_valid_posteriors(job: Mapping[str, Any], valid_posteriors: str) -> dict[str, Any]:
