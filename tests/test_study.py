@@ -3,6 +3,7 @@ numbers."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -95,7 +96,6 @@ def test_near_ties_go_to_the_higher_accuracy_then_the_earlier_iteration(tmp_path
 def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
     """run_experiment.py --study: tables from the repetitions that finished (experiment.json),
     copies of the small files, and the per-repetition overlay (chains, seed)."""
-    import argparse
     import importlib.util
 
     import yaml
@@ -113,7 +113,7 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
         table.to_csv(out / name / "systems.csv", index=False)
         if name != "r3":  # r3 is still running
             (out / name / "experiment.json").write_text("{}")
-    driver.study_tables(out, ["r1", "r2", "r3"])
+    driver.study_tables(out)
     long = pd.read_csv(out / "study_runs.csv")
     assert sorted(set(long["repetition"])) == ["r1", "r2"]
     summary = pd.read_csv(out / "study_summary.csv").set_index("system")
@@ -121,7 +121,7 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
     paired_table = pd.read_csv(out / "study_paired.csv")
     assert set(paired_table["metric"]) == {"test_accuracy", "test_map3"}
     assert set(paired_table["reference"]) == {"self_verification", "all_labels"}
-    driver.copy_small_files(out, ["r1", "r2", "r3"], tmp_path / "kept")
+    driver.copy_small_files(out, tmp_path / "kept")
     assert (tmp_path / "kept/r1/systems.csv").is_file() and not (tmp_path / "kept/r3").exists()
     assert (tmp_path / "kept/study_summary.csv").is_file()
     assert (tmp_path / "kept/study_paired.png").is_file() and (tmp_path / "kept/study_regret.csv").is_file()
@@ -297,3 +297,47 @@ def test_iteration0_confidence_by_hand(tmp_path, capsys):
     assert row["cv_acc"] == pytest.approx(0.85) and row["cv_loss"] == pytest.approx(0.4)
     script.main([f"mine={tmp_path}", "--preset", "p", "--folds", "2"])
     assert "mine" in capsys.readouterr().out
+
+
+def test_a_study_resumes_on_a_new_machine_from_its_kept_files(tmp_path, monkeypatch):
+    """Only the kept small files (``--copy-to``) survive a new machine; the same command must
+    count their repetitions as finished, not rerun them, and the study tables must span every
+    finished repetition of the folder, whichever command ran it (so resuming with a subset of
+    groups or seeds never narrows them). Repetitions run seed-major, every group once per seed."""
+    driver = _driver_module()
+    assert driver.study_repetitions(["a", "b"], [2018, 7]) == [("a", 2018), ("b", 2018), ("a", 7), ("b", 7)]
+    kept, out = tmp_path / "kept", tmp_path / "out"
+    for name, table in runs().items():
+        (kept / name).mkdir(parents=True)
+        table.to_csv(kept / name / "systems.csv", index=False)
+        if name != "r3":  # r3 never finished: only its table was left behind
+            (kept / name / "experiment.json").write_text("{}")
+    (out / "r2").mkdir(parents=True)
+    (out / "r2" / "experiment.json").write_text('{"here": 1}')
+    runs()["r2"].assign(cv_loss=0.123).to_csv(out / "r2" / "systems.csv", index=False)  # its own
+    driver.restore_kept_repetitions(kept, out)
+    assert (out / "r1" / "experiment.json").is_file()
+    assert (pd.read_csv(out / "r2" / "systems.csv")["cv_loss"] == 0.123).all()  # never overwritten
+    assert not (out / "r3").exists()
+    ran: list[str] = []
+    args = argparse.Namespace(
+        test_groups=["r1", "r3"], test_group=None, seeds=[5], seed=5, dry_run=False,
+        copy_to=None, overlay=[], chains=None, pool_fraction=0.0,
+    )  # fmt: skip
+    for name in ("r1", "r3"):  # the study's names are group_sSEED
+        (out / f"{name}_s5").mkdir(exist_ok=True)
+    (out / "r1_s5" / "experiment.json").write_text("{}")
+    table = runs()["r1"]
+    table.to_csv(out / "r1_s5" / "systems.csv", index=False)
+
+    def fake_run_one(one, rep, build):
+        ran.append(rep.name)
+        table.to_csv(rep / "systems.csv", index=False)
+        (rep / "experiment.json").write_text("{}")
+        return 0
+
+    monkeypatch.setattr(driver, "run_one", fake_run_one)
+    assert driver.run_study(args, out) == 0
+    assert ran == ["r3_s5"]
+    # the tables span every finished repetition in the folder, not only this command's
+    assert sorted(set(pd.read_csv(out / "study_runs.csv")["repetition"])) == ["r1", "r1_s5", "r2", "r3_s5"]

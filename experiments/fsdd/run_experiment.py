@@ -405,13 +405,33 @@ def write_overlay(args: argparse.Namespace, out: Path, seed: int | None) -> Path
     return path
 
 
-def copy_small_files(out: Path, names: list[str], target: Path) -> None:
-    """The study's CSVs and each finished repetition's tables, plot and record, to ``target``."""
-    for name in names:
-        for file in ("systems.csv", "systems_iterations.csv", "systems.png", "experiment.json"):
-            if (out / name / "experiment.json").is_file() and (out / name / file).is_file():
-                (target / name).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(out / name / file, target / name / file)
+REPETITION_FILES = ("systems.csv", "systems_iterations.csv", "systems.png", "experiment.json")
+
+
+def finished_repetitions(folder: Path) -> list[Path]:
+    """The repetition folders of a study that finished: ``experiment.json`` (written last)
+    and ``systems.csv`` are there."""
+    if not folder.is_dir():
+        return []
+    return [
+        d
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and (d / "experiment.json").is_file() and (d / "systems.csv").is_file()
+    ]
+
+
+def copy_repetition(source: Path, target: Path) -> None:
+    """A finished repetition's small files; the record last, since it marks "finished"."""
+    target.mkdir(parents=True, exist_ok=True)
+    for file in REPETITION_FILES:  # experiment.json is the last of them
+        if (source / file).is_file():
+            shutil.copyfile(source / file, target / file)
+
+
+def copy_small_files(out: Path, target: Path) -> None:
+    """Every finished repetition's tables, plot and record and the study's CSVs, to ``target``."""
+    for rep in finished_repetitions(out):
+        copy_repetition(rep, target / rep.name)
     from workflow_lib.study import STUDY_FILES
 
     for file in STUDY_FILES:
@@ -420,50 +440,64 @@ def copy_small_files(out: Path, names: list[str], target: Path) -> None:
             shutil.copyfile(out / file, target / file)
 
 
-def study_tables(out: Path, names: list[str]) -> None:
-    """The study's files from every finished repetition (workflow_lib/study.py STUDY_FILES)."""
-    import pandas as pd
+def study_tables(out: Path) -> None:
+    """The study's files (workflow_lib/study.py STUDY_FILES) over every finished repetition
+    in ``out``, whichever command ran it, so a run of some groups or seeds never narrows them."""
+    from workflow_lib.study import read_study, write_study
 
-    from workflow_lib.study import collect, write_study
-
-    runs = {n: pd.read_csv(out / n / "systems.csv") for n in names if (out / n / "experiment.json").is_file()}
-    if not runs:
+    finished = finished_repetitions(out)
+    if not finished:
         return
-    write_study(collect(runs), out)
-    print(f"study: {len(runs)} repetition(s) -> {out / 'study_summary.csv'}", file=sys.stderr)
+    write_study(read_study(out), out)
+    print(f"study: {len(finished)} repetition(s) -> {out / 'study_summary.csv'}", file=sys.stderr)
+
+
+def study_repetitions(groups: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """(group, seed) in the order they run: seed-major, so a study stopped part-way has held
+    out every group once before it repeats any with another seed."""
+    return [(group, seed) for seed in seeds for group in groups]
+
+
+def restore_kept_repetitions(kept: Path, out: Path) -> None:
+    """Finished repetitions whose small files were kept (``--copy-to``) but whose run folder
+    is gone (a new machine, a cleaned disk) count as finished again: their record and tables
+    go back under ``out``, so the same command resumes the study instead of redoing them."""
+    for rep in finished_repetitions(kept):
+        if not (out / rep.name / "experiment.json").is_file():
+            copy_repetition(rep, out / rep.name)
+            print(f"{rep.name}: finished earlier, restored from {kept}", file=sys.stderr)
 
 
 def run_study(args: argparse.Namespace, out: Path, build: DatasetBuilder = build_dataset) -> int:
     """One repetition per held-out group (``args.test_groups``) and seed, each resumable."""
-    groups = args.test_groups or [args.test_group]
-    seeds = args.seeds or [args.seed]
-    names = [f"{group}_s{seed}" for group in groups for seed in seeds]
+    repetitions = study_repetitions(args.test_groups or [args.test_group], args.seeds or [args.seed])
+    if args.copy_to and not args.dry_run:
+        restore_kept_repetitions(args.copy_to.resolve(), out)
     base_overlays = list(args.overlay)
-    for group in groups:
-        for seed in seeds:
-            rep = out / f"{group}_s{seed}"
-            if (rep / "experiment.json").is_file() and not args.dry_run:
-                print(f"{rep.name}: finished earlier, kept", file=sys.stderr)
-                continue
-            overlay = write_overlay(args, rep, seed)
-            one = argparse.Namespace(
-                **{
-                    **vars(args),
-                    "test_group": group,
-                    "seed": seed,
-                    "overlay": base_overlays + ([str(overlay)] if overlay else []),
-                }
-            )
-            code = run_one(one, rep, build)
-            if code != 0:
-                print(f"{rep.name}: failed (exit {code}); rerun the same command to resume", file=sys.stderr)
-                return code
-            study_tables(out, names)
-            if args.copy_to:
-                copy_small_files(out, names, args.copy_to.resolve())
-    study_tables(out, names)
+    for group, seed in repetitions:
+        rep = out / f"{group}_s{seed}"
+        if (rep / "experiment.json").is_file() and not args.dry_run:
+            print(f"{rep.name}: finished earlier, kept", file=sys.stderr)
+            continue
+        overlay = write_overlay(args, rep, seed)
+        one = argparse.Namespace(
+            **{
+                **vars(args),
+                "test_group": group,
+                "seed": seed,
+                "overlay": base_overlays + ([str(overlay)] if overlay else []),
+            }
+        )
+        code = run_one(one, rep, build)
+        if code != 0:
+            print(f"{rep.name}: failed (exit {code}); rerun the same command to resume", file=sys.stderr)
+            return code
+        study_tables(out)
+        if args.copy_to:
+            copy_small_files(out, args.copy_to.resolve())
+    study_tables(out)
     if args.copy_to:
-        copy_small_files(out, names, args.copy_to.resolve())
+        copy_small_files(out, args.copy_to.resolve())
     return 0
 
 
