@@ -29,8 +29,11 @@ compares test lwlrap.
 
 ``--study``: one repetition per held-out speaker and seed (the seed drives the dataset split,
 the label noise and the method's seed), each in ``<out>/<speaker>_s<seed>/`` as above; a
-repetition whose ``experiment.json`` exists is not run again, and a killed one resumes. After
-each repetition ``<out>/study_runs.csv`` (every repetition's systems rows),
+repetition whose ``experiment.json`` exists is not run again, and a killed one resumes.
+Repetitions run seed-major (every speaker once before the next seed). With ``--copy-to DIR``
+the finished repetitions kept in DIR count as finished too (copied back to ``<out>``), so the
+same command resumes a study on a new machine. After each repetition ``<out>/study_runs.csv``
+(the systems rows of every finished repetition in ``<out>``, whichever command ran it),
 ``study_summary.csv`` (per chain: n, mean, std, min, max) and ``study_paired.csv`` (per chain:
 paired test-accuracy differences to ``self_verification`` and ``all_labels``, 95 % t-interval,
 wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pick's regret) and
