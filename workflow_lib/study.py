@@ -268,15 +268,22 @@ def write_study(long: pd.DataFrame, out: Path, tolerance: float = 0.0) -> dict[s
     return tables
 
 
-def read_study(folder: Path) -> pd.DataFrame:
-    """The long table of a study folder: every repetition subfolder that finished (has
-    ``experiment.json``) and holds a ``systems.csv``, in name order."""
+def finished_repetitions(folder: Path) -> list[Path]:
+    """The repetition subfolders of a study folder that finished (``experiment.json``, written
+    last, is there) and hold a ``systems.csv``, in name order; none for a missing folder."""
     folder = Path(folder)
-    runs = {
-        d.name: pd.read_csv(d / "systems.csv")
+    if not folder.is_dir():
+        return []
+    return [
+        d
         for d in sorted(folder.iterdir())
         if d.is_dir() and (d / "experiment.json").is_file() and (d / "systems.csv").is_file()
-    }
+    ]
+
+
+def read_study(folder: Path) -> pd.DataFrame:
+    """The long table of a study folder: every finished repetition (:func:`finished_repetitions`)."""
+    runs = {d.name: pd.read_csv(d / "systems.csv") for d in finished_repetitions(folder)}
     if not runs:
         raise SystemExit(
             f"{folder}: no finished repetition (a subfolder with experiment.json and systems.csv)"

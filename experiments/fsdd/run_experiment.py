@@ -70,6 +70,7 @@ sys.path.insert(0, str(REPO))
 from workflow_lib.config import ConfigError  # noqa: E402
 from workflow_lib.mixtures import MixtureSettings, build_mixture_dataset  # noqa: E402
 from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset  # noqa: E402
+from workflow_lib.study import finished_repetitions  # noqa: E402
 
 #: Environment variable with the FSDD recordings folder: the default of --fsdd.
 FSDD_ENV = "SV_FSDD_DIR"
@@ -409,18 +410,6 @@ def write_overlay(args: argparse.Namespace, out: Path, seed: int | None) -> Path
 
 
 REPETITION_FILES = ("systems.csv", "systems_iterations.csv", "systems.png", "experiment.json")
-
-
-def finished_repetitions(folder: Path) -> list[Path]:
-    """The repetition folders of a study that finished: ``experiment.json`` (written last)
-    and ``systems.csv`` are there."""
-    if not folder.is_dir():
-        return []
-    return [
-        d
-        for d in sorted(folder.iterdir())
-        if d.is_dir() and (d / "experiment.json").is_file() and (d / "systems.csv").is_file()
-    ]
 
 
 def copy_repetition(source: Path, target: Path) -> None:
