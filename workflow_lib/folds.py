@@ -47,10 +47,16 @@ def iterative_assignment(
 
     Iterative stratification: while clips are left, take the label with the fewest clips left
     (ties: the first), and give each of its clips (in random order) to the fold that most lacks
-    that label, then the fold that most lacks clips, then the fold with the fewest clips so far
+    the clip's whole label set (the sum of the fold's wants over the clip's labels), then the
+    fold that most lacks that label, then clips, then the fold with the fewest clips so far
     (``fold_sizes``: clips given earlier, e.g. in the verified pass), then at random. A clip
     without labels goes to the fold that most lacks clips. Every fold wants 1 / n_folds of each
     label and of the clips.
+
+    Why the whole set first: Sechidis et al. choose by the current label alone, which ignores
+    the clip's other labels; the labels dealt last then arrive skewed by the earlier deals and
+    too few of their clips are left to even them out (clips of two labels each, 2 folds: one
+    label 13 / 1 over the folds instead of 7 / 7). Sets of one label are dealt as before.
     """
     targets = np.asarray(targets) > 0.5
     n_clips = len(targets)
@@ -63,25 +69,25 @@ def iterative_assignment(
         counts = left.sum(axis=0)
         label = int(np.flatnonzero(counts == counts[counts > 0].min())[0])
         for clip in rng.permutation(np.flatnonzero(left[:, label])):
-            fold = _neediest(wanted_labels[:, label], wanted_clips, sizes, rng)
+            wanted_set = wanted_labels[:, targets[clip]].sum(axis=1)
+            fold = _neediest((wanted_set, wanted_labels[:, label], wanted_clips), sizes, rng)
             folds[clip] = fold
             wanted_labels[fold] -= targets[clip]
             wanted_clips[fold] -= 1
             sizes[fold] += 1
             left[clip] = False
     for clip in rng.permutation(np.flatnonzero(folds < 0)):
-        fold = _neediest(wanted_clips, wanted_clips, sizes, rng)
+        fold = _neediest((wanted_clips,), sizes, rng)
         folds[clip] = fold
         wanted_clips[fold] -= 1
         sizes[fold] += 1
     return folds
 
 
-def _neediest(
-    wanted_label: np.ndarray, wanted_clips: np.ndarray, sizes: np.ndarray, rng: np.random.Generator
-) -> int:
-    """The fold that most lacks the label, then clips, then has the fewest clips; then random."""
-    order = np.lexsort((rng.random(len(sizes)), sizes, -wanted_clips, -wanted_label))
+def _neediest(wants: tuple[np.ndarray, ...], sizes: np.ndarray, rng: np.random.Generator) -> int:
+    """The fold with the largest first want, ties by the next wants, then the fewest clips so
+    far, then at random (``wants``: per-fold arrays, most important first)."""
+    order = np.lexsort((rng.random(len(sizes)), sizes, *(-want for want in reversed(wants))))
     return int(order[0])
 
 
