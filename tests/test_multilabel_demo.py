@@ -1,7 +1,8 @@
 """The multi-label demo, end to end (docs/method.md "Multi-label mode (FSDKaggle2019)"): one real
 `snakemake --cores 2` run of the demo in the FSDKaggle2019 layout per test session (the
 ``multilabel_demo`` fixture, tests/conftest.py: pairs of synthetic sounds, label sets, two
-presets), then its files are read back and checked against what they claim to hold.
+presets, two folds, one self-verification iteration), then its files are read back and checked
+against what they claim to hold.
 
 Slow (minutes): deselect with ``-m "not slow"``. To check an existing run directory instead,
 set MULTILABEL_DEMO_E2E_DIR to it.

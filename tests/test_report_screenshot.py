@@ -3,8 +3,8 @@ screenshots in headless Chromium at 1400x1000 and 1920x1080 and checks that no e
 workflow description lies under the rule graph drawn beside it (it covered the results tables
 when they were embedded there).
 
-Runs only where Chromium is installed (Debian: ``apt-get install -y chromium``); CI need not
-have it. Builds the report of the session's demo run (the ``demo`` fixture; set DEMO_E2E_DIR
+Runs only where Chromium is installed (Debian: ``apt-get install -y chromium``; .ci/run installs
+it). Builds the report of the session's demo run (the ``demo`` fixture; set DEMO_E2E_DIR
 to reuse a finished run).
 """
 
