@@ -45,10 +45,8 @@ report: setup
 # The style gates run first. Tests that need the FSDD recordings read their folder from
 # SV_FSDD_DIR and skip without it; the SLURM cluster tests run only with SV_TEST_SLURM=1 (they
 # install munge + slurm-wlm with apt-get and write /etc/slurm). .ci/run sets both.
-# The tests run in $(CORES) pytest-xdist workers; tests/conftest.py keeps the tests of one shared
-# workflow run (and of one file) on one worker.
 test: setup lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(CORES) --dist loadgroup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # ruff (lint + format) and snakefmt read their settings from pyproject.toml.
 lint: setup

@@ -27,40 +27,6 @@ FSDD_ENV = "SV_FSDD_DIR"
 FSDD_DIR = Path(os.environ.get(FSDD_ENV, "")).expanduser() if os.environ.get(FSDD_ENV) else None
 
 
-#: Fixtures whose one run is shared by every test that asks for it (session scope). With
-#: pytest-xdist (``make test`` runs ``-n <cores> --dist loadgroup``) each worker would build its
-#: own, so all tests that use one of them run on the same worker.
-SHARED_RUN_FIXTURES = ("demo", "multilabel_demo", "slurm_cluster")
-
-
-def xdist_group_of(fixturenames: list[str], nodeid: str) -> str:
-    """The worker group of a test: the first shared run it uses, else its file (whose
-    module-scoped fixtures, e.g. a workflow run per file, are then built once)."""
-    shared = [name for name in SHARED_RUN_FIXTURES if name in fixturenames]
-    return shared[0] if shared else nodeid.split("::")[0]
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests for ``--dist loadgroup`` (harmless without pytest-xdist)."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.fixturenames, item.nodeid)))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread_per_worker():
-    """Under pytest-xdist, each worker's in-process torch uses one thread: two workers with a
-    thread per core each would oversubscribe the machine. A plain run keeps torch's default."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        yield
-        return
-    import torch  # lazy: only xdist workers need it here
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fsdd_dir_or_skip(why: str) -> Path:
     """The FSDD recordings folder, or skip the calling test with the reason and the setting."""
     if FSDD_DIR is None:
