@@ -176,3 +176,21 @@ def test_a_ceiling_reaches_the_trust_job_and_is_absent_by_default(base_config):
 def test_a_policy_without_a_threshold_refuses_the_ceiling(base_config):
     with pytest.raises(ConfigError, match=r"agreement does not read \['threshold_ceiling'\]"):
         resolve_settings(_chain(base_config, "agreement", threshold_ceiling=0.9))
+
+
+def test_the_scheduled_band_chain_keeps_clips_between_its_moving_floor_and_its_ceiling(base_config):
+    """config.yaml's scheduled_band reaches the trust job as a scheduled threshold with a
+    ceiling, and decides as a band: at the first judging iteration (floor 0.5) the clips at
+    0.97, 0.8 and 0.5 (at the floor) are kept, at the last (floor 0.9) only 0.97; the clip at
+    0.995, above the 0.99 ceiling, never."""
+    settings = resolve_settings({**base_config, "run_chains": ["self_verification", "scheduled_band"]})
+    typed = PolicySettings.from_mapping(chain_policy(settings, "scheduled_band"))
+    clips = single_clips()
+    clips.posteriors[0] = [0.995, 0.003, 0.002]
+
+    def decide(iteration: int) -> list[str]:
+        context = Context(iteration=iteration, iterations=2)
+        return list(apply_policy(clips, None, CLASSES, typed, context, task=SINGLE)["reason"][:4])
+
+    assert decide(0) == [ABOVE_CEILING, ACCEPTED, ACCEPTED, ACCEPTED]
+    assert decide(1) == [ABOVE_CEILING, ACCEPTED, BELOW_THRESHOLD, BELOW_THRESHOLD]
