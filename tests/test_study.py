@@ -4,6 +4,7 @@ numbers."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -341,3 +342,66 @@ def test_a_study_resumes_on_a_new_machine_from_its_kept_files(tmp_path, monkeypa
     assert ran == ["r3_s5"]
     # the tables span every finished repetition in the folder, not only this command's
     assert sorted(set(pd.read_csv(out / "study_runs.csv")["repetition"])) == ["r1", "r1_s5", "r2", "r3_s5"]
+
+
+def _finished_repetition(folder: Path, settings: dict) -> None:
+    """A finished repetition as the driver leaves it: dataset with its build record, a work
+    folder with a result, Snakemake's metadata and the run state a copy must leave behind."""
+    (folder / "dataset").mkdir(parents=True)
+    build_info = {"settings": settings, "source": {"audio_dir": "/audio"}}
+    (folder / "dataset" / "build_info.json").write_text(json.dumps(build_info))
+    for part in ("results", ".snakemake/metadata", ".snakemake/locks", ".snakemake/log"):
+        (folder / "work" / part).mkdir(parents=True)
+    (folder / "work" / "results" / "model.pt").write_bytes(b"weights")
+    os.utime(folder / "work" / "results" / "model.pt", (1_000_000, 1_000_000))
+    (folder / "work" / ".snakemake" / "metadata" / "record").write_text("{}")
+    (folder / "work" / ".snakemake" / "locks" / "0.input.lock").write_text("stale")
+    (folder / "work" / ".snakemake" / "log" / "run.log").write_text("old log")
+    (folder / "experiment.json").write_text("{}")
+
+
+class _Settings:
+    def __init__(self, values: dict) -> None:
+        self.values = values
+
+    def to_json(self) -> dict:
+        return self.values
+
+
+def test_a_study_starts_from_the_finished_repetitions_of_an_earlier_one(tmp_path, monkeypatch):
+    """--reuse-from: a repetition finished in the earlier study starts from its work (same
+    dataset path, files with their times, Snakemake's metadata; not its locks or logs), so only
+    the new chains train; one not finished there is skipped, not run from scratch; the earlier
+    study is only read; a dataset built with other settings is refused, never rebuilt there."""
+    driver = _driver_module()
+    earlier, out = tmp_path / "earlier", tmp_path / "out"
+    _finished_repetition(earlier / "a_s5", {"seed": 5})
+    (earlier / "b_s5").mkdir(parents=True)  # still running there: no experiment.json
+    ran: list[str] = []
+
+    def fake_run_one(one, rep, build):
+        ran.append(rep.name)
+        runs()["r1"].to_csv(rep / "systems.csv", index=False)
+        (rep / "experiment.json").write_text("{}")
+        return 0
+
+    monkeypatch.setattr(driver, "run_one", fake_run_one)
+    args = argparse.Namespace(
+        test_groups=["a", "b"], test_group=None, seeds=[5], seed=5, dry_run=False, copy_to=None,
+        overlay=[], chains=["self_verification", "augmented"], pool_fraction=0.0, reuse_from=earlier,
+    )  # fmt: skip
+    assert driver.run_study(args, out) == 0
+    assert ran == ["a_s5"] and not (out / "b_s5" / "work").exists()
+    rep = out / "a_s5"
+    assert (rep / "dataset").resolve() == (earlier / "a_s5" / "dataset").resolve()
+    copied = rep / "work" / "results" / "model.pt"
+    assert copied.read_bytes() == b"weights" and copied.stat().st_mtime == 1_000_000
+    assert (rep / "work" / ".snakemake" / "metadata" / "record").is_file()
+    assert not (rep / "work" / ".snakemake" / "locks").exists()
+    assert not (rep / "work" / ".snakemake" / "log").exists()
+    assert (earlier / "a_s5" / "work" / ".snakemake" / "locks" / "0.input.lock").is_file()
+    assert driver.start_from_earlier(earlier, rep)  # already started: resumes as it is
+    assert driver.reusable_build(rep / "dataset", _Settings({"seed": 5}), Path("/audio")) is not None
+    with pytest.raises(SystemExit, match="linked from .*other dataset settings"):
+        driver.reusable_build(rep / "dataset", _Settings({"seed": 6}), Path("/audio"))
+    assert (earlier / "a_s5" / "dataset" / "build_info.json").is_file()

@@ -40,6 +40,10 @@ wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pic
 ``study_paired.png`` are rewritten (workflow_lib/study.py; ``python -m workflow_lib.study
 <out>`` recomputes and prints them).
 
+``--reuse-from EARLIER`` (with ``--study``): each repetition starts from the finished one of the
+same name in another study's output folder (its dataset linked, its work folder copied), so a
+study of new chains retrains none of the chains the earlier study ran (:func:`start_from_earlier`).
+
 ``--pool-fraction F`` (single-label): the builder also holds back a share F of each digit's
 training clips without their labels, and the run gets them as its unlabelled pool
 (``dataset.unlabelled_audio_dir``, their true labels for measuring only); name a chain that
@@ -145,10 +149,16 @@ def reusable_build(
     """The build_info of an earlier build in ``dataset`` from ``source`` with these settings
     (nothing to rebuild, so nothing downstream reruns), else None."""
     info_path = dataset / "build_info.json"
-    if not info_path.is_file():
+    if not info_path.is_file() and not dataset.is_symlink():
         return None
-    info = json.loads(info_path.read_text())
-    if info["settings"] != settings.to_json() or info["source"]["audio_dir"] != str(source):
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    if info is None or info["settings"] != settings.to_json() or info["source"]["audio_dir"] != str(source):
+        if dataset.is_symlink():  # started from another study's repetition (--reuse-from)
+            raise SystemExit(
+                f"{dataset.parent.name}: its dataset is linked from {dataset.resolve()} (--reuse-from), "
+                "which was built with other dataset settings or from other audio; run this study "
+                "with the same dataset options, or without --reuse-from (nothing was rebuilt there)"
+            )
         return None
     print(f"reusing the dataset in {dataset}", file=sys.stderr)
     return info
@@ -251,6 +261,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         help="chains to run (default: run_chains of the experiment's config.yaml)",
+    )
+    p.add_argument(
+        "--reuse-from",
+        type=Path,
+        default=None,
+        help="--study: start each repetition from the finished one of the same name in this "
+        "folder (another study's --out, same dataset options): its dataset is shared and its "
+        "work folder copied, so the chains both studies run are the same runs and only the "
+        "new chains train; a repetition not finished there is skipped",
     )
     p.add_argument("--dry-run", action="store_true", help="build the dataset, plan, run nothing")
     p.add_argument("snakemake_args", nargs="*", help="passed on to snakemake (after --)")
@@ -381,6 +400,8 @@ def _run_one_locked(args: argparse.Namespace, out: Path, build: DatasetBuilder) 
         "wall_seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if (out / "dataset").is_symlink():
+        record["started_from"] = str((out / "dataset").resolve().parent)
     (out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"done in {seconds / 60:.1f} min: {out / 'systems.csv'}, {out / 'systems.png'}", file=sys.stderr)
     return 0
@@ -460,6 +481,38 @@ def restore_kept_repetitions(kept: Path, out: Path) -> None:
             print(f"{rep.name}: finished earlier, restored from {kept}", file=sys.stderr)
 
 
+#: Snakemake's per-run state that a copied work folder must not take along.
+SNAKEMAKE_RUN_STATE = ("locks", "incomplete", "log", "shadow")
+
+
+def start_from_earlier(earlier: Path, rep: Path) -> bool:
+    """Seed the repetition folder ``rep`` from the finished repetition of the same name in
+    ``earlier`` (--reuse-from), unless ``rep`` already has a work folder (then it resumes as
+    it is). The dataset is a link to the earlier one, so the run's ``dataset_root`` resolves to
+    the same path and no job's input or parameters change; the work folder is copied with its
+    files' times and Snakemake's metadata, so the jobs both studies share are up to date and
+    only the new chains' jobs run. The earlier folder is only read. False: nothing to start
+    from (not finished there)."""
+    if (rep / "work").exists():
+        return True
+    source = earlier / rep.name
+    if not ((source / "experiment.json").is_file() and (source / "work").is_dir()):
+        return False
+    if (rep / "dataset").exists() and not (rep / "dataset").is_symlink():
+        return False  # a dataset of its own was built here: the repetition runs on its own
+    rep.mkdir(parents=True, exist_ok=True)
+    if not (rep / "dataset").is_symlink():
+        (rep / "dataset").symlink_to((source / "dataset").resolve(), target_is_directory=True)
+    partial = rep / "work.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(
+        source / "work", partial, symlinks=True, ignore=shutil.ignore_patterns(*SNAKEMAKE_RUN_STATE)
+    )
+    partial.rename(rep / "work")  # a killed copy leaves only work.partial, redone next time
+    print(f"{rep.name}: started from {source}", file=sys.stderr)
+    return True
+
+
 def run_study(args: argparse.Namespace, out: Path, build: DatasetBuilder = build_dataset) -> int:
     """One repetition per held-out group (``args.test_groups``) and seed, each resumable."""
     repetitions = study_repetitions(args.test_groups or [args.test_group], args.seeds or [args.seed])
@@ -470,6 +523,10 @@ def run_study(args: argparse.Namespace, out: Path, build: DatasetBuilder = build
         rep = out / f"{group}_s{seed}"
         if (rep / "experiment.json").is_file() and not args.dry_run:
             print(f"{rep.name}: finished earlier, kept", file=sys.stderr)
+            continue
+        reuse_from = getattr(args, "reuse_from", None)
+        if reuse_from is not None and not start_from_earlier(reuse_from.resolve(), rep):
+            print(f"{rep.name}: not finished in {reuse_from}; skipped (rerun when it is)", file=sys.stderr)
             continue
         overlay = write_overlay(args, rep, seed)
         one = argparse.Namespace(
