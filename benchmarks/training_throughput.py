@@ -2,7 +2,7 @@
 
     python benchmarks/training_throughput.py [--device auto|cpu|cuda] [--steps N] [--warmup N]
                                              [--batch N] [--infer-clips N] [--threads N]
-                                             [--peak-gflops G] [--compile]
+                                             [--peak-gflops G] [--compile] [--tta-shifts N]
 
 Settings come from config.yaml resolved with ``run_preset=paper`` (docs/method.md "Network" table:
 widths 48/64/64, batches 100/100/50, mixup alpha 0.2/0.3/0.3; 384-frame excerpts of 3,000-frame
@@ -13,7 +13,8 @@ spectrograms; 41 classes as in FSDKaggle2018). For each preset it measures
   cross-entropy, backward, Adam step; bf16 autocast on CUDA when compute.amp is on), on random
   spectrograms; a few warm-up steps first, then ``--steps`` timed steps;
 * inference: clips/s of ``training.predict_whole`` on whole 3,000-frame clips (the validation
-  and test path), batch compute.eval_batch_size.
+  and test path), batch compute.eval_batch_size; with ``--tta-shifts N`` also with test-time
+  augmentation (``method.tta_shifts``), printed as a multiple of the plain inference's time.
 
 The model is prepared as a training job prepares it (``training.prepare_model`` and
 ``make_optimizer``: on CUDA channels_last, cudnn.benchmark, fused Adam; ``--compile`` adds
@@ -189,61 +190,56 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_preset(preset: str, settings: dict, device: torch.device, args) -> dict:
-    job = fit_settings(settings, preset, 0)
-    fit, net, frames = dict(job["fit"]), job["net"], job["frames"]
-    if args.batch:
-        fit["batch_size"] = args.batch
-    fit_settings_ = FitSettings(**fit)
-    batch = fit_settings_.batch_size
-    torch.manual_seed(0)
-    model = build_model(net["width"], N_CLASSES, tuple(net["dropout"]))
-    train_flops, infer_flops = count_flops(model, fit_settings_.excerpt_frames, frames, torch.device("cpu"))
-    options = RunOptions(compile=args.compile)
-    forward = prepare_model(model, device, options)
+def time_training(model, forward, fit: FitSettings, frames: int, device: torch.device, args) -> float:
+    """Seconds of ``args.steps`` steps of ``training._run_epoch`` (after ``args.warmup`` warm-up
+    steps): over a bank of batch * steps clips one epoch is exactly that many steps."""
     features = DeviceFeatures.for_device(device)
-    optimizer = make_optimizer(model, fit_settings_.lr, device, features)
+    optimizer = make_optimizer(model, fit.lr, device, features)
     sampler = DeviceSampler(0, device)
     rng = np.random.default_rng(0)
-
-    # Training: _run_epoch over a bank of batch * steps clips is exactly `steps` steps.
-    warm_bank = random_bank(batch * args.warmup, frames, device, 1)
-    timed_bank = random_bank(batch * args.steps, frames, device, 2)
-    warm_targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(warm_bank))).to(device)
+    timed_bank = random_bank(fit.batch_size * args.steps, frames, device, 2)
     targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(timed_bank))).to(device)
     if args.warmup:
-        _run_epoch(
-            forward,
-            optimizer,
-            warm_bank,
-            warm_targets,
-            fit_settings_,
-            sampler,
-            device,
-            N_CLASSES,
-            features,
-        )
+        warm_bank = random_bank(fit.batch_size * args.warmup, frames, device, 1)
+        warm_targets = torch.from_numpy(rng.integers(0, N_CLASSES, len(warm_bank))).to(device)
+        _run_epoch(forward, optimizer, warm_bank, warm_targets, fit, sampler, device, N_CLASSES, features)
     synchronize(device)
     started = time.perf_counter()
-    loss, _ = _run_epoch(
-        forward, optimizer, timed_bank, targets, fit_settings_, sampler, device, N_CLASSES, features
-    )
+    loss, _ = _run_epoch(forward, optimizer, timed_bank, targets, fit, sampler, device, N_CLASSES, features)
     synchronize(device)
-    train_s = time.perf_counter() - started
     if not np.isfinite(loss):
-        raise RuntimeError(f"{preset}: training loss is {loss}")
+        raise RuntimeError(f"training loss is {loss}")
+    return time.perf_counter() - started
 
-    # Inference on whole clips, as validation and prediction run it.
-    eval_batch = min(fit_settings_.eval_batch_size, args.infer_clips)
-    predict_whole(forward, random_bank(eval_batch, frames, device, 3), eval_batch, fit_settings_.amp)
-    infer_bank = random_bank(args.infer_clips, frames, device, 4)
+
+def time_inference(forward, fit: FitSettings, frames: int, device: torch.device, args, shifts: int) -> float:
+    """Seconds of ``training.predict_whole`` over ``args.infer_clips`` whole clips, as
+    validation and prediction run it; ``shifts`` > 0: with test-time augmentation (that many
+    time-shifted copies averaged, the predict job's ``method.tta_shifts``). One warm-up batch first."""
+    eval_batch = min(fit.eval_batch_size, args.infer_clips)
+    predict_whole(forward, random_bank(eval_batch, frames, device, 3), eval_batch, fit.amp, shifts=shifts)
+    bank = random_bank(args.infer_clips, frames, device, 4)
     synchronize(device)
     started = time.perf_counter()
-    probs = predict_whole(forward, infer_bank, eval_batch, fit_settings_.amp)
+    probs = predict_whole(forward, bank, eval_batch, fit.amp, shifts=shifts)
     synchronize(device)
-    infer_s = time.perf_counter() - started
     assert probs.shape == (args.infer_clips, N_CLASSES)
+    return time.perf_counter() - started
 
+
+def measure_preset(preset: str, settings: dict, device: torch.device, args) -> dict:
+    """One preset's training and inference rates, FLOP counts and (CUDA) peak memory."""
+    job = fit_settings(settings, preset, 0)
+    net, frames = job["net"], job["frames"]
+    fit = FitSettings(**{**job["fit"], **({"batch_size": args.batch} if args.batch else {})})
+    torch.manual_seed(0)
+    model = build_model(net["width"], N_CLASSES, tuple(net["dropout"]))
+    train_flops, infer_flops = count_flops(model, fit.excerpt_frames, frames, torch.device("cpu"))
+    forward = prepare_model(model, device, RunOptions(compile=args.compile))
+    train_s = time_training(model, forward, fit, frames, device, args)
+    infer_s = time_inference(forward, fit, frames, device, args, shifts=0)
+    shifts = getattr(args, "tta_shifts", 0)  # gpu_check.py's arguments have none
+    tta_s = time_inference(forward, fit, frames, device, args, shifts) if shifts else None
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -251,26 +247,28 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
         "preset": preset,
         "width": net["width"],
         "params": count_parameters(model),
-        "batch": batch,
+        "batch": fit.batch_size,
         "paper_batch": job["fit"]["batch_size"],
-        "mixup": fit_settings_.mixup_alpha,
-        "excerpt": fit_settings_.excerpt_frames,
+        "mixup": fit.mixup_alpha,
+        "excerpt": fit.excerpt_frames,
         "steps": args.steps,
         "train_s": train_s,
-        "excerpts_per_s": batch * args.steps / train_s,
+        "excerpts_per_s": fit.batch_size * args.steps / train_s,
         "infer_clips": args.infer_clips,
-        "eval_batch": eval_batch,
+        "eval_batch": min(fit.eval_batch_size, args.infer_clips),
         "infer_s": infer_s,
         "clips_per_s": args.infer_clips / infer_s,
+        "tta_ratio": tta_s / infer_s if tta_s else None,
         "peak_gib": peak,
         "train_gflop": train_flops / 1e9,
         "infer_gflop": infer_flops / 1e9,
-        "train_gflops": train_flops * batch * args.steps / train_s / 1e9,
+        "train_gflops": train_flops * fit.batch_size * args.steps / train_s / 1e9,
         "infer_gflops": infer_flops * args.infer_clips / infer_s / 1e9,
     }
 
 
-def main() -> int:
+def parse_arguments() -> argparse.Namespace:
+    """The command line, with the device-dependent defaults filled in (the device in ``args.device``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
@@ -283,6 +281,13 @@ def main() -> int:
     parser.add_argument(
         "--infer-clips", type=int, help="whole clips to predict (default: 256 on CUDA, 4 on CPU)"
     )
+    parser.add_argument(
+        "--tta-shifts",
+        type=int,
+        default=0,
+        help="also time inference with test-time augmentation (method.tta_shifts) and print its "
+        "time as a multiple of the plain inference's (default 0: not measured)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--presets", nargs="+", help="subset of the paper presets")
     parser.add_argument(
@@ -292,27 +297,27 @@ def main() -> int:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (compute.compile)")
     args = parser.parse_args()
-
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
+    if args.tta_shifts < 0:
+        parser.error("--tta-shifts must be 0 or more")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda:0" if use_cuda else "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    gpu = device.type == "cuda"
+    args.device = torch.device("cuda:0" if use_cuda else "cpu")
+    gpu = use_cuda
     args.steps = args.steps or (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     args.batch = args.batch or (None if gpu else 16)
     args.infer_clips = args.infer_clips or (256 if gpu else 4)
+    return args
 
-    settings = paper_settings()
-    presets = args.presets or settings["method"]["presets"]
+
+def print_setup(args: argparse.Namespace, settings: dict) -> None:
+    """What runs where, the command and the load, before anything is timed."""
+    device = args.device
     print(f"torch {torch.__version__}, python {platform.python_version()}")
-    if gpu:
-        print(
-            f"device: {device} = {torch.cuda.get_device_name(device)}, "
-            f"amp={settings['compute']['amp']} (bf16 autocast)"
-        )
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        print(f"device: {device} = {name}, amp={settings['compute']['amp']} (bf16 autocast)")
     else:
         print(
             f"device: cpu = {cpu_model()}, {torch.get_num_threads()} torch thread(s), "
@@ -332,31 +337,21 @@ def main() -> int:
             f"--batch 100 (minutes per step on a CPU) to measure them."
         )
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(
-        f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
-        f"on {os.cpu_count()} CPU(s)"
-    )
-    peak, peak_note = peak_gflops(device, args.peak_gflops)
-    print(f"peak: {peak_note}")
-    print()
+    print(f"load average at start: {load_average()} on {os.cpu_count()} CPU(s)")
 
-    rows = []
-    for preset in presets:
-        row = measure_preset(preset, settings, device, args)
-        rows.append(row)
-        print(
-            f"  {preset}: {row['excerpts_per_s']:.2f} excerpts/s, {row['clips_per_s']:.2f} clips/s",
-            flush=True,
-        )
-    print()
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def print_rates(rows: list[dict], gpu: bool) -> None:
+    """The rate table: per preset training excerpts/s, s/step, inference clips/s (CUDA: peak memory)."""
     header = (
         f"{'preset':<16} {'nf':>3} {'params':>11} {'batch':>5} {'mixup':>5} "
         f"{'train excerpts/s':>16} {'s/step':>7} {'infer clips/s':>13} {'eval batch':>10}"
     )
-    if gpu:
-        header += f" {'peak GiB':>8}"
-    print(header)
-    print("-" * len(header))
+    print(header + (f" {'peak GiB':>8}" if gpu else ""))
+    print("-" * (len(header) + (9 if gpu else 0)))
     for r in rows:
         batch = f"{r['batch']}" if r["batch"] == r["paper_batch"] else f"{r['batch']}*"
         line = (
@@ -364,12 +359,13 @@ def main() -> int:
             f"{r['mixup']:>5} {r['excerpts_per_s']:>16.2f} {r['train_s'] / r['steps']:>7.2f} "
             f"{r['clips_per_s']:>13.2f} {r['eval_batch']:>10}"
         )
-        if gpu:
-            line += f" {r['peak_gib']:>8.2f}"
-        print(line)
+        print(line + (f" {r['peak_gib']:>8.2f}" if gpu else ""))
     if any(r["batch"] != r["paper_batch"] for r in rows):
         print("* not the paper's batch (see NOTE)")
-    print()
+
+
+def print_flops(rows: list[dict], peak: float | None) -> None:
+    """GFLOP per example, GFLOP/s and the share of the machine's peak: an impossible rate shows."""
     share = (lambda g: f"{100 * g / peak:5.1f} %") if peak else (lambda g: "  n/a")
     print(
         f"{'preset':<16} {'GFLOP/excerpt':>13} {'train GFLOP/s':>13} {'of peak':>8} "
@@ -385,10 +381,20 @@ def main() -> int:
         "(FLOPs: torch.utils.flop_counter, convolutions and matrix products, forward + "
         "backward for training; the peak as derived above)"
     )
-    print(f"load average at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
-    print()
-    # What it means for the paper's schedule (docs/method.md: 500 epochs over ~7,100 training clips
-    # per fold, i.e. 3/4 of 9,473; validation on ~930 whole clips after every epoch).
+
+
+def print_tta(rows: list[dict], shifts: int) -> None:
+    """Test-time augmentation's inference time against the plain inference's, same process."""
+    for r in rows:
+        print(
+            f"{r['preset']}: inference with tta_shifts {shifts} took {r['tta_ratio']:.2f} x the plain "
+            f"inference's time (its forward passes: {shifts + 1} x)"
+        )
+
+
+def print_schedule(rows: list[dict]) -> None:
+    """What the rates mean for the paper's schedule (docs/method.md: 500 epochs over ~7,100
+    training clips per fold, i.e. 3/4 of 9,473; validation on ~930 whole clips per epoch)."""
     clips_per_fold, valid_per_fold = round(9473 * 3 / 4), round(3710 / 4)
     for r in rows:
         epoch_s = clips_per_fold / r["excerpts_per_s"] + valid_per_fold / r["clips_per_s"]
@@ -397,6 +403,34 @@ def main() -> int:
             f"validation clips) ~ {epoch_s / 60:.1f} min; 500 epochs ~ "
             f"{500 * epoch_s / 3600:.0f} h on this device"
         )
+
+
+def main() -> int:
+    args = parse_arguments()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = paper_settings()
+    presets = args.presets or settings["method"]["presets"]
+    print_setup(args, settings)
+    peak, peak_note = peak_gflops(args.device, args.peak_gflops)
+    print(f"peak: {peak_note}")
+    print()
+    rows = []
+    for preset in presets:
+        rows.append(measure_preset(preset, settings, args.device, args))
+        print(
+            f"  {preset}: {rows[-1]['excerpts_per_s']:.2f} excerpts/s, {rows[-1]['clips_per_s']:.2f} clips/s"
+        )
+    print()
+    print_rates(rows, args.device.type == "cuda")
+    print()
+    print_flops(rows, peak)
+    if args.tta_shifts:
+        print()
+        print_tta(rows, args.tta_shifts)
+    print(f"load average at end: {load_average()}")
+    print()
+    print_schedule(rows)
     return 0
 
 
