@@ -122,6 +122,56 @@ def run(listing: pd.DataFrame, implementation: str) -> tuple[float, float, dict]
         return cpu, wall, {v: np.load(path) for v, path in arrays.items()}
 
 
+def print_setup(args: argparse.Namespace, listing, sox: str) -> None:
+    """The command, the machine and its load, the tools' versions and the clips, before timing."""
+    seconds = sum(sf.info(p).duration for p in listing["path"])
+    print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
+    print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, load average {load_average()} (at start)")
+    print(
+        f"python {platform.python_version()}, "
+        f"sox {subprocess.run([sox, '--version'], capture_output=True, text=True).stdout.strip()}"
+    )
+    source = (
+        f"FSDD recordings from {args.fsdd}"
+        if args.fsdd
+        else f"synthetic clips, 2-10 s at {IN_SR} Hz, seed {args.seed}"
+    )
+    print(
+        f"clips: {len(listing)} {source}; {seconds:.1f} s of audio ({seconds / len(listing):.2f} s per clip)"
+    )
+    print(
+        "work per clip: SoX clipping, decode + resample to 32 kHz, versions 1 and 2, appended "
+        f"to the shard's files in {tempfile.gettempdir()}; 1 process, OMP/BLAS threads = 1"
+    )
+
+
+def compare_implementations(listing) -> None:
+    """Both preprocessing paths, interleaved and best of two each (after a warm-up outside the
+    timings: imports, the first resampler, filterbanks); their CPU ratio and largest difference."""
+    for implementation in ("fast", "reference"):
+        run(listing.iloc[:2], implementation)
+    results = {}
+    for implementation in ("reference", "fast", "reference", "fast"):  # interleaved
+        cpu, wall, arrays = run(listing, implementation)
+        best = results.get(implementation)
+        if best is None or cpu < best[0]:
+            results[implementation] = (cpu, wall, arrays)
+    for implementation, (cpu, wall, _) in results.items():
+        print(
+            f"{implementation:9s}: {1000 * cpu / len(listing):8.1f} ms CPU per clip "
+            f"({1000 * wall / len(listing):8.1f} ms wall), best of 2 interleaved runs"
+        )
+    ratio = results["reference"][0] / results["fast"][0]
+    print(f"ratio: the fast path costs {ratio:.2f}x less CPU per clip than the reference")
+    for version in (1, 2):
+        fast, reference = results["fast"][2][version], results["reference"][2][version]
+        error = np.max(np.abs(fast.astype(np.float64) - reference)) / np.max(np.abs(reference))
+        print(
+            f"v{version}: max |fast - reference| / max |reference| = {error:.1e} "
+            f"over {reference.shape[0]} frames"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("n_clips", nargs="?", type=int, default=40)
@@ -134,57 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sox = require_sox()
-
     with tempfile.TemporaryDirectory(prefix="preprocess_bench_") as tmp:
         listing = (
             fsdd_listing(args.fsdd, args.n_clips)
             if args.fsdd
             else synthetic_listing(Path(tmp), args.n_clips, args.seed)
         )
-        seconds = sum(sf.info(p).duration for p in listing["path"])
-        print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-        print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, load average {load_average()} (at start)")
-        print(
-            f"python {platform.python_version()}, "
-            f"sox {subprocess.run([sox, '--version'], capture_output=True, text=True).stdout.strip()}"
-        )
-        source = (
-            f"FSDD recordings from {args.fsdd}"
-            if args.fsdd
-            else f"synthetic clips, 2-10 s at {IN_SR} Hz, seed {args.seed}"
-        )
-        print(
-            f"clips: {len(listing)} {source}; {seconds:.1f} s of audio "
-            f"({seconds / len(listing):.2f} s per clip)"
-        )
-        print(
-            "work per clip: SoX clipping, decode + resample to 32 kHz, versions 1 and 2, appended "
-            f"to the shard's files in {tempfile.gettempdir()}; 1 process, OMP/BLAS threads = 1"
-        )
-
-        # Warm-up outside the timings: imports, the first resampler, filterbanks.
-        for implementation in ("fast", "reference"):
-            run(listing.iloc[:2], implementation)
-        results = {}
-        for implementation in ("reference", "fast", "reference", "fast"):  # interleaved
-            cpu, wall, arrays = run(listing, implementation)
-            best = results.get(implementation)
-            if best is None or cpu < best[0]:
-                results[implementation] = (cpu, wall, arrays)
-        for implementation, (cpu, wall, _) in results.items():
-            print(
-                f"{implementation:9s}: {1000 * cpu / len(listing):8.1f} ms CPU per clip "
-                f"({1000 * wall / len(listing):8.1f} ms wall), best of 2 interleaved runs"
-            )
-        ratio = results["reference"][0] / results["fast"][0]
-        print(f"ratio: the fast path costs {ratio:.2f}x less CPU per clip than the reference")
-        for version in (1, 2):
-            fast, reference = results["fast"][2][version], results["reference"][2][version]
-            error = np.max(np.abs(fast.astype(np.float64) - reference)) / np.max(np.abs(reference))
-            print(
-                f"v{version}: max |fast - reference| / max |reference| = {error:.1e} "
-                f"over {reference.shape[0]} frames"
-            )
+        print_setup(args, listing, sox)
+        compare_implementations(listing)
         print(f"load average at end: {load_average()}")
     return 0
 
