@@ -319,38 +319,48 @@ def test_self_verification_decisions(demo):
             assert (d["p_max"] >= 1 / len(classes) - 1e-6).all(), where
             assert set(d["reason"]) <= REASONS, where
             assert ((d["reason"] == "accepted") == d["accepted"]).all(), where
+            _check_the_paper_rule(d, threshold, cap, where)
+            _check_per_class_counts(demo, preset, it, d)
 
-            match = d["given_label"] == d["predicted_label"]
-            # the argmax is the predicted label: on a match p_given is p_max
-            np.testing.assert_allclose(d.loc[match, "p_given"], d.loc[match, "p_max"], rtol=1e-9)
-            accepted = d[d["accepted"]]
-            assert (accepted["given_label"] == accepted["predicted_label"]).all(), where
-            if threshold is not None:
-                assert (accepted["p_given"] >= threshold).all(), where
-                low = d["reason"] == "below_threshold"
-                assert (match[low] & (d.loc[low, "p_given"] < threshold)).all(), where
-                passing = match & (d["p_given"] >= threshold)
-            else:
-                assert "below_threshold" not in set(d["reason"])
-                passing = match
-            assert (~match == (d["reason"] == "label_mismatch")).all(), where
-            assert (passing == d["reason"].isin(["accepted", "class_cap"])).all(), where
-            # the cap, per class, keeps the highest posteriors
-            per_class = accepted.groupby("given_label").size()
-            assert (per_class <= cap).all(), where
-            for label, group in d[d["reason"] == "class_cap"].groupby("given_label"):
-                assert per_class.get(label, 0) == cap, where
-                assert (
-                    group["p_given"].max() <= accepted.loc[accepted["given_label"] == label, "p_given"].min()
-                ), where
 
-            table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
-            assert table.loc["__all__", "n_unverified"] == len(d)
-            assert table.loc["__all__", "n_accepted"] == len(accepted)
-            counts = d.groupby("given_label")["accepted"].agg(["size", "sum"])
-            for label, row in counts.iterrows():
-                assert table.loc[label, "n_unverified"] == row["size"]
-                assert table.loc[label, "n_accepted"] == row["sum"]
+def _check_the_paper_rule(d: pd.DataFrame, threshold: float | None, cap: int, where: str) -> None:
+    """Accepted = the argmax is the given label, its posterior reaches the threshold, and the
+    class cap keeps the highest posteriors; the reasons say which test refused a clip."""
+    match = d["given_label"] == d["predicted_label"]
+    # the argmax is the predicted label: on a match p_given is p_max
+    np.testing.assert_allclose(d.loc[match, "p_given"], d.loc[match, "p_max"], rtol=1e-9)
+    accepted = d[d["accepted"]]
+    assert (accepted["given_label"] == accepted["predicted_label"]).all(), where
+    if threshold is not None:
+        assert (accepted["p_given"] >= threshold).all(), where
+        low = d["reason"] == "below_threshold"
+        assert (match[low] & (d.loc[low, "p_given"] < threshold)).all(), where
+        passing = match & (d["p_given"] >= threshold)
+    else:
+        assert "below_threshold" not in set(d["reason"])
+        passing = match
+    assert (~match == (d["reason"] == "label_mismatch")).all(), where
+    assert (passing == d["reason"].isin(["accepted", "class_cap"])).all(), where
+    # the cap, per class, keeps the highest posteriors
+    per_class = accepted.groupby("given_label").size()
+    assert (per_class <= cap).all(), where
+    for label, group in d[d["reason"] == "class_cap"].groupby("given_label"):
+        assert per_class.get(label, 0) == cap, where
+        assert group["p_given"].max() <= accepted.loc[accepted["given_label"] == label, "p_given"].min(), (
+            where
+        )
+
+
+def _check_per_class_counts(demo, preset: str, it: int, d: pd.DataFrame) -> None:
+    """per_class.csv counts the judged and accepted clips of the decisions, per class and in all."""
+    accepted = d[d["accepted"]]
+    table = demo.numeric(f"{CHAIN}/trust/{preset}/it{it}/per_class.csv").set_index("label")
+    assert table.loc["__all__", "n_unverified"] == len(d)
+    assert table.loc["__all__", "n_accepted"] == len(accepted)
+    counts = d.groupby("given_label")["accepted"].agg(["size", "sum"])
+    for label, row in counts.iterrows():
+        assert table.loc[label, "n_unverified"] == row["size"]
+        assert table.loc[label, "n_accepted"] == row["sum"]
 
 
 def test_self_verified_labels_are_far_more_precise(demo):

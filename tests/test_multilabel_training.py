@@ -612,53 +612,57 @@ def test_sv_tag_prints_the_label_set_of_a_multi_label_bundle(tmp_path, sox_binar
     )
 
 
-def test_warm_up_chain_trains_noisy_then_fine_tunes_on_curated_and_trusted_labels(store, tmp_path):
-    """start: noisy -> per-label self-verification (paper policy) -> fine-tuning from the
-    warm-up parameters on the curated clips and the trusted label subsets -> lwlrap selection
-    and sigmoid prediction: the multi-label chain through the job functions."""
+def _warm_up(store, tmp_path: Path) -> tuple[dict, dict]:
+    """Iteration 0 of a ``start: noisy`` chain on folds 0 and 1: (checkpoints, histories)."""
+    initial_list_job(store["folds"], tmp_path / "it0_list.csv", "noisy")
+    it0, histories = {}, {}
+    for fold in (0, 1):
+        job = job_for(
+            store, tmp_path / f"it0/fold{fold}", fold=fold, train_list_csv=tmp_path / "it0_list.csv"
+        )
+        run_training_job(job)
+        it0[fold] = job.out_dir / "best.pt"
+        histories[(0, fold)] = job.out_dir / "history.csv"
+    return it0, histories
+
+
+def _judge_per_label(store, tmp_path: Path, it0: dict) -> pd.DataFrame:
+    """Per-label self-verification (paper policy, threshold 0.3, cap 2) by the warm-up models."""
     from workflow_lib.policies import PolicySettings
     from workflow_lib.self_verify import TrustSettings
     from workflow_lib.stages import TrustJob, self_verify_job
     from workflow_lib.task import MULTI
 
-    initial_list_job(store["folds"], tmp_path / "it0_list.csv", "noisy")
-    it0, it1, histories = {}, {}, {}
-    for fold in (0, 1):
-        warm_up = tmp_path / "it0_list.csv"
-        job = job_for(store, tmp_path / f"it0/fold{fold}", fold=fold, train_list_csv=warm_up)
-        run_training_job(job)
-        it0[fold] = job.out_dir / "best.pt"
-        histories[(0, fold)] = job.out_dir / "history.csv"
     folds = read_csv_str(store["folds"])
     write_csv(folds[["fname", "label", "verified"]], tmp_path / "train.csv")
-    decisions = self_verify_job(
-        TrustJob(
-            model_paths=it0,
-            manifest_csv=store["train"],
-            folds_csv=store["folds"],
-            classes_csv=store["classes"],
-            train_csv=tmp_path / "train.csv",
-            out_dir=tmp_path / "trust",
-            settings=TrustSettings(
-                task=MULTI,
-                excerpts=2,
-                excerpt_frames=192,
-                seed=0,
-                amp=False,
-                policy=PolicySettings.of("paper", threshold=0.3, max_per_class=2),
-                frames=256,
-                device="cpu",
-            ),
-            lock_dir=tmp_path / "locks",
-        )
+    settings = TrustSettings(
+        task=MULTI,
+        excerpts=2,
+        excerpt_frames=192,
+        seed=0,
+        amp=False,
+        policy=PolicySettings.of("paper", threshold=0.3, max_per_class=2),
+        frames=256,
+        device="cpu",
     )
-    noisy = folds[folds["verified"] == "0"]
-    assert len(decisions) == noisy["label"].str.split(",").str.len().sum()  # one row per (clip, label)
-    listing = read_csv_str(tmp_path / "trust" / "train_list.csv")
-    trusted = listing[(listing["manually_verified"] == "1") & listing["fname"].isin(noisy["fname"])]
-    given = noisy.set_index("fname")["label"].str.split(",")
-    assert 0 < int(decisions["accepted"].astype(int).sum()) <= 2 * len(CLASSES)  # the cap per class
-    assert all(set(cell.split(",")) <= set(given[f]) for f, cell in zip(trusted["fname"], trusted["label"]))
+    job = TrustJob(
+        model_paths=it0,
+        manifest_csv=store["train"],
+        folds_csv=store["folds"],
+        classes_csv=store["classes"],
+        train_csv=tmp_path / "train.csv",
+        out_dir=tmp_path / "trust",
+        settings=settings,
+        lock_dir=tmp_path / "locks",
+    )
+    return self_verify_job(job)
+
+
+def _fine_tune_on_curated_and_trusted(store, tmp_path: Path, it0: dict, trusted, histories: dict) -> dict:
+    """Fine-tuning of folds 0 and 1 from the warm-up parameters; checks that each trains on the
+    curated clips and the trusted label subsets of its training part only. Returns checkpoints."""
+    folds = read_csv_str(store["folds"])
+    it1 = {}
     for fold in (0, 1):
         job = job_for(
             store,
@@ -677,6 +681,24 @@ def test_warm_up_chain_trains_noisy_then_fine_tunes_on_curated_and_trusted_label
         run_training_job(job)
         it1[fold] = job.out_dir / "best.pt"
         histories[(1, fold)] = job.out_dir / "history.csv"
+    return it1
+
+
+def test_warm_up_chain_trains_noisy_then_fine_tunes_on_curated_and_trusted_labels(store, tmp_path):
+    """start: noisy -> per-label self-verification (paper policy) -> fine-tuning from the
+    warm-up parameters on the curated clips and the trusted label subsets -> lwlrap selection
+    and sigmoid prediction: the multi-label chain through the job functions."""
+    it0, histories = _warm_up(store, tmp_path)
+    decisions = _judge_per_label(store, tmp_path, it0)
+    folds = read_csv_str(store["folds"])
+    noisy = folds[folds["verified"] == "0"]
+    assert len(decisions) == noisy["label"].str.split(",").str.len().sum()  # one row per (clip, label)
+    listing = read_csv_str(tmp_path / "trust" / "train_list.csv")
+    trusted = listing[(listing["manually_verified"] == "1") & listing["fname"].isin(noisy["fname"])]
+    given = noisy.set_index("fname")["label"].str.split(",")
+    assert 0 < int(decisions["accepted"].astype(int).sum()) <= 2 * len(CLASSES)  # the cap per class
+    assert all(set(cell.split(",")) <= set(given[f]) for f, cell in zip(trusted["fname"], trusted["label"]))
+    it1 = _fine_tune_on_curated_and_trusted(store, tmp_path, it0, trusted, histories)
     selection = selection_table(histories)
     write_csv(selection, tmp_path / "selection.csv")
     models = {(0, k): p for k, p in it0.items()} | {(1, k): p for k, p in it1.items()}

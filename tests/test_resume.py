@@ -63,10 +63,10 @@ def settings_for(epochs: int = EPOCHS, augment: dict | None = None) -> dict:
     return fit_settings(resolve_settings(config), PRESET, 0)
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
-    """Manifest + shard array, folds.csv and classes.csv of small band-pattern spectrograms."""
-    root = tmp_path_factory.mktemp("resume_inputs")
+def _band_clips() -> tuple[list[dict], list[np.ndarray]]:
+    """Manifest rows and spectrograms: CLIPS_PER_CLASS clips per class, each a band of energy
+    at its class's place over noise, half of them verified; then one skipped file, as
+    preprocessing reports them (it must simply be absent everywhere)."""
     rng = np.random.default_rng(2018)
     rows, parts, offset = [], [], 0
     for c, label in enumerate(CLASSES):
@@ -90,17 +90,16 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
                 }
             )
             offset += n
-    # One skipped file, as preprocessing reports them: it must simply be absent everywhere.
-    rows.append(
-        {
-            **rows[-1],
-            "fname": "broken.wav",
-            "n_frames": 0,
-            "offset": offset,
-            "status": "skipped_undecodable",
-            "detail": "not audio",
-        }
-    )
+    skipped = {"fname": "broken.wav", "n_frames": 0, "offset": offset, "status": "skipped_undecodable"}
+    rows.append({**rows[-1], **skipped, "detail": "not audio"})
+    return rows, parts
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Manifest + shard array, folds.csv and classes.csv of small band-pattern spectrograms."""
+    root = tmp_path_factory.mktemp("resume_inputs")
+    rows, parts = _band_clips()
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     spectrograms = root / "spectrograms" / "v1"
     write_shard(
@@ -110,21 +109,9 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         {1: spectrograms / "train" / "shard0.csv"},
     )
     merge_manifests([spectrograms / "train" / "shard0.csv"], spectrograms / "train.csv")
+    folds_command = ["folds", "--manifest", str(spectrograms / "train.csv"), "--out", str(root / "folds.csv")]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workflow_lib.cli",
-            "folds",
-            "--manifest",
-            str(spectrograms / "train.csv"),
-            "--out",
-            str(root / "folds.csv"),
-            "--folds",
-            "4",
-            "--seed",
-            "2018",
-        ],
+        [sys.executable, "-m", "workflow_lib.cli", *folds_command, "--folds", "4", "--seed", "2018"],
         cwd=REPO,
         env=_env(),
         check=True,

@@ -268,7 +268,13 @@ def test_demo_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
 
 def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output: str) -> None:
     """The assertions on two finished runs (their work directories and Snakemake output)."""
-    # ---- the jobs: the same in both runs; all but `all` went to SLURM ----------------------
+    _check_jobs(local_output, slurm_dir, slurm_output)
+    _check_outputs(local_dir, slurm_dir)
+
+
+def _check_jobs(local_output: str, slurm_dir: Path, slurm_output: str) -> None:
+    """The jobs: the same in both runs, with the same commands; all but `all` went to SLURM,
+    one SLURM job each, with the rule's CPUs."""
     local_jobs = _job_blocks(local_output)
     slurm_jobs = _job_blocks(slurm_output)
     assert local_jobs and all(h.startswith("localrule ") for h, _ in local_jobs), local_jobs
@@ -313,7 +319,10 @@ def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output
         # SLURM gave the job as many CPUs as the rule's threads (what --threads received)
         assert int(job.get("NumCPUs", "0")) == _threads_of(command.group(1)), (job_id, job)
 
-    # ---- the outputs ---------------------------------------------------------------------
+
+def _check_outputs(local_dir: Path, slurm_dir: Path) -> None:
+    """The outputs: the same files, byte- or number-equal, the same model weights; and the
+    tiny demo still exercised self-verification."""
     assert _outputs(slurm_dir) == _outputs(local_dir)
 
     byte_equal = _files(local_dir, BYTE_EQUAL)
