@@ -124,7 +124,7 @@ def fit_learned_fusion(
     torch.manual_seed(seed)
     inputs, dtype, loss = LEARNED_FIT[task.name]
     x = inputs(torch.as_tensor(stack, dtype=torch.float64))
-    y = torch.as_tensor(targets, dtype=dtype)
+    y = torch.tensor(np.asarray(targets), dtype=dtype)  # a copy: targets may be a read-only view
     if task.label_sets:
         _check_multi_hot(x, y)
     weights = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, requires_grad=True)
