@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -34,10 +33,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # machine_info beside this script
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from machine_info import cpu_model, load_average  # noqa: E402
 
 from workflow_lib.data import ClipBank  # noqa: E402
 from workflow_lib.preprocess import MANIFEST_COLUMNS, N_BINS, SpectrogramStore, merge_manifests, write_shard  # noqa: E402
@@ -64,13 +65,6 @@ def previous_from_store(store: SpectrogramStore, fnames, frames: int) -> ClipBan
         else np.zeros((0, N_BINS), dtype=np.float32)
     )
     return ClipBank(torch.from_numpy(stacked), torch.from_numpy(offsets), torch.from_numpy(lengths), frames)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def write_store(
@@ -152,10 +146,7 @@ def main() -> int:
         for array in [*store.shard_arrays.values(), *legacy.shard_arrays.values()]:
             float(np.asarray(array).sum())  # warm the page cache for both
         print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-        print(
-            f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, "
-            f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
-        )
+        print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, load average {load_average()}")
         total = int(store.manifest["n_frames"].sum())
         print(
             f"store: {args.n_clips} clips of {args.min_frames}-{args.max_frames} frames in "

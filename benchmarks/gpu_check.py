@@ -51,7 +51,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from training_throughput import cpu_model, measure_preset, paper_settings  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
+from training_throughput import measure_preset, paper_settings  # noqa: E402
 
 from workflow_lib.data import ClipBank  # noqa: E402
 from workflow_lib.gpu_memory import (  # noqa: E402

@@ -36,10 +36,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # machine_info beside this script
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
+from machine_info import cpu_model, load_average  # noqa: E402
 
 from workflow_lib.audio import SPEC_SOX_EFFECTS, require_sox  # noqa: E402
 from workflow_lib.preprocess import shard_clips, write_shard_files  # noqa: E402
@@ -48,23 +50,6 @@ SR = 32000
 IN_SR = 44100
 #: Environment variable with the FSDD recordings folder: the default of --fsdd.
 FSDD_ENV = "SV_FSDD_DIR"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def synthetic_clip(rng: np.random.Generator) -> np.ndarray:

@@ -46,10 +46,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # machine_info beside this script
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from machine_info import cpu_model, cpuinfo, load_average  # noqa: E402
 
 from workflow_lib.config import resolve_settings  # noqa: E402
 from workflow_lib.data import ClipBank  # noqa: E402
@@ -68,24 +70,6 @@ from workflow_lib.training import (  # noqa: E402
 
 N_CLASSES = 41  # FSDKaggle2018 (docs/method.md "Data contract")
 N_DISTINCT = 16  # distinct random clips; the bank's clips point at them in turn
-
-
-def cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
-
-
-def cpu_model() -> str:
-    return cpuinfo().get("model name") or platform.processor() or "unknown"
 
 
 def fp32_flops_per_cycle(info: dict[str, str]) -> tuple[int, str]:
@@ -190,9 +174,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training(model, forward, fit: FitSettings, frames: int, device: torch.device, args) -> float:
+def time_training(
+    model, forward, fit: FitSettings, frames: int, device: torch.device, args
+) -> tuple[float, float]:
     """Seconds of ``args.steps`` steps of ``training._run_epoch`` (after ``args.warmup`` warm-up
-    steps): over a bank of batch * steps clips one epoch is exactly that many steps."""
+    steps), and the timed steps' loss: over a bank of batch * steps clips one epoch is exactly
+    that many steps."""
     features = DeviceFeatures.for_device(device)
     optimizer = make_optimizer(model, fit.lr, device, features)
     sampler = DeviceSampler(0, device)
@@ -207,9 +194,7 @@ def time_training(model, forward, fit: FitSettings, frames: int, device: torch.d
     started = time.perf_counter()
     loss, _ = _run_epoch(forward, optimizer, timed_bank, targets, fit, sampler, device, N_CLASSES, features)
     synchronize(device)
-    if not np.isfinite(loss):
-        raise RuntimeError(f"training loss is {loss}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, loss
 
 
 def time_inference(forward, fit: FitSettings, frames: int, device: torch.device, args, shifts: int) -> float:
@@ -236,7 +221,9 @@ def measure_preset(preset: str, settings: dict, device: torch.device, args) -> d
     model = build_model(net["width"], N_CLASSES, tuple(net["dropout"]))
     train_flops, infer_flops = count_flops(model, fit.excerpt_frames, frames, torch.device("cpu"))
     forward = prepare_model(model, device, RunOptions(compile=args.compile))
-    train_s = time_training(model, forward, fit, frames, device, args)
+    train_s, loss = time_training(model, forward, fit, frames, device, args)
+    if not np.isfinite(loss):
+        raise RuntimeError(f"{preset}: training loss is {loss}")
     infer_s = time_inference(forward, fit, frames, device, args, shifts=0)
     shifts = getattr(args, "tta_shifts", 0)  # gpu_check.py's arguments have none
     tta_s = time_inference(forward, fit, frames, device, args, shifts) if shifts else None
@@ -338,10 +325,6 @@ def print_setup(args: argparse.Namespace, settings: dict) -> None:
         )
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"load average at start: {load_average()} on {os.cpu_count()} CPU(s)")
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def print_rates(rows: list[dict], gpu: bool) -> None:

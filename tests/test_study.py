@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workflow_lib.noisy_dataset import NoisyDatasetSettings
 from workflow_lib.selection import choose, selection_table
 from workflow_lib.study import (
     collect,
@@ -360,14 +361,6 @@ def _finished_repetition(folder: Path, settings: dict) -> None:
     (folder / "experiment.json").write_text("{}")
 
 
-class _Settings:
-    def __init__(self, values: dict) -> None:
-        self.values = values
-
-    def to_json(self) -> dict:
-        return self.values
-
-
 def test_a_study_starts_from_the_finished_repetitions_of_an_earlier_one(tmp_path, monkeypatch):
     """--reuse-from: a repetition finished in the earlier study starts from its work (same
     dataset path, files with their times, Snakemake's metadata; not its locks or logs), so only
@@ -375,7 +368,11 @@ def test_a_study_starts_from_the_finished_repetitions_of_an_earlier_one(tmp_path
     study is only read; a dataset built with other settings is refused, never rebuilt there."""
     driver = _driver_module()
     earlier, out = tmp_path / "earlier", tmp_path / "out"
-    _finished_repetition(earlier / "a_s5", {"seed": 5})
+    built, other = (
+        NoisyDatasetSettings(test_groups=("a",), seed=5),
+        NoisyDatasetSettings(test_groups=("a",), seed=6),
+    )
+    _finished_repetition(earlier / "a_s5", built.to_json())
     (earlier / "b_s5").mkdir(parents=True)  # still running there: no experiment.json
     ran: list[str] = []
 
@@ -401,7 +398,7 @@ def test_a_study_starts_from_the_finished_repetitions_of_an_earlier_one(tmp_path
     assert not (rep / "work" / ".snakemake" / "log").exists()
     assert (earlier / "a_s5" / "work" / ".snakemake" / "locks" / "0.input.lock").is_file()
     assert driver.start_from_earlier(earlier, rep)  # already started: resumes as it is
-    assert driver.reusable_build(rep / "dataset", _Settings({"seed": 5}), Path("/audio")) is not None
+    assert driver.reusable_build(rep / "dataset", built, Path("/audio")) is not None
     with pytest.raises(SystemExit, match="linked from .*other dataset settings"):
-        driver.reusable_build(rep / "dataset", _Settings({"seed": 6}), Path("/audio"))
+        driver.reusable_build(rep / "dataset", other, Path("/audio"))
     assert (earlier / "a_s5" / "dataset" / "build_info.json").is_file()

@@ -149,8 +149,6 @@ def reusable_build(
     """The build_info of an earlier build in ``dataset`` from ``source`` with these settings
     (nothing to rebuild, so nothing downstream reruns), else None."""
     info_path = dataset / "build_info.json"
-    if not info_path.is_file() and not dataset.is_symlink():
-        return None
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     if info is None or info["settings"] != settings.to_json() or info["source"]["audio_dir"] != str(source):
         if dataset.is_symlink():  # started from another study's repetition (--reuse-from)
@@ -519,12 +517,12 @@ def run_study(args: argparse.Namespace, out: Path, build: DatasetBuilder = build
     if args.copy_to and not args.dry_run:
         restore_kept_repetitions(args.copy_to.resolve(), out)
     base_overlays = list(args.overlay)
+    reuse_from = getattr(args, "reuse_from", None)  # a hand-made Namespace (tests) may lack it
     for group, seed in repetitions:
         rep = out / f"{group}_s{seed}"
         if (rep / "experiment.json").is_file() and not args.dry_run:
             print(f"{rep.name}: finished earlier, kept", file=sys.stderr)
             continue
-        reuse_from = getattr(args, "reuse_from", None)
         if reuse_from is not None and not start_from_earlier(reuse_from.resolve(), rep):
             print(f"{rep.name}: not finished in {reuse_from}; skipped (rerun when it is)", file=sys.stderr)
             continue
