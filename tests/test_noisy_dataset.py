@@ -470,6 +470,32 @@ def test_cli_reports_errors(corpus: Path, tmp_path: Path, capsys: pytest.Capture
         main(["--audio-dir", str(corpus), "--out", str(tmp_path / "o")])
 
 
+def test_builder_cli_contract_json_or_one_error_line(capsys) -> None:
+    """run_builder_cli, shared by the three dataset builders: info as JSON and 0; a rejected
+    input (ValueError, FileExistsError, or a builder's own listed error) one line and 1; any
+    other exception is a bug and propagates."""
+    assert nd.run_builder_cli(lambda: {"n_train": 3}) == 0
+    assert json.loads(capsys.readouterr().out) == {"n_train": 3}
+
+    def refuse(exc: Exception):
+        def build():
+            raise exc
+
+        return build
+
+    assert nd.run_builder_cli(refuse(ValueError("noise_rate must be in [0, 1]"))) == 1
+    assert capsys.readouterr().err == "error: noise_rate must be in [0, 1]\n"
+    assert nd.run_builder_cli(refuse(FileExistsError("stale clips"))) == 1
+    assert nd.run_builder_cli(refuse(sf.LibsndfileError(1, "bad.wav: ")), rejected=(sf.LibsndfileError,)) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(KeyError):
+        nd.run_builder_cli(refuse(KeyError("a bug")))
+    for seed in (True, 7.0, -1, "7"):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            nd.check_seed(seed)
+    nd.check_seed(np.int64(7))
+
+
 # --------------------------------------------------------------------------- real corpus
 
 

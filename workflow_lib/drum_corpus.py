@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +59,7 @@ import soundfile as sf
 
 from .audio import to_model_rate
 from .io import atomic_path, write_csv, write_json
-from .noisy_dataset import _prepare_audio_dir
+from .noisy_dataset import prepare_audio_dir, run_builder_cli
 
 #: The class vocabulary (fixed, so that studies on different kit sets stay comparable).
 #: side_stick = cross-stick / rim click; snare includes rimshots; ride includes its bell;
@@ -506,7 +504,7 @@ def build_drum_source(
     )
     if clips.empty:
         raise ValueError(f"no usable clip in {kits_dir}; skip reasons: {sorted(set(skipped['reason']))[:5]}")
-    _prepare_audio_dir(out / "audio", overwrite)
+    prepare_audio_dir(out / "audio", overwrite)
     table = _write_audio(clips, out / "audio", float(max_seconds))
     write_csv(table[LABEL_COLUMNS], out / "labels.csv")
     write_csv(skipped, out / "skipped.csv")
@@ -584,15 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints corpus_info as JSON. Returns 0, or 1 on a rejected input."""
     args = _parser().parse_args(argv)
     kits = [k.strip() for k in args.kits.split(",") if k.strip()] if args.kits else None
-    try:
-        info = build_drum_source(
+    return run_builder_cli(
+        lambda: build_drum_source(
             args.kits_dir, args.out, args.max_seconds, kits, args.min_kits, overwrite=args.overwrite
         )
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(info, indent=2))
-    return 0
+    )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +50,13 @@ from .labels import join_labels, split_labels
 from .noisy_dataset import (
     PRIVATE,
     PUBLIC,
-    _check_fraction,
-    _prepare_audio_dir,
     add_source_arguments,
+    check_fraction,
+    check_seed,
     holdout_mask,
+    prepare_audio_dir,
     read_labels,
+    run_builder_cli,
 )
 
 #: Audio folders and listings of the FSDKaggle2019 layout (config.yaml's defaults).
@@ -103,7 +103,7 @@ class MixtureSettings:
         groups = (self.test_groups,) if isinstance(self.test_groups, str) else self.test_groups
         object.__setattr__(self, "test_groups", tuple(str(g) for g in groups))
         for name in ("test_fraction", "public_fraction", "curated_fraction", "noise_rate"):
-            _check_fraction(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         if (
             isinstance(self.uses_per_clip, bool)
             or not isinstance(self.uses_per_clip, int)
@@ -112,8 +112,7 @@ class MixtureSettings:
             raise ValueError(f"uses_per_clip must be a positive integer, got {self.uses_per_clip!r}")
         if not 0 <= float(self.gain_db) <= 60:
             raise ValueError(f"gain_db must be in [0, 60], got {self.gain_db!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_seed(self.seed)
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form for build_info.json."""
@@ -185,7 +184,7 @@ def replace_one_label(
     """``sets`` with exactly ``round(rate * len)`` of them changed: one label of the set (at
     random) replaced by a class not in the set (uniform), so the set keeps its size and every
     changed set holds exactly one wrong label."""
-    _check_fraction("rate", rate)
+    check_fraction("rate", rate)
     out = list(sets)
     n_change = int(round(rate * len(out)))
     for index in np.sort(rng.choice(len(out), size=n_change, replace=False)) if n_change else []:
@@ -310,7 +309,7 @@ def write_mixture_dataset(
     noisy = train[train["verified"] == 0]
     offsets = {}
     for folder, plan in ((CURATED_DIR, curated), (NOISY_DIR, noisy), (TEST_DIR, test)):
-        _prepare_audio_dir(out / folder, overwrite)
+        prepare_audio_dir(out / folder, overwrite)
         offsets[folder] = _write_mixtures(plan, out / folder, load)
     write_csv(curated.rename(columns={"label": "labels"})[["fname", "labels"]], out / CURATED_CSV)
     write_csv(noisy.rename(columns={"label": "labels"})[["fname", "labels"]], out / NOISY_CSV)
@@ -409,7 +408,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints build_info as JSON. Returns 0, or 1 on a rejected input."""
     args = _parser().parse_args(argv)
-    try:
+
+    def build() -> dict[str, Any]:
         settings = MixtureSettings(
             test_groups=args.test_groups,
             test_fraction=args.test_fraction,
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gain_db=args.gain_db,
             seed=args.seed,
         )
-        info = build_mixture_dataset(
+        return build_mixture_dataset(
             args.audio_dir,
             args.out,
             settings,
@@ -428,11 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             name_pattern=args.name_pattern,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileExistsError, sf.LibsndfileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(info, indent=2))
-    return 0
+
+    return run_builder_cli(build, rejected=(sf.LibsndfileError,))
 
 
 if __name__ == "__main__":

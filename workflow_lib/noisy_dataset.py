@@ -39,7 +39,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class NoisyDatasetSettings:
         if self.pairs is not None:
             object.__setattr__(self, "pairs", {str(k): str(v) for k, v in self.pairs.items()})
         for name in ("test_fraction", "public_fraction", "verified_fraction", "noise_rate", "pool_fraction"):
-            _check_fraction(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         if self.noise_model not in NOISE_MODELS:
             raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if self.noise_model == "pairs" and not self.pairs:
@@ -113,8 +113,7 @@ class NoisyDatasetSettings:
             raise ValueError("pairs were given but noise_model is 'uniform'; use noise_model='pairs'")
         if self.copy_mode not in COPY_MODES:
             raise ValueError(f"copy_mode must be one of {COPY_MODES}, got {self.copy_mode!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_seed(self.seed)
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form for build_info.json."""
@@ -126,7 +125,14 @@ class NoisyDatasetSettings:
         return data
 
 
-def _check_fraction(name: str, value: float) -> None:
+def check_seed(seed: object) -> None:
+    """A bool, a float or a negative seed is a typo that numpy would take in a surprising way
+    (True as 1, 7.0 refused deep inside), so it is refused here with the setting's name."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def check_fraction(name: str, value: float) -> None:
     """Fractions outside [0, 1] (or NaN) are always a typo, never a meaningful setting."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -155,7 +161,7 @@ def corrupt_labels(
     """
     labels = np.asarray([str(x) for x in true_labels], dtype=object)
     class_arr = np.asarray(list(dict.fromkeys(str(c) for c in classes)), dtype=object)
-    _check_fraction("rate", rate)
+    check_fraction("rate", rate)
     if model not in NOISE_MODELS:
         raise ValueError(f"model must be one of {NOISE_MODELS}, got {model!r}")
     unknown = sorted(set(labels) - set(class_arr))
@@ -386,7 +392,7 @@ def _assign(
 # --------------------------------------------------------------------------- writing
 
 
-def _prepare_audio_dir(path: Path, overwrite: bool) -> None:
+def prepare_audio_dir(path: Path, overwrite: bool) -> None:
     """Stale clips from an earlier build would silently join the new one, so refuse them
     unless ``overwrite`` says to remove them (only files/links; never a subdirectory)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -404,7 +410,7 @@ def _clear_stale_pool(out_path: Path, overwrite: bool) -> None:
     taken for this build's): refused as stale audio unless ``overwrite``, then removed."""
     folder = out_path / "audio_unlabelled"
     if folder.is_dir():
-        _prepare_audio_dir(folder, overwrite)
+        prepare_audio_dir(folder, overwrite)
         folder.rmdir()
     (out_path / "unlabelled_true_labels.csv").unlink(missing_ok=True)
 
@@ -456,7 +462,7 @@ def build_noisy_dataset(
         *((("audio_unlabelled", pool),) if len(pool) else ()),
     )
     for split, frame in splits:
-        _prepare_audio_dir(out_path / split, overwrite)
+        prepare_audio_dir(out_path / split, overwrite)
         _place_audio(audio_path, frame["fname"].tolist(), out_path / split, settings.copy_mode)
     if len(pool):  # the unlabelled pool's true labels, for measuring only
         write_csv(pool[["fname", "true_label"]], out_path / "unlabelled_true_labels.csv")
@@ -540,6 +546,22 @@ def add_source_arguments(p: argparse.ArgumentParser, test_fraction: float) -> No
     p.add_argument("--test-fraction", type=float, default=test_fraction)
 
 
+def run_builder_cli(
+    build: Callable[[], Mapping[str, Any]], rejected: tuple[type[Exception], ...] = ()
+) -> int:
+    """The dataset builders' command-line contract, in one place: the build's info as JSON on
+    stdout and 0, or one ``error:`` line on stderr and 1 for a rejected input (a bad setting,
+    an earlier build in the way, or one of the builder's own ``rejected`` errors such as an
+    unreadable audio file), never a traceback."""
+    try:
+        info = build()
+    except (ValueError, FileExistsError, *rejected) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     """Argument parser; defaults mirror NoisyDatasetSettings."""
     d = NoisyDatasetSettings()
@@ -573,7 +595,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints build_info as JSON.  Returns 0, or 1 on a rejected input."""
     args = _parser().parse_args(argv)
-    try:
+
+    def build() -> dict[str, Any]:
         settings = NoisyDatasetSettings(
             test_groups=args.test_groups,
             test_fraction=args.test_fraction,
@@ -586,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             pool_fraction=args.pool_fraction,
         )
-        info = build_noisy_dataset(
+        return build_noisy_dataset(
             args.audio_dir,
             args.out,
             settings,
@@ -594,11 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             name_pattern=args.name_pattern,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(info, indent=2))
-    return 0
+
+    return run_builder_cli(build)
 
 
 if __name__ == "__main__":
