@@ -44,9 +44,10 @@ report: setup
 
 # The style gates run first. Tests that need the FSDD recordings read their folder from
 # SV_FSDD_DIR and skip without it; the SLURM cluster tests run only with SV_TEST_SLURM=1 (they
-# install munge + slurm-wlm with apt-get and write /etc/slurm). .ci/run sets both.
+# install munge + slurm-wlm with apt-get and write /etc/slurm). .ci/run sets both. The ten
+# slowest tests are listed at the end, to see where the 25-minute CI budget goes.
 test: setup lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
 
 # ruff (lint + format) and snakefmt read their settings from pyproject.toml.
 lint: setup
