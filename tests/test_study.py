@@ -24,6 +24,7 @@ from workflow_lib.study import (
     sign_test,
     summarise,
     t_interval,
+    trust_by_iteration,
     wilcoxon_p,
 )
 
@@ -228,6 +229,46 @@ def test_paired_plot_is_a_png(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def test_trusted_labels_per_iteration_by_hand():
+    """study_trust.csv: mean, min and max over repetitions of each judging iteration's count,
+    precision and recall; a chain that judged nothing (verified_only: no precision) keeps its
+    zero counts, a chain without trust columns (NaN counts) is left out."""
+    long = collect(
+        {
+            name: pd.DataFrame(
+                {
+                    "preset": "p",
+                    "system": ["self_verification", "verified_only", "fused"],
+                    "trusted_by_it0": [count, 0, np.nan],
+                    "trusted_by_it0_precision": [precision, np.nan, np.nan],
+                    "trusted_by_it0_recall": [recall, 0.0, np.nan],
+                    "trusted_by_it1": [count + 10, 0, np.nan],
+                    "trusted_by_it1_precision": [1.0, np.nan, np.nan],
+                    "trusted_by_it1_recall": [recall + 0.1, 0.0, np.nan],
+                }
+            )
+            for name, count, precision, recall in (("r1", 100, 1.0, 0.2), ("r2", 120, 0.9, 0.3))
+        }
+    )
+    table = trust_by_iteration(long).set_index(["system", "iteration"])
+    assert set(table.index) == {
+        ("self_verification", 0),
+        ("self_verification", 1),
+        ("verified_only", 0),
+        ("verified_only", 1),
+    }
+    first = table.loc[("self_verification", 0)]
+    assert (first["n"], first["trusted_mean"]) == (2, 110.0)
+    assert (first["precision_mean"], first["precision_min"], first["precision_max"]) == pytest.approx(
+        (0.95, 0.9, 1.0)
+    )
+    assert (first["recall_mean"], first["recall_min"], first["recall_max"]) == pytest.approx((0.25, 0.2, 0.3))
+    assert table.loc[("self_verification", 1), "recall_mean"] == pytest.approx(0.35)
+    assert np.isnan(table.loc[("verified_only", 0), "precision_mean"])
+    assert table.loc[("verified_only", 1), "trusted_mean"] == 0
+    assert trust_by_iteration(collect(runs())).empty  # a study without trust columns
+
+
 def test_recompute_command_prints_and_writes_the_tables(tmp_path, capsys):
     """python -m workflow_lib.study FOLDER: finished repetitions only; --out writes the files."""
     for name, table in {**runs(), "unfinished": next(iter(runs().values()))}.items():
@@ -242,6 +283,7 @@ def test_recompute_command_prints_and_writes_the_tables(tmp_path, capsys):
     assert {"ci95_low", "ci95_high"} <= set(written.columns)
     assert set(pd.read_csv(tmp_path / "out/study_runs.csv")["repetition"]) == {"r1", "r2", "r3"}
     assert (tmp_path / "out/study_paired.png").is_file()
+    assert (tmp_path / "out/study_trust.csv").is_file() and "trusted unverified labels" in printed
 
 
 def test_recompute_reproduces_the_readme_single_label_study(capsys):

@@ -25,6 +25,7 @@ files: ``python -m workflow_lib.study experiments/fsdd/reference/study_singlelab
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,8 +58,11 @@ STUDY_FILES = (
     "study_summary.csv",
     "study_paired.csv",
     "study_regret.csv",
+    "study_trust.csv",
     "study_paired.png",
 )
+#: systems.csv's per-iteration trust columns: ``trusted_by_it<k>`` and its precision and recall.
+TRUST_COLUMN = re.compile(r"trusted_by_it(\d+)$")
 
 
 def main_metric(long: pd.DataFrame) -> str:
@@ -247,15 +251,51 @@ def regret_summary(table: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
+def trust_by_iteration(long: pd.DataFrame) -> pd.DataFrame:
+    """Per preset, chain and judging iteration: how many unverified clips (label sets: labels)
+    the chain trusted, and the precision and recall of those against the true labels, as mean,
+    min and max over the repetitions. Recall is over the correctly labelled unverified clips,
+    so it says how much of the usable data a policy kept; chains that trust nothing (no
+    ``trusted_by_it<k>`` value) are left out."""
+    iterations = sorted(int(m.group(1)) for c in long.columns if (m := TRUST_COLUMN.match(c)))
+    rows = []
+    for (preset, system), group in long.groupby(["preset", "system"], sort=False):
+        for k in iterations:
+            counts = group[f"trusted_by_it{k}"].dropna()
+            if counts.empty:
+                continue
+            row = {"preset": preset, "system": system, "iteration": k, "n": len(counts)}
+            row["trusted_mean"] = float(counts.mean())
+            for measure in ("precision", "recall"):
+                values = group[f"trusted_by_it{k}_{measure}"].dropna().to_numpy(dtype=float)
+                row[f"{measure}_mean"] = float(values.mean()) if len(values) else np.nan
+                row[f"{measure}_min"] = float(values.min()) if len(values) else np.nan
+                row[f"{measure}_max"] = float(values.max()) if len(values) else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows, columns=TRUST_TABLE_COLUMNS)
+
+
+TRUST_TABLE_COLUMNS = [
+    "preset",
+    "system",
+    "iteration",
+    "n",
+    "trusted_mean",
+    *[f"{m}_{s}" for m in ("precision", "recall") for s in ("mean", "min", "max")],
+]
+
+
 def study_tables(long: pd.DataFrame, tolerance: float = 0.0) -> dict[str, pd.DataFrame]:
     """The study's tables from its long table (:func:`collect`): summary, paired differences
-    (every test metric present, to each of :data:`REFERENCES`) and the regret of the CV pick."""
+    (every test metric present, to each of :data:`REFERENCES`), the regret of the CV pick and
+    the trusted labels' precision and recall per iteration."""
     metrics = present(long, TEST_METRICS)
     return {
         "study_runs.csv": long,
         "study_summary.csv": summarise(long),
         "study_paired.csv": pd.concat([paired(long, REFERENCES, m) for m in metrics], ignore_index=True),
         "study_regret.csv": regret(long, tolerance),
+        "study_trust.csv": trust_by_iteration(long),
     }
 
 
@@ -314,6 +354,8 @@ def report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
         + by_repetition.round(digits).to_string()
         + "\n\n"
         + regret_summary(regret_table).round(digits).to_string(index=False),
+        "trusted unverified labels per judging iteration (mean, min, max over repetitions):\n"
+        + tables["study_trust.csv"].drop(columns=["preset"]).round(digits).to_string(index=False),
     ]
     return "\n\n".join(parts) + "\n"
 

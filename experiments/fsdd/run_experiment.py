@@ -36,8 +36,9 @@ same command resumes a study on a new machine. After each repetition ``<out>/stu
 (the systems rows of every finished repetition in ``<out>``, whichever command ran it),
 ``study_summary.csv`` (per chain: n, mean, std, min, max) and ``study_paired.csv`` (per chain:
 paired test-accuracy differences to ``self_verification`` and ``all_labels``, 95 % t-interval,
-wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pick's regret) and
-``study_paired.png`` are rewritten (workflow_lib/study.py; ``python -m workflow_lib.study
+wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pick's regret),
+``study_trust.csv`` (per chain and judging iteration: trusted labels, their precision and
+recall over the repetitions) and ``study_paired.png`` are rewritten (workflow_lib/study.py; ``python -m workflow_lib.study
 <out>`` recomputes and prints them).
 
 ``--reuse-from EARLIER`` (with ``--study``): each repetition starts from the finished one of the
