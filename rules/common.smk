@@ -363,6 +363,7 @@ SYSTEMS_SPEC = systems_spec(
     # a transductive chain's description says so (chain_note; other chains: as given)
     {c: "; ".join(filter(None, [S["chains"][c].get("description", ""), chain_note(S, c)])) for c in CHAINS},
     {c: S["chains"][c]["policy"] for c in CHAINS},
+    pool_chains=POOL_CHAINS,
 )
 
 FINAL_OUTPUTS = [

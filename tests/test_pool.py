@@ -468,6 +468,9 @@ def test_the_pool_is_planned_for_pool_chains_only(tmp_path):
     summaries = [block for block in jobs if block.startswith("rule summary:")]
     assert len(summaries) == 2
     assert all(("pool_per_class.csv" in block) == ("chains/pseudo_labels/" in block) for block in summaries)
+    pool_tables = [path for path in rule_inputs(output, "systems") if path.endswith("pool_per_class.csv")]
+    assert len(pool_tables) == len(presets) * iterations
+    assert all(path.startswith("results/chains/pseudo_labels/") for path in pool_tables)
 
 
 # --------------------------------------------------------------- transductive: the test audio as the pool
@@ -639,6 +642,59 @@ def test_the_chain_summary_counts_the_trusted_pool_clips_of_the_chosen_iteration
     row = table.set_index("preset").loc["p"]
     assert row["chosen_iteration"] == 1 and row["self_verified_clips"] == 1
     assert row["pool_trusted_clips"] == 3 and row["pool_trusted_precision"] == pytest.approx(2 / 3)
+
+
+def test_systems_csv_carries_a_pool_chains_pool_trust_per_iteration(tmp_path):
+    """A pool chain's systems.csv row gains pool_trusted_by_it<k> with the pool decisions'
+    precision and recall (what the pool study compares); a chain without a pool leaves the
+    cells empty, and its own trust columns are as before."""
+    from workflow_lib.systems import systems_tables
+
+    histories = {
+        (i, k): _history(tmp_path / f"h{i}{k}.csv", [1.0 - i / 10]) for i in range(2) for k in range(2)
+    }
+    write_csv(selection_table(histories), tmp_path / "selection.csv")
+    write_csv(pd.DataFrame({"label": ["a", "b"], "index": [0, 1]}), tmp_path / "classes.csv")
+    write_csv(
+        pd.DataFrame({"fname": ["t1", "t2"], "label": ["a", "b"], "usage": "Public"}), tmp_path / "test.csv"
+    )
+    write_csv(pd.DataFrame({"fname": ["t1", "t2"], "a": [0.9, 0.2], "b": [0.1, 0.8]}), tmp_path / "probs.csv")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    totals = {
+        "label": ["__all__"],
+        "n_unverified": [6],
+        "n_accepted": [4],
+        "precision": [1.0],
+        "recall": [0.8],
+    }
+    write_csv(pd.DataFrame(totals), trust / "per_class.csv")
+    pool = {
+        "label": ["__all__"],
+        "n_unverified": [5],
+        "n_accepted": [3],
+        "precision": [2 / 3],
+        "recall": [0.5],
+    }
+    write_csv(pd.DataFrame(pool), trust / POOL_FILES["per_class"])
+    item = {
+        "preset": "p",
+        "policy": "paper",
+        "selection": str(tmp_path / "selection.csv"),
+        "test": str(tmp_path / "probs.csv"),
+        "self_verify": {"0": str(trust / "per_class.csv")},
+    }
+    spec = [
+        {**item, "system": "self_verification"},
+        {**item, "system": "pseudo_labels", "pool": {"0": str(trust / POOL_FILES["per_class"])}},
+    ]
+    systems, _ = systems_tables(spec, tmp_path / "test.csv", tmp_path / "classes.csv")
+    rows = systems.set_index("system")
+    assert rows.loc["pseudo_labels", "pool_trusted_by_it0"] == 3
+    assert rows.loc["pseudo_labels", "pool_trusted_by_it0_precision"] == pytest.approx(2 / 3)
+    assert rows.loc["pseudo_labels", "pool_trusted_by_it0_recall"] == pytest.approx(0.5)
+    assert pd.isna(rows.loc["self_verification", "pool_trusted_by_it0"])
+    assert (rows["trusted_by_it0"] == 4).all() and (rows["test_accuracy"] == 1.0).all()
 
 
 def _fsdd_driver():

@@ -251,6 +251,7 @@ def test_trusted_labels_per_iteration_by_hand():
         }
     )
     table = trust_by_iteration(long).set_index(["system", "iteration"])
+    assert set(trust_by_iteration(long)["judged"]) == {"unverified"}
     assert set(table.index) == {
         ("self_verification", 0),
         ("self_verification", 1),
@@ -267,6 +268,32 @@ def test_trusted_labels_per_iteration_by_hand():
     assert np.isnan(table.loc[("verified_only", 0), "precision_mean"])
     assert table.loc[("verified_only", 1), "trusted_mean"] == 0
     assert trust_by_iteration(collect(runs())).empty  # a study without trust columns
+
+
+def test_a_pool_chains_pool_trust_is_a_row_of_its_own():
+    """pool_trusted_by_it<k> (a pool chain's systems.csv): judged 'pool' beside the same
+    chain's 'unverified' row of that iteration."""
+    long = collect(
+        {
+            name: pd.DataFrame(
+                {
+                    "preset": "p",
+                    "system": ["pseudo_labels"],
+                    "trusted_by_it0": [100],
+                    "trusted_by_it0_precision": [1.0],
+                    "trusted_by_it0_recall": [0.2],
+                    "pool_trusted_by_it0": [pool],
+                    "pool_trusted_by_it0_precision": [precision],
+                    "pool_trusted_by_it0_recall": [0.5],
+                }
+            )
+            for name, pool, precision in (("r1", 10, 0.9), ("r2", 30, 0.7))
+        }
+    )
+    table = trust_by_iteration(long).set_index(["judged", "iteration"])
+    assert table.loc[("unverified", 0), "trusted_mean"] == 100
+    assert table.loc[("pool", 0), "trusted_mean"] == 20
+    assert table.loc[("pool", 0), "precision_min"] == pytest.approx(0.7)
 
 
 def test_recompute_command_prints_and_writes_the_tables(tmp_path, capsys):

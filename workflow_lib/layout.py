@@ -24,7 +24,7 @@ many results at once (the systems table) get their file lists from :func:`system
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: Files of a model folder (one fold model of one iteration), by role: what a training job
@@ -190,22 +190,27 @@ def systems_spec(
     iterations: Sequence[int],
     descriptions: Mapping[str, str],
     policies: Mapping[str, str],
+    pool_chains: Collection[str] = (),
 ) -> list[dict]:
-    """What the systems table reads, per chain and preset (rule systems)."""
+    """What the systems table reads, per chain and preset (rule systems); a chain of
+    ``pool_chains`` also its judged pool's counts per iteration (``pool``)."""
     judged = list(iterations)[:-1]
-    return [
-        {
-            "preset": p,
-            "system": c,
-            "description": descriptions.get(c, ""),
-            "policy": policies[c],
-            "selection": layout.selection(c, p),
-            "test": layout.predictions(c, p),
-            "self_verify": {str(i): layout.trust_file(c, p, i, TRUST_FILES["per_class"]) for i in judged},
-        }
-        for c in chains
-        for p in presets
-    ]
+    spec = []
+    for c in chains:
+        for p in presets:
+            item = {
+                "preset": p,
+                "system": c,
+                "description": descriptions.get(c, ""),
+                "policy": policies[c],
+                "selection": layout.selection(c, p),
+                "test": layout.predictions(c, p),
+                "self_verify": {str(i): layout.trust_file(c, p, i, TRUST_FILES["per_class"]) for i in judged},
+            }
+            if c in pool_chains:
+                item["pool"] = {str(i): layout.trust_file(c, p, i, POOL_FILES["per_class"]) for i in judged}
+            spec.append(item)
+    return spec
 
 
 def spec_files(spec: Sequence[Mapping]) -> list[str]:
@@ -213,6 +218,7 @@ def spec_files(spec: Sequence[Mapping]) -> list[str]:
     files: set[str] = set()
     for item in spec:
         files.update([item["selection"], item["test"], *item.get("self_verify", {}).values()])
+        files.update(item.get("pool", {}).values())
     return sorted(files)
 
 

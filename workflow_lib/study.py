@@ -61,8 +61,9 @@ STUDY_FILES = (
     "study_trust.csv",
     "study_paired.png",
 )
-#: systems.csv's per-iteration trust columns: ``trusted_by_it<k>`` and its precision and recall.
-TRUST_COLUMN = re.compile(r"trusted_by_it(\d+)$")
+#: systems.csv's per-iteration trust columns: ``trusted_by_it<k>`` (a pool chain also
+#: ``pool_trusted_by_it<k>``) and its precision and recall.
+TRUST_COLUMN = re.compile(r"^(pool_)?trusted_by_it(\d+)$")
 
 
 def main_metric(long: pd.DataFrame) -> str:
@@ -252,22 +253,24 @@ def regret_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def trust_by_iteration(long: pd.DataFrame) -> pd.DataFrame:
-    """Per preset, chain and judging iteration: how many unverified clips (label sets: labels)
-    the chain trusted, and the precision and recall of those against the true labels, as mean,
-    min and max over the repetitions. Recall is over the correctly labelled unverified clips,
-    so it says how much of the usable data a policy kept; chains that trust nothing (no
-    ``trusted_by_it<k>`` value) are left out."""
-    iterations = sorted(int(m.group(1)) for c in long.columns if (m := TRUST_COLUMN.match(c)))
+    """Per preset, chain, what was judged (``unverified`` clips, or the unlabelled ``pool`` of
+    a pool chain) and judging iteration: how many clips (label sets: labels) the chain
+    trusted, and their precision and recall against the true labels, as mean, min and max
+    over the repetitions. Recall is over the correctly labelled unverified clips (pool: the
+    pool clips whose predicted label is right), so it says how much of the usable data a
+    policy kept; chains without a count (no ``trusted_by_it<k>`` value) are left out."""
+    found = sorted((m.group(1) or "", int(m.group(2))) for c in long.columns if (m := TRUST_COLUMN.match(c)))
     rows = []
     for (preset, system), group in long.groupby(["preset", "system"], sort=False):
-        for k in iterations:
-            counts = group[f"trusted_by_it{k}"].dropna()
+        for prefix, k in found:
+            counts = group[f"{prefix}trusted_by_it{k}"].dropna()
             if counts.empty:
                 continue
-            row = {"preset": preset, "system": system, "iteration": k, "n": len(counts)}
+            judged = "pool" if prefix else "unverified"
+            row = {"preset": preset, "system": system, "judged": judged, "iteration": k, "n": len(counts)}
             row["trusted_mean"] = float(counts.mean())
             for measure in ("precision", "recall"):
-                values = group[f"trusted_by_it{k}_{measure}"].dropna().to_numpy(dtype=float)
+                values = group[f"{prefix}trusted_by_it{k}_{measure}"].dropna().to_numpy(dtype=float)
                 row[f"{measure}_mean"] = float(values.mean()) if len(values) else np.nan
                 row[f"{measure}_min"] = float(values.min()) if len(values) else np.nan
                 row[f"{measure}_max"] = float(values.max()) if len(values) else np.nan
@@ -278,6 +281,7 @@ def trust_by_iteration(long: pd.DataFrame) -> pd.DataFrame:
 TRUST_TABLE_COLUMNS = [
     "preset",
     "system",
+    "judged",
     "iteration",
     "n",
     "trusted_mean",

@@ -125,7 +125,8 @@ def systems_tables(
 
     ``spec`` items (layout.systems_spec): ``system`` (the chain), ``preset``, ``policy``,
     ``description``, ``selection`` (CSV), ``test`` (posteriors CSV), ``self_verify``
-    ({iteration: per_class.csv}). ``picked``: the chain the tagger and the export use
+    ({iteration: per_class.csv}) and, for a pool chain, ``pool`` ({iteration:
+    pool_per_class.csv}). ``picked``: the chain the tagger and the export use
     (config key chain_choice, workflow_lib/choice.py), marked in the ``picked`` column; None:
     the first chain of ``spec`` (the first of run_chains).
     """
@@ -138,16 +139,32 @@ def systems_tables(
         overall = _overall(item.get("self_verify") or {})
         per_iteration += _iteration_rows(item, selection, overall, min_share, task)
         scores = _test_scores(test, item["test"], classes, task)
-        rows.append(_system_row(item, selection, overall, scores, item["system"] == picked, min_share, task))
+        row = _system_row(item, selection, overall, scores, item["system"] == picked, min_share, task)
+        rows.append(row | _pool_columns(_overall(item.get("pool") or {})))
     systems = pd.DataFrame(rows)
     for column in [
-        c for c in systems.columns if c.startswith("trusted") and not c.endswith(("precision", "recall"))
+        c
+        for c in systems.columns
+        if c.startswith(("trusted", "pool_trusted")) and not c.endswith(("precision", "recall"))
     ] + ["n_test"]:
         systems[column] = pd.to_numeric(systems[column]).astype("Int64")
     iterations = pd.DataFrame(per_iteration, columns=iteration_columns(task))
     for column in ("n_judged", "trusted", "trusted_correct"):
         iterations[column] = pd.to_numeric(iterations[column]).astype("Int64")
     return systems, iterations
+
+
+def _pool_columns(pool_overall: Mapping[int, pd.Series]) -> dict:
+    """A pool chain's systems.csv columns: per judging iteration, the pool clips (labels) its
+    policy trusted (``pool_trusted_by_it<k>``) and, where the pool's true labels are known,
+    their precision and their recall over the pool clips whose predicted label is right.
+    Chains without a pool get none (their cells stay empty)."""
+    row = {}
+    for judge, overall in pool_overall.items():
+        row[f"pool_trusted_by_it{judge}"] = int(overall["n_accepted"])
+        row[f"pool_trusted_by_it{judge}_precision"] = overall.get("precision", np.nan)
+        row[f"pool_trusted_by_it{judge}_recall"] = overall.get("recall", np.nan)
+    return row
 
 
 def _iteration_rows(
