@@ -174,6 +174,8 @@ def validate_pool_split(args: argparse.Namespace) -> None:
     JSON,
 )
 def preprocess_shard(args: argparse.Namespace) -> None:
+    """SoX-clip and transform one shard of a listing into every spectrogram version (the
+    listing is split into shards so that preprocessing runs as parallel jobs)."""
     stem = {v: Path(Layout.shard_stem(args.out_dir, v, args.split, args.shard)) for v in args.versions}
     clips = shard_clips(
         read_csv_str(args.listing),
@@ -256,6 +258,8 @@ def copy_shard(args: argparse.Namespace) -> None:
 
 @command("merge-manifests", arg("--out", type=Path, required=True), arg("shards", type=Path, nargs="+"))
 def merge_manifests(args: argparse.Namespace) -> None:
+    """Join the shards' manifests into one per version and split; the log counts each status
+    so that skipped clips are visible in the job log, not only in the CSV."""
     merged = merge_manifest_files(args.shards, args.out)
     log.info("%s: %d files, statuses %s", args.out, len(merged), merged["status"].value_counts().to_dict())
 
@@ -268,6 +272,8 @@ def merge_manifests(args: argparse.Namespace) -> None:
     arg("--seed", type=int, required=True),
 )
 def folds(args: argparse.Namespace) -> None:
+    """Deal the stratified folds (verified and unverified clips dealt separately) and log
+    the fold sizes, the first thing to check when a fold looks odd."""
     # stages imports torch: only the commands that run a job load it
     from .stages import folds_job
 
@@ -770,6 +776,8 @@ def export(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per registered job (:data:`COMMANDS`): the rules call these, so a
+    job's arguments are declared once, next to the function that runs it."""
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.cli", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -782,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one job; a rejected input (bad data, bad settings) is one log line and exit 1,
+    never a traceback from deep inside."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

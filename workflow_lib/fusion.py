@@ -72,6 +72,8 @@ def probability_frame(fnames: Sequence[str], probs: np.ndarray, classes: Sequenc
 
 
 def probabilities(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """A posterior table's class columns in ``classes`` order (a file's column order is
+    never trusted to match the class index)."""
     return frame[list(classes)].to_numpy(dtype=np.float64)
 
 

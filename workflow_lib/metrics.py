@@ -23,6 +23,8 @@ def map_at_3(probabilities: np.ndarray, targets: np.ndarray) -> float:
 
 
 def accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Top-1 accuracy of class-index ``targets``; NaN for no clips (a study must see a
+    missing score as missing, not as 0)."""
     if len(targets) == 0:
         return float("nan")
     return float((probabilities.argmax(axis=1) == np.asarray(targets)).mean())

@@ -30,6 +30,8 @@ CURVES = {
 
 
 def save_figure(figure: plt.Figure, path: Path) -> None:
+    """Write a PNG atomically and free the figure (jobs draw many; a killed job leaves no
+    half-written image)."""
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -109,6 +111,8 @@ def _no_test_labels(out: Path) -> None:
 
 
 def confusion_matrix_plot(confusion: pd.DataFrame, out: Path) -> None:
+    """The test confusion matrix (rows: true label); without test labels, a placeholder
+    image that says so, so the report and the rule's output always exist."""
     if confusion.empty:
         return _no_test_labels(out)
     labels = list(confusion["true_label"])

@@ -479,6 +479,8 @@ def fit_temperature(posteriors: np.ndarray, targets: np.ndarray) -> float:
 
 
 def apply_temperature(posteriors: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax posteriors rescaled as if the logits were divided by ``temperature`` (log
+    posteriors stand in for the logits: the softmax drops the constant)."""
     scaled = np.log(np.clip(posteriors, 1e-12, None)) / temperature
     scaled -= scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
@@ -812,6 +814,8 @@ def fit_sigmoid_temperature(posteriors: np.ndarray, targets: np.ndarray) -> floa
 
 
 def apply_sigmoid_temperature(posteriors: np.ndarray, temperature: float) -> np.ndarray:
+    """Per-class sigmoids with their logits divided by ``temperature`` (multi-label
+    calibration)."""
     return 1.0 / (1.0 + np.exp(-_logit(posteriors) / temperature))
 
 

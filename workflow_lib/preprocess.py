@@ -108,6 +108,8 @@ def shard_of(
 
 
 def manifest_row(row: pd.Series, clip, shard: int) -> dict:
+    """The manifest's record of one clip before its spectrograms are written: durations
+    before and after silence clipping, so a clip SoX emptied is visible in the manifest."""
     return {
         "fname": row["fname"],
         "label": row.get("label", ""),

@@ -123,5 +123,6 @@ def selection_note(table: pd.DataFrame) -> str:
 
 
 def chosen_iteration(selection_csv: Path) -> int:
+    """The iteration model selection chose (its ``chosen`` row of selection.csv)."""
     table = pd.read_csv(selection_csv)
     return int(table.loc[table["chosen"].astype(bool), "iteration"].iloc[0])

@@ -328,6 +328,8 @@ def label_precision_table(decisions: pd.DataFrame, classes: list[str]) -> pd.Dat
 
 
 def read_decisions(path: Path) -> pd.DataFrame:
+    """A decisions.csv with its label columns read as strings (a class named \"1\" must not
+    become the number 1)."""
     table = pd.read_csv(
         path,
         dtype={

@@ -389,6 +389,8 @@ def with_copies(
 
 
 def file_digest(path: Path | None) -> str:
+    """SHA-256 of a file's bytes (empty for no file): part of a training job's fingerprint,
+    so a resumed job refuses a checkpoint made from other inputs."""
     if path is None:
         return ""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -93,6 +93,8 @@ def _extra_cv(selection_row: pd.Series, task: Task) -> dict:
 
 
 def _trust_numbers(overall: pd.Series | None, policy: str, min_share: float) -> dict:
+    """One judging iteration's trust figures from its per_class.csv total row (NaN where
+    that iteration judged nothing, e.g. the last one)."""
     if overall is None:
         return {
             "n_judged": np.nan,
