@@ -25,6 +25,7 @@ from workflow_lib.study import (
     summarise,
     t_interval,
     trust_by_iteration,
+    verdict,
     wilcoxon_p,
 )
 
@@ -294,6 +295,36 @@ def test_a_pool_chains_pool_trust_is_a_row_of_its_own():
     assert table.loc[("unverified", 0), "trusted_mean"] == 100
     assert table.loc[("pool", 0), "trusted_mean"] == 20
     assert table.loc[("pool", 0), "precision_min"] == pytest.approx(0.7)
+
+
+def test_the_claim_rule_needs_ten_pairs_and_both_p_values():
+    """verdict: 'beats' only with n >= 10 and both p < 0.05; the direction from the mean."""
+    assert verdict(10, 0.03, 0.002, 0.002) == "beats"
+    assert verdict(10, -0.03, 0.002, 0.002) == "is beaten by"
+    assert verdict(9, 0.03, 0.004, 0.004) == "no difference shown"  # too few pairs
+    assert verdict(12, 0.03, 0.01, 0.07) == "no difference shown"  # the sign test disagrees
+    assert verdict(12, 0.03, 0.05, 0.01) == "no difference shown"  # 0.05 is not below 0.05
+    ten = paired(
+        collect({f"r{i}": runs()["r1"].assign(test_accuracy=[0.8, 0.85 + i / 1000, 0.9]) for i in range(10)}),
+        ["all_labels"],
+    )
+    assert set(ten["verdict"]) == {"beats"} and (ten["n"] == 10).all()
+
+
+def test_markdown_tables_for_the_readme(tmp_path, capsys):
+    """--markdown: one row per chain plus the CV pick, the paired differences with verdicts,
+    and the reference chains' difference once (self_verification minus all_labels only)."""
+    for name, table in runs().items():
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "systems.csv", index=False)
+        (tmp_path / name / "experiment.json").write_text("{}")
+    assert main([str(tmp_path), "--markdown"]) == 0
+    printed = capsys.readouterr().out
+    assert "| `agreement` | 3 | 0.867 (0.143) | 0.867 (0.143) | 0.003 |" in printed
+    assert "| CV pick (`chain_choice: cv`) | 3 | - | - |" in printed
+    assert "`self_verification` minus `all_labels`" in printed
+    assert "`all_labels` minus `self_verification`" not in printed
+    assert printed.count("no difference shown") == 3
 
 
 def test_recompute_command_prints_and_writes_the_tables(tmp_path, capsys):

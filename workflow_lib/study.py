@@ -141,9 +141,10 @@ def differences(long: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame
 
 
 def paired_row(diff: np.ndarray) -> dict:
-    """n, mean, sd, 95 % t-interval, wins/losses/ties and both p-values of some differences."""
+    """n, mean, sd, 95 % t-interval, wins/losses/ties, both p-values of some differences and
+    the :func:`verdict` they allow."""
     low, high = t_interval(diff)
-    return {
+    row = {
         "n": len(diff),
         "mean_difference": float(diff.mean()) if len(diff) else np.nan,
         "std_difference": float(diff.std(ddof=1)) if len(diff) > 1 else np.nan,
@@ -155,6 +156,23 @@ def paired_row(diff: np.ndarray) -> dict:
         "wilcoxon_p": wilcoxon_p(diff),
         "sign_test_p": sign_test(diff),
     }
+    row["verdict"] = verdict(row["n"], row["mean_difference"], row["wilcoxon_p"], row["sign_test_p"])
+    return row
+
+
+#: The project's rule for a claim (README, "How the studies' statistics are computed"): a chain
+#: "beats" another only when both two-sided p-values are below CLAIM_ALPHA over at least
+#: CLAIM_MIN_PAIRS paired repetitions; anything weaker is "no difference shown".
+CLAIM_MIN_PAIRS = 10
+CLAIM_ALPHA = 0.05
+
+
+def verdict(n: int, mean_difference: float, wilcoxon: float, sign: float) -> str:
+    """``beats``, ``is beaten by`` or ``no difference shown``, by :data:`CLAIM_MIN_PAIRS` and
+    :data:`CLAIM_ALPHA` (both tests must agree, so a claim never rests on the kinder one)."""
+    if n >= CLAIM_MIN_PAIRS and max(wilcoxon, sign) < CLAIM_ALPHA:
+        return "beats" if mean_difference > 0 else "is beaten by"
+    return "no difference shown"
 
 
 def paired(long: pd.DataFrame, references: Sequence[str], metric: str = "test_accuracy") -> pd.DataFrame:
@@ -364,12 +382,65 @@ def report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def markdown_report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
+    """The README's two study tables, ready to paste: per chain its test scores (mean and sd
+    over repetitions) and its regret when always taken, plus the CV pick's; then every paired
+    difference of the main score with its interval, wins/losses/ties, p-values and
+    :func:`verdict` (a difference between the two reference chains once). Printed by
+    ``python -m workflow_lib.study FOLDER --markdown``."""
+    long, f = tables["study_runs.csv"], f"{{:.{digits}f}}".format
+    metric, summary = main_metric(long), tables["study_summary.csv"]
+    scores = [m for m in present(long, TEST_METRICS) if f"{m}_mean" in summary]
+    regrets = regret_summary(tables["study_regret.csv"]).set_index("strategy")["mean_regret"]
+    chains = [
+        [f"`{row.system}`", str(row.n), *[f"{f(row[f'{m}_mean'])} ({f(row[f'{m}_std'])})" for m in scores]]
+        + [f(regrets[row.system]) if row.system in regrets else "-"]
+        for _, row in summary.iterrows()
+    ]
+    if "cv" in regrets:
+        chains.append(
+            ["CV pick (`chain_choice: cv`)", str(len(tables["study_regret.csv"].query("strategy == 'cv'")))]
+        )
+        chains[-1] += ["-"] * len(scores) + [f(regrets["cv"])]
+    pairs = tables["study_paired.csv"].query("metric == @metric")
+    mirrored = (pairs["system"] == REFERENCES[1]) & (pairs["reference"] == REFERENCES[0])
+    differences_rows = [
+        [
+            f"`{row.system}` minus `{row.reference}`",
+            f"{row.mean_difference:+.{digits}f} [{row.ci95_low:+.{digits}f}, {row.ci95_high:+.{digits}f}]",
+            f"{row.wins}/{row.losses}/{row.ties}",
+            f"{row.wilcoxon_p:.{digits}f} / {row.sign_test_p:.{digits}f}",
+            row.verdict,
+        ]
+        for row in pairs[~mirrored].itertuples()
+    ]
+    header = ["chain", "repetitions", *[f"{m} mean (sd)" for m in scores], "mean regret"]
+    paired_header = [
+        metric,
+        "mean difference [95 % t-interval]",
+        "wins/losses/ties",
+        "p (Wilcoxon / sign)",
+        "verdict",
+    ]
+    return _markdown_table(header, chains) + "\n\n" + _markdown_table(paired_header, differences_rows) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workflow_lib.study FOLDER [--out DIR] [--tolerance T]``: recompute a study's
-    tables from its repetitions' systems.csv, print them, and write them with --out."""
+    """``python -m workflow_lib.study FOLDER [--out DIR] [--tolerance T] [--markdown]``:
+    recompute a study's tables from its repetitions' systems.csv, print them (as the README's
+    Markdown tables with --markdown), and write them with --out."""
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.study", description=main.__doc__)
     parser.add_argument("folder", type=Path, help="a study folder: one subfolder per repetition")
     parser.add_argument("--out", type=Path, help="write the study's files here too")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the README's tables as Markdown instead"
+    )
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -379,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     long = read_study(args.folder)
     tables = write_study(long, args.out, args.tolerance) if args.out else study_tables(long, args.tolerance)
+    if args.markdown:
+        sys.stdout.write(markdown_report(tables))
+        return 0
     with pd.option_context("display.width", 200, "display.max_columns", 40):
         sys.stdout.write(report(tables))
     return 0
