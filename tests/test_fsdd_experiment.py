@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workflow_lib import __version__
+
 from conftest import REPO, fsdd_dir_or_skip
 
 DRIVER = REPO / "experiments/fsdd/run_experiment.py"
@@ -263,6 +265,10 @@ def test_outputs_one_row_per_chain_and_a_plot(run):
     assert pd.isna(rows.loc["verified_only", "low_trust_iterations"])  # trusting none is its design
     assert int(rows.loc["all_labels", "trusted_by_it0"]) == 150
     assert run["experiment"]["dataset"]["n_test"] == 50
+    code = run["experiment"]["code"]  # which code ran it; a clone of the repository has a commit
+    assert (
+        code["workflow_lib"] == __version__ and run["experiment"]["started"] <= run["experiment"]["finished"]
+    )
 
 
 def test_out_of_fold_posteriors_are_kept(run):

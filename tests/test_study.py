@@ -327,6 +327,36 @@ def test_markdown_tables_for_the_readme(tmp_path, capsys):
     assert printed.count("no difference shown") == 3
 
 
+def test_a_repetition_records_the_code_that_ran_it(tmp_path):
+    """experiment.json's ``code``: the version always; in a git checkout the commit and whether
+    the files that decide a result had uncommitted changes (a study's reference folder
+    filling up is not such a change)."""
+    import subprocess
+
+    from workflow_lib import __version__
+
+    driver = _driver_module()
+    assert driver.code_record(tmp_path) == {"workflow_lib": __version__}  # not a checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "workflow_lib").mkdir()
+    (tmp_path / "workflow_lib" / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (tmp_path / "experiments/fsdd/reference/r1").mkdir(parents=True)
+    (tmp_path / "experiments/fsdd/reference/r1/systems.csv").write_text("a\n")
+    assert driver.code_record(tmp_path) == {
+        "workflow_lib": __version__,
+        "git_commit": head,
+        "uncommitted_changes": False,
+    }
+    (tmp_path / "workflow_lib" / "a.py").write_text("x = 2\n")
+    assert driver.code_record(tmp_path)["uncommitted_changes"] is True
+
+
 def test_recompute_command_prints_and_writes_the_tables(tmp_path, capsys):
     """python -m workflow_lib.study FOLDER: finished repetitions only; --out writes the files."""
     for name, table in {**runs(), "unfinished": next(iter(runs().values()))}.items():

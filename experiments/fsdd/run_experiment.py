@@ -38,8 +38,9 @@ same command resumes a study on a new machine. After each repetition ``<out>/stu
 paired test-accuracy differences to ``self_verification`` and ``all_labels``, 95 % t-interval,
 wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pick's regret),
 ``study_trust.csv`` (per chain and judging iteration: trusted labels, their precision and
-recall over the repetitions) and ``study_paired.png`` are rewritten (workflow_lib/study.py; ``python -m workflow_lib.study
-<out>`` recomputes and prints them).
+recall over the repetitions) and ``study_paired.png`` are rewritten (workflow_lib/study.py;
+``python -m workflow_lib.study <out>`` recomputes and prints them). Each ``experiment.json``
+names the code that ran it (``code``: workflow_lib version, git commit, uncommitted changes).
 
 ``--reuse-from EARLIER`` (with ``--study``): each repetition starts from the finished one of the
 same name in another study's output folder (its dataset linked, its work folder copied), so a
@@ -73,6 +74,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from workflow_lib.config import ConfigError  # noqa: E402
+from workflow_lib.io import write_json  # noqa: E402
 from workflow_lib.mixtures import MixtureSettings, build_mixture_dataset  # noqa: E402
 from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset  # noqa: E402
 from workflow_lib.study import finished_repetitions  # noqa: E402
@@ -369,6 +371,7 @@ def _run_one_locked(args: argparse.Namespace, out: Path, build: DatasetBuilder) 
     command = snakemake_command(args, out)
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     started = time.time()
+    code = code_record()  # before the run: what the checkout held when the jobs started
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     clear_stale_snakemake_lock(command, out, env)
     done = subprocess.run(command, env=env)
@@ -379,31 +382,68 @@ def _run_one_locked(args: argparse.Namespace, out: Path, build: DatasetBuilder) 
         if (out / "work" / source).is_file():
             shutil.copyfile(out / "work" / source, out / name)
     record = {
-        "dataset": {
-            k: info[k]
-            for k in (
-                "n_train",
-                "n_verified",
-                "n_unverified",
-                "n_corrupted",
-                "n_wrong_labels",
-                "n_test",
-                "n_pool",
-                "classes",
-                "settings",
-            )
-            if k in info
-        },
+        "dataset": {k: info[k] for k in RECORDED_DATASET_KEYS if k in info},
         "settings": settings,
         "snakemake_command": command,
+        "code": code,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "wall_seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if (out / "dataset").is_symlink():
         record["started_from"] = str((out / "dataset").resolve().parent)
-    (out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, out / "experiment.json")  # atomic: its presence marks "finished"
     print(f"done in {seconds / 60:.1f} min: {out / 'systems.csv'}, {out / 'systems.png'}", file=sys.stderr)
     return 0
+
+
+#: The dataset build's counts and settings a repetition's experiment.json keeps.
+RECORDED_DATASET_KEYS = (
+    "n_train",
+    "n_verified",
+    "n_unverified",
+    "n_corrupted",
+    "n_wrong_labels",
+    "n_test",
+    "n_pool",
+    "classes",
+    "settings",
+)
+#: The files whose uncommitted changes would make a repetition's commit a wrong account of
+#: its code (git pathspecs, relative to the repository).
+CODE_PATHS = (
+    "workflow_lib",
+    "rules",
+    "Snakefile",
+    "config.yaml",
+    "schemas",
+    "experiments/*/*.yaml",
+    "experiments/*/*.py",
+)
+
+
+def code_record(repo: Path = REPO) -> dict:
+    """Which code ran a repetition, for experiment.json: the workflow_lib version and, in a git
+    checkout, the commit and whether :data:`CODE_PATHS` had uncommitted changes. A study run
+    over several sessions can span commits; this says which one each repetition had."""
+    from workflow_lib import __version__
+
+    record: dict = {"workflow_lib": __version__}
+    git = ["git", "-C", str(repo)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=60
+        )
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--", *CODE_PATHS],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: the version alone
+        return record
+    return record | {"git_commit": head.stdout.strip(), "uncommitted_changes": bool(status.stdout.strip())}
 
 
 def write_overlay(args: argparse.Namespace, out: Path, seed: int | None) -> Path | None:
