@@ -396,6 +396,38 @@ def test_recompute_reproduces_the_readme_single_label_study(capsys):
     assert set(cv["chain"]) == {"agreement"} and (cv["regret"] == 0).all()
 
 
+#: The ten repetitions the README's single-label claims rest on (later ones may join the folder).
+README_TEN = (
+    *[f"{s}_s2018" for s in ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")],
+    *[f"{s}_s7" for s in ("george", "jackson", "lucas", "nicolas")],
+)
+
+
+def test_the_readme_claims_of_the_single_label_study_at_ten_repetitions():
+    """The README's verdicts ("The single-label study: six held-out speakers, two seeds"),
+    recomputed from the committed per-repetition systems.csv of the ten repetitions."""
+    from workflow_lib.study import read_study, study_tables
+
+    from conftest import REPO
+
+    long = read_study(REPO / "experiments/fsdd/reference/study_single_label_full")
+    tables = study_tables(long[long["repetition"].isin(README_TEN)])
+    assert set(tables["study_runs.csv"]["repetition"]) == set(README_TEN)
+    pairs = tables["study_paired.csv"].set_index(["system", "reference", "metric"])
+    verdicts = pairs["verdict"].to_dict()
+    assert verdicts[("agreement", "all_labels", "test_accuracy")] == "beats"
+    assert verdicts[("confident_learning", "all_labels", "test_accuracy")] == "beats"
+    assert verdicts[("self_verification", "all_labels", "test_map3")] == "beats"
+    assert verdicts[("self_verification", "all_labels", "test_accuracy")] == "no difference shown"
+    assert verdicts[("verified_only", "self_verification", "test_accuracy")] == "is beaten by"
+    for chain in ("agreement", "confident_learning"):
+        assert verdicts[(chain, "self_verification", "test_accuracy")] == "no difference shown"
+    row = pairs.loc[("agreement", "all_labels", "test_accuracy")]
+    assert (round(row["mean_difference"], 3), row["wins"], row["losses"]) == (0.034, 9, 1)
+    regrets = regret_summary(tables["study_regret.csv"]).set_index("strategy")["mean_regret"].round(3)
+    assert (regrets["cv"], regrets["self_verification"], regrets["all_labels"]) == (0.011, 0.016, 0.045)
+
+
 def test_iteration0_confidence_by_hand(tmp_path, capsys):
     """experiments/fsdd/iteration0_confidence.py on a hand-made run: four correctly labelled
     clips (posteriors 0.5, 0.91, 0.96, 0.8), one wrong one trusted; two folds' histories."""
