@@ -397,17 +397,17 @@ def markdown_report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
     long, f = tables["study_runs.csv"], f"{{:.{digits}f}}".format
     metric, summary = main_metric(long), tables["study_summary.csv"]
     scores = [m for m in present(long, TEST_METRICS) if f"{m}_mean" in summary]
-    regrets = regret_summary(tables["study_regret.csv"]).set_index("strategy")["mean_regret"]
+    regrets = regret_summary(tables["study_regret.csv"]).set_index("strategy")
     chains = [
         [f"`{row.system}`", str(row.n), *[f"{f(row[f'{m}_mean'])} ({f(row[f'{m}_std'])})" for m in scores]]
-        + [f(regrets[row.system]) if row.system in regrets else "-"]
+        + [f(regrets.loc[row.system, "mean_regret"]) if row.system in regrets.index else "-"]
         for _, row in summary.iterrows()
     ]
-    if "cv" in regrets:
+    if "cv" in regrets.index:
+        cv = regrets.loc["cv"]
         chains.append(
-            ["CV pick (`chain_choice: cv`)", str(len(tables["study_regret.csv"].query("strategy == 'cv'")))]
+            ["CV pick (`chain_choice: cv`)", str(int(cv["n"])), *["-"] * len(scores), f(cv["mean_regret"])]
         )
-        chains[-1] += ["-"] * len(scores) + [f(regrets["cv"])]
     pairs = tables["study_paired.csv"].query("metric == @metric")
     mirrored = (pairs["system"] == REFERENCES[1]) & (pairs["reference"] == REFERENCES[0])
     differences_rows = [

@@ -142,7 +142,7 @@ def systems_tables(
         per_iteration += _iteration_rows(item, selection, overall, min_share, task)
         scores = _test_scores(test, item["test"], classes, task)
         row = _system_row(item, selection, overall, scores, item["system"] == picked, min_share, task)
-        rows.append(row | _pool_columns(_overall(item.get("pool") or {})))
+        rows.append(row | _pool_columns(item, min_share))
     systems = pd.DataFrame(rows)
     for column in [
         c
@@ -156,17 +156,25 @@ def systems_tables(
     return systems, iterations
 
 
-def _pool_columns(pool_overall: Mapping[int, pd.Series]) -> dict:
-    """A pool chain's systems.csv columns: per judging iteration, the pool clips (labels) its
-    policy trusted (``pool_trusted_by_it<k>``) and, where the pool's true labels are known,
-    their precision and their recall over the pool clips whose predicted label is right.
-    Chains without a pool get none (their cells stay empty)."""
+def _by_iteration_columns(numbers: Mapping[int, dict], prefix: str = "") -> dict:
+    """systems.csv's per-iteration trust columns from :func:`_trust_numbers` per judging
+    iteration: ``<prefix>trusted_by_it<k>`` and its ``_precision`` and ``_recall``."""
     row = {}
-    for judge, overall in pool_overall.items():
-        row[f"pool_trusted_by_it{judge}"] = int(overall["n_accepted"])
-        row[f"pool_trusted_by_it{judge}_precision"] = overall.get("precision", np.nan)
-        row[f"pool_trusted_by_it{judge}_recall"] = overall.get("recall", np.nan)
+    for judge, n in numbers.items():
+        row[f"{prefix}trusted_by_it{judge}"] = n["trusted"]
+        row[f"{prefix}trusted_by_it{judge}_precision"] = n["trusted_precision"]
+        row[f"{prefix}trusted_by_it{judge}_recall"] = n["trusted_recall"]
     return row
+
+
+def _pool_columns(item: Mapping, min_share: float) -> dict:
+    """A pool chain's systems.csv columns (prefix ``pool_``): per judging iteration, the pool
+    clips (labels) its policy trusted and, where the pool's true labels are known, their
+    precision and their recall over the pool clips whose predicted label is right. Chains
+    without a pool get none (their cells stay empty)."""
+    pool = _overall(item.get("pool") or {})
+    numbers = {judge: _trust_numbers(o, item["policy"], min_share) for judge, o in pool.items()}
+    return _by_iteration_columns(numbers, prefix="pool_")
 
 
 def _iteration_rows(
@@ -231,11 +239,7 @@ def _system_row(
         "trusted_recall": trained_on["trusted_recall"] if iteration > 0 else np.nan,
         "low_trust_iterations": ";".join(str(i) for i, n in numbers.items() if n["low_trust"]),
     }
-    for judge, n in numbers.items():
-        row[f"trusted_by_it{judge}"] = n["trusted"]
-        row[f"trusted_by_it{judge}_precision"] = n["trusted_precision"]
-        row[f"trusted_by_it{judge}_recall"] = n["trusted_recall"]
-    return row
+    return row | _by_iteration_columns(numbers)
 
 
 #: (column, legend) of the bars per chain, and (column, axis label) of the selection curves
