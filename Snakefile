@@ -38,6 +38,26 @@ include: "rules/export.smk"
 check_name_lengths()  # every rule is known: names too long for a path stop the run here
 
 
+# Bookkeeping rules: they read and write a few small CSV or PNG files in seconds. On a cluster
+# Snakemake runs them itself instead of sending each to the queue as a job of its own (the data
+# validation, preprocessing, training, self-verification, prediction and export jobs go to the
+# cluster); a local run is the same either way.
+localrules:
+    all,
+    folds,
+    initial_list,
+    spectrogram_manifest,
+    select_iteration,
+    fuse,
+    evaluate,
+    summary,
+    systems,
+    choose_chain,
+    report_tables,
+    plot_training,
+    plot_evaluation,
+
+
 rule all:
     default_target: True
     input:

@@ -7,7 +7,8 @@ fine_tune:gpu=0 self_verify:gpu=0 predict:gpu=0) on the one-node test cluster
 (tests/slurm/cluster.sh); the same run goes through `snakemake --cores 2` locally, at the same
 time (the SLURM run mostly waits for the plugin's status checks). Then:
 
-* every job except `all` ran as its own SLURM job: one per-job log of the plugin per job,
+* every job of a rule outside the Snakefile's `localrules:` ran as its own SLURM job (the
+  bookkeeping rules ran in the Snakemake process itself): one per-job log of the plugin per job,
   named .snakemake/slurm_logs/rule_<rule>/<wildcards>/<SLURM job id>.log, the same jobs per
   rule as in the local run, and slurmctld's record of each id (Comment rule_<rule>...,
   COMPLETED) with as many CPUs as the job's threads;
@@ -152,6 +153,13 @@ def _job_blocks(output: str) -> list[tuple[str, str]]:
     return blocks
 
 
+def _snakefile_local_rules() -> set[str]:
+    """The rule names of the Snakefile's `localrules:` block (one per line, snakefmt's style)."""
+    block = re.search(r"^localrules:\n((?:    \w+,\n)+)", (REPO / "Snakefile").read_text(), flags=re.M)
+    assert block, "no localrules: block in the Snakefile"
+    return set(re.findall(r"\w+", block.group(1)))
+
+
 def _threads_of(command: str) -> int:
     """--threads N of a workflow_lib.cli command; 1 for rules without `threads:`."""
     found = re.findall(r"--threads (\d+)", command)
@@ -273,8 +281,8 @@ def check_runs(local_dir: Path, local_output: str, slurm_dir: Path, slurm_output
 
 
 def _check_jobs(local_output: str, slurm_dir: Path, slurm_output: str) -> None:
-    """The jobs: the same in both runs, with the same commands; all but `all` went to SLURM,
-    one SLURM job each, with the rule's CPUs."""
+    """The jobs: the same in both runs, with the same commands; the bookkeeping rules ran in the
+    SLURM run's Snakemake, every other job went to SLURM, one SLURM job each, with the rule's CPUs."""
     local_jobs = _job_blocks(local_output)
     slurm_jobs = _job_blocks(slurm_output)
     assert local_jobs and all(h.startswith("localrule ") for h, _ in local_jobs), local_jobs
@@ -282,10 +290,15 @@ def _check_jobs(local_output: str, slurm_dir: Path, slurm_output: str) -> None:
     assert local_rules["all"] == 1 and local_rules["train_initial"] == 2 and local_rules["fine_tune"] == 2, (
         local_rules
     )
-    expected = local_rules - Counter(["all"])  # a rule without shell/run runs locally
+    declared_local = _snakefile_local_rules()
+    assert {"all", "fuse", "summary"} <= declared_local and "train_initial" not in declared_local
+    ran_locally = Counter({rule: n for rule, n in local_rules.items() if rule in declared_local})
+    expected = local_rules - ran_locally
 
-    # what the SLURM run's Snakemake ran itself: only `all`
-    assert [h for h, _ in slurm_jobs if h.startswith("localrule ")] == ["localrule all:"], slurm_jobs
+    # what the SLURM run's Snakemake ran itself: the bookkeeping rules, each job once
+    assert Counter(h.split()[1].rstrip(":") for h, _ in slurm_jobs if h.startswith("localrule ")) == (
+        ran_locally
+    ), slurm_jobs
     assert Counter(h.split()[1].rstrip(":") for h, _ in slurm_jobs if h.startswith("rule ")) == expected, (
         slurm_jobs
     )
@@ -299,7 +312,7 @@ def _check_jobs(local_output: str, slurm_dir: Path, slurm_output: str) -> None:
     # the same commands (same wildcards, params and --threads) in both runs
     local_commands = sorted(c for _, c in local_jobs if c)
     slurm_commands = sorted(c for h, c in slurm_jobs if c)
-    assert len(local_commands) == sum(expected.values()), local_jobs
+    assert len(local_commands) == sum(expected.values()) + sum(ran_locally.values()) - 1, local_jobs
     assert slurm_commands == local_commands
 
     for job_id, (rule, log) in sorted(logs.items(), key=lambda item: int(item[0])):
