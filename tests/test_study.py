@@ -396,8 +396,8 @@ def test_recompute_reproduces_the_readme_single_label_study(capsys):
     assert set(cv["chain"]) == {"agreement"} and (cv["regret"] == 0).all()
 
 
-#: The ten repetitions the README's single-label claims rest on (later ones may join the folder).
-#: the repetitions the README's single-label section reports (yweweler_s7 still running)
+#: The repetitions the README's single-label section reports (yweweler_s7 is still to finish;
+#: later ones may join the folder before the README does).
 README_REPETITIONS = (
     *[f"{s}_s2018" for s in ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")],
     *[f"{s}_s7" for s in ("george", "jackson", "lucas", "nicolas", "theo")],
