@@ -2,7 +2,9 @@
 
 A truncated spectrogram shard or ``best.pt`` is an error naming the file and the fix (delete it,
 or ``--forcerun`` the rule that writes it); a truncated ``resume.pt`` is set aside and the job
-starts afresh; a predictions CSV that lacks rows is an error, never a smaller test set.
+starts afresh; a parameter file whose unpickling would run code (from a copied results tree) is
+refused the same way, the code unrun; a predictions CSV that lacks rows is an error, never a
+smaller test set.
 """
 
 from __future__ import annotations
@@ -69,6 +71,41 @@ def test_truncated_resume_pt_is_set_aside_and_training_starts_afresh(tmp_path: P
     aside = list(tmp_path.glob("resume.pt.corrupt-*"))
     assert len(aside) == 1 and aside[0].stat().st_size > 0  # kept for inspection
     assert "set aside" in caplog.text and aside[0].name in caplog.text
+
+
+class _RunsCodeWhenUnpickled:
+    """What a hostile parameter file holds: an object whose unpickling calls a function (here
+    one that creates a file, so that the test can see whether it ran)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_model_file_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "the_code_ran"
+    path = tmp_path / "fold0" / "best.pt"
+    path.parent.mkdir()
+    model = build_model(4, len(CLASSES), (0.0, 0.0))
+    payload = _RunsCodeWhenUnpickled(marker)
+    torch.save({"state_dict": model.state_dict(), "width": 4, "classes": CLASSES, "payload": payload}, path)
+    with pytest.raises(UserError) as caught:
+        load_model(path)
+    assert str(path) in str(caught.value) and "--forcerun train_initial" in str(caught.value)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_that_would_run_code_is_set_aside_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "the_code_ran"
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    checkpoint = tmp_path / "resume.pt"
+    payload = _RunsCodeWhenUnpickled(marker)
+    torch.save({"format": 0, "model": model.state_dict(), "payload": payload}, checkpoint)
+    assert load_checkpoint(checkpoint, "fingerprint", model, optimizer) is None
+    assert not marker.exists() and len(list(tmp_path.glob("resume.pt.corrupt-*"))) == 1
 
 
 def _posteriors(fnames: list[str], path: Path) -> Path:

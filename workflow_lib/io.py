@@ -217,11 +217,16 @@ def load_npy(path: str | os.PathLike[str], rule: str, mmap_mode: str | None = "r
 
 
 def load_torch(path: str | os.PathLike[str], rule: str) -> Any:
-    """``torch.load`` (on the CPU) that names the file and the rule to rerun when it is damaged."""
+    """``torch.load`` (on the CPU) that names the file and the rule to rerun when it is damaged.
+
+    ``weights_only``: the files this workflow writes hold tensors, numbers, strings, lists and
+    dicts only, so unpickling never has to run code; a model file from a copied results tree
+    that asks for any other object (a pickle that would run a program) is refused as
+    unreadable instead of being executed."""
     import torch  # only the jobs that read parameter files pay for the import
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError):
         raise
     except UNREADABLE_ERRORS as error:

@@ -630,7 +630,7 @@ def load_checkpoint(
     if not path.is_file():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # as io.load_torch
     except UNREADABLE_ERRORS as error:  # truncated (killed mid-write by a full disk, a lost node)
         set_aside(path, f"{type(error).__name__}: {error}")
         return None
