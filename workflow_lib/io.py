@@ -216,17 +216,24 @@ def load_npy(path: str | os.PathLike[str], rule: str, mmap_mode: str | None = "r
         raise corrupt_file_error(path, error, rule) from error
 
 
-def load_torch(path: str | os.PathLike[str], rule: str) -> Any:
-    """``torch.load`` (on the CPU) that names the file and the rule to rerun when it is damaged.
+def read_parameter_file(path: str | os.PathLike[str]) -> Any:
+    """A parameter file (``best.pt``, ``last.pt``, ``resume.pt``) read on the CPU with torch's
+    ``weights_only`` unpickler, the one way this workflow reads them.
 
-    ``weights_only``: the files this workflow writes hold tensors, numbers, strings, lists and
-    dicts only, so unpickling never has to run code; a model file from a copied results tree
-    that asks for any other object (a pickle that would run a program) is refused as
-    unreadable instead of being executed."""
+    The files this workflow writes hold tensors, numbers, strings, lists and dicts only, so
+    unpickling never has to run code; a file from a copied results tree that asks for any other
+    object (a pickle that would run a program) raises ``pickle.UnpicklingError``, one of
+    :data:`UNREADABLE_ERRORS`, instead of being executed."""
     import torch  # only the jobs that read parameter files pay for the import
 
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_torch(path: str | os.PathLike[str], rule: str) -> Any:
+    """:func:`read_parameter_file` that names the file and the rule to rerun when it is damaged
+    or refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_parameter_file(path)
     except (FileNotFoundError, PermissionError):
         raise
     except UNREADABLE_ERRORS as error:

@@ -55,7 +55,7 @@ from torch import nn
 from .augment import AugmentSettings, augment
 from .consistency import ConsistencySettings, consistency_loss, rampup
 from .data import ClipBank
-from .io import UNREADABLE_ERRORS, atomic_path, set_aside
+from .io import UNREADABLE_ERRORS, atomic_path, read_parameter_file, set_aside
 from .metrics import accuracy, lwlrap, map_at_3
 from .soft_targets import SoftRelabelSettings
 from .task import MULTI, SINGLE, Task
@@ -630,8 +630,8 @@ def load_checkpoint(
     if not path.is_file():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)  # as io.load_torch
-    except UNREADABLE_ERRORS as error:  # truncated (killed mid-write by a full disk, a lost node)
+        saved = read_parameter_file(path)
+    except UNREADABLE_ERRORS as error:  # truncated (a killed write, a full disk) or refused code
         set_aside(path, f"{type(error).__name__}: {error}")
         return None
     if saved.get("format") != CHECKPOINT_FORMAT:
