@@ -26,6 +26,7 @@ import yaml
 from workflow_lib.bundle import write_manifest
 from workflow_lib.errors import UserError
 from workflow_lib.export import FusedTagger, example_inputs, write_bundle
+from workflow_lib.export_formats import refuse_external_data
 from workflow_lib.fusion import apply_learned_fusion, fused_posteriors, mean_fusion
 from workflow_lib.model import build_model
 from workflow_lib.tagger import (
@@ -390,18 +391,25 @@ def tampered(bundle: Path, tmp_path: Path, resign: bool = True, **settings) -> P
     return copy
 
 
+def refused_onnx_tagging(bundle: Path, tmp_path: Path) -> str:
+    """Tag a tone with ``bundle``'s ONNX file (torch unimportable, as on a torch-free host);
+    checks the tagger refused with exit 1 and a message, not a traceback; returns stderr."""
+    clip = write_wav(tmp_path / "clip.wav", tone(1.0, 16000), 16000)
+    done = run_cli(
+        "tag", str(clip), "--bundle", str(bundle), "--backend", "onnx", "--out", str(tmp_path / "t.csv"),
+        cwd=tmp_path, no_torch=True,
+    )  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == 1 and "Traceback" not in stderr
+    return stderr
+
+
 def test_bundle_sox_effects_cannot_write_a_file(bundle, tmp_path, sox_binary):
     """Row 'sox_effects: ["noiseprof", "/some/file"]': was the file overwritten, exit 0."""
     target = tmp_path / "precious.txt"
     target.write_text("keep me\n")
     attack = tampered(bundle, tmp_path, sox_effects=["noiseprof", str(target)])
-    clip = write_wav(tmp_path / "clip.wav", tone(1.0, 16000), 16000)
-    done = run_cli(
-        "tag", str(clip), "--bundle", str(attack), "--backend", "onnx", "--out", str(tmp_path / "t.csv"),
-        cwd=tmp_path, no_torch=True,
-    )  # fmt: skip
-    stderr = done.stderr.decode()
-    assert done.returncode == 1 and "Traceback" not in stderr
+    stderr = refused_onnx_tagging(attack, tmp_path)
     assert "'noiseprof') is not an allowed SoX effect" in stderr and "preprocessing.json" in stderr
     assert target.read_text() == "keep me\n" and not (tmp_path / "t.csv").exists()
 
@@ -520,14 +528,51 @@ def test_truncated_onnx_file_is_named_not_a_traceback(bundle, tmp_path, sox_bina
     with pytest.raises(UserError, match="tagger.onnx differs from the file the export wrote"):
         TaggerSpec.from_bundle(copy)
     write_manifest(copy)  # checksums made to match: the loader itself must say it
-    clip = write_wav(tmp_path / "clip.wav", tone(1.0, 16000), 16000)
-    done = run_cli(
-        "tag", str(clip), "--bundle", str(copy), "--backend", "onnx", "--out", str(tmp_path / "t.csv"),
-        cwd=tmp_path, no_torch=True,
+    stderr = refused_onnx_tagging(copy, tmp_path)
+    assert "tagger.onnx cannot be loaded as an ONNX model" in stderr
+
+
+def test_onnx_weights_kept_in_another_file_are_refused(bundle, tmp_path, sox_binary):
+    """A tagger.onnx whose weights live in an extra file of the bundle folder (ONNX external
+    data, which the manifest does not cover) is refused before onnxruntime reads that file."""
+    import onnx
+
+    copy = tampered(bundle, tmp_path)
+    onnx_file = copy / BUNDLE_FILES["onnx"]
+    onnx.save_model(
+        onnx.load(str(onnx_file)), str(onnx_file), save_as_external_data=True,
+        location="weights.bin", size_threshold=0,
     )  # fmt: skip
-    stderr = done.stderr.decode()
-    assert done.returncode == 1 and "Traceback" not in stderr
-    assert "tagger.onnx cannot be loaded by onnxruntime" in stderr
+    write_manifest(copy)  # the checksums match: only the external-data check can refuse it
+    assert (copy / "weights.bin").stat().st_size > 0
+    stderr = refused_onnx_tagging(copy, tmp_path)
+    assert "tagger.onnx keeps tensors" in stderr and "external data files" in stderr
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_external_data_is_found_inside_subgraphs(tmp_path):
+    """A constant in the branch of an If node, stored externally, is found like an initialiser."""
+    from onnx import TensorProto, helper
+
+    hidden = helper.make_tensor("hidden", TensorProto.FLOAT, [1], [1.0])
+    hidden.data_location = TensorProto.EXTERNAL
+    hidden.ClearField("float_data")
+    hidden.external_data.add(key="location", value="elsewhere.bin")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    branch = helper.make_graph([helper.make_node("Constant", [], ["y"], value=hidden)], "b", [], [out])
+    plain = helper.make_graph([helper.make_node("Constant", [], ["y"], value_float=0.0)], "p", [], [out])
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=plain)], "g", [cond], [out]
+    )
+    path = tmp_path / "m.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    with pytest.raises(TaggingError, match=re.escape("keeps tensors ['hidden']")):
+        refuse_external_data(path)
+    then_branch = next(a.g for a in graph.node[0].attribute if a.name == "then_branch")
+    then_branch.node[0].attribute[0].t.data_location = TensorProto.DEFAULT
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    refuse_external_data(path)  # the same graph with the constant inside: accepted
 
 
 def test_network_output_size_is_checked_against_the_classes():

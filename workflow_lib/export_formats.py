@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +112,59 @@ def load_torchscript(path: Path, spec: TaggerSpec, device: str) -> Backend:
     return torch_backend(module, target)
 
 
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor an ONNX graph or function holds: initialisers (sparse ones too) and node
+    attributes, through subgraphs (If, Loop, Scan bodies)."""
+    yield from getattr(graph, "initializer", ())
+    for sparse in getattr(graph, "sparse_initializer", ()):
+        yield from (sparse.values, sparse.indices)
+    for attribute in (a for node in graph.node for a in node.attribute):
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        sparse_tensors = [*attribute.sparse_tensors]
+        sparse_tensors += [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+        for sparse in sparse_tensors:
+            yield from (sparse.values, sparse.indices)
+        for subgraph in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
+            yield from _tensors(subgraph)
+
+
+def refuse_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose tensors live in other files (ONNX "external data").
+
+    The export writes every weight into ``tagger.onnx`` itself, so the checksum manifest covers
+    the whole network. A file that names external data did not come from this workflow's
+    export, and its weights would come from files the manifest does not cover (onnxruntime
+    itself refuses paths outside the file's folder). Parsed with ``onnx`` without reading any
+    external file, before onnxruntime sees it.
+    """
+    try:
+        import onnx  # a base dependency; the tagger imports it only for an ONNX backend
+    except ImportError:
+        raise TaggingError(
+            "the ONNX backend needs onnx, a dependency of this package: pip install -e ."
+        ) from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf raises its own classes for damage
+        raise TaggingError(f"{path} cannot be loaded as an ONNX model: {str(error)[:300]}") from None
+    graphs = [model.graph, *model.functions]
+    named = sorted(
+        {tensor.name or "(unnamed)" for graph in graphs for tensor in _tensors(graph)
+         if tensor.data_location == onnx.TensorProto.EXTERNAL}
+    )  # fmt: skip
+    if named:
+        raise TaggingError(
+            f"{path} keeps tensors {named[:5]} in external data files: this workflow's export "
+            "never does, and the bundle's checksums would not cover them; refused"
+        )
+
+
 def load_onnx(path: Path, spec: TaggerSpec, device: str) -> Backend:
-    """The ONNX file in onnxruntime (no torch), checked against the spec's inputs and classes."""
+    """The ONNX file in onnxruntime (no torch), checked against the spec's inputs and classes
+    (and refused if it keeps weights outside itself: :func:`refuse_external_data`)."""
+    refuse_external_data(path)
     try:
         # onnxruntime: only the ONNX backend needs it; its absence gets a clear message
         import onnxruntime
