@@ -130,14 +130,15 @@ def _tensors(graph: Any) -> Iterator[Any]:
             yield from _tensors(subgraph)
 
 
-def refuse_external_data(path: Path) -> None:
-    """Refuse an ONNX file whose tensors live in other files (ONNX "external data").
+def refuse_external_data(path: Path) -> bytes:
+    """The bytes of an ONNX file, refused if its tensors live in other files ("external data").
 
     The export writes every weight into ``tagger.onnx`` itself, so the checksum manifest covers
     the whole network. A file that names external data did not come from this workflow's
     export, and its weights would come from files the manifest does not cover (onnxruntime
     itself refuses paths outside the file's folder). Parsed with ``onnx`` without reading any
-    external file, before onnxruntime sees it.
+    external file; the caller gives onnxruntime these very bytes, so what runs is what was
+    checked (the file is read once, and cannot change between the check and the load).
     """
     try:
         import onnx  # a base dependency; the tagger imports it only for an ONNX backend
@@ -146,8 +147,9 @@ def refuse_external_data(path: Path) -> None:
             "the ONNX backend needs onnx, a dependency of this package: pip install -e ."
         ) from None
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 - protobuf raises its own classes for damage
+        data = path.read_bytes()
+        model = onnx.load_model_from_string(data)
+    except Exception as error:  # noqa: BLE001 - OSError, or protobuf's own classes for damage
         raise TaggingError(f"{path} cannot be loaded as an ONNX model: {str(error)[:300]}") from None
     graphs = [model.graph, *model.functions]
     named = sorted(
@@ -159,12 +161,13 @@ def refuse_external_data(path: Path) -> None:
             f"{path} keeps tensors {named[:5]} in external data files: this workflow's export "
             "never does, and the bundle's checksums would not cover them; refused"
         )
+    return data
 
 
 def load_onnx(path: Path, spec: TaggerSpec, device: str) -> Backend:
     """The ONNX file in onnxruntime (no torch), checked against the spec's inputs and classes
     (and refused if it keeps weights outside itself: :func:`refuse_external_data`)."""
-    refuse_external_data(path)
+    model = refuse_external_data(path)
     try:
         # onnxruntime: only the ONNX backend needs it; its absence gets a clear message
         import onnxruntime
@@ -179,7 +182,7 @@ def load_onnx(path: Path, spec: TaggerSpec, device: str) -> Backend:
         if device != "cpu" and p in onnxruntime.get_available_providers()
     ] + ["CPUExecutionProvider"]
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=providers)
+        session = onnxruntime.InferenceSession(model, providers=providers)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own classes
         raise TaggingError(f"{path} cannot be loaded by onnxruntime: {str(error)[:300]}") from None
     names = [i.name for i in session.get_inputs()]
