@@ -14,7 +14,9 @@ take only a handful of distinct values and comes out too narrow, while the t-int
 about how little n = 3 says (its half-width is 4.3 standard errors there).
 
 Choosing the chain by cross-validation (workflow_lib/choice.py) is replayed per repetition on
-its systems.csv: :func:`regret` says how much test score the CV pick lost against the chain
+its systems.csv, with the near-tie tolerance that repetition ran with (its experiment.json's
+``trust.selection_tolerance``, so the replayed pick is the one ``chain_choice: cv`` would have
+made in that run): :func:`regret` says how much test score the CV pick lost against the chain
 that was best on test, next to always taking each fixed chain. Test figures only measure the
 pick; nothing here or in the workflow chooses by them.
 
@@ -25,15 +27,19 @@ files: ``python -m workflow_lib.study experiments/fsdd/reference/study_singlelab
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .choice import pick_chain
+from .errors import UserError
 from .io import write_csv
 from .task import MULTI, SINGLE
 
@@ -64,6 +70,9 @@ STUDY_FILES = (
 #: systems.csv's per-iteration trust columns: ``trusted_by_it<k>`` (a pool chain also
 #: ``pool_trusted_by_it<k>``) and its precision and recall.
 TRUST_COLUMN = re.compile(r"^(pool_)?trusted_by_it(\d+)$")
+#: study_runs.csv's column of the near-tie tolerance each repetition's CV pick is replayed with
+#: (its run's ``trust.selection_tolerance``).
+TOLERANCE_COLUMN = "selection_tolerance"
 
 
 def main_metric(long: pd.DataFrame) -> str:
@@ -227,11 +236,13 @@ def plot_paired(long: pd.DataFrame, references: Sequence[str], metric: str, out:
     save_figure(figure, out)
 
 
-def regret(long: pd.DataFrame, tolerance: float = 0.0, metric: str | None = None) -> pd.DataFrame:
+def regret(long: pd.DataFrame, tolerance: float | None = None, metric: str | None = None) -> pd.DataFrame:
     """Per repetition and strategy (``cv``: the CV pick, workflow_lib/choice.py; or a fixed
     chain): the chain taken, its test score, the test-best chain and the regret (best minus
     taken, >= 0). A chain's test score is its mean over presets (systems.csv has no fusion
-    row; with one preset, as in the FSDD studies, it is that preset's score)."""
+    row; with one preset, as in the FSDD studies, it is that preset's score). The pick's
+    near-tie tolerance is ``tolerance`` where given, else the repetition's own
+    (:data:`TOLERANCE_COLUMN`, 0.0 where the table has none: the workflow's default)."""
     metric = metric or main_metric(long)
     rows = []
     for repetition, table in long.groupby("repetition", sort=False):
@@ -239,7 +250,7 @@ def regret(long: pd.DataFrame, tolerance: float = 0.0, metric: str | None = None
         if scores.isna().all():  # no test labels in this repetition: nothing to measure
             continue
         best = scores.idxmax()
-        picked = pick_chain(table, tolerance)[0]["chain"]
+        picked = pick_chain(table, repetition_tolerance(table, tolerance))[0]["chain"]
         for strategy, chain in [("cv", picked), *[(c, c) for c in scores.index]]:
             rows.append(
                 {
@@ -255,6 +266,16 @@ def regret(long: pd.DataFrame, tolerance: float = 0.0, metric: str | None = None
             )
     columns = ["repetition", "strategy", "chain", "metric", "score", "best_chain", "best_score", "regret"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def repetition_tolerance(table: pd.DataFrame, tolerance: float | None) -> float:
+    """The near-tie tolerance of one repetition's CV pick: the given override, else the
+    repetition's :data:`TOLERANCE_COLUMN` (one value per repetition), else 0.0."""
+    if tolerance is not None:
+        return float(tolerance)
+    if TOLERANCE_COLUMN not in table.columns or table[TOLERANCE_COLUMN].isna().all():
+        return 0.0
+    return float(table[TOLERANCE_COLUMN].dropna().iloc[0])
 
 
 def regret_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -307,10 +328,11 @@ TRUST_TABLE_COLUMNS = [
 ]
 
 
-def study_tables(long: pd.DataFrame, tolerance: float = 0.0) -> dict[str, pd.DataFrame]:
+def study_tables(long: pd.DataFrame, tolerance: float | None = None) -> dict[str, pd.DataFrame]:
     """The study's tables from its long table (:func:`collect`): summary, paired differences
     (every test metric present, to each of :data:`REFERENCES`), the regret of the CV pick and
-    the trusted labels' precision and recall per iteration."""
+    the trusted labels' precision and recall per iteration. ``tolerance`` overrides each
+    repetition's own near-tie tolerance of the CV pick (:func:`regret`)."""
     metrics = present(long, TEST_METRICS)
     return {
         "study_runs.csv": long,
@@ -321,7 +343,7 @@ def study_tables(long: pd.DataFrame, tolerance: float = 0.0) -> dict[str, pd.Dat
     }
 
 
-def write_study(long: pd.DataFrame, out: Path, tolerance: float = 0.0) -> dict[str, pd.DataFrame]:
+def write_study(long: pd.DataFrame, out: Path, tolerance: float | None = None) -> dict[str, pd.DataFrame]:
     """Write :data:`STUDY_FILES` to ``out`` (each atomically) and return the tables."""
     tables = study_tables(long, tolerance)
     for name, table in tables.items():
@@ -344,13 +366,39 @@ def finished_repetitions(folder: Path) -> list[Path]:
 
 
 def read_study(folder: Path) -> pd.DataFrame:
-    """The long table of a study folder: every finished repetition (:func:`finished_repetitions`)."""
-    runs = {d.name: pd.read_csv(d / "systems.csv") for d in finished_repetitions(folder)}
+    """The long table of a study folder: every finished repetition (:func:`finished_repetitions`),
+    each row with the near-tie tolerance its run chose chains with (:data:`TOLERANCE_COLUMN`,
+    :func:`recorded_tolerance`)."""
+    reps = finished_repetitions(folder)
+    runs = {
+        d.name: pd.read_csv(d / "systems.csv").assign(**{TOLERANCE_COLUMN: recorded_tolerance(d)})
+        for d in reps
+    }
     if not runs:
         raise SystemExit(
             f"{folder}: no finished repetition (a subfolder with experiment.json and systems.csv)"
         )
     return collect(runs)
+
+
+def recorded_tolerance(repetition: Path) -> float:
+    """``settings.trust.selection_tolerance`` of a repetition's experiment.json (0.0, the
+    workflow's default, where the record has no such key). The file may come from elsewhere:
+    anything but a finite number >= 0 is refused with the file named."""
+    path = Path(repetition) / "experiment.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a readable JSON record ({error})") from None
+    value: Any = record
+    for key in ("settings", "trust", "selection_tolerance"):
+        value = (
+            value.get(key, {} if key != "selection_tolerance" else 0.0) if isinstance(value, dict) else None
+        )
+    number_ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number_ok or not math.isfinite(value) or value < 0:
+        raise UserError(f"{path}: settings.trust.selection_tolerance must be a number >= 0, not {value!r}")
+    return float(value)
 
 
 def report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
@@ -360,7 +408,8 @@ def report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
     per_rep = long.pivot_table(index="system", columns="repetition", values=metric, sort=False)
     summary = tables["study_summary.csv"]
     keep = ["preset", "system", "n", *[c for c in summary.columns if c.endswith(("_mean", "_std"))]]
-    paired_table = tables["study_paired.csv"].drop(columns=["preset"])
+    paired_table = tables["study_paired.csv"].drop(columns=["preset"], errors="ignore")
+    trust_table = tables["study_trust.csv"].drop(columns=["preset"], errors="ignore")
     regret_table = tables["study_regret.csv"]
     by_repetition = regret_table.pivot_table(
         index="strategy", columns="repetition", values="regret", sort=False
@@ -377,7 +426,7 @@ def report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
         + "\n\n"
         + regret_summary(regret_table).round(digits).to_string(index=False),
         "trusted unverified labels per judging iteration (mean, min, max over repetitions):\n"
-        + tables["study_trust.csv"].drop(columns=["preset"]).round(digits).to_string(index=False),
+        + trust_table.round(digits).to_string(index=False),
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -444,11 +493,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=0.0,
-        help="the CV pick's near-tie tolerance (trust.selection_tolerance)",
+        default=None,
+        help="the CV pick's near-tie tolerance for every repetition (default: each repetition's "
+        "own trust.selection_tolerance, from its experiment.json)",
     )
     args = parser.parse_args(argv)
-    long = read_study(args.folder)
+    try:
+        long = read_study(args.folder)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     tables = write_study(long, args.out, args.tolerance) if args.out else study_tables(long, args.tolerance)
     if args.markdown:
         sys.stdout.write(markdown_report(tables))

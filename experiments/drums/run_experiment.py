@@ -37,6 +37,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from workflow_lib.drum_corpus import build_drum_source, source_settings  # noqa: E402
+from workflow_lib.errors import UserError  # noqa: E402
 from workflow_lib.noisy_dataset import (  # noqa: E402
     NOISE_MODELS,
     NoisyDatasetSettings,
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if overlay is not None:
             args.overlay = [*args.overlay, str(overlay)]
         return driver.run_one(args, out, build_dataset)
-    except (ValueError, FileExistsError) as exc:  # a rejected corpus or setting, e.g. an unknown kit
+    except (UserError, ValueError, FileExistsError) as exc:  # a rejected corpus, setting or record
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

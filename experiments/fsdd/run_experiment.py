@@ -36,9 +36,10 @@ same command resumes a study on a new machine. After each repetition ``<out>/stu
 (the systems rows of every finished repetition in ``<out>``, whichever command ran it),
 ``study_summary.csv`` (per chain: n, mean, std, min, max) and ``study_paired.csv`` (per chain:
 paired test-accuracy differences to ``self_verification`` and ``all_labels``, 95 % t-interval,
-wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pick's regret),
-``study_trust.csv`` (per chain and judging iteration: trusted labels, their precision and
-recall over the repetitions) and ``study_paired.png`` are rewritten (workflow_lib/study.py;
+wins, losses, Wilcoxon and sign-test p-values), ``study_regret.csv`` (the CV pick's regret;
+the pick replayed with the repetition's ``trust.selection_tolerance``), ``study_trust.csv``
+(per chain and judging iteration: trusted labels, their precision and recall over the
+repetitions) and ``study_paired.png`` are rewritten (workflow_lib/study.py;
 ``python -m workflow_lib.study <out>`` recomputes and prints them). Each ``experiment.json``
 names the code that ran it (``code``: workflow_lib version, git commit, uncommitted changes).
 
@@ -73,7 +74,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_lib.config import ConfigError  # noqa: E402
+from workflow_lib.errors import UserError  # noqa: E402
 from workflow_lib.io import write_json  # noqa: E402
 from workflow_lib.mixtures import MixtureSettings, build_mixture_dataset  # noqa: E402
 from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset  # noqa: E402
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         if overlay is not None:
             args.overlay = [*args.overlay, str(overlay)]
         return run_one(args, out)
-    except ConfigError as exc:  # e.g. --pool-fraction without a chain that uses the pool
+    except UserError as exc:  # e.g. --pool-fraction without a chain that uses the pool (ConfigError)
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
