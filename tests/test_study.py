@@ -129,6 +129,7 @@ def test_driver_study_tables_from_finished_repetitions_only(tmp_path):
     assert (tmp_path / "kept/r1/systems.csv").is_file() and not (tmp_path / "kept/r3").exists()
     assert (tmp_path / "kept/study_summary.csv").is_file()
     assert (tmp_path / "kept/study_paired.png").is_file() and (tmp_path / "kept/study_regret.csv").is_file()
+    assert (tmp_path / "kept/study_report.html").is_file()
     args = argparse.Namespace(chains=["self_verification", "all_labels"])
     overlay = driver.write_overlay(args, tmp_path / "rep", 7)
     assert yaml.safe_load(overlay.read_text()) == {
@@ -643,3 +644,43 @@ def test_a_study_starts_from_the_finished_repetitions_of_an_earlier_one(tmp_path
     with pytest.raises(SystemExit, match="linked from .*other dataset settings"):
         driver.reusable_build(rep / "dataset", other, Path("/audio"))
     assert (earlier / "a_s5" / "dataset" / "build_info.json").is_file()
+
+
+def test_study_page_escapes_what_the_repetitions_name(tmp_path):
+    """study_report.html: chain names come from systems.csv files that may come from elsewhere,
+    so markup in them is shown, not run; `code` spans and numbers render as documented."""
+    from workflow_lib.study_report import Figure, Page, Table, render
+
+    hostile = '<script>alert("x")</script>'
+    page = render(
+        Page(
+            "Study <b>",
+            ["see `chain`"],
+            [Table("Per chain", ["chain", "score"], [[f"`{hostile}`", "+0.010 [-0.020, +0.030]"]])],
+        )
+    )
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<title>Study &lt;b&gt;</title>" in page
+    assert "<code>chain</code>" in page and '<td class="num">+0.010 [-0.020, +0.030]</td>' in page
+    for name in ("../secret.png", "/etc/passwd", "sub/plot.png", ".hidden.png"):
+        with pytest.raises(ValueError, match="beside the page"):
+            render(Page("t", [], [Figure("plot", name, "alt")]))
+
+
+def test_write_study_writes_the_page_beside_its_tables(tmp_path):
+    from workflow_lib.study import read_study, write_study
+
+    for name, table in runs().items():
+        write_repetition(
+            tmp_path / "study" / name, table, {"settings": {"trust": {"selection_tolerance": 0.002}}}
+        )
+    write_study(read_study(tmp_path / "study"), tmp_path / "study")
+    page = (tmp_path / "study/study_report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and '<img src="study_paired.png"' in page
+    assert (tmp_path / "study/study_paired.png").is_file()
+    assert "3 finished repetitions (r1, r2, r3)" in page
+    assert (
+        "<h2>Paired differences: test_accuracy</h2>" in page and "<h2>The CV pick per repetition</h2>" in page
+    )
+    assert "<code>agreement</code> minus <code>all_labels</code>" in page
+    assert '<td class="num">0.002</td>' in page  # the near-tie tolerance each pick was replayed with
+    assert not list((tmp_path / "study").glob("*.tmp*"))

@@ -40,7 +40,8 @@ import pandas as pd
 
 from .choice import pick_chain
 from .errors import UserError
-from .io import write_csv
+from .io import write_csv, write_text
+from .study_report import Figure, Page, Table, render
 from .task import MULTI, SINGLE
 
 #: The test scores the paired comparisons are made on, where present: every task's systems.csv
@@ -66,6 +67,7 @@ STUDY_FILES = (
     "study_regret.csv",
     "study_trust.csv",
     "study_paired.png",
+    "study_report.html",
 )
 #: systems.csv's per-iteration trust columns: ``trusted_by_it<k>`` (a pool chain also
 #: ``pool_trusted_by_it<k>``) and its precision and recall.
@@ -349,6 +351,7 @@ def write_study(long: pd.DataFrame, out: Path, tolerance: float | None = None) -
     for name, table in tables.items():
         write_csv(table, Path(out) / name)
     plot_paired(long, REFERENCES, main_metric(long), Path(out) / "study_paired.png")
+    write_text(render(study_page(tables, Path(out).resolve().name)), Path(out) / "study_report.html")
     return tables
 
 
@@ -437,29 +440,45 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
-def markdown_report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
-    """The README's two study tables, ready to paste: per chain its test scores (mean and sd
-    over repetitions) and its regret when always taken, plus the CV pick's; then every paired
-    difference of the main score with its interval, wins/losses/ties, p-values and
-    :func:`verdict` (a difference between the two reference chains once). Printed by
-    ``python -m workflow_lib.study FOLDER --markdown``."""
+def chain_rows(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-chain table: each chain's test scores (mean and sd over the
+    repetitions) and its mean regret when always taken, then the CV pick's regret."""
     long, f = tables["study_runs.csv"], f"{{:.{digits}f}}".format
-    metric, summary = main_metric(long), tables["study_summary.csv"]
+    summary = tables["study_summary.csv"]
     scores = [m for m in present(long, TEST_METRICS) if f"{m}_mean" in summary]
     regrets = regret_summary(tables["study_regret.csv"]).set_index("strategy")
-    chains = [
+    rows = [
         [f"`{row.system}`", str(row.n), *[f"{f(row[f'{m}_mean'])} ({f(row[f'{m}_std'])})" for m in scores]]
         + [f(regrets.loc[row.system, "mean_regret"]) if row.system in regrets.index else "-"]
         for _, row in summary.iterrows()
     ]
     if "cv" in regrets.index:
         cv = regrets.loc["cv"]
-        chains.append(
+        rows.append(
             ["CV pick (`chain_choice: cv`)", str(int(cv["n"])), *["-"] * len(scores), f(cv["mean_regret"])]
         )
-    pairs = tables["study_paired.csv"].query("metric == @metric")
+    return ["chain", "repetitions", *[f"{m} mean (sd)" for m in scores], "mean regret"], rows
+
+
+def paired_rows(
+    tables: Mapping[str, pd.DataFrame], metric: str, digits: int = 3
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paired differences of one test score: every chain minus each
+    reference chain with its interval, wins/losses/ties, p-values and :func:`verdict` (the
+    difference between the two reference chains once)."""
+    header = [
+        metric,
+        "mean difference [95 % t-interval]",
+        "wins/losses/ties",
+        "p (Wilcoxon / sign)",
+        "verdict",
+    ]
+    pairs = tables["study_paired.csv"]
+    if pairs.empty:  # neither reference chain ran: nothing is paired
+        return header, []
+    pairs = pairs[pairs["metric"] == metric]
     mirrored = (pairs["system"] == REFERENCES[1]) & (pairs["reference"] == REFERENCES[0])
-    differences_rows = [
+    rows = [
         [
             f"`{row.system}` minus `{row.reference}`",
             f"{row.mean_difference:+.{digits}f} [{row.ci95_low:+.{digits}f}, {row.ci95_high:+.{digits}f}]",
@@ -469,15 +488,136 @@ def markdown_report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
         ]
         for row in pairs[~mirrored].itertuples()
     ]
-    header = ["chain", "repetitions", *[f"{m} mean (sd)" for m in scores], "mean regret"]
-    paired_header = [
+    header = [
         metric,
         "mean difference [95 % t-interval]",
         "wins/losses/ties",
         "p (Wilcoxon / sign)",
         "verdict",
     ]
-    return _markdown_table(header, chains) + "\n\n" + _markdown_table(paired_header, differences_rows) + "\n"
+    return header, rows
+
+
+def markdown_report(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
+    """The README's two study tables, ready to paste: :func:`chain_rows`, then
+    :func:`paired_rows` of the main score. Printed by ``python -m workflow_lib.study FOLDER
+    --markdown``."""
+    metric = main_metric(tables["study_runs.csv"])
+    return (
+        _markdown_table(*chain_rows(tables, digits))
+        + "\n\n"
+        + _markdown_table(*paired_rows(tables, metric, digits))
+        + "\n"
+    )
+
+
+def study_page(tables: Mapping[str, pd.DataFrame], name: str, digits: int = 3) -> Page:
+    """The study's page (``study_report.html``): what ran and the claim rule, the per-chain and
+    paired tables of every test score, the plot of the paired differences, the scores and the
+    CV pick per repetition, and the trusted labels per judging iteration."""
+    long = tables["study_runs.csv"]
+    metric, repetitions = main_metric(long), list(dict.fromkeys(long["repetition"]))
+    paragraphs = [
+        f"{len(repetitions)} finished repetitions ({', '.join(repetitions)}); main score `{metric}`, "
+        "measured on each repetition's held-out test set, which chose nothing.",
+        "Intervals are 95 % t-intervals of the paired differences over the repetitions; p-values are "
+        "two-sided (Wilcoxon signed-rank, sign test). A chain 'beats' another only when both "
+        f"p-values are below {CLAIM_ALPHA} over at least {CLAIM_MIN_PAIRS} paired repetitions; "
+        "anything weaker reads 'no difference shown'.",
+    ]
+    sections: list[Table | Figure] = [
+        Table(
+            "Per chain",
+            *chain_rows(tables, digits),
+            note="mean regret: the test score lost against each repetition's test-best chain when "
+            "always taking the chain, or letting the verified validation clips choose (`chain_choice: cv`).",
+        ),
+        *[
+            Table(f"Paired differences: {m}", *paired_rows(tables, m, digits))
+            for m in present(long, TEST_METRICS)
+        ],
+        Figure(
+            "Paired differences per repetition",
+            "study_paired.png",
+            f"{metric} of each chain minus each reference chain, one dot per repetition",
+            note="one row per chain: a dot per repetition, the mean (bar) and its 95 % t-interval (line).",
+        ),
+        _per_repetition_table(long, metric, digits),
+        _cv_pick_table(tables["study_regret.csv"], long, digits),
+        _trust_table(tables["study_trust.csv"], digits),
+    ]
+    return Page(f"Study {name}", paragraphs, sections)
+
+
+def _per_repetition_table(long: pd.DataFrame, metric: str, digits: int) -> Table:
+    wide = long.pivot_table(index="repetition", columns="system", values=metric, sort=False)
+    rows = [[str(rep), *[f"{v:.{digits}f}" for v in values]] for rep, values in wide.iterrows()]
+    return Table(f"{metric} per repetition", ["repetition", *[f"`{c}`" for c in wide.columns]], rows)
+
+
+def _cv_pick_table(regrets: pd.DataFrame, long: pd.DataFrame, digits: int) -> Table:
+    tolerance = (
+        long.groupby("repetition", sort=False)[TOLERANCE_COLUMN].first() if TOLERANCE_COLUMN in long else None
+    )
+    rows = [
+        [
+            str(row.repetition),
+            f"`{row.chain}`",
+            f"{row.score:.{digits}f}",
+            f"`{row.best_chain}`",
+            f"{row.best_score:.{digits}f}",
+            f"{row.regret:.{digits}f}",
+            f"{tolerance[row.repetition]:g}" if tolerance is not None else "0",
+        ]
+        for row in regrets[regrets["strategy"] == "cv"].itertuples()
+    ]
+    header = [
+        "repetition",
+        "CV pick",
+        "its score",
+        "test-best chain",
+        "its score",
+        "regret",
+        "near-tie tolerance",
+    ]
+    return Table("The CV pick per repetition", header, rows)
+
+
+def _mean_and_range(row: Any, measure: str, f: Any) -> str:
+    """'mean [min, max]' of one measure of a study_trust.csv row."""
+    mean, low, high = (f(getattr(row, f"{measure}_{part}")) for part in ("mean", "min", "max"))
+    return f"{mean} [{low}, {high}]"
+
+
+def _trust_table(trust: pd.DataFrame, digits: int) -> Table:
+    f = f"{{:.{digits}f}}".format
+    rows = [
+        [
+            f"`{row.system}`",
+            str(row.judged),
+            str(row.iteration),
+            str(row.n),
+            f"{row.trusted_mean:.1f}",
+            *[_mean_and_range(row, measure, f) for measure in ("precision", "recall")],
+        ]
+        for row in trust.itertuples()
+    ]
+    header = [
+        "chain",
+        "judged",
+        "iteration",
+        "repetitions",
+        "trusted (mean)",
+        "precision [min, max]",
+        "recall [min, max]",
+    ]
+    return Table(
+        "Trusted labels per judging iteration",
+        header,
+        rows,
+        note="recall: of the correctly labelled unverified clips (pool: of the pool clips whose "
+        "predicted label is right).",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
