@@ -684,3 +684,26 @@ def test_write_study_writes_the_page_beside_its_tables(tmp_path):
     assert "<code>agreement</code> minus <code>all_labels</code>" in page
     assert '<td class="num">0.002</td>' in page  # the near-tie tolerance each pick was replayed with
     assert not list((tmp_path / "study").glob("*.tmp*"))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"preset,test_accuracy\np,0.9\n", "needs the columns system"),
+        (b"preset,system,cv_loss\np,a,0.1\n", "needs the columns one of test_accuracy"),
+        (b"preset,system,test_accuracy\np,a,0.9\np,a,0.1\n", "more than one row for (preset, chain)"),
+        (b"preset,system,test_accuracy\np,a,0.9\np,b,=HYPERLINK()\n", "must hold numbers"),
+        (b"preset,system,test_accuracy,trusted_by_it0\np,a,0.9,lots\n", "must hold numbers"),
+        (b"", "not a readable systems table"),
+        (b'preset,system\n"p,a\n', "not a readable systems table"),
+    ],
+)
+def test_a_hostile_systems_table_is_one_clear_error(tmp_path, capsys, content, message):
+    """A study folder may come from elsewhere: each repetition's systems.csv is checked before
+    any table is computed (a repeated row would otherwise be averaged away unseen)."""
+    folder = tmp_path / "r1"
+    write_repetition(folder, near_tie_runs()["r1"], {})
+    (folder / "systems.csv").write_bytes(content)
+    assert main([str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert message in error and "systems.csv" in error and "Traceback" not in error

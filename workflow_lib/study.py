@@ -374,7 +374,7 @@ def read_study(folder: Path) -> pd.DataFrame:
     :func:`recorded_tolerance`)."""
     reps = finished_repetitions(folder)
     runs = {
-        d.name: pd.read_csv(d / "systems.csv").assign(**{TOLERANCE_COLUMN: recorded_tolerance(d)})
+        d.name: read_systems(d / "systems.csv").assign(**{TOLERANCE_COLUMN: recorded_tolerance(d)})
         for d in reps
     }
     if not runs:
@@ -382,6 +382,35 @@ def read_study(folder: Path) -> pd.DataFrame:
             f"{folder}: no finished repetition (a subfolder with experiment.json and systems.csv)"
         )
     return collect(runs)
+
+
+def read_systems(path: Path) -> pd.DataFrame:
+    """One repetition's systems.csv, checked as input that may come from elsewhere: it must
+    parse, name ``preset`` and ``system`` and a test score, hold one row per (preset, chain)
+    (a repeated row would be averaged away unseen) and numbers in its score and trust
+    columns; anything else is one :class:`UserError` naming the file."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise UserError(f"{path}: not a readable systems table ({error})") from None
+    missing = [c for c in ("preset", "system") if c not in table.columns]
+    if missing or not present(table, TEST_METRICS):
+        wanted = ", ".join(
+            [*missing, *([] if present(table, TEST_METRICS) else ["one of " + "/".join(TEST_METRICS)])]
+        )
+        raise UserError(f"{path}: a systems table needs the columns {wanted}")
+    repeated = table[table.duplicated(["preset", "system"], keep=False)]
+    if not repeated.empty:
+        pairs = sorted(set(zip(repeated["preset"].astype(str), repeated["system"].astype(str))))
+        raise UserError(f"{path}: more than one row for (preset, chain) {pairs[:3]}")
+    numeric = [
+        *present(table, METRICS),
+        *[c for c in table.columns if c.startswith(("trusted_", "pool_trusted_"))],
+    ]
+    wrong = [c for c in numeric if not pd.api.types.is_numeric_dtype(table[c])]
+    if wrong:
+        raise UserError(f"{path}: the columns {wrong} must hold numbers")
+    return table
 
 
 def recorded_tolerance(repetition: Path) -> float:
