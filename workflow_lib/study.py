@@ -517,13 +517,6 @@ def paired_rows(
         ]
         for row in pairs[~mirrored].itertuples()
     ]
-    header = [
-        metric,
-        "mean difference [95 % t-interval]",
-        "wins/losses/ties",
-        "p (Wilcoxon / sign)",
-        "verdict",
-    ]
     return header, rows
 
 
