@@ -248,7 +248,9 @@ def test_the_cv_pick_is_replayed_with_each_repetitions_own_tolerance():
     tolerant = collect(near_tie_runs()).assign(selection_tolerance=0.002)
     by = regret(tolerant).set_index("strategy")
     assert by.loc["cv", "chain"] == "a" and by.loc["cv", "regret"] == pytest.approx(0.1)
-    assert regret(tolerant, tolerance=0.0).set_index("strategy").loc["cv", "chain"] == "b"
+    assert by.loc["cv", "tolerance"] == 0.002 and strict.loc["cv", "tolerance"] == 0.0
+    overridden = regret(tolerant, tolerance=0.0).set_index("strategy").loc["cv"]
+    assert (overridden["chain"], overridden["tolerance"]) == ("b", 0.0)
 
 
 def write_repetition(folder: Path, table: pd.DataFrame, record: object) -> None:

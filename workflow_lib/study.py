@@ -243,8 +243,9 @@ def regret(long: pd.DataFrame, tolerance: float | None = None, metric: str | Non
     chain): the chain taken, its test score, the test-best chain and the regret (best minus
     taken, >= 0). A chain's test score is its mean over presets (systems.csv has no fusion
     row; with one preset, as in the FSDD studies, it is that preset's score). The pick's
-    near-tie tolerance is ``tolerance`` where given, else the repetition's own
-    (:data:`TOLERANCE_COLUMN`, 0.0 where the table has none: the workflow's default)."""
+    near-tie tolerance (column ``tolerance``) is ``tolerance`` where given, else the
+    repetition's own (:data:`TOLERANCE_COLUMN`, 0.0 where the table has none: the workflow's
+    default)."""
     metric = metric or main_metric(long)
     rows = []
     for repetition, table in long.groupby("repetition", sort=False):
@@ -252,7 +253,8 @@ def regret(long: pd.DataFrame, tolerance: float | None = None, metric: str | Non
         if scores.isna().all():  # no test labels in this repetition: nothing to measure
             continue
         best = scores.idxmax()
-        picked = pick_chain(table, repetition_tolerance(table, tolerance))[0]["chain"]
+        used = repetition_tolerance(table, tolerance)
+        picked = pick_chain(table, used)[0]["chain"]
         for strategy, chain in [("cv", picked), *[(c, c) for c in scores.index]]:
             rows.append(
                 {
@@ -264,9 +266,20 @@ def regret(long: pd.DataFrame, tolerance: float | None = None, metric: str | Non
                     "best_chain": best,
                     "best_score": scores[best],
                     "regret": scores[best] - scores[chain],
+                    "tolerance": used,
                 }
             )
-    columns = ["repetition", "strategy", "chain", "metric", "score", "best_chain", "best_score", "regret"]
+    columns = [
+        "repetition",
+        "strategy",
+        "chain",
+        "metric",
+        "score",
+        "best_chain",
+        "best_score",
+        "regret",
+        "tolerance",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -565,7 +578,7 @@ def study_page(tables: Mapping[str, pd.DataFrame], name: str, digits: int = 3) -
             note="one row per chain: a dot per repetition, the mean (bar) and its 95 % t-interval (line).",
         ),
         _per_repetition_table(long, metric, digits),
-        _cv_pick_table(tables["study_regret.csv"], long, digits),
+        _cv_pick_table(tables["study_regret.csv"], digits),
         _trust_table(tables["study_trust.csv"], digits),
     ]
     return Page(f"Study {name}", paragraphs, sections)
@@ -577,10 +590,7 @@ def _per_repetition_table(long: pd.DataFrame, metric: str, digits: int) -> Table
     return Table(f"{metric} per repetition", ["repetition", *[f"`{c}`" for c in wide.columns]], rows)
 
 
-def _cv_pick_table(regrets: pd.DataFrame, long: pd.DataFrame, digits: int) -> Table:
-    tolerance = (
-        long.groupby("repetition", sort=False)[TOLERANCE_COLUMN].first() if TOLERANCE_COLUMN in long else None
-    )
+def _cv_pick_table(regrets: pd.DataFrame, digits: int) -> Table:
     rows = [
         [
             str(row.repetition),
@@ -589,7 +599,7 @@ def _cv_pick_table(regrets: pd.DataFrame, long: pd.DataFrame, digits: int) -> Ta
             f"`{row.best_chain}`",
             f"{row.best_score:.{digits}f}",
             f"{row.regret:.{digits}f}",
-            f"{tolerance[row.repetition]:g}" if tolerance is not None else "0",
+            f"{row.tolerance:g}",
         ]
         for row in regrets[regrets["strategy"] == "cv"].itertuples()
     ]
