@@ -404,6 +404,37 @@ def test_markdown_tables_for_the_readme(tmp_path, capsys):
     assert printed.count("no difference shown") == 3
 
 
+def test_a_third_reference_chain_pairs_every_chain_with_it_too(tmp_path, capsys):
+    """--references: the pool study pairs its chains with `agreement` as well; between two
+    reference chains only the earlier minus the later is printed, and the written files and
+    the plot take the same references."""
+    for name, table in runs().items():
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "systems.csv", index=False)
+        (tmp_path / name / "experiment.json").write_text("{}")
+    out = tmp_path / "out"
+    argv = [str(tmp_path), "--references", "self_verification", "agreement", "--out", str(out), "--markdown"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "`all_labels` minus `agreement` | -0.067 [" in printed  # (-0.10, -0.01, -0.09) / 3
+    assert "`self_verification` minus `agreement`" in printed
+    assert "`agreement` minus `self_verification`" not in printed
+    written = pd.read_csv(out / "study_paired.csv")
+    assert set(written["reference"]) == {"self_verification", "agreement"}
+    assert (out / "study_paired.png").stat().st_size > 0
+
+
+def test_a_reference_chain_the_study_never_ran_is_one_clear_error(tmp_path, capsys):
+    for name, table in runs().items():
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "systems.csv", index=False)
+        (tmp_path / name / "experiment.json").write_text("{}")
+    assert main([str(tmp_path), "--references", "self_verification", "agreement_pool"]) == 1
+    error = capsys.readouterr().err
+    assert "--references: agreement_pool not in this study" in error
+    assert "all_labels, self_verification, agreement" in error
+
+
 def test_a_repetition_records_the_code_that_ran_it(tmp_path):
     """experiment.json's ``code``: the version always; in a git checkout the commit and whether
     the files that decide a result had uncommitted changes (a study's reference folder

@@ -343,27 +343,33 @@ TRUST_TABLE_COLUMNS = [
 ]
 
 
-def study_tables(long: pd.DataFrame, tolerance: float | None = None) -> dict[str, pd.DataFrame]:
+def study_tables(
+    long: pd.DataFrame, tolerance: float | None = None, references: Sequence[str] = REFERENCES
+) -> dict[str, pd.DataFrame]:
     """The study's tables from its long table (:func:`collect`): summary, paired differences
-    (every test metric present, to each of :data:`REFERENCES`), the regret of the CV pick and
-    the trusted labels' precision and recall per iteration. ``tolerance`` overrides each
-    repetition's own near-tie tolerance of the CV pick (:func:`regret`)."""
+    (every test metric present, to each of ``references``; a study of chains that extend
+    another chain pairs them with that one too, e.g. the pool chains with ``agreement``), the
+    regret of the CV pick and the trusted labels' precision and recall per iteration.
+    ``tolerance`` overrides each repetition's own near-tie tolerance of the CV pick
+    (:func:`regret`)."""
     metrics = present(long, TEST_METRICS)
     return {
         "study_runs.csv": long,
         "study_summary.csv": summarise(long),
-        "study_paired.csv": pd.concat([paired(long, REFERENCES, m) for m in metrics], ignore_index=True),
+        "study_paired.csv": pd.concat([paired(long, references, m) for m in metrics], ignore_index=True),
         "study_regret.csv": regret(long, tolerance),
         "study_trust.csv": trust_by_iteration(long),
     }
 
 
-def write_study(long: pd.DataFrame, out: Path, tolerance: float | None = None) -> dict[str, pd.DataFrame]:
+def write_study(
+    long: pd.DataFrame, out: Path, tolerance: float | None = None, references: Sequence[str] = REFERENCES
+) -> dict[str, pd.DataFrame]:
     """Write :data:`STUDY_FILES` to ``out`` (each atomically) and return the tables."""
-    tables = study_tables(long, tolerance)
+    tables = study_tables(long, tolerance, references)
     for name, table in tables.items():
         write_csv(table, Path(out) / name)
-    plot_paired(long, REFERENCES, main_metric(long), Path(out) / "study_paired.png")
+    plot_paired(long, references, main_metric(long), Path(out) / "study_paired.png")
     write_text(render(study_page(tables, Path(out).resolve().name)), Path(out) / "study_report.html")
     return tables
 
@@ -507,7 +513,7 @@ def paired_rows(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the paired differences of one test score: every chain minus each
     reference chain with its interval, wins/losses/ties, p-values and :func:`verdict` (the
-    difference between the two reference chains once)."""
+    difference between two reference chains once: the later minus the earlier is left out)."""
     header = [
         metric,
         "mean difference [95 % t-interval]",
@@ -519,7 +525,8 @@ def paired_rows(
     if pairs.empty:  # neither reference chain ran: nothing is paired
         return header, []
     pairs = pairs[pairs["metric"] == metric]
-    mirrored = (pairs["system"] == REFERENCES[1]) & (pairs["reference"] == REFERENCES[0])
+    order = {name: i for i, name in enumerate(dict.fromkeys(pairs["reference"]))}
+    mirrored = pairs["system"].map(order) > pairs["reference"].map(order)  # NaN (no reference): False
     rows = [
         [
             f"`{row.system}` minus `{row.reference}`",
@@ -652,6 +659,14 @@ def _trust_table(trust: pd.DataFrame, digits: int) -> Table:
     )
 
 
+def check_references(long: pd.DataFrame, references: Sequence[str]) -> None:
+    """A reference chain the study never ran would pair nothing, silently: refuse it by name."""
+    missing = [name for name in references if name not in set(long["system"])]
+    if missing:
+        ran = ", ".join(dict.fromkeys(long["system"]))
+        raise UserError(f"--references: {', '.join(missing)} not in this study (its chains: {ran})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m workflow_lib.study FOLDER [--out DIR] [--tolerance T] [--markdown]``:
     recompute a study's tables from its repetitions' systems.csv, print them (as the README's
@@ -669,13 +684,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the CV pick's near-tie tolerance for every repetition (default: each repetition's "
         "own trust.selection_tolerance, from its experiment.json)",
     )
+    parser.add_argument(
+        "--references",
+        nargs="+",
+        metavar="CHAIN",
+        help=f"pair every chain with each of these chains, which the study must have run "
+        f"(default: {' '.join(REFERENCES)}, those of them it ran)",
+    )
     args = parser.parse_args(argv)
     try:
         long = read_study(args.folder)
+        if args.references is not None:
+            check_references(long, args.references)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    tables = write_study(long, args.out, args.tolerance) if args.out else study_tables(long, args.tolerance)
+    references = REFERENCES if args.references is None else args.references
+    if args.out:
+        tables = write_study(long, args.out, args.tolerance, references)
+    else:
+        tables = study_tables(long, args.tolerance, references)
     if args.markdown:
         sys.stdout.write(markdown_report(tables))
         return 0
