@@ -668,9 +668,9 @@ def check_references(long: pd.DataFrame, references: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workflow_lib.study FOLDER [--out DIR] [--tolerance T] [--markdown]``:
-    recompute a study's tables from its repetitions' systems.csv, print them (as the README's
-    Markdown tables with --markdown), and write them with --out."""
+    """``python -m workflow_lib.study FOLDER [--out DIR] [--tolerance T] [--references CHAIN
+    ...] [--markdown]``: recompute a study's tables from its repetitions' systems.csv, print
+    them (as the README's Markdown tables with --markdown), and write them with --out."""
     parser = argparse.ArgumentParser(prog="python -m workflow_lib.study", description=main.__doc__)
     parser.add_argument("folder", type=Path, help="a study folder: one subfolder per repetition")
     parser.add_argument("--out", type=Path, help="write the study's files here too")
