@@ -661,10 +661,11 @@ def _trust_table(trust: pd.DataFrame, digits: int) -> Table:
 
 def check_references(long: pd.DataFrame, references: Sequence[str]) -> None:
     """A reference chain the study never ran would pair nothing, silently: refuse it by name."""
-    missing = [name for name in references if name not in set(long["system"])]
+    chains = dict.fromkeys(long["system"])  # in the order they ran
+    missing = [name for name in references if name not in chains]
     if missing:
-        ran = ", ".join(dict.fromkeys(long["system"]))
-        raise UserError(f"--references: {', '.join(missing)} not in this study (its chains: {ran})")
+        named, ran = ", ".join(missing), ", ".join(chains)
+        raise UserError(f"--references: {named} not in this study (its chains: {ran})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
