@@ -541,6 +541,33 @@ def test_the_readme_claims_of_the_single_label_study():
     assert (regrets["cv"], regrets["self_verification"], regrets["all_labels"]) == (0.012, 0.015, 0.042)
 
 
+def test_the_readme_figures_of_the_pool_study():
+    """README "With an unlabelled pool": the seven-chain means, the paired rows it quotes and the
+    CV pick, recomputed from the committed per-repetition files of study_pool_all (and the six-chain
+    CV regret from study_pool), with the reference order the README's command gives."""
+    from workflow_lib.study import read_study, study_tables
+
+    from conftest import REPO
+
+    root = REPO / "experiments/fsdd/reference"
+    references = ["self_verification", "all_labels", "agreement"]
+    tables = study_tables(read_study(root / "study_pool_all"), references=references)
+    means = tables["study_summary.csv"].set_index("system")["test_accuracy_mean"].round(3)
+    assert (means["agreement_pool_all"], means["agreement"], means["all_labels"]) == (0.860, 0.852, 0.825)
+    pairs = tables["study_paired.csv"].set_index(["system", "reference", "metric"])
+    row = pairs.loc[("agreement_pool_all", "agreement", "test_accuracy")]
+    assert (round(row["mean_difference"], 3), row["wins"], row["losses"]) == (0.008, 3, 3)
+    row = pairs.loc[("agreement_pool_all", "all_labels", "test_accuracy")]
+    assert (round(row["mean_difference"], 3), row["wins"], round(row["wilcoxon_p"], 3)) == (0.034, 6, 0.031)
+    assert row["verdict"] == "no difference shown"  # six pairs: under the claim rule's ten
+    row = pairs.loc[("pseudo_labels", "self_verification", "test_accuracy")]
+    assert (round(row["mean_difference"], 3), row["wins"], row["losses"]) == (0.0, 1, 5)
+    cv = tables["study_regret.csv"].query("strategy == 'cv'")
+    assert set(cv["chain"]) == {"agreement_pool_all"} and round(cv["regret"].mean(), 3) == 0.010
+    six = study_tables(read_study(root / "study_pool"), references=references)["study_regret.csv"]
+    assert round(six.query("strategy == 'cv'")["regret"].mean(), 3) == 0.011
+
+
 def test_iteration0_confidence_by_hand(tmp_path, capsys):
     """experiments/fsdd/iteration0_confidence.py on a hand-made run: four correctly labelled
     clips (posteriors 0.5, 0.91, 0.96, 0.8), one wrong one trusted; two folds' histories."""
