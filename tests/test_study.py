@@ -767,3 +767,39 @@ def test_a_hostile_systems_table_is_one_clear_error(tmp_path, capsys, content, m
     assert main([str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert message in error and "systems.csv" in error and "Traceback" not in error
+
+
+def test_the_readme_figures_of_the_multilabel_new_chains_study():
+    """README "The chains beyond the paper on the multi-label pairs" and its "Which chain" bullet:
+    the means, the consistency-isolating pairs (`ssl_consistency` and the paper's rule against
+    `warmup`), augmented's kept iteration and the CV pick, recomputed from the committed files."""
+    from workflow_lib.study import read_study, study_tables
+
+    from conftest import REPO
+
+    folder = REPO / "experiments/fsdd/reference/study_multilabel_new_chains"
+    runs = read_study(folder)
+    assert runs["repetition"].nunique() == 6
+    assert (runs.query("system == 'augmented'")["iteration"] == 0).all()  # its fine-tuning never kept
+    tables = study_tables(runs, references=["self_verification", "all_labels", "warmup"])
+    means = tables["study_summary.csv"].set_index("system")["test_lwlrap_mean"].round(3)
+    expected = {
+        "all_labels": 0.740,
+        "agreement": 0.731,
+        "mixup_noisy": 0.717,
+        "self_verification": 0.707,
+        "soft_relabel": 0.705,
+        "augmented": 0.698,
+        "warmup": 0.666,
+        "ssl_consistency": 0.639,
+    }
+    assert means.to_dict() == expected
+    pairs = tables["study_paired.csv"].set_index(["system", "reference", "metric"])
+    row = pairs.loc[("ssl_consistency", "warmup", "test_lwlrap")]
+    assert (round(row["mean_difference"], 3), row["wins"], row["losses"]) == (-0.027, 2, 4)
+    row = pairs.loc[("warmup", "self_verification", "test_lwlrap")]
+    assert (round(row["mean_difference"], 3), row["wins"], row["losses"]) == (-0.041, 0, 6)
+    assert round(row["wilcoxon_p"], 3) == 0.031 and row["verdict"] == "no difference shown"
+    cv = tables["study_regret.csv"].query("strategy == 'cv'")
+    assert sorted(cv["chain"]) == ["agreement"] * 3 + ["all_labels"] * 3
+    assert round(cv["regret"].mean(), 3) == 0.010 and round(cv["regret"].max(), 3) == 0.034
