@@ -33,14 +33,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))  # machine_info beside this script
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from machine_info import cpu_model, load_average  # noqa: E402
 
 from workflow_lib.data import ClipBank  # noqa: E402
+from workflow_lib.machine import cpu_model, load_average  # noqa: E402
 from workflow_lib.preprocess import MANIFEST_COLUMNS, N_BINS, SpectrogramStore, merge_manifests, write_shard  # noqa: E402
 
 

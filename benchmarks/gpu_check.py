@@ -46,12 +46,11 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # training_throughput beside this script
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from machine_info import cpu_model  # noqa: E402
 from training_throughput import measure_preset, paper_settings  # noqa: E402
 
 from workflow_lib.data import ClipBank  # noqa: E402
@@ -67,6 +66,7 @@ from workflow_lib.gpu_memory import (  # noqa: E402
     training_job_bytes,
 )
 from workflow_lib.io import write_json  # noqa: E402
+from workflow_lib.machine import cpu_model, load_average  # noqa: E402
 from workflow_lib.model import build_model  # noqa: E402
 from workflow_lib.training import CheckpointPolicy, FitSettings, RunOptions, evaluate, fit  # noqa: E402
 
@@ -92,7 +92,7 @@ def environment(device: torch.device) -> dict:
         "bf16_supported": torch.cuda.is_bf16_supported() if gpu else None,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "load_average": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "load_average": load_average(),
     }
 
 

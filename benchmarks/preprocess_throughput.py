@@ -36,14 +36,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))  # machine_info beside this script
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
-from machine_info import cpu_model, load_average  # noqa: E402
 
 from workflow_lib.audio import SPEC_SOX_EFFECTS, require_sox  # noqa: E402
+from workflow_lib.machine import cpu_model, load_average  # noqa: E402
 from workflow_lib.preprocess import shard_clips, write_shard_files  # noqa: E402
 
 SR = 32000

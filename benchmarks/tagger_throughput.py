@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from workflow_lib.audio import SPEC_SOX_EFFECTS  # noqa: E402
 from workflow_lib.export import FusedTagger, write_bundle  # noqa: E402
+from workflow_lib.machine import cpu_model  # noqa: E402
 from workflow_lib.model import build_model  # noqa: E402
 from workflow_lib.tagger import TaggerSpec  # noqa: E402
 
@@ -118,16 +119,8 @@ def main() -> None:
     audio = sorted((args.run / "results" / "demo_data" / "audio_test").glob("*.wav"))
     if not (bundle / "tagger.onnx").is_file() or not audio:
         raise SystemExit(f"{args.run} holds no finished demo run (results/export, test audio)")
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     print(
-        f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, "
+        f"machine: {os.cpu_count()} CPUs ({cpu_model()}), torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}, Python {platform.python_version()}"
     )
     with tempfile.TemporaryDirectory(prefix="tagger_bench_") as tmp:

@@ -46,16 +46,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))  # machine_info beside this script
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from machine_info import cpu_model, cpuinfo, load_average  # noqa: E402
 
 from workflow_lib.config import resolve_settings  # noqa: E402
 from workflow_lib.data import ClipBank  # noqa: E402
 from workflow_lib.job_settings import fit_settings  # noqa: E402
+from workflow_lib.machine import cpu_model, cpuinfo, load_average  # noqa: E402
 from workflow_lib.model import build_model, count_parameters  # noqa: E402
 from workflow_lib.training import (  # noqa: E402
     DeviceFeatures,

@@ -269,6 +269,8 @@ def test_outputs_one_row_per_chain_and_a_plot(run):
     assert (
         code["workflow_lib"] == __version__ and run["experiment"]["started"] <= run["experiment"]["finished"]
     )
+    machine = run["experiment"]["machine"]  # and on what: the CPU and the load at both ends
+    assert machine["cpu"] and {"cpus", "load_average", "load_average_at_end"} <= set(machine)
 
 
 def test_out_of_fold_posteriors_are_kept(run):

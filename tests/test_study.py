@@ -803,3 +803,16 @@ def test_the_readme_figures_of_the_multilabel_new_chains_study():
     cv = tables["study_regret.csv"].query("strategy == 'cv'")
     assert sorted(cv["chain"]) == ["agreement"] * 3 + ["all_labels"] * 3
     assert round(cv["regret"].mean(), 3) == 0.010 and round(cv["regret"].max(), 3) == 0.034
+
+
+def test_the_machine_record_names_the_cpu_and_the_load():
+    """experiment.json's ``machine``: a CPU model string, the CPU count and three load averages
+    (or "unknown" where /proc is missing), so a wall time can be read against what ran it."""
+    from workflow_lib.machine import machine_record
+
+    record = machine_record()
+    assert set(record) == {"cpu", "cpus", "load_average"}
+    assert isinstance(record["cpu"], str) and record["cpu"]
+    assert record["cpus"] is None or record["cpus"] >= 1
+    load = record["load_average"]
+    assert load == "unknown" or [float(x) >= 0 for x in load.split()] == [True] * 3

@@ -76,6 +76,7 @@ sys.path.insert(0, str(REPO))
 
 from workflow_lib.errors import UserError  # noqa: E402
 from workflow_lib.io import write_json  # noqa: E402
+from workflow_lib.machine import load_average, machine_record  # noqa: E402
 from workflow_lib.mixtures import MixtureSettings, build_mixture_dataset  # noqa: E402
 from workflow_lib.noisy_dataset import NoisyDatasetSettings, build_noisy_dataset  # noqa: E402
 from workflow_lib.study import finished_repetitions  # noqa: E402
@@ -373,6 +374,7 @@ def _run_one_locked(args: argparse.Namespace, out: Path, build: DatasetBuilder) 
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     started = time.time()
     code = code_record()  # before the run: what the checkout held when the jobs started
+    machine = machine_record()  # and the load the run started under
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     clear_stale_snakemake_lock(command, out, env)
     done = subprocess.run(command, env=env)
@@ -387,6 +389,7 @@ def _run_one_locked(args: argparse.Namespace, out: Path, build: DatasetBuilder) 
         "settings": settings,
         "snakemake_command": command,
         "code": code,
+        "machine": machine | {"load_average_at_end": load_average()},
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "wall_seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),

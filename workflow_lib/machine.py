@@ -1,8 +1,11 @@
-"""What every benchmark prints about the machine it ran on: the CPU model (and its
-/proc/cpuinfo fields, for the peak-FLOP estimate) and the load average, read in one place."""
+"""What a measurement says about the machine it ran on: the CPU model (and its /proc/cpuinfo
+fields, for a peak-FLOP estimate) and the load average, read in one place. The benchmarks print
+it beside every figure and a study repetition keeps it in its experiment.json, because a time
+or a last-bit difference means little without the CPU and what else ran beside it."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -22,6 +25,7 @@ def cpuinfo() -> dict[str, str]:
 
 
 def cpu_model() -> str:
+    """The CPU's model name, or what the platform reports, or "unknown"."""
     return cpuinfo().get("model name") or platform.processor() or "unknown"
 
 
@@ -31,3 +35,8 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "unknown"
+
+
+def machine_record() -> dict[str, object]:
+    """The CPU model, the CPU count and the load average now, for a run's record."""
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average": load_average()}
